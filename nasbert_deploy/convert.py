@@ -1,0 +1,138 @@
+"""Conversions shared by the profiler and the exporter: torch -> ONNX -> OpenVINO, and INT8.
+
+One code path for both, so what the profiler times is what `export` ships:
+- ONNX: `torch.onnx.export(dynamo=True)`, one file (no external data), dynamic batch and sequence.
+- OpenVINO: converted from the ONNX file (clean tensor names), fp32 weights unless asked otherwise.
+- INT8: ORT dynamic quantization (QInt8 weights, MatMul only), NNCF post-training quantization
+  (transformer preset) for OpenVINO with a calibration sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ExportError
+from .fileio import atomic_path
+
+# Examples of size 1 freeze an axis in torch.export: example shapes must be > 1 on dynamic axes.
+EXAMPLE_BATCH, EXAMPLE_SEQ = 2, 37
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Silence the exporter's progress prints and warnings (they are not the user's business)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    path: str | Path,
+    example_inputs: Mapping[str, torch.Tensor],
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Sequence[int]] | None = None,
+    opset: int | None = None,
+) -> Path:
+    """Export `module` (called with `example_inputs` as positional args, in order) to one ONNX file.
+
+    `dynamic_axes` maps input name -> axes that are dynamic; by default axes 0 (batch) and
+    1 (sequence) of every input. Axis names are shared across inputs ("batch", "seq").
+    """
+    names = list(example_inputs)
+    axis_dims = {0: torch.export.Dim("batch", min=1, max=1024), 1: torch.export.Dim("seq", min=2, max=4096)}
+    axes = dynamic_axes if dynamic_axes is not None else {n: (0, 1) for n in names}
+    shapes = {n: {a: axis_dims[a] for a in axes.get(n, ())} for n in names}
+    module = module.eval()
+    target = Path(path)
+    try:
+        with _quiet(), torch.no_grad(), atomic_path(target) as tmp:
+            kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
+            torch.onnx.export(
+                module,
+                tuple(example_inputs[n] for n in names),
+                str(tmp),
+                input_names=names,
+                output_names=list(output_names),
+                dynamic_shapes=shapes,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                **kwargs,
+            )
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporter raises many unrelated types; report them as one
+        raise ExportError(f"ONNX export of {type(module).__name__} failed: {type(exc).__name__}: {exc}") from exc
+    return target
+
+
+def onnx_to_openvino(onnx_path: str | Path, xml_path: str | Path, fp16: bool = False) -> Path:
+    """Convert an ONNX file to OpenVINO IR (`.xml` + `.bin`); fp32 weights unless `fp16`."""
+    import openvino as ov
+
+    xml = Path(xml_path)
+    model = ov.convert_model(str(onnx_path))
+    _save_ov(model, xml, fp16)
+    return xml
+
+
+def _save_ov(model: Any, xml: Path, fp16: bool) -> None:
+    import openvino as ov
+
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    # save under temporary names, then rename both files (bin first: xml is the entry point)
+    tmp_xml = xml.with_name(f".{xml.stem}.tmp.xml")
+    ov.save_model(model, str(tmp_xml), compress_to_fp16=fp16)
+    tmp_xml.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+    tmp_xml.replace(xml)
+
+
+def quantize_onnx_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
+    """ORT dynamic quantization: QInt8 weights, MatMul only (QUInt8 and conv quantization are slower here)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = Path(out_path)
+    with _quiet(), atomic_path(out) as tmp:
+        quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    return out
+
+
+def quantize_openvino_int8(
+    xml_path: str | Path, out_xml: str | Path, calibration: Sequence[Mapping[str, Any]], subset_size: int = 300
+) -> Path:
+    """NNCF post-training INT8 quantization (transformer preset) of an OpenVINO IR model.
+
+    `calibration` is a list of input dicts (name -> numpy array), e.g. tokenized sample text.
+    """
+    import nncf
+    import openvino as ov
+
+    if not calibration:
+        raise ExportError("NNCF quantization needs at least one calibration input")
+    model = ov.Core().read_model(str(xml_path))
+    with _quiet():
+        q = nncf.quantize(
+            model,
+            nncf.Dataset(list(calibration)),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=min(subset_size, len(calibration)),
+        )
+    _save_ov(q, Path(out_xml), fp16=False)
+    return Path(out_xml)

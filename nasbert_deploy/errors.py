@@ -1,0 +1,47 @@
+"""Typed errors. Every user-facing failure is a subclass of `NasBertDeployError`.
+
+The CLI turns any `NasBertDeployError` into one line on stderr and exit code 2, so each message
+must say what is wrong *and* what would be valid.
+"""
+
+from __future__ import annotations
+
+
+class NasBertDeployError(Exception):
+    """Base class: an error caused by the user's input or environment (CLI exit code 2)."""
+
+
+class ArchError(NasBertDeployError, ValueError):
+    """An architecture string or dict does not describe a member of the search space."""
+
+
+class SpaceError(NasBertDeployError, ValueError):
+    """A search space is malformed, unknown, or does not match a table/checkpoint."""
+
+
+class TeacherError(NasBertDeployError):
+    """The teacher model cannot be found or loaded."""
+
+
+class DeviceError(NasBertDeployError):
+    """A device spec is unknown, malformed, or its hardware is not present."""
+
+
+class RuntimeUnavailableError(DeviceError):
+    """The runtime a device spec needs (onnxruntime, openvino, CUDA, ...) is not usable here."""
+
+
+class TableError(NasBertDeployError):
+    """A latency or candidate table is missing, malformed, incomplete or for another space."""
+
+
+class InfeasibleBudgetError(NasBertDeployError):
+    """No architecture satisfies the budget; the message names the binding constraint."""
+
+
+class ExportError(NasBertDeployError):
+    """An export failed: conversion, numeric validation, or an unusable output directory."""
+
+
+class CheckpointError(NasBertDeployError):
+    """A supernet or model checkpoint is missing, malformed or incompatible."""

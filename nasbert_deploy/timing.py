@@ -1,0 +1,75 @@
+"""The one measurement function used by the profiler, the validator, the export report and benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency statistics of repeated blocking runs, in milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    cv: float  # coefficient of variation (std / mean) of the kept runs
+    runs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Timing:
+        return cls(**{k: d[k] for k in ("median_ms", "p90_ms", "mean_ms", "cv", "runs")})
+
+
+def _stats(samples_ms: list[float]) -> Timing:
+    s = sorted(samples_ms)
+    mean = statistics.fmean(s)
+    std = statistics.pstdev(s) if len(s) > 1 else 0.0
+    p90 = s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]
+    return Timing(median_ms=statistics.median(s), p90_ms=p90, mean_ms=mean, cv=std / mean if mean else 0.0, runs=len(s))
+
+
+def measure(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 5,
+    runs: int = 30,
+    min_time_s: float = 0.0,
+    max_runs: int = 2000,
+    max_cv: float | None = None,
+    retries: int = 2,
+    sync: Callable[[], None] | None = None,
+) -> Timing:
+    """Time `fn()` (which must block until its result is ready; pass `sync` for async devices).
+
+    Warm-up calls, then at least `runs` timed calls and at least `min_time_s` of timing (capped at
+    `max_runs`). If `max_cv` is given and the coefficient of variation exceeds it, the whole
+    measurement is repeated up to `retries` times and the least noisy one is kept.
+    """
+    best: Timing | None = None
+    for _ in range(retries + 1):
+        for _ in range(warmup):
+            fn()
+        if sync:
+            sync()
+        samples: list[float] = []
+        start = time.perf_counter()
+        while len(samples) < runs or (time.perf_counter() - start < min_time_s and len(samples) < max_runs):
+            t0 = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        t = _stats(samples)
+        if best is None or t.cv < best.cv:
+            best = t
+        if max_cv is None or best.cv <= max_cv:
+            break
+    assert best is not None
+    return best
