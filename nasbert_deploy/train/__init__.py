@@ -1,0 +1,1 @@
+"""Training: supernet, distillation, fine-tuning."""
