@@ -45,3 +45,7 @@ class ExportError(NasBertDeployError):
 
 class CheckpointError(NasBertDeployError):
     """A supernet or model checkpoint is missing, malformed or incompatible."""
+
+
+class TaskError(NasBertDeployError):
+    """A labelled task file is missing or malformed, or its labels do not match the model's."""
