@@ -49,3 +49,7 @@ class CheckpointError(NasBertDeployError):
 
 class TaskError(NasBertDeployError):
     """A labelled task file is missing or malformed, or its labels do not match the model's."""
+
+
+class CorpusError(NasBertDeployError):
+    """A text corpus is missing, empty, or too small for the requested training/validation split."""
