@@ -46,22 +46,16 @@ def heldout_mse(
     import torch
 
     from .teacher import block_targets
-    from .train.blockwise import masked_mse
-    from .train.data import tokenize
+    from .train.distill import check_compatible, masked_mse
 
     space = supernet.space
-    if teacher.hidden_size != space.output_dim:
-        raise TeacherError(
-            f"teacher {teacher.path} has hidden size {teacher.hidden_size}; the supernet's space outputs {space.output_dim}"
-        )
-    if len(teacher.tokenizer) > space.vocab_size:
-        raise TeacherError(
-            f"teacher tokenizer has {len(teacher.tokenizer)} tokens; the space's vocabulary has {space.vocab_size}"
-        )
     if not paragraphs:
         raise TeacherError("no held-out text to re-rank on; pass a non-empty text file")
+    if archs:
+        check_compatible(supernet.extract(archs[0]), teacher)  # before the teacher's forward passes
     t = min(seq_len, space.max_positions)
-    ids, mask = tokenize(teacher.tokenizer, list(paragraphs), t)
+    enc = teacher.tokenizer(list(paragraphs), max_length=t, truncation=True, padding="longest", return_tensors="pt")
+    ids, mask = enc["input_ids"].long(), enc["attention_mask"].long()  # (n, t) each
     batches = []
     for s in range(0, len(ids), batch_size):
         b_ids, b_mask = ids[s : s + batch_size], mask[s : s + batch_size]
@@ -97,7 +91,14 @@ def rerank(
 
 
 def read_heldout(path: str | os.PathLike[str] | None = None, limit: int = 200) -> list[str]:
-    """Held-out paragraphs (one per line): `path`, or the shipped sample (`data/sample.txt`)."""
-    from .train.data import read_paragraphs
+    """Held-out paragraphs, one per non-empty line: `path`, or the shipped sample (`data/sample.txt`)."""
+    from .errors import CorpusError
 
-    return read_paragraphs(SAMPLE_TEXT if path is None else path, limit=limit)
+    p = SAMPLE_TEXT if path is None else Path(path)
+    try:
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"cannot read held-out text {p}: {exc}; pass a UTF-8 file with one paragraph per line") from None
+    if not lines:
+        raise CorpusError(f"held-out text {p} is empty; pass a UTF-8 file with one paragraph per line")
+    return lines[:limit]

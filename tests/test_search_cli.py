@@ -110,8 +110,8 @@ def test_device_precision_is_the_default(setup, tmp_path):
     spec = tmp / "int8dev.toml"
     spec.write_text('name = "int8dev"\nruntime = "onnxruntime"\ntarget = "cpu"\nprecision = "int8"\n')
     loose = max(r["latency_ms"] for r in rows)
-    res = _run("--max-latency-ms", str(loose), "--candidates", str(cands), "--device", str(spec), "--table", str(tmp / "lat.json"),
-               "--seq-len", "16", "--json")
+    res = _run("--max-latency-ms", str(loose), "--candidates", str(cands), "--device", str(spec),
+               "--table", str(tmp / "lat.json"), "--seq-len", "16", "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["precision"] == "int8"
