@@ -133,6 +133,9 @@ def quantize_openvino_int8(
             nncf.Dataset(list(calibration)),
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=min(subset_size, len(calibration)),
+            # NNCF quantizes depthwise-conv inputs per channel; behind the (b,t,h)->(b,h,t) transpose that
+            # becomes a per-token quantizer that freezes the sequence length. Keep depthwise convs in fp32.
+            ignored_scope=nncf.IgnoredScope(types=["GroupConvolution"], validate=False),
         )
     _save_ov(q, Path(out_xml), fp16=False)
     return Path(out_xml)

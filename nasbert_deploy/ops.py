@@ -68,7 +68,7 @@ class SepConv(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # zero padded positions so they do not leak into real ones through the kernel
-        y = (x * mask[:, :, None].to(x.dtype)).transpose(1, 2)  # (b, h, t)
+        y = x.masked_fill(mask[:, :, None] == 0, 0.0).transpose(1, 2)  # (b, h, t)
         y = self.depthwise(y).transpose(1, 2)  # (b, t, h)
         y = F.gelu(self.pointwise(y))
         return self.norm(x + F.dropout(y, self.dropout, self.training))

@@ -1,0 +1,25 @@
+"""Where shipped data lives: `devices/` and `profiles/` at the repository top level.
+
+In a source checkout (and an editable install) they are read from the checkout; a wheel carries
+them as the packages `nasbert_deploy._devices` / `nasbert_deploy._profiles` (see pyproject.toml).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shipped_dir(kind: str) -> Path:
+    """Directory of shipped `devices` or `profiles` data (may not exist for `profiles`)."""
+    if kind not in ("devices", "profiles"):
+        raise ValueError(kind)
+    local = _ROOT / kind
+    if local.is_dir():
+        return local
+    try:
+        return Path(str(resources.files(f"nasbert_deploy._{kind}")))
+    except ModuleNotFoundError:
+        return local

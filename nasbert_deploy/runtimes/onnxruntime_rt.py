@@ -1,0 +1,121 @@
+"""ONNX Runtime: CPU or CUDA execution provider; fp32, or INT8 by dynamic quantization (as `export --int8`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..devices import DeviceSpec
+from ..errors import DeviceError, RuntimeUnavailableError
+from . import Compiled
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+def _providers(spec: DeviceSpec) -> list[str]:
+    if spec.providers:
+        return list(spec.providers)
+    return ["CUDAExecutionProvider"] if spec.target == "cuda" else ["CPUExecutionProvider"]
+
+
+def availability(spec: DeviceSpec) -> str | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed (pip install onnxruntime)"
+    have = ort.get_available_providers()
+    missing = [p for p in _providers(spec) if p not in have]
+    if missing:
+        extra = " (install onnxruntime-gpu and use a machine with a CUDA GPU)" if "CUDAExecutionProvider" in missing else ""
+        return f"onnxruntime here offers {', '.join(have)}, not {', '.join(missing)}{extra}"
+    if spec.precision == "fp16":
+        return "fp16 is not offered for onnxruntime specs; use fp32 or int8"
+    if spec.precision == "int8" and spec.target != "cpu":
+        return "dynamic INT8 quantization is a CPU path; use target cpu"
+    return None
+
+
+def session_options(spec: DeviceSpec) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if spec.threads:
+        so.intra_op_num_threads = spec.threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    for k, v in spec.runtime_options.items():
+        so.add_session_config_entry(str(k), str(v))
+    return so
+
+
+class OrtCompiled(Compiled):
+    def __init__(self, onnx_path: Path, spec: DeviceSpec):
+        import onnxruntime as ort
+
+        reason = availability(spec)
+        if reason:
+            raise RuntimeUnavailableError(f"device {spec.name!r}: {reason}")
+        providers: list[Any] = _providers(spec)
+        if spec.provider_options:
+            providers = [(p, dict(spec.provider_options)) if i == 0 else p for i, p in enumerate(providers)]
+        self.path = onnx_path
+        self.session = ort.InferenceSession(str(onnx_path), session_options(spec), providers=providers)
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self._types = {i.name: i.type for i in self.session.get_inputs()}
+
+    def _feed(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {}
+        for name in self.input_names:
+            a = np.ascontiguousarray(inputs[name])
+            want = self._types[name]
+            if want == "tensor(int64)" and a.dtype != np.int64:
+                a = a.astype(np.int64)
+            elif want == "tensor(float)" and a.dtype != np.float32:
+                a = a.astype(np.float32)
+            feed[name] = a
+        return feed
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self.session.run(None, self._feed(inputs)))
+
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        feed, sess = self._feed(inputs), self.session
+        return lambda: sess.run(None, feed)
+
+
+def compile(
+    module: Any,
+    example_inputs: Mapping[str, Any],
+    output_names: Sequence[str],
+    spec: DeviceSpec,
+    workdir: Path,
+    calibration: Any = None,
+) -> OrtCompiled:
+    """Export `module` to ONNX in `workdir` (and quantize for int8 specs), then open a session."""
+    from ..convert import export_onnx, quantize_onnx_int8
+
+    reason = availability(spec)
+    if reason:
+        raise RuntimeUnavailableError(f"device {spec.name!r}: {reason}")
+    workdir = Path(workdir)
+    onnx_path = export_onnx(module, workdir / "model.onnx", example_inputs, output_names)
+    if spec.precision == "int8":
+        onnx_path = quantize_onnx_int8(onnx_path, workdir / "model.int8.onnx")
+    return OrtCompiled(onnx_path, spec)
+
+
+def load(path: str | Path, spec: DeviceSpec) -> OrtCompiled:
+    """Open an ONNX file, or the `model.onnx` (`model.int8.onnx` for int8 specs) in an export folder."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / ("model.int8.onnx" if spec.precision == "int8" else "model.onnx")
+    if not p.is_file():
+        raise DeviceError(f"no ONNX model at {p}")
+    return OrtCompiled(p, spec)

@@ -1,0 +1,108 @@
+"""OpenVINO: CPU / GPU / NPU plug-ins; fp32 (or fp16), or INT8 by NNCF post-training quantization."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..devices import DeviceSpec
+from ..errors import DeviceError, RuntimeUnavailableError
+from . import Compiled, random_calibration
+
+os.environ.setdefault("CI", "true")  # openvino_telemetry's only per-process off switch
+
+
+def _device(spec: DeviceSpec) -> str:
+    return spec.target.upper()
+
+
+def availability(spec: DeviceSpec) -> str | None:
+    try:
+        import openvino as ov
+    except ImportError:
+        return "openvino is not installed (pip install openvino)"
+    have = ov.Core().available_devices
+    if not any(d.split(".")[0] == _device(spec) for d in have):
+        return f"OpenVINO sees no {_device(spec)} device here (available: {', '.join(have) or 'none'})"
+    return None
+
+
+def compile_config(spec: DeviceSpec) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    if spec.threads and spec.target == "cpu":
+        cfg["INFERENCE_NUM_THREADS"] = spec.threads
+    if spec.precision == "fp32":
+        cfg["INFERENCE_PRECISION_HINT"] = "f32"  # otherwise CPUs with AMX/avx512_bf16 silently run bf16
+    elif spec.precision == "fp16":
+        cfg["INFERENCE_PRECISION_HINT"] = "f16"
+    cfg.update({str(k): v for k, v in spec.runtime_options.items()})
+    return cfg
+
+
+class OvCompiled(Compiled):
+    def __init__(self, xml_path: Path, spec: DeviceSpec):
+        import openvino as ov
+
+        reason = availability(spec)
+        if reason:
+            raise RuntimeUnavailableError(f"device {spec.name!r}: {reason}")
+        self.path = xml_path
+        self.compiled = ov.Core().compile_model(str(xml_path), _device(spec), compile_config(spec))
+        self.input_names = tuple(i.get_any_name() for i in self.compiled.inputs)
+        self.output_names = tuple(o.get_any_name() for o in self.compiled.outputs)
+        self._types = {i.get_any_name(): i.get_element_type().to_dtype() for i in self.compiled.inputs}
+        self.request = self.compiled.create_infer_request()
+
+    def _feed(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {n: np.ascontiguousarray(inputs[n]).astype(self._types[n], copy=False) for n in self.input_names}
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        res = self.request.infer(self._feed(inputs))
+        return [np.array(res[o], dtype=np.float32 if np.issubdtype(res[o].dtype, np.floating) else None)
+                for o in self.compiled.outputs]
+
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        import openvino as ov
+
+        feed = self._feed(inputs)
+        request = self.compiled.create_infer_request()
+        for name, arr in feed.items():
+            request.set_tensor(name, ov.Tensor(arr))
+        return request.infer
+
+
+def compile(
+    module: Any,
+    example_inputs: Mapping[str, Any],
+    output_names: Sequence[str],
+    spec: DeviceSpec,
+    workdir: Path,
+    calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
+) -> OvCompiled:
+    """torch -> ONNX -> OpenVINO IR in `workdir` (NNCF INT8 for int8 specs), then compile on the device."""
+    from ..convert import export_onnx, onnx_to_openvino, quantize_openvino_int8
+
+    reason = availability(spec)
+    if reason:
+        raise RuntimeUnavailableError(f"device {spec.name!r}: {reason}")
+    workdir = Path(workdir)
+    onnx_path = export_onnx(module, workdir / "model.onnx", example_inputs, output_names)
+    xml = onnx_to_openvino(onnx_path, workdir / "openvino_model.xml", fp16=spec.precision == "fp16")
+    if spec.precision == "int8":
+        calib = list(calibration) if calibration else random_calibration(example_inputs)
+        xml = quantize_openvino_int8(xml, workdir / "openvino_model.int8.xml", calib)
+    return OvCompiled(xml, spec)
+
+
+def load(path: str | Path, spec: DeviceSpec) -> OvCompiled:
+    """Open an IR `.xml`, or the `openvino_model.xml` (`.int8.xml` for int8 specs) in an export folder."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / ("openvino_model.int8.xml" if spec.precision == "int8" else "openvino_model.xml")
+    if not p.is_file():
+        raise DeviceError(f"no OpenVINO IR at {p}")
+    return OvCompiled(p, spec)
