@@ -6,7 +6,6 @@ them as the packages `nasbert_deploy._devices` / `nasbert_deploy._profiles` (see
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +18,4 @@ def shipped_dir(kind: str) -> Path:
     local = _ROOT / kind
     if local.is_dir():
         return local
-    try:
-        return Path(str(resources.files(f"nasbert_deploy._{kind}")))
-    except ModuleNotFoundError:
-        return local
+    return Path(__file__).resolve().parent / f"_{kind}"
