@@ -92,16 +92,19 @@ def prune(costs: np.ndarray, cols: tuple[int, ...], k: int) -> np.ndarray:
         b = x[order, 1]
         prev_min = np.minimum.accumulate(np.concatenate(([np.inf], b[:-1])))
         return np.sort(order[b < prev_min])
+    # Sorted lexicographically (row number last), every dominator of a row comes before it, and an
+    # earlier row that is <= everywhere is a dominator (strictly better somewhere, or an equal row
+    # with a smaller number): so each row is compared with the rows before it only.
+    order = np.lexsort((np.arange(n), *(x[:, j] for j in reversed(range(len(cols))))))
+    xs = x[order]
     keep = np.empty(n, dtype=bool)
-    rows = np.arange(n)
     for s in range(0, n, _PRUNE_CHUNK):
-        blk = x[s : s + _PRUNE_CHUNK]  # (c, d): the rows tested for being dominated
-        le = (x[None, :, :] <= blk[:, None, :]).all(axis=2)  # (c, n): row j <= row i everywhere
-        lt = (x[None, :, :] < blk[:, None, :]).any(axis=2)
-        earlier = rows[None, :] < rows[s : s + _PRUNE_CHUNK, None]
-        dom = le & (lt | earlier)
-        keep[s : s + _PRUNE_CHUNK] = dom.sum(axis=1) < k
-    return np.flatnonzero(keep)
+        e = min(n, s + _PRUNE_CHUNK)
+        dom = np.arange(e)[None, :] < np.arange(s, e)[:, None]  # (c, e): earlier rows only
+        for j in range(len(cols)):
+            dom &= xs[None, :e, j] <= xs[s:e, None, j]
+        keep[s:e] = dom.sum(axis=1) < k
+    return np.sort(order[keep])
 
 
 def combine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -126,7 +129,7 @@ class Solver:
         self.nblocks = len(block_costs)
         self.nh = fixed.shape[:-1]
         self.split = self.nblocks // 2
-        self._cache: dict[tuple[tuple[int, ...], int], tuple[Half, Half]] = {}
+        self._cache: dict[tuple[tuple[int, ...], int], tuple[Half, Half, np.ndarray]] = {}
 
     # ---------------------------------------------------------------- pruned halves
     def _half(self, blocks: range, cols: tuple[int, ...], k: int) -> Half:
@@ -153,14 +156,20 @@ class Solver:
             group_l.append(np.full(len(costs), g, dtype=np.int64))
         return Half(np.concatenate(costs_l), np.concatenate(group_l), np.concatenate(index_l), len(costs_l))
 
-    def halves(self, cols: tuple[int, ...], k: int) -> tuple[Half, Half]:
-        """Left and right halves pruned on `cols` keeping the k best (cached per (cols, k))."""
+    def clear_cache(self) -> None:
+        """Forget the pruned halves (they are rebuilt on the next query)."""
+        self._cache.clear()
+
+    def halves(self, cols: tuple[int, ...], k: int) -> tuple[Half, Half, np.ndarray]:
+        """Left and right halves pruned on `cols` keeping the k best, and each right row's costs plus the
+        fixed part for every left group, column-major (5, left groups, right rows). Cached per (cols, k)."""
         key = (tuple(sorted(set(cols))), k)
         if key not in self._cache:
-            self._cache[key] = (
-                self._half(range(0, self.split), key[0], k),
-                self._half(range(self.split, self.nblocks), key[0], k),
-            )
+            a = self._half(range(0, self.split), key[0], k)
+            b = self._half(range(self.split, self.nblocks), key[0], k)
+            f2 = self.fixed.reshape(a.ngroups, b.ngroups, NCOLS)
+            adj = self._add(b.costs[None, :, :], f2[:, b.group, :])  # (GA, nB, 5)
+            self._cache[key] = (a, b, np.ascontiguousarray(adj.transpose(2, 0, 1)))
         return self._cache[key]
 
     # ---------------------------------------------------------------- evaluation helpers
@@ -173,20 +182,22 @@ class Solver:
 
     @staticmethod
     def _feasible(t: np.ndarray, lim: Limits) -> np.ndarray:
-        ok = np.ones(t.shape[:-1], dtype=bool)
+        """Feasibility of column-major totals `t` (5, ...): t[LAT] is the latency of each entry, etc."""
+        ok = np.ones(t.shape[1:], dtype=bool)
         if lim.latency_ms is not None:
-            ok &= t[..., LAT] <= lim.latency_ms
+            ok &= t[LAT] <= lim.latency_ms
         if lim.params is not None:
-            ok &= t[..., PARAMS] <= lim.params
+            ok &= t[PARAMS] <= lim.params
         if lim.memory_bytes is not None:
-            ok &= t[..., WB] + t[..., ACT] <= lim.memory_bytes
+            ok &= t[WB] + t[ACT] <= lim.memory_bytes
         return ok
 
     @staticmethod
     def _objective(t: np.ndarray, objective: str) -> np.ndarray:
+        """Objective of column-major totals `t` (5, ...)."""
         if objective == "memory":
-            return t[..., WB] + t[..., ACT]
-        return t[..., OBJECTIVE_COLS[objective][0]]
+            return t[WB] + t[ACT]
+        return t[OBJECTIVE_COLS[objective][0]]
 
     def _candidates(self, a: Half, b: Half, lim: Limits, objective: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Left rows (sorted by their objective lower bound), those bounds, and right rows that may be feasible."""
@@ -196,32 +207,43 @@ class Solver:
         rest_b = self._add(a.gmins[:, None, :], f2).min(axis=0)  # (GB, 5)
         lb_a = self._add(a.costs, rest_a[a.group])
         lb_b = self._add(b.costs, rest_b[b.group])
-        rows = np.flatnonzero(self._feasible(lb_a, lim))
-        bound = self._objective(lb_a, objective)[rows]
+        rows = np.flatnonzero(self._feasible(lb_a.T, lim))
+        bound = self._objective(lb_a.T, objective)[rows]
         order = np.argsort(bound, kind="stable")
-        return rows[order], bound[order], np.flatnonzero(self._feasible(lb_b, lim))
+        return rows[order], bound[order], np.flatnonzero(self._feasible(lb_b.T, lim))
 
-    def _chunks(self, a: Half, b: Half, rows: np.ndarray, cols: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """(start, left rows, exact totals (len(chunk), len(cols), 5)) for bounded chunks of `rows`."""
-        bc, bg = b.costs[cols], b.group[cols]
-        f2 = self.fixed.reshape(a.ngroups, b.ngroups, NCOLS)
-        # chunks grow geometrically: the first rows (best bounds) often settle a query early
+    def _chunks(
+        self, a: Half, adj: np.ndarray, rows: np.ndarray, cols: np.ndarray, need: set[int]
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(start, left rows, exact totals (5, len(chunk), len(cols))) for bounded chunks of `rows`.
+
+        Only the columns in `need` are filled. Chunks grow geometrically: the first rows (best
+        bounds) often settle a query before the rest is evaluated.
+        """
+        adj_q = adj[:, :, cols]  # (5, GA, m): right rows plus the fixed part, per left group
         for s, e in _spans(len(rows), max(1, _CHUNK_ELEMS // max(1, len(cols)))):
             r = rows[s:e]
-            f = f2[a.group[r][:, None], bg[None, :]]  # (c, m, 5)
-            yield s, r, self._add(self._add(a.costs[r][:, None, :], bc[None, :, :]), f)
+            g = a.group[r]
+            t = np.empty((NCOLS, len(r), len(cols)))
+            for c in need:
+                if c == ACT:
+                    t[c] = np.maximum(a.costs[r, ACT][:, None], adj_q[ACT][g])
+                else:
+                    t[c] = a.costs[r, c][:, None] + adj_q[c][g]
+            yield s, r, t
 
     # ---------------------------------------------------------------- queries
     def best(self, lim: Limits, objective: str = "loss", k: int = 1) -> list[tuple[float, tuple[int, ...]]]:
         """The k smallest objective values under `lim` with their candidate index per block (sorted; [] if none)."""
-        a, b = self.halves(OBJECTIVE_COLS[objective] + lim.cols(), k)
+        need = OBJECTIVE_COLS[objective] + lim.cols()
+        a, b, adj = self.halves(need, k)
         rows, bounds, cols = self._candidates(a, b, lim, objective)
         if len(rows) == 0 or len(cols) == 0:
             return []
         vals = np.empty(0)
         picks: list[tuple[int, ...]] = []
         kth = math.inf
-        for s, r, t in self._chunks(a, b, rows, cols):
+        for s, r, t in self._chunks(a, adj, rows, cols, set(need)):
             if bounds[s] > kth:
                 break  # rows are sorted by bound: no later row can enter the k best
             obj = np.where(self._feasible(t, lim), self._objective(t, objective), np.inf).ravel()
@@ -241,13 +263,14 @@ class Solver:
 
     def front(self, lim: Limits) -> list[tuple[float, float, tuple[int, ...]]]:
         """Exact Pareto front of (latency_ms, loss) over the feasible set: [(latency, loss, indices)], fastest first."""
-        a, b = self.halves((LOSS, LAT) + lim.cols(), 1)
+        need = (LOSS, LAT) + lim.cols()
+        a, b, adj = self.halves(need, 1)
         rows, _, cols = self._candidates(a, b, lim, "latency")
         pts = np.empty((0, 2))
         idx: list[tuple[int, ...]] = []
-        for _, r, t in self._chunks(a, b, rows, cols):
+        for _, r, t in self._chunks(a, adj, rows, cols, set(need)):
             ok = np.flatnonzero(self._feasible(t, lim).ravel())
-            flat = t.reshape(-1, NCOLS)[ok][:, [LAT, LOSS]]
+            flat = np.stack([t[LAT].ravel()[ok], t[LOSS].ravel()[ok]], axis=1)
             keep = prune(flat, (0, 1), 1)
             for q in ok[keep].tolist():
                 i, j = divmod(q, len(cols))
@@ -266,7 +289,7 @@ class Solver:
         for i, p in enumerate(picks):
             tot = self._add(tot, self.block_costs[i][p])
         tot = self._add(tot, self.fixed[tuple(self.block_hpos[i][p] for i, p in enumerate(picks))])
-        return tot[self._feasible(tot, lim)]
+        return tot[self._feasible(tot.T, lim)]
 
 
 def _spans(n: int, largest: int, first: int = 16) -> Iterator[tuple[int, int]]:

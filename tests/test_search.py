@@ -194,3 +194,21 @@ def test_problem_arguments_are_checked():
         SearchProblem(table, lat, 1, 65)
     with pytest.raises(InfeasibleBudgetError, match="top_k"):
         SearchProblem(table, lat, 1, 16).search(Budget(100.0), 0)
+
+
+def test_prune_keeps_exactly_the_rows_fewer_than_k_others_dominate():
+    import numpy as np
+
+    from nasbert_deploy.search_core import prune
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, d, k = int(rng.integers(1, 40)), int(rng.integers(1, 6)), int(rng.integers(1, 5))
+        x = rng.integers(0, 4, size=(n, 5)).astype(float)  # few levels: many ties and duplicates
+        cols = tuple(sorted(rng.choice(5, size=d, replace=False).tolist()))
+        y = x[:, cols]
+
+        dominated_by = [
+            sum(1 for j in range(n) if j != i and (y[j] <= y[i]).all() and ((y[j] < y[i]).any() or j < i)) for i in range(n)
+        ]
+        assert prune(x, cols, k).tolist() == [i for i in range(n) if dominated_by[i] < k]
