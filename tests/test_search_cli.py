@@ -20,7 +20,7 @@ def setup(tmp_path, monkeypatch):
     table = random_table(TINY, 8, 3)
     cands = table.save(tmp_path / "candidates.json")
     lat = SyntheticLatency(TINY, 3)
-    monkeypatch.setattr(search_cmd, "_load_latency_table", lambda path: lat)
+    monkeypatch.setattr(search_cmd, "_load_latency_table", lambda path, space: lat)
     (tmp_path / "lat.json").write_text("{}")
     rows = brute_force(table, lat, 1, 16)
     return tmp_path, cands, rows
@@ -117,3 +117,55 @@ def test_device_precision_is_the_default(setup, tmp_path):
     assert data["precision"] == "int8"
     best = data["best"][0]
     assert best["weights_mb"] < min(r["memory"] for r in rows) / 2**20  # int8 weights below any fp32 total
+
+
+def _real_table(space, path, seed=0):
+    """A `latency.LatencyTable` on disk with synthetic entries (1/64 ms grid) at batch 1, seq 16 and 32."""
+    import random
+
+    from nasbert_deploy.latency import LatencyTable, point_key, table_keys
+
+    rng = random.Random(seed)
+    entries = {
+        key: {point_key(1, s): {"median_ms": rng.randint(1, 64) / 64 * s / 16} for s in (16, 32)} for key in table_keys(space)
+    }
+    entries["overhead"] = {point_key(1, s): {"median_ms": 0.0} for s in (16, 32)}
+    corrections = {point_key(1, 16): {"scale": 1.0, "offset_ms": 0.125}}
+    table = LatencyTable(space, {"name": "synthetic-test", "precision": "fp16"}, entries, corrections, {}, {})
+    table.save(path)
+    return LatencyTable.load(path, space)
+
+
+def test_with_a_real_latency_table(tmp_path):
+    table = random_table(TINY, 8, 9)
+    cands = table.save(tmp_path / "candidates.json")
+    lat = _real_table(TINY, tmp_path / "lat.json")
+    for seq in (16, 24):  # 24 interpolates between the profiled 16 and 32
+        rows = brute_force(table, lat, 1, seq, "fp16")
+        budget = sorted(r["latency_ms"] for r in rows)[len(rows) // 3]
+        res = _run("--max-latency-ms", repr(budget), "--candidates", str(cands), "--table", str(tmp_path / "lat.json"),
+                   "--seq-len", str(seq), "--top", "2", "--json")
+        assert res.exit_code == 0, res.output
+        data = json.loads(res.stdout)
+        assert data["precision"] == "fp16"  # from the table's device when neither --precision nor --device is given
+        assert [b["loss"] for b in data["best"]] == sorted(r["loss"] for r in feasible(rows, budget))[:2]
+        for b in data["best"]:
+            pred = lat.predict(TINY.parse(b["arch"]), 1, seq)
+            assert b["latency_ms"] == pytest.approx(pred.total_ms, rel=1e-12)
+            assert b["block_ms"] == pytest.approx(pred.blocks_ms, rel=1e-12)
+    res = _run("--max-latency-ms", "5", "--candidates", str(cands), "--table", str(tmp_path / "lat.json"), "--batch", "4",
+               "--seq-len", "16")
+    assert res.exit_code == 2 and "batch 4 was not profiled" in res.stderr
+    res = _run("--max-latency-ms", "5", "--candidates", str(cands), "--table", str(tmp_path / "lat.json"), "--seq-len", "64")
+    assert res.exit_code == 2 and "outside the profiled range" in res.stderr
+
+
+def test_table_for_another_space_exit_2(tmp_path):
+    from nasbert_deploy.space import SearchSpace
+
+    other = SearchSpace(name="other", num_blocks=2, layers_per_block=2, hidden_sizes=(32,), conv_kernels=(3,), head_dim=16,
+                        embed_dim=16, output_dim=48, vocab_size=1000, max_positions=64)
+    _real_table(other, tmp_path / "lat.json")
+    cands = random_table(TINY, 4, 0).save(tmp_path / "candidates.json")
+    res = _run("--max-latency-ms", "5", "--candidates", str(cands), "--table", str(tmp_path / "lat.json"), "--seq-len", "16")
+    assert res.exit_code == 2 and "does not cover space 'tiny'" in res.stderr.replace("\n", " ")

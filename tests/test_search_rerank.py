@@ -85,7 +85,7 @@ def test_cli_rerank_orders_by_heldout_mse(tiny, monkeypatch):
     rng = random.Random(0)
     losses = [{b: rng.random() for b in list(TINY.enumerate_blocks())[:6]} for _ in range(TINY.num_blocks)]
     CandidateTable.from_losses(TINY, losses).save(root / "supernet" / "candidates.json")
-    monkeypatch.setattr(search_cmd, "_load_latency_table", lambda path: SyntheticLatency(TINY, 0))
+    monkeypatch.setattr(search_cmd, "_load_latency_table", lambda path, space: SyntheticLatency(TINY, 0))
     (root / "heldout.txt").write_text("\n".join(TEXTS) + "\n")
     res = CliRunner().invoke(app, [
         "search", "--max-latency-ms", "1000", "--table", str(root / "lat.json"), "--supernet", str(root / "supernet"),

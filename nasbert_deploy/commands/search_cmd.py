@@ -26,22 +26,17 @@ def _latency_table_path(device: str | None, table: Path | None) -> tuple[Path, s
     """(latency table file, the device spec's precision or None)."""
     from ..devices import load_device
     from ..errors import TableError
-    from ..resources import shipped_dir
 
-    precision = None
-    if device is not None:
-        spec = load_device(device)
-        precision = spec.precision
+    if device is None:
         if table is None:
-            table = shipped_dir("profiles") / f"{spec.name}.json"
-            if not table.is_file():
-                raise TableError(
-                    f"no latency table for device {spec.name!r} ({table} does not exist); "
-                    f"make one with `nasbert-deploy profile --device {spec.name}` or pass --table FILE"
-                )
+            raise TableError("pass --device NAME (its latency table from profiles/NAME.json) or --table FILE")
+        return table, None
+    spec = load_device(device)
     if table is None:
-        raise TableError("pass --device NAME (uses profiles/NAME.json) or --table FILE (a latency table)")
-    return table, precision
+        from ..latency import find_table
+
+        table = find_table(spec.name)
+    return table, spec.precision
 
 
 def _candidates_path(candidates: Path | None, supernet: Path | None) -> Path:
@@ -62,14 +57,11 @@ def _candidates_path(candidates: Path | None, supernet: Path | None) -> Path:
         raise TableError(NO_CANDIDATES) from None
 
 
-def _load_latency_table(path: Path) -> Any:
-    from ..errors import TableError
+def _load_latency_table(path: Path, space: Any) -> Any:
+    """The latency table at `path`, checked to cover `space`'s operations."""
+    from ..latency import LatencyTable
 
-    try:
-        from ..latency import LatencyTable
-    except ImportError:
-        raise TableError("latency tables are not supported by this build (nasbert_deploy.latency is missing)") from None
-    return LatencyTable.load(path)
+    return LatencyTable.load(path, space)
 
 
 def _rerank(
@@ -130,9 +122,11 @@ def register(app: typer.Typer) -> None:
             raise ArchError(f"--max-params: {exc}") from None
         budget = Budget(max_latency_ms, params, max_memory_mb)
         table_path, device_precision = _latency_table_path(device, table)
-        prec = precision.value if precision is not None else (device_precision or "fp32")
         cands = CandidateTable.load(_candidates_path(candidates, supernet))
-        problem = SearchProblem(cands, _load_latency_table(table_path), batch, seq_len, prec)
+        lat = _load_latency_table(table_path, cands.space)
+        table_precision = (getattr(lat, "device", None) or {}).get("precision")
+        prec = precision.value if precision is not None else (device_precision or table_precision or "fp32")
+        problem = SearchProblem(cands, lat, batch, seq_len, prec)
         result = problem.search(budget, max(top, rerank))
         reranked = _rerank(result, cands.space, rerank, supernet, teacher, heldout, seq_len) if rerank else []
         if reranked:
