@@ -151,6 +151,10 @@ def register(app: typer.Typer) -> None:
         _print(result, mse, plot)
 
 
+def _mb(x: float) -> str:
+    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
+
+
 def _print(result: Any, mse: dict[str, float], plot: Path | None) -> None:
     from rich.table import Table
 
@@ -162,11 +166,11 @@ def _print(result: Any, mse: dict[str, float], plot: Path | None) -> None:
     )
     cols = ["#", "arch", "loss", "latency ms (blocks + fixed)", "params", "memory MB"] + (["held-out MSE"] if mse else [])
     for c in cols:
-        t.add_column(c, justify="left" if c == "arch" else "right")
+        t.add_column(c, justify="left" if c == "arch" else "right", overflow="fold")
     for i, s in enumerate(result.best, 1):
         parts = " + ".join(f"{m:.3f}" for m in s.block_ms) + f" + {s.fixed_ms:.3f}"
         row = [str(i), str(s.arch), f"{s.loss:.4f}", f"{s.latency_ms:.3f} ({parts})", format_params(s.params),
-               f"{s.memory.total_mb:.1f} ({s.memory.weights_mb:.1f} w + {s.memory.activations_mb:.1f} act)"]
+               f"{_mb(s.memory.total_mb)} ({_mb(s.memory.weights_mb)} w + {_mb(s.memory.activations_mb)} act)"]
         if mse:
             row.append(f"{mse[str(s.arch)]:.5f}" if str(s.arch) in mse else "-")
         t.add_row(*row)
