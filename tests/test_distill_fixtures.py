@@ -9,6 +9,7 @@ import collections
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from nasbert_deploy.space import TINY
@@ -30,6 +31,15 @@ def tiny_vocab(size: int = 1000) -> list[str]:
         if w not in vocab:
             vocab.append(w)
     return vocab[:size]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train fastest on one thread; more only fight over the shared cores."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def make_tiny_teacher(directory: Path, mlm: bool = False, seed: int = 0) -> Path:

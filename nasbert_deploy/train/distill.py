@@ -362,13 +362,15 @@ def distill(
         student.load_state(tensors)
         opt.load_state_dict(opt_state["optimizer"])
         sched.load_state_dict(opt_state["scheduler"])
+        torch.set_rng_state(opt_state["rng"])
         step, history, elapsed = state["step"], state["history"], state["elapsed_s"]
     batches = CorpusBatches(corpus, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed)
     student.model.train()
 
     def save() -> None:
         state = {"step": step, "history": history, "elapsed_s": elapsed}
-        save_checkpoint(ckpt, key, student.state(), {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, state)
+        opt_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}
+        save_checkpoint(ckpt, key, student.state(), opt_state, state)
 
     t0 = time.perf_counter() - elapsed
     try:

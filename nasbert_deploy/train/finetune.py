@@ -147,7 +147,7 @@ def train_classifier(
     out = Path(out_dir)
     ckpt = checkpoint_dir(out)
     key = {"kind": "finetune", "config": cfg.to_dict(), "rows": len(train), "labels": labels, **(run_key or {})}
-    epoch, history, best, elapsed = 0, [], {"macro_f1": -1.0, "epoch": 0}, 0.0
+    epoch, done, history, best, elapsed = 0, 0, [], {"macro_f1": -1.0, "epoch": 0}, 0.0  # done: batches of `epoch`
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loaded = load_checkpoint(ckpt, key)
     if loaded is not None:
@@ -156,13 +156,15 @@ def train_classifier(
         best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         opt.load_state_dict(opt_state["optimizer"])
         sched.load_state_dict(opt_state["scheduler"])
-        epoch, history, best, elapsed = state["epoch"], state["history"], state["best"], state["elapsed_s"]
+        torch.set_rng_state(opt_state["rng"])
+        epoch, done, history, best, elapsed = state["epoch"], state["done"], state["history"], state["best"], state["elapsed_s"]
 
     def save() -> None:
         tensors = {f"cur.{k}": v for k, v in model.state_dict().items()}
         tensors.update({f"best.{k}": v for k, v in best_state.items()})
-        state = {"epoch": epoch, "history": history, "best": best, "elapsed_s": elapsed}
-        save_checkpoint(ckpt, key, tensors, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, state)
+        state = {"epoch": epoch, "done": done, "history": history, "best": best, "elapsed_s": elapsed}
+        opt_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}
+        save_checkpoint(ckpt, key, tensors, opt_state, state)
 
     t0 = time.perf_counter() - elapsed
     try:
@@ -170,7 +172,8 @@ def train_classifier(
             model.train()
             order = list(range(len(train)))
             random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
-            for j, (idx, batch) in enumerate(iter_batches(tokenizer, train, cfg.batch_size, max_len, order)):
+            order = order[done * cfg.batch_size :]  # resuming mid-epoch skips the batches already trained on
+            for idx, batch in iter_batches(tokenizer, train, cfg.batch_size, max_len, order):
                 logits = model(**batch).logits
                 loss = nn.functional.cross_entropy(logits, y_train[idx])
                 if lam:
@@ -180,9 +183,10 @@ def train_classifier(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 sched.step()
+                done += 1
                 if progress:
-                    progress(epoch * steps_per_epoch + j + 1, total, {"loss": float(loss.detach())})
-            epoch += 1
+                    progress(epoch * steps_per_epoch + done, total, {"loss": float(loss.detach())})
+            epoch, done = epoch + 1, 0
             scores = evaluate_logits(y_valid, predict_logits(model, tokenizer, valid, max_len=max_len))
             history.append({"epoch": epoch, "valid_accuracy": scores.accuracy, "valid_macro_f1": scores.macro_f1})
             if scores.macro_f1 > best["macro_f1"]:
