@@ -1,0 +1,181 @@
+"""`devices`, `profile` and `predict`: device specs, per-device latency tables, predicted latency of an arch."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from .common import console, err_console
+
+
+class ProfileSpace(str, Enum):
+    standard = "standard"
+    minilm = "minilm"
+    tiny = "tiny"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("devices")
+    def devices(spec: list[str] = typer.Argument(None, help="Extra spec files (.toml) to show beside the shipped ones.")) -> None:
+        """Device specs: runtime, target, precision, threads, profiled shapes, and whether usable here."""
+        from rich.table import Table
+
+        from ..devices import availability, list_devices, load_device
+
+        specs = list_devices() + [load_device(p) for p in spec or []]
+        t = Table(title="device specs (shipped in devices/; any spec file works by path)")
+        for col in ("name", "runtime", "target", "precision", "threads", "batch", "seq_lens", "usable here"):
+            t.add_column(col, no_wrap=col != "usable here")
+        for s in specs:
+            why = availability(s)
+            t.add_row(s.name, s.runtime, s.target, s.precision, str(s.threads or "all"), ",".join(map(str, s.batch_sizes)),
+                      ",".join(map(str, s.seq_lens)), "[green]yes[/]" if why is None else f"[red]no[/]: {why}")
+        console.print(t)
+
+    @app.command("profile")
+    def profile(
+        device: str = typer.Option(None, "--device", help="Device name (devices/NAME.toml) or a spec file path."),
+        space: ProfileSpace = typer.Option(ProfileSpace.standard, help="Search space to profile."),
+        out: Path = typer.Option(None, "--out", help="Table to write (default: ./profiles/DEVICE.json)."),
+        validate: int = typer.Option(20, "--validate", min=0, help="Random whole models timed to fit and check the correction."),
+        bundle: Path = typer.Option(None, "--bundle", help="Write an on-device profiling bundle to this folder instead."),
+        import_file: Path = typer.Option(None, "--import", help="Build the table from a bundle runner's results.json."),
+        runs: int = typer.Option(20, min=1, help="Timed runs per measurement (at least)."),
+        warmup: int = typer.Option(5, min=0, help="Warm-up runs per measurement."),
+        min_time: float = typer.Option(0.3, "--min-time", min=0.0, help="Seconds of timing per measurement (at least)."),
+        rounds: int = typer.Option(2, min=1, help="Shuffled passes over all items; the lowest-median round is kept."),
+        max_cv: float = typer.Option(0.1, "--max-cv", min=0.0, help="Re-measure above this coefficient of variation (0: never)."),
+        seed: int = typer.Option(0, help="Seed for the validation architectures and the timing order."),
+    ) -> None:
+        """Time every distinct operation of the space on a device and write its latency table (resumable)."""
+        from ..errors import NasBertDeployError
+
+        if import_file is not None:
+            from ..bundle import import_results
+
+            if not import_file.is_file():
+                raise NasBertDeployError(f"--import {import_file}: no such file (the runner writes results.json)")
+            pending = Path(out) if out is not None else None
+            table = _import(import_results, import_file, pending)
+            _report(table, out or Path("profiles") / f"{table.device['name']}.json")
+            return
+        if device is None:
+            raise NasBertDeployError("pass --device NAME (see `nasbert-deploy devices`) or --import results.json")
+        from ..devices import load_device
+        from ..profile import ProfileSettings
+        from ..space import get_space
+
+        spec = load_device(device)
+        sp = get_space(space.value)
+        settings = ProfileSettings(warmup=warmup, runs=runs, min_time_s=min_time, max_cv=max_cv or None, rounds=rounds,
+                                   validate=validate, seed=seed)
+        if bundle is not None:
+            from ..bundle import RUNNER_NAME, write_bundle
+
+            with _progress() as cb:
+                write_bundle(spec, sp, bundle, settings, cb)
+            console.print(f"wrote bundle {bundle}: on the device run `python {bundle / RUNNER_NAME} --out results.json`, "
+                          "then `nasbert-deploy profile --import results.json`")
+            return
+        from ..profile import profile_device
+
+        target = out or Path("profiles") / f"{spec.name}.json"
+        with _progress() as cb:
+            table = profile_device(spec, sp, target, settings, cb)
+        _report(table, target)
+
+    @app.command("predict")
+    def predict(
+        arch: str = typer.Argument(..., help="Arch string, e.g. '128:mha,ffn,id,id,id,id|...'."),
+        device: str = typer.Option(None, "--device", help="Device name: uses ./profiles/NAME.json or the shipped table."),
+        table: Path = typer.Option(None, "--table", help="A latency table file (instead of --device)."),
+        space: ProfileSpace = typer.Option(ProfileSpace.standard, help="Search space of the arch."),
+        seq_len: int = typer.Option(128, "--seq-len", min=2, help="Sequence length (interpolated between profiled ones)."),
+        batch: int = typer.Option(1, "--batch", min=1, help="Batch size (a profiled one)."),
+    ) -> None:
+        """Predicted latency of one architecture on a device, with the per-block breakdown."""
+        from rich.table import Table
+
+        from ..errors import NasBertDeployError
+        from ..latency import LatencyTable, find_table
+        from ..space import get_space
+
+        sp = get_space(space.value)
+        a = sp.parse(arch)
+        if table is None:
+            if device is None:
+                raise NasBertDeployError("pass --device NAME or --table FILE")
+            from ..devices import load_device
+
+            table = find_table(load_device(device).name)
+        lt = LatencyTable.load(table, space=sp)
+        p = lt.predict(a, batch, seq_len)
+        t = Table(title=f"{a}  on {lt.device.get('name')} (batch {batch}, seq {seq_len})")
+        t.add_column("part")
+        t.add_column("ms", justify="right")
+        for i, (b, ms) in enumerate(zip(a.blocks, p.blocks_ms), 1):
+            t.add_row(f"block {i} ({b})", f"{ms:.3f}")
+        for name, ms in (("embedding", p.embedding_ms), ("boundaries", p.boundaries_ms), ("head", p.head_ms),
+                         ("offset (correction)", p.offset_ms)):
+            t.add_row(name, f"{ms:.3f}")
+        t.add_row("[bold]total[/]", f"[bold]{p.total_ms:.3f}[/]")
+        console.print(t)
+
+
+def _import(fn: Any, path: Path, out: Path | None) -> Any:
+    """Import bundle results; the output name comes from the device in the results unless --out is given."""
+    import json
+
+    from ..errors import TableError
+
+    if out is None:
+        try:
+            name = json.loads(path.read_text(encoding="utf-8"))["bundle"]["device"]["name"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise TableError(f"{path} is not the output of a profiling bundle's runner") from None
+        out = Path("profiles") / f"{name}.json"
+    return fn(path, out)
+
+
+class _progress:
+    """A rich progress bar fed by the profiler's (phase, done, total) callback."""
+
+    def __enter__(self) -> Any:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TimeRemainingColumn(), console=err_console)
+        self.tasks: dict[str, int] = {}
+        self.bar.start()
+        return self.callback
+
+    def callback(self, phase: str, done: int, total: int) -> None:
+        label = {"export": "exporting models", "time": "timing"}.get(phase, phase)
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bar.add_task(label, total=total)
+        self.bar.update(self.tasks[phase], completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+
+def _report(table: Any, path: Path) -> None:
+    from rich.table import Table
+
+    wall = table.manifest.get("profiling_wall_s")
+    console.print(f"wrote {path} ({len(table.entries)} entries, profiling wall time {wall:.0f} s)")
+    val = table.validation
+    if not val:
+        console.print("no whole-model validation (--validate 0 or fewer than 3): correction is scale 1, offset 0")
+        return
+    t = Table(title="prediction error on whole models (leave-one-out, after the affine correction)")
+    for col in ("batch/seq", "models", "MAPE %", "max |err| %", "within ±10%", "uncorrected MAPE %", "scale", "offset ms"):
+        t.add_column(col, justify="right")
+    for pk, v in val.items():
+        corr = table.corrections[pk]
+        t.add_row(pk, str(v["models"]), f"{v['mape_pct']:.1f}", f"{v['max_abs_pct']:.1f}", f"{100 * v['within_10pct']:.0f}%",
+                  f"{v['uncorrected_mape_pct']:.1f}", f"{corr['scale']:.3f}", f"{corr['offset_ms']:.3f}")
+    console.print(t)

@@ -1,0 +1,335 @@
+"""Device latency tables: per-operation latencies (ms) and an affine whole-model correction.
+
+A table holds, for each profiled (batch, seq_len) point, the latency of every distinct operation
+measured in isolation, keyed by a canonical signature:
+
+    mha@h256  ffn@h128  sep5@h384         a layer operation at a hidden size
+    boundary@h128>h256                    the Linear map between two blocks
+    embedding@h192                        Embeddings + Linear(embed_dim, h1)
+    head@h512                             Linear(h_N, output_dim)
+    overhead                              one call of a trivial model (the per-call cost every isolated op paid)
+
+A part's cost is its entry minus `overhead` (each isolated op paid the call overhead once; the whole
+model pays it once, which the offset absorbs). Per point an affine correction fitted on whole models,
+
+    predicted_ms = scale * sum(parts_ms) + offset_ms,
+
+is applied as `scale` on every part and `offset_ms` once in `fixed_ms`, so that
+`predict(arch).total_ms == sum(block_ms) + fixed_ms` exactly and the search stays additive.
+Sequence lengths between profiled ones are interpolated linearly (entries and correction); batch
+sizes must be profiled ones. A missing entry is a `TableError` naming the key, never a partial sum.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SpaceError, TableError
+from .fileio import write_json_atomic
+from .space import Arch, BlockArch, Op, SearchSpace
+
+SCHEMA_VERSION = 1
+OVERHEAD_KEY = "overhead"
+MANIFEST_KEYS = (
+    "schema_version", "space_hash", "space", "device", "runtime_versions", "cpu_model", "gpu_model",
+    "created", "profiling_wall_s", "settings", "source",
+)
+# search-space fields that change an operation's shape (a table serves any space that agrees on these)
+_SHAPE_FIELDS = ("head_dim", "ffn_ratio", "embed_dim", "output_dim", "vocab_size", "max_positions", "type_vocab_size")
+
+
+def op_key(op: Op, hidden: int) -> str:
+    return f"{op.name}@h{hidden}"
+
+
+def boundary_key(h_in: int, h_out: int) -> str:
+    return f"boundary@h{h_in}>h{h_out}"
+
+
+def embedding_key(h1: int) -> str:
+    return f"embedding@h{h1}"
+
+
+def head_key(h_last: int) -> str:
+    return f"head@h{h_last}"
+
+
+def point_key(batch: int, seq_len: int) -> str:
+    return f"b{batch}s{seq_len}"
+
+
+def table_keys(space: SearchSpace) -> list[str]:
+    """Every entry a complete table for `space` holds (61 for the standard space, with `overhead`)."""
+    hs = space.hidden_sizes
+    keys = [op_key(op, h) for h in hs for op in space.layer_ops]
+    keys += [boundary_key(a, b) for a in hs for b in hs]
+    keys += [embedding_key(h) for h in hs] + [head_key(h) for h in hs]
+    return keys + [OVERHEAD_KEY]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted latency of one architecture at one (batch, seq_len), in ms, with its breakdown.
+
+    `total_ms == sum(blocks_ms) + fixed_ms` exactly, `fixed_ms = embedding + boundaries + head + offset`.
+    """
+
+    total_ms: float
+    blocks_ms: list[float]
+    embedding_ms: float
+    boundaries_ms: float
+    head_ms: float
+    offset_ms: float
+    fixed_ms: float
+    batch: int
+    seq_len: int
+
+
+@dataclass
+class LatencyTable:
+    """Per-operation latencies for one device and one search space (see the module docstring)."""
+
+    space: SearchSpace
+    device: dict[str, Any]
+    entries: dict[str, dict[str, dict[str, float]]]
+    corrections: dict[str, dict[str, float]] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ shape of the table
+    @property
+    def points(self) -> list[tuple[int, int]]:
+        out = set()
+        for per_point in self.entries.values():
+            for pk in per_point:
+                b, s = pk[1:].split("s")
+                out.add((int(b), int(s)))
+        return sorted(out)
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted({b for b, _ in self.points}))
+
+    @property
+    def seq_lens(self) -> tuple[int, ...]:
+        return tuple(sorted({s for _, s in self.points}))
+
+    def check_space(self, space: SearchSpace) -> None:
+        """Raise `SpaceError` unless every operation of `space` has the shapes this table was profiled for."""
+        mine = self.space
+        diffs = [f"{f} {getattr(space, f)} vs {getattr(mine, f)}" for f in _SHAPE_FIELDS if getattr(space, f) != getattr(mine, f)]
+        if not set(space.hidden_sizes) <= set(mine.hidden_sizes):
+            diffs.append(f"hidden sizes {list(space.hidden_sizes)} not within {list(mine.hidden_sizes)}")
+        if not set(space.conv_kernels) <= set(mine.conv_kernels):
+            diffs.append(f"conv kernels {list(space.conv_kernels)} not within {list(mine.conv_kernels)}")
+        if diffs:
+            raise SpaceError(
+                f"latency table was profiled for space {mine.name!r} (hash {mine.space_hash()}), which does not cover "
+                f"space {space.name!r}: {'; '.join(diffs)}; profile it with `nasbert-deploy profile --space {space.name}`"
+            )
+
+    # ------------------------------------------------------------------ lookups
+    def _weights(self, batch: int, seq_len: int) -> list[tuple[str, float]]:
+        """[(point key, weight)] interpolating linearly in seq_len between the two nearest profiled lengths."""
+        if batch not in self.batch_sizes:
+            raise TableError(f"batch {batch} was not profiled; profiled batch sizes: {list(self.batch_sizes)}")
+        seqs = self.seq_lens
+        if seq_len in seqs:
+            return [(point_key(batch, seq_len), 1.0)]
+        if not seqs or seq_len < seqs[0] or seq_len > seqs[-1]:
+            raise TableError(f"seq_len {seq_len} is outside the profiled range {seqs[0]}..{seqs[-1]} (profiled: {list(seqs)})")
+        hi = next(s for s in seqs if s > seq_len)
+        lo = max(s for s in seqs if s < seq_len)
+        w = (seq_len - lo) / (hi - lo)
+        return [(point_key(batch, lo), 1.0 - w), (point_key(batch, hi), w)]
+
+    def entry_ms(self, key: str, batch: int, seq_len: int) -> float:
+        """Raw median latency (ms) of one entry, interpolated in seq_len."""
+        per_point = self.entries.get(key)
+        if per_point is None:
+            raise TableError(f"latency table has no entry {key!r} (device {self.device.get('name')!r}); re-profile the device")
+        total = 0.0
+        for pk, w in self._weights(batch, seq_len):
+            if pk not in per_point:
+                raise TableError(f"latency table has no entry {key!r} at {pk}; re-profile the device")
+            total += w * per_point[pk]["median_ms"]
+        return total
+
+    def part_ms(self, key: str, batch: int, seq_len: int) -> float:
+        """Uncorrected cost of one part: its entry minus the per-call overhead (never below 0)."""
+        return max(self.entry_ms(key, batch, seq_len) - self.entry_ms(OVERHEAD_KEY, batch, seq_len), 0.0)
+
+    def correction(self, batch: int, seq_len: int) -> tuple[float, float]:
+        """(scale, offset_ms) at this point; (1, 0) where no whole-model validation was fitted."""
+        a = c = 0.0
+        for pk, w in self._weights(batch, seq_len):
+            corr = self.corrections.get(pk, {"scale": 1.0, "offset_ms": 0.0})
+            a += w * corr["scale"]
+            c += w * corr["offset_ms"]
+        return a, c
+
+    def raw_block_ms(self, block: BlockArch, batch: int, seq_len: int) -> float:
+        return sum(self.part_ms(op_key(op, block.hidden), batch, seq_len) for op in block.ops if not op.is_identity)
+
+    def raw_fixed_parts(self, hiddens: tuple[int, ...], batch: int, seq_len: int) -> tuple[float, float, float]:
+        """Uncorrected (embedding, boundaries, head) in ms."""
+        emb = self.part_ms(embedding_key(hiddens[0]), batch, seq_len)
+        bnd = sum(self.part_ms(boundary_key(a, b), batch, seq_len) for a, b in zip(hiddens, hiddens[1:]))
+        return emb, bnd, self.part_ms(head_key(hiddens[-1]), batch, seq_len)
+
+    def raw_sum_ms(self, arch: Arch, batch: int, seq_len: int) -> float:
+        """Uncorrected sum of parts (the regressor of the affine correction)."""
+        blocks = sum(self.raw_block_ms(b, batch, seq_len) for b in arch.blocks)
+        return blocks + sum(self.raw_fixed_parts(arch.hiddens, batch, seq_len))
+
+    # ------------------------------------------------------------------ the search's interface
+    def block_ms(self, block: BlockArch, batch: int, seq_len: int) -> float:
+        """Latency (ms) of one block's layers: scale * sum of its operations' parts."""
+        a, _ = self.correction(batch, seq_len)
+        return a * self.raw_block_ms(block, batch, seq_len)
+
+    def _fixed(self, hiddens: tuple[int, ...], batch: int, seq_len: int) -> tuple[float, float, float, float]:
+        a, c = self.correction(batch, seq_len)
+        emb, bnd, head = self.raw_fixed_parts(tuple(hiddens), batch, seq_len)
+        return a * emb, a * bnd, a * head, c
+
+    def fixed_ms(self, hiddens: tuple[int, ...], batch: int, seq_len: int) -> float:
+        """Latency (ms) of embedding(h1) + boundaries + head, scaled, plus the offset."""
+        emb, bnd, head, off = self._fixed(hiddens, batch, seq_len)
+        return emb + bnd + head + off
+
+    def predict(self, arch: Arch, batch: int, seq_len: int) -> Prediction:
+        """Predicted whole-model latency with a per-block breakdown; total == sum(blocks_ms) + fixed_ms."""
+        blocks = [self.block_ms(b, batch, seq_len) for b in arch.blocks]
+        emb, bnd, head, off = self._fixed(arch.hiddens, batch, seq_len)
+        fixed = emb + bnd + head + off
+        return Prediction(sum(blocks) + fixed, blocks, emb, bnd, head, off, fixed, batch, seq_len)
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        manifest = dict(self.manifest)
+        manifest.update(schema_version=SCHEMA_VERSION, space_hash=self.space.space_hash(), space=self.space.to_dict(),
+                        device=self.device)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "manifest": manifest,
+            "batch_sizes": list(self.batch_sizes),
+            "seq_lens": list(self.seq_lens),
+            "entries": self.entries,
+            "corrections": self.corrections,
+            "validation": self.validation,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table atomically as versioned JSON."""
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "latency table") -> LatencyTable:
+        if not isinstance(data, dict) or "manifest" not in data or "entries" not in data:
+            raise TableError(f"{where} is not a latency table (needs 'manifest' and 'entries')")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise TableError(f"{where} has schema version {version!r}; this build reads version {SCHEMA_VERSION}; re-profile")
+        m = data["manifest"]
+        space = SearchSpace.from_dict(m.get("space", {}))
+        if m.get("space_hash") != space.space_hash():
+            found = m.get("space_hash")
+            raise SpaceError(f"{where}: manifest space hash {found!r} does not match its space {space.space_hash()!r}")
+        return cls(space, dict(m.get("device", {})), data["entries"], data.get("corrections", {}), data.get("validation", {}), m)
+
+    @classmethod
+    def load(cls, path: str | Path, space: SearchSpace | None = None) -> LatencyTable:
+        """Read a table; with `space`, also check that the table covers that space's operations."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise TableError(f"cannot read latency table {p}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise TableError(f"latency table {p} is not valid JSON: {exc}") from None
+        table = cls.from_dict(data, where=str(p))
+        if space is not None:
+            table.check_space(space)
+        return table
+
+
+def find_table(device_name: str) -> Path:
+    """`./profiles/NAME.json` if it exists, else the shipped reference table; TableError if neither."""
+    from .resources import shipped_dir
+
+    local = Path("profiles") / f"{device_name}.json"
+    if local.is_file():
+        return local
+    shipped = shipped_dir("profiles") / f"{device_name}.json"
+    if shipped.is_file():
+        return shipped
+    raise TableError(
+        f"no latency table for device {device_name!r} (looked in ./profiles and {shipped.parent}); "
+        f"make one with `nasbert-deploy profile --device {device_name}` or pass --table FILE"
+    )
+
+
+def fit_affine(parts_ms: list[float], measured_ms: list[float]) -> tuple[float, float]:
+    """(scale, offset_ms) minimising the squared *relative* error of scale * parts + offset vs measured."""
+    import numpy as np
+
+    x, y = np.asarray(parts_ms, float), np.asarray(measured_ms, float)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return (float(np.mean(y / x)) if len(x) else 1.0), 0.0
+    A = np.stack([x / y, 1.0 / y], axis=1)
+    (a, c), *_ = np.linalg.lstsq(A, np.ones_like(y), rcond=None)
+    return float(a), float(c)
+
+
+def held_out_errors(parts_ms: list[float], measured_ms: list[float]) -> dict[str, Any]:
+    """Leave-one-out error of the affine fit: MAPE (%), max |error| (%), share within +-10%, per-model predictions."""
+    n = len(parts_ms)
+    preds = []
+    for i in range(n):
+        rest = [j for j in range(n) if j != i]
+        a, c = fit_affine([parts_ms[j] for j in rest], [measured_ms[j] for j in rest])
+        preds.append(a * parts_ms[i] + c)
+    errs = [100.0 * (p - m) / m for p, m in zip(preds, measured_ms)]
+    return {
+        "method": "leave-one-out",
+        "models": n,
+        "mape_pct": sum(abs(e) for e in errs) / n if n else None,
+        "max_abs_pct": max((abs(e) for e in errs), default=None),
+        "within_10pct": sum(abs(e) <= 10.0 for e in errs) / n if n else None,
+        "predicted_ms": preds,
+    }
+
+
+def environment() -> dict[str, Any]:
+    """Runtime versions and the CPU / GPU model for a table's manifest."""
+    import importlib.metadata as md
+
+    versions = {}
+    for dist in ("torch", "onnxruntime", "openvino", "nncf", "onnx", "nasbert-deploy"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return {"runtime_versions": versions, "cpu_model": cpu_model(), "gpu_model": gpu_model(), "python": platform.python_version()}
+
+
+def cpu_model() -> str:
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    for line in lines:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def gpu_model() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

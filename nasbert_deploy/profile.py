@@ -1,0 +1,232 @@
+"""Profile a device: time every distinct operation of a space in isolation, validate on whole models.
+
+    table = profile_device(load_device("cpu-ort"), STANDARD, Path("profiles/cpu-ort.json"))
+
+For each (batch, seq_len) point of the device spec, each item of `profile_items.op_items` (the layer
+operations at every hidden size, the block boundaries, embeddings, heads and the per-call overhead) is
+exported ONCE through the device's runtime (`runtimes.get_runtime(spec.runtime).compile`, dynamic batch
+and sequence) and timed with `timing.measure` at every point. `validate` random whole models, spread over
+the parameter range, are compiled and timed the same way, in the same shuffled rounds (machine noise is
+spread over all items), and fit the per-point affine correction (`latency.fit_affine`) whose
+leave-one-out error is stored in the table.
+
+Interrupting loses nothing measured: completed (item, point, round) timings are kept in a partial file
+beside the output (`.NAME.json.partial`) and skipped on the next run; only the final table is written,
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .devices import DeviceSpec, require_available
+from .errors import DeviceError, TableError
+from .fileio import write_json_atomic
+from .latency import LatencyTable, environment, fit_affine, held_out_errors, point_key, table_keys
+from .profile_items import Item, make_inputs, model_item, op_items, validation_archs
+from .space import Arch, SearchSpace
+
+Progress = Callable[[str, int, int], None]  # (phase 'export' | 'time', done, total)
+Results = dict[str, dict[str, list[dict[str, float]]]]  # key -> point key -> one Timing dict per round
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How hard to measure. `rounds` shuffled passes over all items; each entry keeps its least-noisy round (lowest median)."""
+
+    warmup: int = 5
+    runs: int = 20
+    min_time_s: float = 0.3
+    max_cv: float | None = 0.1
+    retries: int = 1
+    rounds: int = 2
+    validate: int = 20
+    seed: int = 0
+
+    def measure_kwargs(self) -> dict[str, Any]:
+        return {"warmup": self.warmup, "runs": self.runs, "min_time_s": self.min_time_s, "max_cv": self.max_cv,
+                "retries": self.retries}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def partial_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def points_of(spec: DeviceSpec, space: SearchSpace) -> list[tuple[int, int]]:
+    too_long = [s for s in spec.seq_lens if s > space.max_positions]
+    if too_long:
+        raise DeviceError(f"device {spec.name!r}: seq_lens {too_long} exceed the space's {space.max_positions} positions")
+    return [(b, s) for b in spec.batch_sizes for s in spec.seq_lens]
+
+
+def _spec_dict(spec: DeviceSpec) -> dict[str, Any]:
+    d = spec.to_dict()
+    d.pop("source", None)
+    return d
+
+
+def _load_partial(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    if path.is_file():
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            state = {}
+        if isinstance(state, dict) and state.get("identity") == identity:
+            return state
+    return {"kind": "nasbert-profile-partial", "identity": identity, "results": {}, "wall_s": 0.0}
+
+
+def run_items(
+    items: Sequence[Item],
+    points: Sequence[tuple[int, int]],
+    spec: DeviceSpec,
+    space: SearchSpace,
+    settings: ProfileSettings,
+    results: Results,
+    save: Callable[[], None],
+    progress: Progress | None = None,
+) -> Results:
+    """Compile each item still missing a timing, then time all in `settings.rounds` shuffled passes.
+
+    `results` is updated in place and `save()` called after every timing (resumability).
+    """
+    from .runtimes import get_runtime, time_compiled
+
+    rt = get_runtime(spec.runtime)
+    rounds = settings.rounds
+
+    def missing(it: Item, pk: str, r: int) -> bool:
+        return len(results.get(it.key, {}).get(pk, [])) <= r
+
+    todo = [it for it in items if any(missing(it, point_key(b, s), rounds - 1) for b, s in points)]
+    total = sum(missing(it, point_key(b, s), r) for it in todo for b, s in points for r in range(rounds))
+    with tempfile.TemporaryDirectory(prefix="nasbert-profile-") as wd:
+        compiled = {}
+        for i, it in enumerate(todo):
+            if progress:
+                progress("export", i, len(todo))
+            compiled[it.key] = rt.compile(it.build(space), it.example_inputs(space), it.output_names, spec, Path(wd) / str(i))
+        if progress:
+            progress("export", len(todo), len(todo))
+        done = 0
+        for r in range(rounds):
+            for b, s in points:
+                pk = point_key(b, s)
+                order = list(todo)
+                random.Random(f"{settings.seed}/{r}/{pk}").shuffle(order)
+                for it in order:
+                    if not missing(it, pk, r):
+                        continue
+                    feed = make_inputs(it.inputs, b, s, space.vocab_size, seed=settings.seed)
+                    t = time_compiled(compiled[it.key], feed, **settings.measure_kwargs())
+                    results.setdefault(it.key, {}).setdefault(pk, []).append(t.to_dict())
+                    save()
+                    done += 1
+                    if progress:
+                        progress("time", done, total)
+    return results
+
+
+def best_timing(rounds: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The round with the lowest median (noise only ever adds latency), with the number of rounds."""
+    best = min(rounds, key=lambda t: t["median_ms"])
+    return {**best, "rounds": len(rounds)}
+
+
+def build_table(
+    space: SearchSpace,
+    device: dict[str, Any],
+    results: Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]],
+    archs: Sequence[Arch],
+    points: Sequence[tuple[int, int]],
+    manifest: dict[str, Any],
+) -> LatencyTable:
+    """Entries from the measured op timings; per point, the affine correction fitted on the whole models."""
+    entries: dict[str, dict[str, dict[str, float]]] = {}
+    for key in table_keys(space):
+        for b, s in points:
+            pk = point_key(b, s)
+            timings = results.get(key, {}).get(pk)
+            if not timings:
+                raise TableError(f"no measurement of {key!r} at {pk}; profile again (or re-run the bundle)")
+            entries.setdefault(key, {})[pk] = best_timing(timings)
+    table = LatencyTable(space, device, entries, {}, {}, manifest)
+    for b, s in points:
+        pk = point_key(b, s)
+        measured = [best_timing(results[model_item(a).key][pk])["median_ms"] for a in archs if model_item(a).key in results]
+        if len(measured) != len(archs):
+            raise TableError(f"validation models are missing measurements at {pk}; profile again")
+        if len(archs) < 3:
+            continue  # too few to fit and hold out: correction stays (1, 0)
+        parts = [table.raw_sum_ms(a, b, s) for a in archs]
+        a_fit, c_fit = fit_affine(parts, measured)
+        table.corrections[pk] = {"scale": a_fit, "offset_ms": c_fit}
+        raw_err = [100.0 * abs(p - m) / m for p, m in zip(parts, measured)]
+        table.validation[pk] = {
+            **held_out_errors(parts, measured),
+            "uncorrected_mape_pct": sum(raw_err) / len(raw_err),
+            "archs": [str(a) for a in archs],
+            "params": [space.params(a) for a in archs],
+            "measured_ms": measured,
+            "parts_ms": parts,
+        }
+    return table
+
+
+def make_manifest(spec_or_dict: DeviceSpec | dict[str, Any], settings: dict[str, Any], wall_s: float, source: str,
+                  env: dict[str, Any] | None = None) -> dict[str, Any]:
+    env = env if env is not None else environment()
+    device = _spec_dict(spec_or_dict) if isinstance(spec_or_dict, DeviceSpec) else spec_or_dict
+    return {
+        "device": device,
+        "runtime_versions": env.get("runtime_versions", {}),
+        "cpu_model": env.get("cpu_model"),
+        "gpu_model": env.get("gpu_model"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profiling_wall_s": round(wall_s, 2),
+        "settings": settings,
+        "source": source,
+    }
+
+
+def profile_device(
+    spec: DeviceSpec,
+    space: SearchSpace,
+    out: str | Path,
+    settings: ProfileSettings | None = None,
+    progress: Progress | None = None,
+) -> LatencyTable:
+    """Profile `spec` for `space`, write the table atomically to `out` and return it (resumes a partial run)."""
+    settings = settings or ProfileSettings()
+    require_available(spec)
+    points = points_of(spec, space)
+    out = Path(out)
+    ppath = partial_path(out)
+    identity = {"device": _spec_dict(spec), "space_hash": space.space_hash(), "settings": settings.to_dict()}
+    state = _load_partial(ppath, identity)
+    archs = validation_archs(space, settings.validate, settings.seed)
+    items = op_items(space) + [model_item(a) for a in archs]
+    start, before = time.perf_counter(), float(state["wall_s"])
+
+    def save() -> None:
+        state["wall_s"] = before + time.perf_counter() - start
+        write_json_atomic(ppath, state)
+
+    run_items(items, points, spec, space, settings, state["results"], save, progress)
+    wall = before + time.perf_counter() - start
+    manifest = make_manifest(spec, settings.to_dict(), wall, "direct")
+    table = build_table(space, _spec_dict(spec), state["results"], archs, points, manifest)
+    table.save(out)
+    ppath.unlink(missing_ok=True)
+    return table

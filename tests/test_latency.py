@@ -1,0 +1,142 @@
+"""LatencyTable: schema, exact additivity, interpolation, corrections, and clear errors (no runtimes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nasbert_deploy.errors import SpaceError, TableError
+from nasbert_deploy.latency import (
+    MANIFEST_KEYS,
+    OVERHEAD_KEY,
+    LatencyTable,
+    boundary_key,
+    embedding_key,
+    fit_affine,
+    head_key,
+    held_out_errors,
+    op_key,
+    point_key,
+    table_keys,
+)
+from nasbert_deploy.profile import build_table, make_manifest
+from nasbert_deploy.space import STANDARD, TINY, Op
+
+
+def _synthetic(space=TINY, seqs=(8, 16), overhead=0.01):
+    """Entry ms = (index + 1) * seq / 8 (linear in seq), so interpolation is exact and sums are known."""
+    entries = {}
+    for i, key in enumerate(table_keys(space)):
+        val = (lambda s: overhead) if key == OVERHEAD_KEY else (lambda s, i=i: overhead + (i + 1) * s / 8)
+        entries[key] = {point_key(1, s): {"median_ms": val(s), "p90_ms": val(s), "mean_ms": val(s), "cv": 0.0, "runs": 3}
+                        for s in seqs}
+    corr = {point_key(1, s): {"scale": 0.9, "offset_ms": -0.5} for s in seqs}
+    manifest = make_manifest({"name": "synthetic"}, {}, 1.0, "test")
+    return LatencyTable(space, {"name": "synthetic"}, entries, corr, {}, manifest)
+
+
+def test_keys_count_standard_space():
+    keys = table_keys(STANDARD)
+    assert len(keys) == 25 + 25 + 5 + 5 + 1
+    assert "mha@h256" in keys and "sep5@h128" in keys and "boundary@h128>h256" in keys
+    assert "embedding@h192" in keys and "head@h512" in keys and len(set(keys)) == len(keys)
+
+
+def test_schema_roundtrip(tmp_path):
+    t = _synthetic()
+    p = t.save(tmp_path / "t.json")
+    data = json.loads(p.read_text())
+    assert data["schema_version"] == 1
+    assert set(MANIFEST_KEYS) <= set(data["manifest"])
+    assert data["manifest"]["space_hash"] == TINY.space_hash() and data["manifest"]["space"]["hidden_sizes"] == [32, 64]
+    assert data["batch_sizes"] == [1] and data["seq_lens"] == [8, 16]
+    for key in table_keys(TINY):
+        assert set(data["entries"][key]["b1s8"]) >= {"median_ms", "p90_ms", "cv", "runs"}
+    t2 = LatencyTable.load(p, space=TINY)
+    a = TINY.parse("32:mha,ffn|64:sep3,id")
+    assert t2.predict(a, 1, 16) == t.predict(a, 1, 16)
+
+
+def test_predict_is_manual_sum_and_exactly_additive():
+    t = _synthetic()
+    a = TINY.parse("32:mha,sep5|64:ffn,id")
+    s = 16
+
+    def part(key):
+        return t.entries[key][point_key(1, s)]["median_ms"] - 0.01
+
+    blocks = [0.9 * (part(op_key(Op("mha"), 32)) + part(op_key(Op("sep", 5), 32))), 0.9 * part(op_key(Op("ffn"), 64))]
+    fixed = 0.9 * (part(embedding_key(32)) + part(boundary_key(32, 64)) + part(head_key(64))) - 0.5
+    p = t.predict(a, 1, s)
+    assert p.blocks_ms == pytest.approx(blocks, rel=1e-12)
+    assert p.fixed_ms == pytest.approx(fixed, rel=1e-12)
+    assert p.total_ms == sum(p.blocks_ms) + p.fixed_ms  # exact: the search relies on it
+    assert p.total_ms == sum(t.block_ms(b, 1, s) for b in a.blocks) + t.fixed_ms(a.hiddens, 1, s)
+    assert p.fixed_ms == p.embedding_ms + p.boundaries_ms + p.head_ms + p.offset_ms and p.offset_ms == -0.5
+
+
+def test_interpolation_in_seq_len():
+    t = _synthetic()
+    k = op_key(Op("mha"), 64)
+    assert t.entry_ms(k, 1, 12) == pytest.approx((t.entry_ms(k, 1, 8) + t.entry_ms(k, 1, 16)) / 2)
+    assert t.entry_ms(k, 1, 10) == pytest.approx(0.75 * t.entry_ms(k, 1, 8) + 0.25 * t.entry_ms(k, 1, 16))
+    with pytest.raises(TableError, match=r"outside the profiled range 8\.\.16"):
+        t.entry_ms(k, 1, 32)
+    with pytest.raises(TableError, match=r"batch 4 was not profiled; profiled batch sizes: \[1\]"):
+        t.entry_ms(k, 4, 8)
+
+
+def test_missing_entry_is_an_error_not_a_partial_sum():
+    t = _synthetic()
+    del t.entries[op_key(Op("ffn"), 64)]
+    with pytest.raises(TableError, match="ffn@h64"):
+        t.predict(TINY.parse("32:mha,id|64:mha,ffn"), 1, 8)
+    del t.entries[head_key(32)]["b1s16"]
+    with pytest.raises(TableError, match=r"head@h32.*b1s16"):
+        t.fixed_ms((64, 32), 1, 16)
+
+
+def test_other_space_and_schema_fail_clearly(tmp_path):
+    p = _synthetic().save(tmp_path / "t.json")
+    with pytest.raises(SpaceError, match="does not cover space 'standard'"):
+        LatencyTable.load(p, space=STANDARD)
+    data = json.loads(p.read_text())
+    data["schema_version"] = 99
+    (tmp_path / "v.json").write_text(json.dumps(data))
+    with pytest.raises(TableError, match="schema version 99"):
+        LatencyTable.load(tmp_path / "v.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(TableError, match="not valid JSON"):
+        LatencyTable.load(tmp_path / "bad.json")
+
+
+def test_fit_affine_and_held_out_errors():
+    parts = [1.0, 2.0, 3.0, 5.0, 8.0]
+    measured = [0.8 * x - 0.2 for x in parts]
+    a, c = fit_affine(parts, measured)
+    assert a == pytest.approx(0.8) and c == pytest.approx(-0.2)
+    e = held_out_errors(parts, measured)
+    assert e["mape_pct"] == pytest.approx(0.0, abs=1e-9) and e["within_10pct"] == 1.0 and e["models"] == 5
+    noisy = [m * f for m, f in zip(measured, (1.0, 1.3, 1.0, 1.0, 1.0))]
+    e2 = held_out_errors(parts, noisy)
+    assert e2["max_abs_pct"] > 10 and e2["within_10pct"] < 1.0
+
+
+def test_build_table_fits_correction_from_whole_models():
+    t = _synthetic(seqs=(8,))
+    results = {k: {pk: [v, {**v, "median_ms": v["median_ms"] * 2}]} for k, d in t.entries.items() for pk, v in d.items()}
+    archs = [TINY.parse(s) for s in ("32:mha,id|32:ffn,id", "64:mha,ffn|64:sep3,sep5", "32:sep3,id|64:mha,ffn", "64:ffn,id|32:mha,id")]
+    raw = LatencyTable(TINY, {}, {k: {"b1s8": v} for k, d in t.entries.items() for v in d.values()})
+    for a in archs:  # whole models take exactly 0.7 * parts + 0.3
+        results[f"model:{a}"] = {"b1s8": [{"median_ms": 0.7 * raw.raw_sum_ms(a, 1, 8) + 0.3, "p90_ms": 0, "mean_ms": 0, "cv": 0,
+                                           "runs": 3}]}
+    table = build_table(TINY, {"name": "x"}, results, archs, [(1, 8)], {})
+    assert table.entries[OVERHEAD_KEY]["b1s8"]["rounds"] == 2  # lowest-median round kept
+    assert table.corrections["b1s8"]["scale"] == pytest.approx(0.7) and table.corrections["b1s8"]["offset_ms"] == pytest.approx(0.3)
+    v = table.validation["b1s8"]
+    assert v["models"] == 4 and v["mape_pct"] == pytest.approx(0, abs=1e-6) and v["uncorrected_mape_pct"] > 5
+    assert table.predict(archs[1], 1, 8).total_ms == pytest.approx(results[f"model:{archs[1]}"]["b1s8"][0]["median_ms"])
+    del results[f"model:{archs[0]}"]
+    with pytest.raises(TableError, match="validation models are missing"):
+        build_table(TINY, {"name": "x"}, results, archs, [(1, 8)], {})
