@@ -1,0 +1,101 @@
+"""Corpus reading, the teacher-state cache and the embedding init; also the tiny-teacher builder the
+other `test_train_*` modules import."""
+
+from __future__ import annotations
+
+import collections
+import re
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasbert_deploy.errors import CorpusError, SpaceError
+from nasbert_deploy.space import TINY
+from nasbert_deploy.supernet import Supernet
+from nasbert_deploy.teacher import load_teacher
+from nasbert_deploy.train.data import build_teacher_cache, init_embeddings_from_teacher, read_paragraphs
+
+SAMPLE = Path(str(resources.files("nasbert_deploy") / "data" / "sample.txt"))
+
+
+def make_tiny_teacher(path: Path, layers: int = 4, seed: int = 0) -> Path:
+    """A BertModel (hidden 48, `layers` layers, vocab 1000) with a word-level vocab from the sample text."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = collections.Counter(re.findall(r"[a-z]+", SAMPLE.read_text().lower()))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + [w for w, _ in words.most_common(1000 - len(specials))]
+    vocab += [f"[unused{i}]" for i in range(1000 - len(vocab))]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(str(path))
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        hidden_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=96,
+        vocab_size=1000,
+        max_position_embeddings=64,
+    )
+    BertModel(cfg).eval().save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory) -> Path:
+    return make_tiny_teacher(tmp_path_factory.mktemp("teacher"))
+
+
+def test_read_paragraphs(tmp_path):
+    paras = read_paragraphs(SAMPLE, limit=50)
+    assert len(paras) == 50 and all(p.strip() == p and p for p in paras)
+    assert len(read_paragraphs(SAMPLE)) == 200
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(CorpusError, match="no paragraph"):
+        read_paragraphs(tmp_path / "empty.txt")
+    with pytest.raises(CorpusError, match="does not exist"):
+        read_paragraphs(tmp_path / "missing.txt")
+
+
+def test_cache_matches_teacher_and_resumes(tmp_path, tiny_teacher_dir):
+    teacher = load_teacher(tiny_teacher_dir)
+    paras = read_paragraphs(SAMPLE, limit=40)
+    cache = build_teacher_cache(teacher, paras, seq_len=24, num_blocks=2, cache_dir=tmp_path, batch_size=16, shard_size=16)
+    assert len(cache) == 40 and cache.num_blocks == 2 and cache.hidden_size == 48
+    assert cache.input_ids.shape == (40, 24) and cache.states[2].dtype == torch.float16
+    shards = sorted((tmp_path / cache.meta["key"]).glob("shard-*.safetensors"))
+    assert len(shards) == 3
+    with torch.no_grad():
+        ref = teacher.model(input_ids=cache.input_ids[:5], attention_mask=cache.attention_mask[:5], output_hidden_states=True)
+    # 4 teacher layers over 2 blocks: boundaries are hidden_states 0, 2, 4
+    for k, layer in enumerate((0, 2, 4)):
+        assert torch.allclose(cache.states[k][:5].float(), ref.hidden_states[layer], atol=2e-2)
+    # resume: a removed shard is rebuilt, the others reused (same bytes)
+    before = shards[0].stat().st_mtime_ns
+    shards[1].unlink()
+    again = build_teacher_cache(teacher, paras, seq_len=24, num_blocks=2, cache_dir=tmp_path, batch_size=16, shard_size=16)
+    assert shards[0].stat().st_mtime_ns == before and shards[1].is_file()
+    assert torch.equal(again.states[1], cache.states[1])
+    train, val = cache.split(8)
+    assert len(train) == 32 and len(val) == 8
+    with pytest.raises(CorpusError, match="between 1 and 39"):
+        cache.split(40)
+
+
+def test_svd_embedding_init_beats_random(tiny_teacher_dir):
+    teacher = load_teacher(tiny_teacher_dir)
+    ids = torch.randint(5, 1000, (4, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        target = teacher.model(input_ids=ids, output_hidden_states=True).hidden_states[0]
+        torch.manual_seed(0)
+        net = Supernet(TINY)
+        random_err = float(((net.embed(ids) - target) ** 2).mean())
+        init_embeddings_from_teacher(net, teacher.model)
+        init_err = float(((net.embed(ids) - target) ** 2).mean())
+    assert init_err < 0.75 * random_err  # random teacher: top-16 of 48 directions hold ~1/3 of the energy
+    small = Supernet(TINY.__class__(**{**TINY.to_dict(), "vocab_size": 500, "hidden_sizes": (32, 64), "conv_kernels": (3, 5)}))
+    with pytest.raises(SpaceError, match="vocab, hidden"):
+        init_embeddings_from_teacher(small, teacher.model)
