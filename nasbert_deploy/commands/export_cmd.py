@@ -146,7 +146,9 @@ def register(app: typer.Typer) -> None:
             except ArchError as exc:
                 raise ArchError(f"--max-params: {exc}") from None
             assert max_latency_ms is not None
-            chosen = select_arch(spec, max_latency_ms, params, max_memory_mb, options.batch, options.seq_len, supernet)
+            chosen = select_arch(
+                spec, max_latency_ms, params, max_memory_mb, options.batch, min(options.seq_len, sp.max_positions), supernet
+            )
             arch_obj = chosen.arch
             console.print(f"searched: {arch_obj} (predicted {chosen.latency_ms:.3f} ms, loss {chosen.loss:.4f})", highlight=False)
         else:
