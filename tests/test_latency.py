@@ -126,14 +126,16 @@ def test_fit_affine_and_held_out_errors():
 def test_build_table_fits_correction_from_whole_models():
     t = _synthetic(seqs=(8,))
     results = {k: {pk: [v, {**v, "median_ms": v["median_ms"] * 2}]} for k, d in t.entries.items() for pk, v in d.items()}
-    archs = [TINY.parse(s) for s in ("32:mha,id|32:ffn,id", "64:mha,ffn|64:sep3,sep5", "32:sep3,id|64:mha,ffn", "64:ffn,id|32:mha,id")]
+    texts = ("32:mha,id|32:ffn,id", "64:mha,ffn|64:sep3,sep5", "32:sep3,id|64:mha,ffn", "64:ffn,id|32:mha,id")
+    archs = [TINY.parse(s) for s in texts]
     raw = LatencyTable(TINY, {}, {k: {"b1s8": v} for k, d in t.entries.items() for v in d.values()})
     for a in archs:  # whole models take exactly 0.7 * parts + 0.3
         results[f"model:{a}"] = {"b1s8": [{"median_ms": 0.7 * raw.raw_sum_ms(a, 1, 8) + 0.3, "p90_ms": 0, "mean_ms": 0, "cv": 0,
                                            "runs": 3}]}
     table = build_table(TINY, {"name": "x"}, results, archs, [(1, 8)], {})
     assert table.entries[OVERHEAD_KEY]["b1s8"]["rounds"] == 2  # lowest-median round kept
-    assert table.corrections["b1s8"]["scale"] == pytest.approx(0.7) and table.corrections["b1s8"]["offset_ms"] == pytest.approx(0.3)
+    corr = table.corrections["b1s8"]
+    assert corr["scale"] == pytest.approx(0.7) and corr["offset_ms"] == pytest.approx(0.3)
     v = table.validation["b1s8"]
     assert v["models"] == 4 and v["mape_pct"] == pytest.approx(0, abs=1e-6) and v["uncorrected_mape_pct"] > 5
     assert table.predict(archs[1], 1, 8).total_ms == pytest.approx(results[f"model:{archs[1]}"]["b1s8"][0]["median_ms"])

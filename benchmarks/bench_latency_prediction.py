@@ -1,0 +1,86 @@
+"""How well do the latency tables predict whole models they were not fitted on?
+
+For each CPU device table (./profiles or the shipped ones), time `--models` random whole models of the
+table's space (stratified by params, none of them among the table's validation models) on the same
+runtime with the table's own measurement settings, and print the prediction error (MAPE, max error,
+share within +-10%) per (batch, seq_len), with the table's profiling wall time.
+
+    flock /tmp/nasbert-timing.lock python benchmarks/bench_latency_prediction.py
+    python benchmarks/bench_latency_prediction.py --models 10 --seq-len 128 --devices cpu-ort
+
+Goals (issue 3): >= 95% within +-10% and MAPE <= 5% on cpu-ort, cpu-openvino, cpu-torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from nasbert_deploy.devices import load_device, require_available
+from nasbert_deploy.latency import LatencyTable, find_table, point_key
+from nasbert_deploy.profile import ProfileSettings, best_timing, run_items
+from nasbert_deploy.profile_items import model_item, validation_archs
+
+
+def bench_device(name: str, n_models: int, seq_lens: list[int] | None, seed: int) -> list[dict]:
+    spec = load_device(name)
+    require_available(spec)
+    path = find_table(spec.name)
+    table = LatencyTable.load(path)
+    space = table.space
+    fitted = {a for v in table.validation.values() for a in v.get("archs", [])}
+    pool = validation_archs(space, n_models * 3, seed=seed)
+    archs = [a for a in pool if str(a) not in fitted][::3][:n_models]
+    if len(archs) < n_models:
+        archs = [a for a in pool if str(a) not in fitted][:n_models]
+    points = [(b, s) for b in table.batch_sizes for s in (seq_lens or table.seq_lens)]
+    st = {k: v for k, v in table.manifest.get("settings", {}).items() if k in ProfileSettings.__dataclass_fields__}
+    settings = ProfileSettings(**{**st, "seed": seed})
+    spec = load_device(name)
+    results: dict = {}
+    t0 = time.perf_counter()
+    run_items([model_item(a) for a in archs], points, spec, space, settings, results, lambda: None)
+    rows = []
+    for b, s in points:
+        pk = point_key(b, s)
+        errs = []
+        for a in archs:
+            measured = best_timing(results[model_item(a).key][pk])["median_ms"]
+            errs.append(100.0 * (table.predict(a, b, s).total_ms - measured) / measured)
+        rows.append({
+            "device": name, "point": pk, "models": len(archs),
+            "mape": sum(abs(e) for e in errs) / len(errs), "max": max(abs(e) for e in errs),
+            "within10": sum(abs(e) <= 10 for e in errs) / len(errs), "bias": sum(errs) / len(errs),
+            "wall_s": table.manifest.get("profiling_wall_s", 0.0), "n_points": len(table.batch_sizes) * len(table.seq_lens),
+            "bench_s": time.perf_counter() - t0, "cpu": table.manifest.get("cpu_model"),
+        })
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", default="cpu-ort,cpu-openvino,cpu-torch", help="comma-separated device names")
+    ap.add_argument("--models", type=int, default=50, help="held-out whole models per device")
+    ap.add_argument("--seq-len", type=int, action="append", help="sequence length(s) to test (default: the table's)")
+    ap.add_argument("--seed", type=int, default=1234, help="seed of the held-out architectures (tables use 0)")
+    args = ap.parse_args()
+    console = Console()
+    t = Table(title=f"latency prediction on {args.models} held-out whole models per device")
+    for col in ("device", "batch/seq", "models", "within ±10%", "MAPE %", "max |err| %", "mean err %",
+                "profiling wall s (per point)"):
+        t.add_column(col, justify="right")
+    cpu = None
+    for name in args.devices.split(","):
+        for r in bench_device(name.strip(), args.models, args.seq_len, args.seed):
+            cpu = r["cpu"]
+            t.add_row(r["device"], r["point"], str(r["models"]), f"{100 * r['within10']:.0f}%", f"{r['mape']:.1f}",
+                      f"{r['max']:.1f}", f"{r['bias']:+.1f}", f"{r['wall_s']:.0f} ({r['wall_s'] / r['n_points']:.0f})")
+    console.print(t)
+    console.print(f"tables profiled on: {cpu}")
+
+
+if __name__ == "__main__":
+    main()

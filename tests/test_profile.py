@@ -1,0 +1,89 @@
+"""The profiler on a micro space with real runtimes: every entry, whole-model validation, resume after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from nasbert_deploy.devices import load_device
+from nasbert_deploy.latency import MANIFEST_KEYS, LatencyTable, table_keys
+from nasbert_deploy.profile import ProfileSettings, partial_path, profile_device
+from nasbert_deploy.profile_items import op_items, validation_archs
+from nasbert_deploy.space import STANDARD, TINY, SearchSpace
+
+# smaller than TINY: one hidden size, one kernel -> 7 items (3 ops, 1 boundary, embedding, head, overhead)
+MICRO = SearchSpace(name="micro", num_blocks=2, layers_per_block=2, hidden_sizes=(32,), conv_kernels=(3,), head_dim=16,
+                    embed_dim=16, output_dim=48, vocab_size=1000, max_positions=64)
+SETTINGS = ProfileSettings(warmup=1, runs=10, min_time_s=0.02, max_cv=None, retries=0, rounds=2, validate=3)
+
+
+def test_items_cover_the_standard_space():
+    items = op_items(STANDARD)
+    assert len(items) == 61 and [i.key for i in items] == table_keys(STANDARD)
+    archs = validation_archs(STANDARD, 20)
+    params = [STANDARD.params(a) for a in archs]
+    assert len({str(a) for a in archs}) == 20 and params == sorted(params)
+    assert params[-1] > 3 * params[0]  # spread over the size range, not clustered
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def micro_table(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prof") / "micro-ort.json"
+    spec = replace(load_device("cpu-ort"), name="micro-ort", seq_lens=(8, 16))
+    seen = []
+
+    def interrupt(phase, done, total):
+        seen.append((phase, done, total))
+        if phase == "time" and done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        profile_device(spec, MICRO, out, SETTINGS, interrupt)
+    assert not out.exists()
+    state = json.loads(partial_path(out).read_text())
+    assert sum(len(r) for per in state["results"].values() for r in per.values()) == 5
+    total_first = max(t for p, _, t in seen if p == "time")
+    assert total_first == 10 * 2 * 2  # (7 items + 3 models) x 2 points x 2 rounds
+    resumed = []
+    table = profile_device(spec, MICRO, out, SETTINGS, lambda p, d, t: resumed.append((p, d, t)))
+    assert max(t for p, _, t in resumed if p == "time") == total_first - 5  # completed timings were skipped
+    assert not partial_path(out).exists()
+    return out, table
+
+
+@pytest.mark.slow
+def test_profiled_table_is_complete(micro_table):
+    out, table = micro_table
+    data = json.loads(out.read_text())
+    assert set(MANIFEST_KEYS) <= set(data["manifest"])
+    m = data["manifest"]
+    assert m["device"]["name"] == "micro-ort" and "onnxruntime" in m["runtime_versions"] and m["cpu_model"]
+    assert m["profiling_wall_s"] > 0 and m["space_hash"] == MICRO.space_hash()
+    loaded = LatencyTable.load(out, space=MICRO)
+    assert loaded.seq_lens == (8, 16) and loaded.batch_sizes == (1,)
+    for key in table_keys(MICRO):
+        for pk in ("b1s8", "b1s16"):
+            e = loaded.entries[key][pk]
+            assert e["median_ms"] > 0 and e["rounds"] == 2 and e["runs"] >= 10
+    for pk in ("b1s8", "b1s16"):
+        v = loaded.validation[pk]
+        assert v["models"] == 3 and len(v["measured_ms"]) == 3 and 0 <= v["within_10pct"] <= 1 and v["mape_pct"] >= 0
+        assert all(ms > 0 for ms in v["measured_ms"])
+    arch = MICRO.parse("32:mha,ffn|32:sep3,id")
+    p = loaded.predict(arch, 1, 12)
+    assert p.total_ms == sum(p.blocks_ms) + p.fixed_ms and p.total_ms > 0
+
+
+def test_profile_refuses_seq_beyond_positions(tmp_path):
+    from nasbert_deploy.errors import DeviceError
+
+    spec = replace(load_device("cpu-ort"), seq_lens=(32, 128))
+    with pytest.raises(DeviceError, match=r"seq_lens \[128\] exceed the space's 64 positions"):
+        profile_device(spec, TINY, tmp_path / "t.json", SETTINGS)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,62 @@
+"""Every runtime plug-in compiles and runs an operation at shapes other than the export example; GPU specs refuse clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nasbert_deploy.devices import load_device, require_available
+from nasbert_deploy.errors import RuntimeUnavailableError
+from nasbert_deploy.profile_items import Item, make_inputs
+from nasbert_deploy.runtimes import RUNTIMES, get_runtime, time_compiled
+from nasbert_deploy.space import TINY
+
+CPU_SPEC = {"torch": "cpu-torch", "onnxruntime": "cpu-ort", "openvino": "cpu-openvino"}
+INT8_SPECS = ("cpu-ort-int8", "cpu-openvino-int8")
+GPU_SPECS = ("cuda-torch", "cuda-torch-fp16", "cuda-ort", "openvino-gpu")
+
+
+def test_every_runtime_has_a_cpu_spec_tested():
+    assert set(RUNTIMES) == set(CPU_SPEC)
+
+
+def _check(spec_name: str, tmp_path, atol: float) -> None:
+    spec = load_device(spec_name)
+    item = Item("sep3@h32", "op", 32, op="sep3")
+    module = item.build(TINY)
+    compiled = get_runtime(spec.runtime).compile(module, item.example_inputs(TINY), item.output_names, spec, tmp_path)
+    for b, t in ((1, 9), (3, 20)):  # neither is the (2, 37) export example: axes must be dynamic
+        feed = make_inputs(item.inputs, b, t, TINY.vocab_size, seed=b)
+        with torch.no_grad():
+            ref = module(*(torch.from_numpy(feed[n]) for n in ("x", "mask"))).numpy()
+        out = compiled.run(feed)[0]
+        assert out.shape == (b, t, 32)
+        assert np.abs(out - ref).max() < atol
+    timing = time_compiled(compiled, make_inputs(item.inputs, 1, 16, TINY.vocab_size), warmup=1, runs=3)
+    assert timing.runs == 3 and 0 < timing.median_ms < 1000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", sorted(CPU_SPEC))
+def test_runtime_fp32_matches_torch(runtime, tmp_path):
+    _check(CPU_SPEC[runtime], tmp_path, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec_name", INT8_SPECS)
+def test_int8_specs_quantize_and_run(spec_name, tmp_path):
+    _check(spec_name, tmp_path, atol=0.5)  # INT8: close, not exact (outputs are LayerNormed, O(1))
+
+
+@pytest.mark.parametrize("spec_name", GPU_SPECS)
+def test_gpu_specs_refuse_clearly_without_gpu(spec_name, tmp_path):
+    spec = load_device(spec_name)
+    if get_runtime(spec.runtime).availability(spec) is None:
+        pytest.skip("this machine has the GPU")
+    with pytest.raises(RuntimeUnavailableError, match=f"device '{spec_name}' is not usable here: .*(CUDA|GPU)"):
+        require_available(spec)
+    item = Item("ffn@h32", "op", 32, op="ffn")
+    with pytest.raises(RuntimeUnavailableError, match="CUDA|GPU"):
+        get_runtime(spec.runtime).compile(item.build(TINY), item.example_inputs(TINY), item.output_names, spec, tmp_path)
+    assert list(tmp_path.iterdir()) == []
