@@ -84,7 +84,7 @@ def _load_partial(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
             state = {}
         if isinstance(state, dict) and state.get("identity") == identity:
             return state
-    return {"kind": "nasbert-profile-partial", "identity": identity, "results": {}, "wall_s": 0.0}
+    return {"kind": "nasbert-profile-partial", "identity": identity, "results": {}, "wall_s": 0.0, "clock": {}}
 
 
 def run_items(
@@ -96,11 +96,14 @@ def run_items(
     results: Results,
     save: Callable[[], None],
     progress: Progress | None = None,
+    clock: dict[str, float] | None = None,
 ) -> Results:
     """Compile each item still missing a timing, then time all in `settings.rounds` shuffled passes.
 
-    `results` is updated in place and `save()` called after every timing (resumability).
+    `results` is updated in place and `save()` called after every timing (resumability); `clock`
+    accumulates the seconds spent exporting (`export_s`) and timing (`timing_s`).
     """
+    clock = clock if clock is not None else {}
     from .runtimes import get_runtime, time_compiled
 
     rt = get_runtime(spec.runtime)
@@ -112,6 +115,7 @@ def run_items(
     todo = [it for it in items if any(missing(it, point_key(b, s), rounds - 1) for b, s in points)]
     total = sum(missing(it, point_key(b, s), r) for it in todo for b, s in points for r in range(rounds))
     with tempfile.TemporaryDirectory(prefix="nasbert-profile-") as wd:
+        t0 = time.perf_counter()
         compiled = {}
         for i, it in enumerate(todo):
             if progress:
@@ -119,6 +123,7 @@ def run_items(
             compiled[it.key] = rt.compile(it.build(space), it.example_inputs(space), it.output_names, spec, Path(wd) / str(i))
         if progress:
             progress("export", len(todo), len(todo))
+        clock["export_s"] = clock.get("export_s", 0.0) + time.perf_counter() - t0
         done = 0
         for r in range(rounds):
             for b, s in points:
@@ -128,9 +133,11 @@ def run_items(
                 for it in order:
                     if not missing(it, pk, r):
                         continue
+                    t0 = time.perf_counter()
                     feed = make_inputs(it.inputs, b, s, space.vocab_size, seed=settings.seed)
                     t = time_compiled(compiled[it.key], feed, **settings.measure_kwargs())
                     results.setdefault(it.key, {}).setdefault(pk, []).append(t.to_dict())
+                    clock["timing_s"] = clock.get("timing_s", 0.0) + time.perf_counter() - t0
                     save()
                     done += 1
                     if progress:
@@ -223,9 +230,11 @@ def profile_device(
         state["wall_s"] = before + time.perf_counter() - start
         write_json_atomic(ppath, state)
 
-    run_items(items, points, spec, space, settings, state["results"], save, progress)
+    clock = state.setdefault("clock", {})
+    run_items(items, points, spec, space, settings, state["results"], save, progress, clock)
     wall = before + time.perf_counter() - start
     manifest = make_manifest(spec, settings.to_dict(), wall, "direct")
+    manifest["profiling_breakdown_s"] = {k: round(v, 2) for k, v in clock.items()}
     table = build_table(space, _spec_dict(spec), state["results"], archs, points, manifest)
     table.save(out)
     ppath.unlink(missing_ok=True)

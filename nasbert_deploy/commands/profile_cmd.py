@@ -167,6 +167,11 @@ def _report(table: Any, path: Path) -> None:
 
     wall = table.manifest.get("profiling_wall_s")
     console.print(f"wrote {path} ({len(table.entries)} entries, profiling wall time {wall:.0f} s)")
+    bd = table.manifest.get("profiling_breakdown_s")
+    if bd:
+        n = len(table.batch_sizes) * len(table.seq_lens)
+        console.print(f"exporting {bd.get('export_s', 0):.0f} s, timing {bd.get('timing_s', 0):.0f} s "
+                      f"({bd.get('timing_s', 0) / n:.0f} s per (batch, seq) point, {n} points)")
     val = table.validation
     if not val:
         console.print("no whole-model validation (--validate 0 or fewer than 3): correction is scale 1, offset 0")
