@@ -33,7 +33,7 @@ def tiny_vocab(size: int = 1000) -> list[str]:
     return vocab[:size]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny models train fastest on one thread; more only fight over the shared cores."""
     old = torch.get_num_threads()

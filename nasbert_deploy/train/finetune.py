@@ -238,6 +238,7 @@ def finetune(
         labels = model_labels(teacher)
         train.label_ids({n: i for i, n in enumerate(labels)})  # raises if the teacher lacks a label
         t_logits = predict_logits(teacher, t_tok, train, max_len=cfg.max_len)
+    torch.manual_seed(cfg.seed)  # the fresh classifier head is drawn from the seeded generator
     model, tokenizer = load_classifier(model_dir, labels)
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model)}
     return train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_logits, progress, key)
@@ -256,6 +257,7 @@ def finetune_teacher(
 
     path = resolve_teacher_path(teacher)
     labels = sort_labels(set(train.labels) | set(valid.labels))
+    torch.manual_seed(cfg.seed)
     model, tokenizer = load_classifier(path, labels)
     key = {"model": str(path), "task": train.source, "teacher_model": None}
     return train_classifier(model, tokenizer, train, valid, out_dir, cfg, None, progress, key)
