@@ -63,12 +63,18 @@ def _tasks(task: str, valid: Path | None, valid_fraction: float) -> tuple[Any, A
     return train.split(valid_fraction)
 
 
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.2e}" if 0 < abs(v) < 1e-3 else f"{v:.4f}"
+    return str(v)
+
+
 def _print_report(title: str, rows: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title=title, show_header=False)
     for k, v in rows.items():
-        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        t.add_row(k, _fmt(v))
     console.print(t)
 
 

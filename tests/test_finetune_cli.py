@@ -1,0 +1,91 @@
+"""CLI of distill / finetune / finetune-teacher / evaluate: exit codes, one-line errors, outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_distill_fixtures import make_tiny_teacher, one_thread
+from typer.testing import CliRunner
+
+from nasbert_deploy.cli import app
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+_ = one_thread  # imported for its fixture
+ARCH = "64:mha,ffn|32:sep3,id"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("cli")
+    teacher = make_tiny_teacher(root / "teacher")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(["the module provides functions for objects"] * 20 + ["a class has a method"] * 20) + "\n")
+    return {"root": root, "teacher": teacher, "corpus": corpus}
+
+
+def _run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_distill_finetune_evaluate_end_to_end(tiny):
+    root = tiny["root"]
+    r = _run("distill", "--arch", ARCH, "--init", "random", "--space", "tiny", "--teacher", tiny["teacher"],
+             "--corpus", tiny["corpus"], "--valid-corpus", tiny["corpus"], "--out", root / "student", "--steps", "4",
+             "--batch-size", "4", "--seq-len", "16")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "held-out hidden MSE" in r.output
+    assert json.loads((root / "student" / "distill_report.json").read_text())["steps"] == 4
+    r = _run("finetune-teacher", "--teacher", tiny["teacher"], "--out", root / "tft", "--epochs", "1", "--max-len", "32")
+    assert r.exit_code == 0, r.output
+    r = _run("finetune", "--model", root / "student", "--out", root / "sft", "--teacher-model", root / "tft",
+             "--lambda", "0.7", "--epochs", "1", "--max-len", "32")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((root / "sft" / "finetune_report.json").read_text())["config"]["lam"] == 0.7
+    r = _run("evaluate", "--model", root / "sft", "--teacher-model", root / "tft", "--json", root / "eval.json", "--max-len", 32)
+    assert r.exit_code == 0, r.output
+    report = json.loads((root / "eval.json").read_text())
+    assert report["examples"] == 100 and 0.0 <= report["label_loyalty"] <= 1.0 and report["runtime"] == "torch"
+    assert len(report["labels"]) == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("finetune", "--model", "{root}/nothing", "--out", "{root}/o1"), "not a local Hugging Face model folder"),
+        (("finetune", "--model", "{teacher}", "--out", "{root}/o2", "--task", "{root}/t.txt"), "valid: .jsonl, .csv, .tsv"),
+        (("distill", "--arch", ARCH, "--from-export", "{root}", "--corpus", "{corpus}", "--out", "{root}/o3"), "exactly one"),
+        (("distill", "--arch", "64:mha", "--init", "random", "--space", "tiny", "--teacher", "{teacher}",
+          "--corpus", "{corpus}", "--out", "{root}/o4"), "block(s)"),  # fmt: skip
+        (("distill", "--arch", ARCH, "--init", "random", "--space", "tiny", "--teacher", "{teacher}", "--corpus", "{corpus}",
+          "--out", "{root}/o5", "--prediction-weight", "1"), "no masked-LM head"),  # fmt: skip
+        (("evaluate", "--model", "{teacher}", "--task", "{root}/missing.jsonl"), "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, args, message):
+    (tiny["root"] / "t.txt").write_text("x")
+    fill = {k: str(v) for k, v in tiny.items()}
+    r = _run(*(a.format(**fill) for a in args))
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert not any((tiny["root"] / f"o{i}").exists() for i in range(1, 6))
+    assert not any(p.name.endswith(".ckpt") for p in tiny["root"].iterdir())
+
+
+def test_option_ranges_are_checked(tiny):
+    r = _run("finetune", "--model", tiny["teacher"], "--out", tiny["root"] / "o", "--lambda", "1.5")
+    assert r.exit_code == 2 and "less than or equal to 1" in r.output
+    r = _run("evaluate", "--model", tiny["teacher"], "--runtime", "tensorrt")
+    assert r.exit_code == 2 and "tensorrt" in r.output
+
+
+def test_installed_entry_point_reports_errors_in_one_line(tmp_path):
+    exe = shutil.which("nasbert-deploy") or str(Path(sys.executable).parent / "nasbert-deploy")
+    r = subprocess.run([exe, "evaluate", "--model", str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "not a local Hugging Face model folder" in r.stderr
