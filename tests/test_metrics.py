@@ -82,3 +82,12 @@ def test_errors_are_typed_and_say_what_is_valid():
         accuracy([], [])
     with pytest.raises(NasBertDeployError, match=r"\(examples, classes\)"):
         js_divergence(np.ones((2, 3)) / 3, np.ones((2, 2)) / 2)
+
+
+def test_probability_loyalty_matches_the_authors_reference_scipy():
+    """The loyalty paper's repository recommends 1 - scipy.spatial.distance.jensenshannon (natural log)."""
+    distance = pytest.importorskip("scipy.spatial.distance")
+    rng = np.random.default_rng(0)
+    p, q = softmax(rng.normal(size=(20, 6)) * 2), softmax(rng.normal(size=(20, 6)) * 2)
+    ref = np.mean([1 - distance.jensenshannon(a, b) for a, b in zip(p, q)])
+    assert probability_loyalty(p, q) == pytest.approx(ref, rel=1e-9)
