@@ -274,16 +274,34 @@ def find_table(device_name: str) -> Path:
     )
 
 
-def fit_affine(parts_ms: list[float], measured_ms: list[float]) -> tuple[float, float]:
-    """(scale, offset_ms) minimising the squared *relative* error of scale * parts + offset vs measured."""
+def _lstsq_relative(x: Any, y: Any) -> tuple[float, float]:
     import numpy as np
 
-    x, y = np.asarray(parts_ms, float), np.asarray(measured_ms, float)
     if len(x) < 2 or np.ptp(x) == 0:
         return (float(np.mean(y / x)) if len(x) else 1.0), 0.0
     A = np.stack([x / y, 1.0 / y], axis=1)
     (a, c), *_ = np.linalg.lstsq(A, np.ones_like(y), rcond=None)
     return float(a), float(c)
+
+
+def fit_affine(parts_ms: list[float], measured_ms: list[float], robust: bool = True) -> tuple[float, float]:
+    """(scale, offset_ms) minimising the squared *relative* error of scale * parts + offset vs measured.
+
+    `robust`: refit once without the models whose relative residual is more than 3 robust standard
+    deviations (MAD) from the median, at least 5% -- a whole model timed while another process took
+    the core would otherwise tilt the fit. Needs 4+ models; the error report keeps every model.
+    """
+    import numpy as np
+
+    x, y = np.asarray(parts_ms, float), np.asarray(measured_ms, float)
+    a, c = _lstsq_relative(x, y)
+    if robust and len(x) >= 4:
+        r = (a * x + c - y) / y
+        dev = np.abs(r - np.median(r))
+        keep = dev <= max(3 * 1.4826 * float(np.median(dev)), 0.05)
+        if 3 <= keep.sum() < len(x):
+            a, c = _lstsq_relative(x[keep], y[keep])
+    return a, c
 
 
 def held_out_errors(parts_ms: list[float], measured_ms: list[float]) -> dict[str, Any]:

@@ -48,7 +48,7 @@ class ProfileSettings:
     min_time_s: float = 0.3
     max_cv: float | None = 0.1
     retries: int = 1
-    rounds: int = 2
+    rounds: int = 3
     validate: int = 20
     seed: int = 0
 

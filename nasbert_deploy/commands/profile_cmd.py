@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         runs: int = typer.Option(20, min=1, help="Timed runs per measurement (at least)."),
         warmup: int = typer.Option(5, min=0, help="Warm-up runs per measurement."),
         min_time: float = typer.Option(0.3, "--min-time", min=0.0, help="Seconds of timing per measurement (at least)."),
-        rounds: int = typer.Option(2, min=1, help="Shuffled passes over all items; the lowest-median round is kept."),
+        rounds: int = typer.Option(3, min=1, help="Shuffled passes over all items; the lowest-median round is kept."),
         max_cv: float = typer.Option(0.1, "--max-cv", min=0.0, help="Re-measure above this coefficient of variation (0: never)."),
         seed: int = typer.Option(0, help="Seed for the validation architectures and the timing order."),
     ) -> None:
