@@ -112,6 +112,10 @@ def test_distill_reduces_heldout_loss_and_writes_hf_folder(teacher, supernet_dir
     report = distill(student, teacher, texts[24:], tmp_path / "out", cfg, valid_corpus=texts[:24])
     assert report["heldout"]["hidden"] < 0.9 * before["hidden"]
     assert report["heldout"]["blocks"] < before["blocks"]
+    assert report["heldout"]["hidden_fvu"] < before["hidden_fvu"]
+    # fraction of variance unexplained = MSE / teacher variance, the same ratio before and after
+    ratio = before["hidden"] / before["hidden_fvu"]
+    assert report["heldout"]["hidden"] / report["heldout"]["hidden_fvu"] == pytest.approx(ratio, rel=1e-6)
     assert report["steps"] == 40 and report["params"] == TINY.params(TINY.parse(ARCH))
     model = AutoModel.from_pretrained(tmp_path / "out")
     assert model.config.arch == ARCH

@@ -130,7 +130,8 @@ def register(app: typer.Typer) -> None:
         with _progress("distilling") as update:
             report = distill(student, t, texts, out, cfg, held_out, update)
         rows = {k: report[k] for k in ("arch", "params", "init", "steps", "train_s", "train_loss_last")}
-        rows.update({f"held-out {k} MSE": v for k, v in report.get("heldout", {}).items()})
+        names = {"hidden": "held-out hidden MSE", "blocks": "held-out block MSE", "hidden_fvu": "held-out unexplained variance"}
+        rows.update({names.get(k, k): v for k, v in report.get("heldout", {}).items()})
         _print_report(f"distilled -> {out}", rows)
 
     @app.command("finetune")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -33,10 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, CorpusError, TeacherError
+from ..errors import CheckpointError, TeacherError
 from ..fileio import atomic_dir, write_json_atomic
 from ..modeling import NasBertModel
 from ..teacher import Teacher, block_targets
+from .tasks import CorpusBatches
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 REPORT_NAME = "distill_report.json"
@@ -180,8 +180,7 @@ def build_student(
             from ..supernet_default import load_default_supernet
         except ImportError:
             raise CheckpointError("no default supernet is installed; pass --supernet DIR or --init random") from None
-        loaded = load_default_supernet()
-        net = loaded[0] if isinstance(loaded, tuple) else loaded
+        net, _ = load_default_supernet()
     return make_student(net.extract(str(arch)), net, "supernet")
 
 
@@ -233,12 +232,21 @@ def masked_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: 
 
 
 def distill_losses(
-    student: Student, teacher: Teacher, batch: dict[str, torch.Tensor], cfg: DistillConfig, mlm_head: nn.Module | None
+    student: Student,
+    teacher: Teacher,
+    batch: dict[str, torch.Tensor],
+    cfg: DistillConfig,
+    mlm_head: nn.Module | None,
+    targets: list[torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Weighted losses for one batch, plus their sum under 'total'. Batch tensors are (b, t) int64."""
+    """Weighted losses for one batch, plus their sum under 'total'. Batch tensors are (b, t) int64.
+
+    `targets` are the teacher's block-boundary states when already computed (`teacher.block_targets`).
+    """
     ids, mask = batch["input_ids"], batch["attention_mask"]
     n_blocks = len(student.model.blocks)
-    targets = block_targets(teacher, ids, mask, n_blocks)  # [emb, end of block 1, ..., end of block N], (b, t, T)
+    if targets is None:
+        targets = block_targets(teacher, ids, mask, n_blocks)  # [emb, end of block 1, ..., end of block N], (b, t, T)
     block_out: list[torch.Tensor] = []
     hooks = [b.register_forward_hook(lambda _m, _i, out: block_out.append(out)) for b in student.model.blocks]
     try:
@@ -260,59 +268,34 @@ def distill_losses(
     return losses
 
 
-class CorpusBatches:
-    """Deterministic batches by step: epoch `e` visits the texts in a permutation seeded by (seed, e)."""
-
-    def __init__(self, texts: Sequence[str], tokenizer: Any, batch_size: int, seq_len: int, seed: int) -> None:
-        if not texts:
-            raise CorpusError("the corpus is empty")
-        self.texts, self.tok, self.b, self.t, self.seed = list(texts), tokenizer, batch_size, seq_len, seed
-        self._perm: tuple[int, list[int]] | None = None
-
-    def _order(self, epoch: int) -> list[int]:
-        if self._perm is None or self._perm[0] != epoch:
-            order = list(range(len(self.texts)))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            self._perm = (epoch, order)
-        return self._perm[1]
-
-    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        enc = self.tok(list(texts), padding=True, truncation=True, max_length=self.t, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
-        n = len(self.texts)
-        idx = []
-        for k in range(step * self.b, (step + 1) * self.b):
-            idx.append(self._order(k // n)[k % n])
-        return self.encode([self.texts[i] for i in idx])
-
-    def sequential(self, limit: int | None = None) -> list[dict[str, torch.Tensor]]:
-        """The texts in file order as batches (for held-out losses); at most `limit` batches."""
-        out = []
-        for s in range(0, len(self.texts), self.b):
-            if limit is not None and len(out) >= limit:
-                break
-            out.append(self.encode(self.texts[s : s + self.b]))
-        return out
-
-
 @torch.no_grad()
 def heldout_losses(
     student: Student, teacher: Teacher, texts: Sequence[str], cfg: DistillConfig, max_batches: int = 50
 ) -> dict[str, float]:
-    """Mean unweighted losses on held-out text: 'hidden' (MSE) and, for multi-block students, 'blocks'."""
+    """Mean unweighted losses on held-out text: 'hidden' (MSE) and, for multi-block students, 'blocks'.
+
+    Also 'hidden_fvu': the hidden MSE over the teacher's variance around its per-dimension mean (real
+    tokens of these texts), i.e. the fraction of the teacher's variance the student leaves unexplained
+    (1.0 = no better than a constant output).
+    """
     was_training = student.model.training
     student.model.eval()
     full = replace(cfg, hidden_weight=1.0, intermediate_weight=1.0, prediction_weight=0.0)
     sums: dict[str, float] = {}
+    s1, s2, n = 0.0, 0.0, 0
     batches = CorpusBatches(texts, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed).sequential(max_batches)
     for batch in batches:
-        for k, v in distill_losses(student, teacher, batch, full, None).items():
+        targets = block_targets(teacher, batch["input_ids"], batch["attention_mask"], len(student.model.blocks))
+        for k, v in distill_losses(student, teacher, batch, full, None, targets).items():
             if k != "total":
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+        real = targets[-1][batch["attention_mask"].bool()].double()  # (tokens, T)
+        s1, s2, n = s1 + real.sum(0), s2 + (real**2).sum(0), n + real.shape[0]
     student.model.train(was_training)
-    return {k: v / len(batches) for k, v in sums.items()}
+    out = {k: v / len(batches) for k, v in sums.items()}
+    variance = float((s2 / n - (s1 / n) ** 2).mean())  # mean over T of the per-dimension variance
+    out["hidden_fvu"] = out["hidden"] / variance if variance > 0 else float("nan")
+    return out
 
 
 def _schedule(cfg: DistillConfig) -> Callable[[int], float]:

@@ -1,4 +1,4 @@
-"""Sequence-classification task files: loading, label maps, splits, and tokenized batches.
+"""Training data: labelled task files (loading, label maps, splits, batches) and unlabelled corpus batches.
 
 A task file is JSON lines (`.jsonl`) or CSV/TSV (`.csv`, `.tsv`) with the columns `text`,
 optionally `text_pair`, and `label` (any string; integers are read as their text). Labels map to
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TaskError
+from ..errors import CorpusError, TaskError
 
 TASK_SUFFIXES = (".jsonl", ".csv", ".tsv")
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "tasks"
@@ -174,3 +174,40 @@ def iter_batches(
         if task.pairs is not None and "token_type_ids" in enc:
             batch["token_type_ids"] = enc["token_type_ids"]
         yield idx, batch
+
+
+class CorpusBatches:
+    """Deterministic batches by step: epoch `e` visits the texts in a permutation seeded by (seed, e)."""
+
+    def __init__(self, texts: Sequence[str], tokenizer: Any, batch_size: int, seq_len: int, seed: int) -> None:
+        if not texts:
+            raise CorpusError("the corpus is empty")
+        self.texts, self.tok, self.b, self.t, self.seed = list(texts), tokenizer, batch_size, seq_len, seed
+        self._perm: tuple[int, list[int]] | None = None
+
+    def _order(self, epoch: int) -> list[int]:
+        if self._perm is None or self._perm[0] != epoch:
+            order = list(range(len(self.texts)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._perm = (epoch, order)
+        return self._perm[1]
+
+    def encode(self, texts: Sequence[str]) -> dict[str, Any]:
+        enc = self.tok(list(texts), padding=True, truncation=True, max_length=self.t, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def batch(self, step: int) -> dict[str, Any]:
+        n = len(self.texts)
+        idx = []
+        for k in range(step * self.b, (step + 1) * self.b):
+            idx.append(self._order(k // n)[k % n])
+        return self.encode([self.texts[i] for i in idx])
+
+    def sequential(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The texts in file order as batches (for held-out losses); at most `limit` batches."""
+        out = []
+        for s in range(0, len(self.texts), self.b):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(self.encode(self.texts[s : s + self.b]))
+        return out
