@@ -56,21 +56,33 @@ def _init_distributed(device: str) -> tuple[int, int, str]:
 
 
 class _RichReporter:
-    def __init__(self, progress: Any, rank: int) -> None:
+    """A rich progress bar on a terminal; one plain line every `log_every_s` seconds in a log file."""
+
+    def __init__(self, progress: Any, rank: int, log_every_s: float = 30.0) -> None:
         self.progress, self.rank, self.task = progress, rank, None
+        self.plain = not progress.console.is_terminal
+        self.log_every_s, self.last_log, self.total = log_every_s, 0.0, 0
 
     def start(self, total_steps: int, done_steps: int) -> None:
         if self.rank == 0:
+            self.total = total_steps
             self.task = self.progress.add_task("training", total=total_steps, completed=done_steps)
+            if self.plain:
+                self.progress.console.print(f"training: step {done_steps} of {total_steps}")
 
     def step(self, step: int, losses: dict[str, float]) -> None:
         if self.rank == 0 and self.task is not None:
+            import time
+
             text = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
             self.progress.update(self.task, completed=step, description=f"step {step} {text}")
+            if self.plain and (time.monotonic() - self.last_log >= self.log_every_s or step == self.total):
+                self.last_log = time.monotonic()
+                self.progress.console.print(f"step {step}/{self.total} {text}", highlight=False)
 
     def note(self, text: str) -> None:
         if self.rank == 0:
-            self.progress.console.print(text)
+            self.progress.console.print(text, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

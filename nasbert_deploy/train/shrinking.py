@@ -166,24 +166,48 @@ def world_info() -> tuple[int, int]:
 def score_blocks(
     net: Supernet, index: int, blocks: list[BlockArch], val: TeacherCache, batch_size: int, device: str = "cpu"
 ) -> list[float]:
-    """Validation MSE (over real tokens) of each block path of block `index`; shared across ranks."""
+    """Validation MSE (over real tokens) of each block path of block `index`.
+
+    Paths are visited in sorted order and share computed prefixes (same hidden size and first
+    layers), which cuts the layer evaluations ~3x for 3-layer blocks. Under torchrun each rank
+    scores a contiguous share and the losses are summed across ranks.
+    """
     rank, world = world_info()
     was_training = net.training
     net.eval()
     losses = torch.zeros(len(blocks), dtype=torch.float64)
-    batches = []
+    order = sorted(range(len(blocks)), key=lambda j: (blocks[j].hidden, [str(o) for o in blocks[j].ops]))
+    mine = order[rank * len(order) // world : (rank + 1) * len(order) // world]
+    sq = torch.zeros(len(blocks), dtype=torch.float64)
+    cnt = 0.0
     for lo in range(0, len(val), batch_size):
         sl = slice(lo, lo + batch_size)
         m = val.attention_mask[sl].to(device)
-        batches.append((val.states[index][sl].to(device).float(), val.states[index + 1][sl].to(device).float(), m))
-    for j in range(rank, len(blocks), world):
-        sq, cnt = 0.0, 0.0
-        for x, y, m in batches:
-            out = net.forward_block(index, blocks[j], x, m)
-            w = m[:, :, None].to(out.dtype)
-            sq += float(((out - y) ** 2 * w).sum())
-            cnt += float(w.sum()) * out.shape[-1]
-        losses[j] = sq / max(cnt, 1.0)
+        x, y = val.states[index][sl].to(device).float(), val.states[index + 1][sl].to(device).float()
+        w = m[:, :, None].to(x.dtype)
+        cnt += float(w.sum()) * y.shape[-1]
+        # stack[k] = output after the first k layers of the current prefix; stack[0] = in_map output
+        stack: list[torch.Tensor] = []
+        prefix: tuple = ()
+        for j in mine:
+            b = blocks[j]
+            ops = tuple(o for o in b.ops if not o.is_identity)
+            key = (b.hidden, *ops)
+            common = 0
+            while common < min(len(prefix), len(key)) and prefix[common] == key[common]:
+                common += 1
+            if common == 0:
+                stack = [net.in_maps[index][f"h{b.hidden}"](x)]
+            else:
+                stack = stack[:common]
+            for op in ops[common - 1 if common else 0 :]:
+                layer = net.layers[index][len(stack) - 1][f"h{b.hidden}_{op.name}"]
+                stack.append(layer(stack[-1], m))
+            prefix = key
+            out = net.out_maps[index][f"h{b.hidden}"](stack[len(ops)])
+            sq[j] += float(((out - y) ** 2 * w).sum())
+    for j in mine:
+        losses[j] = sq[j] / max(cnt, 1.0)
     if world > 1:
         torch.distributed.all_reduce(losses)
     net.train(was_training)
