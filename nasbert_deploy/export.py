@@ -19,8 +19,10 @@ export leaves nothing behind. Output folder layout:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +232,18 @@ def calibration_inputs(tokenizer: Any, texts: Sequence[str], seq_len: int, token
 
 
 # ---------------------------------------------------------------------------- the export itself
+@contextlib.contextmanager
+def _nncf_quiet() -> Iterator[None]:
+    """NNCF logs an INFO line per skipped quantizer on stdout; the user only needs warnings."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class OnnxEncoder(nn.Module):
     """The encoder as a module returning only `last_hidden_state` (b, t, d): what ONNX and OpenVINO carry."""
 
@@ -293,7 +307,8 @@ def export_model(
                     step("INT8 (NNCF, calibration text)")
                     texts = options.calibration_texts or default_calibration_texts()
                     calib = calibration_inputs(tokenizer, texts, seq_len, options.token_type_ids)
-                    quantize_openvino_int8(tmp / "openvino_model.xml", tmp / "openvino_model.int8.xml", calib)
+                    with _nncf_quiet():
+                        quantize_openvino_int8(tmp / "openvino_model.xml", tmp / "openvino_model.int8.xml", calib)
             checks = []
             if options.validate:
                 step("numeric validation")
