@@ -170,6 +170,8 @@ def register(app: typer.Typer) -> None:
         )
         with Progress(*columns, console=err_console, disable=rank != 0) as progress:
             task = progress.add_task("teacher states", total=len(paras))
+            if world > 1 and rank != 0:
+                torch.distributed.barrier()  # rank 0 runs the teacher; the others then read its cache
             cache = build_teacher_cache(
                 tch,
                 paras,
@@ -178,6 +180,8 @@ def register(app: typer.Typer) -> None:
                 cache_dir or out / "teacher-cache",
                 on_progress=lambda done, total: progress.update(task, completed=done),
             )
+            if world > 1 and rank == 0:
+                torch.distributed.barrier()
             progress.remove_task(task)
             train_part, val_part = cache.split(val_size)
             cfg = TrainConfig(
