@@ -72,3 +72,17 @@ def test_default_supernet_helpers(tmp_path, monkeypatch):
         sd.load_default_supernet()
     with pytest.raises(CheckpointError, match="--supernet DIR"):
         sd.default_candidates_path()
+
+
+def test_shipped_default_supernet_is_consistent():
+    from nasbert_deploy.candidates import CandidateTable
+    from nasbert_deploy.space import MINILM
+    from nasbert_deploy.supernet_default import default_candidates_path, default_supernet_dir, load_default_supernet
+
+    if not (default_supernet_dir() / "supernet.json").is_file():
+        pytest.skip("this checkout does not ship the default supernet")
+    net, meta = load_default_supernet()
+    assert net.space.space_hash() == MINILM.space_hash() and meta["space"] == "minilm"
+    table = CandidateTable.load(default_candidates_path(), MINILM)
+    assert len(table.blocks) == 3 and all(len(b) >= 8 for b in table.blocks)
+    assert sum(p.numel() for p in net.parameters()) == 21_597_888
