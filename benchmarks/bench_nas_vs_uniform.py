@@ -46,7 +46,7 @@ from nasbert_deploy.train.finetune import FinetuneConfig, evaluate, finetune, fi
 from nasbert_deploy.train.tasks import load_task, sample_task_path
 
 BERT_BASE_NON_EMBEDDING = 85_054_464  # 12 x (4 x 768^2 + 2 x 768 x 3072 + biases + 2 LayerNorms), NAS-BERT's reference
-console = Console()
+console = Console(width=200)
 
 
 def non_embedding_params(space: SearchSpace, arch: Arch) -> int:
@@ -122,7 +122,28 @@ def train_and_score(arch: str, net: Supernet, teacher: Any, texts: list[str], he
         fcfg = FinetuneConfig(epochs=args.ft_epochs, lr=args.ft_lr, lam=args.lam, max_len=args.seq_len)
         finetune(distilled, task[0], task[1], tuned, fcfg, teacher_model=teacher_ft)
     scores = evaluate(tuned, task[1], teacher_model=teacher_ft, max_len=args.seq_len)
-    return {"heldout_mse": report["heldout"]["hidden"], "distill_s": report["train_s"], **scores}
+    heldout = report["heldout"]
+    return {"heldout_mse": heldout["hidden"], "heldout_fvu": heldout["hidden_fvu"], "distill_s": report["train_s"], **scores}
+
+
+COLUMNS = ("size", "model", "arch", "params", "ms", "speed-up", "held-out MSE", "unexpl. var.", "acc", "macro-F1",
+           "label loy.", "prob. loy.")  # fmt: skip
+
+
+def markdown_rows(teacher_row: dict[str, Any], results: list[dict[str, Any]], minilm: bool) -> list[list[str]]:
+    """Table rows (strings): the teacher, then uniform and searched per size."""
+    t_ms = teacher_row["latency"]["median_ms"]
+    rows = [["-", "MiniLM-L6 (teacher)" if minilm else "teacher", "-", f"{teacher_row['params'] / 1e6:.2f}M", f"{t_ms:.2f}",
+             "1.00x", "-", "-", f"{teacher_row['accuracy']:.3f}", f"{teacher_row['macro_f1']:.3f}", "-", "-"]]  # fmt: skip
+    for r in results:
+        for kind in ("uniform", "nas"):
+            m, s = r[kind], r[kind]["scores"]
+            ms = m["latency"]["median_ms"]
+            rows.append([r["label"], "uniform" if kind == "uniform" else "searched", m["arch"], f"{m['params'] / 1e6:.2f}M",
+                         f"{ms:.2f}", f"{t_ms / ms:.2f}x", f"{s['heldout_mse']:.4f}", f"{s['heldout_fvu']:.3f}",
+                         f"{s['accuracy']:.3f}", f"{s['macro_f1']:.3f}", f"{s['label_loyalty']:.3f}",
+                         f"{s['probability_loyalty']:.3f}"])  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -186,22 +207,16 @@ def main() -> None:
                 pair[kind]["arch"], net, teacher, texts, held_out, teacher_ft, task, args, work / kind))  # fmt: skip
         results.append(pair)
 
-    t_ms = teacher_row["latency"]["median_ms"]
+    rows = markdown_rows(teacher_row, results, args.teacher is None)
     table = Table(title=f"searched vs uniform at equal measured latency ({spec.name}, batch 1, seq {args.latency_seq})")
-    cols = ("size", "model", "arch", "params", "ms", "speed-up", "held-out MSE", "acc", "macro-F1", "label loy.", "prob. loy.")
-    for col in cols:
+    for col in COLUMNS:
         table.add_column(col, justify="right")
-    t_name, t_params = "MiniLM-L6" if args.teacher is None else "teacher", f"{teacher_row['params'] / 1e6:.2f}M"
-    t_acc, t_f1 = f"{teacher_row['accuracy']:.3f}", f"{teacher_row['macro_f1']:.3f}"
-    table.add_row("-", t_name, "-", t_params, f"{t_ms:.2f}", "1.00x", "-", t_acc, t_f1, "-", "-")
-    for r in results:
-        for kind in ("uniform", "nas"):
-            m, s = r[kind], r[kind]["scores"]
-            ms = m["latency"]["median_ms"]
-            table.add_row(r["label"], kind, m["arch"], f"{m['params'] / 1e6:.2f}M", f"{ms:.2f}", f"{t_ms / ms:.2f}x",
-                          f"{s['heldout_mse']:.4f}", f"{s['accuracy']:.3f}", f"{s['macro_f1']:.3f}",
-                          f"{s['label_loyalty']:.3f}", f"{s['probability_loyalty']:.3f}")  # fmt: skip
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
+    md = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    md += "".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |\n" for r in rows)
+    (out / "results.md").write_text(md, encoding="utf-8")
     summary = {"settings": {k: str(v) for k, v in vars(args).items()}, "teacher": teacher_row, "sizes": results,
                "wall_s": round(time.perf_counter() - t_start, 1)}  # fmt: skip
     write_json_atomic(out / "results.json", summary)
