@@ -9,7 +9,10 @@ from typing import Any
 
 import typer
 
+from ..space import SPACES
 from .common import console
+
+SpaceChoice = Enum("SpaceChoice", {name: name for name in SPACES}, type=str)  # type: ignore[misc]
 
 
 class Init(str, Enum):
@@ -75,7 +78,7 @@ def register(app: typer.Typer) -> None:
     def export(
         out: Path = typer.Option(..., "--out", help="Output folder (written atomically: complete or absent)."),
         arch: str | None = typer.Option(None, "--arch", help="Architecture string, e.g. '128:mha,ffn|192:sep3,ffn'."),
-        device: str | None = typer.Option(None, "--device", help="Device spec (name or .toml) to time on [default: cpu-ort]."),
+        device: str | None = typer.Option(None, "--device", help="Device spec (name or .toml) to time on (default: cpu-ort)."),
         max_latency_ms: float | None = typer.Option(None, "--max-latency-ms", help="Search the arch: latency budget (ms)."),
         max_params: str | None = typer.Option(None, "--max-params", help="Search the arch: parameter budget (10M, 500K)."),
         max_memory_mb: float | None = typer.Option(None, "--max-memory-mb", help="Search the arch: memory budget (MiB)."),
@@ -87,14 +90,16 @@ def register(app: typer.Typer) -> None:
         init: Init = typer.Option(
             Init.supernet, "--init", help="Weights: inherited from the supernet, or random (latency only)."
         ),
-        space: str | None = typer.Option(None, "--space", help="Search space for --init random [default: the supernet's]."),
+        space: SpaceChoice | None = typer.Option(
+            None, "--space", help="Search space for --init random (default: the supernet's)."
+        ),
         seed: int = typer.Option(0, "--seed", help="Seed for --init random."),
         tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer folder (default: the teacher's)."),
         calibration: Path | None = typer.Option(
             None, "--calibration", help="Text file (one text per line) for INT8 calibration."
         ),
-        batch: int | None = typer.Option(None, "--batch", min=1, help="Batch for latency/memory [default: the device's first]."),
-        seq_len: int | None = typer.Option(None, "--seq-len", min=2, help="Sequence length [default: the device's longest]."),
+        batch: int | None = typer.Option(None, "--batch", min=1, help="Batch for latency/memory (default: the device's first)."),
+        seq_len: int | None = typer.Option(None, "--seq-len", min=2, help="Sequence length (default: the device's longest)."),
         no_timing: bool = typer.Option(False, "--no-timing", help="Skip the latency measurement."),
         no_memory: bool = typer.Option(False, "--no-memory", help="Skip the memory measurement."),
         force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
@@ -139,7 +144,7 @@ def register(app: typer.Typer) -> None:
         )
         check_device_formats(spec, options)
         _check_out(out, force)
-        sp = _space(space, init, supernet)
+        sp = _space(space.value if space is not None else None, init, supernet)
         if arch is None:
             try:
                 params = None if max_params is None else parse_count(max_params)
