@@ -61,7 +61,9 @@ def uniform_arch(space: SearchSpace, hidden: int, depth: int) -> Arch:
 
 
 def closest_uniform(space: SearchSpace, target: int) -> Arch:
-    options = [uniform_arch(space, h, d) for h in space.hidden_sizes for d in range(1, space.layers_per_block + 1)]
+    """The uniform arch closest in non-embedding parameters; whole BERT layers (mha+ffn pairs) where the space allows."""
+    depths = [d for d in range(2, space.layers_per_block + 1, 2)] or [1]
+    options = [uniform_arch(space, h, d) for h in space.hidden_sizes for d in depths]
     return min(options, key=lambda a: abs(non_embedding_params(space, a) - target))
 
 
@@ -195,11 +197,16 @@ def main() -> None:
     })  # fmt: skip
     teacher_non_emb = teacher_row["params"]
 
-    results = []
+    results, seen = [], {}
     for label in [s.strip() for s in args.sizes.split(",") if s.strip()]:
         target = round(float(label.rstrip("Mm")) * 1e6 / BERT_BASE_NON_EMBEDDING * teacher_non_emb)
         work = out / f"size-{label}"
-        console.print(f"[bold]{label}[/]: target {target / 1e6:.2f}M non-embedding parameters")
+        uni = str(closest_uniform(net.space, target))
+        console.print(f"[bold]{label}[/]: target {target / 1e6:.2f}M non-embedding parameters, uniform {uni}")
+        if uni in seen:
+            console.print(f"  same uniform baseline as {seen[uni]} (the space has no closer one): skipped")
+            continue
+        seen[uni] = label
         pair = cached(work / "pair.json", lambda label=label, target=target, work=work: pick_pair(
             label, target, net, supernet_dir, spec, args, work))  # fmt: skip
         for kind in ("uniform", "nas"):
