@@ -24,6 +24,12 @@ class Init(str, Enum):
     random = "random"
 
 
+class SpaceChoice(str, Enum):
+    minilm = "minilm"
+    standard = "standard"
+    tiny = "tiny"
+
+
 class RuntimeName(str, Enum):
     torch = "torch"
     onnxruntime = "onnxruntime"
@@ -96,7 +102,7 @@ def register(app: typer.Typer) -> None:
         teacher: Path | None = typer.Option(None, "--teacher", help="Teacher HF folder (default: offline MiniLM-L6)."),
         supernet: Path | None = typer.Option(None, "--supernet", help="Supernet checkpoint (default: the shipped one)."),
         init: Init = typer.Option(Init.supernet, "--init", help="Start --arch from supernet weights or random ones."),
-        space: str = typer.Option("minilm", "--space", help="Search space for --init random (standard, minilm, tiny)."),
+        space: SpaceChoice = typer.Option(SpaceChoice.minilm, "--space", help="Search space for --init random."),
         valid_corpus: Path | None = typer.Option(None, "--valid-corpus", help="Held-out text for the reported losses."),
         steps: int = typer.Option(2000, min=1, help="Optimizer steps (raise it and rerun to continue training)."),
         batch_size: int = typer.Option(16, min=1),
@@ -124,7 +130,7 @@ def register(app: typer.Typer) -> None:
         )  # fmt: skip
         texts = read_paragraphs(corpus)
         held_out = read_paragraphs(valid_corpus) if valid_corpus else None
-        sp = get_space(space) if init == Init.random else None
+        sp = get_space(space.value) if init == Init.random else None
         student = build_student(arch, from_export, supernet, init.value, sp)
         t = load_teacher(teacher)
         with _progress("distilling") as update:
