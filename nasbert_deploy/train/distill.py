@@ -13,9 +13,8 @@ weights, or from an exported HF folder, and regresses the teacher on unlabelled 
   and to the student's last hidden states (temperature tau, scaled by tau^2), over real tokens.
   Only for teachers with an MLM head (MiniLM sentence-transformers has none).
 
-Training is resumable: a checkpoint (student + projections as safetensors, optimizer and schedule via
-`torch.save` / `torch.load(weights_only=True)`, JSON state) is written atomically beside the output
-folder every `checkpoint_every` steps and on Ctrl-C, and removed once the output folder is written.
+Resumable: `<out>.ckpt/` (safetensors, optimizer via `torch.save` / `torch.load(weights_only=True)`,
+JSON state) is written atomically every `checkpoint_every` steps and on Ctrl-C (see docs/training.md).
 """
 
 from __future__ import annotations
