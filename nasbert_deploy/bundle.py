@@ -54,12 +54,14 @@ def _artefact(item: Item, space: SearchSpace, spec: DeviceSpec, folder: Path, st
 
 
 def _runtime_settings(spec: DeviceSpec) -> dict[str, Any]:
-    from .runtimes.onnxruntime_rt import _providers
+    from .runtimes import onnxruntime_rt
     from .runtimes.openvino_rt import compile_config
 
     return {
-        "ort": {"threads": spec.threads, "providers": _providers(spec), "provider_options": dict(spec.provider_options),
-                "session_config": {str(k): str(v) for k, v in spec.runtime_options.items()}},
+        "ort": {"threads": spec.threads, "providers": onnxruntime_rt._providers(spec),
+                "provider_options": dict(spec.provider_options),
+                "session_config": {str(k): str(v) for k, v in spec.runtime_options.items()},
+                "disabled_optimizers": list(getattr(onnxruntime_rt, "DISABLED_OPTIMIZERS", ()))},
         "openvino": {"device": spec.target.upper(), "config": {k: str(v) for k, v in compile_config(spec).items()}},
     }
 

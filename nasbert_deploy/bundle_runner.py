@@ -85,8 +85,8 @@ def ort_loader(m):
         so.add_session_config_entry(str(k), str(v))
     providers = [(p, o["provider_options"]) if i == 0 and o["provider_options"] else p for i, p in enumerate(o["providers"])]
 
-    def open_model(path):
-        return ort.InferenceSession(str(path), so, providers=providers)
+    def open_model(path):  # the same session settings as nasbert_deploy.runtimes.onnxruntime_rt
+        return ort.InferenceSession(str(path), so, providers=providers, disabled_optimizers=o.get("disabled_optimizers", []))
 
     def bind(sess, feed):
         feed = {i.name: feed[i.name] for i in sess.get_inputs()}

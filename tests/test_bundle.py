@@ -24,6 +24,10 @@ def test_bundle_round_trip_matches_direct_profile(tmp_path, micro_table):  # noq
     bundle = write_bundle(spec, MICRO, tmp_path / "bundle", SETTINGS)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert len(manifest["items"]) == 7 + 3 and (bundle / RUNNER_NAME).is_file()
+    from nasbert_deploy.runtimes import onnxruntime_rt
+
+    assert manifest["ort"]["threads"] == 1 and manifest["ort"]["providers"] == ["CPUExecutionProvider"]
+    assert manifest["ort"]["disabled_optimizers"] == list(onnxruntime_rt.DISABLED_OPTIMIZERS)  # same session as the profiler
     for it in manifest["items"]:
         assert (bundle / it["file"]).is_file()
     # the runner must not need torch or nasbert_deploy: block both imports in the subprocess
