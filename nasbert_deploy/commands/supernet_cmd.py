@@ -143,9 +143,9 @@ def register(app: typer.Typer) -> None:
         shrink = ShrinkConfig(bins=bins, per_bin=per_bin, keep=keep, warmup_epochs=warmup_epochs)
         table = None
         if device_table is not None:
-            from ..latency import LatencyTable  # type: ignore[import-not-found,unused-ignore]
+            from ..latency import LatencyTable
 
-            table = LatencyTable.load(device_table)
+            table = LatencyTable.load(device_table, sp)  # TableError if made for another space
         paras = read_paragraphs(corpus, limit=paragraphs)
         if len(paras) <= val_size:
             from ..errors import CorpusError
