@@ -22,7 +22,7 @@ from .devices import DeviceSpec
 from .errors import DeviceError, TableError
 from .fileio import atomic_dir, write_json_atomic
 from .latency import LatencyTable
-from .profile import ProfileSettings, _spec_dict, build_table, make_manifest, points_of, reuse_onnx_registry
+from .profile import ProfileSettings, _spec_dict, build_table, make_manifest, points_of
 from .profile_items import Item, model_item, op_items, validation_archs
 from .space import SearchSpace
 
@@ -84,7 +84,7 @@ def write_bundle(
     archs = validation_archs(space, settings.validate, settings.seed)
     items = op_items(space) + [model_item(a) for a in archs]
     entries = []
-    with atomic_dir(out_dir) as tmp, reuse_onnx_registry():
+    with atomic_dir(out_dir) as tmp:
         (tmp / "models").mkdir()
         for i, it in enumerate(items):
             if progress:

@@ -9,13 +9,17 @@ measured in isolation, keyed by a canonical signature:
     head@h512                             Linear(h_N, output_dim)
     overhead                              one call of a trivial model (the per-call cost every isolated op paid)
 
-A part's cost is its entry minus `overhead` (each isolated op paid the call overhead once; the whole
-model pays it once, which the offset absorbs). Per point an affine correction fitted on whole models,
+A part's raw cost is its entry minus `overhead` (each isolated op paid the call overhead once; the whole
+model pays it once, which the offset absorbs). Per point a correction fitted on whole models,
 
-    predicted_ms = scale * sum(parts_ms) + offset_ms,
+    predicted_ms = scale * sum(parts_ms) + ms_per_mparam * sum(parts_mparams) + offset_ms,
 
-is applied as `scale` on every part and `offset_ms` once in `fixed_ms`, so that
-`predict(arch).total_ms == sum(block_ms) + fixed_ms` exactly and the search stays additive.
+is applied per part (`scale * part_ms + ms_per_mparam * part_mparams`, the second term the cost of
+streaming that part's weights from memory, which an op timed alone with its weights cache-hot never pays)
+and `offset_ms` once in `fixed_ms`, so that `predict(arch).total_ms == sum(block_ms) + fixed_ms`
+exactly and the search stays additive. A part's weights (`part_mparams`, millions of parameters) come
+from the space: an operation's parameters, a boundary's / head's Linear, the embedding's LayerNorm and
+projection (the token tables are gathered a few rows per call, not streamed).
 Sequence lengths between profiled ones are interpolated linearly (entries and correction); batch
 sizes must be profiled ones. A missing entry is a `TableError` naming the key, never a partial sum.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,7 @@ from .errors import SpaceError, TableError
 from .fileio import write_json_atomic
 from .space import Arch, BlockArch, Op, SearchSpace
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: corrections gained ms_per_mparam (per-weight term)
 OVERHEAD_KEY = "overhead"
 MANIFEST_KEYS = (
     "schema_version", "space_hash", "space", "device", "runtime_versions", "cpu_model", "gpu_model",
@@ -163,14 +168,30 @@ class LatencyTable:
         """Uncorrected cost of one part: its entry minus the per-call overhead (never below 0)."""
         return max(self.entry_ms(key, batch, seq_len) - self.entry_ms(OVERHEAD_KEY, batch, seq_len), 0.0)
 
-    def correction(self, batch: int, seq_len: int) -> tuple[float, float]:
-        """(scale, offset_ms) at this point; (1, 0) where no whole-model validation was fitted."""
-        a = c = 0.0
+    def correction(self, batch: int, seq_len: int) -> tuple[float, float, float]:
+        """(scale, ms_per_mparam, offset_ms) at this point; (1, 0, 0) where no whole-model validation was fitted."""
+        a = m = c = 0.0
         for pk, w in self._weights(batch, seq_len):
             corr = self.corrections.get(pk, {"scale": 1.0, "offset_ms": 0.0})
             a += w * corr["scale"]
+            m += w * corr.get("ms_per_mparam", 0.0)
             c += w * corr["offset_ms"]
-        return a, c
+        return a, m, c
+
+    # weights of each part, in millions of parameters (the per-weight term's regressor)
+    def block_mparams(self, block: BlockArch) -> float:
+        return sum(self.space.op_params(op, block.hidden) for op in block.ops if not op.is_identity) / 1e6
+
+    def fixed_mparams(self, hiddens: tuple[int, ...]) -> tuple[float, float, float]:
+        """(embedding LayerNorm + projection, boundaries, head) weights in millions of parameters."""
+        sp, e = self.space, self.space.embed_dim
+        emb = (2 * e + e * hiddens[0] + hiddens[0]) / 1e6
+        bnd = sum(sp.boundary_params(a, b) for a, b in zip(hiddens, hiddens[1:])) / 1e6
+        return emb, bnd, sp.head_params(hiddens[-1]) / 1e6
+
+    def weight_mparams(self, arch: Arch) -> float:
+        """Sum of the parts' weights (millions of parameters)."""
+        return sum(self.block_mparams(b) for b in arch.blocks) + sum(self.fixed_mparams(arch.hiddens))
 
     def raw_block_ms(self, block: BlockArch, batch: int, seq_len: int) -> float:
         return sum(self.part_ms(op_key(op, block.hidden), batch, seq_len) for op in block.ops if not op.is_identity)
@@ -182,23 +203,25 @@ class LatencyTable:
         return emb, bnd, self.part_ms(head_key(hiddens[-1]), batch, seq_len)
 
     def raw_sum_ms(self, arch: Arch, batch: int, seq_len: int) -> float:
-        """Uncorrected sum of parts (the regressor of the affine correction)."""
+        """Uncorrected sum of parts in ms (the first regressor of the correction)."""
         blocks = sum(self.raw_block_ms(b, batch, seq_len) for b in arch.blocks)
         return blocks + sum(self.raw_fixed_parts(arch.hiddens, batch, seq_len))
 
     # ------------------------------------------------------------------ the search's interface
     def block_ms(self, block: BlockArch, batch: int, seq_len: int) -> float:
-        """Latency (ms) of one block's layers: scale * sum of its operations' parts."""
-        a, _ = self.correction(batch, seq_len)
-        return a * self.raw_block_ms(block, batch, seq_len)
+        """Latency (ms) of one block's layers: scale * sum of its operations' parts + ms_per_mparam * their weights."""
+        a, m, _ = self.correction(batch, seq_len)
+        return a * self.raw_block_ms(block, batch, seq_len) + m * self.block_mparams(block)
 
     def _fixed(self, hiddens: tuple[int, ...], batch: int, seq_len: int) -> tuple[float, float, float, float]:
-        a, c = self.correction(batch, seq_len)
-        emb, bnd, head = self.raw_fixed_parts(tuple(hiddens), batch, seq_len)
-        return a * emb, a * bnd, a * head, c
+        a, m, c = self.correction(batch, seq_len)
+        hiddens = tuple(hiddens)
+        raw = self.raw_fixed_parts(hiddens, batch, seq_len)
+        emb, bnd, head = (a * r + m * w for r, w in zip(raw, self.fixed_mparams(hiddens)))
+        return emb, bnd, head, c
 
     def fixed_ms(self, hiddens: tuple[int, ...], batch: int, seq_len: int) -> float:
-        """Latency (ms) of embedding(h1) + boundaries + head, scaled, plus the offset."""
+        """Latency (ms) of embedding(h1) + boundaries + head (corrected like the blocks), plus the offset."""
         emb, bnd, head, off = self._fixed(hiddens, batch, seq_len)
         return emb + bnd + head + off
 
@@ -274,44 +297,60 @@ def find_table(device_name: str) -> Path:
     )
 
 
-def _lstsq_relative(x: Any, y: Any) -> tuple[float, float]:
+def _nnls_relative(X: Any, y: Any) -> Any:
+    """Non-negative coefficients minimising sum(((X @ coef) - y) / y)^2: every support set is solved by least
+    squares and the best non-negative solution kept (exact NNLS for the few columns used here)."""
+    import itertools
+
     import numpy as np
 
-    if len(x) < 2 or np.ptp(x) == 0:
-        return (float(np.mean(y / x)) if len(x) else 1.0), 0.0
-    A = np.stack([x / y, 1.0 / y], axis=1)
-    (a, c), *_ = np.linalg.lstsq(A, np.ones_like(y), rcond=None)
-    return float(a), float(c)
+    A, ones = X / y[:, None], np.ones_like(y)
+    k = X.shape[1]
+    best, best_res = np.zeros(k), float(len(y))  # all-zero coefficients: every relative residual is -1
+    for r in range(1, k + 1):
+        for cols in itertools.combinations(range(k), r):
+            sol, *_ = np.linalg.lstsq(A[:, cols], ones, rcond=None)
+            if (sol < 0).any():
+                continue
+            coef = np.zeros(k)
+            coef[list(cols)] = sol
+            res = float(np.sum((A @ coef - ones) ** 2))
+            if res < best_res - 1e-15:
+                best, best_res = coef, res
+    return best
 
 
-def fit_affine(parts_ms: list[float], measured_ms: list[float], robust: bool = True) -> tuple[float, float]:
-    """(scale, offset_ms) minimising the squared *relative* error of scale * parts + offset vs measured.
+def fit_correction(parts_ms: Sequence[float], mparams: Sequence[float], measured_ms: Sequence[float],
+                   robust: bool = True) -> tuple[float, float, float]:
+    """(scale, ms_per_mparam, offset_ms), all >= 0, minimising the squared *relative* error of
+    scale * parts + ms_per_mparam * mparams + offset vs measured.
 
     `robust`: refit once without the models whose relative residual is more than 3 robust standard
     deviations (MAD) from the median, at least 5% -- a whole model timed while another process took
-    the core would otherwise tilt the fit. Needs 4+ models; the error report keeps every model.
+    the core would otherwise tilt the fit. Needs 5+ models; the error report keeps every model.
     """
     import numpy as np
 
-    x, y = np.asarray(parts_ms, float), np.asarray(measured_ms, float)
-    a, c = _lstsq_relative(x, y)
-    if robust and len(x) >= 4:
-        r = (a * x + c - y) / y
+    y = np.asarray(measured_ms, float)
+    X = np.stack([np.asarray(parts_ms, float), np.asarray(mparams, float), np.ones_like(y)], axis=1)
+    coef = _nnls_relative(X, y)
+    if robust and len(y) >= 5:
+        r = (X @ coef - y) / y
         dev = np.abs(r - np.median(r))
         keep = dev <= max(3 * 1.4826 * float(np.median(dev)), 0.05)
-        if 3 <= keep.sum() < len(x):
-            a, c = _lstsq_relative(x[keep], y[keep])
-    return a, c
+        if 4 <= keep.sum() < len(y):
+            coef = _nnls_relative(X[keep], y[keep])
+    return float(coef[0]), float(coef[1]), float(coef[2])
 
 
-def held_out_errors(parts_ms: list[float], measured_ms: list[float]) -> dict[str, Any]:
-    """Leave-one-out error of the affine fit: MAPE (%), max |error| (%), share within +-10%, per-model predictions."""
+def held_out_errors(parts_ms: Sequence[float], mparams: Sequence[float], measured_ms: Sequence[float]) -> dict[str, Any]:
+    """Leave-one-out error of `fit_correction`: MAPE (%), max |error| (%), share within +-10%, per-model predictions."""
     n = len(parts_ms)
     preds = []
     for i in range(n):
         rest = [j for j in range(n) if j != i]
-        a, c = fit_affine([parts_ms[j] for j in rest], [measured_ms[j] for j in rest])
-        preds.append(a * parts_ms[i] + c)
+        a, m, c = fit_correction([parts_ms[j] for j in rest], [mparams[j] for j in rest], [measured_ms[j] for j in rest])
+        preds.append(a * parts_ms[i] + m * mparams[i] + c)
     errs = [100.0 * (p - m) / m for p, m in zip(preds, measured_ms)]
     return {
         "method": "leave-one-out",

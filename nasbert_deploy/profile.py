@@ -7,7 +7,8 @@ operations at every hidden size, the block boundaries, embeddings, heads and the
 exported ONCE through the device's runtime (`runtimes.get_runtime(spec.runtime).compile`, dynamic batch
 and sequence) and timed with `timing.measure` at every point. `validate` random whole models, spread over
 the parameter range, are compiled and timed the same way, in the same shuffled rounds (machine noise is
-spread over all items), and fit the per-point affine correction (`latency.fit_affine`) whose
+spread over all items), and fit the per-point correction (`latency.fit_correction`: scale on the parts,
+a per-weight term, an offset) whose
 leave-one-out error is stored in the table.
 
 Interrupting loses nothing measured: completed (item, point, round) timings are kept in a partial file
@@ -17,12 +18,11 @@ atomically.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Any
 from .devices import DeviceSpec, require_available
 from .errors import DeviceError, TableError
 from .fileio import write_json_atomic
-from .latency import LatencyTable, environment, fit_affine, held_out_errors, point_key, table_keys
+from .latency import LatencyTable, environment, fit_correction, held_out_errors, point_key, table_keys
 from .profile_items import Item, make_inputs, model_item, op_items, validation_archs
 from .space import Arch, SearchSpace
 
@@ -49,7 +49,7 @@ class ProfileSettings:
     max_cv: float | None = 0.1
     retries: int = 1
     rounds: int = 3
-    validate: int = 20
+    validate: int = 30
     seed: int = 0
 
     def measure_kwargs(self) -> dict[str, Any]:
@@ -58,37 +58,6 @@ class ProfileSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@contextlib.contextmanager
-def reuse_onnx_registry() -> Iterator[None]:
-    """Build torch.onnx's torchlib registry once for many exports instead of once per export.
-
-    Rebuilding it costs ~1-2 s of each `torch.onnx.export(dynamo=True)` call (about half of an op's
-    export). We pass no custom translation table, so the registry is never mutated and can be shared.
-    Patches a private torch API for the duration of the block only; without it, nothing is patched.
-    """
-    try:
-        from torch.onnx._internal.exporter import _registration as reg
-    except ImportError:
-        yield
-        return
-    original = reg.ONNXRegistry.__dict__.get("from_torchlib")
-    if not isinstance(original, classmethod):
-        yield
-        return
-    cache: dict[Any, Any] = {}
-
-    def from_torchlib(cls: Any, opset_version: Any = reg._constants.TORCHLIB_OPSET) -> Any:
-        if opset_version not in cache:
-            cache[opset_version] = original.__func__(cls, opset_version)
-        return cache[opset_version]
-
-    reg.ONNXRegistry.from_torchlib = classmethod(from_torchlib)
-    try:
-        yield
-    finally:
-        reg.ONNXRegistry.from_torchlib = original
 
 
 def partial_path(out: Path) -> Path:
@@ -149,11 +118,10 @@ def run_items(
     with tempfile.TemporaryDirectory(prefix="nasbert-profile-") as wd:
         t0 = time.perf_counter()
         compiled = {}
-        with reuse_onnx_registry():
-            for i, it in enumerate(todo):
-                if progress:
-                    progress("export", i, len(todo))
-                compiled[it.key] = rt.compile(it.build(space), it.example_inputs(space), it.output_names, spec, Path(wd) / str(i))
+        for i, it in enumerate(todo):
+            if progress:
+                progress("export", i, len(todo))
+            compiled[it.key] = rt.compile(it.build(space), it.example_inputs(space), it.output_names, spec, Path(wd) / str(i))
         if progress:
             progress("export", len(todo), len(todo))
         clock["export_s"] = clock.get("export_s", 0.0) + time.perf_counter() - t0
@@ -192,7 +160,7 @@ def build_table(
     points: Sequence[tuple[int, int]],
     manifest: dict[str, Any],
 ) -> LatencyTable:
-    """Entries from the measured op timings; per point, the affine correction fitted on the whole models."""
+    """Entries from the measured op timings; per point, the correction fitted on the whole models."""
     entries: dict[str, dict[str, dict[str, float]]] = {}
     for key in table_keys(space):
         for b, s in points:
@@ -208,18 +176,20 @@ def build_table(
         if len(measured) != len(archs):
             raise TableError(f"validation models are missing measurements at {pk}; profile again")
         if len(archs) < 3:
-            continue  # too few to fit and hold out: correction stays (1, 0)
+            continue  # too few to fit and hold out: correction stays (1, 0, 0)
         parts = [table.raw_sum_ms(a, b, s) for a in archs]
-        a_fit, c_fit = fit_affine(parts, measured)
-        table.corrections[pk] = {"scale": a_fit, "offset_ms": c_fit}
+        mparams = [table.weight_mparams(a) for a in archs]
+        a_fit, m_fit, c_fit = fit_correction(parts, mparams, measured)
+        table.corrections[pk] = {"scale": a_fit, "ms_per_mparam": m_fit, "offset_ms": c_fit}
         raw_err = [100.0 * abs(p - m) / m for p, m in zip(parts, measured)]
         table.validation[pk] = {
-            **held_out_errors(parts, measured),
+            **held_out_errors(parts, mparams, measured),
             "uncorrected_mape_pct": sum(raw_err) / len(raw_err),
             "archs": [str(a) for a in archs],
             "params": [space.params(a) for a in archs],
             "measured_ms": measured,
             "parts_ms": parts,
+            "weight_mparams": mparams,
         }
     return table
 

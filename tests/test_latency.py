@@ -10,10 +10,11 @@ from nasbert_deploy.errors import SpaceError, TableError
 from nasbert_deploy.latency import (
     MANIFEST_KEYS,
     OVERHEAD_KEY,
+    SCHEMA_VERSION,
     LatencyTable,
     boundary_key,
     embedding_key,
-    fit_affine,
+    fit_correction,
     head_key,
     held_out_errors,
     op_key,
@@ -31,7 +32,7 @@ def _synthetic(space=TINY, seqs=(8, 16), overhead=0.01):
         val = (lambda s: overhead) if key == OVERHEAD_KEY else (lambda s, i=i: overhead + (i + 1) * s / 8)
         entries[key] = {point_key(1, s): {"median_ms": val(s), "p90_ms": val(s), "mean_ms": val(s), "cv": 0.0, "runs": 3}
                         for s in seqs}
-    corr = {point_key(1, s): {"scale": 0.9, "offset_ms": -0.5} for s in seqs}
+    corr = {point_key(1, s): {"scale": 0.9, "ms_per_mparam": 0.25, "offset_ms": -0.5} for s in seqs}
     manifest = make_manifest({"name": "synthetic"}, {}, 1.0, "test")
     return LatencyTable(space, {"name": "synthetic"}, entries, corr, {}, manifest)
 
@@ -47,7 +48,7 @@ def test_schema_roundtrip(tmp_path):
     t = _synthetic()
     p = t.save(tmp_path / "t.json")
     data = json.loads(p.read_text())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == SCHEMA_VERSION == 2 and data["corrections"]["b1s8"]["ms_per_mparam"] == 0.25
     assert set(MANIFEST_KEYS) <= set(data["manifest"])
     assert data["manifest"]["space_hash"] == TINY.space_hash() and data["manifest"]["space"]["hidden_sizes"] == [32, 64]
     assert data["batch_sizes"] == [1] and data["seq_lens"] == [8, 16]
@@ -66,14 +67,22 @@ def test_predict_is_manual_sum_and_exactly_additive():
     def part(key):
         return t.entries[key][point_key(1, s)]["median_ms"] - 0.01
 
-    blocks = [0.9 * (part(op_key(Op("mha"), 32)) + part(op_key(Op("sep", 5), 32))), 0.9 * part(op_key(Op("ffn"), 64))]
-    fixed = 0.9 * (part(embedding_key(32)) + part(boundary_key(32, 64)) + part(head_key(64))) - 0.5
+    # weights (parameters) of each part, by hand: TINY has embed_dim 16, output_dim 48, ffn_ratio 4
+    assert (TINY.embed_dim, TINY.output_dim, TINY.ffn_ratio) == (16, 48, 4)
+    w_mha32 = 4 * (32 * 32 + 32) + 2 * 32
+    w_sep5_32 = 32 * 5 + 32 + 32 * 32 + 32 + 2 * 32
+    w_ffn64 = 64 * 256 + 256 + 256 * 64 + 64 + 2 * 64
+    w_fixed = (2 * 16 + 16 * 32 + 32) + (32 * 64 + 64) + (64 * 48 + 48)
+    blocks = [0.9 * (part(op_key(Op("mha"), 32)) + part(op_key(Op("sep", 5), 32))) + 0.25e-6 * (w_mha32 + w_sep5_32),
+              0.9 * part(op_key(Op("ffn"), 64)) + 0.25e-6 * w_ffn64]
+    fixed = 0.9 * (part(embedding_key(32)) + part(boundary_key(32, 64)) + part(head_key(64))) + 0.25e-6 * w_fixed - 0.5
     p = t.predict(a, 1, s)
     assert p.blocks_ms == pytest.approx(blocks, rel=1e-12)
     assert p.fixed_ms == pytest.approx(fixed, rel=1e-12)
     assert p.total_ms == sum(p.blocks_ms) + p.fixed_ms  # exact: the search relies on it
     assert p.total_ms == sum(t.block_ms(b, 1, s) for b in a.blocks) + t.fixed_ms(a.hiddens, 1, s)
     assert p.fixed_ms == p.embedding_ms + p.boundaries_ms + p.head_ms + p.offset_ms and p.offset_ms == -0.5
+    assert t.weight_mparams(a) * 1e6 == pytest.approx(w_mha32 + w_sep5_32 + w_ffn64 + w_fixed)
 
 
 def test_interpolation_in_seq_len():
@@ -102,25 +111,37 @@ def test_other_space_and_schema_fail_clearly(tmp_path):
     with pytest.raises(SpaceError, match="does not cover space 'standard'"):
         LatencyTable.load(p, space=STANDARD)
     data = json.loads(p.read_text())
-    data["schema_version"] = 99
-    (tmp_path / "v.json").write_text(json.dumps(data))
-    with pytest.raises(TableError, match="schema version 99"):
-        LatencyTable.load(tmp_path / "v.json")
+    for old in (1, 99):  # version 1 tables (affine correction only) must be re-profiled
+        data["schema_version"] = old
+        (tmp_path / "v.json").write_text(json.dumps(data))
+        with pytest.raises(TableError, match=rf"schema version {old}; this build reads version 2; re-profile"):
+            LatencyTable.load(tmp_path / "v.json")
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(TableError, match="not valid JSON"):
         LatencyTable.load(tmp_path / "bad.json")
 
 
-def test_fit_affine_and_held_out_errors():
-    parts = [1.0, 2.0, 3.0, 5.0, 8.0]
-    measured = [0.8 * x - 0.2 for x in parts]
-    a, c = fit_affine(parts, measured)
-    assert a == pytest.approx(0.8) and c == pytest.approx(-0.2)
-    e = held_out_errors(parts, measured)
-    assert e["mape_pct"] == pytest.approx(0.0, abs=1e-9) and e["within_10pct"] == 1.0 and e["models"] == 5
-    noisy = [m * f for m, f in zip(measured, (1.0, 1.3, 1.0, 1.0, 1.0))]
-    e2 = held_out_errors(parts, noisy)
+def test_fit_correction_recovers_weights_term_and_held_out_errors():
+    parts = [1.0, 2.0, 3.0, 5.0, 8.0, 4.0]
+    mparams = [0.5, 3.0, 1.0, 6.0, 2.0, 9.0]  # not proportional to parts: the two terms are separable
+    measured = [0.8 * x + 0.1 * w + 0.2 for x, w in zip(parts, mparams)]
+    a, m, c = fit_correction(parts, mparams, measured)
+    assert (a, m, c) == pytest.approx((0.8, 0.1, 0.2))
+    e = held_out_errors(parts, mparams, measured)
+    assert e["mape_pct"] == pytest.approx(0.0, abs=1e-9) and e["within_10pct"] == 1.0 and e["models"] == 6
+    noisy = [y * f for y, f in zip(measured, (1.0, 1.3, 1.0, 1.0, 1.0, 1.0))]
+    e2 = held_out_errors(parts, mparams, noisy)
     assert e2["max_abs_pct"] > 10 and e2["within_10pct"] < 1.0
+    assert fit_correction(parts, mparams, noisy) == pytest.approx((0.8, 0.1, 0.2))  # the outlier is dropped (robust refit)
+
+
+def test_fit_correction_is_non_negative():
+    parts = [1.0, 2.0, 4.0, 8.0]
+    mparams = [1.0, 1.0, 1.0, 1.0]
+    measured = [0.5 * x - 0.3 for x in parts]  # the unconstrained fit would need a negative offset
+    a, m, c = fit_correction(parts, mparams, measured, robust=False)
+    r = [x / y for x, y in zip(parts, measured)]  # scale alone: minimises sum((a * r - 1)^2)
+    assert (a, m, c) == pytest.approx((sum(r) / sum(v * v for v in r), 0.0, 0.0))
 
 
 def test_build_table_fits_correction_from_whole_models():
@@ -129,15 +150,17 @@ def test_build_table_fits_correction_from_whole_models():
     texts = ("32:mha,id|32:ffn,id", "64:mha,ffn|64:sep3,sep5", "32:sep3,id|64:mha,ffn", "64:ffn,id|32:mha,id")
     archs = [TINY.parse(s) for s in texts]
     raw = LatencyTable(TINY, {}, {k: {"b1s8": v} for k, d in t.entries.items() for v in d.values()})
-    for a in archs:  # whole models take exactly 0.7 * parts + 0.3
-        results[f"model:{a}"] = {"b1s8": [{"median_ms": 0.7 * raw.raw_sum_ms(a, 1, 8) + 0.3, "p90_ms": 0, "mean_ms": 0, "cv": 0,
-                                           "runs": 3}]}
+    for a in archs:  # whole models take exactly 0.7 * parts + 2 ms per million weights + 0.3
+        ms = 0.7 * raw.raw_sum_ms(a, 1, 8) + 2.0 * raw.weight_mparams(a) + 0.3
+        results[f"model:{a}"] = {"b1s8": [{"median_ms": ms, "p90_ms": 0, "mean_ms": 0, "cv": 0, "runs": 3}]}
     table = build_table(TINY, {"name": "x"}, results, archs, [(1, 8)], {})
     assert table.entries[OVERHEAD_KEY]["b1s8"]["rounds"] == 2  # lowest-median round kept
     corr = table.corrections["b1s8"]
     assert corr["scale"] == pytest.approx(0.7) and corr["offset_ms"] == pytest.approx(0.3)
+    assert corr["ms_per_mparam"] == pytest.approx(2.0)
     v = table.validation["b1s8"]
-    assert v["models"] == 4 and v["mape_pct"] == pytest.approx(0, abs=1e-6) and v["uncorrected_mape_pct"] > 5
+    assert len(v["weight_mparams"]) == 4 and v["models"] == 4
+    assert v["mape_pct"] == pytest.approx(0, abs=1e-6) and v["uncorrected_mape_pct"] > 5
     assert table.predict(archs[1], 1, 8).total_ms == pytest.approx(results[f"model:{archs[1]}"]["b1s8"][0]["median_ms"])
     del results[f"model:{archs[0]}"]
     with pytest.raises(TableError, match="validation models are missing"):

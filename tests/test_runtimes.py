@@ -60,3 +60,16 @@ def test_gpu_specs_refuse_clearly_without_gpu(spec_name, tmp_path):
     with pytest.raises(RuntimeUnavailableError, match="CUDA|GPU"):
         get_runtime(spec.runtime).compile(item.build(TINY), item.example_inputs(TINY), item.output_names, spec, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_registry_is_built_once_per_process_and_unpatched_after():
+    from torch.onnx._internal.exporter import _registration as reg
+
+    from nasbert_deploy.convert import reuse_onnx_registry
+
+    original = reg.ONNXRegistry.__dict__["from_torchlib"]
+    with reuse_onnx_registry():
+        first = reg.ONNXRegistry.from_torchlib()
+    with reuse_onnx_registry():  # a later export (export_onnx enters this block every time) reuses it
+        assert reg.ONNXRegistry.from_torchlib() is first
+    assert reg.ONNXRegistry.__dict__["from_torchlib"] is original

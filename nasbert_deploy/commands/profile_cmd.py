@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, "--device", help="Device name (devices/NAME.toml) or a spec file path."),
         space: ProfileSpace = typer.Option(ProfileSpace.standard, help="Search space to profile."),
         out: Path = typer.Option(None, "--out", help="Table to write (default: ./profiles/DEVICE.json)."),
-        validate: int = typer.Option(20, "--validate", min=0, help="Random whole models timed to fit and check the correction."),
+        validate: int = typer.Option(30, "--validate", min=0, help="Random whole models timed to fit and check the correction."),
         bundle: Path = typer.Option(None, "--bundle", help="Write an on-device profiling bundle to this folder instead."),
         import_file: Path = typer.Option(None, "--import", help="Build the table from a bundle runner's results.json."),
         runs: int = typer.Option(20, min=1, help="Timed runs per measurement (at least)."),
@@ -174,13 +174,15 @@ def _report(table: Any, path: Path) -> None:
                       f"({bd.get('timing_s', 0) / n:.0f} s per (batch, seq) point, {n} points)")
     val = table.validation
     if not val:
-        console.print("no whole-model validation (--validate 0 or fewer than 3): correction is scale 1, offset 0")
+        console.print("no whole-model validation (--validate 0 or fewer than 3): no correction (scale 1, offset 0)")
         return
-    t = Table(title="prediction error on whole models (leave-one-out, after the affine correction)")
-    for col in ("batch/seq", "models", "MAPE %", "max |err| %", "within ±10%", "uncorrected MAPE %", "scale", "offset ms"):
+    t = Table(title="prediction error on whole models (leave-one-out, after the correction)")
+    for col in ("batch/seq", "models", "MAPE %", "max |err| %", "within ±10%", "uncorrected MAPE %", "scale", "ms/Mparam",
+                "offset ms"):
         t.add_column(col, justify="right")
     for pk, v in val.items():
         corr = table.corrections[pk]
         t.add_row(pk, str(v["models"]), f"{v['mape_pct']:.1f}", f"{v['max_abs_pct']:.1f}", f"{100 * v['within_10pct']:.0f}%",
-                  f"{v['uncorrected_mape_pct']:.1f}", f"{corr['scale']:.3f}", f"{corr['offset_ms']:.3f}")
+                  f"{v['uncorrected_mape_pct']:.1f}", f"{corr['scale']:.3f}",
+                  f"{corr.get('ms_per_mparam', 0.0):.4f}", f"{corr['offset_ms']:.3f}")
     console.print(t)
