@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 from . import __version__
 from .errors import NasBertDeployError
 
-COMMAND_MODULES = ["space_cmd", "supernet_cmd", "train_cmd", "search_cmd", "profile_cmd", "export_cmd"]
+COMMAND_MODULES = ["space_cmd", "profile_cmd", "supernet_cmd", "search_cmd", "export_cmd", "train_cmd"]
 
 
 class _App(TyperGroup):
