@@ -32,8 +32,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from nasbert_deploy.convert import FirstOutput
 from nasbert_deploy.devices import load_device
-from nasbert_deploy.export import OnnxEncoder, select_arch
+from nasbert_deploy.export import select_arch
 from nasbert_deploy.fileio import write_json_atomic
 from nasbert_deploy.runtimes import get_runtime, time_compiled
 from nasbert_deploy.space import Arch, BlockArch, Op, SearchSpace
@@ -71,7 +72,7 @@ def measure_ms(model: torch.nn.Module, spec: Any, seq_len: int, vocab: int, work
     """Median/p90 latency (ms) of the encoder on `spec`'s runtime at batch 1, `seq_len` tokens."""
     g = torch.Generator().manual_seed(0)
     example = {"input_ids": torch.randint(5, vocab, (2, 37), generator=g), "attention_mask": torch.ones(2, 37, dtype=torch.long)}
-    compiled = get_runtime(spec.runtime).compile(OnnxEncoder(model.eval()), example, ["last_hidden_state"], spec, workdir)
+    compiled = get_runtime(spec.runtime).compile(FirstOutput(model.eval()), example, ["last_hidden_state"], spec, workdir)
     ids = np.random.default_rng(0).integers(5, vocab, size=(1, seq_len), dtype=np.int64)
     inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     t = time_compiled(compiled, inputs, warmup=10, runs=50, min_time_s=1.0, max_cv=0.1)

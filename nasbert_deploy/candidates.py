@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArchError, SpaceError, TableError
-from .space import BlockArch, Op, SearchSpace
+from .space import BlockArch, SearchSpace
 
 SCHEMA = "nasbert-deploy/candidates"
 VERSION = 1
@@ -33,23 +33,7 @@ VERSION = 1
 
 def parse_block(space: SearchSpace, text: str, index: int = 1) -> BlockArch:
     """Parse and validate one block string, e.g. `'128:mha,ffn,sep3,id,id,id'` (`index` is 1-based, for messages)."""
-    if ":" not in text:
-        raise ArchError(f"block {index}: {text.strip()!r} lacks 'HIDDEN:' (e.g. '128:mha,ffn,id,id,id,id')")
-    h_text, ops_text = text.split(":", 1)
-    try:
-        hidden = int(h_text)
-    except ValueError:
-        raise ArchError(f"block {index}: hidden size {h_text.strip()!r} is not an integer") from None
-    ops = []
-    for o in ops_text.split(","):
-        try:
-            ops.append(Op.parse(o))
-        except ArchError:
-            valid = ", ".join(op.name for op in space.all_ops)
-            raise ArchError(f"block {index}: {o.strip()!r} is not an operation; valid: {valid}") from None
-    block = BlockArch(hidden, tuple(ops))
-    space.validate_block(block, index)
-    return block
+    return space.parse_block(text, index)
 
 
 def block_params(space: SearchSpace, block: BlockArch) -> int:

@@ -76,6 +76,22 @@ def _quiet() -> Any:
             lg.setLevel(lv)
 
 
+class FirstOutput(torch.nn.Module):
+    """A transformers model reduced to (input_ids, attention_mask[, token_type_ids]) -> its first output.
+
+    `last_hidden_state` (b, t, d) for an encoder, `logits` (b, c) for a classifier: what ONNX and OpenVINO carry.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=False)[0]
+
+
 def export_onnx(
     module: torch.nn.Module,
     path: str | Path,

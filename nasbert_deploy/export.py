@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .devices import DeviceSpec
 from .errors import CheckpointError, ExportError, TableError
@@ -244,17 +243,7 @@ def _nncf_quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-class OnnxEncoder(nn.Module):
-    """The encoder as a module returning only `last_hidden_state` (b, t, d): what ONNX and OpenVINO carry."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.model(input_ids, attention_mask, token_type_ids, return_dict=False)[0]
 
 
 def export_model(
@@ -271,7 +260,15 @@ def export_model(
 
     Raises `ExportError` (one, listing every failed check) if validation fails; then nothing is written.
     """
-    from .convert import EXAMPLE_BATCH, EXAMPLE_SEQ, export_onnx, onnx_to_openvino, quantize_onnx_int8, quantize_openvino_int8
+    from .convert import (
+        EXAMPLE_BATCH,
+        EXAMPLE_SEQ,
+        FirstOutput,
+        export_onnx,
+        onnx_to_openvino,
+        quantize_onnx_int8,
+        quantize_openvino_int8,
+    )
     from .export_report import build_report, measure_all, write_report
     from .fileio import atomic_dir
 
@@ -296,7 +293,7 @@ def export_model(
             example = {"input_ids": ex_ids, "attention_mask": torch.ones_like(ex_ids)}
             if options.token_type_ids:
                 example["token_type_ids"] = torch.zeros_like(ex_ids)
-            onnx_path = export_onnx(OnnxEncoder(model), tmp / "model.onnx", example, ["last_hidden_state"])
+            onnx_path = export_onnx(FirstOutput(model), tmp / "model.onnx", example, ["last_hidden_state"])
             if "openvino" in options.formats:
                 step("OpenVINO IR" + (" (fp16 weights)" if options.fp16 else ""))
                 onnx_to_openvino(onnx_path, tmp / "openvino_model.xml", fp16=options.fp16)

@@ -197,26 +197,29 @@ class SearchSpace:
                 f"arch has {len(parts)} block(s); space {self.name!r} has {self.num_blocks} "
                 f"(format: HIDDEN:op,op,...|HIDDEN:op,...)"
             )
-        blocks = []
-        for i, part in enumerate(parts, 1):
-            if ":" not in part:
-                raise ArchError(f"block {i}: {part.strip()!r} lacks 'HIDDEN:' (e.g. '256:mha,ffn,...')")
-            h_text, ops_text = part.split(":", 1)
-            try:
-                hidden = int(h_text)
-            except ValueError:
-                raise ArchError(f"block {i}: hidden size {h_text.strip()!r} is not an integer") from None
-            ops = []
-            for o in ops_text.split(","):
-                try:
-                    ops.append(Op.parse(o))
-                except ArchError:
-                    valid = ", ".join(op.name for op in self.all_ops)
-                    raise ArchError(f"block {i}: {o.strip()!r} is not an operation; valid: {valid}") from None
-            blocks.append(BlockArch(hidden, tuple(ops)))
-        arch = Arch(tuple(blocks))
+        arch = Arch(tuple(self.parse_block(part, i) for i, part in enumerate(parts, 1)))
         self.validate(arch)
         return arch
+
+    def parse_block(self, text: str, index: int = 1) -> BlockArch:
+        """Parse and validate one block string, e.g. '128:mha,ffn,id' (`index` is 1-based, for messages)."""
+        if ":" not in text:
+            raise ArchError(f"block {index}: {text.strip()!r} lacks 'HIDDEN:' (e.g. '256:mha,ffn,...')")
+        h_text, ops_text = text.split(":", 1)
+        try:
+            hidden = int(h_text)
+        except ValueError:
+            raise ArchError(f"block {index}: hidden size {h_text.strip()!r} is not an integer") from None
+        ops = []
+        for o in ops_text.split(","):
+            try:
+                ops.append(Op.parse(o))
+            except ArchError:
+                valid = ", ".join(op.name for op in self.all_ops)
+                raise ArchError(f"block {index}: {o.strip()!r} is not an operation; valid: {valid}") from None
+        block = BlockArch(hidden, tuple(ops))
+        self.validate_block(block, index)
+        return block
 
     def validate(self, arch: Arch) -> Arch:
         if len(arch.blocks) != self.num_blocks:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nasbert_deploy.convert import export_onnx
-from nasbert_deploy.export import OnnxEncoder, random_model
+from nasbert_deploy.convert import FirstOutput, export_onnx
+from nasbert_deploy.export import random_model
 from nasbert_deploy.export_validate import measure_onnx_memory
 from nasbert_deploy.memory import estimate_memory
 from nasbert_deploy.space import STANDARD, TINY
@@ -22,7 +22,7 @@ def _onnx(space, arch, path):
     model, _ = random_model(arch, space)
     ids = torch.randint(1, 100, (2, 37))
     example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    return export_onnx(OnnxEncoder(model), path, example, ["last_hidden_state"])
+    return export_onnx(FirstOutput(model), path, example, ["last_hidden_state"])
 
 
 @pytest.mark.slow

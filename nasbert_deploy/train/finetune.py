@@ -263,24 +263,11 @@ def finetune_teacher(
     return train_classifier(model, tokenizer, train, valid, out_dir, cfg, None, progress, key)
 
 
-class LogitsOnly(nn.Module):
-    """A classifier reduced to (input_ids, attention_mask[, token_type_ids]) -> logits (b, c), for export."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
-
-
 def runtime_logits(
     model: Any, tokenizer: Any, task: TaskData, runtime: str, workdir: str | Path, batch_size: int = 64, max_len: int = 128
 ) -> np.ndarray:
     """Logits (n, c) from the model exported to ONNX and run on `runtime` ('onnxruntime' | 'openvino'), fp32, CPU."""
-    from ..convert import EXAMPLE_BATCH, EXAMPLE_SEQ
+    from ..convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput
     from ..devices import load_device
     from ..runtimes import get_runtime
 
@@ -293,7 +280,7 @@ def runtime_logits(
     }
     if task.pairs is not None:
         example["token_type_ids"] = torch.zeros(shape, dtype=torch.long)
-    compiled = get_runtime(runtime).compile(LogitsOnly(model.eval()), example, ["logits"], spec, Path(workdir))
+    compiled = get_runtime(runtime).compile(FirstOutput(model.eval()), example, ["logits"], spec, Path(workdir))
     out = []
     for _, batch in iter_batches(tokenizer, task, batch_size, fit_max_len(model, max_len)):
         out.append(compiled.run({k: v.numpy() for k, v in batch.items()})[0])
