@@ -5,6 +5,11 @@ table's space (stratified by params, none of them among the table's validation m
 runtime with the table's own measurement settings, and print the prediction error (MAPE, max error,
 share within +-10%) per (batch, seq_len), with the table's profiling wall time.
 
+Drift check: `--drift-models` (default 5) of the table's own validation models are timed again in the
+same run; "drift %" is the median change of their latency since profiling. A drift of several percent
+means the machine was in another state (other jobs, frequency, cache contention) than when the table
+was made, and the errors above then measure that change, not the predictor: re-run both in a quiet moment.
+
     flock /tmp/nasbert-timing.lock python benchmarks/bench_latency_prediction.py
     python benchmarks/bench_latency_prediction.py --models 10 --seq-len 128 --devices cpu-ort
 
@@ -14,6 +19,7 @@ Goals (issue 3): >= 95% within +-10% and MAPE <= 5% on cpu-ort, cpu-openvino, cp
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 from rich.console import Console
@@ -25,7 +31,7 @@ from nasbert_deploy.profile import ProfileSettings, best_timing, run_items
 from nasbert_deploy.profile_items import model_item, validation_archs
 
 
-def bench_device(name: str, n_models: int, seq_lens: list[int] | None, seed: int) -> list[dict]:
+def bench_device(name: str, n_models: int, seq_lens: list[int] | None, seed: int, n_drift: int = 5) -> list[dict]:
     spec = load_device(name)
     require_available(spec)
     path = find_table(spec.name)
@@ -40,9 +46,13 @@ def bench_device(name: str, n_models: int, seq_lens: list[int] | None, seed: int
     st = {k: v for k, v in table.manifest.get("settings", {}).items() if k in ProfileSettings.__dataclass_fields__}
     settings = ProfileSettings(**{**st, "seed": seed})
     spec = load_device(name)
+    val = next(iter(table.validation.values()), {})
+    val_archs = val.get("archs", [])
+    drift_archs = [space.parse(val_archs[i]) for i in sorted({round(j * (len(val_archs) - 1) / max(n_drift - 1, 1))
+                                                               for j in range(n_drift)})] if val_archs and n_drift else []
     results: dict = {}
     t0 = time.perf_counter()
-    run_items([model_item(a) for a in archs], points, spec, space, settings, results, lambda: None)
+    run_items([model_item(a) for a in archs + drift_archs], points, spec, space, settings, results, lambda: None)
     rows = []
     for b, s in points:
         pk = point_key(b, s)
@@ -50,10 +60,15 @@ def bench_device(name: str, n_models: int, seq_lens: list[int] | None, seed: int
         for a in archs:
             measured = best_timing(results[model_item(a).key][pk])["median_ms"]
             errs.append(100.0 * (table.predict(a, b, s).total_ms - measured) / measured)
+        v = table.validation.get(pk, {})
+        then = dict(zip(v.get("archs", []), v.get("measured_ms", [])))
+        ratios = sorted(best_timing(results[model_item(a).key][pk])["median_ms"] / then[str(a)] for a in drift_archs
+                        if str(a) in then)
+        drift = 100.0 * (statistics.median(ratios) - 1.0) if ratios else float("nan")
         rows.append({
             "device": name, "point": pk, "models": len(archs),
             "mape": sum(abs(e) for e in errs) / len(errs), "max": max(abs(e) for e in errs),
-            "within10": sum(abs(e) <= 10 for e in errs) / len(errs), "bias": sum(errs) / len(errs),
+            "within10": sum(abs(e) <= 10 for e in errs) / len(errs), "bias": sum(errs) / len(errs), "drift": drift,
             "wall_s": table.manifest.get("profiling_wall_s", 0.0), "n_points": len(table.batch_sizes) * len(table.seq_lens),
             "bench_s": time.perf_counter() - t0, "cpu": table.manifest.get("cpu_model"),
         })
@@ -66,18 +81,20 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=50, help="held-out whole models per device")
     ap.add_argument("--seq-len", type=int, action="append", help="sequence length(s) to test (default: the table's)")
     ap.add_argument("--seed", type=int, default=1234, help="seed of the held-out architectures (tables use 0)")
+    ap.add_argument("--drift-models", type=int, default=5, help="table validation models re-timed to measure drift")
     args = ap.parse_args()
     console = Console()
     t = Table(title=f"latency prediction on {args.models} held-out whole models per device")
-    for col in ("device", "batch/seq", "models", "within ±10%", "MAPE %", "max |err| %", "mean err %",
+    for col in ("device", "batch/seq", "models", "within ±10%", "MAPE %", "max |err| %", "mean err %", "drift %",
                 "profiling wall s (per point)"):
         t.add_column(col, justify="right")
     cpu = None
     for name in args.devices.split(","):
-        for r in bench_device(name.strip(), args.models, args.seq_len, args.seed):
+        for r in bench_device(name.strip(), args.models, args.seq_len, args.seed, args.drift_models):
             cpu = r["cpu"]
             t.add_row(r["device"], r["point"], str(r["models"]), f"{100 * r['within10']:.0f}%", f"{r['mape']:.1f}",
-                      f"{r['max']:.1f}", f"{r['bias']:+.1f}", f"{r['wall_s']:.0f} ({r['wall_s'] / r['n_points']:.0f})")
+                      f"{r['max']:.1f}", f"{r['bias']:+.1f}", f"{r['drift']:+.1f}",
+                      f"{r['wall_s']:.0f} ({r['wall_s'] / r['n_points']:.0f})")
     console.print(t)
     console.print(f"tables profiled on: {cpu}")
 
