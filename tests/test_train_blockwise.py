@@ -14,7 +14,8 @@ from nasbert_deploy.candidates import CandidateTable
 from nasbert_deploy.errors import CheckpointError
 from nasbert_deploy.space import TINY
 from nasbert_deploy.supernet import Supernet
-from nasbert_deploy.train.blockwise import TrainConfig, batch_indices, masked_mse, part_dir, sample_path, train_supernet
+from nasbert_deploy.train.blockwise import TrainConfig, batch_indices, masked_mse, sample_path, train_supernet
+from nasbert_deploy.train.checkpoints import part_dir
 from nasbert_deploy.train.data import TeacherCache
 from nasbert_deploy.train.shrinking import ShrinkConfig, score_blocks
 

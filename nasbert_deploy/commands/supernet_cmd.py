@@ -130,7 +130,8 @@ def register(app: typer.Typer) -> None:
         from ..errors import CheckpointError, SpaceError
         from ..space import get_space
         from ..teacher import load_teacher
-        from ..train.blockwise import CHECKPOINT_DIR, TrainConfig, train_supernet
+        from ..train.blockwise import TrainConfig, train_supernet
+        from ..train.checkpoints import CHECKPOINT_DIR
         from ..train.data import build_teacher_cache, read_paragraphs
         from ..train.shrinking import ShrinkConfig
 

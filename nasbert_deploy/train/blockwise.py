@@ -32,9 +32,9 @@ import torch
 
 from ..candidates import CandidateTable, parse_block
 from ..errors import CheckpointError, SpaceError
-from ..fileio import atomic_dir
 from ..space import BlockArch, SearchSpace
 from ..supernet import Supernet
+from .checkpoints import CANDIDATES_NAME, existing_part_dir, load_part, part_finished, save_part
 from .data import TeacherCache, init_embeddings_from_teacher
 from .shrinking import (
     ShrinkConfig,
@@ -291,7 +291,7 @@ def train_supernet(
             latency_source="table" if latency_table is not None else "flops",
             train_wall_s=round(
                 max(
-                    json.loads((_existing_part_dir(out, n) / "state.json").read_text())["elapsed_s"]
+                    json.loads((existing_part_dir(out, n) / "state.json").read_text())["elapsed_s"]
                     for n in _all_part_names(space)
                 ),
                 1,
@@ -328,7 +328,7 @@ def assemble(space: SearchSpace, out: Path, metadata: dict[str, Any], fp16: bool
     state: dict[str, torch.Tensor] = {}
     losses: list[dict[BlockArch, float]] = []
     for name in _all_part_names(space):
-        d = _existing_part_dir(out, name)
+        d = existing_part_dir(out, name)
         state.update(load_file(str(d / "weights.safetensors")))
         if name != "embed":
             st = json.loads((d / "state.json").read_text())
@@ -339,83 +339,3 @@ def assemble(space: SearchSpace, out: Path, metadata: dict[str, Any], fp16: bool
     net.save(out, metadata, fp16=fp16)
     CandidateTable.from_losses(space, losses, metadata).save(out / CANDIDATES_NAME)
     return out
-
-
-# ---------------------------------------------------------------- checkpoints (one folder per part)
-CANDIDATES_NAME = "candidates.json"
-CHECKPOINT_DIR = "checkpoint"
-
-
-def part_dir(out: Path, name: str) -> Path:
-    return Path(out) / CHECKPOINT_DIR / name
-
-
-def _existing_part_dir(out: Path, name: str) -> Path:
-    """The part's folder, or the backup `atomic_dir` leaves if a kill fell between its two renames."""
-    d = part_dir(out, name)
-    backup = d.with_name(f".{name}.old")
-    return d if (d / "state.json").is_file() or not (backup / "state.json").is_file() else backup
-
-
-def save_part(net: Supernet, p: Part, out: Path, ident: dict[str, Any], seed: int) -> None:
-    """Atomically write one part: weights (safetensors, fp32), AdamW state (torch.save), state.json."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if k.startswith(p.prefixes)}
-    with atomic_dir(part_dir(out, p.name)) as tmp:
-        save_file(state, str(tmp / "weights.safetensors"))
-        torch.save(p.optimizer.state_dict(), tmp / "optimizer.pt")
-        info = {
-            "run": ident,
-            "part": p.name,
-            "step": p.step,
-            "shrinks": p.shrinks,
-            "done": p.done,
-            "last_loss": p.last_loss,
-            "elapsed_s": p.elapsed_s,
-            "survivors": [[str(b) for b in bin_] for bin_ in p.survivors] if p.survivors is not None else None,
-            "final_losses": [[str(b), v] for b, v in p.final_losses.items()] if p.final_losses is not None else None,
-            # no RNG is carried between steps: batches and paths are drawn from generators seeded by
-            # (seed, epoch) and (seed, block, step), so the seed and the step are the whole RNG state
-            "rng": {"seed": seed, "batch": "randperm(seed*1000003+epoch)", "path": "Random('path-{seed}-{block}-{step}')"},
-        }
-        (tmp / "state.json").write_text(json.dumps(info, indent=1) + "\n")
-
-
-def load_part(net: Supernet, p: Part, out: Path, ident: dict[str, Any], space: SearchSpace) -> bool:
-    """Restore a part from its checkpoint if there is one; `CheckpointError` if it is from other settings."""
-    from safetensors.torch import load_file
-
-    d = _existing_part_dir(out, p.name)
-    if not (d / "state.json").is_file():
-        return False
-    try:
-        st = json.loads((d / "state.json").read_text())
-        if st["run"] != ident:
-            diff = sorted(k for k in set(st["run"]) | set(ident) if st["run"].get(k) != ident.get(k))
-            raise CheckpointError(
-                f"{d} was written with other settings ({', '.join(diff)} differ); resume with the same settings "
-                "or choose a new --out"
-            )
-        weights = load_file(str(d / "weights.safetensors"))
-        missing, unexpected = net.load_state_dict(weights, strict=False)
-        if unexpected or any(k.startswith(p.prefixes) for k in missing):
-            raise CheckpointError(f"{d}: weights do not match part {p.name} of space {space.name!r}")
-        p.optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
-        p.step, p.shrinks, p.done, p.last_loss = int(st["step"]), int(st["shrinks"]), bool(st["done"]), float(st["last_loss"])
-        p.elapsed_s = float(st.get("elapsed_s", 0.0))
-        if st["survivors"] is not None:
-            p.survivors = [[parse_block(space, a) for a in bin_] for bin_ in st["survivors"]]
-        if st["final_losses"] is not None:
-            p.final_losses = {parse_block(space, a): float(v) for a, v in st["final_losses"]}
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {d} is unreadable ({exc}); delete it to restart that part") from None
-    return True
-
-
-def part_finished(out: Path, name: str) -> bool:
-    d = _existing_part_dir(out, name)
-    try:
-        return bool(json.loads((d / "state.json").read_text())["done"])
-    except (OSError, KeyError, ValueError):
-        return False
