@@ -34,7 +34,10 @@ class PlausibleLatency:
         self.space = space
         self.jitter = {(op.name, h): rng.uniform(0.75, 1.25) for op in space.layer_ops for h in space.hidden_sizes}
 
-    def block_ms(self, block: BlockArch, batch: int, seq_len: int) -> float:
+    def n_planes(self, batch: int, seq_len: int) -> int:
+        return 1
+
+    def block_ms(self, block: BlockArch, batch: int, seq_len: int, plane: int = 0) -> float:
         sp = self.space
         return sum(
             (0.02 + sp.op_flops(op, block.hidden, seq_len) * batch / 30e9) * self.jitter[(op.name, block.hidden)]
@@ -42,7 +45,7 @@ class PlausibleLatency:
             if not op.is_identity
         )
 
-    def fixed_ms(self, hiddens: tuple[int, ...], batch: int, seq_len: int) -> float:
+    def fixed_ms(self, hiddens: tuple[int, ...], batch: int, seq_len: int, plane: int = 0) -> float:
         sp = self.space
         macs = sp.embed_dim * hiddens[0] + sum(a * b for a, b in zip(hiddens, hiddens[1:])) + hiddens[-1] * sp.output_dim
         return 0.05 + 2 * macs * seq_len * batch / 30e9

@@ -10,34 +10,40 @@ measured in isolation, keyed by a canonical signature:
     overhead                              one call of a trivial model (the per-call cost every isolated op paid)
 
 A part's raw cost is its entry minus `overhead` (each isolated op paid the call overhead once; the whole
-model pays it once, which the offset absorbs). Per point a correction fitted on whole models,
+model pays it once, which the offset absorbs). Per point a correction fitted on whole models
+(`latency_fit`) is the maximum of one or two planes,
 
-    predicted_ms = scale * sum(parts_ms) + ms_per_mparam * sum(parts_mparams) + offset_ms,
+    plane_i = scale_i * sum(parts_ms) + ms_per_mparam_i * sum(parts_mparams) + offset_ms_i,
 
-is applied per part (`scale * part_ms + ms_per_mparam * part_mparams`, the second term the cost of
-streaming that part's weights from memory, which an op timed alone with its weights cache-hot never pays)
-and `offset_ms` once in `fixed_ms`, so that `predict(arch).total_ms == sum(block_ms) + fixed_ms`
-exactly and the search stays additive. A part's weights (`part_mparams`, millions of parameters) come
-from the space: an operation's parameters, a boundary's / head's Linear, the embedding's LayerNorm and
-projection (the token tables are gathered a few rows per call, not streamed).
-Sequence lengths between profiled ones are interpolated linearly (entries and correction); batch
+the second term the cost of streaming the parts' weights from memory, which an op timed alone with its
+weights cache-hot never pays, the second plane the step once the weights outgrow the cache. Each plane
+is applied per part (`scale * part_ms + ms_per_mparam * part_mparams`) with `offset_ms` once in
+`fixed_ms`, so that for every plane `sum(block_ms) + fixed_ms` is that plane's prediction exactly and
+the search stays exact (a latency budget is one additive constraint per plane). A part's weights
+(`part_mparams`, millions of parameters) come from the space: an operation's parameters, a boundary's /
+head's Linear, the embedding's LayerNorm and projection (the token tables are gathered a few rows per
+call, not streamed).
+Sequence lengths between profiled ones are interpolated linearly (entries and planes: the interpolation
+of two maxima is the maximum of every interpolated pair of planes); batch
 sizes must be profiled ones. A missing entry is a `TableError` naming the key, never a partial sum.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import platform
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import SpaceError, TableError
 from .fileio import write_json_atomic
+from .latency_fit import Plane
 from .space import Arch, BlockArch, Op, SearchSpace
 
-SCHEMA_VERSION = 2  # 2: corrections gained ms_per_mparam (per-weight term)
+SCHEMA_VERSION = 3  # 2: corrections gained ms_per_mparam (per-weight term); 3: a correction is a max of planes
+READABLE_SCHEMAS = (2, 3)  # a schema-2 correction is one plane: read and upgraded
 OVERHEAD_KEY = "overhead"
 MANIFEST_KEYS = (
     "schema_version", "space_hash", "space", "device", "runtime_versions", "cpu_model", "gpu_model",
@@ -168,15 +174,23 @@ class LatencyTable:
         """Uncorrected cost of one part: its entry minus the per-call overhead (never below 0)."""
         return max(self.entry_ms(key, batch, seq_len) - self.entry_ms(OVERHEAD_KEY, batch, seq_len), 0.0)
 
-    def correction(self, batch: int, seq_len: int) -> tuple[float, float, float]:
-        """(scale, ms_per_mparam, offset_ms) at this point; (1, 0, 0) where no whole-model validation was fitted."""
-        a = m = c = 0.0
+    def planes(self, batch: int, seq_len: int) -> list[Plane]:
+        """The correction's planes (scale, ms_per_mparam, offset_ms) at this point, interpolated in seq_len
+        (every pair of the two points' planes); [(1, 0, 0)] where no whole-model validation was fitted."""
+        per_point = []
         for pk, w in self._weights(batch, seq_len):
-            corr = self.corrections.get(pk, {"scale": 1.0, "offset_ms": 0.0})
-            a += w * corr["scale"]
-            m += w * corr.get("ms_per_mparam", 0.0)
-            c += w * corr["offset_ms"]
-        return a, m, c
+            corr = self.corrections.get(pk)
+            stored = corr["planes"] if corr else [{"scale": 1.0, "offset_ms": 0.0}]
+            planes = [(p["scale"], p.get("ms_per_mparam", 0.0), p["offset_ms"]) for p in stored]
+            per_point.append([(w * a, w * m, w * c) for a, m, c in planes])
+        out: list[Plane] = []
+        for combo in itertools.product(*per_point):
+            out.append((sum(p[0] for p in combo), sum(p[1] for p in combo), sum(p[2] for p in combo)))
+        return out
+
+    def n_planes(self, batch: int, seq_len: int) -> int:
+        """How many planes the latency at this point is the maximum of (the search adds one column each)."""
+        return len(self.planes(batch, seq_len))
 
     # weights of each part, in millions of parameters (the per-weight term's regressor)
     def block_mparams(self, block: BlockArch) -> float:
@@ -208,29 +222,36 @@ class LatencyTable:
         return blocks + sum(self.raw_fixed_parts(arch.hiddens, batch, seq_len))
 
     # ------------------------------------------------------------------ the search's interface
-    def block_ms(self, block: BlockArch, batch: int, seq_len: int) -> float:
-        """Latency (ms) of one block's layers: scale * sum of its operations' parts + ms_per_mparam * their weights."""
-        a, m, _ = self.correction(batch, seq_len)
+    def block_ms(self, block: BlockArch, batch: int, seq_len: int, plane: int = 0) -> float:
+        """Latency (ms) of one block's layers under one plane: scale * its parts + ms_per_mparam * their weights."""
+        a, m, _ = self.planes(batch, seq_len)[plane]
         return a * self.raw_block_ms(block, batch, seq_len) + m * self.block_mparams(block)
 
-    def _fixed(self, hiddens: tuple[int, ...], batch: int, seq_len: int) -> tuple[float, float, float, float]:
-        a, m, c = self.correction(batch, seq_len)
+    def _fixed(self, hiddens: tuple[int, ...], batch: int, seq_len: int, plane: int) -> tuple[float, float, float, float]:
+        a, m, c = self.planes(batch, seq_len)[plane]
         hiddens = tuple(hiddens)
         raw = self.raw_fixed_parts(hiddens, batch, seq_len)
         emb, bnd, head = (a * r + m * w for r, w in zip(raw, self.fixed_mparams(hiddens)))
         return emb, bnd, head, c
 
-    def fixed_ms(self, hiddens: tuple[int, ...], batch: int, seq_len: int) -> float:
-        """Latency (ms) of embedding(h1) + boundaries + head (corrected like the blocks), plus the offset."""
-        emb, bnd, head, off = self._fixed(hiddens, batch, seq_len)
+    def fixed_ms(self, hiddens: tuple[int, ...], batch: int, seq_len: int, plane: int = 0) -> float:
+        """Latency (ms) of embedding(h1) + boundaries + head under one plane, plus its offset."""
+        emb, bnd, head, off = self._fixed(hiddens, batch, seq_len, plane)
         return emb + bnd + head + off
 
     def predict(self, arch: Arch, batch: int, seq_len: int) -> Prediction:
-        """Predicted whole-model latency with a per-block breakdown; total == sum(blocks_ms) + fixed_ms."""
-        blocks = [self.block_ms(b, batch, seq_len) for b in arch.blocks]
-        emb, bnd, head, off = self._fixed(arch.hiddens, batch, seq_len)
-        fixed = emb + bnd + head + off
-        return Prediction(sum(blocks) + fixed, blocks, emb, bnd, head, off, fixed, batch, seq_len)
+        """Predicted whole-model latency (the largest plane) with that plane's per-block breakdown;
+        total == sum(blocks_ms) + fixed_ms."""
+        best: Prediction | None = None
+        for i in range(self.n_planes(batch, seq_len)):
+            blocks = [self.block_ms(b, batch, seq_len, i) for b in arch.blocks]
+            emb, bnd, head, off = self._fixed(arch.hiddens, batch, seq_len, i)
+            fixed = emb + bnd + head + off
+            p = Prediction(sum(blocks) + fixed, blocks, emb, bnd, head, off, fixed, batch, seq_len)
+            if best is None or p.total_ms > best.total_ms:
+                best = p
+        assert best is not None
+        return best
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
@@ -256,14 +277,18 @@ class LatencyTable:
         if not isinstance(data, dict) or "manifest" not in data or "entries" not in data:
             raise TableError(f"{where} is not a latency table (needs 'manifest' and 'entries')")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise TableError(f"{where} has schema version {version!r}; this build reads version {SCHEMA_VERSION}; re-profile")
+        if version not in READABLE_SCHEMAS:
+            readable = ", ".join(map(str, READABLE_SCHEMAS))
+            raise TableError(f"{where} has schema version {version!r}; this build reads versions {readable}; re-profile")
         m = data["manifest"]
         space = SearchSpace.from_dict(m.get("space", {}))
         if m.get("space_hash") != space.space_hash():
             found = m.get("space_hash")
             raise SpaceError(f"{where}: manifest space hash {found!r} does not match its space {space.space_hash()!r}")
-        return cls(space, dict(m.get("device", {})), data["entries"], data.get("corrections", {}), data.get("validation", {}), m)
+        corrections = data.get("corrections", {})
+        if version == 2:  # one plane per point
+            corrections = {pk: {"planes": [c], "split_mparams": None} for pk, c in corrections.items()}
+        return cls(space, dict(m.get("device", {})), data["entries"], corrections, data.get("validation", {}), m)
 
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None) -> LatencyTable:
@@ -295,71 +320,6 @@ def find_table(device_name: str) -> Path:
         f"no latency table for device {device_name!r} (looked in ./profiles and {shipped.parent}); "
         f"make one with `nasbert-deploy profile --device {device_name}` or pass --table FILE"
     )
-
-
-def _nnls_relative(X: Any, y: Any) -> Any:
-    """Non-negative coefficients minimising sum(((X @ coef) - y) / y)^2: every support set is solved by least
-    squares and the best non-negative solution kept (exact NNLS for the few columns used here)."""
-    import itertools
-
-    import numpy as np
-
-    A, ones = X / y[:, None], np.ones_like(y)
-    k = X.shape[1]
-    best, best_res = np.zeros(k), float(len(y))  # all-zero coefficients: every relative residual is -1
-    for r in range(1, k + 1):
-        for cols in itertools.combinations(range(k), r):
-            sol, *_ = np.linalg.lstsq(A[:, cols], ones, rcond=None)
-            if (sol < 0).any():
-                continue
-            coef = np.zeros(k)
-            coef[list(cols)] = sol
-            res = float(np.sum((A @ coef - ones) ** 2))
-            if res < best_res - 1e-15:
-                best, best_res = coef, res
-    return best
-
-
-def fit_correction(parts_ms: Sequence[float], mparams: Sequence[float], measured_ms: Sequence[float],
-                   robust: bool = True) -> tuple[float, float, float]:
-    """(scale, ms_per_mparam, offset_ms), all >= 0, minimising the squared *relative* error of
-    scale * parts + ms_per_mparam * mparams + offset vs measured.
-
-    `robust`: refit once without the models whose relative residual is more than 3 robust standard
-    deviations (MAD) from the median, at least 5% -- a whole model timed while another process took
-    the core would otherwise tilt the fit. Needs 5+ models; the error report keeps every model.
-    """
-    import numpy as np
-
-    y = np.asarray(measured_ms, float)
-    X = np.stack([np.asarray(parts_ms, float), np.asarray(mparams, float), np.ones_like(y)], axis=1)
-    coef = _nnls_relative(X, y)
-    if robust and len(y) >= 5:
-        r = (X @ coef - y) / y
-        dev = np.abs(r - np.median(r))
-        keep = dev <= max(3 * 1.4826 * float(np.median(dev)), 0.05)
-        if 4 <= keep.sum() < len(y):
-            coef = _nnls_relative(X[keep], y[keep])
-    return float(coef[0]), float(coef[1]), float(coef[2])
-
-
-def held_out_errors(parts_ms: Sequence[float], mparams: Sequence[float], measured_ms: Sequence[float]) -> dict[str, Any]:
-    """Leave-one-out error of `fit_correction`: MAPE (%), max |error| (%), share within +-10%, per-model predictions."""
-    n = len(parts_ms)
-    preds = []
-    for i in range(n):
-        rest = [j for j in range(n) if j != i]
-        a, m, c = fit_correction([parts_ms[j] for j in rest], [mparams[j] for j in rest], [measured_ms[j] for j in rest])
-        preds.append(a * parts_ms[i] + m * mparams[i] + c)
-    errs = [100.0 * (p - m) / m for p, m in zip(preds, measured_ms)]
-    return {
-        "method": "leave-one-out",
-        "models": n,
-        "mape_pct": sum(abs(e) for e in errs) / n if n else None,
-        "max_abs_pct": max((abs(e) for e in errs), default=None),
-        "within_10pct": sum(abs(e) <= 10.0 for e in errs) / n if n else None,
-        "predicted_ms": preds,
-    }
 
 
 def environment() -> dict[str, Any]:

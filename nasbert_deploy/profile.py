@@ -7,9 +7,9 @@ operations at every hidden size, the block boundaries, embeddings, heads and the
 exported ONCE through the device's runtime (`runtimes.get_runtime(spec.runtime).compile`, dynamic batch
 and sequence) and timed with `timing.measure` at every point. `validate` random whole models, spread over
 the parameter range, are compiled and timed the same way, in the same shuffled rounds (machine noise is
-spread over all items), and fit the per-point correction (`latency.fit_correction`: scale on the parts,
-a per-weight term, an offset) whose
-leave-one-out error is stored in the table.
+spread over all items), and fit the per-point correction (`latency_fit.fit_planes`: the maximum of one or
+two planes, each a scale on the parts, a per-weight term and an offset) whose leave-one-out error is
+stored in the table.
 
 Interrupting loses nothing measured: completed (item, point, round) timings are kept in a partial file
 beside the output (`.NAME.json.partial`) and skipped on the next run; only the final table is written,
@@ -31,7 +31,8 @@ from typing import Any
 from .devices import DeviceSpec, require_available
 from .errors import DeviceError, TableError
 from .fileio import write_json_atomic
-from .latency import LatencyTable, environment, fit_correction, held_out_errors, point_key, table_keys
+from .latency import LatencyTable, environment, point_key, table_keys
+from .latency_fit import correction_dict, fit_planes, held_out_errors
 from .profile_items import Item, make_inputs, model_item, op_items, validation_archs
 from .space import Arch, SearchSpace
 
@@ -179,18 +180,38 @@ def build_table(
             continue  # too few to fit and hold out: correction stays (1, 0, 0)
         parts = [table.raw_sum_ms(a, b, s) for a in archs]
         mparams = [table.weight_mparams(a) for a in archs]
-        a_fit, m_fit, c_fit = fit_correction(parts, mparams, measured)
-        table.corrections[pk] = {"scale": a_fit, "ms_per_mparam": m_fit, "offset_ms": c_fit}
-        raw_err = [100.0 * abs(p - m) / m for p, m in zip(parts, measured)]
-        table.validation[pk] = {
-            **held_out_errors(parts, mparams, measured),
-            "uncorrected_mape_pct": sum(raw_err) / len(raw_err),
-            "archs": [str(a) for a in archs],
-            "params": [space.params(a) for a in archs],
-            "measured_ms": measured,
-            "parts_ms": parts,
-            "weight_mparams": mparams,
-        }
+        _fit_point(table, pk, parts, mparams, measured, [str(a) for a in archs], [space.params(a) for a in archs])
+    return table
+
+
+def _fit_point(table: LatencyTable, pk: str, parts: list[float], mparams: list[float], measured: list[float],
+               archs: list[str], params: list[int]) -> None:
+    """Fit one point's correction on its whole models and store it with its leave-one-out error."""
+    table.corrections[pk] = correction_dict(*fit_planes(parts, mparams, measured))
+    raw_err = [100.0 * abs(p - m) / m for p, m in zip(parts, measured)]
+    table.validation[pk] = {
+        **held_out_errors(parts, mparams, measured),
+        "uncorrected_mape_pct": sum(raw_err) / len(raw_err),
+        "archs": archs,
+        "params": params,
+        "measured_ms": measured,
+        "parts_ms": parts,
+        "weight_mparams": mparams,
+    }
+
+
+def refit_table(table: LatencyTable) -> LatencyTable:
+    """Fit every point's correction again from the whole models stored in the table (no timing): upgrades a
+    table measured by an older build to this build's correction."""
+    for pk, v in list(table.validation.items()):
+        try:
+            parts, mparams, measured = (list(map(float, v[k])) for k in ("parts_ms", "weight_mparams", "measured_ms"))
+            archs, params = list(v["archs"]), list(v["params"])
+        except (KeyError, TypeError, ValueError):
+            raise TableError(f"table's validation at {pk} lacks the whole-model data to refit; profile again") from None
+        if len(parts) >= 3:
+            _fit_point(table, pk, parts, mparams, measured, archs, params)
+    table.manifest["refitted"] = datetime.now(UTC).isoformat(timespec="seconds")
     return table
 
 

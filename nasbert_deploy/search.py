@@ -9,7 +9,8 @@ search returns the architecture of least loss under every budget -- exactly, not
     result = search(candidates, latency_table, batch=1, seq_len=128, max_latency_ms=5.0, max_params=10_000_000)
     result.best[0].arch, result.best[0].latency_ms, result.binding
 
-The latency table needs only two methods (`LatencyModel`), so tests can pass their own.
+The latency table needs only three methods (`LatencyModel`), so tests can pass their own. A table whose
+correction is the maximum of several planes (`latency_fit`) is searched exactly: one latency column per plane.
 """
 
 from __future__ import annotations
@@ -40,12 +41,16 @@ from .space import Arch, BlockArch, format_params
 class LatencyModel(Protocol):
     """What the search needs from a device latency table (`latency.LatencyTable` provides it)."""
 
-    def block_ms(self, block: BlockArch, batch: int, seq_len: int) -> float:
-        """Latency of one block's layers in ms (corrections applied)."""
+    def n_planes(self, batch: int, seq_len: int) -> int:
+        """How many planes the latency is the maximum of (1 for an additive model)."""
         ...
 
-    def fixed_ms(self, hiddens: tuple[int, ...], batch: int, seq_len: int) -> float:
-        """Latency of embedding(h1) + boundaries + head (+ correction offset) in ms."""
+    def block_ms(self, block: BlockArch, batch: int, seq_len: int, plane: int = 0) -> float:
+        """Latency of one block's layers in ms under one plane (corrections applied)."""
+        ...
+
+    def fixed_ms(self, hiddens: tuple[int, ...], batch: int, seq_len: int, plane: int = 0) -> float:
+        """Latency of embedding(h1) + boundaries + head (+ correction offset) in ms under one plane."""
         ...
 
 
@@ -150,30 +155,35 @@ class SearchProblem:
         self.candidates, self.space = candidates, sp
         self.batch, self.seq_len, self.precision = batch, seq_len, precision
         self.hiddens = [sorted({c.block.hidden for c in cands}) for cands in candidates.blocks]
+        self.lat_cols = (LAT,) + tuple(range(NCOLS, NCOLS + table.n_planes(batch, seq_len) - 1))
         costs, hpos = [], []
         for i, cands in enumerate(candidates.blocks):
-            c = np.empty((len(cands), NCOLS))
+            c = np.empty((len(cands), NCOLS + len(self.lat_cols) - 1))
             for j, cand in enumerate(cands):
                 b = cand.block
-                c[j] = (
+                c[j, :NCOLS] = (
                     cand.loss,
-                    table.block_ms(b, batch, seq_len),
+                    0.0,
                     cand.params,
                     block_weight_bytes(sp, b, precision),
                     block_activation_bytes(sp, b, batch, seq_len, precision),
                 )
+                for p, col in enumerate(self.lat_cols):
+                    c[j, col] = table.block_ms(b, batch, seq_len, p)
             costs.append(c)
             hpos.append(np.array([self.hiddens[i].index(cand.block.hidden) for cand in cands], dtype=np.int64))
-        fixed = np.zeros(tuple(len(h) for h in self.hiddens) + (NCOLS,))
+        fixed = np.zeros(tuple(len(h) for h in self.hiddens) + (NCOLS + len(self.lat_cols) - 1,))
         for pos in itertools.product(*(range(len(h)) for h in self.hiddens)):
             hs = tuple(self.hiddens[i][p] for i, p in enumerate(pos))
-            fixed[pos] = (
+            fixed[pos][:NCOLS] = (
                 0.0,
-                table.fixed_ms(hs, batch, seq_len),
+                0.0,
                 self._fixed_params(hs),
                 fixed_weight_bytes(sp, hs, precision),
                 fixed_activation_bytes(sp, hs, batch, seq_len, precision),
             )
+            for p, col in enumerate(self.lat_cols):
+                fixed[pos][col] = table.fixed_ms(hs, batch, seq_len, p)
         self.solver = Solver(costs, hpos, fixed)
 
     def _fixed_params(self, hs: tuple[int, ...]) -> int:
@@ -187,16 +197,18 @@ class SearchProblem:
         arch = Arch(tuple(self.candidates.blocks[i][j].block for i, j in enumerate(indices)))
         pos = tuple(self.hiddens[i].index(h) for i, h in enumerate(arch.hiddens))
         f = self.solver.fixed[pos]
-        block_ms = tuple(float(r[LAT]) for r in rows)
+        # the latency is the largest plane; its breakdown is that plane's
+        col = max(self.lat_cols, key=lambda c: sum(r[c] for r in rows) + f[c])
+        block_ms = tuple(float(r[col]) for r in rows)
         weights = sum(r[WB] for r in rows) + f[WB]
         act = max(max(r[ACT] for r in rows), f[ACT])
         return ScoredArch(
             arch=arch,
             loss=float(sum(r[LOSS] for r in rows)),
             block_losses=tuple(float(r[LOSS]) for r in rows),
-            latency_ms=float(sum(block_ms) + f[LAT]),
+            latency_ms=float(sum(block_ms) + f[col]),
             block_ms=block_ms,
-            fixed_ms=float(f[LAT]),
+            fixed_ms=float(f[col]),
             params=int(sum(r[PARAMS] for r in rows) + f[PARAMS]),
             memory=MemoryEstimate(float(weights) / MIB, float(act) / MIB),
         )
@@ -291,7 +303,7 @@ class SearchProblem:
     def sample(self, budget: Budget, n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(latency_ms, loss) of the feasible ones among `n` uniformly random architectures (for plots)."""
         s = self.solver.sample(budget.limits(), n, seed)
-        return s[:, LAT], s[:, LOSS]
+        return self.solver.latency(s.T), s[:, LOSS]
 
 
 def search(

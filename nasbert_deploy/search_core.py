@@ -3,10 +3,13 @@
 Every architecture's costs decompose as (NAS-BERT 3.3, and `memory.py`):
 
     loss    = sum of block losses
-    latency = sum of block latencies + fixed(hiddens)          (embedding, boundaries, head, offset)
+    latency = max over planes p of (sum of block latencies_p + fixed_p(hiddens))   (see `latency_fit`)
     params  = sum of block params    + fixed(hiddens)
     memory  = sum of block weight bytes + fixed(hiddens) + max(block activations, fixed activations)
 
+With one plane the latency is additive; with several (a table whose correction is a maximum of planes)
+each plane is one more additive column, and `latency <= L` is every plane's column `<= L`; the latency
+as an objective is the maximum of the columns (and its bounds the maximum of the columns' bounds).
 The fixed parts depend only on the tuple of hidden sizes, so the solver works per hidden tuple:
 
 1. Per block and hidden size, drop candidates that `k` others beat or tie on every active
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 LOSS, LAT, PARAMS, WB, ACT = range(5)
-NCOLS = 5
+NCOLS = 5  # base columns; a latency model with P planes adds P - 1 more latency columns after them
 OBJECTIVE_COLS = {"loss": (LOSS,), "latency": (LAT,), "params": (PARAMS,), "memory": (WB, ACT)}
 _PRUNE_CHUNK = 256
 _CHUNK_ELEMS = 1 << 18  # left x right pairs evaluated per numpy step (~10 MB of float64 totals)
@@ -62,8 +65,8 @@ class Limits:
 class Half:
     """Pruned combinations of one half of the blocks, all hidden tuples together.
 
-    `costs` (n, 5); `group` (n,) the hidden tuple's position in product order; `index` (n, blocks in
-    the half) candidate index per block; `gmins` (groups, 5) per-group column minima.
+    `costs` (n, ncols); `group` (n,) the hidden tuple's position in product order; `index` (n, blocks in
+    the half) candidate index per block; `gmins` (groups, ncols) per-group column minima.
     """
 
     costs: np.ndarray
@@ -73,7 +76,7 @@ class Half:
     gmins: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.gmins = np.full((self.ngroups, NCOLS), np.inf)
+        self.gmins = np.full((self.ngroups, self.costs.shape[1]), np.inf)
         np.minimum.at(self.gmins, self.group, self.costs)
 
 
@@ -108,18 +111,19 @@ def prune(costs: np.ndarray, cols: tuple[int, ...], k: int) -> np.ndarray:
 
 
 def combine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """All sums of rows of a (n, 5) and b (m, 5), activation by max: (n*m, 5), a-major."""
+    """All sums of rows of a (n, c) and b (m, c), activation by max: (n*m, c), a-major."""
     c = a[:, None, :] + b[None, :, :]
     c[:, :, ACT] = np.maximum(a[:, None, ACT], b[None, :, ACT])
-    return c.reshape(-1, NCOLS)
+    return c.reshape(-1, a.shape[1])
 
 
 class Solver:
     """Costs of every candidate (per block) and of the fixed parts (per hidden tuple), and the exact queries.
 
-    `block_costs[i]`: (n_i, 5) float64 [loss, latency_ms, params, weight_bytes, activation_bytes];
-    `block_hpos[i]`: (n_i,) position of each candidate's hidden size in that block's hidden list;
-    `fixed`: (H_0, ..., H_{N-1}, 5) costs outside the blocks per hidden tuple (loss column 0).
+    `block_costs[i]`: (n_i, 5 + P - 1) float64 [loss, latency_ms, params, weight_bytes, activation_bytes,
+    latency_ms under planes 2..P]; `block_hpos[i]`: (n_i,) position of each candidate's hidden size in that
+    block's hidden list; `fixed`: (H_0, ..., H_{N-1}, 5 + P - 1) costs outside the blocks per hidden tuple
+    (loss column 0).
     """
 
     def __init__(self, block_costs: list[np.ndarray], block_hpos: list[np.ndarray], fixed: np.ndarray) -> None:
@@ -128,13 +132,15 @@ class Solver:
         self.fixed = fixed
         self.nblocks = len(block_costs)
         self.nh = fixed.shape[:-1]
+        self.ncols = fixed.shape[-1]
+        self.lat_cols = (LAT,) + tuple(range(NCOLS, self.ncols))
         self.split = self.nblocks // 2
         self._cache: dict[tuple[tuple[int, ...], int], tuple[Half, Half, np.ndarray]] = {}
 
     # ---------------------------------------------------------------- pruned halves
     def _half(self, blocks: range, cols: tuple[int, ...], k: int) -> Half:
         if len(blocks) == 0:
-            return Half(np.zeros((1, NCOLS)), np.zeros(1, dtype=np.int64), np.zeros((1, 0), dtype=np.int64), 1)
+            return Half(np.zeros((1, self.ncols)), np.zeros(1, dtype=np.int64), np.zeros((1, 0), dtype=np.int64), 1)
         per_block: list[list[tuple[np.ndarray, np.ndarray]]] = []
         for i in blocks:
             lists = []
@@ -162,12 +168,12 @@ class Solver:
 
     def halves(self, cols: tuple[int, ...], k: int) -> tuple[Half, Half, np.ndarray]:
         """Left and right halves pruned on `cols` keeping the k best, and each right row's costs plus the
-        fixed part for every left group, column-major (5, left groups, right rows). Cached per (cols, k)."""
-        key = (tuple(sorted(set(cols))), k)
+        fixed part for every left group, column-major (ncols, left groups, right rows). Cached per (cols, k)."""
+        key = (self._expand(cols), k)
         if key not in self._cache:
             a = self._half(range(0, self.split), key[0], k)
             b = self._half(range(self.split, self.nblocks), key[0], k)
-            f2 = self.fixed.reshape(a.ngroups, b.ngroups, NCOLS)
+            f2 = self.fixed.reshape(a.ngroups, b.ngroups, self.ncols)
             adj = self._add(b.costs[None, :, :], f2[:, b.group, :])  # (GA, nB, 5)
             self._cache[key] = (a, b, np.ascontiguousarray(adj.transpose(2, 0, 1)))
         return self._cache[key]
@@ -180,28 +186,37 @@ class Solver:
         t[..., ACT] = np.maximum(a[..., ACT], b[..., ACT])
         return t
 
-    @staticmethod
-    def _feasible(t: np.ndarray, lim: Limits) -> np.ndarray:
-        """Feasibility of column-major totals `t` (5, ...): t[LAT] is the latency of each entry, etc."""
+    def _expand(self, cols: tuple[int, ...]) -> tuple[int, ...]:
+        """`cols` with LAT standing for every latency column, sorted and unique."""
+        return tuple(sorted(set(cols) | (set(self.lat_cols) if LAT in cols else set())))
+
+    def latency(self, t: np.ndarray) -> np.ndarray:
+        """Latency of column-major totals `t` (ncols, ...): the largest plane's column."""
+        return np.max(t[list(self.lat_cols)], axis=0) if len(self.lat_cols) > 1 else t[LAT]
+
+    def _feasible(self, t: np.ndarray, lim: Limits) -> np.ndarray:
+        """Feasibility of column-major totals `t` (ncols, ...): t[LAT] is the latency of each entry, etc."""
         ok = np.ones(t.shape[1:], dtype=bool)
         if lim.latency_ms is not None:
-            ok &= t[LAT] <= lim.latency_ms
+            for c in self.lat_cols:
+                ok &= t[c] <= lim.latency_ms
         if lim.params is not None:
             ok &= t[PARAMS] <= lim.params
         if lim.memory_bytes is not None:
             ok &= t[WB] + t[ACT] <= lim.memory_bytes
         return ok
 
-    @staticmethod
-    def _objective(t: np.ndarray, objective: str) -> np.ndarray:
-        """Objective of column-major totals `t` (5, ...)."""
+    def _objective(self, t: np.ndarray, objective: str) -> np.ndarray:
+        """Objective of column-major totals `t` (ncols, ...)."""
         if objective == "memory":
             return t[WB] + t[ACT]
+        if objective == "latency":
+            return self.latency(t)
         return t[OBJECTIVE_COLS[objective][0]]
 
     def _candidates(self, a: Half, b: Half, lim: Limits, objective: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Left rows (sorted by their objective lower bound), those bounds, and right rows that may be feasible."""
-        f2 = self.fixed.reshape(a.ngroups, b.ngroups, NCOLS)
+        f2 = self.fixed.reshape(a.ngroups, b.ngroups, self.ncols)
         # cheapest possible completion of a left row of group g by any right row plus the fixed part, per column
         rest_a = self._add(b.gmins[None, :, :], f2).min(axis=1)  # (GA, 5)
         rest_b = self._add(a.gmins[:, None, :], f2).min(axis=0)  # (GB, 5)
@@ -215,16 +230,16 @@ class Solver:
     def _chunks(
         self, a: Half, adj: np.ndarray, rows: np.ndarray, cols: np.ndarray, need: set[int]
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """(start, left rows, exact totals (5, len(chunk), len(cols))) for bounded chunks of `rows`.
+        """(start, left rows, exact totals (ncols, len(chunk), len(cols))) for bounded chunks of `rows`.
 
         Only the columns in `need` are filled. Chunks grow geometrically: the first rows (best
         bounds) often settle a query before the rest is evaluated.
         """
-        adj_q = adj[:, :, cols]  # (5, GA, m): right rows plus the fixed part, per left group
+        adj_q = adj[:, :, cols]  # (ncols, GA, m): right rows plus the fixed part, per left group
         for s, e in _spans(len(rows), max(1, _CHUNK_ELEMS // max(1, len(cols)))):
             r = rows[s:e]
             g = a.group[r]
-            t = np.empty((NCOLS, len(r), len(cols)))
+            t = np.empty((self.ncols, len(r), len(cols)))
             for c in need:
                 if c == ACT:
                     t[c] = np.maximum(a.costs[r, ACT][:, None], adj_q[ACT][g])
@@ -235,7 +250,7 @@ class Solver:
     # ---------------------------------------------------------------- queries
     def best(self, lim: Limits, objective: str = "loss", k: int = 1) -> list[tuple[float, tuple[int, ...]]]:
         """The k smallest objective values under `lim` with their candidate index per block (sorted; [] if none)."""
-        need = OBJECTIVE_COLS[objective] + lim.cols()
+        need = self._expand(OBJECTIVE_COLS[objective] + lim.cols())
         a, b, adj = self.halves(need, k)
         rows, bounds, cols = self._candidates(a, b, lim, objective)
         if len(rows) == 0 or len(cols) == 0:
@@ -263,14 +278,14 @@ class Solver:
 
     def front(self, lim: Limits) -> list[tuple[float, float, tuple[int, ...]]]:
         """Exact Pareto front of (latency_ms, loss) over the feasible set: [(latency, loss, indices)], fastest first."""
-        need = (LOSS, LAT) + lim.cols()
+        need = self._expand((LOSS, LAT) + lim.cols())
         a, b, adj = self.halves(need, 1)
         rows, _, cols = self._candidates(a, b, lim, "latency")
         pts = np.empty((0, 2))
         idx: list[tuple[int, ...]] = []
         for _, r, t in self._chunks(a, adj, rows, cols, set(need)):
             ok = np.flatnonzero(self._feasible(t, lim).ravel())
-            flat = np.stack([t[LAT].ravel()[ok], t[LOSS].ravel()[ok]], axis=1)
+            flat = np.stack([self.latency(t).ravel()[ok], t[LOSS].ravel()[ok]], axis=1)
             keep = prune(flat, (0, 1), 1)
             for q in ok[keep].tolist():
                 i, j = divmod(q, len(cols))
@@ -282,10 +297,10 @@ class Solver:
         return [(float(pts[z, 0]), float(pts[z, 1]), idx[z]) for z in order]
 
     def sample(self, lim: Limits, n: int, seed: int = 0) -> np.ndarray:
-        """Costs (m, 5) of the feasible ones among `n` uniformly random architectures (column ACT = peak)."""
+        """Costs (m, ncols) of the feasible ones among `n` uniformly random architectures (column ACT = peak)."""
         rng = np.random.default_rng(seed)
         picks = [rng.integers(0, len(c), size=n) for c in self.block_costs]
-        tot = np.zeros((n, NCOLS))
+        tot = np.zeros((n, self.ncols))
         for i, p in enumerate(picks):
             tot = self._add(tot, self.block_costs[i][p])
         tot = self._add(tot, self.fixed[tuple(self.block_hpos[i][p] for i, p in enumerate(picks))])

@@ -15,10 +15,16 @@ from nasbert_deploy.space import Arch, BlockArch, SearchSpace
 
 
 class SyntheticLatency:
-    """Per-(op, hidden) and per-fixed-part random latencies (ms), multiples of 1/64."""
+    """Per-(op, hidden) and per-fixed-part random latencies (ms), multiples of 1/64.
 
-    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+    `planes=2`: the latency is the maximum of two planes, like a table whose correction has a cache step:
+    the second plane doubles every part and subtracts `offset2` (set it to a typical model's latency).
+    """
+
+    def __init__(self, space: SearchSpace, seed: int = 0, planes: int = 1) -> None:
         rng = random.Random(seed)
+        self.planes = planes
+        self.offset2 = round(64 * 0.35 * space.num_blocks * space.layers_per_block) / 64
         self.op = {(op.name, h): rng.randint(1, 64) / 64 for op in space.all_ops for h in space.hidden_sizes}
         for h in space.hidden_sizes:
             self.op[("id", h)] = 0.0
@@ -26,13 +32,15 @@ class SyntheticLatency:
         self.boundary = {(a, b): rng.randint(0, 16) / 64 for a in space.hidden_sizes for b in space.hidden_sizes}
         self.head = {h: rng.randint(1, 16) / 64 for h in space.hidden_sizes}
 
-    def block_ms(self, block: BlockArch, batch: int, seq_len: int) -> float:
-        return sum(self.op[(o.name, block.hidden)] for o in block.ops) * batch
+    def n_planes(self, batch: int, seq_len: int) -> int:
+        return self.planes
 
-    def fixed_ms(self, hiddens: tuple[int, ...], batch: int, seq_len: int) -> float:
-        return (
-            self.embed[hiddens[0]] + sum(self.boundary[(a, b)] for a, b in zip(hiddens, hiddens[1:])) + self.head[hiddens[-1]]
-        ) * batch
+    def block_ms(self, block: BlockArch, batch: int, seq_len: int, plane: int = 0) -> float:
+        return sum(self.op[(o.name, block.hidden)] for o in block.ops) * batch * (1 + plane)
+
+    def fixed_ms(self, hiddens: tuple[int, ...], batch: int, seq_len: int, plane: int = 0) -> float:
+        parts = self.embed[hiddens[0]] + sum(self.boundary[(a, b)] for a, b in zip(hiddens, hiddens[1:])) + self.head[hiddens[-1]]
+        return parts * batch * (1 + plane) - (self.offset2 * batch if plane else 0.0)
 
 
 def random_table(space: SearchSpace, per_block: int, seed: int, loss_levels: int = 16) -> CandidateTable:
@@ -52,7 +60,10 @@ def brute_force(table: CandidateTable, lat: SyntheticLatency, batch: int, seq_le
     out = []
     for combo in itertools.product(*table.blocks):
         arch = Arch(tuple(c.block for c in combo))
-        ms = sum(lat.block_ms(c.block, batch, seq_len) for c in combo) + lat.fixed_ms(arch.hiddens, batch, seq_len)
+        ms = max(  # the largest plane (one plane: the plain sum)
+            sum(lat.block_ms(c.block, batch, seq_len, p) for c in combo) + lat.fixed_ms(arch.hiddens, batch, seq_len, p)
+            for p in range(lat.n_planes(batch, seq_len))
+        )
         mem = weight_bytes(sp, arch, precision) + peak_activation_bytes(sp, arch, batch, seq_len, precision)
         out.append({"arch": arch, "loss": sum(c.loss for c in combo), "latency_ms": ms, "params": sp.params(arch), "memory": mem})
     return out

@@ -14,14 +14,13 @@ from nasbert_deploy.latency import (
     LatencyTable,
     boundary_key,
     embedding_key,
-    fit_correction,
     head_key,
-    held_out_errors,
     op_key,
     point_key,
     table_keys,
 )
-from nasbert_deploy.profile import build_table, make_manifest
+from nasbert_deploy.latency_fit import fit_correction, fit_planes, held_out_errors
+from nasbert_deploy.profile import build_table, make_manifest, refit_table
 from nasbert_deploy.space import STANDARD, TINY, Op
 
 
@@ -32,7 +31,7 @@ def _synthetic(space=TINY, seqs=(8, 16), overhead=0.01):
         val = (lambda s: overhead) if key == OVERHEAD_KEY else (lambda s, i=i: overhead + (i + 1) * s / 8)
         entries[key] = {point_key(1, s): {"median_ms": val(s), "p90_ms": val(s), "mean_ms": val(s), "cv": 0.0, "runs": 3}
                         for s in seqs}
-    corr = {point_key(1, s): {"scale": 0.9, "ms_per_mparam": 0.25, "offset_ms": -0.5} for s in seqs}
+    corr = {point_key(1, s): {"planes": [{"scale": 0.9, "ms_per_mparam": 0.25, "offset_ms": -0.5}]} for s in seqs}
     manifest = make_manifest({"name": "synthetic"}, {}, 1.0, "test")
     return LatencyTable(space, {"name": "synthetic"}, entries, corr, {}, manifest)
 
@@ -48,7 +47,7 @@ def test_schema_roundtrip(tmp_path):
     t = _synthetic()
     p = t.save(tmp_path / "t.json")
     data = json.loads(p.read_text())
-    assert data["schema_version"] == SCHEMA_VERSION == 2 and data["corrections"]["b1s8"]["ms_per_mparam"] == 0.25
+    assert data["schema_version"] == SCHEMA_VERSION == 3 and data["corrections"]["b1s8"]["planes"][0]["ms_per_mparam"] == 0.25
     assert set(MANIFEST_KEYS) <= set(data["manifest"])
     assert data["manifest"]["space_hash"] == TINY.space_hash() and data["manifest"]["space"]["hidden_sizes"] == [32, 64]
     assert data["batch_sizes"] == [1] and data["seq_lens"] == [8, 16]
@@ -114,7 +113,7 @@ def test_other_space_and_schema_fail_clearly(tmp_path):
     for old in (1, 99):  # version 1 tables (affine correction only) must be re-profiled
         data["schema_version"] = old
         (tmp_path / "v.json").write_text(json.dumps(data))
-        with pytest.raises(TableError, match=rf"schema version {old}; this build reads version 2; re-profile"):
+        with pytest.raises(TableError, match=rf"schema version {old}; this build reads versions 2, 3; re-profile"):
             LatencyTable.load(tmp_path / "v.json")
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(TableError, match="not valid JSON"):
@@ -155,7 +154,8 @@ def test_build_table_fits_correction_from_whole_models():
         results[f"model:{a}"] = {"b1s8": [{"median_ms": ms, "p90_ms": 0, "mean_ms": 0, "cv": 0, "runs": 3}]}
     table = build_table(TINY, {"name": "x"}, results, archs, [(1, 8)], {})
     assert table.entries[OVERHEAD_KEY]["b1s8"]["rounds"] == 2  # lowest-median round kept
-    corr = table.corrections["b1s8"]
+    assert table.corrections["b1s8"]["split_mparams"] is None  # 4 models: one plane
+    corr = table.corrections["b1s8"]["planes"][0]
     assert corr["scale"] == pytest.approx(0.7) and corr["offset_ms"] == pytest.approx(0.3)
     assert corr["ms_per_mparam"] == pytest.approx(2.0)
     v = table.validation["b1s8"]
@@ -165,3 +165,76 @@ def test_build_table_fits_correction_from_whole_models():
     del results[f"model:{archs[0]}"]
     with pytest.raises(TableError, match="validation models are missing"):
         build_table(TINY, {"name": "x"}, results, archs, [(1, 8)], {})
+
+
+def _step_models(n=40, seed=0, noise=0.02, step=True):
+    """Whole models take max(parts + 0.1 ms/Mparam + 0.05, 1.4 * parts + 0.5 ms/Mparam - 2.0): the second plane
+    (weights streamed from DRAM) takes over for big models; multiplicative noise."""
+    import random
+
+    rng = random.Random(seed)
+    parts = [rng.uniform(0.3, 4.0) for _ in range(n)]
+    mparams = [0.5 + 7.5 * i / (n - 1) for i in range(n)]
+    rng.shuffle(mparams)
+    true = [max(p + 0.1 * w + 0.05, (1.4 * p + 0.5 * w - 2.0) if step else 0.0) for p, w in zip(parts, mparams)]
+    return parts, mparams, [y * (1 + rng.uniform(-noise, noise)) for y in true]
+
+
+def test_fit_planes_finds_a_cache_step_and_keeps_one_plane_without_one():
+    parts, mparams, measured = _step_models()
+    planes, split = fit_planes(parts, mparams, measured)
+    assert len(planes) == 2 and split is not None and 0.5 < split < 8.0
+    assert planes[0][2] >= 0 > planes[1][2]  # the upper plane starts below the lower one: a step, not a shift
+    assert held_out_errors(parts, mparams, measured)["mape_pct"] < 2.5
+    one = held_out_errors(parts, mparams, measured, max_planes=1)
+    assert one["mape_pct"] > 2 * held_out_errors(parts, mparams, measured)["mape_pct"]  # one plane cannot follow the step
+    parts, mparams, measured = _step_models(step=False)
+    planes, split = fit_planes(parts, mparams, measured)
+    assert len(planes) == 1 and split is None  # no step: BIC keeps one plane
+    assert planes[0] == pytest.approx(fit_correction(parts, mparams, measured))
+    assert fit_planes(parts[:9], mparams[:9], measured[:9]) == ([fit_correction(parts[:9], mparams[:9], measured[:9])], None)
+
+
+def _two_plane(t):
+    """`t` with the correction at seq 16 replaced by two planes (the second binds for big models)."""
+    t.corrections["b1s16"] = {"planes": [{"scale": 0.9, "ms_per_mparam": 0.25, "offset_ms": -0.5},
+                                         {"scale": 0.9, "ms_per_mparam": 1000.0, "offset_ms": -50.0}], "split_mparams": 0.05}
+    return t
+
+
+def test_two_planes_predict_the_largest_exactly_additively_and_interpolate():
+    t = _two_plane(_synthetic())
+    small, big = TINY.parse("32:sep3,id|32:sep3,id"), TINY.parse("64:mha,ffn|64:ffn,ffn")
+    assert t.n_planes(1, 16) == 2 and t.n_planes(1, 8) == 1 and t.n_planes(1, 12) == 2
+    for a in (small, big):
+        per_plane = [sum(t.block_ms(b, 1, 16, i) for b in a.blocks) + t.fixed_ms(a.hiddens, 1, 16, i) for i in range(2)]
+        p = t.predict(a, 1, 16)
+        assert p.total_ms == max(per_plane) and p.total_ms == sum(p.blocks_ms) + p.fixed_ms
+        # between the points: each pair of the two points' planes, interpolated (entries are interpolated too)
+        mid = [sum(t.block_ms(b, 1, 12, i) for b in a.blocks) + t.fixed_ms(a.hiddens, 1, 12, i) for i in range(2)]
+        assert t.predict(a, 1, 12).total_ms == max(mid)
+    lo, hi = t.planes(1, 8)[0], t.planes(1, 16)
+    assert t.planes(1, 12) == [pytest.approx(tuple((x + y) / 2 for x, y in zip(lo, h)), rel=1e-12) for h in hi]
+    plane = [max(range(2), key=lambda i, a=a: sum(t.block_ms(b, 1, 16, i) for b in a.blocks) + t.fixed_ms(a.hiddens, 1, 16, i))
+             for a in (small, big)]
+    assert plane == [0, 1]  # each plane decides one of them
+
+
+def test_schema_2_tables_load_as_one_plane_and_refit(tmp_path):
+    t = _synthetic(seqs=(8,))
+    parts, mparams, measured = _step_models()
+    t.validation["b1s8"] = {"archs": ["x"] * 40, "params": [1] * 40, "parts_ms": parts, "weight_mparams": mparams,
+                            "measured_ms": measured}
+    data = t.to_dict()
+    data["schema_version"] = 2
+    data["corrections"] = {"b1s8": {"scale": 0.9, "ms_per_mparam": 0.25, "offset_ms": -0.5}}
+    (tmp_path / "v2.json").write_text(json.dumps(data))
+    old = LatencyTable.load(tmp_path / "v2.json", space=TINY)
+    assert old.planes(1, 8) == [(0.9, 0.25, -0.5)]
+    a = TINY.parse("32:mha,ffn|64:sep3,id")
+    assert old.predict(a, 1, 8) == t.predict(a, 1, 8)
+    new = refit_table(old)
+    assert len(new.planes(1, 8)) == 2 and new.validation["b1s8"]["mape_pct"] < 2.5 and "refitted" in new.manifest
+    del new.validation["b1s8"]["parts_ms"]
+    with pytest.raises(TableError, match="lacks the whole-model data to refit"):
+        refit_table(new)

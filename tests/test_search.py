@@ -59,6 +59,36 @@ def test_matches_brute_force(space, per_block, seed):
         _check_answer(prob, rows, Budget(lat_b, params_b, mem_b), rng.choice([1, 2, 3, 7]))
 
 
+@pytest.mark.parametrize("space,per_block", CASES, ids=lambda c: getattr(c, "name", str(c)))
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_brute_force_with_two_latency_planes(space, per_block, seed):
+    """A latency that is the maximum of two planes (a table with a cache step) is searched exactly too."""
+    table = random_table(space, per_block, seed)
+    one = [r["latency_ms"] for r in brute_force(table, SyntheticLatency(space, seed), 1, 16)]
+    lat = SyntheticLatency(space, seed, planes=2)
+    lat.offset2 = sorted(one)[len(one) // 2]  # plane 2 (2 x parts - offset) decides the slower half
+    rows = brute_force(table, lat, 1, 16)
+    second = sum(r["latency_ms"] > x for r, x in zip(rows, one))
+    assert 0 < second < len(rows)  # both planes decide some architectures
+    prob = SearchProblem(table, lat, 1, 16)
+    rng = random.Random(seed)
+    for _ in range(12):
+        r = rng.choice(rows)
+        kind = rng.randrange(3)
+        params_b = r["params"] if kind == 1 else None
+        mem_b = r["memory"] / MIB if kind == 2 else None
+        res = _check_answer(prob, rows, Budget(r["latency_ms"], params_b, mem_b), rng.choice([1, 3]))
+        assert res is not None
+    front = prob.pareto_front(Budget(max(r["latency_ms"] for r in rows)))
+    expected, best = [], float("inf")
+    for p in sorted({(r["latency_ms"], r["loss"]) for r in rows}):
+        if p[1] < best:
+            expected.append(p)
+            best = p[1]
+    assert [(s.latency_ms, s.loss) for s in front] == expected
+    assert prob.minimum("latency") == min(r["latency_ms"] for r in rows)
+
+
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_matches_brute_force_other_precisions(precision):
     space = _space(3)

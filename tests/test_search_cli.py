@@ -120,7 +120,8 @@ def test_device_precision_is_the_default(setup, tmp_path):
 
 
 def _real_table(space, path, seed=0):
-    """A `latency.LatencyTable` on disk with synthetic entries (1/64 ms grid) at batch 1, seq 16 and 32."""
+    """A `latency.LatencyTable` on disk with synthetic entries (1/64 ms grid) at batch 1, seq 16 and 32; the
+    correction at seq 32 is the maximum of two planes (a cache step), at seq 16 one plane."""
     import random
 
     from nasbert_deploy.latency import LatencyTable, point_key, table_keys
@@ -130,7 +131,11 @@ def _real_table(space, path, seed=0):
         key: {point_key(1, s): {"median_ms": rng.randint(1, 64) / 64 * s / 16} for s in (16, 32)} for key in table_keys(space)
     }
     entries["overhead"] = {point_key(1, s): {"median_ms": 0.0} for s in (16, 32)}
-    corrections = {point_key(1, 16): {"scale": 1.0, "offset_ms": 0.125}}
+    corrections = {
+        point_key(1, 16): {"planes": [{"scale": 1.0, "offset_ms": 0.125}]},
+        point_key(1, 32): {"planes": [{"scale": 1.0, "ms_per_mparam": 0.0, "offset_ms": 0.0},
+                                      {"scale": 1.5, "ms_per_mparam": 4.0, "offset_ms": -1.0}], "split_mparams": 0.1},
+    }
     table = LatencyTable(space, {"name": "synthetic-test", "precision": "fp16"}, entries, corrections, {}, {})
     table.save(path)
     return LatencyTable.load(path, space)
@@ -140,7 +145,8 @@ def test_with_a_real_latency_table(tmp_path):
     table = random_table(TINY, 8, 9)
     cands = table.save(tmp_path / "candidates.json")
     lat = _real_table(TINY, tmp_path / "lat.json")
-    for seq in (16, 24):  # 24 interpolates between the profiled 16 and 32
+    assert [lat.n_planes(1, s) for s in (16, 24, 32)] == [1, 2, 2]
+    for seq in (16, 24, 32):  # 24 interpolates between the profiled 16 and 32
         rows = brute_force(table, lat, 1, seq, "fp16")
         budget = sorted(r["latency_ms"] for r in rows)[len(rows) // 3]
         res = _run("--max-latency-ms", repr(budget), "--candidates", str(cands), "--table", str(tmp_path / "lat.json"),

@@ -43,6 +43,8 @@ def register(app: typer.Typer) -> None:
         validate: int = typer.Option(30, "--validate", min=0, help="Random whole models timed to fit and check the correction."),
         bundle: Path = typer.Option(None, "--bundle", help="Write an on-device profiling bundle to this folder instead."),
         import_file: Path = typer.Option(None, "--import", help="Build the table from a bundle runner's results.json."),
+        refit: Path = typer.Option(None, "--refit", help="Fit a table's correction again from its stored whole models "
+                                   "(no timing; upgrades an older table). Written to --out or in place."),
         runs: int = typer.Option(20, min=1, help="Timed runs per measurement (at least)."),
         warmup: int = typer.Option(5, min=0, help="Warm-up runs per measurement."),
         min_time: float = typer.Option(0.3, "--min-time", min=0.0, help="Seconds of timing per measurement (at least)."),
@@ -53,6 +55,15 @@ def register(app: typer.Typer) -> None:
         """Time every distinct operation of the space on a device and write its latency table (resumable)."""
         from ..errors import NasBertDeployError
 
+        if refit is not None:
+            from ..latency import LatencyTable
+            from ..profile import refit_table
+
+            table = refit_table(LatencyTable.load(refit))
+            target = out or refit
+            table.save(target)
+            _report(table, target)
+            return
         if import_file is not None:
             from ..bundle import import_results
 
@@ -176,13 +187,17 @@ def _report(table: Any, path: Path) -> None:
     if not val:
         console.print("no whole-model validation (--validate 0 or fewer than 3): no correction (scale 1, offset 0)")
         return
-    t = Table(title="prediction error on whole models (leave-one-out, after the correction)")
-    for col in ("batch/seq", "models", "MAPE %", "max |err| %", "within ±10%", "uncorrected MAPE %", "scale", "ms/Mparam",
-                "offset ms"):
+    t = Table(title="prediction error on whole models (leave-one-out, after the correction: the largest plane)")
+    for col in ("batch/seq", "models", "MAPE %", "max |err| %", "within ±10%", "uncorrected MAPE %", "plane",
+                "scale", "ms/Mparam", "offset ms"):
         t.add_column(col, justify="right")
     for pk, v in val.items():
         corr = table.corrections[pk]
-        t.add_row(pk, str(v["models"]), f"{v['mape_pct']:.1f}", f"{v['max_abs_pct']:.1f}", f"{100 * v['within_10pct']:.0f}%",
-                  f"{v['uncorrected_mape_pct']:.1f}", f"{corr['scale']:.3f}",
-                  f"{corr.get('ms_per_mparam', 0.0):.4f}", f"{corr['offset_ms']:.3f}")
+        split = corr.get("split_mparams")
+        for i, p in enumerate(corr["planes"]):
+            where = "" if split is None else (f" (≤{split:.2f}M)" if i == 0 else f" (>{split:.2f}M)")
+            head = (pk, str(v["models"]), f"{v['mape_pct']:.1f}", f"{v['max_abs_pct']:.1f}", f"{100 * v['within_10pct']:.0f}%",
+                    f"{v['uncorrected_mape_pct']:.1f}") if i == 0 else ("",) * 6
+            t.add_row(*head, f"{i + 1}{where}", f"{p['scale']:.3f}", f"{p.get('ms_per_mparam', 0.0):.4f}",
+                      f"{p['offset_ms']:.3f}")
     console.print(t)

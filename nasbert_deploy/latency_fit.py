@@ -1,0 +1,166 @@
+"""Fitting a latency table's whole-model correction, and its leave-one-out error.
+
+Per (batch, seq_len) point a table predicts a whole model from two regressors computed from the table
+and the space: `parts` (the sum of the model's operations timed alone, ms) and `mparams` (the weights
+those operations stream, millions of parameters). A *plane* is
+
+    scale * parts + ms_per_mparam * mparams + offset_ms
+
+and a correction is the **maximum of one or two planes**. One plane is the affine model of schema 2.
+The second one follows the cache-size step: once a model's weights stop fitting in the last-level
+cache, every call streams them from DRAM, and at short sequences such models run 1.3-1.6x their
+isolated parts (measured on this project's machine, docs/profiling.md). The maximum of planes keeps
+the search exact: `max(p1, p2) <= L` is `p1 <= L and p2 <= L`, two additive constraints, and a linear
+interpolation between two points' maxima is the maximum of the interpolated plane pairs.
+
+Fit: the one-plane fit is a non-negative least-squares fit of the *relative* error with one robust
+refit without outliers. The two-plane fit tries every split of the models by weight (5+ models on each
+side), fits a plane on each side (the upper plane's offset may be negative) and keeps the split whose
+maximum fits best. The second plane is kept only if it lowers the Bayesian information criterion (7
+against 3 fitted numbers), so a runtime without the step keeps one plane.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+Plane = tuple[float, float, float]  # (scale, ms_per_mparam, offset_ms)
+MIN_SIDE = 5  # models on each side of a two-plane split
+
+
+def plane_value(plane: Plane, parts: float, mparams: float) -> float:
+    return plane[0] * parts + plane[1] * mparams + plane[2]
+
+
+def planes_value(planes: Sequence[Plane], parts: float, mparams: float) -> float:
+    """The correction's prediction: the largest plane."""
+    return max(plane_value(p, parts, mparams) for p in planes)
+
+
+def _nnls_relative(X: Any, y: Any) -> Any:
+    """Non-negative coefficients minimising sum(((X @ coef) - y) / y)^2: every support set is solved by least
+    squares and the best non-negative solution kept (exact NNLS for the few columns used here)."""
+    A, ones = X / y[:, None], np.ones_like(y)
+    k = X.shape[1]
+    best, best_res = np.zeros(k), float(len(y))  # all-zero coefficients: every relative residual is -1
+    for r in range(1, k + 1):
+        for cols in itertools.combinations(range(k), r):
+            sol, *_ = np.linalg.lstsq(A[:, cols], ones, rcond=None)
+            if (sol < 0).any():
+                continue
+            coef = np.zeros(k)
+            coef[list(cols)] = sol
+            res = float(np.sum((A @ coef - ones) ** 2))
+            if res < best_res - 1e-15:
+                best, best_res = coef, res
+    return best
+
+
+def _fit_plane(P: np.ndarray, W: np.ndarray, y: np.ndarray, free_offset: bool) -> Plane:
+    cols = [P, W, np.ones_like(y)] + ([-np.ones_like(y)] if free_offset else [])
+    c = _nnls_relative(np.stack(cols, axis=1), y)
+    return float(c[0]), float(c[1]), float(c[2] - (c[3] if free_offset else 0.0))
+
+
+def _outliers_kept(rel: np.ndarray) -> np.ndarray:
+    """Models whose relative residual is within 3 robust standard deviations (MAD) of the median, at least 5%."""
+    dev = np.abs(rel - np.median(rel))
+    return dev <= max(3 * 1.4826 * float(np.median(dev)), 0.05)
+
+
+def fit_correction(parts_ms: Sequence[float], mparams: Sequence[float], measured_ms: Sequence[float],
+                   robust: bool = True, free_offset: bool = False) -> Plane:
+    """One plane (scale, ms_per_mparam, offset_ms), coefficients >= 0 (the offset free with `free_offset`),
+    minimising the squared *relative* error vs measured.
+
+    `robust`: refit once without the models whose relative residual is more than 3 robust standard
+    deviations (MAD) from the median, at least 5% -- a whole model timed while another process took
+    the core would otherwise tilt the fit. Needs 5+ models; the error report keeps every model.
+    """
+    y = np.asarray(measured_ms, float)
+    P, W = np.asarray(parts_ms, float), np.asarray(mparams, float)
+    plane = _fit_plane(P, W, y, free_offset)
+    if robust and len(y) >= 5:
+        keep = _outliers_kept((plane[0] * P + plane[1] * W + plane[2] - y) / y)
+        if 4 <= keep.sum() < len(y):
+            plane = _fit_plane(P[keep], W[keep], y[keep], free_offset)
+    return plane
+
+
+def _rel_sse(planes: Sequence[Plane], P: np.ndarray, W: np.ndarray, y: np.ndarray) -> float:
+    pred = np.max([p[0] * P + p[1] * W + p[2] for p in planes], axis=0)
+    return float(np.sum(((pred - y) / y) ** 2))
+
+
+def _split_fit(P: np.ndarray, W: np.ndarray, y: np.ndarray, split: float) -> list[Plane]:
+    lo = W <= split
+    return [_fit_plane(P[lo], W[lo], y[lo], False), _fit_plane(P[~lo], W[~lo], y[~lo], True)]
+
+
+def fit_planes(parts_ms: Sequence[float], mparams: Sequence[float], measured_ms: Sequence[float],
+               robust: bool = True, max_planes: int = 2) -> tuple[list[Plane], float | None]:
+    """The correction (one or two planes, see the module docstring) and the weight split (Mparams) it was
+    fitted with (None for one plane). The choice is made on every model (a model above the cache step is
+    an outlier to one plane, not noise); the kept correction is then refitted robustly."""
+    y = np.asarray(measured_ms, float)
+    P, W = np.asarray(parts_ms, float), np.asarray(mparams, float)
+    n = len(y)
+    best: tuple[float, list[Plane], float] | None = None
+    if max_planes >= 2 and n >= 2 * MIN_SIDE:
+        ws = np.sort(W)
+        for i in range(MIN_SIDE - 1, n - MIN_SIDE):
+            if ws[i + 1] <= ws[i]:
+                continue  # equal weights cannot be split
+            split = float((ws[i] + ws[i + 1]) / 2)
+            planes = _split_fit(P, W, y, split)
+            sse = _rel_sse(planes, P, W, y)
+            if best is None or sse < best[0]:
+                best = (sse, planes, split)
+    if best is not None:
+        sse1 = max(_rel_sse([_fit_plane(P, W, y, False)], P, W, y), 1e-300)
+        bic1 = n * math.log(sse1 / n) + 3 * math.log(n)
+        bic2 = n * math.log(max(best[0], 1e-300) / n) + 7 * math.log(n)
+        if bic2 < bic1:
+            planes, split = best[1], best[2]
+            if robust:
+                pred = np.max([p[0] * P + p[1] * W + p[2] for p in planes], axis=0)
+                keep = _outliers_kept((pred - y) / y)
+                lo = W <= split
+                if keep.sum() < n and (keep & lo).sum() >= MIN_SIDE - 1 and (keep & ~lo).sum() >= MIN_SIDE - 1:
+                    planes = _split_fit(P[keep], W[keep], y[keep], split)
+            return planes, split
+    return [fit_correction(P, W, y, robust)], None
+
+
+def correction_dict(planes: Sequence[Plane], split_mparams: float | None) -> dict[str, Any]:
+    """A table's stored form of a correction."""
+    return {
+        "planes": [{"scale": a, "ms_per_mparam": m, "offset_ms": c} for a, m, c in planes],
+        "split_mparams": split_mparams,
+    }
+
+
+def held_out_errors(parts_ms: Sequence[float], mparams: Sequence[float], measured_ms: Sequence[float],
+                    max_planes: int = 2) -> dict[str, Any]:
+    """Leave-one-out error of `fit_planes`: MAPE (%), max |error| (%), share within +-10%, per-model predictions."""
+    n = len(parts_ms)
+    preds = []
+    for i in range(n):
+        rest = [j for j in range(n) if j != i]
+        planes, _ = fit_planes([parts_ms[j] for j in rest], [mparams[j] for j in rest], [measured_ms[j] for j in rest],
+                               max_planes=max_planes)
+        preds.append(planes_value(planes, parts_ms[i], mparams[i]))
+    errs = [100.0 * (p - m) / m for p, m in zip(preds, measured_ms)]
+    return {
+        "method": "leave-one-out",
+        "models": n,
+        "mape_pct": sum(abs(e) for e in errs) / n if n else None,
+        "max_abs_pct": max((abs(e) for e in errs), default=None),
+        "within_10pct": sum(abs(e) <= 10.0 for e in errs) / n if n else None,
+        "predicted_ms": preds,
+    }
