@@ -154,13 +154,55 @@ def _save_ov(model: Any, xml: Path, fp16: bool) -> None:
     tmp_xml.replace(xml)
 
 
+def gemm_to_matmul(model: Any) -> Any:
+    """Rewrite each `Gemm(A, W, bias)` with constant W (how torch exports a Linear on 2-D tokens) as
+    `MatMul(A, W') + bias`, W' the stored weight transposed as Gemm's transA/transB/alpha say.
+
+    ORT's dynamic quantization quantizes MatMul, not Gemm; the fp32 export keeps Gemm (bias inside the
+    kernel). Returns the same `onnx.ModelProto`, modified in place.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    nodes = []
+    for n in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type != "Gemm" or n.input[1] not in inits or attrs.get("transA", 0) or attrs.get("beta", 1.0) != 1.0:
+            nodes.append(n)
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        w = (w.T if attrs.get("transB", 0) else w) * np.float32(attrs.get("alpha", 1.0))
+        w_name = f"{n.input[1]}__matmul"
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w, dtype=np.float32), w_name))
+        has_bias = len(n.input) > 2 and n.input[2] != ""
+        mm_out = f"{n.output[0]}__matmul" if has_bias else n.output[0]
+        nodes.append(helper.make_node("MatMul", [n.input[0], w_name], [mm_out], name=f"{n.name}__matmul"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=f"{n.name}__bias"))
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return model
+
+
 def quantize_onnx_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
-    """ORT dynamic quantization: QInt8 weights, MatMul only (QUInt8 and conv quantization are slower here)."""
+    """ORT dynamic quantization: QInt8 weights, MatMul only (QUInt8 and conv quantization are slower here).
+    Linears exported as Gemm are first rewritten as MatMul + Add (`gemm_to_matmul`)."""
+    import tempfile
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = Path(out_path)
-    with _quiet(), atomic_path(out) as tmp:
-        quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    with _quiet(), atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix="nasbert-q-") as work:
+        src = Path(work) / "matmul.onnx"
+        onnx.save(gemm_to_matmul(onnx.load(str(onnx_path))), str(src))
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
     return out
 
 

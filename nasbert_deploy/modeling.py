@@ -117,12 +117,14 @@ class NasBertModel(NasBertPreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutput | tuple[torch.Tensor]:
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        x = self.embed_proj(self.embeddings(input_ids, token_type_ids))
+        b, t = input_ids.shape[0], input_ids.shape[1]
+        # tokens flattened to (b * t, hidden) from the embedding to the head (see `ops`: Gemm with bias on ORT)
+        x = self.embed_proj(self.embeddings(input_ids, token_type_ids).reshape(b * t, -1))
         for i, block in enumerate(self.blocks):
             if i:
                 x = self.boundaries[i - 1](x)
             x = block(x, mask)
-        out = self.head(x)
+        out = self.head(x).view(b, t, -1)
         if return_dict is False:
             return (out,)
         return BaseModelOutput(last_hidden_state=out)

@@ -130,14 +130,16 @@ def validation_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Arch]:
 
 
 class _Linear(nn.Module):
-    """A block boundary or the output head: Linear over the last axis, (b, t, h_in) -> (b, t, h_out)."""
+    """A block boundary or the output head: Linear over the last axis, (b, t, h_in) -> (b, t, h_out), on
+    flattened (b * t, h_in) tokens as in the model (a Gemm on ONNX)."""
 
     def __init__(self, h_in: int, h_out: int) -> None:
         super().__init__()
         self.linear = nn.Linear(h_in, h_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
+        b, t = x.shape[0], x.shape[1]
+        return self.linear(x.reshape(b * t, x.shape[2])).view(b, t, -1)
 
 
 class _EmbeddingIn(nn.Module):
@@ -148,7 +150,8 @@ class _EmbeddingIn(nn.Module):
         self.emb, self.proj = emb, proj
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.emb(input_ids))
+        b, t = input_ids.shape[0], input_ids.shape[1]
+        return self.proj(self.emb(input_ids).reshape(b * t, -1)).view(b, t, -1)
 
 
 class _Overhead(nn.Module):

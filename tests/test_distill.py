@@ -86,7 +86,7 @@ def test_inherited_student_reproduces_supernet_blocks(teacher, supernet_dir):
         ref_block0 = net.forward_block(0, arch.blocks[0], net.embed(ids), mask)
         ref_final = net(arch, ids, mask)
         # the training-only projection is the supernet's out_map: block-0 output in teacher width matches
-        got_block0 = student.projections[0](outs[0])
+        got_block0 = student.projections[0](outs[0].view(*ids.shape, -1))  # blocks see (b * t, hidden) tokens
     real = mask.bool()
     assert (got_block0 - ref_block0)[real].abs().max().item() < 1e-5
     assert (final - ref_final)[real].abs().max().item() < 1e-5

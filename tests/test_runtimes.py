@@ -73,3 +73,33 @@ def test_onnx_registry_is_built_once_per_process_and_unpatched_after():
     with reuse_onnx_registry():  # a later export (export_onnx enters this block every time) reuses it
         assert reg.ONNXRegistry.from_torchlib() is first
     assert reg.ONNXRegistry.__dict__["from_torchlib"] is original
+
+
+@pytest.mark.parametrize("trans_b,alpha,bias", [(1, 1.0, True), (0, 0.5, True), (1, 1.0, False)])
+def test_gemm_to_matmul_keeps_outputs(trans_b, alpha, bias):
+    """int8 on ORT quantizes MatMul only: Linears exported as Gemm are rewritten to MatMul + Add first."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nasbert_deploy.convert import gemm_to_matmul
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 4) if trans_b else (4, 6)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w")] + ([numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")]
+                                                 if bias else [])
+    node = helper.make_node("Gemm", ["x", "w"] + (["b"] if bias else []), ["y"], transB=trans_b, alpha=alpha)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    ref = run(model)
+    new = gemm_to_matmul(onnx.load_from_string(model.SerializeToString()))
+    onnx.checker.check_model(new)
+    assert [n.op_type for n in new.graph.node] == (["MatMul", "Add"] if bias else ["MatMul"])
+    assert {i.name for i in new.graph.initializer} == {"w__matmul"} | ({"b"} if bias else set())
+    assert np.abs(run(new) - ref).max() < 1e-5
