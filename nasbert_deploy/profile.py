@@ -52,6 +52,7 @@ class ProfileSettings:
     rounds: int = 3
     validate: int = 30
     seed: int = 0
+    holdout: int = 0  # whole models timed in the same passes but never fitted: a true held-out error
 
     def measure_kwargs(self) -> dict[str, Any]:
         return {"warmup": self.warmup, "runs": self.runs, "min_time_s": self.min_time_s, "max_cv": self.max_cv,
@@ -99,11 +100,14 @@ def run_items(
     save: Callable[[], None],
     progress: Progress | None = None,
     clock: dict[str, float] | None = None,
+    holdout_keys: frozenset[str] = frozenset(),
 ) -> Results:
     """Compile each item still missing a timing, then time all in `settings.rounds` shuffled passes.
 
     `results` is updated in place and `save()` called after every timing (resumability); `clock`
-    accumulates the seconds spent exporting (`export_s`) and timing (`timing_s`).
+    accumulates the seconds spent exporting (`export_s`) and timing (`timing_s`); the items in
+    `holdout_keys` are clocked apart (`holdout_export_s`, `holdout_timing_s`): they are not part of
+    what a table costs to make.
     """
     clock = clock if clock is not None else {}
     from .runtimes import get_runtime, time_compiled
@@ -117,15 +121,16 @@ def run_items(
     todo = [it for it in items if any(missing(it, point_key(b, s), rounds - 1) for b, s in points)]
     total = sum(missing(it, point_key(b, s), r) for it in todo for b, s in points for r in range(rounds))
     with tempfile.TemporaryDirectory(prefix="nasbert-profile-") as wd:
-        t0 = time.perf_counter()
         compiled = {}
         for i, it in enumerate(todo):
             if progress:
                 progress("export", i, len(todo))
+            t0 = time.perf_counter()
             compiled[it.key] = rt.compile(it.build(space), it.example_inputs(space), it.output_names, spec, Path(wd) / str(i))
+            what = "holdout_export_s" if it.key in holdout_keys else "export_s"
+            clock[what] = clock.get(what, 0.0) + time.perf_counter() - t0
         if progress:
             progress("export", len(todo), len(todo))
-        clock["export_s"] = clock.get("export_s", 0.0) + time.perf_counter() - t0
         done = 0
         for r in range(rounds):
             for b, s in points:
@@ -139,7 +144,8 @@ def run_items(
                     feed = make_inputs(it.inputs, b, s, space.vocab_size, seed=settings.seed)
                     t = time_compiled(compiled[it.key], feed, **settings.measure_kwargs())
                     results.setdefault(it.key, {}).setdefault(pk, []).append(t.to_dict())
-                    clock["timing_s"] = clock.get("timing_s", 0.0) + time.perf_counter() - t0
+                    what = "holdout_timing_s" if it.key in holdout_keys else "timing_s"
+                    clock[what] = clock.get(what, 0.0) + time.perf_counter() - t0
                     save()
                     done += 1
                     if progress:
@@ -160,8 +166,10 @@ def build_table(
     archs: Sequence[Arch],
     points: Sequence[tuple[int, int]],
     manifest: dict[str, Any],
+    holdout: Sequence[Arch] = (),
 ) -> LatencyTable:
-    """Entries from the measured op timings; per point, the correction fitted on the whole models."""
+    """Entries from the measured op timings; per point, the correction fitted on the whole models `archs`,
+    and the error on the `holdout` models (timed in the same passes, never fitted)."""
     entries: dict[str, dict[str, dict[str, float]]] = {}
     for key in table_keys(space):
         for b, s in points:
@@ -181,7 +189,39 @@ def build_table(
         parts = [table.raw_sum_ms(a, b, s) for a in archs]
         mparams = [table.weight_mparams(a) for a in archs]
         _fit_point(table, pk, parts, mparams, measured, [str(a) for a in archs], [space.params(a) for a in archs])
+        if holdout:
+            got = [best_timing(results[model_item(a).key][pk])["median_ms"] for a in holdout if model_item(a).key in results]
+            if len(got) != len(holdout):
+                raise TableError(f"held-out models are missing measurements at {pk}; profile again")
+            table.validation[pk]["holdout"] = holdout_errors(table, holdout, got, b, s)
     return table
+
+
+def holdout_archs(space: SearchSpace, n: int, seed: int, exclude: Sequence[Arch]) -> list[Arch]:
+    """`n` architectures spread over the parameter range like the validation ones, none of them in `exclude`."""
+    if n <= 0:
+        return []
+    taken = {str(a) for a in exclude}
+    pool = [a for a in validation_archs(space, 2 * n + len(taken), seed + 7919) if str(a) not in taken]
+    return pool[:: max(1, len(pool) // n)][:n]
+
+
+def holdout_errors(table: LatencyTable, archs: Sequence[Arch], measured: Sequence[float], batch: int,
+                   seq_len: int) -> dict[str, Any]:
+    """Error of the table's prediction on models it was not fitted on: MAPE, max, share within +-10%, mean."""
+    pred = [table.predict(a, batch, seq_len).total_ms for a in archs]
+    errs = [100.0 * (p - m) / m for p, m in zip(pred, measured)]
+    n = len(errs)
+    return {
+        "models": n,
+        "mape_pct": sum(abs(e) for e in errs) / n,
+        "max_abs_pct": max(abs(e) for e in errs),
+        "within_10pct": sum(abs(e) <= 10.0 for e in errs) / n,
+        "mean_pct": sum(errs) / n,
+        "archs": [str(a) for a in archs],
+        "measured_ms": list(measured),
+        "predicted_ms": pred,
+    }
 
 
 def _fit_point(table: LatencyTable, pk: str, parts: list[float], mparams: list[float], measured: list[float],
@@ -209,8 +249,13 @@ def refit_table(table: LatencyTable) -> LatencyTable:
             archs, params = list(v["archs"]), list(v["params"])
         except (KeyError, TypeError, ValueError):
             raise TableError(f"table's validation at {pk} lacks the whole-model data to refit; profile again") from None
+        held = v.get("holdout")
         if len(parts) >= 3:
             _fit_point(table, pk, parts, mparams, measured, archs, params)
+        if held:
+            b, s = (int(x) for x in pk[1:].split("s"))
+            held_archs = [table.space.parse(a) for a in held["archs"]]
+            table.validation[pk]["holdout"] = holdout_errors(table, held_archs, held["measured_ms"], b, s)
     table.manifest["refitted"] = datetime.now(UTC).isoformat(timespec="seconds")
     return table
 
@@ -247,7 +292,9 @@ def profile_device(
     identity = {"device": _spec_dict(spec), "space_hash": space.space_hash(), "settings": settings.to_dict()}
     state = _load_partial(ppath, identity)
     archs = validation_archs(space, settings.validate, settings.seed)
-    items = op_items(space) + [model_item(a) for a in archs]
+    held = holdout_archs(space, settings.holdout, settings.seed, archs)
+    held_keys = frozenset(model_item(a).key for a in held)
+    items = op_items(space) + [model_item(a) for a in archs + held]
     start, before = time.perf_counter(), float(state["wall_s"])
 
     def save() -> None:
@@ -255,11 +302,12 @@ def profile_device(
         write_json_atomic(ppath, state)
 
     clock = state.setdefault("clock", {})
-    run_items(items, points, spec, space, settings, state["results"], save, progress, clock)
-    wall = before + time.perf_counter() - start
+    run_items(items, points, spec, space, settings, state["results"], save, progress, clock, held_keys)
+    # the held-out models are a check, not part of making the table: their time is reported apart
+    wall = before + time.perf_counter() - start - clock.get("holdout_export_s", 0.0) - clock.get("holdout_timing_s", 0.0)
     manifest = make_manifest(spec, settings.to_dict(), wall, "direct")
     manifest["profiling_breakdown_s"] = {k: round(v, 2) for k, v in clock.items()}
-    table = build_table(space, _spec_dict(spec), state["results"], archs, points, manifest)
+    table = build_table(space, _spec_dict(spec), state["results"], archs, points, manifest, held)
     table.save(out)
     ppath.unlink(missing_ok=True)
     return table

@@ -238,3 +238,22 @@ def test_schema_2_tables_load_as_one_plane_and_refit(tmp_path):
     del new.validation["b1s8"]["parts_ms"]
     with pytest.raises(TableError, match="lacks the whole-model data to refit"):
         refit_table(new)
+
+
+def test_refit_cli_upgrades_a_table_and_refuses_bad_files(tmp_path):
+    from typer.testing import CliRunner
+
+    from nasbert_deploy.cli import app
+
+    t = _synthetic(seqs=(8,))
+    parts, mparams, measured = _step_models()
+    t.validation["b1s8"] = {"archs": ["x"] * 40, "params": [1] * 40, "parts_ms": parts, "weight_mparams": mparams,
+                            "measured_ms": measured}
+    src = t.save(tmp_path / "old.json")
+    runner = CliRunner()
+    res = runner.invoke(app, ["profile", "--refit", str(src), "--out", str(tmp_path / "new.json")])
+    assert res.exit_code == 0, res.output
+    assert "leave-one-out" in res.stdout and len(LatencyTable.load(tmp_path / "new.json").planes(1, 8)) == 2
+    res = runner.invoke(app, ["profile", "--refit", str(tmp_path / "missing.json")])
+    assert res.exit_code == 2 and "cannot read latency table" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.json", "old.json"]

@@ -16,7 +16,8 @@ from nasbert_deploy.space import STANDARD, TINY, SearchSpace
 # smaller than TINY: one hidden size, one kernel -> 7 items (3 ops, 1 boundary, embedding, head, overhead)
 MICRO = SearchSpace(name="micro", num_blocks=2, layers_per_block=2, hidden_sizes=(32,), conv_kernels=(3,), head_dim=16,
                     embed_dim=16, output_dim=48, vocab_size=1000, max_positions=64)
-SETTINGS = ProfileSettings(warmup=1, runs=10, min_time_s=0.02, max_cv=None, retries=0, rounds=2, validate=3)
+SETTINGS = ProfileSettings(warmup=1, runs=10, min_time_s=0.02, max_cv=None, retries=0, rounds=2, validate=3,
+                           holdout=2)
 
 
 def test_items_cover_the_standard_space():
@@ -49,7 +50,7 @@ def micro_table(tmp_path_factory):
     state = json.loads(partial_path(out).read_text())
     assert sum(len(r) for per in state["results"].values() for r in per.values()) == 5
     total_first = max(t for p, _, t in seen if p == "time")
-    assert total_first == 10 * 2 * 2  # (7 items + 3 models) x 2 points x 2 rounds
+    assert total_first == 12 * 2 * 2  # (7 items + 3 models + 2 held-out models) x 2 points x 2 rounds
     resumed = []
     table = profile_device(spec, MICRO, out, SETTINGS, lambda p, d, t: resumed.append((p, d, t)))
     assert max(t for p, _, t in resumed if p == "time") == total_first - 5  # completed timings were skipped
@@ -75,6 +76,12 @@ def test_profiled_table_is_complete(micro_table):
         v = loaded.validation[pk]
         assert v["models"] == 3 and len(v["measured_ms"]) == 3 and 0 <= v["within_10pct"] <= 1 and v["mape_pct"] >= 0
         assert all(ms > 0 for ms in v["measured_ms"])
+        h = v["holdout"]  # timed in the same passes, never fitted
+        assert h["models"] == 2 and not set(h["archs"]) & set(v["archs"]) and len(set(h["archs"])) == 2
+        assert h["predicted_ms"] == [loaded.predict(MICRO.parse(a), 1, int(pk[3:])).total_ms for a in h["archs"]]
+        assert h["mape_pct"] == pytest.approx(sum(abs(p - m) / m for p, m in zip(h["predicted_ms"], h["measured_ms"])) * 50)
+    bd = m["profiling_breakdown_s"]
+    assert {"export_s", "timing_s", "holdout_export_s", "holdout_timing_s"} <= set(bd)
     arch = MICRO.parse("32:mha,ffn|32:sep3,id")
     p = loaded.predict(arch, 1, 12)
     assert p.total_ms == sum(p.blocks_ms) + p.fixed_ms and p.total_ms > 0

@@ -41,6 +41,8 @@ def register(app: typer.Typer) -> None:
         space: ProfileSpace = typer.Option(ProfileSpace.standard, help="Search space to profile."),
         out: Path = typer.Option(None, "--out", help="Table to write (default: ./profiles/DEVICE.json)."),
         validate: int = typer.Option(30, "--validate", min=0, help="Random whole models timed to fit and check the correction."),
+        holdout: int = typer.Option(0, "--holdout", min=0, help="More random whole models timed in the same passes but "
+                                    "never fitted: the table's error on unseen models (their time is reported apart)."),
         bundle: Path = typer.Option(None, "--bundle", help="Write an on-device profiling bundle to this folder instead."),
         import_file: Path = typer.Option(None, "--import", help="Build the table from a bundle runner's results.json."),
         refit: Path = typer.Option(None, "--refit", help="Fit a table's correction again from its stored whole models "
@@ -82,7 +84,7 @@ def register(app: typer.Typer) -> None:
         spec = load_device(device)
         sp = get_space(space.value)
         settings = ProfileSettings(warmup=warmup, runs=runs, min_time_s=min_time, max_cv=max_cv or None, rounds=rounds,
-                                   validate=validate, seed=seed)
+                                   validate=validate, seed=seed, holdout=holdout)
         if bundle is not None:
             from ..bundle import RUNNER_NAME, write_bundle
 
@@ -183,6 +185,9 @@ def _report(table: Any, path: Path) -> None:
         n = len(table.batch_sizes) * len(table.seq_lens)
         console.print(f"exporting {bd.get('export_s', 0):.0f} s, timing {bd.get('timing_s', 0):.0f} s "
                       f"({bd.get('timing_s', 0) / n:.0f} s per (batch, seq) point, {n} points)")
+        if "holdout_timing_s" in bd:
+            console.print(f"held-out models (not in the wall time): exporting {bd.get('holdout_export_s', 0):.0f} s, "
+                          f"timing {bd['holdout_timing_s']:.0f} s")
     val = table.validation
     if not val:
         console.print("no whole-model validation (--validate 0 or fewer than 3): no correction (scale 1, offset 0)")
@@ -200,4 +205,14 @@ def _report(table: Any, path: Path) -> None:
                     f"{v['uncorrected_mape_pct']:.1f}") if i == 0 else ("",) * 6
             t.add_row(*head, f"{i + 1}{where}", f"{p['scale']:.3f}", f"{p.get('ms_per_mparam', 0.0):.4f}",
                       f"{p['offset_ms']:.3f}")
+    console.print(t)
+    held = {pk: v["holdout"] for pk, v in val.items() if v.get("holdout")}
+    if not held:
+        return
+    t = Table(title="prediction error on held-out whole models (timed in the same passes, never fitted)")
+    for col in ("batch/seq", "models", "MAPE %", "max |err| %", "within ±10%", "mean err %"):
+        t.add_column(col, justify="right")
+    for pk, h in held.items():
+        t.add_row(pk, str(h["models"]), f"{h['mape_pct']:.1f}", f"{h['max_abs_pct']:.1f}", f"{100 * h['within_10pct']:.0f}%",
+                  f"{h['mean_pct']:+.1f}")
     console.print(t)
