@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234, help="seed of the held-out architectures (tables use 0)")
     ap.add_argument("--drift-models", type=int, default=5, help="table validation models re-timed to measure drift")
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     how = "timed in the same passes as the table" if args.fresh else "timed against the stored tables"
     t = Table(title=f"latency prediction on {args.models} held-out whole models per device ({how})")
     cols = ["device", "batch/seq", "models", "within ±10%", "MAPE %", "max |err| %", "mean err %"]
