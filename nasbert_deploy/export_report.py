@@ -20,6 +20,7 @@ from .space import Arch, SearchSpace, format_params
 
 REPORT_SCHEMA = 1
 MIB = 2**20
+MEASURE_ROUNDS = 3  # passes of the latency measurement; the lowest median is kept, as in the latency tables
 
 
 def _latency(
@@ -67,7 +68,9 @@ def _latency(
     compiled = rt.load(folder, spec)
     ids = np.random.default_rng(0).integers(1, vocab, size=(batch, seq_len), dtype=np.int64)
     inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    out["measured"] = time_compiled(compiled, inputs, **timing_kwargs).to_dict()
+    # measured as the table's entries are: the lowest-median of MEASURE_ROUNDS passes (noise only adds latency)
+    rounds = [time_compiled(compiled, inputs, **timing_kwargs).to_dict() for _ in range(MEASURE_ROUNDS)]
+    out["measured"] = {**min(rounds, key=lambda t: t["median_ms"]), "rounds": MEASURE_ROUNDS}
     if out["predicted_ms"]:
         out["measured_over_predicted"] = out["measured"]["median_ms"] / out["predicted_ms"]
     return out

@@ -71,6 +71,7 @@ def test_files_and_report(exported):
     assert rep["files_mb"]["model.int8.onnx"] < rep["files_mb"]["model.onnx"]
     lat = rep["latency"]
     assert lat["device"] == "cpu-ort" and lat["seq_len"] == 64 and lat["measured"]["median_ms"] > 0
+    assert lat["measured"]["rounds"] == 3  # lowest-median of 3 passes, as the latency tables are measured
     assert [m["file"] for m in rep["memory"]] == ["model.onnx", "model.int8.onnx"]
     assert rep["memory"][1]["weights_mb"] < rep["memory"][0]["weights_mb"]
     assert output.count("✓") == 45 and "✗" not in output
