@@ -246,9 +246,8 @@ def distill_losses(
     n_blocks = len(student.model.blocks)
     if targets is None:
         targets = block_targets(teacher, ids, mask, n_blocks)  # [emb, end of block 1, ..., end of block N], (b, t, T)
-    block_out: list[torch.Tensor] = []
-    b_t = (ids.shape[0], ids.shape[1], -1)  # the model's blocks see flattened tokens (b * t, hidden)
-    hooks = [b.register_forward_hook(lambda _m, _i, out: block_out.append(out.reshape(b_t))) for b in student.model.blocks]
+    block_out: list[torch.Tensor] = []  # each block's output: the model's (b*t, h) tokens back as (b, t, h)
+    hooks = [b.register_forward_hook(lambda _m, _i, o: block_out.append(o.reshape(*ids.shape, -1))) for b in student.model.blocks]
     try:
         hidden = student.model(ids, mask).last_hidden_state  # (b, t, T)
     finally:
