@@ -73,6 +73,12 @@ def point_key(batch: int, seq_len: int) -> str:
     return f"b{batch}s{seq_len}"
 
 
+def parse_point_key(pk: str) -> tuple[int, int]:
+    """(batch, seq_len) of a `point_key`."""
+    b, s = pk[1:].split("s")
+    return int(b), int(s)
+
+
 def table_keys(space: SearchSpace) -> list[str]:
     """Every entry a complete table for `space` holds (61 for the standard space, with `overhead`)."""
     hs = space.hidden_sizes
@@ -107,7 +113,7 @@ class LatencyTable:
     space: SearchSpace
     device: dict[str, Any]
     entries: dict[str, dict[str, dict[str, float]]]
-    corrections: dict[str, dict[str, float]] = field(default_factory=dict)
+    corrections: dict[str, dict[str, Any]] = field(default_factory=dict)  # point -> {"planes": [...], "split_mparams"}
     validation: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -117,8 +123,7 @@ class LatencyTable:
         out = set()
         for per_point in self.entries.values():
             for pk in per_point:
-                b, s = pk[1:].split("s")
-                out.add((int(b), int(s)))
+                out.add(parse_point_key(pk))
         return sorted(out)
 
     @property

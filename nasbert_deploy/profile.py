@@ -31,7 +31,7 @@ from typing import Any
 from .devices import DeviceSpec, require_available
 from .errors import DeviceError, TableError
 from .fileio import write_json_atomic
-from .latency import LatencyTable, environment, point_key, table_keys
+from .latency import LatencyTable, environment, parse_point_key, point_key, table_keys
 from .latency_fit import correction_dict, fit_planes, held_out_errors
 from .profile_items import Item, make_inputs, model_item, op_items, validation_archs
 from .space import Arch, SearchSpace
@@ -253,7 +253,7 @@ def refit_table(table: LatencyTable) -> LatencyTable:
         if len(parts) >= 3:
             _fit_point(table, pk, parts, mparams, measured, archs, params)
         if held:
-            b, s = (int(x) for x in pk[1:].split("s"))
+            b, s = parse_point_key(pk)
             held_archs = [table.space.parse(a) for a in held["archs"]]
             table.validation[pk]["holdout"] = holdout_errors(table, held_archs, held["measured_ms"], b, s)
     table.manifest["refitted"] = datetime.now(UTC).isoformat(timespec="seconds")
