@@ -135,23 +135,32 @@ def main(argv=None):
         state = {"bundle_id": m["bundle_id"], "results": {}, "wall_s": 0.0}
     results, start, before = state["results"], time.perf_counter(), state["wall_s"]
     kw = {k: st[k] for k in ("warmup", "runs", "min_time_s", "max_cv", "retries")}
+    model_kw = {**kw, "min_time_s": st.get("model_min_time_s", st["min_time_s"])}
+
+    def rounds_of(it):  # whole models: more, shorter rounds (as nasbert_deploy.profile.ProfileSettings)
+        return st.get("model_rounds", st["rounds"]) if it["kind"] == "model" else st["rounds"]
+
+    passes = max(rounds_of(it) for it in m["items"])
     models = {}
-    total = len(m["items"]) * len(m["points"]) * st["rounds"]
-    done = 0
-    for r in range(st["rounds"]):
+    total = len(m["points"]) * sum(rounds_of(it) for it in m["items"])
+    done = sum(min(len(results.get(it["key"], {}).get(f"b{b}s{s}", [])), rounds_of(it))
+               for it in m["items"] for b, s in m["points"])
+    for r in range(passes):
         for b, s in m["points"]:
             pk = f"b{b}s{s}"
             order = list(m["items"])
             random.Random(f"{st['seed']}/{r}/{pk}").shuffle(order)
             for it in order:
-                done += 1
+                k = rounds_of(it)
+                due = 1 if k <= 1 else sum(round(j * (passes - 1) / (k - 1)) <= r for j in range(k))
                 have = results.setdefault(it["key"], {}).setdefault(pk, [])
-                if len(have) > r:
+                if len(have) >= due:
                     continue
+                done += 1
                 if it["key"] not in models:
                     models[it["key"]] = open_model(args.bundle / it["file"])
                 fn = bind(models[it["key"]], make_inputs(it["inputs"], b, s, vocab, seed=st["seed"]))
-                have.append(measure(fn, **kw))
+                have.append(measure(fn, **(model_kw if it["kind"] == "model" else kw)))
                 state["wall_s"] = before + time.perf_counter() - start
                 partial.write_text(json.dumps(state))
                 print(f"[{done}/{total}] {it['key']} {pk}: {have[-1]['median_ms']:.3f} ms", flush=True)

@@ -42,7 +42,11 @@ Results = dict[str, dict[str, list[dict[str, float]]]]  # key -> point key -> on
 
 @dataclass(frozen=True)
 class ProfileSettings:
-    """How hard to measure. `rounds` shuffled passes over all items; each entry keeps its least-noisy round (lowest median)."""
+    """How hard to measure. Every operation is timed in `rounds` shuffled passes, every whole model in
+    `model_rounds` shorter ones (`model_min_time_s`), spread evenly over the same passes; each entry keeps
+    its least-noisy round (lowest median). Whole models get more rounds because on a host whose last-level
+    cache is shared, a model whose weights are about the size of the cache runs up to 1.5x slower while a
+    neighbour fills it: more, shorter rounds spread over the run catch its quiet state (docs/profiling.md)."""
 
     warmup: int = 5
     runs: int = 20
@@ -50,16 +54,33 @@ class ProfileSettings:
     max_cv: float | None = 0.1
     retries: int = 1
     rounds: int = 3
+    model_rounds: int = 5
+    model_min_time_s: float = 0.2
     validate: int = 30
     seed: int = 0
     holdout: int = 0  # whole models timed in the same passes but never fitted: a true held-out error
 
-    def measure_kwargs(self) -> dict[str, Any]:
-        return {"warmup": self.warmup, "runs": self.runs, "min_time_s": self.min_time_s, "max_cv": self.max_cv,
-                "retries": self.retries}
+    def measure_kwargs(self, model: bool = False) -> dict[str, Any]:
+        return {"warmup": self.warmup, "runs": self.runs, "min_time_s": self.model_min_time_s if model else self.min_time_s,
+                "max_cv": self.max_cv, "retries": self.retries}
+
+    def rounds_of(self, kind: str) -> int:
+        return self.model_rounds if kind == "model" else self.rounds
+
+    @property
+    def passes(self) -> int:
+        return max(self.rounds, self.model_rounds)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def rounds_due(rounds: int, passes: int, after_pass: int) -> int:
+    """How many of an item's `rounds` are due once pass `after_pass` (0-based) of `passes` is done: its
+    rounds are spread evenly over the passes (3 of 5: passes 0, 2 and 4)."""
+    if rounds <= 1:
+        return 1
+    return sum(round(j * (passes - 1) / (rounds - 1)) <= after_pass for j in range(rounds))
 
 
 def partial_path(out: Path) -> Path:
@@ -102,7 +123,8 @@ def run_items(
     clock: dict[str, float] | None = None,
     holdout_keys: frozenset[str] = frozenset(),
 ) -> Results:
-    """Compile each item still missing a timing, then time all in `settings.rounds` shuffled passes.
+    """Compile each item still missing a timing, then time all in `settings.passes` shuffled passes (an item
+    is timed in the passes its own number of rounds is spread over, `rounds_due`).
 
     `results` is updated in place and `save()` called after every timing (resumability); `clock`
     accumulates the seconds spent exporting (`export_s`) and timing (`timing_s`); the items in
@@ -113,13 +135,13 @@ def run_items(
     from .runtimes import get_runtime, time_compiled
 
     rt = get_runtime(spec.runtime)
-    rounds = settings.rounds
+    passes = settings.passes
 
-    def missing(it: Item, pk: str, r: int) -> bool:
-        return len(results.get(it.key, {}).get(pk, [])) <= r
+    def have(it: Item, pk: str) -> int:
+        return len(results.get(it.key, {}).get(pk, []))
 
-    todo = [it for it in items if any(missing(it, point_key(b, s), rounds - 1) for b, s in points)]
-    total = sum(missing(it, point_key(b, s), r) for it in todo for b, s in points for r in range(rounds))
+    todo = [it for it in items if any(have(it, point_key(b, s)) < settings.rounds_of(it.kind) for b, s in points)]
+    total = sum(max(0, settings.rounds_of(it.kind) - have(it, point_key(b, s))) for it in todo for b, s in points)
     with tempfile.TemporaryDirectory(prefix="nasbert-profile-") as wd:
         compiled = {}
         for i, it in enumerate(todo):
@@ -132,17 +154,17 @@ def run_items(
         if progress:
             progress("export", len(todo), len(todo))
         done = 0
-        for r in range(rounds):
+        for r in range(passes):
             for b, s in points:
                 pk = point_key(b, s)
                 order = list(todo)
                 random.Random(f"{settings.seed}/{r}/{pk}").shuffle(order)
                 for it in order:
-                    if not missing(it, pk, r):
+                    if have(it, pk) >= rounds_due(settings.rounds_of(it.kind), passes, r):
                         continue
                     t0 = time.perf_counter()
                     feed = make_inputs(it.inputs, b, s, space.vocab_size, seed=settings.seed)
-                    t = time_compiled(compiled[it.key], feed, **settings.measure_kwargs())
+                    t = time_compiled(compiled[it.key], feed, **settings.measure_kwargs(it.kind == "model"))
                     results.setdefault(it.key, {}).setdefault(pk, []).append(t.to_dict())
                     what = "holdout_timing_s" if it.key in holdout_keys else "timing_s"
                     clock[what] = clock.get(what, 0.0) + time.perf_counter() - t0

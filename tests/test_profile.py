@@ -9,15 +9,15 @@ import pytest
 
 from nasbert_deploy.devices import load_device
 from nasbert_deploy.latency import MANIFEST_KEYS, LatencyTable, table_keys
-from nasbert_deploy.profile import ProfileSettings, partial_path, profile_device
+from nasbert_deploy.profile import ProfileSettings, partial_path, profile_device, rounds_due
 from nasbert_deploy.profile_items import op_items, validation_archs
 from nasbert_deploy.space import STANDARD, TINY, SearchSpace
 
 # smaller than TINY: one hidden size, one kernel -> 7 items (3 ops, 1 boundary, embedding, head, overhead)
 MICRO = SearchSpace(name="micro", num_blocks=2, layers_per_block=2, hidden_sizes=(32,), conv_kernels=(3,), head_dim=16,
                     embed_dim=16, output_dim=48, vocab_size=1000, max_positions=64)
-SETTINGS = ProfileSettings(warmup=1, runs=10, min_time_s=0.02, max_cv=None, retries=0, rounds=2, validate=3,
-                           holdout=2)
+SETTINGS = ProfileSettings(warmup=1, runs=10, min_time_s=0.02, max_cv=None, retries=0, rounds=2, model_rounds=3,
+                           model_min_time_s=0.02, validate=3, holdout=2)
 
 
 def test_items_cover_the_standard_space():
@@ -27,6 +27,16 @@ def test_items_cover_the_standard_space():
     params = [STANDARD.params(a) for a in archs]
     assert len({str(a) for a in archs}) == 20 and params == sorted(params)
     assert params[-1] > 3 * params[0]  # spread over the size range, not clustered
+
+
+def test_rounds_are_spread_over_the_passes():
+    assert [rounds_due(3, 5, r) for r in range(5)] == [1, 1, 2, 2, 3]  # passes 0, 2, 4
+    assert [rounds_due(5, 5, r) for r in range(5)] == [1, 2, 3, 4, 5]
+    assert [rounds_due(1, 5, r) for r in range(5)] == [1] * 5
+    assert [rounds_due(2, 3, r) for r in range(3)] == [1, 1, 2]
+    for k in range(1, 8):  # every round is due by the last pass, never more than one per pass
+        due = [rounds_due(k, 7, r) for r in range(7)]
+        assert due[-1] == k and all(0 <= b - a <= 1 for a, b in zip([0] + due, due))
 
 
 class _Stop(Exception):
@@ -50,7 +60,7 @@ def micro_table(tmp_path_factory):
     state = json.loads(partial_path(out).read_text())
     assert sum(len(r) for per in state["results"].values() for r in per.values()) == 5
     total_first = max(t for p, _, t in seen if p == "time")
-    assert total_first == 12 * 2 * 2  # (7 items + 3 models + 2 held-out models) x 2 points x 2 rounds
+    assert total_first == (7 * 2 + 5 * 3) * 2  # (7 items x 2 rounds + (3 + 2 held-out) models x 3 rounds) x 2 points
     resumed = []
     table = profile_device(spec, MICRO, out, SETTINGS, lambda p, d, t: resumed.append((p, d, t)))
     assert max(t for p, _, t in resumed if p == "time") == total_first - 5  # completed timings were skipped

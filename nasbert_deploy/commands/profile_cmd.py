@@ -50,7 +50,10 @@ def register(app: typer.Typer) -> None:
         runs: int = typer.Option(20, min=1, help="Timed runs per measurement (at least)."),
         warmup: int = typer.Option(5, min=0, help="Warm-up runs per measurement."),
         min_time: float = typer.Option(0.3, "--min-time", min=0.0, help="Seconds of timing per measurement (at least)."),
-        rounds: int = typer.Option(3, min=1, help="Shuffled passes over all items; the lowest-median round is kept."),
+        rounds: int = typer.Option(3, min=1, help="Rounds per operation (shuffled passes); the lowest-median round is kept."),
+        model_rounds: int = typer.Option(5, "--model-rounds", min=1, help="Rounds per whole model, spread over the same "
+                                         "passes (more and shorter: --model-min-time)."),
+        model_min_time: float = typer.Option(0.2, "--model-min-time", min=0.0, help="Seconds of timing per whole-model round."),
         max_cv: float = typer.Option(0.1, "--max-cv", min=0.0, help="Re-measure above this coefficient of variation (0: never)."),
         seed: int = typer.Option(0, help="Seed for the validation architectures and the timing order."),
     ) -> None:
@@ -84,7 +87,8 @@ def register(app: typer.Typer) -> None:
         spec = load_device(device)
         sp = get_space(space.value)
         settings = ProfileSettings(warmup=warmup, runs=runs, min_time_s=min_time, max_cv=max_cv or None, rounds=rounds,
-                                   validate=validate, seed=seed, holdout=holdout)
+                                   model_rounds=model_rounds, model_min_time_s=model_min_time, validate=validate, seed=seed,
+                                   holdout=holdout)
         if bundle is not None:
             from ..bundle import RUNNER_NAME, write_bundle
 
