@@ -181,6 +181,12 @@ def best_timing(rounds: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return {**best, "rounds": len(rounds)}
 
 
+def round_spread_pct(rounds: Sequence[Mapping[str, float]]) -> float:
+    """How far apart an item's rounds were: slowest over fastest median, minus 1, in percent."""
+    meds = [t["median_ms"] for t in rounds]
+    return 100.0 * (max(meds) / min(meds) - 1.0)
+
+
 def build_table(
     space: SearchSpace,
     device: dict[str, Any],
@@ -210,12 +216,14 @@ def build_table(
             continue  # too few to fit and hold out: correction stays (1, 0, 0)
         parts = [table.raw_sum_ms(a, b, s) for a in archs]
         mparams = [table.weight_mparams(a) for a in archs]
-        _fit_point(table, pk, parts, mparams, measured, [str(a) for a in archs], [space.params(a) for a in archs])
+        spread = [round_spread_pct(results[model_item(a).key][pk]) for a in archs]
+        _fit_point(table, pk, parts, mparams, measured, [str(a) for a in archs], [space.params(a) for a in archs], spread)
         if holdout:
             got = [best_timing(results[model_item(a).key][pk])["median_ms"] for a in holdout if model_item(a).key in results]
             if len(got) != len(holdout):
                 raise TableError(f"held-out models are missing measurements at {pk}; profile again")
-            table.validation[pk]["holdout"] = holdout_errors(table, holdout, got, b, s)
+            spread = [round_spread_pct(results[model_item(a).key][pk]) for a in holdout]
+            table.validation[pk]["holdout"] = holdout_errors(table, holdout, got, b, s, spread)
     return table
 
 
@@ -229,8 +237,9 @@ def holdout_archs(space: SearchSpace, n: int, seed: int, exclude: Sequence[Arch]
 
 
 def holdout_errors(table: LatencyTable, archs: Sequence[Arch], measured: Sequence[float], batch: int,
-                   seq_len: int) -> dict[str, Any]:
-    """Error of the table's prediction on models it was not fitted on: MAPE, max, share within +-10%, mean."""
+                   seq_len: int, spread: Sequence[float] | None = None) -> dict[str, Any]:
+    """Error of the table's prediction on models it was not fitted on: MAPE, max, share within +-10%, mean
+    (`spread`: each model's round-to-round spread, `round_spread_pct`, kept with the data)."""
     pred = [table.predict(a, batch, seq_len).total_ms for a in archs]
     errs = [100.0 * (p - m) / m for p, m in zip(pred, measured)]
     n = len(errs)
@@ -243,11 +252,12 @@ def holdout_errors(table: LatencyTable, archs: Sequence[Arch], measured: Sequenc
         "archs": [str(a) for a in archs],
         "measured_ms": list(measured),
         "predicted_ms": pred,
+        **({"round_spread_pct": list(spread)} if spread is not None else {}),
     }
 
 
 def _fit_point(table: LatencyTable, pk: str, parts: list[float], mparams: list[float], measured: list[float],
-               archs: list[str], params: list[int]) -> None:
+               archs: list[str], params: list[int], spread: list[float] | None = None) -> None:
     """Fit one point's correction on its whole models and store it with its leave-one-out error."""
     table.corrections[pk] = correction_dict(*fit_planes(parts, mparams, measured))
     raw_err = [100.0 * abs(p - m) / m for p, m in zip(parts, measured)]
@@ -259,6 +269,7 @@ def _fit_point(table: LatencyTable, pk: str, parts: list[float], mparams: list[f
         "measured_ms": measured,
         "parts_ms": parts,
         "weight_mparams": mparams,
+        **({"round_spread_pct": spread} if spread is not None else {}),
     }
 
 
@@ -273,11 +284,12 @@ def refit_table(table: LatencyTable) -> LatencyTable:
             raise TableError(f"table's validation at {pk} lacks the whole-model data to refit; profile again") from None
         held = v.get("holdout")
         if len(parts) >= 3:
-            _fit_point(table, pk, parts, mparams, measured, archs, params)
+            _fit_point(table, pk, parts, mparams, measured, archs, params, v.get("round_spread_pct"))
         if held:
             b, s = parse_point_key(pk)
             held_archs = [table.space.parse(a) for a in held["archs"]]
-            table.validation[pk]["holdout"] = holdout_errors(table, held_archs, held["measured_ms"], b, s)
+            table.validation[pk]["holdout"] = holdout_errors(table, held_archs, held["measured_ms"], b, s,
+                                                             held.get("round_spread_pct"))
     table.manifest["refitted"] = datetime.now(UTC).isoformat(timespec="seconds")
     return table
 

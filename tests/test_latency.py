@@ -248,12 +248,14 @@ def test_refit_cli_upgrades_a_table_and_refuses_bad_files(tmp_path):
     t = _synthetic(seqs=(8,))
     parts, mparams, measured = _step_models()
     t.validation["b1s8"] = {"archs": ["x"] * 40, "params": [1] * 40, "parts_ms": parts, "weight_mparams": mparams,
-                            "measured_ms": measured}
+                            "measured_ms": measured, "round_spread_pct": [2.0] * 38 + [15.0, 30.0]}
     src = t.save(tmp_path / "old.json")
     runner = CliRunner()
     res = runner.invoke(app, ["profile", "--refit", str(src), "--out", str(tmp_path / "new.json")])
     assert res.exit_code == 0, res.output
     assert "leave-one-out" in res.stdout and len(LatencyTable.load(tmp_path / "new.json").planes(1, 8)) == 2
+    assert "median 2.0%, max 30%, 2 of 40 above 10%" in " ".join(res.stdout.split())  # round-to-round spread, kept
+    assert LatencyTable.load(tmp_path / "new.json").validation["b1s8"]["round_spread_pct"][-1] == 30.0
     res = runner.invoke(app, ["profile", "--refit", str(tmp_path / "missing.json")])
     assert res.exit_code == 2 and "cannot read latency table" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.json", "old.json"]

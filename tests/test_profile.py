@@ -86,8 +86,10 @@ def test_profiled_table_is_complete(micro_table):
         v = loaded.validation[pk]
         assert v["models"] == 3 and len(v["measured_ms"]) == 3 and 0 <= v["within_10pct"] <= 1 and v["mape_pct"] >= 0
         assert all(ms > 0 for ms in v["measured_ms"])
+        assert len(v["round_spread_pct"]) == 3 and all(x >= 0 for x in v["round_spread_pct"])  # slowest/fastest round
         h = v["holdout"]  # timed in the same passes, never fitted
         assert h["models"] == 2 and not set(h["archs"]) & set(v["archs"]) and len(set(h["archs"])) == 2
+        assert len(h["round_spread_pct"]) == 2
         assert h["predicted_ms"] == [loaded.predict(MICRO.parse(a), 1, int(pk[3:])).total_ms for a in h["archs"]]
         assert h["mape_pct"] == pytest.approx(sum(abs(p - m) / m for p, m in zip(h["predicted_ms"], h["measured_ms"])) * 50)
     bd = m["profiling_breakdown_s"]

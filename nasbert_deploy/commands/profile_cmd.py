@@ -210,6 +210,7 @@ def _report(table: Any, path: Path) -> None:
             t.add_row(*head, f"{i + 1}{where}", f"{p['scale']:.3f}", f"{p.get('ms_per_mparam', 0.0):.4f}",
                       f"{p['offset_ms']:.3f}")
     console.print(t)
+    _report_spread(val)
     held = {pk: v["holdout"] for pk, v in val.items() if v.get("holdout")}
     if not held:
         return
@@ -220,3 +221,15 @@ def _report(table: Any, path: Path) -> None:
         t.add_row(pk, str(h["models"]), f"{h['mape_pct']:.1f}", f"{h['max_abs_pct']:.1f}", f"{100 * h['within_10pct']:.0f}%",
                   f"{h['mean_pct']:+.1f}")
     console.print(t)
+
+
+def _report_spread(val: dict[str, Any]) -> None:
+    """One line on how reproducible the whole models were: their round-to-round spread, fitting and held-out."""
+    spread = sorted(x for v in val.values()
+                    for x in v.get("round_spread_pct", []) + (v.get("holdout") or {}).get("round_spread_pct", []))
+    if not spread:
+        return
+    wide = sum(x > 10.0 for x in spread)
+    note = " (a noisy host; on a shared last-level cache, models near the cache step vary most: docs/profiling.md)"
+    console.print(f"whole models, slowest over fastest round: median {spread[len(spread) // 2]:.1f}%, max {spread[-1]:.0f}%, "
+                  f"{wide} of {len(spread)} above 10%" + (note if wide else ""))
