@@ -258,6 +258,19 @@ class LatencyTable:
         assert best is not None
         return best
 
+    def spread_near(self, arch: Arch, batch: int, seq_len: int, within: float = 0.2) -> tuple[int, float] | None:
+        """How reproducible models of this size were when the table was made: (how many of its whole models,
+        fitting and held-out, at the nearest profiled seq_len have weights within +-`within` of `arch`'s, the
+        largest round-to-round spread among them in %); None if the table stores no spreads or none is near."""
+        s = min((s for b, s in self.points if b == batch), key=lambda x: abs(x - seq_len), default=None)
+        v = self.validation.get(point_key(batch, s)) if s is not None else None
+        if not v:
+            return None
+        w = self.weight_mparams(arch)
+        near = [sp for vv in (v, v.get("holdout") or {}) for a, sp in zip(vv.get("archs", []), vv.get("round_spread_pct", []))
+                if abs(self.weight_mparams(self.space.parse(a)) / w - 1) <= within]
+        return (len(near), max(near)) if near else None
+
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         manifest = dict(self.manifest)

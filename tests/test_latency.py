@@ -259,3 +259,24 @@ def test_refit_cli_upgrades_a_table_and_refuses_bad_files(tmp_path):
     res = runner.invoke(app, ["profile", "--refit", str(tmp_path / "missing.json")])
     assert res.exit_code == 2 and "cannot read latency table" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.json", "old.json"]
+
+
+def test_spread_near_reports_how_much_models_of_that_size_varied(tmp_path):
+    from typer.testing import CliRunner
+
+    from nasbert_deploy.cli import app
+
+    t = _synthetic()
+    small, big, other = "32:mha,id|32:ffn,id", "64:mha,ffn|64:sep3,sep5", "64:ffn,ffn|64:ffn,ffn"
+    t.validation["b1s16"] = {"archs": [small, big], "round_spread_pct": [3.0, 40.0], "holdout": {"archs": [other],
+                                                                                                  "round_spread_pct": [12.0]}}
+    a = TINY.parse(big)
+    assert t.spread_near(a, 1, 16) == (1, 40.0)  # only `big` is within +-20% of its own weights
+    assert t.spread_near(a, 1, 14) == (1, 40.0)  # nearest profiled seq_len (16) is used
+    assert t.spread_near(TINY.parse(other), 1, 16, within=10.0) == (3, 40.0)  # every model near with a wide margin
+    assert t.spread_near(a, 1, 8) is None  # no validation data at seq 8
+    path = t.save(tmp_path / "t.json")
+    r = CliRunner().invoke(app, ["predict", big, "--space", "tiny", "--table", str(path), "--seq-len", "16"])
+    assert r.exit_code == 0 and "varied by up to 40%" in " ".join(r.stdout.split())
+    r = CliRunner().invoke(app, ["predict", small, "--space", "tiny", "--table", str(path), "--seq-len", "16"])
+    assert r.exit_code == 0 and "varied" not in r.stdout  # 3%: no note

@@ -140,6 +140,10 @@ def register(app: typer.Typer) -> None:
             t.add_row(name, f"{ms:.3f}")
         t.add_row("[bold]total[/]", f"[bold]{p.total_ms:.3f}[/]")
         console.print(t)
+        near = lt.spread_near(a, batch, seq_len)
+        if near and near[1] > 10.0:
+            console.print(f"note: {near[0]} whole model(s) of about this size (weights ±20%) varied by up to {near[1]:.0f}% "
+                          "between profiling rounds on this device: expect its measured latency to vary as much")
 
 
 def _import(fn: Any, path: Path, out: Path | None) -> Any:
