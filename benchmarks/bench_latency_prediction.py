@@ -7,6 +7,8 @@ mean error, and the table's profiling wall time:
 N`): the operations, the 40 fitting models and N held-out models (another seed, none of the fitting
 ones) are timed in the same shuffled passes, so fit and check see the same machine state; the
 correction is fitted on the 40 only. With `--out-dir profiles` the tables become the reference tables.
+"round spread %" is how noisy the host was meanwhile: the median, over all those whole models, of how
+much slower their slowest round was than their fastest.
 
 Default (stored tables): time `--models` random whole models (stratified by params, none among the
 table's validation models) on the same runtime with the table's own measurement settings, against the
@@ -59,6 +61,7 @@ def bench_fresh(name: str, n_models: int, validate: int, out_dir: str | None) ->
             "device": name, "point": pk, "models": h["models"], "mape": h["mape_pct"], "max": h["max_abs_pct"],
             "within10": h["within_10pct"], "bias": h["mean_pct"], "drift": 0.0, "loo": (v["mape_pct"], v["within_10pct"]),
             "planes": len(table.corrections[pk]["planes"]), "wall_s": table.manifest["profiling_wall_s"],
+            "spread": statistics.median(v.get("round_spread_pct", [0.0]) + h.get("round_spread_pct", [])),
             "n_points": len(table.batch_sizes) * len(table.seq_lens), "bench_s": bench_s, "cpu": table.manifest.get("cpu_model"),
         })
     return rows
@@ -123,7 +126,7 @@ def main() -> None:
     how = "timed in the same passes as the table" if args.fresh else "timed against the stored tables"
     t = Table(title=f"latency prediction on {args.models} held-out whole models per device ({how})")
     cols = ["device", "batch/seq", "models", "within ±10%", "MAPE %", "max |err| %", "mean err %"]
-    cols += ["LOO MAPE % / ±10% (fit set)", "planes"] if args.fresh else ["drift %"]
+    cols += ["LOO MAPE % / ±10% (fit set)", "planes", "round spread %"] if args.fresh else ["drift %"]
     for col in cols + ["profiling wall s (per point)"]:
         t.add_column(col, justify="right")
     cpu = None
@@ -134,12 +137,16 @@ def main() -> None:
             rows = bench_device(name.strip(), args.models, args.seq_len, args.seed, args.drift_models)
         for r in rows:
             cpu = r["cpu"]
-            extra = [f"{r['loo'][0]:.1f} / {100 * r['loo'][1]:.0f}%", str(r["planes"])] if args.fresh else [f"{r['drift']:+.1f}"]
+            extra = ([f"{r['loo'][0]:.1f} / {100 * r['loo'][1]:.0f}%", str(r["planes"]), f"{r['spread']:.0f}"] if args.fresh
+                     else [f"{r['drift']:+.1f}"])
             t.add_row(r["device"], r["point"], str(r["models"]), f"{100 * r['within10']:.0f}%", f"{r['mape']:.1f}",
                       f"{r['max']:.1f}", f"{r['bias']:+.1f}", *extra, f"{r['wall_s']:.0f} ({r['wall_s'] / r['n_points']:.0f})")
             console.print(f"{r['device']} {r['point']}: within ±10% {100 * r['within10']:.0f}%, MAPE {r['mape']:.1f}%")
     console.print(t)
     console.print(f"tables profiled on: {cpu}")
+    if args.fresh:
+        console.print("round spread %: median over the fitting and held-out models of (slowest / fastest round - 1): "
+                      "how noisy the host was")
 
 
 if __name__ == "__main__":
