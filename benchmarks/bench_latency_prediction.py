@@ -39,7 +39,7 @@ from nasbert_deploy.profile import ProfileSettings, best_timing, profile_device,
 from nasbert_deploy.profile_items import model_item, validation_archs
 
 
-def bench_fresh(name: str, n_models: int, validate: int, out_dir: str | None) -> list[dict]:
+def bench_fresh(name: str, n_models: int, validate: int, out_dir: str | None, model_rounds: tuple[int, float]) -> list[dict]:
     """Profile `name` now with `n_models` held-out models in the same passes; rows from the table's hold-out errors."""
     import tempfile
     from pathlib import Path
@@ -48,7 +48,8 @@ def bench_fresh(name: str, n_models: int, validate: int, out_dir: str | None) ->
 
     spec = load_device(name)
     require_available(spec)
-    settings = ProfileSettings(validate=validate, holdout=n_models)
+    settings = ProfileSettings(validate=validate, holdout=n_models, model_rounds=model_rounds[0],
+                               model_min_time_s=model_rounds[1])
     with tempfile.TemporaryDirectory(prefix="bench_latency_") as tmp:
         out = Path(out_dir or tmp) / f"{spec.name}.json"
         t0 = time.perf_counter()
@@ -118,6 +119,9 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="profile each device now, held-out models in the same passes")
     ap.add_argument("--validate", type=int, default=40, help="--fresh: whole models the correction is fitted on")
     ap.add_argument("--out-dir", default=None, help="--fresh: keep the tables here (e.g. profiles)")
+    ap.add_argument("--model-rounds", type=int, default=ProfileSettings.model_rounds, help="--fresh: rounds per whole model")
+    ap.add_argument("--model-min-time", type=float, default=ProfileSettings.model_min_time_s,
+                    help="--fresh: seconds per whole-model round")
     ap.add_argument("--seq-len", type=int, action="append", help="sequence length(s) to test (default: the table's)")
     ap.add_argument("--seed", type=int, default=1234, help="seed of the held-out architectures (tables use 0)")
     ap.add_argument("--drift-models", type=int, default=5, help="table validation models re-timed to measure drift")
@@ -132,7 +136,7 @@ def main() -> None:
     cpu = None
     for name in args.devices.split(","):
         if args.fresh:
-            rows = bench_fresh(name.strip(), args.models, args.validate, args.out_dir)
+            rows = bench_fresh(name.strip(), args.models, args.validate, args.out_dir, (args.model_rounds, args.model_min_time))
         else:
             rows = bench_device(name.strip(), args.models, args.seq_len, args.seed, args.drift_models)
         for r in rows:

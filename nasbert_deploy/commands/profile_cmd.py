@@ -51,9 +51,9 @@ def register(app: typer.Typer) -> None:
         warmup: int = typer.Option(5, min=0, help="Warm-up runs per measurement."),
         min_time: float = typer.Option(0.3, "--min-time", min=0.0, help="Seconds of timing per measurement (at least)."),
         rounds: int = typer.Option(3, min=1, help="Rounds per operation (shuffled passes); the lowest-median round is kept."),
-        model_rounds: int = typer.Option(5, "--model-rounds", min=1, help="Rounds per whole model, spread over the same "
-                                         "passes (more and shorter: --model-min-time)."),
-        model_min_time: float = typer.Option(0.2, "--model-min-time", min=0.0, help="Seconds of timing per whole-model round."),
+        model_rounds: int = typer.Option(3, "--model-rounds", min=1, help="Rounds per whole model, spread evenly over "
+                                         "the same passes (e.g. 5 with --model-min-time 0.2 on a noisy host)."),
+        model_min_time: float = typer.Option(0.3, "--model-min-time", min=0.0, help="Seconds of timing per whole-model round."),
         max_cv: float = typer.Option(0.1, "--max-cv", min=0.0, help="Re-measure above this coefficient of variation (0: never)."),
         seed: int = typer.Option(0, help="Seed for the validation architectures and the timing order."),
     ) -> None:
