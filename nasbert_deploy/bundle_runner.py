@@ -137,7 +137,7 @@ def main(argv=None):
     kw = {k: st[k] for k in ("warmup", "runs", "min_time_s", "max_cv", "retries")}
     model_kw = {**kw, "min_time_s": st.get("model_min_time_s", st["min_time_s"])}
 
-    def rounds_of(it):  # whole models: more, shorter rounds (as nasbert_deploy.profile.ProfileSettings)
+    def rounds_of(it):  # whole models have their own rounds (as nasbert_deploy.profile.ProfileSettings)
         return st.get("model_rounds", st["rounds"]) if it["kind"] == "model" else st["rounds"]
 
     passes = max(rounds_of(it) for it in m["items"])
