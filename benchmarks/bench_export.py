@@ -36,12 +36,18 @@ from rich.table import Table
 
 from nasbert_deploy.devices import DeviceSpec, availability, load_device
 from nasbert_deploy.errors import NasBertDeployError
-from nasbert_deploy.export import ExportOptions, default_calibration_texts, export_model, load_latency_table, random_model
-from nasbert_deploy.export_validate import measure_onnx_memory
-from nasbert_deploy.memory import estimate_memory
-from nasbert_deploy.runtimes import Compiled, get_runtime
+from nasbert_deploy.export.pipeline import (
+    ExportOptions,
+    default_calibration_texts,
+    export_model,
+    load_latency_table,
+    random_model,
+)
+from nasbert_deploy.export.validate import measure_onnx_memory
+from nasbert_deploy.model.memory import estimate_memory
+from nasbert_deploy.runtimes.base import Compiled, get_runtime
+from nasbert_deploy.runtimes.timing import measure
 from nasbert_deploy.space import STANDARD, SearchSpace, format_params, get_space
-from nasbert_deploy.timing import measure
 
 CPU_DEVICES = ("cpu-torch", "cpu-ort", "cpu-ort-int8", "cpu-openvino", "cpu-openvino-int8")
 BERT_ARCH = "|".join(["384:mha,ffn,mha,ffn,mha,ffn"] * 4)
@@ -228,7 +234,7 @@ def _ort_bind(path: Path, spec: DeviceSpec, inputs: dict[str, np.ndarray], disab
 
 
 def bench_bert(args: argparse.Namespace, tok: Any, work: Path) -> None:
-    from nasbert_deploy.convert import onnx_to_openvino
+    from nasbert_deploy.runtimes.convert import onnx_to_openvino
     from nasbert_deploy.runtimes.onnxruntime_rt import OrtCompiled
     from nasbert_deploy.runtimes.openvino_rt import OvCompiled
     from nasbert_deploy.runtimes.torch_rt import TorchCompiled

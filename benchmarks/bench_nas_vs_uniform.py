@@ -32,19 +32,19 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from nasbert_deploy.convert import FirstOutput
 from nasbert_deploy.devices import load_device
-from nasbert_deploy.export import select_arch
+from nasbert_deploy.export.pipeline import select_arch
 from nasbert_deploy.fileio import write_json_atomic
-from nasbert_deploy.runtimes import get_runtime, time_compiled
+from nasbert_deploy.runtimes.base import get_runtime, time_compiled
+from nasbert_deploy.runtimes.convert import FirstOutput
 from nasbert_deploy.space import Arch, BlockArch, Op, SearchSpace
-from nasbert_deploy.supernet import Supernet
-from nasbert_deploy.supernet_default import resolve_supernet_dir
+from nasbert_deploy.student.distill import DistillConfig, distill, make_student
+from nasbert_deploy.student.finetune import FinetuneConfig, evaluate, finetune, finetune_teacher
+from nasbert_deploy.student.tasks import load_task, sample_task_path
+from nasbert_deploy.supernet.default import resolve_supernet_dir
+from nasbert_deploy.supernet.network import Supernet
+from nasbert_deploy.supernet.teacher_cache import read_paragraphs
 from nasbert_deploy.teacher import load_teacher
-from nasbert_deploy.train.data import read_paragraphs
-from nasbert_deploy.train.distill import DistillConfig, distill, make_student
-from nasbert_deploy.train.finetune import FinetuneConfig, evaluate, finetune, finetune_teacher
-from nasbert_deploy.train.tasks import load_task, sample_task_path
 
 BERT_BASE_NON_EMBEDDING = 85_054_464  # 12 x (4 x 768^2 + 2 x 768 x 3072 + biases + 2 LayerNorms), NAS-BERT's reference
 console = Console(width=200)

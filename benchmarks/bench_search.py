@@ -20,10 +20,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from nasbert_deploy.candidates import CandidateTable, block_params
-from nasbert_deploy.search import Budget, SearchProblem
+from nasbert_deploy.runtimes.timing import measure
+from nasbert_deploy.search.problem import Budget, SearchProblem
 from nasbert_deploy.space import STANDARD, BlockArch, SearchSpace
-from nasbert_deploy.timing import measure
+from nasbert_deploy.supernet.candidates import CandidateTable, block_params
 
 
 class PlausibleLatency:

@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 from scipy.stats import kendalltau
 
-from nasbert_deploy.candidates import CandidateTable
-from nasbert_deploy.modeling import mean_pool
+from nasbert_deploy.model.modeling import mean_pool
 from nasbert_deploy.space import Arch, BlockArch, SearchSpace
-from nasbert_deploy.supernet import Supernet
-from nasbert_deploy.supernet_default import CANDIDATES_FILE, resolve_supernet_dir
+from nasbert_deploy.supernet.blockwise import batch_indices, masked_mse
+from nasbert_deploy.supernet.candidates import CandidateTable
+from nasbert_deploy.supernet.default import CANDIDATES_FILE, resolve_supernet_dir
+from nasbert_deploy.supernet.network import Supernet
+from nasbert_deploy.supernet.shrinking import score_blocks
+from nasbert_deploy.supernet.teacher_cache import TeacherCache, build_teacher_cache, read_paragraphs
 from nasbert_deploy.teacher import load_teacher
-from nasbert_deploy.train.blockwise import batch_indices, masked_mse
-from nasbert_deploy.train.data import TeacherCache, build_teacher_cache, read_paragraphs
-from nasbert_deploy.train.shrinking import score_blocks
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
@@ -146,7 +146,7 @@ def main() -> None:
         arch = Arch(tuple(blocks))
         c = sentence_cosine(net.extract(arch), teacher.model, ids, mask)
         torch.manual_seed(0)
-        from nasbert_deploy.modeling import NasBertConfig, NasBertModel
+        from nasbert_deploy.model.modeling import NasBertConfig, NasBertModel
 
         r = sentence_cosine(NasBertModel(NasBertConfig.from_arch(arch, sp)).eval(), teacher.model, ids, mask)
         cos.append(c)

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DeviceError, RuntimeUnavailableError
-from .resources import shipped_dir
+from nasbert_deploy.errors import DeviceError, RuntimeUnavailableError
+from nasbert_deploy.resources import shipped_dir
 
 RUNTIME_NAMES = ("torch", "onnxruntime", "openvino")
 TARGETS = {"torch": ("cpu", "cuda"), "onnxruntime": ("cpu", "cuda"), "openvino": ("cpu", "gpu", "npu")}
@@ -119,7 +119,7 @@ def load_device(name_or_path: str | Path) -> DeviceSpec:
 
 def availability(spec: DeviceSpec) -> str | None:
     """None if `spec` can run on this machine, else one line saying why not."""
-    from .runtimes import get_runtime
+    from nasbert_deploy.runtimes.base import get_runtime
 
     return get_runtime(spec.runtime).availability(spec)
 

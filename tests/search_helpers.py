@@ -9,9 +9,9 @@ from __future__ import annotations
 import itertools
 import random
 
-from nasbert_deploy.candidates import CandidateTable
-from nasbert_deploy.memory import MIB, peak_activation_bytes, weight_bytes
+from nasbert_deploy.model.memory import MIB, peak_activation_bytes, weight_bytes
 from nasbert_deploy.space import Arch, BlockArch, SearchSpace
+from nasbert_deploy.supernet.candidates import CandidateTable
 
 
 class SyntheticLatency:

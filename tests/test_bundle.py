@@ -11,10 +11,10 @@ import pytest
 from test_profile import MICRO, SETTINGS, micro_table  # noqa: F401  (the directly profiled table, module fixture)
 from typer.testing import CliRunner
 
-from nasbert_deploy.bundle import RUNNER_NAME, write_bundle
-from nasbert_deploy.cli import app
+from nasbert_deploy.cli.app import app
 from nasbert_deploy.devices import load_device
-from nasbert_deploy.latency import LatencyTable, table_keys
+from nasbert_deploy.profiling.bundle import RUNNER_NAME, write_bundle
+from nasbert_deploy.profiling.table import LatencyTable, table_keys
 
 
 @pytest.mark.slow

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from nasbert_deploy.candidates import SCHEMA, Candidate, CandidateTable, block_params, parse_block
 from nasbert_deploy.errors import ArchError, TableError
 from nasbert_deploy.space import STANDARD, TINY, BlockArch, Op
+from nasbert_deploy.supernet.candidates import SCHEMA, Candidate, CandidateTable, block_params, parse_block
 
 
 def _table(space=TINY, n=4, seed=0) -> CandidateTable:

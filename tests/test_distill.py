@@ -11,9 +11,7 @@ from test_distill_fixtures import make_tiny_teacher, one_thread
 
 from nasbert_deploy.errors import CheckpointError, TeacherError
 from nasbert_deploy.space import TINY
-from nasbert_deploy.supernet import Supernet
-from nasbert_deploy.teacher import load_teacher
-from nasbert_deploy.train.distill import (
+from nasbert_deploy.student.distill import (
     DistillConfig,
     build_student,
     checkpoint_dir,
@@ -23,7 +21,9 @@ from nasbert_deploy.train.distill import (
     masked_kl,
     masked_mse,
 )
-from nasbert_deploy.train.tasks import load_task, sample_task_path
+from nasbert_deploy.student.tasks import load_task, sample_task_path
+from nasbert_deploy.supernet.network import Supernet
+from nasbert_deploy.teacher import load_teacher
 
 ARCH = "64:mha,ffn|32:sep3,id"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -169,7 +169,7 @@ def test_prediction_loss_needs_an_mlm_head(teacher, texts, tmp_path):
     report = distill(student, mlm_teacher, texts, tmp_path / "o2", _cfg(steps=3, prediction_weight=1.0))
     assert report["steps"] == 3
 
-    from nasbert_deploy.train.distill import load_mlm_head
+    from nasbert_deploy.student.distill import load_mlm_head
 
     head = load_mlm_head(mlm_teacher)
     batch = dict(mlm_teacher.tokenizer(["some text"], return_tensors="pt"))

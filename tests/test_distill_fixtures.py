@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nasbert_deploy.space import TINY
-from nasbert_deploy.train.tasks import load_task, sample_task_path
+from nasbert_deploy.student.tasks import load_task, sample_task_path
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nasbert_deploy.cli import app
+from nasbert_deploy.cli.app import app
 from nasbert_deploy.space import TINY
-from nasbert_deploy.supernet import Supernet
+from nasbert_deploy.supernet.network import Supernet
 
 runner = CliRunner()
 ARCH = "32:mha,ffn|64:sep3,ffn"
@@ -120,7 +120,7 @@ def test_onnx_dynamic_axes_and_optimum(exported):
 
 def test_validation_lists_every_failure():
     from nasbert_deploy.errors import ExportError
-    from nasbert_deploy.export_validate import Target, raise_failures, shape_grid, validate
+    from nasbert_deploy.export.validate import Target, raise_failures, shape_grid, validate
 
     def ref(inputs):
         rng = np.random.default_rng(0)
@@ -151,7 +151,7 @@ def test_validation_lists_every_failure():
 
 
 def test_padded_inputs_shapes():
-    from nasbert_deploy.export_validate import padded_inputs
+    from nasbert_deploy.export.validate import padded_inputs
 
     d = padded_inputs(4, 37, 100)
     assert d["input_ids"].shape == (4, 37) and d["input_ids"].dtype == np.int64

@@ -11,9 +11,9 @@ from search_helpers import SyntheticLatency, brute_force, random_table
 from test_export import ARCH, make_supernet_dir, make_tokenizer_dir
 from typer.testing import CliRunner
 
-from nasbert_deploy import export as export_mod
-from nasbert_deploy import export_validate
-from nasbert_deploy.cli import app
+from nasbert_deploy.cli.app import app
+from nasbert_deploy.export import pipeline as export_mod
+from nasbert_deploy.export import validate as export_validate
 from nasbert_deploy.space import TINY
 
 runner = CliRunner()
@@ -154,8 +154,8 @@ def test_random_init_is_reported(assets, tmp_path):
 
 
 def test_entry_point_exit_code(tmp_path):
-    exe = [sys.executable, "-m", "nasbert_deploy.cli"]
-    code = "from nasbert_deploy.cli import main; main()"
+    exe = [sys.executable, "-m", "nasbert_deploy.cli.app"]
+    code = "from nasbert_deploy.cli.app import main; main()"
     out = tmp_path / "o"
     proc = subprocess.run([sys.executable, "-c", code, "export", "--arch", "x", "--out", str(out), "--init", "random",
                            "--space", "tiny"], capture_output=True, text=True, timeout=120)

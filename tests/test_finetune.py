@@ -11,9 +11,9 @@ from test_distill_fixtures import make_tiny_teacher, one_thread, tiny_vocab
 
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.space import TINY
-from nasbert_deploy.train.distill import build_student, checkpoint_dir
-from nasbert_deploy.train.finetune import FinetuneConfig, evaluate, finetune, finetune_teacher
-from nasbert_deploy.train.tasks import load_task, sample_task_path
+from nasbert_deploy.student.distill import build_student, checkpoint_dir
+from nasbert_deploy.student.finetune import FinetuneConfig, evaluate, finetune, finetune_teacher
+from nasbert_deploy.student.tasks import load_task, sample_task_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 _ = one_thread  # imported for its fixture

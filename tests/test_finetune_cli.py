@@ -12,7 +12,7 @@ import pytest
 from test_distill_fixtures import make_tiny_teacher, one_thread
 from typer.testing import CliRunner
 
-from nasbert_deploy.cli import app
+from nasbert_deploy.cli.app import app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 _ = one_thread  # imported for its fixture

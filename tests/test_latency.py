@@ -7,7 +7,9 @@ import json
 import pytest
 
 from nasbert_deploy.errors import SpaceError, TableError
-from nasbert_deploy.latency import (
+from nasbert_deploy.profiling.fit import fit_correction, fit_planes, held_out_errors
+from nasbert_deploy.profiling.profiler import build_table, make_manifest, refit_table
+from nasbert_deploy.profiling.table import (
     MANIFEST_KEYS,
     OVERHEAD_KEY,
     SCHEMA_VERSION,
@@ -19,8 +21,6 @@ from nasbert_deploy.latency import (
     point_key,
     table_keys,
 )
-from nasbert_deploy.latency_fit import fit_correction, fit_planes, held_out_errors
-from nasbert_deploy.profile import build_table, make_manifest, refit_table
 from nasbert_deploy.space import STANDARD, TINY, Op
 
 
@@ -243,7 +243,7 @@ def test_schema_2_tables_load_as_one_plane_and_refit(tmp_path):
 def test_refit_cli_upgrades_a_table_and_refuses_bad_files(tmp_path):
     from typer.testing import CliRunner
 
-    from nasbert_deploy.cli import app
+    from nasbert_deploy.cli.app import app
 
     t = _synthetic(seqs=(8,))
     parts, mparams, measured = _step_models()
@@ -264,7 +264,7 @@ def test_refit_cli_upgrades_a_table_and_refuses_bad_files(tmp_path):
 def test_spread_near_reports_how_much_models_of_that_size_varied(tmp_path):
     from typer.testing import CliRunner
 
-    from nasbert_deploy.cli import app
+    from nasbert_deploy.cli.app import app
 
     t = _synthetic()
     small, big, other = "32:mha,id|32:ffn,id", "64:mha,ffn|64:sep3,sep5", "64:ffn,ffn|64:ffn,ffn"

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nasbert_deploy.convert import FirstOutput, export_onnx
-from nasbert_deploy.export import random_model
-from nasbert_deploy.export_validate import measure_onnx_memory
-from nasbert_deploy.memory import estimate_memory
+from nasbert_deploy.export.pipeline import random_model
+from nasbert_deploy.export.validate import measure_onnx_memory
+from nasbert_deploy.model.memory import estimate_memory
+from nasbert_deploy.runtimes.convert import FirstOutput, export_onnx
 from nasbert_deploy.space import STANDARD, TINY
 
 MEDIUM = "|".join(["128:mha,ffn,id,id,id,id"] * 4)

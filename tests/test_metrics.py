@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nasbert_deploy.errors import NasBertDeployError
-from nasbert_deploy.metrics import (
+from nasbert_deploy.student.metrics import (
     accuracy,
     evaluate_logits,
     js_divergence,

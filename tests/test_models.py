@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from nasbert_deploy.modeling import NasBertConfig, NasBertForSequenceClassification, NasBertModel
-from nasbert_deploy.ops import build_op
+from nasbert_deploy.model.modeling import NasBertConfig, NasBertForSequenceClassification, NasBertModel
+from nasbert_deploy.model.ops import build_op
 from nasbert_deploy.space import TINY, Op
-from nasbert_deploy.supernet import Supernet
+from nasbert_deploy.supernet.network import Supernet
 
 
 def _inputs(b=3, t=11, vocab=1000, seed=0):

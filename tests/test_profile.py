@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from nasbert_deploy.devices import load_device
-from nasbert_deploy.latency import MANIFEST_KEYS, LatencyTable, table_keys
-from nasbert_deploy.profile import ProfileSettings, partial_path, profile_device, rounds_due
-from nasbert_deploy.profile_items import op_items, validation_archs
+from nasbert_deploy.profiling.items import op_items, validation_archs
+from nasbert_deploy.profiling.profiler import ProfileSettings, partial_path, profile_device, rounds_due
+from nasbert_deploy.profiling.table import MANIFEST_KEYS, LatencyTable, table_keys
 from nasbert_deploy.space import STANDARD, TINY, SearchSpace
 
 # smaller than TINY: one hidden size, one kernel -> 7 items (3 ops, 1 boundary, embedding, head, overhead)

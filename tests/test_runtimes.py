@@ -8,8 +8,8 @@ import torch
 
 from nasbert_deploy.devices import load_device, require_available
 from nasbert_deploy.errors import RuntimeUnavailableError
-from nasbert_deploy.profile_items import Item, make_inputs
-from nasbert_deploy.runtimes import RUNTIMES, get_runtime, time_compiled
+from nasbert_deploy.profiling.items import Item, make_inputs
+from nasbert_deploy.runtimes.base import RUNTIMES, get_runtime, time_compiled
 from nasbert_deploy.space import TINY
 
 CPU_SPEC = {"torch": "cpu-torch", "onnxruntime": "cpu-ort", "openvino": "cpu-openvino"}
@@ -65,7 +65,7 @@ def test_gpu_specs_refuse_clearly_without_gpu(spec_name, tmp_path):
 def test_onnx_registry_is_built_once_per_process_and_unpatched_after():
     from torch.onnx._internal.exporter import _registration as reg
 
-    from nasbert_deploy.convert import reuse_onnx_registry
+    from nasbert_deploy.runtimes.convert import reuse_onnx_registry
 
     original = reg.ONNXRegistry.__dict__["from_torchlib"]
     with reuse_onnx_registry():
@@ -82,7 +82,7 @@ def test_gemm_to_matmul_keeps_outputs(trans_b, alpha, bias):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from nasbert_deploy.convert import gemm_to_matmul
+    from nasbert_deploy.runtimes.convert import gemm_to_matmul
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((6, 4) if trans_b else (4, 6)).astype(np.float32)

@@ -6,8 +6,8 @@ import pytest
 from search_helpers import SyntheticLatency, brute_force, feasible, random_table
 
 from nasbert_deploy.errors import InfeasibleBudgetError
-from nasbert_deploy.memory import MIB
-from nasbert_deploy.search import Budget, SearchProblem, pareto_front, search
+from nasbert_deploy.model.memory import MIB
+from nasbert_deploy.search.problem import Budget, SearchProblem, pareto_front, search
 from nasbert_deploy.space import TINY, SearchSpace, format_params
 
 
@@ -229,7 +229,7 @@ def test_problem_arguments_are_checked():
 def test_prune_keeps_exactly_the_rows_fewer_than_k_others_dominate():
     import numpy as np
 
-    from nasbert_deploy.search_core import prune
+    from nasbert_deploy.search.solver import prune
 
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -6,8 +6,8 @@ import pytest
 from search_helpers import SyntheticLatency, brute_force, feasible, random_table
 from typer.testing import CliRunner
 
-from nasbert_deploy.cli import app
-from nasbert_deploy.commands import search_cmd
+from nasbert_deploy.cli import search_cmd
+from nasbert_deploy.cli.app import app
 from nasbert_deploy.errors import CheckpointError
 from nasbert_deploy.space import TINY
 
@@ -85,7 +85,7 @@ def test_missing_tables_exit_2(setup, monkeypatch):
     def not_installed():
         raise CheckpointError("absent")
 
-    monkeypatch.setattr("nasbert_deploy.supernet_default.default_candidates_path", not_installed)
+    monkeypatch.setattr("nasbert_deploy.supernet.default.default_candidates_path", not_installed)
     res = _run("--max-latency-ms", "5", "--table", str(tmp / "lat.json"))
     assert res.exit_code == 2 and search_cmd.NO_CANDIDATES in res.stderr.replace("\n", " ")
     res = _run("--max-latency-ms", "5", "--candidates", str(tmp / "nope.json"), "--table", str(tmp / "lat.json"))
@@ -124,7 +124,7 @@ def _real_table(space, path, seed=0):
     correction at seq 32 is the maximum of two planes (a cache step), at seq 16 one plane."""
     import random
 
-    from nasbert_deploy.latency import LatencyTable, point_key, table_keys
+    from nasbert_deploy.profiling.table import LatencyTable, point_key, table_keys
 
     rng = random.Random(seed)
     entries = {

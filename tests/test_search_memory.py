@@ -6,7 +6,7 @@ import pytest
 from torch import nn
 
 from nasbert_deploy.errors import ArchError
-from nasbert_deploy.memory import (
+from nasbert_deploy.model.memory import (
     MIB,
     block_activation_bytes,
     estimate_memory,
@@ -15,7 +15,7 @@ from nasbert_deploy.memory import (
     peak_activation_bytes,
     weight_bytes,
 )
-from nasbert_deploy.modeling import NasBertConfig, NasBertModel
+from nasbert_deploy.model.modeling import NasBertConfig, NasBertModel
 from nasbert_deploy.space import STANDARD, TINY, Op
 
 

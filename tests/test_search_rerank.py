@@ -8,13 +8,13 @@ import torch
 from search_helpers import SyntheticLatency
 from typer.testing import CliRunner
 
-from nasbert_deploy.candidates import CandidateTable
-from nasbert_deploy.cli import app
-from nasbert_deploy.commands import search_cmd
+from nasbert_deploy.cli import search_cmd
+from nasbert_deploy.cli.app import app
 from nasbert_deploy.errors import TeacherError
-from nasbert_deploy.search_rerank import heldout_mse, read_heldout, rerank
+from nasbert_deploy.search.rerank import heldout_mse, read_heldout, rerank
 from nasbert_deploy.space import TINY
-from nasbert_deploy.supernet import Supernet
+from nasbert_deploy.supernet.candidates import CandidateTable
+from nasbert_deploy.supernet.network import Supernet
 from nasbert_deploy.teacher import load_teacher
 
 WORDS = [f"w{i}" for i in range(900)]

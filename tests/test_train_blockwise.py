@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from nasbert_deploy.candidates import CandidateTable
 from nasbert_deploy.errors import CheckpointError
 from nasbert_deploy.space import TINY
-from nasbert_deploy.supernet import Supernet
-from nasbert_deploy.train.blockwise import TrainConfig, batch_indices, masked_mse, sample_path, train_supernet
-from nasbert_deploy.train.checkpoints import part_dir
-from nasbert_deploy.train.data import TeacherCache
-from nasbert_deploy.train.shrinking import ShrinkConfig, score_blocks
+from nasbert_deploy.supernet.blockwise import TrainConfig, batch_indices, masked_mse, sample_path, train_supernet
+from nasbert_deploy.supernet.candidates import CandidateTable
+from nasbert_deploy.supernet.checkpoints import part_dir
+from nasbert_deploy.supernet.network import Supernet
+from nasbert_deploy.supernet.shrinking import ShrinkConfig, score_blocks
+from nasbert_deploy.supernet.teacher_cache import TeacherCache
 
 
 def synthetic_cache(n: int = 48, t: int = 12, seed: int = 0) -> TeacherCache:

@@ -8,7 +8,7 @@ import pytest
 from test_train_data import SAMPLE, make_tiny_teacher
 from typer.testing import CliRunner
 
-from nasbert_deploy.cli import app
+from nasbert_deploy.cli.app import app
 from nasbert_deploy.errors import CheckpointError
 
 runner = CliRunner()
@@ -63,7 +63,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, teacher_dir):
 
 
 def test_default_supernet_helpers(tmp_path, monkeypatch):
-    from nasbert_deploy import supernet_default as sd
+    from nasbert_deploy.supernet import default as sd
 
     shipped = sd.default_supernet_dir()
     assert shipped.parts[-3:] == ("nasbert_deploy", "data", "supernet")
@@ -75,9 +75,9 @@ def test_default_supernet_helpers(tmp_path, monkeypatch):
 
 
 def test_shipped_default_supernet_is_consistent():
-    from nasbert_deploy.candidates import CandidateTable
     from nasbert_deploy.space import MINILM
-    from nasbert_deploy.supernet_default import default_candidates_path, default_supernet_dir, load_default_supernet
+    from nasbert_deploy.supernet.candidates import CandidateTable
+    from nasbert_deploy.supernet.default import default_candidates_path, default_supernet_dir, load_default_supernet
 
     assert (default_supernet_dir() / "supernet.json").is_file(), "the package ships the default supernet"
     net, meta = load_default_supernet()

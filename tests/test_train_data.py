@@ -13,9 +13,9 @@ import torch
 
 from nasbert_deploy.errors import CorpusError, SpaceError
 from nasbert_deploy.space import TINY
-from nasbert_deploy.supernet import Supernet
+from nasbert_deploy.supernet.network import Supernet
+from nasbert_deploy.supernet.teacher_cache import build_teacher_cache, init_embeddings_from_teacher, read_paragraphs
 from nasbert_deploy.teacher import load_teacher
-from nasbert_deploy.train.data import build_teacher_cache, init_embeddings_from_teacher, read_paragraphs
 
 SAMPLE = Path(str(resources.files("nasbert_deploy") / "data" / "sample.txt"))
 

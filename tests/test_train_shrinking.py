@@ -8,7 +8,7 @@ import pytest
 
 from nasbert_deploy.errors import NasBertDeployError
 from nasbert_deploy.space import MINILM, TINY
-from nasbert_deploy.train.shrinking import (
+from nasbert_deploy.supernet.shrinking import (
     ShrinkConfig,
     block_bins,
     make_bins,

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import DeviceSpec
-from ..errors import DeviceError, RuntimeUnavailableError
-from . import Compiled
+from nasbert_deploy.devices import DeviceSpec
+from nasbert_deploy.errors import DeviceError, RuntimeUnavailableError
+from nasbert_deploy.runtimes.base import Compiled
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -106,7 +106,7 @@ def compile(
     calibration: Any = None,
 ) -> OrtCompiled:
     """Export `module` to ONNX in `workdir` (and quantize for int8 specs), then open a session."""
-    from ..convert import export_onnx, quantize_onnx_int8
+    from nasbert_deploy.runtimes.convert import export_onnx, quantize_onnx_int8
 
     reason = availability(spec)
     if reason:

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import DeviceSpec
-from ..errors import DeviceError, RuntimeUnavailableError
-from . import Compiled, random_calibration
+from nasbert_deploy.devices import DeviceSpec
+from nasbert_deploy.errors import DeviceError, RuntimeUnavailableError
+from nasbert_deploy.runtimes.base import Compiled, random_calibration
 
 os.environ.setdefault("CI", "true")  # openvino_telemetry's only per-process off switch
 
@@ -84,7 +84,7 @@ def compile(
     calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
 ) -> OvCompiled:
     """torch -> ONNX -> OpenVINO IR in `workdir` (NNCF INT8 for int8 specs), then compile on the device."""
-    from ..convert import export_onnx, onnx_to_openvino, quantize_openvino_int8
+    from nasbert_deploy.runtimes.convert import export_onnx, onnx_to_openvino, quantize_openvino_int8
 
     reason = availability(spec)
     if reason:

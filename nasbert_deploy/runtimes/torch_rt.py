@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..devices import DeviceSpec
-from ..errors import DeviceError, RuntimeUnavailableError
-from . import Compiled
+from nasbert_deploy.devices import DeviceSpec
+from nasbert_deploy.errors import DeviceError, RuntimeUnavailableError
+from nasbert_deploy.runtimes.base import Compiled
 
 
 def availability(spec: DeviceSpec) -> str | None:
@@ -86,7 +86,7 @@ def load(path: str | Path, spec: DeviceSpec) -> TorchCompiled:
     """Load a transformers folder (config.json + weights) exported by `nasbert-deploy export`."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-    from .. import modeling  # noqa: F401  (registers the nasbert model type)
+    from nasbert_deploy.model import modeling  # noqa: F401  (registers the nasbert model type)
 
     p = Path(path)
     if not (p / "config.json").is_file():

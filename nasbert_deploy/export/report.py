@@ -1,0 +1,298 @@
+"""The export report: predicted vs measured latency, memory estimate vs measured, files, validation.
+
+`report.json` (schema below, version `REPORT_SCHEMA`) and `report.md` (the same, readable) are
+written into the export folder; `print_summary` prints it with rich.
+
+Memory: the estimate is `memory.estimate_memory` (weights in the export's precision + peak
+activations at the report's batch/seq); the measurement is the RSS growth of a fresh process that
+loads the exported ONNX in ONNX Runtime (1 thread) and runs one inference (`export_validate.measure_onnx_memory`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nasbert_deploy.devices import DeviceSpec
+from nasbert_deploy.errors import SpaceError, TableError
+from nasbert_deploy.space import Arch, SearchSpace, format_params
+
+REPORT_SCHEMA = 1
+MIB = 2**20
+MEASURE_ROUNDS = 3  # passes of the latency measurement; the lowest median is kept, as in the latency tables
+
+
+def _latency(
+    folder: Path,
+    spec: DeviceSpec,
+    space: SearchSpace,
+    arch: Arch,
+    batch: int,
+    seq_len: int,
+    vocab: int,
+    timing_kwargs: dict[str, Any],
+    measure: bool,
+) -> dict[str, Any]:
+    """Predicted (device latency table) and measured (`time_compiled` on the device's runtime) latency in ms."""
+    import numpy as np
+
+    from nasbert_deploy.export.pipeline import load_latency_table
+    from nasbert_deploy.runtimes.base import get_runtime, time_compiled
+
+    out: dict[str, Any] = {
+        "device": spec.name,
+        "runtime": spec.runtime,
+        "precision": spec.precision,
+        "threads": spec.threads,
+        "batch": batch,
+        "seq_len": seq_len,
+        "predicted_ms": None,
+        "blocks_ms": None,
+        "measured": None,
+    }
+    try:
+        pred = load_latency_table(spec, space).predict(arch, batch, seq_len)
+        out["predicted_ms"] = float(pred.total_ms)
+        out["blocks_ms"] = [float(x) for x in pred.blocks_ms]
+    except (TableError, SpaceError) as exc:
+        out["predicted_note"] = f"not predicted: {exc}"
+    if not measure:
+        out["measured_note"] = "not measured (--no-timing)"
+        return out
+    rt = get_runtime(spec.runtime)
+    reason = rt.availability(spec)
+    if reason:
+        out["measured_note"] = f"not measured: device {spec.name!r} is not usable here ({reason})"
+        return out
+    compiled = rt.load(folder, spec)
+    ids = np.random.default_rng(0).integers(1, vocab, size=(batch, seq_len), dtype=np.int64)
+    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    # measured as the table's entries are: the lowest-median of MEASURE_ROUNDS passes (noise only adds latency)
+    rounds = [time_compiled(compiled, inputs, **timing_kwargs).to_dict() for _ in range(MEASURE_ROUNDS)]
+    out["measured"] = {**min(rounds, key=lambda t: t["median_ms"]), "rounds": MEASURE_ROUNDS}
+    if out["predicted_ms"]:
+        out["measured_over_predicted"] = out["measured"]["median_ms"] / out["predicted_ms"]
+    return out
+
+
+def _memory(
+    folder: Path, space: SearchSpace, arch: Arch, batch: int, seq_len: int, vocab: int, measure: bool
+) -> list[dict[str, Any]]:
+    """Estimate vs measured peak RSS growth (MiB) for each exported ONNX file."""
+    from nasbert_deploy.export.validate import measure_onnx_memory
+    from nasbert_deploy.model.memory import estimate_memory
+
+    rows = []
+    for name, precision in (("model.onnx", "fp32"), ("model.int8.onnx", "int8")):
+        if not (folder / name).is_file():
+            continue
+        est = estimate_memory(space, arch, batch, seq_len, precision)
+        row: dict[str, Any] = {
+            "file": name,
+            "precision": precision,
+            "batch": batch,
+            "seq_len": seq_len,
+            "estimate_mb": est.total_mb,
+            "weights_mb": est.weights_mb,
+            "activations_mb": est.activations_mb,
+        }
+        if measure:
+            m = measure_onnx_memory(folder / name, batch, seq_len, vocab)
+            row.update(
+                measured_session_mb=m.session_mb,
+                measured_peak_mb=m.peak_mb,
+                measured_over_estimate=m.peak_mb / est.total_mb if est.total_mb else None,
+            )
+        rows.append(row)
+    return rows
+
+
+def measure_all(
+    model: Any,
+    folder: Path,
+    spec: DeviceSpec,
+    arch: Arch,
+    space: SearchSpace,
+    options: Any,
+    seq_len: int,
+    step: Callable[[str], None],
+) -> dict[str, Any]:
+    """Latency on `spec` and memory of the ONNX files, at (options.batch, seq_len)."""
+    vocab = min(space.vocab_size, int(model.config.vocab_size))
+    step(f"latency on {spec.name}")
+    lat = _latency(folder, spec, space, arch, options.batch, seq_len, vocab, options.timing_kwargs, options.measure_latency)
+    step("memory")
+    mem = _memory(folder, space, arch, options.batch, seq_len, vocab, options.measure_memory)
+    return {"latency": lat, "memory": mem}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("nasbert-deploy", "torch", "transformers", "onnxruntime", "openvino", "nncf"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _int8_deviation(checks: Sequence[Any]) -> dict[str, Any]:
+    """Per INT8 runtime: worst mean cosine, worst token cosine and max abs difference vs fp32 over all shapes."""
+    out: dict[str, Any] = {}
+    for c in checks:
+        if c.kind != "int8":
+            continue
+        d = out.setdefault(c.runtime, {"cosine_mean_min": 1.0, "cosine_token_min": 1.0, "max_abs_diff": 0.0})
+        d["cosine_mean_min"] = min(d["cosine_mean_min"], c.cosine_mean)
+        d["cosine_token_min"] = min(d["cosine_token_min"], c.cosine_min)
+        d["max_abs_diff"] = max(d["max_abs_diff"], c.max_abs_diff)
+    return out
+
+
+def build_report(
+    arch: Arch,
+    space: SearchSpace,
+    spec: DeviceSpec,
+    options: Any,
+    seq_len: int,
+    weights: dict[str, Any],
+    checks: Sequence[Any],
+    measured: dict[str, Any],
+    folder: Path,
+) -> dict[str, Any]:
+    """The report as a JSON-ready dict (sizes in MiB, latencies in ms)."""
+    files = {p.name: p.stat().st_size / MIB for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    return {
+        "schema": REPORT_SCHEMA,
+        "arch": str(arch),
+        "space": space.name,
+        "space_hash": space.space_hash(),
+        "params": space.params(arch),
+        "flops": space.flops(arch, seq_len),
+        "weights": weights,
+        "device": spec.to_dict(),
+        "formats": list(options.formats),
+        "int8": options.int8,
+        "fp16": options.fp16,
+        "inputs": ["input_ids", "attention_mask"] + (["token_type_ids"] if options.token_type_ids else []),
+        "files_mb": files,
+        "validation": {
+            "passed": all(c.passed for c in checks),
+            "checks": [c.to_dict() for c in checks],
+            "int8_deviation_from_fp32": _int8_deviation(checks),
+        },
+        "latency": measured["latency"],
+        "memory": measured["memory"],
+        "versions": _versions(),
+    }
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    """`report.md`: the report as readable Markdown."""
+    lat = r["latency"]
+    w = r["weights"]
+    lines = [f"# Export report: `{r['arch']}`", ""]
+    if w.get("init") == "random":
+        lines += ["**WARNING: the weights are RANDOM** (`--init random`): use this export for latency studies only.", ""]
+    else:
+        lines += [f"Weights inherited from the supernet `{w.get('supernet')}`.", ""]
+    lines += [
+        f"- space: {r['space']} ({r['space_hash']}), params: {format_params(r['params'])} ({r['params']:,}), "
+        f"FLOPs at seq {lat['seq_len']}: {r['flops']:,}",
+        f"- inputs: {', '.join(r['inputs'])}; output: last_hidden_state; formats: {', '.join(r['formats'])}"
+        + (", int8" if r["int8"] else "")
+        + (", OpenVINO fp16 weights" if r["fp16"] else ""),
+        "",
+        f"## Latency on {lat['device']} ({lat['runtime']}, {lat['precision']}, {lat['threads']} thread(s)), "
+        f"batch {lat['batch']}, seq {lat['seq_len']}",
+        "",
+        "| predicted ms | measured median ms | measured p90 ms | CV | measured / predicted |",
+        "|---|---|---|---|---|",
+    ]
+    m = lat.get("measured") or {}
+    ratio = lat.get("measured_over_predicted")
+    lines.append(
+        f"| {_ms(lat.get('predicted_ms'))} | {_ms(m.get('median_ms'))} | {_ms(m.get('p90_ms'))} | "
+        f"{m.get('cv', float('nan')):.3f} | {'n/a' if ratio is None else f'{ratio:.2f}'} |"
+    )
+    for note in ("predicted_note", "measured_note"):
+        if lat.get(note):
+            lines.append(f"\n{lat[note]}")
+    lines += [
+        "",
+        "## Memory (MiB): estimate = weights + peak activations; measured = peak RSS growth in ORT",
+        "",
+        "| file | precision | weights | activations | estimate | measured (session) | measured (peak) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in r["memory"]:
+        lines.append(
+            f"| {row['file']} | {row['precision']} | {row['weights_mb']:.2f} | {row['activations_mb']:.2f} | "
+            f"{row['estimate_mb']:.2f} | {_ms(row.get('measured_session_mb'))} | {_ms(row.get('measured_peak_mb'))} |"
+        )
+    lines += ["", "## Files (MiB)", "", "| file | size |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in r["files_mb"].items()]
+    v = r["validation"]
+    lines += [
+        "",
+        f"## Numeric validation: {'passed' if v['passed'] else 'FAILED'} ({len(v['checks'])} checks)",
+        "",
+        "| runtime | batch | seq | max abs diff | tolerance | mean cosine | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in v["checks"]:
+        tol = f"cos >= {0.98}" if c["kind"] == "int8" else f"{c['tolerance']:.2g}"
+        lines.append(
+            f"| {c['runtime']} | {c['batch']} | {c['seq_len']} | {c['max_abs_diff']:.3g} | {tol} | "
+            f"{c['cosine_mean']:.5f} | {'✓' if c['passed'] else '✗'} |"
+        )
+    for name, d in v["int8_deviation_from_fp32"].items():
+        lines.append(
+            f"\nINT8 {name} vs fp32: worst mean cosine {d['cosine_mean_min']:.4f}, worst token cosine "
+            f"{d['cosine_token_min']:.4f}, max abs diff {d['max_abs_diff']:.3g}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], folder: Path) -> None:
+    from nasbert_deploy.fileio import write_json_atomic, write_text_atomic
+
+    write_json_atomic(folder / "report.json", report)
+    write_text_atomic(folder / "report.md", report_markdown(report))
+
+
+def print_summary(report: dict[str, Any], console: Any, out: Path) -> None:
+    """A short console summary of the report (the full one is in report.md)."""
+    from rich.table import Table
+
+    lat, w = report["latency"], report["weights"]
+    if w.get("init") == "random":
+        console.print("[bold yellow]warning:[/] the weights are RANDOM (--init random): for latency studies only")
+    t = Table(title=f"exported {report['arch']} ({format_params(report['params'])} params) to {out}")
+    for col in ("what", "value"):
+        t.add_column(col)
+    m = lat.get("measured") or {}
+    t.add_row(
+        f"latency {lat['device']} b{lat['batch']} s{lat['seq_len']}",
+        f"predicted {_ms(lat.get('predicted_ms'))} ms, measured {_ms(m.get('median_ms'))} ms (p90 {_ms(m.get('p90_ms'))})",
+    )
+    for row in report["memory"]:
+        t.add_row(
+            f"memory {row['file']}",
+            f"estimate {row['estimate_mb']:.1f} MiB, measured peak {_ms(row.get('measured_peak_mb'))} MiB",
+        )
+    for name, size in report["files_mb"].items():
+        t.add_row(name, f"{size:.2f} MiB")
+    for name, d in report["validation"]["int8_deviation_from_fp32"].items():
+        t.add_row(f"{name} vs fp32", f"cosine >= {d['cosine_mean_min']:.4f}, max abs diff {d['max_abs_diff']:.3g}")
+    console.print(t)
+    for note in ("predicted_note", "measured_note"):
+        if lat.get(note):
+            console.print(note.split("_")[0] + ": " + lat[note], highlight=False)

@@ -1,0 +1,228 @@
+"""Numeric validation of exported models against PyTorch, and measured peak memory of an ONNX model.
+
+Validation runs the reference (the torch model in memory) and every exported artefact on a grid of
+shapes (batch x sequence length) with padding, and compares only real-token positions:
+
+- fp32 artefacts (transformers reload, ONNX Runtime, OpenVINO): max |ref - out| must be within
+  `FP32_RTOL * max(1, scale)`, where `scale` is max |ref| over real tokens (fp16-weight OpenVINO IR:
+  `FP16_RTOL`);
+- INT8 artefacts: the deviation from fp32 is reported (mean and min cosine similarity over real
+  tokens, max abs difference); the check fails when the mean cosine is below `INT8_MIN_COSINE`.
+
+Every failure is collected; `raise_failures` raises one `ExportError` listing all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasbert_deploy.errors import ExportError
+
+FP32_RTOL = 1e-4
+FP16_RTOL = 1e-2
+RELOAD_RTOL = 1e-6
+INT8_MIN_COSINE = 0.98
+VALIDATION_BATCHES = (1, 2, 4)
+VALIDATION_SEQ_LENS = (8, 37, 128)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison of an artefact with the reference on one (batch, seq_len) input.
+
+    `max_abs_diff` and `tolerance` are in output units; `cosine_mean`/`cosine_min` are per-token
+    cosine similarities with the reference over real (non-padding) tokens.
+    """
+
+    runtime: str
+    output: str
+    batch: int
+    seq_len: int
+    max_abs_diff: float
+    tolerance: float
+    cosine_mean: float
+    cosine_min: float
+    kind: str  # "fp32" (absolute tolerance) or "int8" (cosine threshold)
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        what = f"max_abs_diff {self.max_abs_diff:.3g} > tol {self.tolerance:.3g}"
+        if self.kind == "int8":
+            what = f"mean cosine {self.cosine_mean:.4f} < {INT8_MIN_COSINE} (max_abs_diff {self.max_abs_diff:.3g})"
+        return f"({self.runtime}, {self.output}, batch {self.batch} x seq {self.seq_len}, {what})"
+
+
+def shape_grid(
+    max_positions: int, batches: Sequence[int] = VALIDATION_BATCHES, seq_lens: Sequence[int] = VALIDATION_SEQ_LENS
+) -> list[tuple[int, int]]:
+    """(batch, seq_len) pairs; sequence lengths above the model's `max_positions` are clipped to it."""
+    seqs = sorted({min(s, max_positions) for s in seq_lens})
+    return [(b, s) for b in batches for s in seqs]
+
+
+def padded_inputs(
+    batch: int, seq_len: int, vocab_size: int, seed: int = 0, token_type_ids: bool = False
+) -> dict[str, np.ndarray]:
+    """Random token ids (b, t) int64 with right padding: row 0 is full, later rows are shorter.
+
+    Row i keeps `t - i * t // (2 b)` real tokens (at least 1), so every batch > 1 has padding.
+    """
+    rng = np.random.default_rng(seed + 1000 * batch + seq_len)
+    ids = rng.integers(1, vocab_size, size=(batch, seq_len), dtype=np.int64)
+    mask = np.zeros((batch, seq_len), dtype=np.int64)
+    for i in range(batch):
+        n = max(1, seq_len - i * seq_len // (2 * batch))
+        mask[i, :n] = 1
+    ids[mask == 0] = 0
+    out = {"input_ids": ids, "attention_mask": mask}
+    if token_type_ids:
+        out["token_type_ids"] = np.zeros_like(ids)
+    return out
+
+
+def compare(ref: np.ndarray, out: np.ndarray, mask: np.ndarray) -> tuple[float, float, float, float]:
+    """(max_abs_diff, scale = max |ref|, mean cosine, min cosine) over real tokens; ref/out (b, t, d), mask (b, t)."""
+    if ref.shape != out.shape:
+        raise ExportError(f"output shape {tuple(out.shape)} differs from the reference's {tuple(ref.shape)}")
+    keep = mask.astype(bool)
+    r, o = ref[keep].astype(np.float64), out[keep].astype(np.float64)  # (tokens, d)
+    diff = float(np.abs(r - o).max()) if r.size else 0.0
+    if not np.isfinite(o).all():
+        diff = float("inf")
+    scale = float(np.abs(r).max()) if r.size else 0.0
+    denom = np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1)
+    cos = np.where(denom > 0, (r * o).sum(1) / np.maximum(denom, 1e-30), 1.0)
+    return diff, scale, float(cos.mean()), float(cos.min())
+
+
+@dataclass(frozen=True)
+class Target:
+    """One artefact to validate: a label, its runner (inputs -> first output (b, t, d)) and its kind."""
+
+    runtime: str
+    run: Callable[[Mapping[str, np.ndarray]], np.ndarray]
+    kind: str = "fp32"  # "fp32", "fp16" or "int8"
+    rtol: float = FP32_RTOL
+
+
+def validate(
+    reference: Callable[[Mapping[str, np.ndarray]], np.ndarray],
+    targets: Sequence[Target],
+    shapes: Sequence[tuple[int, int]],
+    vocab_size: int,
+    token_type_ids: bool = False,
+    output: str = "last_hidden_state",
+    on_check: Callable[[Check], None] | None = None,
+) -> list[Check]:
+    """Compare every target with `reference` on every shape; returns all checks (failures included)."""
+    checks: list[Check] = []
+    for b, t in shapes:
+        inputs = padded_inputs(b, t, vocab_size, token_type_ids=token_type_ids)
+        ref = reference(inputs)
+        for tg in targets:
+            diff, scale, cmean, cmin = compare(ref, tg.run(inputs), inputs["attention_mask"])
+            tol = tg.rtol * max(1.0, scale)
+            if tg.kind == "int8":
+                ok = bool(np.isfinite(diff)) and cmean >= INT8_MIN_COSINE
+            else:
+                ok = diff <= tol
+            c = Check(tg.runtime, output, b, t, diff, tol, cmean, cmin, "int8" if tg.kind == "int8" else "fp32", ok)
+            checks.append(c)
+            if on_check:
+                on_check(c)
+    return checks
+
+
+def raise_failures(checks: Sequence[Check]) -> None:
+    """One `ExportError` naming every failed check, if any failed."""
+    bad = [c for c in checks if not c.passed]
+    if bad:
+        raise ExportError(
+            f"numeric validation failed for {len(bad)} of {len(checks)} checks: " + "; ".join(c.describe() for c in bad)
+        )
+
+
+_RSS_SCRIPT = r"""
+import json, os, sys
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+import numpy as np
+import onnxruntime as ort
+
+
+def hwm_kib():
+    # VmHWM = this process's peak RSS (what ru_maxrss reports, minus the parent's peak that a fork carries over)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+path, b, t, vocab = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rng = np.random.default_rng(0)
+feed_all = {"input_ids": rng.integers(1, vocab, (b, t), dtype=np.int64), "attention_mask": np.ones((b, t), np.int64),
+            "token_type_ids": np.zeros((b, t), np.int64)}
+# reset the peak mark to the current RSS (Linux >= 4.0) so import-time transients do not hide the growth
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = hwm_kib()
+so = ort.SessionOptions()
+so.intra_op_num_threads = 1
+so.inter_op_num_threads = 1
+so.log_severity_level = 3
+sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+loaded = hwm_kib()
+sess.run(None, {i.name: feed_all[i.name] for i in sess.get_inputs()})
+peak = hwm_kib()
+print(json.dumps({"baseline_kib": base, "loaded_kib": loaded, "peak_kib": peak}))
+"""
+
+
+@dataclass(frozen=True)
+class MeasuredMemory:
+    """Peak RSS growth (MiB) of a fresh process that loads an ONNX model in ORT and runs one inference.
+
+    `session_mb`: growth after creating the session (weights + runtime state); `peak_mb`: after one run.
+    Both are relative to the RSS after importing onnxruntime and building the inputs.
+    """
+
+    session_mb: float
+    peak_mb: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def measure_onnx_memory(
+    onnx_path: str | Path, batch: int, seq_len: int, vocab_size: int, timeout_s: float = 300
+) -> MeasuredMemory:
+    """Run `_RSS_SCRIPT` in a fresh subprocess (1 ORT thread) and read its peak RSS (KiB).
+
+    The peak is `VmHWM` from /proc/self/status, reset to the current RSS after importing onnxruntime
+    (`/proc/self/clear_refs`). It is what `ru_maxrss` measures, except that `ru_maxrss` of a child
+    starts at the *parent's* peak (Linux carries it over the fork), which hides a small model's growth.
+    """
+    if sys.platform != "linux":
+        raise ExportError("measured memory (ru_maxrss in KiB) is only supported on Linux")
+    env = dict(os.environ, ORT_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-c", _RSS_SCRIPT, str(onnx_path), str(batch), str(seq_len), str(vocab_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ExportError(f"memory measurement of {onnx_path} failed: {tail}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return MeasuredMemory(
+        session_mb=(data["loaded_kib"] - data["baseline_kib"]) / 1024,
+        peak_mb=(data["peak_kib"] - data["baseline_kib"]) / 1024,
+    )

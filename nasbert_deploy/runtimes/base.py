@@ -1,0 +1,82 @@
+"""Runtime plug-ins: a plain dict name -> module, imported lazily.
+
+Each plug-in module offers:
+- `availability(spec) -> str | None`: None if usable here, else why not (one line);
+- `compile(module, example_inputs, output_names, spec, workdir, calibration=None) -> Compiled`:
+  takes a plain torch module through the same conversion path `export` uses (ONNX / OpenVINO / INT8);
+- `load(path, spec) -> Compiled`: an already exported artefact (HF folder, .onnx, .xml).
+
+Timing goes through `time_compiled`, i.e. `timing.measure`: the one measurement function.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from nasbert_deploy.errors import DeviceError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from nasbert_deploy.runtimes.timing import Timing
+
+RUNTIMES: dict[str, str] = {"torch": "torch_rt", "onnxruntime": "onnxruntime_rt", "openvino": "openvino_rt"}
+
+
+def get_runtime(name: str) -> ModuleType:
+    if name not in RUNTIMES:
+        raise DeviceError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
+    return importlib.import_module(f"nasbert_deploy.runtimes.{RUNTIMES[name]}")
+
+
+class Compiled(ABC):
+    """A model ready to run on one runtime. Inputs and outputs are numpy arrays."""
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    @abstractmethod
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run once; outputs (float32 for float outputs) in `output_names` order."""
+
+    @abstractmethod
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        """Prepare inputs once and return a zero-argument call that runs the model and blocks."""
+
+    def sync(self) -> None:  # noqa: B027  (a default no-op: only GPU runtimes override it)
+        """Wait for asynchronous work (GPU); a no-op on CPU runtimes."""
+
+
+def time_compiled(compiled: Compiled, inputs: Mapping[str, np.ndarray], **measure_kwargs: Any) -> Timing:
+    """Latency of `compiled` on `inputs` (see `timing.measure` for the keyword arguments)."""
+    from nasbert_deploy.runtimes.timing import measure
+
+    return measure(compiled.bind(inputs), sync=compiled.sync, **measure_kwargs)
+
+
+def random_calibration(example_inputs: Mapping[str, Any], n: int = 8, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Calibration inputs shaped like `example_inputs` when no real data is given (op profiling).
+
+    Float tensors get standard-normal values, masks (names containing 'mask') all ones, other integer
+    tensors (token ids) the example's own values shuffled.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        sample = {}
+        for name, t in example_inputs.items():
+            a = t.detach().cpu().numpy()
+            if np.issubdtype(a.dtype, np.floating):
+                sample[name] = rng.standard_normal(a.shape).astype(np.float32)
+            elif "mask" in name:
+                sample[name] = np.ones_like(a)
+            else:
+                sample[name] = rng.permutation(a.reshape(-1)).reshape(a.shape)
+        out.append(sample)
+    return out

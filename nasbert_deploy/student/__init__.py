@@ -1,0 +1,1 @@
+"""student: see the module docstrings."""

@@ -1,0 +1,400 @@
+"""Pre-training-stage distillation of a standalone `NasBertModel` from a teacher encoder (NAS-BERT 3.3).
+
+The student starts from its supernet's inherited weights (`Supernet.extract(arch)`), from random
+weights, or from an exported HF folder, and regresses the teacher on unlabelled text:
+
+- hidden-state loss: MSE between the student's `last_hidden_state` (already in the teacher's
+  width T) and the teacher's last hidden state, averaged over real tokens and T;
+- optional block-boundary losses: each block's output (width h_i) goes through a training-only
+  `Linear(h_i, T)` (initialised from the supernet's `out_map`, so an inherited student starts with
+  the supernet's block outputs) and regresses `teacher.block_targets`; the last block is covered by
+  the hidden-state loss;
+- optional prediction-layer loss: KL between the teacher's masked-LM head applied to the teacher's
+  and to the student's last hidden states (temperature tau, scaled by tau^2), over real tokens.
+  Only for teachers with an MLM head (MiniLM sentence-transformers has none).
+
+Resumable: `<out>.ckpt/` (safetensors, optimizer via `torch.save` / `torch.load(weights_only=True)`,
+JSON state) is written atomically every `checkpoint_every` steps and on Ctrl-C (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasbert_deploy.errors import CheckpointError, TeacherError
+from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.model.modeling import NasBertModel
+from nasbert_deploy.student.tasks import CorpusBatches
+from nasbert_deploy.teacher import Teacher, block_targets
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+REPORT_NAME = "distill_report.json"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Hyper-parameters. Loss weights of 0 switch a loss off; `steps` may grow on resume."""
+
+    steps: int = 2000
+    batch_size: int = 16
+    seq_len: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    hidden_weight: float = 1.0
+    intermediate_weight: float = 0.0
+    prediction_weight: float = 0.0
+    temperature: float = 1.0
+    checkpoint_every: int = 200
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def resume_key(self) -> dict[str, Any]:
+        """Settings a checkpoint must share with the current run (steps and checkpointing may change)."""
+        d = self.to_dict()
+        for k in ("steps", "checkpoint_every"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class Student:
+    """A student model plus its training-only block projections (one `Linear(h_i, T)` per inner boundary)."""
+
+    model: NasBertModel
+    projections: nn.ModuleList
+    init: str
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.model.parameters()) + list(self.projections.parameters())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        s = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        s.update({f"proj.{k}": v for k, v in self.projections.state_dict().items()})
+        return s
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+        self.projections.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("proj.")})
+
+
+def make_student(model: NasBertModel, supernet: Any = None, init: str = "supernet") -> Student:
+    """Wrap `model`; projections copy the supernet's `out_maps` when a supernet is given."""
+    arch = model.config.arch_obj
+    T = model.config.search_space.output_dim
+    projections = nn.ModuleList(nn.Linear(b.hidden, T) for b in arch.blocks[:-1])
+    if supernet is not None:
+        with torch.no_grad():
+            for i, b in enumerate(arch.blocks[:-1]):
+                projections[i].load_state_dict(supernet.out_maps[i][f"h{b.hidden}"].state_dict())
+    return Student(model, projections, init)
+
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    """Where a run writing `out_dir` keeps its resumable checkpoint: the sibling `<out_dir>.ckpt`."""
+    out = Path(out_dir)
+    return out.with_name(out.name + ".ckpt")
+
+
+def save_checkpoint(
+    ckpt: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor], opt_state: dict[str, Any], state: dict[str, Any]
+) -> None:
+    """Write weights (safetensors), optimizer/schedule (torch.save) and JSON state, all or nothing."""
+    from safetensors.torch import save_file
+
+    with atomic_dir(ckpt) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / "weights.safetensors"))
+        torch.save(opt_state, tmp / "optimizer.pt")
+        write_json_atomic(tmp / "state.json", {"key": key, **state})
+
+
+def load_checkpoint(ckpt: Path, key: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None:
+    """(tensors, optimizer state, JSON state) of a checkpoint of the run `key`; None if there is none."""
+    from safetensors.torch import load_file
+
+    if not (ckpt / "state.json").is_file():
+        return None
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+        if state.get("key") != json.loads(json.dumps(key)):
+            raise CheckpointError(
+                f"{ckpt} holds a checkpoint of a different run ({state.get('key')}); "
+                "rerun with the same settings to resume, or delete that folder to start over"
+            )
+        tensors = load_file(str(ckpt / "weights.safetensors"))
+        opt_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    except (OSError, json.JSONDecodeError, RuntimeError) as exc:
+        raise CheckpointError(f"{ckpt} is a damaged checkpoint ({exc}); delete it to start over") from exc
+    return tensors, opt_state, state
+
+
+def build_student(
+    arch: str | None = None,
+    from_export: str | Path | None = None,
+    supernet_dir: str | Path | None = None,
+    init: str = "supernet",
+    space: Any = None,
+) -> Student:
+    """The student to distil: `arch` initialised from a supernet (`init='supernet'`; the shipped default
+    supernet when `supernet_dir` is None) or randomly (`init='random'`, in `space`), or an exported
+    NAS-BERT HF folder (`from_export`)."""
+    from nasbert_deploy.model.modeling import NasBertConfig
+    from nasbert_deploy.supernet.network import Supernet
+
+    if (arch is None) == (from_export is None):
+        raise CheckpointError("give exactly one of an architecture (--arch) or an exported model folder (--from-export)")
+    if from_export is not None:
+        from transformers import AutoModel
+
+        p = Path(from_export)
+        if not (p / "config.json").is_file():
+            raise CheckpointError(f"{p} is not an exported model folder (needs config.json and model.safetensors)")
+        model = AutoModel.from_pretrained(str(p), local_files_only=True)
+        if not isinstance(model, NasBertModel):
+            raise CheckpointError(f"{p} holds a {type(model).__name__}, not a NAS-BERT encoder (model_type 'nasbert')")
+        return make_student(model, None, "export")
+    if init == "random":
+        if space is None:
+            raise CheckpointError("random initialisation needs a search space")
+        torch.manual_seed(0)
+        return make_student(NasBertModel(NasBertConfig.from_arch(str(arch), space)), None, "random")
+    if init != "supernet":
+        raise CheckpointError(f"unknown initialisation {init!r}; valid: supernet, random")
+    if supernet_dir is not None:
+        net, _ = Supernet.load(supernet_dir)
+    else:
+        try:
+            from nasbert_deploy.supernet.default import load_default_supernet
+        except ImportError:
+            raise CheckpointError("no default supernet is installed; pass --supernet DIR or --init random") from None
+        net, _ = load_default_supernet()
+    return make_student(net.extract(str(arch)), net, "supernet")
+
+
+def check_compatible(model: NasBertModel, teacher: Teacher) -> None:
+    """The student must output the teacher's width and share its vocabulary size."""
+    space = model.config.search_space
+    if space.output_dim != teacher.hidden_size:
+        raise TeacherError(
+            f"the student's space outputs width {space.output_dim} but the teacher's hidden size is {teacher.hidden_size}; "
+            "use a search space whose output_dim equals the teacher's hidden size"
+        )
+    if len(teacher.tokenizer) > space.vocab_size:
+        raise TeacherError(
+            f"the teacher's tokenizer has {len(teacher.tokenizer)} tokens but the student's embedding has {space.vocab_size}; "
+            "use a search space whose vocab_size covers the tokenizer"
+        )
+
+
+def load_mlm_head(teacher: Teacher) -> nn.Module | None:
+    """The teacher's masked-LM head, mapping (b, t, T) hidden states to (b, t, vocab) logits; None if it has none."""
+    archs = getattr(teacher.model.config, "architectures", None) or []
+    if not any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs):
+        return None
+    from transformers import AutoModelForMaskedLM
+
+    mlm = AutoModelForMaskedLM.from_pretrained(str(teacher.path), local_files_only=True).eval()
+    for name in ("cls", "lm_head", "vocab_projector"):
+        head = getattr(mlm, name, None)
+        if isinstance(head, nn.Module):
+            for p in head.parameters():
+                p.requires_grad_(False)
+            return head
+    return None
+
+
+def masked_mse(student: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over real tokens: (b, t, d), (b, t, d), (b, t) -> scalar (mean over tokens and d)."""
+    m = mask[:, :, None].to(student.dtype)
+    return ((student - target) ** 2 * m).sum() / (m.sum() * student.shape[-1]).clamp(min=1.0)
+
+
+def masked_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
+    """tau^2 * KL(softmax(teacher/tau) || softmax(student/tau)) averaged over real tokens; (b, t, V) logits."""
+    log_p = torch.log_softmax(teacher_logits / tau, dim=-1)
+    log_q = torch.log_softmax(student_logits / tau, dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (b, t)
+    m = mask.to(kl.dtype)
+    return tau * tau * (kl * m).sum() / m.sum().clamp(min=1.0)
+
+
+def distill_losses(
+    student: Student,
+    teacher: Teacher,
+    batch: dict[str, torch.Tensor],
+    cfg: DistillConfig,
+    mlm_head: nn.Module | None,
+    targets: list[torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Weighted losses for one batch, plus their sum under 'total'. Batch tensors are (b, t) int64.
+
+    `targets` are the teacher's block-boundary states when already computed (`teacher.block_targets`).
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    n_blocks = len(student.model.blocks)
+    if targets is None:
+        targets = block_targets(teacher, ids, mask, n_blocks)  # [emb, end of block 1, ..., end of block N], (b, t, T)
+    block_out: list[torch.Tensor] = []  # each block's output: the model's (b*t, h) tokens back as (b, t, h)
+    hooks = [b.register_forward_hook(lambda _m, _i, o: block_out.append(o.reshape(*ids.shape, -1))) for b in student.model.blocks]
+    try:
+        hidden = student.model(ids, mask).last_hidden_state  # (b, t, T)
+    finally:
+        for h in hooks:
+            h.remove()
+    losses: dict[str, torch.Tensor] = {}
+    if cfg.hidden_weight:
+        losses["hidden"] = cfg.hidden_weight * masked_mse(hidden, targets[-1], mask)
+    if cfg.intermediate_weight and n_blocks > 1:
+        inter = [masked_mse(proj(block_out[i]), targets[i + 1], mask) for i, proj in enumerate(student.projections)]
+        losses["blocks"] = cfg.intermediate_weight * torch.stack(inter).mean()
+    if cfg.prediction_weight and mlm_head is not None:
+        with torch.no_grad():
+            t_logits = mlm_head(targets[-1])
+        losses["prediction"] = cfg.prediction_weight * masked_kl(mlm_head(hidden), t_logits, mask, cfg.temperature)
+    losses["total"] = torch.stack(list(losses.values())).sum()
+    return losses
+
+
+@torch.no_grad()
+def heldout_losses(
+    student: Student, teacher: Teacher, texts: Sequence[str], cfg: DistillConfig, max_batches: int = 50
+) -> dict[str, float]:
+    """Mean unweighted losses on held-out text: 'hidden' (MSE) and, for multi-block students, 'blocks'.
+
+    Also 'hidden_fvu': the hidden MSE over the teacher's variance around its per-dimension mean (real
+    tokens of these texts), i.e. the fraction of the teacher's variance the student leaves unexplained
+    (1.0 = no better than a constant output).
+    """
+    was_training = student.model.training
+    student.model.eval()
+    full = replace(cfg, hidden_weight=1.0, intermediate_weight=1.0, prediction_weight=0.0)
+    sums: dict[str, float] = {}
+    s1, s2, n = 0.0, 0.0, 0
+    batches = CorpusBatches(texts, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed).sequential(max_batches)
+    for batch in batches:
+        targets = block_targets(teacher, batch["input_ids"], batch["attention_mask"], len(student.model.blocks))
+        for k, v in distill_losses(student, teacher, batch, full, None, targets).items():
+            if k != "total":
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        real = targets[-1][batch["attention_mask"].bool()].double()  # (tokens, T)
+        s1, s2, n = s1 + real.sum(0), s2 + (real**2).sum(0), n + real.shape[0]
+    student.model.train(was_training)
+    out = {k: v / len(batches) for k, v in sums.items()}
+    variance = float((s2 / n - (s1 / n) ** 2).mean())  # mean over T of the per-dimension variance
+    out["hidden_fvu"] = out["hidden"] / variance if variance > 0 else float("nan")
+    return out
+
+
+def _schedule(cfg: DistillConfig) -> Callable[[int], float]:
+    warm = max(1, int(cfg.warmup_fraction * cfg.steps))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
+
+    return f
+
+
+def distill(
+    student: Student,
+    teacher: Teacher,
+    corpus: Sequence[str],
+    out_dir: str | Path,
+    cfg: DistillConfig,
+    valid_corpus: Sequence[str] | None = None,
+    progress: ProgressFn | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Distil `student` from `teacher` on `corpus` and write an HF folder (model, tokenizer, report) to `out_dir`.
+
+    Resumes from `<out_dir>.ckpt/` when it holds a checkpoint of the same run. Returns the report dict.
+    """
+    check_compatible(student.model, teacher)
+    mlm_head = load_mlm_head(teacher) if cfg.prediction_weight else None
+    if cfg.prediction_weight and mlm_head is None:
+        raise TeacherError(
+            f"prediction-layer loss unavailable: the teacher at {teacher.path} has no masked-LM head "
+            "(e.g. a sentence-transformers encoder); set the prediction weight to 0"
+        )
+    out = Path(out_dir)
+    ckpt = checkpoint_dir(out)
+    torch.manual_seed(cfg.seed)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+    arch = student.model.config.arch
+    key = {"kind": "distill", "arch": arch, "config": cfg.resume_key(), "teacher": str(teacher.path)}
+    step, history, elapsed = 0, [], 0.0
+    loaded = load_checkpoint(ckpt, key)
+    if loaded is not None:
+        tensors, opt_state, state = loaded
+        student.load_state(tensors)
+        opt.load_state_dict(opt_state["optimizer"])
+        sched.load_state_dict(opt_state["scheduler"])
+        torch.set_rng_state(opt_state["rng"])
+        step, history, elapsed = state["step"], state["history"], state["elapsed_s"]
+    batches = CorpusBatches(corpus, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed)
+    student.model.train()
+
+    def save() -> None:
+        state = {"step": step, "history": history, "elapsed_s": elapsed}
+        opt_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}
+        save_checkpoint(ckpt, key, student.state(), opt_state, state)
+
+    t0 = time.perf_counter() - elapsed
+    try:
+        while step < cfg.steps:
+            losses = distill_losses(student, teacher, batches.batch(step), cfg, mlm_head)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            if not math.isfinite(values["total"]):
+                raise CheckpointError(f"distillation diverged at step {step} (loss {values['total']}); lower the learning rate")
+            history.append([step, values["total"]])
+            elapsed = time.perf_counter() - t0
+            if progress:
+                progress(step, cfg.steps, values)
+            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                save()
+    except KeyboardInterrupt:
+        elapsed = time.perf_counter() - t0
+        save()
+        raise
+    student.model.eval()
+    report: dict[str, Any] = {
+        "arch": arch,
+        "params": sum(p.numel() for p in student.model.parameters()),
+        "init": student.init,
+        "teacher": str(teacher.path),
+        "config": cfg.to_dict(),
+        "steps": step,
+        "train_s": round(elapsed, 2),
+        "train_loss_last": float(sum(v for _, v in history[-20:]) / max(1, len(history[-20:]))),
+        "history": history[:: max(1, len(history) // 200)],
+        **(metadata or {}),
+    }
+    if valid_corpus:
+        report["heldout"] = heldout_losses(student, teacher, valid_corpus, cfg)
+    with atomic_dir(out) as tmp:
+        student.model.save_pretrained(tmp)
+        teacher.tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / REPORT_NAME, report)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return report

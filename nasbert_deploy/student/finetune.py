@@ -1,0 +1,322 @@
+"""Fine-tuning on a labelled task, task distillation from a fine-tuned teacher, and evaluation.
+
+Loss with a teacher classifier (logits computed once per training row, teacher in eval mode):
+
+    loss = (1 - lambda) * CE(student, gold) + lambda * tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))
+
+Without a teacher the loss is plain cross-entropy. The checkpoint with the best validation macro-F1
+is kept. Any local HF encoder works (`finetune_teacher` uses the same loop with
+`AutoModelForSequenceClassification`); the label maps are stored in the config (`id2label`, `label2id`).
+Runs resume from `<out>.ckpt/`, written at every epoch end and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nasbert_deploy.errors import TaskError
+from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.student.distill import ProgressFn, checkpoint_dir, load_checkpoint, save_checkpoint
+from nasbert_deploy.student.metrics import EvalReport, evaluate_logits
+from nasbert_deploy.student.tasks import TaskData, iter_batches, label_maps, sort_labels
+
+REPORT_NAME = "finetune_report.json"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyper-parameters; `lam` and `temperature` only matter with a teacher."""
+
+    epochs: int = 3
+    batch_size: int = 16
+    max_len: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    lam: float = 0.5
+    temperature: float = 1.0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide 'newly initialized classifier' notices: a fresh head is the point of fine-tuning."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def load_classifier(model_dir: str | Path, labels: list[str] | None = None) -> tuple[Any, Any]:
+    """(sequence classifier, tokenizer) from a local HF folder; a fresh head for `labels` when given."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from nasbert_deploy.model import modeling  # noqa: F401  (registers model_type "nasbert" with the Auto classes)
+
+    p = Path(model_dir)
+    if not (p / "config.json").is_file():
+        raise TaskError(f"{p} is not a local Hugging Face model folder (needs config.json)")
+    kwargs: dict[str, Any] = {}
+    if labels is not None:
+        id2label, label2id = label_maps(labels)
+        kwargs = {"num_labels": len(labels), "id2label": id2label, "label2id": label2id, "ignore_mismatched_sizes": True}
+    with _quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(str(p), local_files_only=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    return model, tokenizer
+
+
+def model_labels(model: Any) -> list[str]:
+    """The model's label names in class-id order."""
+    id2label = model.config.id2label
+    return [str(id2label[i]) for i in range(len(id2label))]
+
+
+@torch.no_grad()
+def predict_logits(model: Any, tokenizer: Any, task: TaskData, batch_size: int = 64, max_len: int = 128) -> np.ndarray:
+    """Logits (n, num_labels) float32 for every row of `task`, in order (PyTorch, eval mode)."""
+    was_training = model.training
+    model.eval()
+    max_len = fit_max_len(model, max_len)
+    out = [model(**batch).logits.float().numpy() for _, batch in iter_batches(tokenizer, task, batch_size, max_len)]
+    model.train(was_training)
+    return np.concatenate(out)
+
+
+def fit_max_len(model: Any, max_len: int) -> int:
+    """`max_len` capped at the model's position table (tokens beyond it have no position embedding)."""
+    return min(max_len, int(getattr(model.config, "max_position_embeddings", max_len) or max_len))
+
+
+def _kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """tau^2 * KL(softmax(teacher / tau) || softmax(student / tau)), mean over the batch; (b, c) logits."""
+    log_p = torch.log_softmax(teacher_logits / tau, dim=-1)
+    log_q = torch.log_softmax(logits / tau, dim=-1)
+    return tau * tau * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def train_classifier(
+    model: Any,
+    tokenizer: Any,
+    train: TaskData,
+    valid: TaskData,
+    out_dir: str | Path,
+    cfg: FinetuneConfig,
+    teacher_logits: np.ndarray | None = None,
+    progress: ProgressFn | None = None,
+    run_key: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train `model` (labels from its config) on `train`, keep the best validation macro-F1, write `out_dir`.
+
+    `teacher_logits` (len(train), num_labels) switch on task distillation. Returns the report dict.
+    """
+    labels = model_labels(model)
+    label2id = {n: i for i, n in enumerate(labels)}
+    y_train = torch.tensor(train.label_ids(label2id))
+    y_valid = valid.label_ids(label2id)
+    t_logits = None if teacher_logits is None else torch.as_tensor(teacher_logits, dtype=torch.float32)
+    lam = cfg.lam if t_logits is not None else 0.0
+    max_len = fit_max_len(model, cfg.max_len)
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    warm = max(1, int(cfg.warmup_fraction * total))
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
+    )
+    out = Path(out_dir)
+    ckpt = checkpoint_dir(out)
+    key = {"kind": "finetune", "config": cfg.to_dict(), "rows": len(train), "labels": labels, **(run_key or {})}
+    epoch, done, history, best, elapsed = 0, 0, [], {"macro_f1": -1.0, "epoch": 0}, 0.0  # done: batches of `epoch`
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    loaded = load_checkpoint(ckpt, key)
+    if loaded is not None:
+        tensors, opt_state, state = loaded
+        model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("cur.")})
+        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        opt.load_state_dict(opt_state["optimizer"])
+        sched.load_state_dict(opt_state["scheduler"])
+        torch.set_rng_state(opt_state["rng"])
+        epoch, done, history, best, elapsed = state["epoch"], state["done"], state["history"], state["best"], state["elapsed_s"]
+
+    def save() -> None:
+        tensors = {f"cur.{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"best.{k}": v for k, v in best_state.items()})
+        state = {"epoch": epoch, "done": done, "history": history, "best": best, "elapsed_s": elapsed}
+        opt_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}
+        save_checkpoint(ckpt, key, tensors, opt_state, state)
+
+    t0 = time.perf_counter() - elapsed
+    try:
+        while epoch < cfg.epochs:
+            model.train()
+            order = list(range(len(train)))
+            random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
+            order = order[done * cfg.batch_size :]  # resuming mid-epoch skips the batches already trained on
+            for idx, batch in iter_batches(tokenizer, train, cfg.batch_size, max_len, order):
+                logits = model(**batch).logits
+                loss = nn.functional.cross_entropy(logits, y_train[idx])
+                if lam:
+                    loss = (1 - lam) * loss + lam * _kd_loss(logits, t_logits[idx], cfg.temperature)  # type: ignore[index]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                done += 1
+                if progress:
+                    progress(epoch * steps_per_epoch + done, total, {"loss": float(loss.detach())})
+            epoch, done = epoch + 1, 0
+            scores = evaluate_logits(y_valid, predict_logits(model, tokenizer, valid, max_len=max_len))
+            history.append({"epoch": epoch, "valid_accuracy": scores.accuracy, "valid_macro_f1": scores.macro_f1})
+            if scores.macro_f1 > best["macro_f1"]:
+                best = {"macro_f1": scores.macro_f1, "accuracy": scores.accuracy, "epoch": epoch}
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            elapsed = time.perf_counter() - t0
+            if epoch < cfg.epochs:
+                save()
+    except KeyboardInterrupt:
+        elapsed = time.perf_counter() - t0
+        save()
+        raise
+    model.load_state_dict(best_state)
+    model.eval()
+    report = {
+        "labels": labels,
+        "train_rows": len(train),
+        "valid_rows": len(valid),
+        "config": cfg.to_dict(),
+        "distilled_from_teacher": t_logits is not None,
+        "train_s": round(elapsed, 2),
+        "best": best,
+        "history": history,
+        **(run_key or {}),
+    }
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / REPORT_NAME, report)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return report
+
+
+def finetune(
+    model_dir: str | Path,
+    train: TaskData,
+    valid: TaskData,
+    out_dir: str | Path,
+    cfg: FinetuneConfig,
+    teacher_model: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Fine-tune the encoder in `model_dir` (e.g. a distilled NAS-BERT folder); with `teacher_model`
+    (a fine-tuned classifier folder) add the KL term and use the teacher's label order."""
+    labels = sort_labels(set(train.labels) | set(valid.labels))
+    t_logits = None
+    if teacher_model is not None:
+        teacher, t_tok = load_classifier(teacher_model)
+        labels = model_labels(teacher)
+        train.label_ids({n: i for i, n in enumerate(labels)})  # raises if the teacher lacks a label
+        t_logits = predict_logits(teacher, t_tok, train, max_len=cfg.max_len)
+    torch.manual_seed(cfg.seed)  # the fresh classifier head is drawn from the seeded generator
+    model, tokenizer = load_classifier(model_dir, labels)
+    key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model)}
+    return train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_logits, progress, key)
+
+
+def finetune_teacher(
+    teacher: str | Path | None,
+    train: TaskData,
+    valid: TaskData,
+    out_dir: str | Path,
+    cfg: FinetuneConfig,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Fine-tune a teacher encoder (`None` = the offline MiniLM) as a sequence classifier on `train`."""
+    from nasbert_deploy.teacher import resolve_teacher_path
+
+    path = resolve_teacher_path(teacher)
+    labels = sort_labels(set(train.labels) | set(valid.labels))
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_classifier(path, labels)
+    key = {"model": str(path), "task": train.source, "teacher_model": None}
+    return train_classifier(model, tokenizer, train, valid, out_dir, cfg, None, progress, key)
+
+
+def runtime_logits(
+    model: Any, tokenizer: Any, task: TaskData, runtime: str, workdir: str | Path, batch_size: int = 64, max_len: int = 128
+) -> np.ndarray:
+    """Logits (n, c) from the model exported to ONNX and run on `runtime` ('onnxruntime' | 'openvino'), fp32, CPU."""
+    from nasbert_deploy.devices import load_device
+    from nasbert_deploy.runtimes.base import get_runtime
+    from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput
+
+    spec = load_device({"onnxruntime": "cpu-ort", "openvino": "cpu-openvino"}[runtime])
+    g = torch.Generator().manual_seed(0)
+    shape = (EXAMPLE_BATCH, EXAMPLE_SEQ)
+    example = {
+        "input_ids": torch.randint(5, int(model.config.vocab_size), shape, generator=g),
+        "attention_mask": torch.ones(shape, dtype=torch.long),
+    }
+    if task.pairs is not None:
+        example["token_type_ids"] = torch.zeros(shape, dtype=torch.long)
+    compiled = get_runtime(runtime).compile(FirstOutput(model.eval()), example, ["logits"], spec, Path(workdir))
+    out = []
+    for _, batch in iter_batches(tokenizer, task, batch_size, fit_max_len(model, max_len)):
+        out.append(compiled.run({k: v.numpy() for k, v in batch.items()})[0])
+    return np.concatenate(out)
+
+
+def evaluate(
+    model_dir: str | Path,
+    task: TaskData,
+    teacher_model: str | Path | None = None,
+    runtime: str = "torch",
+    batch_size: int = 64,
+    max_len: int = 128,
+) -> dict[str, Any]:
+    """Accuracy, macro-F1 and (with a teacher classifier) label/probability loyalty of `model_dir` on `task`.
+
+    With `runtime` 'onnxruntime' or 'openvino' the scores come from the exported model; the report
+    then also holds the largest absolute logit difference and the prediction agreement vs PyTorch.
+    """
+    model, tokenizer = load_classifier(model_dir)
+    labels = model_labels(model)
+    y = task.label_ids({n: i for i, n in enumerate(labels)})
+    logits = predict_logits(model, tokenizer, task, batch_size, max_len)
+    extra: dict[str, Any] = {"runtime": runtime, "labels": labels}
+    if runtime != "torch":
+        with tempfile.TemporaryDirectory(prefix="nasbert-eval-") as work:
+            rt_logits = runtime_logits(model, tokenizer, task, runtime, work, batch_size, max_len)
+        extra["max_abs_logit_diff_vs_torch"] = float(np.abs(rt_logits - logits).max())
+        extra["prediction_agreement_vs_torch"] = float((rt_logits.argmax(1) == logits.argmax(1)).mean())
+        logits = rt_logits
+    t_logits = None
+    if teacher_model is not None:
+        teacher, t_tok = load_classifier(teacher_model)
+        t_labels = model_labels(teacher)
+        if sorted(t_labels) != sorted(labels):
+            raise TaskError(f"teacher labels {t_labels} differ from the model's {labels}; fine-tune both on the same task")
+        t_logits = predict_logits(teacher, t_tok, task, batch_size, max_len)[:, [t_labels.index(n) for n in labels]]
+    report: EvalReport = evaluate_logits(y, logits, t_logits)
+    return {**report.to_dict(), **extra}

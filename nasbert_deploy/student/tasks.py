@@ -1,0 +1,213 @@
+"""Training data: labelled task files (loading, label maps, splits, batches) and unlabelled corpus batches.
+
+A task file is JSON lines (`.jsonl`) or CSV/TSV (`.csv`, `.tsv`) with the columns `text`,
+optionally `text_pair`, and `label` (any string; integers are read as their text). Labels map to
+class ids in sorted order (numerically when every label is an integer), and the maps are stored in
+the model's config as `id2label` / `label2id`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nasbert_deploy.errors import CorpusError, TaskError
+
+TASK_SUFFIXES = (".jsonl", ".csv", ".tsv")
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "tasks"
+
+
+def sample_task_path(split: str = "train") -> Path:
+    """The shipped pydoc-sections sample (`train`: 300 rows, `valid`: 100 rows)."""
+    if split not in ("train", "valid"):
+        raise TaskError(f"sample split {split!r} does not exist; valid: train, valid")
+    return SAMPLE_DIR / f"pydoc-sections-sample-{split}.jsonl"
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Rows of a labelled task. `pairs` is None for single-text tasks."""
+
+    texts: tuple[str, ...]
+    labels: tuple[str, ...]
+    pairs: tuple[str, ...] | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def label_names(self) -> list[str]:
+        """Distinct labels in class-id order."""
+        return sort_labels(set(self.labels))
+
+    def label_ids(self, label2id: dict[str, int]) -> list[int]:
+        unknown = sorted(set(self.labels) - set(label2id))
+        if unknown:
+            raise TaskError(
+                f"{self.source or 'task'} has labels the model does not know: {', '.join(unknown[:5])}; "
+                f"known: {', '.join(sort_labels(label2id))}"
+            )
+        return [label2id[x] for x in self.labels]
+
+    def subset(self, indices: Sequence[int]) -> TaskData:
+        return TaskData(
+            texts=tuple(self.texts[i] for i in indices),
+            labels=tuple(self.labels[i] for i in indices),
+            pairs=None if self.pairs is None else tuple(self.pairs[i] for i in indices),
+            source=self.source,
+        )
+
+    def split(self, valid_fraction: float, seed: int = 0) -> tuple[TaskData, TaskData]:
+        """Stratified split into (train, valid); every class keeps at least one training row."""
+        if not 0.0 < valid_fraction < 1.0:
+            raise TaskError(f"validation fraction must be in (0, 1), got {valid_fraction}")
+        by_label: dict[str, list[int]] = defaultdict(list)
+        for i, lab in enumerate(self.labels):
+            by_label[lab].append(i)
+        rng = random.Random(seed)
+        train, valid = [], []
+        for lab in sort_labels(by_label):
+            idx = by_label[lab][:]
+            rng.shuffle(idx)
+            k = min(len(idx) - 1, round(valid_fraction * len(idx)))
+            valid += idx[:k]
+            train += idx[k:]
+        if not valid:
+            raise TaskError(f"{self.source}: {len(self)} rows are too few to split off a validation set; pass --valid FILE")
+        return self.subset(sorted(train)), self.subset(sorted(valid))
+
+
+def sort_labels(labels: Any) -> list[str]:
+    labs = [str(x) for x in labels]
+    if labs and all(_is_int(x) for x in labs):
+        return sorted(labs, key=int)
+    return sorted(labs)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def label_maps(names: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
+    """(id2label, label2id) for labels in class-id order."""
+    return {i: n for i, n in enumerate(names)}, {n: i for i, n in enumerate(names)}
+
+
+def load_task(path: str | Path) -> TaskData:
+    """Read a `.jsonl` / `.csv` / `.tsv` task file; raise `TaskError` saying which row is wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise TaskError(f"task file {p} does not exist (expected {', '.join(TASK_SUFFIXES)} with text/label columns)")
+    suffix = p.suffix.lower()
+    if suffix not in TASK_SUFFIXES:
+        raise TaskError(f"task file {p} has suffix {suffix!r}; valid: {', '.join(TASK_SUFFIXES)}")
+    rows = _read_jsonl(p) if suffix == ".jsonl" else _read_csv(p, "\t" if suffix == ".tsv" else ",")
+    if not rows:
+        raise TaskError(f"task file {p} has no rows")
+    texts, pairs, labels = [], [], []
+    has_pair = "text_pair" in rows[0][1]
+    for line, row in rows:
+        missing = [k for k in ("text", "label") + (("text_pair",) if has_pair else ()) if row.get(k) in (None, "")]
+        if missing:
+            raise TaskError(f"{p}:{line}: missing {', '.join(missing)} (columns: text, text_pair (optional), label)")
+        texts.append(str(row["text"]))
+        labels.append(str(row["label"]))
+        if has_pair:
+            pairs.append(str(row["text_pair"]))
+    if len(set(labels)) < 2:
+        raise TaskError(f"task file {p} has {len(set(labels))} distinct label(s); classification needs at least 2")
+    return TaskData(tuple(texts), tuple(labels), tuple(pairs) if has_pair else None, str(p))
+
+
+def _read_jsonl(p: Path) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    with p.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TaskError(f"{p}:{n}: not valid JSON ({exc.msg}); one object per line expected") from None
+            if not isinstance(obj, dict):
+                raise TaskError(f"{p}:{n}: expected a JSON object with text/label keys, got {type(obj).__name__}")
+            rows.append((n, obj))
+    return rows
+
+
+def _read_csv(p: Path, delimiter: str) -> list[tuple[int, dict[str, Any]]]:
+    with p.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
+            raise TaskError(f"{p}: header must name the columns text, label (and optionally text_pair); got {reader.fieldnames}")
+        return [(n, row) for n, row in enumerate(reader, 2)]
+
+
+def iter_batches(
+    tokenizer: Any,
+    task: TaskData,
+    batch_size: int,
+    max_len: int,
+    indices: Sequence[int] | None = None,
+) -> Iterator[tuple[list[int], dict[str, Any]]]:
+    """Yield (row indices, tokenized batch) in the given order; batch tensors are (b, t) int64, padded per batch.
+
+    The batch holds `input_ids`, `attention_mask` and, for pair tasks, `token_type_ids`.
+    """
+    order = list(range(len(task))) if indices is None else list(indices)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        texts = [task.texts[i] for i in idx]
+        pairs = None if task.pairs is None else [task.pairs[i] for i in idx]
+        enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if task.pairs is not None and "token_type_ids" in enc:
+            batch["token_type_ids"] = enc["token_type_ids"]
+        yield idx, batch
+
+
+class CorpusBatches:
+    """Deterministic batches by step: epoch `e` visits the texts in a permutation seeded by (seed, e)."""
+
+    def __init__(self, texts: Sequence[str], tokenizer: Any, batch_size: int, seq_len: int, seed: int) -> None:
+        if not texts:
+            raise CorpusError("the corpus is empty")
+        self.texts, self.tok, self.b, self.t, self.seed = list(texts), tokenizer, batch_size, seq_len, seed
+        self._perm: tuple[int, list[int]] | None = None
+
+    def _order(self, epoch: int) -> list[int]:
+        if self._perm is None or self._perm[0] != epoch:
+            order = list(range(len(self.texts)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._perm = (epoch, order)
+        return self._perm[1]
+
+    def encode(self, texts: Sequence[str]) -> dict[str, Any]:
+        enc = self.tok(list(texts), padding=True, truncation=True, max_length=self.t, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def batch(self, step: int) -> dict[str, Any]:
+        n = len(self.texts)
+        idx = []
+        for k in range(step * self.b, (step + 1) * self.b):
+            idx.append(self._order(k // n)[k % n])
+        return self.encode([self.texts[i] for i in idx])
+
+    def sequential(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The texts in file order as batches (for held-out losses); at most `limit` batches."""
+        out = []
+        for s in range(0, len(self.texts), self.b):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(self.encode(self.texts[s : s + self.b]))
+        return out

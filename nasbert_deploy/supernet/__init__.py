@@ -1,0 +1,1 @@
+"""supernet: see the module docstrings."""

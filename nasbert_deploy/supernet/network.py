@@ -1,0 +1,159 @@
+"""The weight-sharing supernet and `extract(arch)` to a standalone `NasBertModel`.
+
+Weight sharing: **separate weights per (layer, hidden size, operation)**, as in NAS-BERT, rather
+than slicing every width out of the largest matrix (HAT/OFA). Why: (1) block-wise distillation
+already cuts the space into blocks that are trained independently, so the weights per block stay
+small (about 8M parameters per layer for the standard space, ~195M in all, well within memory);
+(2) sliced weights make narrow and wide candidates compete for the same leading rows, which is
+known to distort the ranking between widths, and ranking is all the supernet is for; (3) every
+candidate is then an ordinary module, so `extract` is a plain copy with no slicing logic.
+
+Layout in the teacher's hidden size T (block-wise distillation, NAS-BERT 3.2.1):
+
+    block n input (b, t, T) -> in_maps[n][h] (b, t, h) -> layers of block n at width h
+      -> out_maps[n][h] (b, t, T)   compared with the teacher's block-n output
+
+A whole path chains blocks through T. `extract` folds `out_map_n` and `in_map_{n+1}` into one
+boundary Linear(h_n, h_{n+1}) (a product of two affine maps is affine), so the standalone model
+computes exactly the supernet path's function with fewer operations.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasbert_deploy.errors import CheckpointError
+from nasbert_deploy.model.modeling import NasBertConfig, NasBertModel
+from nasbert_deploy.model.ops import Embeddings, build_op
+from nasbert_deploy.space import Arch, BlockArch, SearchSpace
+
+WEIGHTS_NAME = "supernet.safetensors"
+META_NAME = "supernet.json"
+
+
+def _key(hidden: int, op_name: str) -> str:
+    return f"h{hidden}_{op_name}"
+
+
+class Supernet(nn.Module):
+    def __init__(self, space: SearchSpace, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.space = space
+        T = space.output_dim
+        self.embeddings = Embeddings(space.vocab_size, space.max_positions, space.type_vocab_size, space.embed_dim)
+        # the factorized embedding (width E) is mapped to the teacher's width T when they differ
+        self.embed_adapter = nn.Linear(space.embed_dim, T) if space.embed_dim != T else None
+        hs = space.hidden_sizes
+        self.in_maps = nn.ModuleList(nn.ModuleDict({f"h{h}": nn.Linear(T, h) for h in hs}) for _ in range(space.num_blocks))
+        self.out_maps = nn.ModuleList(nn.ModuleDict({f"h{h}": nn.Linear(h, T) for h in hs}) for _ in range(space.num_blocks))
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                nn.ModuleDict({_key(h, op.name): build_op(op, h, space, dropout) for h in hs for op in space.layer_ops})
+                for _ in range(space.layers_per_block)
+            )
+            for _ in range(space.num_blocks)
+        )
+
+    # ---------------------------------------------------------------- forward
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Student embedding in the teacher's width: (b, t) -> (b, t, T)."""
+        x = self.embeddings(input_ids, token_type_ids)
+        return self.embed_adapter(x) if self.embed_adapter is not None else x
+
+    def block_params(self, index: int, block: BlockArch) -> list[nn.Parameter]:
+        """The parameters one block path uses (maps included)."""
+        mods: list[nn.Module] = [self.in_maps[index][f"h{block.hidden}"], self.out_maps[index][f"h{block.hidden}"]]
+        mods += [self.layers[index][j][_key(block.hidden, op.name)] for j, op in enumerate(block.ops) if not op.is_identity]
+        return [p for m in mods for p in m.parameters()]
+
+    def forward_block(self, index: int, block: BlockArch, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One block path: (b, t, T) teacher-width input -> (b, t, T) output to regress the teacher."""
+        y = self.in_maps[index][f"h{block.hidden}"](x)
+        for j, op in enumerate(block.ops):
+            if not op.is_identity:
+                y = self.layers[index][j][_key(block.hidden, op.name)](y, mask)
+        return self.out_maps[index][f"h{block.hidden}"](y)
+
+    def forward(self, arch: Arch, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The whole single path: (b, t) ids -> (b, t, T)."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        x = self.embed(input_ids)
+        for i, block in enumerate(arch.blocks):
+            x = self.forward_block(i, block, x, mask)
+        return x
+
+    # ---------------------------------------------------------------- extraction
+    @torch.no_grad()
+    def extract(self, arch: Arch | str, **config_kwargs: Any) -> NasBertModel:
+        """Copy the path's weights into a standalone `NasBertModel` that computes the same function."""
+        arch = self.space.parse(arch) if isinstance(arch, str) else self.space.validate(arch)
+        model = NasBertModel(NasBertConfig.from_arch(arch, self.space, **config_kwargs)).eval()
+        model.embeddings.load_state_dict(self.embeddings.state_dict())
+        first_in = self.in_maps[0][f"h{arch.blocks[0].hidden}"]
+        _copy_linear(model.embed_proj, _compose(first_in, self.embed_adapter))
+        for i, block in enumerate(arch.blocks):
+            for j, op in enumerate(block.ops):
+                if not op.is_identity:
+                    src = self.layers[i][j][_key(block.hidden, op.name)]
+                    model.blocks[i].layers[j].load_state_dict(src.state_dict())
+            if i + 1 < len(arch.blocks):
+                out_i = self.out_maps[i][f"h{block.hidden}"]
+                in_next = self.in_maps[i + 1][f"h{arch.blocks[i + 1].hidden}"]
+                _copy_linear(model.boundaries[i], _compose(in_next, out_i))
+        _copy_linear(model.head, _compose(self.out_maps[-1][f"h{arch.blocks[-1].hidden}"], None))
+        return model
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(self, directory: str | Path, metadata: dict[str, Any] | None = None, fp16: bool = False) -> Path:
+        """Write weights (safetensors) and metadata (JSON) into `directory`."""
+        from safetensors.torch import save_file
+
+        from nasbert_deploy.fileio import atomic_path, write_json_atomic
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(d / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp))
+        write_json_atomic(d / META_NAME, {"space": self.space.to_dict(), "metadata": metadata or {}})
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> tuple[Supernet, dict[str, Any]]:
+        """Load a supernet written by `save`; returns (supernet, metadata)."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / META_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
+            raise CheckpointError(f"{d} is not a supernet checkpoint (needs {META_NAME} and {WEIGHTS_NAME})")
+        try:
+            meta = json.loads((d / META_NAME).read_text())
+            net = cls(SearchSpace.from_dict(meta["space"]))
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CheckpointError(f"{d / META_NAME} is malformed: {exc}") from exc
+        state = {k: v.float() for k, v in load_file(str(d / WEIGHTS_NAME)).items()}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{d} does not match its space: {len(missing)} missing and {len(unexpected)} unexpected tensors"
+            )
+        return net, meta.get("metadata", {})
+
+
+def _compose(outer: nn.Linear, inner: nn.Linear | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of outer(inner(x)), computed in float64 to keep the fold exact."""
+    w_o, b_o = outer.weight.double(), outer.bias.double()
+    if inner is None:
+        return w_o, b_o
+    w_i, b_i = inner.weight.double(), inner.bias.double()
+    return w_o @ w_i, w_o @ b_i + b_o
+
+
+def _copy_linear(dst: nn.Linear, wb: tuple[torch.Tensor, torch.Tensor]) -> None:
+    dst.weight.copy_(wb[0].to(dst.weight.dtype))
+    dst.bias.copy_(wb[1].to(dst.bias.dtype))

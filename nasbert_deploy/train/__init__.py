@@ -1,1 +1,0 @@
-"""Training: supernet, distillation, fine-tuning."""
