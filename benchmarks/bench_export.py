@@ -34,18 +34,17 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from nasbert_deploy.devices import DeviceSpec, availability, load_device
+from nasbert_deploy.devices import DeviceSpec, load_device
 from nasbert_deploy.errors import NasBertDeployError
+from nasbert_deploy.export.measure import load_latency_table, measure_onnx_memory
 from nasbert_deploy.export.pipeline import (
     ExportOptions,
     default_calibration_texts,
     export_model,
-    load_latency_table,
     random_model,
 )
-from nasbert_deploy.export.validate import measure_onnx_memory
 from nasbert_deploy.model.memory import estimate_memory
-from nasbert_deploy.runtimes.base import Compiled, get_runtime
+from nasbert_deploy.runtimes.base import Compiled, availability, get_runtime
 from nasbert_deploy.runtimes.timing import measure
 from nasbert_deploy.space import STANDARD, SearchSpace, format_params, get_space
 

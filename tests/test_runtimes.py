@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from nasbert_deploy.devices import load_device, require_available
+from nasbert_deploy.devices import load_device
 from nasbert_deploy.errors import RuntimeUnavailableError
 from nasbert_deploy.profiling.items import Item, make_inputs
-from nasbert_deploy.runtimes.base import RUNTIMES, get_runtime, time_compiled
+from nasbert_deploy.runtimes.base import RUNTIMES, get_runtime, require_available, time_compiled
 from nasbert_deploy.space import TINY
 
 CPU_SPEC = {"torch": "cpu-torch", "onnxruntime": "cpu-ort", "openvino": "cpu-openvino"}

@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
         """Device specs: runtime, target, precision, threads, profiled shapes, and whether usable here."""
         from rich.table import Table
 
-        from nasbert_deploy.devices import availability, list_devices, load_device
+        from nasbert_deploy.devices import list_devices, load_device
+        from nasbert_deploy.runtimes.base import availability
 
         specs = list_devices() + [load_device(p) for p in spec or []]
         t = Table(title="device specs (shipped in devices/; any spec file works by path)")

@@ -31,6 +31,7 @@ import torch
 
 from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import CheckpointError, ExportError, TableError
+from nasbert_deploy.export import measure
 from nasbert_deploy.export.validate import VALIDATION_BATCHES, VALIDATION_SEQ_LENS, raise_failures
 from nasbert_deploy.space import Arch, SearchSpace
 
@@ -135,18 +136,6 @@ def supernet_space(supernet_dir: str | os.PathLike[str] | None) -> SearchSpace:
         raise CheckpointError(f"{folder / META_NAME} is not a readable supernet description: {exc}") from None
 
 
-def load_latency_table(spec: DeviceSpec, space: SearchSpace | None = None) -> Any:
-    """The device's latency table (`./profiles/NAME.json`, else the shipped one), checked against `space`.
-
-    `TableError` if there is none (or `nasbert_deploy.profiling.table` is missing), `SpaceError` if it is for another space.
-    """
-    try:
-        from nasbert_deploy.profiling.table import LatencyTable, find_table
-    except ImportError:
-        raise TableError("latency tables are not supported by this build (nasbert_deploy.profiling.table is missing)") from None
-    return LatencyTable.load(find_table(spec.name), space)
-
-
 def select_arch(
     spec: DeviceSpec,
     max_latency_ms: float,
@@ -169,7 +158,7 @@ def select_arch(
     if not cands_path.is_file():
         raise TableError(f"{cands_path} does not exist: the supernet has no candidate table; pass --arch instead")
     cands = CandidateTable.load(cands_path)
-    problem = SearchProblem(cands, load_latency_table(spec, cands.space), batch, seq_len, spec.precision)
+    problem = SearchProblem(cands, measure.load_latency_table(spec, cands.space), batch, seq_len, spec.precision)
     return problem.search(budget, 1).best[0]
 
 
@@ -260,7 +249,7 @@ def export_model(
 
     Raises `ExportError` (one, listing every failed check) if validation fails; then nothing is written.
     """
-    from nasbert_deploy.export.report import build_report, measure_all, write_report
+    from nasbert_deploy.export.report import build_report, write_report
     from nasbert_deploy.fileio import atomic_dir
     from nasbert_deploy.runtimes.convert import (
         EXAMPLE_BATCH,
@@ -311,7 +300,7 @@ def export_model(
                 step("numeric validation")
                 checks = _validate(model, tmp, options, space, len(tokenizer), on_check)
                 raise_failures(checks)
-            measured = measure_all(model, tmp, spec, arch, space, options, seq_len, step)
+            measured = measure.measure_all(model, tmp, spec, arch, space, options, seq_len, step)
             if "onnx" not in options.formats:
                 for name in ("model.onnx", "model.int8.onnx"):
                     (tmp / name).unlink(missing_ok=True)

@@ -10,121 +10,16 @@ loads the exported ONNX in ONNX Runtime (1 thread) and runs one inference (`expo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from nasbert_deploy.devices import DeviceSpec
-from nasbert_deploy.errors import SpaceError, TableError
 from nasbert_deploy.space import Arch, SearchSpace, format_params
 
 REPORT_SCHEMA = 1
 MIB = 2**20
 MEASURE_ROUNDS = 3  # passes of the latency measurement; the lowest median is kept, as in the latency tables
-
-
-def _latency(
-    folder: Path,
-    spec: DeviceSpec,
-    space: SearchSpace,
-    arch: Arch,
-    batch: int,
-    seq_len: int,
-    vocab: int,
-    timing_kwargs: dict[str, Any],
-    measure: bool,
-) -> dict[str, Any]:
-    """Predicted (device latency table) and measured (`time_compiled` on the device's runtime) latency in ms."""
-    import numpy as np
-
-    from nasbert_deploy.export.pipeline import load_latency_table
-    from nasbert_deploy.runtimes.base import get_runtime, time_compiled
-
-    out: dict[str, Any] = {
-        "device": spec.name,
-        "runtime": spec.runtime,
-        "precision": spec.precision,
-        "threads": spec.threads,
-        "batch": batch,
-        "seq_len": seq_len,
-        "predicted_ms": None,
-        "blocks_ms": None,
-        "measured": None,
-    }
-    try:
-        pred = load_latency_table(spec, space).predict(arch, batch, seq_len)
-        out["predicted_ms"] = float(pred.total_ms)
-        out["blocks_ms"] = [float(x) for x in pred.blocks_ms]
-    except (TableError, SpaceError) as exc:
-        out["predicted_note"] = f"not predicted: {exc}"
-    if not measure:
-        out["measured_note"] = "not measured (--no-timing)"
-        return out
-    rt = get_runtime(spec.runtime)
-    reason = rt.availability(spec)
-    if reason:
-        out["measured_note"] = f"not measured: device {spec.name!r} is not usable here ({reason})"
-        return out
-    compiled = rt.load(folder, spec)
-    ids = np.random.default_rng(0).integers(1, vocab, size=(batch, seq_len), dtype=np.int64)
-    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    # measured as the table's entries are: the lowest-median of MEASURE_ROUNDS passes (noise only adds latency)
-    rounds = [time_compiled(compiled, inputs, **timing_kwargs).to_dict() for _ in range(MEASURE_ROUNDS)]
-    out["measured"] = {**min(rounds, key=lambda t: t["median_ms"]), "rounds": MEASURE_ROUNDS}
-    if out["predicted_ms"]:
-        out["measured_over_predicted"] = out["measured"]["median_ms"] / out["predicted_ms"]
-    return out
-
-
-def _memory(
-    folder: Path, space: SearchSpace, arch: Arch, batch: int, seq_len: int, vocab: int, measure: bool
-) -> list[dict[str, Any]]:
-    """Estimate vs measured peak RSS growth (MiB) for each exported ONNX file."""
-    from nasbert_deploy.export.validate import measure_onnx_memory
-    from nasbert_deploy.model.memory import estimate_memory
-
-    rows = []
-    for name, precision in (("model.onnx", "fp32"), ("model.int8.onnx", "int8")):
-        if not (folder / name).is_file():
-            continue
-        est = estimate_memory(space, arch, batch, seq_len, precision)
-        row: dict[str, Any] = {
-            "file": name,
-            "precision": precision,
-            "batch": batch,
-            "seq_len": seq_len,
-            "estimate_mb": est.total_mb,
-            "weights_mb": est.weights_mb,
-            "activations_mb": est.activations_mb,
-        }
-        if measure:
-            m = measure_onnx_memory(folder / name, batch, seq_len, vocab)
-            row.update(
-                measured_session_mb=m.session_mb,
-                measured_peak_mb=m.peak_mb,
-                measured_over_estimate=m.peak_mb / est.total_mb if est.total_mb else None,
-            )
-        rows.append(row)
-    return rows
-
-
-def measure_all(
-    model: Any,
-    folder: Path,
-    spec: DeviceSpec,
-    arch: Arch,
-    space: SearchSpace,
-    options: Any,
-    seq_len: int,
-    step: Callable[[str], None],
-) -> dict[str, Any]:
-    """Latency on `spec` and memory of the ONNX files, at (options.batch, seq_len)."""
-    vocab = min(space.vocab_size, int(model.config.vocab_size))
-    step(f"latency on {spec.name}")
-    lat = _latency(folder, spec, space, arch, options.batch, seq_len, vocab, options.timing_kwargs, options.measure_latency)
-    step("memory")
-    mem = _memory(folder, space, arch, options.batch, seq_len, vocab, options.measure_memory)
-    return {"latency": lat, "memory": mem}
 
 
 def _versions() -> dict[str, str]:

@@ -14,13 +14,8 @@ Every failure is collected; `raise_failures` raises one `ExportError` listing al
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -152,77 +147,3 @@ def raise_failures(checks: Sequence[Check]) -> None:
         raise ExportError(
             f"numeric validation failed for {len(bad)} of {len(checks)} checks: " + "; ".join(c.describe() for c in bad)
         )
-
-
-_RSS_SCRIPT = r"""
-import json, os, sys
-os.environ["ORT_DISABLE_TELEMETRY"] = "1"
-import numpy as np
-import onnxruntime as ort
-
-
-def hwm_kib():
-    # VmHWM = this process's peak RSS (what ru_maxrss reports, minus the parent's peak that a fork carries over)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise OSError("no VmHWM in /proc/self/status")
-
-
-path, b, t, vocab = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rng = np.random.default_rng(0)
-feed_all = {"input_ids": rng.integers(1, vocab, (b, t), dtype=np.int64), "attention_mask": np.ones((b, t), np.int64),
-            "token_type_ids": np.zeros((b, t), np.int64)}
-# reset the peak mark to the current RSS (Linux >= 4.0) so import-time transients do not hide the growth
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-base = hwm_kib()
-so = ort.SessionOptions()
-so.intra_op_num_threads = 1
-so.inter_op_num_threads = 1
-so.log_severity_level = 3
-sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-loaded = hwm_kib()
-sess.run(None, {i.name: feed_all[i.name] for i in sess.get_inputs()})
-peak = hwm_kib()
-print(json.dumps({"baseline_kib": base, "loaded_kib": loaded, "peak_kib": peak}))
-"""
-
-
-@dataclass(frozen=True)
-class MeasuredMemory:
-    """Peak RSS growth (MiB) of a fresh process that loads an ONNX model in ORT and runs one inference.
-
-    `session_mb`: growth after creating the session (weights + runtime state); `peak_mb`: after one run.
-    Both are relative to the RSS after importing onnxruntime and building the inputs.
-    """
-
-    session_mb: float
-    peak_mb: float
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-def measure_onnx_memory(
-    onnx_path: str | Path, batch: int, seq_len: int, vocab_size: int, timeout_s: float = 300
-) -> MeasuredMemory:
-    """Run `_RSS_SCRIPT` in a fresh subprocess (1 ORT thread) and read its peak RSS (KiB).
-
-    The peak is `VmHWM` from /proc/self/status, reset to the current RSS after importing onnxruntime
-    (`/proc/self/clear_refs`). It is what `ru_maxrss` measures, except that `ru_maxrss` of a child
-    starts at the *parent's* peak (Linux carries it over the fork), which hides a small model's growth.
-    """
-    if sys.platform != "linux":
-        raise ExportError("measured memory (ru_maxrss in KiB) is only supported on Linux")
-    env = dict(os.environ, ORT_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-c", _RSS_SCRIPT, str(onnx_path), str(batch), str(seq_len), str(vocab_size)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ExportError(f"memory measurement of {onnx_path} failed: {tail}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
-    return MeasuredMemory(
-        session_mb=(data["loaded_kib"] - data["baseline_kib"]) / 1024,
-        peak_mb=(data["peak_kib"] - data["baseline_kib"]) / 1024,
-    )

@@ -22,7 +22,7 @@ from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import DeviceError, TableError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
 from nasbert_deploy.profiling.items import Item, model_item, op_items, validation_archs
-from nasbert_deploy.profiling.profiler import ProfileSettings, _spec_dict, build_table, make_manifest, points_of
+from nasbert_deploy.profiling.profiler import ProfileSettings, build_table, make_manifest, points_of, spec_dict
 from nasbert_deploy.profiling.table import LatencyTable
 from nasbert_deploy.space import SearchSpace
 
@@ -58,7 +58,7 @@ def _runtime_settings(spec: DeviceSpec) -> dict[str, Any]:
     from nasbert_deploy.runtimes.openvino_rt import compile_config
 
     return {
-        "ort": {"threads": spec.threads, "providers": onnxruntime_rt._providers(spec),
+        "ort": {"threads": spec.threads, "providers": onnxruntime_rt.providers(spec),
                 "provider_options": dict(spec.provider_options),
                 "session_config": {str(k): str(v) for k, v in spec.runtime_options.items()},
                 "disabled_optimizers": list(getattr(onnxruntime_rt, "DISABLED_OPTIMIZERS", ()))},
@@ -99,7 +99,7 @@ def write_bundle(
             "bundle_id": uuid.uuid4().hex,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "runtime": spec.runtime,
-            "device": _spec_dict(spec),
+            "device": spec_dict(spec),
             "space": space.to_dict(),
             "space_hash": space.space_hash(),
             "settings": settings.to_dict(),

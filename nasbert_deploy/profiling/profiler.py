@@ -28,12 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nasbert_deploy.devices import DeviceSpec, require_available
+from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import DeviceError, TableError
 from nasbert_deploy.fileio import write_json_atomic
 from nasbert_deploy.profiling.fit import correction_dict, fit_planes, held_out_errors
 from nasbert_deploy.profiling.items import Item, make_inputs, model_item, op_items, validation_archs
 from nasbert_deploy.profiling.table import LatencyTable, environment, parse_point_key, point_key, table_keys
+from nasbert_deploy.runtimes.base import require_available
 from nasbert_deploy.space import Arch, SearchSpace
 
 Progress = Callable[[str, int, int], None]  # (phase 'export' | 'time', done, total)
@@ -95,7 +96,7 @@ def points_of(spec: DeviceSpec, space: SearchSpace) -> list[tuple[int, int]]:
     return [(b, s) for b in spec.batch_sizes for s in spec.seq_lens]
 
 
-def _spec_dict(spec: DeviceSpec) -> dict[str, Any]:
+def spec_dict(spec: DeviceSpec) -> dict[str, Any]:
     d = spec.to_dict()
     d.pop("source", None)
     return d
@@ -298,7 +299,7 @@ def refit_table(table: LatencyTable) -> LatencyTable:
 def make_manifest(spec_or_dict: DeviceSpec | dict[str, Any], settings: dict[str, Any], wall_s: float, source: str,
                   env: dict[str, Any] | None = None) -> dict[str, Any]:
     env = env if env is not None else environment()
-    device = _spec_dict(spec_or_dict) if isinstance(spec_or_dict, DeviceSpec) else spec_or_dict
+    device = spec_dict(spec_or_dict) if isinstance(spec_or_dict, DeviceSpec) else spec_or_dict
     return {
         "device": device,
         "runtime_versions": env.get("runtime_versions", {}),
@@ -324,7 +325,7 @@ def profile_device(
     points = points_of(spec, space)
     out = Path(out)
     ppath = partial_path(out)
-    identity = {"device": _spec_dict(spec), "space_hash": space.space_hash(), "settings": settings.to_dict()}
+    identity = {"device": spec_dict(spec), "space_hash": space.space_hash(), "settings": settings.to_dict()}
     state = _load_partial(ppath, identity)
     archs = validation_archs(space, settings.validate, settings.seed)
     held = holdout_archs(space, settings.holdout, settings.seed, archs)
@@ -342,7 +343,7 @@ def profile_device(
     wall = before + time.perf_counter() - start - clock.get("holdout_export_s", 0.0) - clock.get("holdout_timing_s", 0.0)
     manifest = make_manifest(spec, settings.to_dict(), wall, "direct")
     manifest["profiling_breakdown_s"] = {k: round(v, 2) for k, v in clock.items()}
-    table = build_table(space, _spec_dict(spec), state["results"], archs, points, manifest, held)
+    table = build_table(space, spec_dict(spec), state["results"], archs, points, manifest, held)
     table.save(out)
     ppath.unlink(missing_ok=True)
     return table

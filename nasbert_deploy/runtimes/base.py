@@ -17,11 +17,12 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from nasbert_deploy.errors import DeviceError
+from nasbert_deploy.errors import DeviceError, RuntimeUnavailableError
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from nasbert_deploy.devices import DeviceSpec
     from nasbert_deploy.runtimes.timing import Timing
 
 RUNTIMES: dict[str, str] = {"torch": "torch_rt", "onnxruntime": "onnxruntime_rt", "openvino": "openvino_rt"}
@@ -31,6 +32,18 @@ def get_runtime(name: str) -> ModuleType:
     if name not in RUNTIMES:
         raise DeviceError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
     return importlib.import_module(f"nasbert_deploy.runtimes.{RUNTIMES[name]}")
+
+
+def availability(spec: DeviceSpec) -> str | None:
+    """None if `spec` can run on this machine, else one line saying why not."""
+    return get_runtime(spec.runtime).availability(spec)
+
+
+def require_available(spec: DeviceSpec) -> None:
+    """`RuntimeUnavailableError` (one line) unless `spec` can run on this machine."""
+    reason = availability(spec)
+    if reason:
+        raise RuntimeUnavailableError(f"device {spec.name!r} is not usable here: {reason}")
 
 
 class Compiled(ABC):

@@ -21,7 +21,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
-def _providers(spec: DeviceSpec) -> list[str]:
+def providers(spec: DeviceSpec) -> list[str]:
     if spec.providers:
         return list(spec.providers)
     return ["CUDAExecutionProvider"] if spec.target == "cuda" else ["CPUExecutionProvider"]
@@ -33,7 +33,7 @@ def availability(spec: DeviceSpec) -> str | None:
     except ImportError:
         return "onnxruntime is not installed (pip install onnxruntime)"
     have = ort.get_available_providers()
-    missing = [p for p in _providers(spec) if p not in have]
+    missing = [p for p in providers(spec) if p not in have]
     if missing:
         extra = " (install onnxruntime-gpu and use a machine with a CUDA GPU)" if "CUDAExecutionProvider" in missing else ""
         return f"onnxruntime here offers {', '.join(have)}, not {', '.join(missing)}{extra}"
@@ -66,12 +66,12 @@ class OrtCompiled(Compiled):
         reason = availability(spec)
         if reason:
             raise RuntimeUnavailableError(f"device {spec.name!r}: {reason}")
-        providers: list[Any] = _providers(spec)
+        chosen: list[Any] = providers(spec)
         if spec.provider_options:
-            providers = [(p, dict(spec.provider_options)) if i == 0 else p for i, p in enumerate(providers)]
+            chosen = [(p, dict(spec.provider_options)) if i == 0 else p for i, p in enumerate(chosen)]
         self.path = onnx_path
         self.session = ort.InferenceSession(
-            str(onnx_path), session_options(spec), providers=providers, disabled_optimizers=list(DISABLED_OPTIMIZERS)
+            str(onnx_path), session_options(spec), providers=chosen, disabled_optimizers=list(DISABLED_OPTIMIZERS)
         )
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())

@@ -45,14 +45,14 @@ def heldout_mse(
     """
     import torch
 
-    from nasbert_deploy.student.distill import check_compatible, masked_mse
-    from nasbert_deploy.teacher import block_targets
+    from nasbert_deploy.model.losses import masked_mse
+    from nasbert_deploy.teacher import block_targets, check_compatible
 
     space = supernet.space
     if not paragraphs:
         raise TeacherError("no held-out text to re-rank on; pass a non-empty text file")
     if archs:
-        check_compatible(supernet.extract(archs[0]), teacher)  # before the teacher's forward passes
+        check_compatible(supernet.space, teacher)  # before the teacher's forward passes
     t = min(seq_len, space.max_positions)
     enc = teacher.tokenizer(list(paragraphs), max_length=t, truncation=True, padding="longest", return_tensors="pt")
     ids, mask = enc["input_ids"].long(), enc["attention_mask"].long()  # (n, t) each

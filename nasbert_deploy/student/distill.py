@@ -33,9 +33,10 @@ from torch import nn
 
 from nasbert_deploy.errors import CheckpointError, TeacherError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.model.losses import masked_kl, masked_mse
 from nasbert_deploy.model.modeling import NasBertModel
 from nasbert_deploy.student.tasks import CorpusBatches
-from nasbert_deploy.teacher import Teacher, block_targets
+from nasbert_deploy.teacher import Teacher, block_targets, check_compatible
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 REPORT_NAME = "distill_report.json"
@@ -183,21 +184,6 @@ def build_student(
     return make_student(net.extract(str(arch)), net, "supernet")
 
 
-def check_compatible(model: NasBertModel, teacher: Teacher) -> None:
-    """The student must output the teacher's width and share its vocabulary size."""
-    space = model.config.search_space
-    if space.output_dim != teacher.hidden_size:
-        raise TeacherError(
-            f"the student's space outputs width {space.output_dim} but the teacher's hidden size is {teacher.hidden_size}; "
-            "use a search space whose output_dim equals the teacher's hidden size"
-        )
-    if len(teacher.tokenizer) > space.vocab_size:
-        raise TeacherError(
-            f"the teacher's tokenizer has {len(teacher.tokenizer)} tokens but the student's embedding has {space.vocab_size}; "
-            "use a search space whose vocab_size covers the tokenizer"
-        )
-
-
 def load_mlm_head(teacher: Teacher) -> nn.Module | None:
     """The teacher's masked-LM head, mapping (b, t, T) hidden states to (b, t, vocab) logits; None if it has none."""
     archs = getattr(teacher.model.config, "architectures", None) or []
@@ -213,21 +199,6 @@ def load_mlm_head(teacher: Teacher) -> nn.Module | None:
                 p.requires_grad_(False)
             return head
     return None
-
-
-def masked_mse(student: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over real tokens: (b, t, d), (b, t, d), (b, t) -> scalar (mean over tokens and d)."""
-    m = mask[:, :, None].to(student.dtype)
-    return ((student - target) ** 2 * m).sum() / (m.sum() * student.shape[-1]).clamp(min=1.0)
-
-
-def masked_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
-    """tau^2 * KL(softmax(teacher/tau) || softmax(student/tau)) averaged over real tokens; (b, t, V) logits."""
-    log_p = torch.log_softmax(teacher_logits / tau, dim=-1)
-    log_q = torch.log_softmax(student_logits / tau, dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (b, t)
-    m = mask.to(kl.dtype)
-    return tau * tau * (kl * m).sum() / m.sum().clamp(min=1.0)
 
 
 def distill_losses(
@@ -322,7 +293,7 @@ def distill(
 
     Resumes from `<out_dir>.ckpt/` when it holds a checkpoint of the same run. Returns the report dict.
     """
-    check_compatible(student.model, teacher)
+    check_compatible(student.model.config.search_space, teacher)
     mlm_head = load_mlm_head(teacher) if cfg.prediction_weight else None
     if cfg.prediction_weight and mlm_head is None:
         raise TeacherError(

@@ -28,6 +28,7 @@ from torch import nn
 
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.model.losses import kd_loss
 from nasbert_deploy.student.distill import ProgressFn, checkpoint_dir, load_checkpoint, save_checkpoint
 from nasbert_deploy.student.metrics import EvalReport, evaluate_logits
 from nasbert_deploy.student.tasks import TaskData, iter_batches, label_maps, sort_labels
@@ -107,13 +108,6 @@ def fit_max_len(model: Any, max_len: int) -> int:
     return min(max_len, int(getattr(model.config, "max_position_embeddings", max_len) or max_len))
 
 
-def _kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
-    """tau^2 * KL(softmax(teacher / tau) || softmax(student / tau)), mean over the batch; (b, c) logits."""
-    log_p = torch.log_softmax(teacher_logits / tau, dim=-1)
-    log_q = torch.log_softmax(logits / tau, dim=-1)
-    return tau * tau * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-
-
 def train_classifier(
     model: Any,
     tokenizer: Any,
@@ -177,7 +171,7 @@ def train_classifier(
                 logits = model(**batch).logits
                 loss = nn.functional.cross_entropy(logits, y_train[idx])
                 if lam:
-                    loss = (1 - lam) * loss + lam * _kd_loss(logits, t_logits[idx], cfg.temperature)  # type: ignore[index]
+                    loss = (1 - lam) * loss + lam * kd_loss(logits, t_logits[idx], cfg.temperature)  # type: ignore[index]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

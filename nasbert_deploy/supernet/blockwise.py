@@ -31,9 +31,17 @@ from typing import Any
 import torch
 
 from nasbert_deploy.errors import CheckpointError, SpaceError
+from nasbert_deploy.model.losses import masked_mse
 from nasbert_deploy.space import BlockArch, SearchSpace
 from nasbert_deploy.supernet.candidates import CandidateTable, parse_block
-from nasbert_deploy.supernet.checkpoints import CANDIDATES_NAME, existing_part_dir, load_part, part_finished, save_part
+from nasbert_deploy.supernet.checkpoints import (
+    CANDIDATES_NAME,
+    Part,
+    existing_part_dir,
+    load_part,
+    part_finished,
+    save_part,
+)
 from nasbert_deploy.supernet.network import Supernet
 from nasbert_deploy.supernet.shrinking import (
     ShrinkConfig,
@@ -85,30 +93,6 @@ class TrainResult:
     finished: bool
     assembled: bool
     waiting_for: list[str]
-
-
-@dataclass
-class Part:
-    """One independently trained piece: 'embed' or 'block<i>'."""
-
-    name: str
-    block: int | None
-    params: list[torch.nn.Parameter]
-    prefixes: tuple[str, ...]
-    optimizer: torch.optim.Optimizer
-    step: int = 0
-    shrinks: int = 0
-    survivors: list[list[BlockArch]] | None = None
-    final_losses: dict[BlockArch, float] | None = None
-    last_loss: float = float("nan")
-    done: bool = False
-    elapsed_s: float = 0.0
-
-
-def masked_mse(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over real tokens: (b, t, T), (b, t, T), (b, t) -> scalar."""
-    m = mask[:, :, None].to(out.dtype)
-    return ((out - target) ** 2 * m).sum() / (m.sum() * out.shape[-1]).clamp(min=1.0)
 
 
 # ---------------------------------------------------------------- determinism helpers

@@ -7,22 +7,38 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from nasbert_deploy.errors import CheckpointError
 from nasbert_deploy.fileio import atomic_dir
-from nasbert_deploy.space import SearchSpace
+from nasbert_deploy.space import BlockArch, SearchSpace
 from nasbert_deploy.supernet.candidates import parse_block
 from nasbert_deploy.supernet.network import Supernet
 
-if TYPE_CHECKING:
-    from nasbert_deploy.supernet.blockwise import Part
-
 CANDIDATES_NAME = "candidates.json"
 CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class Part:
+    """One independently trained piece: 'embed' or 'block<i>'."""
+
+    name: str
+    block: int | None
+    params: list[torch.nn.Parameter]
+    prefixes: tuple[str, ...]
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    shrinks: int = 0
+    survivors: list[list[BlockArch]] | None = None
+    final_losses: dict[BlockArch, float] | None = None
+    last_loss: float = float("nan")
+    done: bool = False
+    elapsed_s: float = 0.0
 
 
 def part_dir(out: Path, name: str) -> Path:
