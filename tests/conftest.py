@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import json
 import os
 import random
+from dataclasses import replace
 
 import pytest
+import torch
+from helpers import MICRO, SETTINGS
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,3 +25,41 @@ def tiny_space():
 @pytest.fixture
 def rng():
     return random.Random(1234)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train fastest on one thread; more only fight over the shared cores."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def micro_table(tmp_path_factory):
+    """The micro space profiled directly on cpu-ort, interrupted once and resumed (asserted on the way)."""
+    from nasbert_deploy.devices import load_device
+    from nasbert_deploy.profiling.profiler import partial_path, profile_device
+
+    out = tmp_path_factory.mktemp("prof") / "micro-ort.json"
+    spec = replace(load_device("cpu-ort"), name="micro-ort", seq_lens=(8, 16))
+    seen = []
+
+    def interrupt(phase, done, total):
+        seen.append((phase, done, total))
+        if phase == "time" and done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        profile_device(spec, MICRO, out, SETTINGS, interrupt)
+    assert not out.exists()
+    state = json.loads(partial_path(out).read_text())
+    assert sum(len(r) for per in state["results"].values() for r in per.values()) == 5
+    total_first = max(t for p, _, t in seen if p == "time")
+    assert total_first == (7 * 2 + 5 * 3) * 2  # (7 items x 2 rounds + (3 + 2 held-out) models x 3 rounds) x 2 points
+    resumed = []
+    table = profile_device(spec, MICRO, out, SETTINGS, lambda p, d, t: resumed.append((p, d, t)))
+    assert max(t for p, _, t in resumed if p == "time") == total_first - 5  # completed timings were skipped
+    assert not partial_path(out).exists()
+    return out, table

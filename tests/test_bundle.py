@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 
 import pytest
-from test_profile import MICRO, SETTINGS, micro_table  # noqa: F401  (the directly profiled table, module fixture)
+from helpers import MICRO, SETTINGS
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
@@ -18,7 +18,7 @@ from nasbert_deploy.profiling.table import LatencyTable, table_keys
 
 
 @pytest.mark.slow
-def test_bundle_round_trip_matches_direct_profile(tmp_path, micro_table):  # noqa: F811
+def test_bundle_round_trip_matches_direct_profile(tmp_path, micro_table):
     _, direct = micro_table
     spec = replace(load_device("cpu-ort"), name="micro-ort", seq_lens=(8, 16))
     bundle = write_bundle(spec, MICRO, tmp_path / "bundle", SETTINGS)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_distill_fixtures import make_tiny_teacher, one_thread
+from helpers import make_tiny_teacher
 
 from nasbert_deploy.errors import CheckpointError, TeacherError
 from nasbert_deploy.space import TINY
@@ -27,7 +27,6 @@ from nasbert_deploy.teacher import load_teacher
 
 ARCH = "64:mha,ffn|32:sep3,id"
 pytestmark = pytest.mark.usefixtures("one_thread")
-_ = one_thread  # imported for its fixture
 
 
 @pytest.fixture(scope="module")

@@ -7,34 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import ARCH, make_supernet_dir, make_tokenizer_dir
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
 from nasbert_deploy.space import TINY
-from nasbert_deploy.supernet.network import Supernet
 
 runner = CliRunner()
-ARCH = "32:mha,ffn|64:sep3,ffn"
-WORDS = "the a of to and in is it that for on with as was by this be are from or at an python module".split()
 
-
-def make_tokenizer_dir(root):
-    """A BertTokenizerFast over a 60-token vocabulary, saved as a tokenizer folder."""
-    from transformers import BertTokenizerFast
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + [f"w{i}" for i in range(30)]
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(str(root / "vocab.txt"))
-    out = root / "tok"
-    tok.save_pretrained(str(out))
-    return out
-
-
-def make_supernet_dir(root):
-    torch.manual_seed(0)
-    net = Supernet(TINY).eval()
-    return net.save(root / "supernet", {"note": "random test supernet"}), net
 
 
 @pytest.fixture(scope="module")

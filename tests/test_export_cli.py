@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ARCH, make_supernet_dir, make_tokenizer_dir
 from search_helpers import SyntheticLatency, brute_force, random_table
-from test_export import ARCH, make_supernet_dir, make_tokenizer_dir
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app

@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from test_distill_fixtures import make_tiny_teacher, one_thread, tiny_vocab
+from helpers import make_tiny_teacher, tiny_vocab
 
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.space import TINY
@@ -16,7 +16,6 @@ from nasbert_deploy.student.finetune import FinetuneConfig, evaluate, finetune, 
 from nasbert_deploy.student.tasks import load_task, sample_task_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-_ = one_thread  # imported for its fixture
 ARCH = "64:mha,ffn|32:sep3,id"
 WORDS = [w for w in tiny_vocab() if w.isalpha() and len(w) > 3]
 KEYS_A, KEYS_B, FILL = WORDS[:3], WORDS[3:6], WORDS[6:36]

@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_distill_fixtures import make_tiny_teacher, one_thread
+from helpers import make_tiny_teacher
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-_ = one_thread  # imported for its fixture
 ARCH = "64:mha,ffn|32:sep3,id"
 runner = CliRunner()
 

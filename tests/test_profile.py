@@ -6,18 +6,13 @@ import json
 from dataclasses import replace
 
 import pytest
+from helpers import MICRO, SETTINGS
 
 from nasbert_deploy.devices import load_device
 from nasbert_deploy.profiling.items import op_items, validation_archs
-from nasbert_deploy.profiling.profiler import ProfileSettings, partial_path, profile_device, rounds_due
+from nasbert_deploy.profiling.profiler import profile_device, rounds_due
 from nasbert_deploy.profiling.table import MANIFEST_KEYS, LatencyTable, table_keys
-from nasbert_deploy.space import STANDARD, TINY, SearchSpace
-
-# smaller than TINY: one hidden size, one kernel -> 7 items (3 ops, 1 boundary, embedding, head, overhead)
-MICRO = SearchSpace(name="micro", num_blocks=2, layers_per_block=2, hidden_sizes=(32,), conv_kernels=(3,), head_dim=16,
-                    embed_dim=16, output_dim=48, vocab_size=1000, max_positions=64)
-SETTINGS = ProfileSettings(warmup=1, runs=10, min_time_s=0.02, max_cv=None, retries=0, rounds=2, model_rounds=3,
-                           model_min_time_s=0.02, validate=3, holdout=2)
+from nasbert_deploy.space import STANDARD, TINY
 
 
 def test_items_cover_the_standard_space():
@@ -41,31 +36,6 @@ def test_rounds_are_spread_over_the_passes():
 
 class _Stop(Exception):
     pass
-
-
-@pytest.fixture(scope="module")
-def micro_table(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prof") / "micro-ort.json"
-    spec = replace(load_device("cpu-ort"), name="micro-ort", seq_lens=(8, 16))
-    seen = []
-
-    def interrupt(phase, done, total):
-        seen.append((phase, done, total))
-        if phase == "time" and done == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        profile_device(spec, MICRO, out, SETTINGS, interrupt)
-    assert not out.exists()
-    state = json.loads(partial_path(out).read_text())
-    assert sum(len(r) for per in state["results"].values() for r in per.values()) == 5
-    total_first = max(t for p, _, t in seen if p == "time")
-    assert total_first == (7 * 2 + 5 * 3) * 2  # (7 items x 2 rounds + (3 + 2 held-out) models x 3 rounds) x 2 points
-    resumed = []
-    table = profile_device(spec, MICRO, out, SETTINGS, lambda p, d, t: resumed.append((p, d, t)))
-    assert max(t for p, _, t in resumed if p == "time") == total_first - 5  # completed timings were skipped
-    assert not partial_path(out).exists()
-    return out, table
 
 
 @pytest.mark.slow

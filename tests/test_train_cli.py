@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_train_data import SAMPLE, make_tiny_teacher
+from helpers import SAMPLE, make_sample_teacher
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
@@ -16,7 +16,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
-    return make_tiny_teacher(tmp_path_factory.mktemp("cli-teacher"), layers=2)
+    return make_sample_teacher(tmp_path_factory.mktemp("cli-teacher"), layers=2)
 
 
 def _train_args(teacher_dir, out, *extra):

@@ -3,13 +3,11 @@ other `test_train_*` modules import."""
 
 from __future__ import annotations
 
-import collections
-import re
-from importlib import resources
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import SAMPLE, make_sample_teacher
 
 from nasbert_deploy.errors import CorpusError, SpaceError
 from nasbert_deploy.space import TINY
@@ -17,36 +15,10 @@ from nasbert_deploy.supernet.network import Supernet
 from nasbert_deploy.supernet.teacher_cache import build_teacher_cache, init_embeddings_from_teacher, read_paragraphs
 from nasbert_deploy.teacher import load_teacher
 
-SAMPLE = Path(str(resources.files("nasbert_deploy") / "data" / "sample.txt"))
-
-
-def make_tiny_teacher(path: Path, layers: int = 4, seed: int = 0) -> Path:
-    """A BertModel (hidden 48, `layers` layers, vocab 1000) with a word-level vocab from the sample text."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    path.mkdir(parents=True, exist_ok=True)
-    words = collections.Counter(re.findall(r"[a-z]+", SAMPLE.read_text().lower()))
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = specials + [w for w, _ in words.most_common(1000 - len(specials))]
-    vocab += [f"[unused{i}]" for i in range(1000 - len(vocab))]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(str(path))
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        hidden_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=96,
-        vocab_size=1000,
-        max_position_embeddings=64,
-    )
-    BertModel(cfg).eval().save_pretrained(str(path))
-    return path
-
 
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory) -> Path:
-    return make_tiny_teacher(tmp_path_factory.mktemp("teacher"))
+    return make_sample_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def test_read_paragraphs(tmp_path):

@@ -1,0 +1,111 @@
+"""Builders shared by the test modules: tiny teachers, tokenizers, supernets, the micro profiling space.
+
+Test modules import from here (never from each other); fixtures built from these live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from nasbert_deploy.profiling.profiler import ProfileSettings
+from nasbert_deploy.space import TINY, SearchSpace
+from nasbert_deploy.student.tasks import load_task, sample_task_path
+from nasbert_deploy.supernet.network import Supernet
+
+SAMPLE = Path(str(resources.files("nasbert_deploy") / "data" / "sample.txt"))
+ARCH = "32:mha,ffn|64:sep3,ffn"
+WORDS = "the a of to and in is it that for on with as was by this be are from or at an python module".split()
+# smaller than TINY: one hidden size, one kernel -> 7 items (3 ops, 1 boundary, embedding, head, overhead)
+MICRO = SearchSpace(name="micro", num_blocks=2, layers_per_block=2, hidden_sizes=(32,), conv_kernels=(3,), head_dim=16,
+                    embed_dim=16, output_dim=48, vocab_size=1000, max_positions=64)
+SETTINGS = ProfileSettings(warmup=1, runs=10, min_time_s=0.02, max_cv=None, retries=0, rounds=2, model_rounds=3,
+                           model_min_time_s=0.02, validate=3, holdout=2)
+
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_vocab(size: int = 1000) -> list[str]:
+    """Specials, single characters (and their ## forms), then the commonest words of the shipped sample."""
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"()[]{}-_/*=+<>@#%&|\\`~$^"))
+    vocab = SPECIALS + chars + ["##" + c for c in chars]
+    words = collections.Counter()
+    for text in load_task(sample_task_path("train")).texts:
+        words.update(w for w in re.findall(r"[a-z]+", text.lower()) if len(w) > 1)
+    for w, _ in words.most_common():
+        if len(vocab) >= size:
+            break
+        if w not in vocab:
+            vocab.append(w)
+    return vocab[:size]
+
+
+def make_tiny_teacher(directory: Path, mlm: bool = False, seed: int = 0) -> Path:
+    """Write a random tiny BERT (hidden 48, 2 layers, 4 heads, FFN 96, vocab 1000) and its tokenizer."""
+    from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab_file = directory / "vocab.txt"
+    vocab_file.write_text("\n".join(tiny_vocab()) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    cfg = BertConfig(
+        vocab_size=1000,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=TINY.max_positions,
+    )
+    torch.manual_seed(seed)
+    model = (BertForMaskedLM if mlm else BertModel)(cfg)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def make_sample_teacher(path: Path, layers: int = 4, seed: int = 0) -> Path:
+    """A BertModel (hidden 48, `layers` layers, vocab 1000) with a word-level vocab from the sample text."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = collections.Counter(re.findall(r"[a-z]+", SAMPLE.read_text().lower()))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + [w for w, _ in words.most_common(1000 - len(specials))]
+    vocab += [f"[unused{i}]" for i in range(1000 - len(vocab))]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(str(path))
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        hidden_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=96,
+        vocab_size=1000,
+        max_position_embeddings=64,
+    )
+    BertModel(cfg).eval().save_pretrained(str(path))
+    return path
+
+
+def make_tokenizer_dir(root):
+    """A BertTokenizerFast over a 60-token vocabulary, saved as a tokenizer folder."""
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + [f"w{i}" for i in range(30)]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(str(root / "vocab.txt"))
+    out = root / "tok"
+    tok.save_pretrained(str(out))
+    return out
+
+
+def make_supernet_dir(root):
+    torch.manual_seed(0)
+    net = Supernet(TINY).eval()
+    return net.save(root / "supernet", {"note": "random test supernet"}), net
