@@ -1,0 +1,130 @@
+"""Sentence-embedding retrieval tasks: `{"query", "document"}` pairs, scored in a pool.
+
+Every query's relevant document is its own pair's document; the pool is every document of the
+file (duplicates collapse to one pool entry, so a repeated document counts as found for each of its
+queries). Scores on L2-normalised embeddings ranked by cosine similarity:
+
+- recall@k: the share of queries whose document ranks in the top k;
+- MRR: the mean of 1 / rank of the document;
+- ranking loyalty@k (against a teacher): the mean overlap |top-k(student) ∩ top-k(teacher)| / k,
+  the retrieval analogue of label loyalty.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nasbert_deploy.errors import TaskError
+
+FIELDS = ("query", "document")
+
+
+@dataclass(frozen=True)
+class RetrievalData:
+    """Queries, the pool of distinct documents, and for each query the pool index of its document."""
+
+    queries: tuple[str, ...]
+    documents: tuple[str, ...]
+    gold: tuple[int, ...]
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def is_retrieval_file(path: str | Path) -> bool:
+    """True when the first JSON line of `path` has the retrieval fields (query, document)."""
+    p = Path(path)
+    if p.suffix.lower() != ".jsonl" or not p.is_file():
+        return False
+    try:
+        with p.open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    obj = json.loads(line)
+                    return isinstance(obj, dict) and "query" in obj and "document" in obj
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return False
+
+
+def load_retrieval(path: str | Path, limit: int | None = None) -> RetrievalData:
+    """Read a `.jsonl` file of `{"query", "document"}` objects; `TaskError` naming the bad line."""
+    p = Path(path)
+    if not p.is_file():
+        raise TaskError(f"retrieval file {p} does not exist (expected .jsonl with query/document fields)")
+    queries: list[str] = []
+    docs: list[str] = []
+    try:
+        with p.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise TaskError(f"{p}:{n}: not valid JSON ({exc.msg}); one object per line expected") from None
+                if not isinstance(obj, dict):
+                    raise TaskError(f"{p}:{n}: expected a JSON object with query/document keys")
+                missing = [k for k in FIELDS if not isinstance(obj.get(k), str) or not obj[k].strip()]
+                if missing:
+                    raise TaskError(f"{p}:{n}: missing or empty {', '.join(missing)} (fields: query, document)")
+                queries.append(obj["query"])
+                docs.append(obj["document"])
+                if limit and len(queries) >= limit:
+                    break
+    except UnicodeDecodeError:
+        raise TaskError(f"retrieval file {p} is not UTF-8 text") from None
+    if not queries:
+        raise TaskError(f"retrieval file {p} has no rows")
+    pool: dict[str, int] = {}
+    gold = [pool.setdefault(d, len(pool)) for d in docs]
+    return RetrievalData(tuple(queries), tuple(pool), tuple(gold), str(p))
+
+
+def _ranks(q: np.ndarray, d: np.ndarray, gold: Sequence[int]) -> np.ndarray:
+    """1-based rank of each query's gold document among all documents (ties count against it)."""
+    sims = q @ d.T  # (nq, nd)
+    g = np.asarray(gold)
+    own = sims[np.arange(len(g)), g]
+    return (sims > own[:, None]).sum(1) + 1
+
+
+def retrieval_scores(q: np.ndarray, d: np.ndarray, gold: Sequence[int], ks: Sequence[int] = (1, 10)) -> dict[str, float]:
+    """recall@k for each k and MRR, from (nq, e) query and (nd, e) document embeddings (normalised)."""
+    ranks = _ranks(q, d, gold)
+    out = {f"recall@{k}": float((ranks <= k).mean()) for k in ks}
+    out["mrr"] = float((1.0 / ranks).mean())
+    return out
+
+
+def top_k(q: np.ndarray, d: np.ndarray, k: int = 10) -> np.ndarray:
+    """(nq, k) indices of each query's k most similar documents, best first."""
+    sims = q @ d.T
+    k = min(k, sims.shape[1])
+    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(sims, part, 1).argsort(1)[:, ::-1]
+    return np.take_along_axis(part, order, 1)
+
+
+def ranking_loyalty(student_top: np.ndarray, teacher_top: np.ndarray) -> float:
+    """Mean share of the teacher's top-k that the student's top-k also holds ((nq, k) index arrays)."""
+    if student_top.shape != teacher_top.shape:
+        raise ValueError(f"top-k shapes differ: {student_top.shape} vs {teacher_top.shape}")
+    k = student_top.shape[1]
+    return float(np.mean([len(set(s) & set(t)) / k for s, t in zip(student_top, teacher_top)]))
+
+
+def tfidf_scores(data: RetrievalData, ks: Sequence[int] = (1, 10)) -> dict[str, float]:
+    """The lexical baseline a user would try first: TF-IDF cosine (scikit-learn, fitted on the pool)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(sublinear_tf=True).fit(list(data.documents) + list(data.queries))
+    d = vec.transform(data.documents)
+    q = vec.transform(data.queries)
+    return retrieval_scores(q.toarray().astype(np.float32), d.toarray().astype(np.float32), data.gold, ks)
