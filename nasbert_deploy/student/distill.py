@@ -19,11 +19,10 @@ JSON state) is written atomically every `checkpoint_every` steps and on Ctrl-C (
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,22 @@ from torch import nn
 
 from nasbert_deploy.errors import CheckpointError, TeacherError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.model.loop import (
+    NoteFn,
+    ProgressFn,
+    checkpoint_dir,
+    load_checkpoint,
+    optimizer_state,
+    restore_optimizer_state,
+    run_steps,
+    save_checkpoint,
+    warmup_decay,
+)
 from nasbert_deploy.model.losses import masked_kl, masked_mse
 from nasbert_deploy.model.modeling import NasBertModel
 from nasbert_deploy.student.tasks import CorpusBatches
 from nasbert_deploy.teacher import Teacher, block_targets, check_compatible
 
-ProgressFn = Callable[[int, int, dict[str, float]], None]
 REPORT_NAME = "distill_report.json"
 
 
@@ -101,44 +110,6 @@ def make_student(model: NasBertModel, supernet: Any = None, init: str = "superne
             for i, b in enumerate(arch.blocks[:-1]):
                 projections[i].load_state_dict(supernet.out_maps[i][f"h{b.hidden}"].state_dict())
     return Student(model, projections, init)
-
-
-def checkpoint_dir(out_dir: str | Path) -> Path:
-    """Where a run writing `out_dir` keeps its resumable checkpoint: the sibling `<out_dir>.ckpt`."""
-    out = Path(out_dir)
-    return out.with_name(out.name + ".ckpt")
-
-
-def save_checkpoint(
-    ckpt: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor], opt_state: dict[str, Any], state: dict[str, Any]
-) -> None:
-    """Write weights (safetensors), optimizer/schedule (torch.save) and JSON state, all or nothing."""
-    from safetensors.torch import save_file
-
-    with atomic_dir(ckpt) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / "weights.safetensors"))
-        torch.save(opt_state, tmp / "optimizer.pt")
-        write_json_atomic(tmp / "state.json", {"key": key, **state})
-
-
-def load_checkpoint(ckpt: Path, key: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None:
-    """(tensors, optimizer state, JSON state) of a checkpoint of the run `key`; None if there is none."""
-    from safetensors.torch import load_file
-
-    if not (ckpt / "state.json").is_file():
-        return None
-    try:
-        state = json.loads((ckpt / "state.json").read_text())
-        if state.get("key") != json.loads(json.dumps(key)):
-            raise CheckpointError(
-                f"{ckpt} holds a checkpoint of a different run ({state.get('key')}); "
-                "rerun with the same settings to resume, or delete that folder to start over"
-            )
-        tensors = load_file(str(ckpt / "weights.safetensors"))
-        opt_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
-    except (OSError, json.JSONDecodeError, RuntimeError) as exc:
-        raise CheckpointError(f"{ckpt} is a damaged checkpoint ({exc}); delete it to start over") from exc
-    return tensors, opt_state, state
 
 
 def build_student(
@@ -268,17 +239,6 @@ def heldout_losses(
     return out
 
 
-def _schedule(cfg: DistillConfig) -> Callable[[int], float]:
-    warm = max(1, int(cfg.warmup_fraction * cfg.steps))
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
-
-    return f
-
-
 def distill(
     student: Student,
     teacher: Teacher,
@@ -288,10 +248,12 @@ def distill(
     valid_corpus: Sequence[str] | None = None,
     progress: ProgressFn | None = None,
     metadata: dict[str, Any] | None = None,
+    note: NoteFn | None = None,
 ) -> dict[str, Any]:
     """Distil `student` from `teacher` on `corpus` and write an HF folder (model, tokenizer, report) to `out_dir`.
 
-    Resumes from `<out_dir>.ckpt/` when it holds a checkpoint of the same run. Returns the report dict.
+    Resumes from `<out_dir>.ckpt/` when it holds a checkpoint of the same run (and says so through
+    `note`). Returns the report dict.
     """
     check_compatible(student.model.config.search_space, teacher)
     mlm_head = load_mlm_head(teacher) if cfg.prediction_weight else None
@@ -305,49 +267,38 @@ def distill(
     torch.manual_seed(cfg.seed)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+    sched = warmup_decay(opt, cfg.warmup_fraction, cfg.steps)
     arch = student.model.config.arch
     key = {"kind": "distill", "arch": arch, "config": cfg.resume_key(), "teacher": str(teacher.path)}
-    step, history, elapsed = 0, [], 0.0
+    start, history, elapsed = 0, [], 0.0
     loaded = load_checkpoint(ckpt, key)
     if loaded is not None:
-        tensors, opt_state, state = loaded
-        student.load_state(tensors)
-        opt.load_state_dict(opt_state["optimizer"])
-        sched.load_state_dict(opt_state["scheduler"])
-        torch.set_rng_state(opt_state["rng"])
-        step, history, elapsed = state["step"], state["history"], state["elapsed_s"]
+        student.load_state(loaded.tensors)
+        restore_optimizer_state(opt, sched, loaded.saved)
+        start, history, elapsed = loaded.state["step"], loaded.state["history"], loaded.state["elapsed_s"]
     batches = CorpusBatches(corpus, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed)
     student.model.train()
-
-    def save() -> None:
-        state = {"step": step, "history": history, "elapsed_s": elapsed}
-        opt_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}
-        save_checkpoint(ckpt, key, student.state(), opt_state, state)
-
     t0 = time.perf_counter() - elapsed
-    try:
-        while step < cfg.steps:
-            losses = distill_losses(student, teacher, batches.batch(step), cfg, mlm_head)
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            if not math.isfinite(values["total"]):
-                raise CheckpointError(f"distillation diverged at step {step} (loss {values['total']}); lower the learning rate")
-            history.append([step, values["total"]])
-            elapsed = time.perf_counter() - t0
-            if progress:
-                progress(step, cfg.steps, values)
-            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                save()
-    except KeyboardInterrupt:
-        elapsed = time.perf_counter() - t0
-        save()
-        raise
+
+    def train_step(step: int) -> dict[str, float]:
+        losses = distill_losses(student, teacher, batches.batch(step), cfg, mlm_head)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        if not math.isfinite(values["total"]):
+            raise CheckpointError(f"distillation diverged at step {step + 1} (loss {values['total']}); lower the learning rate")
+        history.append([step + 1, values["total"]])
+        return values
+
+    def save(step: int) -> None:
+        state = {"step": step, "history": history, "elapsed_s": time.perf_counter() - t0}
+        save_checkpoint(ckpt, key, student.state(), optimizer_state(opt, sched), state)
+
+    step = run_steps(start, cfg.steps, train_step, save, checkpoint_every=cfg.checkpoint_every, progress=progress, note=note)
+    elapsed = time.perf_counter() - t0
     student.model.eval()
     report: dict[str, Any] = {
         "arch": arch,

@@ -115,7 +115,7 @@ class ProbeResult:
 
 
 def linear_probe(
-    train_x: np.ndarray, train_y: Sequence[int], valid_x: np.ndarray, valid_y: Sequence[int], c: float = 10.0, seed: int = 0
+    train_x: np.ndarray, train_y: Sequence[int], valid_x: np.ndarray, valid_y: Sequence[int], c: float = 1.0, seed: int = 0
 ) -> ProbeResult:
     """Multinomial logistic regression (L2, inverse strength `c`) on frozen embeddings; scored on valid."""
     from sklearn.linear_model import LogisticRegression

@@ -13,6 +13,7 @@ Runs resume from `<out>.ckpt/`, written at every epoch end and on Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import shutil
 import tempfile
@@ -28,8 +29,18 @@ from torch import nn
 
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.model.loop import (
+    NoteFn,
+    ProgressFn,
+    checkpoint_dir,
+    load_checkpoint,
+    optimizer_state,
+    restore_optimizer_state,
+    run_steps,
+    save_checkpoint,
+    warmup_decay,
+)
 from nasbert_deploy.model.losses import kd_loss
-from nasbert_deploy.student.distill import ProgressFn, checkpoint_dir, load_checkpoint, save_checkpoint
 from nasbert_deploy.student.metrics import EvalReport, evaluate_logits
 from nasbert_deploy.student.tasks import TaskData, iter_batches, label_maps, sort_labels
 
@@ -118,10 +129,12 @@ def train_classifier(
     teacher_logits: np.ndarray | None = None,
     progress: ProgressFn | None = None,
     run_key: dict[str, Any] | None = None,
+    note: NoteFn | None = None,
 ) -> dict[str, Any]:
     """Train `model` (labels from its config) on `train`, keep the best validation macro-F1, write `out_dir`.
 
-    `teacher_logits` (len(train), num_labels) switch on task distillation. Returns the report dict.
+    `teacher_logits` (len(train), num_labels) switch on task distillation. Resumes from `<out_dir>.ckpt/`
+    (saying so through `note`). Returns the report dict.
     """
     labels = model_labels(model)
     label2id = {n: i for i, n in enumerate(labels)}
@@ -130,69 +143,67 @@ def train_classifier(
     t_logits = None if teacher_logits is None else torch.as_tensor(teacher_logits, dtype=torch.float32)
     lam = cfg.lam if t_logits is not None else 0.0
     max_len = fit_max_len(model, cfg.max_len)
-    steps_per_epoch = -(-len(train) // cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    warm = max(1, int(cfg.warmup_fraction * total))
+    spe = -(-len(train) // cfg.batch_size)  # steps per epoch
+    total = cfg.epochs * spe
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
-    )
+    sched = warmup_decay(opt, cfg.warmup_fraction, total)
     out = Path(out_dir)
     ckpt = checkpoint_dir(out)
     key = {"kind": "finetune", "config": cfg.to_dict(), "rows": len(train), "labels": labels, **(run_key or {})}
-    epoch, done, history, best, elapsed = 0, 0, [], {"macro_f1": -1.0, "epoch": 0}, 0.0  # done: batches of `epoch`
+    start, history, best, elapsed = 0, [], {"macro_f1": -1.0, "epoch": 0}, 0.0
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loaded = load_checkpoint(ckpt, key)
-    if loaded is not None:
-        tensors, opt_state, state = loaded
-        model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("cur.")})
-        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-        opt.load_state_dict(opt_state["optimizer"])
-        sched.load_state_dict(opt_state["scheduler"])
-        torch.set_rng_state(opt_state["rng"])
-        epoch, done, history, best, elapsed = state["epoch"], state["done"], state["history"], state["best"], state["elapsed_s"]
+    if loaded is not None:  # state: `epoch` evaluated epochs, then `done` batches (== spe: evaluation pending)
+        model.load_state_dict({k[4:]: v for k, v in loaded.tensors.items() if k.startswith("cur.")})
+        best_state = {k[5:]: v for k, v in loaded.tensors.items() if k.startswith("best.")}
+        restore_optimizer_state(opt, sched, loaded.saved)
+        st = loaded.state
+        start, history, best, elapsed = st["epoch"] * spe + st["done"], st["history"], st["best"], st["elapsed_s"]
+    t0 = time.perf_counter() - elapsed
 
-    def save() -> None:
+    @functools.lru_cache(maxsize=1)
+    def epoch_order(epoch: int) -> list[int]:
+        order = list(range(len(train)))
+        random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def train_step(step: int) -> dict[str, float]:
+        epoch, pos = divmod(step, spe)
+        rows = epoch_order(epoch)[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
+        idx, batch = next(iter_batches(tokenizer, train, cfg.batch_size, max_len, rows))
+        logits = model(**batch).logits
+        loss = nn.functional.cross_entropy(logits, y_train[idx])
+        if lam:
+            loss = (1 - lam) * loss + lam * kd_loss(logits, t_logits[idx], cfg.temperature)  # type: ignore[index]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        return {"loss": float(loss.detach())}
+
+    def end_epoch(done: int) -> None:  # after `done` steps: evaluate an epoch that ended and is not evaluated yet
+        nonlocal best, best_state
+        if done % spe or len(history) == done // spe:
+            return
+        scores = evaluate_logits(y_valid, predict_logits(model, tokenizer, valid, max_len=max_len))
+        if scores.macro_f1 > best["macro_f1"]:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best = {"macro_f1": scores.macro_f1, "accuracy": scores.accuracy, "epoch": done // spe}
+        history.append({"epoch": done // spe, "valid_accuracy": scores.accuracy, "valid_macro_f1": scores.macro_f1})
+
+    def save(done: int) -> None:
         tensors = {f"cur.{k}": v for k, v in model.state_dict().items()}
         tensors.update({f"best.{k}": v for k, v in best_state.items()})
-        state = {"epoch": epoch, "done": done, "history": history, "best": best, "elapsed_s": elapsed}
-        opt_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}
-        save_checkpoint(ckpt, key, tensors, opt_state, state)
+        epoch, elapsed_s = len(history), time.perf_counter() - t0
+        state = {"epoch": epoch, "done": done - epoch * spe, "history": history, "best": best, "elapsed_s": elapsed_s}
+        save_checkpoint(ckpt, key, tensors, optimizer_state(opt, sched), state)
 
-    t0 = time.perf_counter() - elapsed
-    try:
-        while epoch < cfg.epochs:
-            model.train()
-            order = list(range(len(train)))
-            random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
-            order = order[done * cfg.batch_size :]  # resuming mid-epoch skips the batches already trained on
-            for idx, batch in iter_batches(tokenizer, train, cfg.batch_size, max_len, order):
-                logits = model(**batch).logits
-                loss = nn.functional.cross_entropy(logits, y_train[idx])
-                if lam:
-                    loss = (1 - lam) * loss + lam * kd_loss(logits, t_logits[idx], cfg.temperature)  # type: ignore[index]
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                done += 1
-                if progress:
-                    progress(epoch * steps_per_epoch + done, total, {"loss": float(loss.detach())})
-            epoch, done = epoch + 1, 0
-            scores = evaluate_logits(y_valid, predict_logits(model, tokenizer, valid, max_len=max_len))
-            history.append({"epoch": epoch, "valid_accuracy": scores.accuracy, "valid_macro_f1": scores.macro_f1})
-            if scores.macro_f1 > best["macro_f1"]:
-                best = {"macro_f1": scores.macro_f1, "accuracy": scores.accuracy, "epoch": epoch}
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            elapsed = time.perf_counter() - t0
-            if epoch < cfg.epochs:
-                save()
-    except KeyboardInterrupt:
-        elapsed = time.perf_counter() - t0
-        save()
-        raise
+    model.train()
+    end_epoch(start)  # an interrupted run may have stopped before evaluating its last epoch
+    run_steps(start, total, train_step, save, checkpoint_every=spe, after_step=end_epoch, progress=progress, note=note)
+    elapsed = time.perf_counter() - t0
     model.load_state_dict(best_state)
     model.eval()
     report = {
@@ -222,6 +233,7 @@ def finetune(
     cfg: FinetuneConfig,
     teacher_model: str | Path | None = None,
     progress: ProgressFn | None = None,
+    note: NoteFn | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the encoder in `model_dir` (e.g. a distilled NAS-BERT folder); with `teacher_model`
     (a fine-tuned classifier folder) add the KL term and use the teacher's label order."""
@@ -235,7 +247,7 @@ def finetune(
     torch.manual_seed(cfg.seed)  # the fresh classifier head is drawn from the seeded generator
     model, tokenizer = load_classifier(model_dir, labels)
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model)}
-    return train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_logits, progress, key)
+    return train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_logits, progress, key, note)
 
 
 def finetune_teacher(
@@ -245,6 +257,7 @@ def finetune_teacher(
     out_dir: str | Path,
     cfg: FinetuneConfig,
     progress: ProgressFn | None = None,
+    note: NoteFn | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a teacher encoder (`None` = the offline MiniLM) as a sequence classifier on `train`."""
     from nasbert_deploy.teacher import resolve_teacher_path
@@ -254,7 +267,7 @@ def finetune_teacher(
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_classifier(path, labels)
     key = {"model": str(path), "task": train.source, "teacher_model": None}
-    return train_classifier(model, tokenizer, train, valid, out_dir, cfg, None, progress, key)
+    return train_classifier(model, tokenizer, train, valid, out_dir, cfg, None, progress, key, note)
 
 
 def runtime_logits(

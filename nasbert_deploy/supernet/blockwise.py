@@ -10,7 +10,8 @@ checkpoint folder: `--blocks 0,2` in one process and `--blocks 1` in another tra
 Determinism (what makes resume exact): the batch of step s and the path sampled for block i at
 step s are pure functions of (seed, s, i): no random state is carried between steps. A checkpoint
 is therefore weights + AdamW state + JSON (step, survivors, seed): resuming from it replays the
-very same steps.
+very same steps. Parts are written at every epoch end, every `checkpoint_every` steps and on Ctrl-C
+(`model.loop.run_steps`); a part interrupted mid-step keeps its previous checkpoint.
 
 Data parallel (torchrun): every rank samples the same paths (same seed), takes its own slice of
 the batch, and averages the gradients of the active path with one all-reduce per part and step.
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from nasbert_deploy.errors import CheckpointError, SpaceError
+from nasbert_deploy.model.loop import lr_factor, run_steps
 from nasbert_deploy.model.losses import masked_mse
 from nasbert_deploy.space import BlockArch, SearchSpace
 from nasbert_deploy.supernet.candidates import CandidateTable, parse_block
@@ -210,52 +212,40 @@ def train_supernet(
     t_start = time.monotonic()
     base_elapsed = {p.name: p.elapsed_s for p in parts}
 
-    def checkpoint() -> None:
+    def checkpoint(_done: int = 0) -> None:
         for p in parts:
             p.elapsed_s = base_elapsed[p.name] + time.monotonic() - t_start
         if rank == 0:
             for p in parts:
-                save_part(net, p, out, ident, cfg.seed)
+                if not p.busy:  # a part interrupted mid-step resumes from its previous checkpoint
+                    save_part(net, p, out, ident, cfg.seed)
 
-    for step in range(start, total):
+    def train_step(step: int) -> dict[str, float]:
         idx = batch_indices(step, spe, len(train), cfg.batch_size, rank, world, cfg.seed)
         mask = train.attention_mask[idx].to(device)
+        epoch, pos = divmod(step + 1, spe)
+        shrink = pos == 0 and shrinks_at_epoch_end(epoch - 1, cfg.shrink)
         losses = {}
         for p in parts:
             if p.step != step:
                 continue
-            for g in p.optimizer.param_groups:
-                g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup_steps))
-            p.optimizer.zero_grad(set_to_none=True)
-            k = 0 if p.block is None else p.block
-            target = train.states[k + (0 if p.block is None else 1)][idx].to(device).float()
-            if p.block is None:
-                pred = net.embed(train.input_ids[idx].to(device))
-            else:
-                assert p.survivors is not None
-                path = sample_path(p.survivors, cfg.seed, p.block, step)
-                pred = net.forward_block(p.block, path, train.states[k][idx].to(device).float(), mask)
-            loss = masked_mse(pred, target, mask)
-            loss.backward()
-            _allreduce_grads(p.params, world)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([q for q in p.params if q.grad is not None], cfg.grad_clip)
-            p.optimizer.step()
-            p.step = step + 1
-            p.last_loss = float(loss.detach())
-            losses[p.name] = p.last_loss
-        epoch_end = (step + 1) % spe == 0
-        if epoch_end and shrinks_at_epoch_end((step + 1) // spe - 1, cfg.shrink):
-            for p in parts:
-                if p.block is not None and p.survivors is not None and any(len(b) > cfg.shrink.keep for b in p.survivors):
-                    _shrink(net, p, val, cfg, (step + 1) // spe - 1, device)
-                    rep.note(f"epoch {(step + 1) // spe}: {p.name} shrunk to {[len(b) for b in p.survivors]} per bin")
-        rep.step(step + 1, losses)
-        if stop_after_step is not None and step + 1 >= stop_after_step:
-            return TrainResult(net, step + 1, False, False, [])
-        if epoch_end or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
+            p.busy = True
+            losses[p.name] = _train_part(net, p, train, idx, mask, step, cfg, world, device)
+            if shrink and p.survivors is not None and any(len(b) > cfg.shrink.keep for b in p.survivors):
+                _shrink(net, p, val, cfg, epoch - 1, device)
+                rep.note(f"epoch {epoch}: {p.name} shrunk to {[len(b) for b in p.survivors]} per bin")
+            p.step, p.busy = step + 1, False
+        return losses
+
+    def due(done: int) -> None:  # checkpoints at every epoch end and every `checkpoint_every` steps
+        if done < end and (done % spe == 0 or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
             checkpoint()
 
+    end = total if stop_after_step is None else min(total, stop_after_step)
+    run_steps(start, end, train_step, checkpoint, after_step=due, progress=lambda s, _n, v: rep.step(s, v), note=rep.note)
+    if stop_after_step is not None:  # a simulated kill: no final checkpoint
+        return TrainResult(net, end, False, False, [])
+    checkpoint()  # before the final scoring
     for p in parts:
         if p.block is not None and p.final_losses is None:
             assert p.survivors is not None
@@ -285,6 +275,32 @@ def train_supernet(
         assemble(space, out, meta, fp16)
         assembled = True
     return TrainResult(net, total, True, assembled, waiting)
+
+
+def _train_part(
+    net: Supernet, p: Part, train: TeacherCache, idx: torch.Tensor, mask: torch.Tensor, step: int, cfg: TrainConfig,
+    world: int, device: str,
+) -> float:  # fmt: skip
+    """One optimizer step of one part at `step`: the embedding, or the path block `p.block` samples; returns the loss."""
+    for g in p.optimizer.param_groups:
+        g["lr"] = cfg.lr * lr_factor(step, cfg.lr_warmup_steps)
+    p.optimizer.zero_grad(set_to_none=True)
+    k = 0 if p.block is None else p.block
+    target = train.states[k + (0 if p.block is None else 1)][idx].to(device).float()
+    if p.block is None:
+        pred = net.embed(train.input_ids[idx].to(device))
+    else:
+        assert p.survivors is not None
+        path = sample_path(p.survivors, cfg.seed, p.block, step)
+        pred = net.forward_block(p.block, path, train.states[k][idx].to(device).float(), mask)
+    loss = masked_mse(pred, target, mask)
+    loss.backward()
+    _allreduce_grads(p.params, world)
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([q for q in p.params if q.grad is not None], cfg.grad_clip)
+    p.optimizer.step()
+    p.last_loss = float(loss.detach())
+    return p.last_loss
 
 
 def _all_part_names(space: SearchSpace) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from nasbert_deploy.errors import CheckpointError
-from nasbert_deploy.fileio import atomic_dir
+from nasbert_deploy.model.loop import latest_dir, load_checkpoint, save_checkpoint
 from nasbert_deploy.space import BlockArch, SearchSpace
 from nasbert_deploy.supernet.candidates import parse_block
 from nasbert_deploy.supernet.network import Supernet
@@ -39,6 +39,7 @@ class Part:
     last_loss: float = float("nan")
     done: bool = False
     elapsed_s: float = 0.0
+    busy: bool = False  # mid-step: not saved (its last checkpoint stays the one to resume from)
 
 
 def part_dir(out: Path, name: str) -> Path:
@@ -47,63 +48,46 @@ def part_dir(out: Path, name: str) -> Path:
 
 def existing_part_dir(out: Path, name: str) -> Path:
     """The part's folder, or the backup `atomic_dir` leaves if a kill fell between its two renames."""
-    d = part_dir(out, name)
-    backup = d.with_name(f".{name}.old")
-    return d if (d / "state.json").is_file() or not (backup / "state.json").is_file() else backup
+    return latest_dir(part_dir(out, name))
 
 
 def save_part(net: Supernet, p: Part, out: Path, ident: dict[str, Any], seed: int) -> None:
     """Atomically write one part: weights (safetensors, fp32), AdamW state (torch.save), state.json."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if k.startswith(p.prefixes)}
-    with atomic_dir(part_dir(out, p.name)) as tmp:
-        save_file(state, str(tmp / "weights.safetensors"))
-        torch.save(p.optimizer.state_dict(), tmp / "optimizer.pt")
-        info = {
-            "run": ident,
-            "part": p.name,
-            "step": p.step,
-            "shrinks": p.shrinks,
-            "done": p.done,
-            "last_loss": p.last_loss,
-            "elapsed_s": p.elapsed_s,
-            "survivors": [[str(b) for b in bin_] for bin_ in p.survivors] if p.survivors is not None else None,
-            "final_losses": [[str(b), v] for b, v in p.final_losses.items()] if p.final_losses is not None else None,
-            # no RNG is carried between steps: batches and paths are drawn from generators seeded by
-            # (seed, epoch) and (seed, block, step), so the seed and the step are the whole RNG state
-            "rng": {"seed": seed, "batch": "randperm(seed*1000003+epoch)", "path": "Random('path-{seed}-{block}-{step}')"},
-        }
-        (tmp / "state.json").write_text(json.dumps(info, indent=1) + "\n")
+    state = {k: v for k, v in net.state_dict().items() if k.startswith(p.prefixes)}
+    info = {
+        "part": p.name,
+        "step": p.step,
+        "shrinks": p.shrinks,
+        "done": p.done,
+        "last_loss": p.last_loss,
+        "elapsed_s": p.elapsed_s,
+        "survivors": [[str(b) for b in bin_] for bin_ in p.survivors] if p.survivors is not None else None,
+        "final_losses": [[str(b), v] for b, v in p.final_losses.items()] if p.final_losses is not None else None,
+        # no RNG is carried between steps: batches and paths are drawn from generators seeded by
+        # (seed, epoch) and (seed, block, step), so the seed and the step are the whole RNG state
+        "rng": {"seed": seed, "batch": "randperm(seed*1000003+epoch)", "path": "Random('path-{seed}-{block}-{step}')"},
+    }
+    save_checkpoint(part_dir(out, p.name), ident, state, p.optimizer.state_dict(), info, field="run")
 
 
 def load_part(net: Supernet, p: Part, out: Path, ident: dict[str, Any], space: SearchSpace) -> bool:
     """Restore a part from its checkpoint if there is one; `CheckpointError` if it is from other settings."""
-    from safetensors.torch import load_file
-
-    d = existing_part_dir(out, p.name)
-    if not (d / "state.json").is_file():
+    ckpt = load_checkpoint(part_dir(out, p.name), ident, field="run")
+    if ckpt is None:
         return False
+    d, st = existing_part_dir(out, p.name), ckpt.state
+    missing, unexpected = net.load_state_dict(ckpt.tensors, strict=False)
+    if unexpected or any(k.startswith(p.prefixes) for k in missing):
+        raise CheckpointError(f"{d}: weights do not match part {p.name} of space {space.name!r}")
     try:
-        st = json.loads((d / "state.json").read_text())
-        if st["run"] != ident:
-            diff = sorted(k for k in set(st["run"]) | set(ident) if st["run"].get(k) != ident.get(k))
-            raise CheckpointError(
-                f"{d} was written with other settings ({', '.join(diff)} differ); resume with the same settings "
-                "or choose a new --out"
-            )
-        weights = load_file(str(d / "weights.safetensors"))
-        missing, unexpected = net.load_state_dict(weights, strict=False)
-        if unexpected or any(k.startswith(p.prefixes) for k in missing):
-            raise CheckpointError(f"{d}: weights do not match part {p.name} of space {space.name!r}")
-        p.optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+        p.optimizer.load_state_dict(ckpt.saved)
         p.step, p.shrinks, p.done, p.last_loss = int(st["step"]), int(st["shrinks"]), bool(st["done"]), float(st["last_loss"])
         p.elapsed_s = float(st.get("elapsed_s", 0.0))
         if st["survivors"] is not None:
             p.survivors = [[parse_block(space, a) for a in bin_] for bin_ in st["survivors"]]
         if st["final_losses"] is not None:
             p.final_losses = {parse_block(space, a): float(v) for a, v in st["final_losses"]}
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {d} is unreadable ({exc}); delete it to restart that part") from None
     return True
 

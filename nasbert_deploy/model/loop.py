@@ -1,0 +1,169 @@
+"""The training-loop pieces every trainer shares (supernet parts, student distillation, fine-tuning).
+
+- `lr_factor` / `warmup_decay`: the learning-rate schedule, linear warm-up then linear decay to 0
+  (or constant after the warm-up when there is no total);
+- `save_checkpoint` / `load_checkpoint`: a resumable checkpoint folder, replaced atomically (temp
+  folder, then rename): `weights.safetensors`, `optimizer.pt` (`torch.save`, read back with
+  `torch.load(weights_only=True)`) and `state.json`, whose key must equal the resuming run's settings;
+- `run_steps`: the step loop that resumes, checkpoints every N steps and on Ctrl-C (then re-raises)
+  and reports progress through callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasbert_deploy.errors import CheckpointError
+from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+"""progress(steps done, total steps, values of the last step)"""
+NoteFn = Callable[[str], None]
+
+WEIGHTS, OPTIMIZER, STATE = "weights.safetensors", "optimizer.pt", "state.json"
+
+
+# ---------------------------------------------------------------- schedule
+def lr_factor(step: int, warmup: int, total: int | None = None) -> float:
+    """LR multiplier for 0-based `step`: (step+1)/warmup during the warm-up, then a linear decay that
+    reaches 0 at `total` (no decay when `total` is None). `warmup` is at least 1."""
+    warm = max(1, warmup)
+    if step < warm:
+        return (step + 1) / warm
+    if total is None:
+        return 1.0
+    return max(0.0, (total - step) / max(1, total - warm))
+
+
+def warmup_decay(optimizer: torch.optim.Optimizer, warmup_fraction: float, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """`lr_factor` as a scheduler: `warmup_fraction` of `total` steps of warm-up (at least one), then decay."""
+    warm = max(1, int(warmup_fraction * total))
+    # a plain function (not a callable object): the scheduler's state then holds no schedule, so a
+    # resumed run with another total recomputes it
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warm, total))
+
+
+# ---------------------------------------------------------------- checkpoints
+@dataclass
+class Checkpoint:
+    tensors: dict[str, torch.Tensor]
+    saved: Any  # what was passed as `saved` to `save_checkpoint` (optimizer state etc.)
+    state: dict[str, Any]  # the JSON state, key included
+
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    """Where a run writing `out_dir` keeps its resumable checkpoint: the sibling `<out_dir>.ckpt`."""
+    out = Path(out_dir)
+    return out.with_name(out.name + ".ckpt")
+
+
+def latest_dir(ckpt: Path) -> Path:
+    """`ckpt`, or the backup `atomic_dir` leaves there if a kill fell between its two renames."""
+    backup = ckpt.with_name(f".{ckpt.name}.old")
+    return ckpt if (ckpt / STATE).is_file() or not (backup / STATE).is_file() else backup
+
+
+def save_checkpoint(
+    ckpt: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor], saved: Any, state: dict[str, Any], field: str = "key"
+) -> None:
+    """Write tensors (safetensors), `saved` (torch.save: optimizer, scheduler, RNG state) and the JSON
+    state `{field: key, **state}`, all or nothing."""
+    from safetensors.torch import save_file
+
+    with atomic_dir(ckpt) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS))
+        torch.save(saved, tmp / OPTIMIZER)
+        write_json_atomic(tmp / STATE, {field: key, **state})
+
+
+def load_checkpoint(ckpt: Path, key: dict[str, Any], field: str = "key") -> Checkpoint | None:
+    """The checkpoint in `ckpt` (None if there is none); `CheckpointError` if it is damaged or its
+    `field` differs from `key` (the message names the differing settings)."""
+    from safetensors.torch import load_file
+
+    d = latest_dir(ckpt)
+    if not (d / STATE).is_file():
+        return None
+    try:
+        state = json.loads((d / STATE).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{d} is a damaged checkpoint ({exc}); delete it to start over") from exc
+    expected = json.loads(json.dumps(key))
+    if not isinstance(state, dict) or state.get(field) != expected:
+        found = state.get(field) if isinstance(state, dict) else None
+        raise CheckpointError(
+            f"{d} holds a checkpoint of a different run ({', '.join(_differences(found, expected))} differ); "
+            "rerun with the same settings to resume, or delete that folder (or write elsewhere) to start over"
+        )
+    try:
+        tensors = load_file(str(d / WEIGHTS))
+        saved = torch.load(d / OPTIMIZER, weights_only=True)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"{d} is a damaged checkpoint ({exc}); delete it to start over") from exc
+    return Checkpoint(tensors, saved, state)
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two JSON values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".") or "settings"]
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """What `save_checkpoint` stores beside the weights: optimizer, scheduler and torch RNG state."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+
+
+def restore_optimizer_state(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, saved: dict[str, Any]
+) -> None:
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+
+
+# ---------------------------------------------------------------- the step loop
+def run_steps(
+    start: int,
+    total: int,
+    step_fn: Callable[[int], dict[str, float]],
+    save: Callable[[int], None],
+    *,
+    checkpoint_every: int = 0,
+    after_step: Callable[[int], None] | None = None,
+    progress: ProgressFn | None = None,
+    note: NoteFn | None = None,
+) -> int:
+    """Run steps `start` .. `total - 1` and return the number of steps done.
+
+    Per step: `step_fn(step)` trains 0-based `step` and returns the values to report, then
+    `progress(done, total, values)` and `after_step(done)` (e.g. an epoch-end evaluation) with
+    `done = step + 1`; `save(done)` writes a checkpoint every `checkpoint_every` steps (0: never)
+    except after the last step (the caller writes its output then). On Ctrl-C (KeyboardInterrupt)
+    `save(done)` is called with the steps finished so far and the interrupt re-raised.
+    """
+    if start > 0 and note is not None:
+        note(f"resuming from step {start} of {total}")
+    done = start
+    try:
+        while done < total:
+            values = step_fn(done)
+            done += 1
+            if progress is not None:
+                progress(done, total, values)
+            if after_step is not None:
+                after_step(done)
+            if checkpoint_every and done % checkpoint_every == 0 and done < total:
+                save(done)
+    except KeyboardInterrupt:
+        save(done)
+        raise
+    return done
