@@ -43,7 +43,7 @@ from nasbert_deploy.model.loop import (
     save_checkpoint,
     warmup_decay,
 )
-from nasbert_deploy.model.losses import masked_kl, masked_mse
+from nasbert_deploy.model.losses import embedding_cosine_loss, masked_kl, masked_mean_pool, masked_mse, similarity_kl
 from nasbert_deploy.model.modeling import NasBertModel
 from nasbert_deploy.student.tasks import CorpusBatches
 from nasbert_deploy.teacher import Teacher, block_targets, check_compatible
@@ -65,6 +65,9 @@ class DistillConfig:
     intermediate_weight: float = 0.0
     prediction_weight: float = 0.0
     temperature: float = 1.0
+    embedding_weight: float = 0.0
+    similarity_weight: float = 0.0
+    similarity_temperature: float = 0.05
     checkpoint_every: int = 200
     seed: int = 0
 
@@ -205,6 +208,12 @@ def distill_losses(
         with torch.no_grad():
             t_logits = mlm_head(targets[-1])
         losses["prediction"] = cfg.prediction_weight * masked_kl(mlm_head(hidden), t_logits, mask, cfg.temperature)
+    if cfg.embedding_weight or cfg.similarity_weight:
+        s_emb, t_emb = masked_mean_pool(hidden, mask), masked_mean_pool(targets[-1], mask)  # (b, T) sentence embeddings
+        if cfg.embedding_weight:
+            losses["embedding"] = cfg.embedding_weight * embedding_cosine_loss(s_emb, t_emb)
+        if cfg.similarity_weight:
+            losses["similarity"] = cfg.similarity_weight * similarity_kl(s_emb, t_emb, cfg.similarity_temperature)
     losses["total"] = torch.stack(list(losses.values())).sum()
     return losses
 
@@ -213,7 +222,9 @@ def distill_losses(
 def heldout_losses(
     student: Student, teacher: Teacher, texts: Sequence[str], cfg: DistillConfig, max_batches: int = 50
 ) -> dict[str, float]:
-    """Mean unweighted losses on held-out text: 'hidden' (MSE) and, for multi-block students, 'blocks'.
+    """Mean unweighted losses on held-out text: 'hidden' (MSE), for multi-block students 'blocks', and the
+    sentence-embedding terms 'embedding' (1 - cosine to the teacher's mean-pooled output) and 'similarity'
+    (in-batch similarity KL).
 
     Also 'hidden_fvu': the hidden MSE over the teacher's variance around its per-dimension mean (real
     tokens of these texts), i.e. the fraction of the teacher's variance the student leaves unexplained
@@ -221,7 +232,9 @@ def heldout_losses(
     """
     was_training = student.model.training
     student.model.eval()
-    full = replace(cfg, hidden_weight=1.0, intermediate_weight=1.0, prediction_weight=0.0)
+    full = replace(
+        cfg, hidden_weight=1.0, intermediate_weight=1.0, prediction_weight=0.0, embedding_weight=1.0, similarity_weight=1.0
+    )
     sums: dict[str, float] = {}
     s1, s2, n = 0.0, 0.0, 0
     batches = CorpusBatches(texts, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed).sequential(max_batches)
