@@ -53,3 +53,7 @@ class TaskError(NasBertDeployError):
 
 class CorpusError(NasBertDeployError):
     """A text corpus is missing, empty, or too small for the requested training/validation split."""
+
+
+class NoisyHostWarning(UserWarning):
+    """The host varies too much between rounds for +-10% latency figures (the message says what to do)."""

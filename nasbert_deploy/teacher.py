@@ -56,7 +56,6 @@ class Teacher:
 
 
 def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
     p = resolve_teacher_path(path)
@@ -67,8 +66,8 @@ def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Any:
 
 
 def load_teacher(path: str | os.PathLike[str] | None = None) -> Teacher:
-    """Load a local HF encoder (eval mode, fp32) with its tokenizer; `None` = the default teacher."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """Load a local HF encoder (eval mode, fp32) with its tokenizer; `None` = the default teacher.
+    Local files only (`local_files_only=True`): nothing is fetched from a hub."""
     from transformers import AutoModel
 
     p = resolve_teacher_path(path)

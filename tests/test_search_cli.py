@@ -6,9 +6,9 @@ import pytest
 from search_helpers import SyntheticLatency, brute_force, feasible, random_table
 from typer.testing import CliRunner
 
-from nasbert_deploy.cli import search_cmd
 from nasbert_deploy.cli.app import app
 from nasbert_deploy.errors import CheckpointError
+from nasbert_deploy.search import run as search_run
 from nasbert_deploy.space import TINY
 
 runner = CliRunner()
@@ -20,7 +20,7 @@ def setup(tmp_path, monkeypatch):
     table = random_table(TINY, 8, 3)
     cands = table.save(tmp_path / "candidates.json")
     lat = SyntheticLatency(TINY, 3)
-    monkeypatch.setattr(search_cmd, "_load_latency_table", lambda path, space: lat)
+    monkeypatch.setattr(search_run, "load_latency_table", lambda path, space: lat)
     (tmp_path / "lat.json").write_text("{}")
     rows = brute_force(table, lat, 1, 16)
     return tmp_path, cands, rows
@@ -87,7 +87,7 @@ def test_missing_tables_exit_2(setup, monkeypatch):
 
     monkeypatch.setattr("nasbert_deploy.supernet.default.default_candidates_path", not_installed)
     res = _run("--max-latency-ms", "5", "--table", str(tmp / "lat.json"))
-    assert res.exit_code == 2 and search_cmd.NO_CANDIDATES in res.stderr.replace("\n", " ")
+    assert res.exit_code == 2 and search_run.NO_CANDIDATES in res.stderr.replace("\n", " ")
     res = _run("--max-latency-ms", "5", "--candidates", str(tmp / "nope.json"), "--table", str(tmp / "lat.json"))
     assert res.exit_code == 2 and "does not exist" in res.stderr
     res = _run("--max-latency-ms", "5", "--candidates", str(cands))

@@ -8,9 +8,9 @@ import torch
 from search_helpers import SyntheticLatency
 from typer.testing import CliRunner
 
-from nasbert_deploy.cli import search_cmd
 from nasbert_deploy.cli.app import app
 from nasbert_deploy.errors import TeacherError
+from nasbert_deploy.search import run as search_run
 from nasbert_deploy.search.rerank import heldout_mse, read_heldout, rerank
 from nasbert_deploy.space import TINY
 from nasbert_deploy.supernet.candidates import CandidateTable
@@ -85,7 +85,7 @@ def test_cli_rerank_orders_by_heldout_mse(tiny, monkeypatch):
     rng = random.Random(0)
     losses = [{b: rng.random() for b in list(TINY.enumerate_blocks())[:6]} for _ in range(TINY.num_blocks)]
     CandidateTable.from_losses(TINY, losses).save(root / "supernet" / "candidates.json")
-    monkeypatch.setattr(search_cmd, "_load_latency_table", lambda path, space: SyntheticLatency(TINY, 0))
+    monkeypatch.setattr(search_run, "load_latency_table", lambda path, space: SyntheticLatency(TINY, 0))
     (root / "heldout.txt").write_text("\n".join(TEXTS) + "\n")
     res = CliRunner().invoke(app, [
         "search", "--max-latency-ms", "1000", "--table", str(root / "lat.json"), "--supernet", str(root / "supernet"),

@@ -1,32 +1,70 @@
 """The `nasbert-deploy` command line: a thin shell over the library.
 
-Each command group lives in `nasbert_deploy/commands/<name>.py` and exposes `register(app)`.
-Any `NasBertDeployError` becomes one line on stderr and exit code 2; Ctrl-C exits 130.
+One module-level `typer.Typer` per command group (`space_cmd`, `profile_cmd`, `supernet_cmd`,
+`search_cmd`, `export_cmd`, `train_cmd`), mounted here. Every user error is one line on stderr and
+exit code 2, whether click finds it while parsing (`click.UsageError`: unknown option, missing
+argument, bad choice, out-of-range value) or the library does (`NasBertDeployError`); Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import os
+from typing import Annotated, Any, NoReturn
 
 import typer
+
+# typer 0.29 vendors click as `typer._click` (pinned <0.30 in pyproject.toml): its usage errors are these classes
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from nasbert_deploy import __version__
+from nasbert_deploy.cli import export_cmd, profile_cmd, search_cmd, space_cmd, supernet_cmd, train_cmd
 from nasbert_deploy.errors import NasBertDeployError
 
-COMMAND_MODULES = ["space_cmd", "profile_cmd", "supernet_cmd", "search_cmd", "export_cmd", "train_cmd"]
+# what `main` sets (each only if unset): the command line never fetches anything from a model hub
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _error_line(message: str) -> NoReturn:
+    from rich.markup import escape
+
+    from nasbert_deploy.cli.common import err_console
+
+    line = " ".join(message.split())  # one line, however the message was wrapped
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    raise SystemExit(2)
+
+
+def _usage_error(exc: UsageError) -> NoReturn:
+    """click's usage errors (parsing, choices, ranges) as one line, with the command and where to look."""
+    ctx = exc.ctx
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    # typer validates values through pydantic, which prefixes a converter's own message with "Value error, "
+    message = exc.format_message().replace("Value error, ", "")
+    _error_line(f"{where}{message}{hint}")
 
 
 class _App(TyperGroup):
+    """The root group: turns usage errors and library errors into one line and exit 2, once for all commands."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except NoArgsIsHelpError:
+            raise  # `nasbert-deploy` alone shows the help
+        except UsageError as exc:
+            _usage_error(exc)
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise  # a group alone (`nasbert-deploy space`) shows its help
+        except UsageError as exc:  # raised while parsing a subcommand's arguments
+            _usage_error(exc)
         except NasBertDeployError as exc:
-            from nasbert_deploy.cli.common import err_console
-
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise SystemExit(2) from None
+            _error_line(str(exc))
         except KeyboardInterrupt:
             from nasbert_deploy.cli.common import err_console
 
@@ -52,14 +90,26 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     """NAS-BERT compression for deployment."""
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"nasbert_deploy.cli.{_name}").register(app)
+app.add_typer(space_cmd.space_app, name="space")
+app.add_typer(space_cmd.arch_app, name="arch")
+app.add_typer(profile_cmd.app)  # devices, profile, predict
+app.add_typer(supernet_cmd.app, name="supernet")
+app.add_typer(search_cmd.app)  # search
+app.add_typer(export_cmd.app)  # export
+app.add_typer(train_cmd.app)  # distill, finetune, finetune-teacher, evaluate
 
 
 def main() -> None:
+    """Entry point of the installed `nasbert-deploy` command: offline, then the app."""
+    for key, value in OFFLINE.items():
+        os.environ.setdefault(key, value)
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -2,164 +2,149 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import console, err_console
+from nasbert_deploy.cli.common import DeviceOpt, SpaceName, console, device_spec, err_console
+from nasbert_deploy.devices import DeviceSpec
+
+app = typer.Typer()
+
+SpaceOpt = Annotated[SpaceName, typer.Option("--space", help="Search space.")]
 
 
-class ProfileSpace(str, Enum):
-    standard = "standard"
-    minilm = "minilm"
-    tiny = "tiny"
+def _opt(*names: str, help: str, **kw: Any) -> Any:
+    return typer.Option(*names, help=help, **kw)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("devices")
-    def devices(spec: list[str] = typer.Argument(None, help="Extra spec files (.toml) to show beside the shipped ones.")) -> None:
-        """Device specs: runtime, target, precision, threads, profiled shapes, and whether usable here."""
-        from rich.table import Table
+@app.command("devices")
+def devices(
+    spec: Annotated[list[DeviceSpec] | None, typer.Argument(
+        parser=device_spec, help="Extra spec files (.toml) to show beside the shipped ones.")] = None,
+) -> None:
+    """Device specs: runtime, target, precision, threads, profiled shapes, and whether usable here."""
+    from rich.table import Table
 
-        from nasbert_deploy.devices import list_devices, load_device
-        from nasbert_deploy.runtimes.base import availability
+    from nasbert_deploy.devices import list_devices
+    from nasbert_deploy.runtimes.base import availability
 
-        specs = list_devices() + [load_device(p) for p in spec or []]
-        t = Table(title="device specs (shipped in devices/; any spec file works by path)")
-        for col in ("name", "runtime", "target", "precision", "threads", "batch", "seq_lens", "usable here"):
-            t.add_column(col, no_wrap=col != "usable here")
-        for s in specs:
-            why = availability(s)
-            t.add_row(s.name, s.runtime, s.target, s.precision, str(s.threads or "all"), ",".join(map(str, s.batch_sizes)),
-                      ",".join(map(str, s.seq_lens)), "[green]yes[/]" if why is None else f"[red]no[/]: {why}")
-        console.print(t)
+    t = Table(title="device specs (shipped in devices/; any spec file works by path)")
+    for col in ("name", "runtime", "target", "precision", "threads", "batch", "seq_lens", "usable here"):
+        t.add_column(col, no_wrap=col != "usable here")
+    for s in list_devices() + list(spec or []):
+        why = availability(s)
+        t.add_row(s.name, s.runtime, s.target, s.precision, str(s.threads or "all"), ",".join(map(str, s.batch_sizes)),
+                  ",".join(map(str, s.seq_lens)), "[green]yes[/]" if why is None else f"[red]no[/]: {why}")
+    console.print(t)
 
-    @app.command("profile")
-    def profile(
-        device: str = typer.Option(None, "--device", help="Device name (devices/NAME.toml) or a spec file path."),
-        space: ProfileSpace = typer.Option(ProfileSpace.standard, help="Search space to profile."),
-        out: Path = typer.Option(None, "--out", help="Table to write (default: ./profiles/DEVICE.json)."),
-        validate: int = typer.Option(30, "--validate", min=0, help="Random whole models timed to fit and check the correction."),
-        holdout: int = typer.Option(0, "--holdout", min=0, help="More random whole models timed in the same passes but "
-                                    "never fitted: the table's error on unseen models (their time is reported apart)."),
-        bundle: Path = typer.Option(None, "--bundle", help="Write an on-device profiling bundle to this folder instead."),
-        import_file: Path = typer.Option(None, "--import", help="Build the table from a bundle runner's results.json."),
-        refit: Path = typer.Option(None, "--refit", help="Fit a table's correction again from its stored whole models "
-                                   "(no timing; upgrades an older table). Written to --out or in place."),
-        runs: int = typer.Option(20, min=1, help="Timed runs per measurement (at least)."),
-        warmup: int = typer.Option(5, min=0, help="Warm-up runs per measurement."),
-        min_time: float = typer.Option(0.3, "--min-time", min=0.0, help="Seconds of timing per measurement (at least)."),
-        rounds: int = typer.Option(3, min=1, help="Rounds per operation (shuffled passes); the lowest-median round is kept."),
-        model_rounds: int = typer.Option(3, "--model-rounds", min=1, help="Rounds per whole model, spread evenly over "
-                                         "the same passes (e.g. 5 with --model-min-time 0.2 on a noisy host)."),
-        model_min_time: float = typer.Option(0.3, "--model-min-time", min=0.0, help="Seconds of timing per whole-model round."),
-        max_cv: float = typer.Option(0.1, "--max-cv", min=0.0, help="Re-measure above this coefficient of variation (0: never)."),
-        seed: int = typer.Option(0, help="Seed for the validation architectures and the timing order."),
-    ) -> None:
-        """Time every distinct operation of the space on a device and write its latency table (resumable)."""
-        from nasbert_deploy.errors import NasBertDeployError
 
-        if refit is not None:
-            from nasbert_deploy.profiling.profiler import refit_table
-            from nasbert_deploy.profiling.table import LatencyTable
+@app.command("profile")
+def profile(
+    device: DeviceOpt = None,
+    space: SpaceOpt = SpaceName("standard"),
+    out: Annotated[Path | None, _opt("--out", help="Table to write (default: ./profiles/DEVICE.json).")] = None,
+    validate: Annotated[int, _opt("--validate", min=0, help="Random whole models timed to fit and check the correction.")] = 30,
+    holdout: Annotated[int, _opt("--holdout", min=0, help="More random whole models timed in the same passes but never "
+                                 "fitted: the table's error on unseen models (their time is reported apart).")] = 0,
+    bundle: Annotated[Path | None, _opt("--bundle", help="Write an on-device profiling bundle to this folder instead.")] = None,
+    import_file: Annotated[Path | None, _opt("--import", help="Build the table from a bundle runner's results.json.")] = None,
+    refit: Annotated[Path | None, _opt("--refit", help="Fit a table's correction again from its stored whole models "
+                                       "(no timing; upgrades an older table). Written to --out or in place.")] = None,
+    runs: Annotated[int, _opt("--runs", min=1, help="Timed runs per measurement (at least).")] = 20,
+    warmup: Annotated[int, _opt("--warmup", min=0, help="Warm-up runs per measurement.")] = 5,
+    min_time: Annotated[float, _opt("--min-time", min=0.0, help="Seconds of timing per measurement (at least).")] = 0.3,
+    rounds: Annotated[int, _opt("--rounds", min=1, help="Rounds per operation (shuffled passes); the lowest-median round "
+                                "is kept.")] = 3,
+    model_rounds: Annotated[int, _opt("--model-rounds", min=1, help="Rounds per whole model, spread evenly over the same "
+                                      "passes (e.g. 5 with --model-min-time 0.2 on a noisy host).")] = 3,
+    model_min_time: Annotated[float, _opt("--model-min-time", min=0.0, help="Seconds of timing per whole-model round.")] = 0.3,
+    max_cv: Annotated[float, _opt("--max-cv", min=0.0, help="Re-measure above this coefficient of variation (0: never).")] = 0.1,
+    seed: Annotated[int, _opt("--seed", help="Seed for the validation architectures and the timing order.")] = 0,
+) -> None:
+    """Time every distinct operation of the space on a device and write its latency table (resumable)."""
+    from nasbert_deploy.errors import NasBertDeployError
+    from nasbert_deploy.profiling.profiler import ProfileSettings
+    from nasbert_deploy.space import get_space
 
-            table = refit_table(LatencyTable.load(refit))
-            target = out or refit
-            table.save(target)
-            _report(table, target)
-            return
-        if import_file is not None:
-            from nasbert_deploy.profiling.bundle import import_results
+    if refit is not None:
+        _refit(refit, out)
+        return
+    if import_file is not None:
+        from nasbert_deploy.profiling.bundle import import_results
 
-            if not import_file.is_file():
-                raise NasBertDeployError(f"--import {import_file}: no such file (the runner writes results.json)")
-            pending = Path(out) if out is not None else None
-            table = _import(import_results, import_file, pending)
-            _report(table, out or Path("profiles") / f"{table.device['name']}.json")
-            return
-        if device is None:
-            raise NasBertDeployError("pass --device NAME (see `nasbert-deploy devices`) or --import results.json")
-        from nasbert_deploy.devices import load_device
-        from nasbert_deploy.profiling.profiler import ProfileSettings
-        from nasbert_deploy.space import get_space
+        _report(*import_results(import_file, out))
+        return
+    if device is None:
+        raise NasBertDeployError("pass --device NAME (see `nasbert-deploy devices`) or --import results.json")
+    settings = ProfileSettings(warmup=warmup, runs=runs, min_time_s=min_time, max_cv=max_cv or None, rounds=rounds,
+                               model_rounds=model_rounds, model_min_time_s=model_min_time, validate=validate, seed=seed,
+                               holdout=holdout)
+    sp = get_space(space.value)
+    if bundle is not None:
+        from nasbert_deploy.profiling.bundle import RUNNER_NAME, write_bundle
 
-        spec = load_device(device)
-        sp = get_space(space.value)
-        settings = ProfileSettings(warmup=warmup, runs=runs, min_time_s=min_time, max_cv=max_cv or None, rounds=rounds,
-                                   model_rounds=model_rounds, model_min_time_s=model_min_time, validate=validate, seed=seed,
-                                   holdout=holdout)
-        if bundle is not None:
-            from nasbert_deploy.profiling.bundle import RUNNER_NAME, write_bundle
-
-            with _progress() as cb:
-                write_bundle(spec, sp, bundle, settings, cb)
-            console.print(f"wrote bundle {bundle}: on the device run `python {bundle / RUNNER_NAME} --out results.json`, "
-                          "then `nasbert-deploy profile --import results.json`")
-            return
-        from nasbert_deploy.profiling.profiler import profile_device
-
-        target = out or Path("profiles") / f"{spec.name}.json"
         with _progress() as cb:
-            table = profile_device(spec, sp, target, settings, cb)
-        _report(table, target)
+            write_bundle(device, sp, bundle, settings, cb)
+        console.print(f"wrote bundle {bundle}: on the device run `python {bundle / RUNNER_NAME} --out results.json`, "
+                      "then `nasbert-deploy profile --import results.json`")
+        return
+    from nasbert_deploy.profiling.profiler import profile_device
 
-    @app.command("predict")
-    def predict(
-        arch: str = typer.Argument(..., help="Arch string, e.g. '128:mha,ffn,id,id,id,id|...'."),
-        device: str = typer.Option(None, "--device", help="Device name: uses ./profiles/NAME.json or the shipped table."),
-        table: Path = typer.Option(None, "--table", help="A latency table file (instead of --device)."),
-        space: ProfileSpace = typer.Option(ProfileSpace.standard, help="Search space of the arch."),
-        seq_len: int = typer.Option(128, "--seq-len", min=2, help="Sequence length (interpolated between profiled ones)."),
-        batch: int = typer.Option(1, "--batch", min=1, help="Batch size (a profiled one)."),
-    ) -> None:
-        """Predicted latency of one architecture on a device, with the per-block breakdown."""
-        from rich.table import Table
-
-        from nasbert_deploy.errors import NasBertDeployError
-        from nasbert_deploy.profiling.table import LatencyTable, find_table
-        from nasbert_deploy.space import get_space
-
-        sp = get_space(space.value)
-        a = sp.parse(arch)
-        if table is None:
-            if device is None:
-                raise NasBertDeployError("pass --device NAME or --table FILE")
-            from nasbert_deploy.devices import load_device
-
-            table = find_table(load_device(device).name)
-        lt = LatencyTable.load(table, space=sp)
-        p = lt.predict(a, batch, seq_len)
-        t = Table(title=f"{a}  on {lt.device.get('name')} (batch {batch}, seq {seq_len})")
-        t.add_column("part")
-        t.add_column("ms", justify="right")
-        for i, (b, ms) in enumerate(zip(a.blocks, p.blocks_ms), 1):
-            t.add_row(f"block {i} ({b})", f"{ms:.3f}")
-        for name, ms in (("embedding", p.embedding_ms), ("boundaries", p.boundaries_ms), ("head", p.head_ms),
-                         ("offset (correction)", p.offset_ms)):
-            t.add_row(name, f"{ms:.3f}")
-        t.add_row("[bold]total[/]", f"[bold]{p.total_ms:.3f}[/]")
-        console.print(t)
-        near = lt.spread_near(a, batch, seq_len)
-        if near and near[1] > 10.0:
-            console.print(f"note: {near[0]} whole model(s) of about this size (weights ±20%) varied by up to {near[1]:.0f}% "
-                          "between profiling rounds on this device: expect its measured latency to vary as much")
+    target = out or Path("profiles") / f"{device.name}.json"
+    with _progress() as cb:
+        table = profile_device(device, sp, target, settings, cb)
+    _report(table, target)
 
 
-def _import(fn: Any, path: Path, out: Path | None) -> Any:
-    """Import bundle results; the output name comes from the device in the results unless --out is given."""
-    import json
+def _refit(path: Path, out: Path | None) -> None:
+    from nasbert_deploy.profiling.profiler import refit_table
+    from nasbert_deploy.profiling.table import LatencyTable
 
-    from nasbert_deploy.errors import TableError
+    table = refit_table(LatencyTable.load(path))
+    table.save(out or path)
+    _report(table, out or path)
 
-    if out is None:
-        try:
-            name = json.loads(path.read_text(encoding="utf-8"))["bundle"]["device"]["name"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise TableError(f"{path} is not the output of a profiling bundle's runner") from None
-        out = Path("profiles") / f"{name}.json"
-    return fn(path, out)
+
+@app.command("predict")
+def predict(
+    arch: Annotated[str, typer.Argument(help="Arch string, e.g. '128:mha,ffn,id,id,id,id|...'.")],
+    device: DeviceOpt = None,
+    table: Annotated[Path | None, _opt("--table", help="A latency table file (instead of --device).")] = None,
+    space: SpaceOpt = SpaceName("standard"),
+    seq_len: Annotated[int, _opt("--seq-len", min=2, help="Sequence length (interpolated between profiled ones).")] = 128,
+    batch: Annotated[int, _opt("--batch", min=1, help="Batch size (a profiled one).")] = 1,
+) -> None:
+    """Predicted latency of one architecture on a device, with the per-block breakdown."""
+    from rich.table import Table
+
+    from nasbert_deploy.errors import NasBertDeployError
+    from nasbert_deploy.profiling.table import LatencyTable, find_table
+    from nasbert_deploy.space import get_space
+
+    sp = get_space(space.value)
+    a = sp.parse(arch)
+    if table is None:
+        if device is None:
+            raise NasBertDeployError("pass --device NAME or --table FILE")
+        table = find_table(device.name)
+    lt = LatencyTable.load(table, space=sp)
+    p = lt.predict(a, batch, seq_len)
+    t = Table(title=f"{a}  on {lt.device.get('name')} (batch {batch}, seq {seq_len})")
+    t.add_column("part")
+    t.add_column("ms", justify="right")
+    for i, (b, ms) in enumerate(zip(a.blocks, p.blocks_ms), 1):
+        t.add_row(f"block {i} ({b})", f"{ms:.3f}")
+    for name, ms in (("embedding", p.embedding_ms), ("boundaries", p.boundaries_ms), ("head", p.head_ms),
+                     ("offset (correction)", p.offset_ms)):
+        t.add_row(name, f"{ms:.3f}")
+    t.add_row("[bold]total[/]", f"[bold]{p.total_ms:.3f}[/]")
+    console.print(t)
+    near = lt.spread_near(a, batch, seq_len)
+    if near and near[1] > 10.0:
+        console.print(f"note: {near[0]} whole model(s) of about this size (weights ±20%) varied by up to {near[1]:.0f}% "
+                      "between profiling rounds on this device: expect its measured latency to vary as much")
 
 
 class _progress:

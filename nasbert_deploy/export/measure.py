@@ -143,8 +143,7 @@ def measure_all(
 
 
 _RSS_SCRIPT = r"""
-import json, os, sys
-os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+import json, sys
 import numpy as np
 import onnxruntime as ort
 
@@ -203,7 +202,7 @@ def measure_onnx_memory(
     """
     if sys.platform != "linux":
         raise ExportError("measured memory (ru_maxrss in KiB) is only supported on Linux")
-    env = dict(os.environ, ORT_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # inherits the telemetry switches (nasbert_deploy.telemetry)
     cmd = [sys.executable, "-c", _RSS_SCRIPT, str(onnx_path), str(batch), str(seq_len), str(vocab_size)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     if proc.returncode != 0:

@@ -172,7 +172,6 @@ def load_export_tokenizer(path: str | os.PathLike[str] | None, space: SearchSpac
 
         tok = load_tokenizer(None)
     else:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoTokenizer
 
         p = Path(path)

@@ -112,9 +112,12 @@ def write_bundle(
     return Path(out_dir)
 
 
-def import_results(results_path: str | Path, out: str | Path) -> LatencyTable:
-    """Turn the runner's `results.json` into a latency table written atomically to `out`."""
+def import_results(results_path: str | Path, out: str | Path | None = None) -> tuple[LatencyTable, Path]:
+    """Turn the runner's `results.json` into a latency table written atomically to `out`
+    (default `./profiles/DEVICE.json`, DEVICE as in the results); (table, where it was written)."""
     p = Path(results_path)
+    if not p.is_file():
+        raise TableError(f"--import {p}: no such file (the runner writes results.json)")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -134,5 +137,6 @@ def import_results(results_path: str | Path, out: str | Path) -> LatencyTable:
     wall_s = float(data.get("wall_s", 0.0))
     manifest = make_manifest(m["device"], m["settings"], wall_s, "bundle", env=data.get("environment", {}))
     table = build_table(space, m["device"], data["results"], archs, points, manifest)
-    table.save(out)
-    return table
+    target = Path(out) if out is not None else Path("profiles") / f"{m['device']['name']}.json"
+    table.save(target)
+    return table, target

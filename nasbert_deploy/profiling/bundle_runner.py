@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("CI", "true")  # openvino telemetry off
+os.environ.setdefault("CI", "true")  # openvino telemetry off (a standalone program on the device: its own decision)
 HERE = Path(__file__).resolve().parent
 
 

@@ -21,6 +21,7 @@ import torch
 
 from nasbert_deploy.errors import ExportError
 from nasbert_deploy.fileio import atomic_path
+from nasbert_deploy.telemetry import openvino_telemetry_off
 
 # Examples of size 1 freeze an axis in torch.export: example shapes must be > 1 on dynamic axes.
 EXAMPLE_BATCH, EXAMPLE_SEQ = 2, 37
@@ -135,16 +136,18 @@ def export_onnx(
 
 def onnx_to_openvino(onnx_path: str | Path, xml_path: str | Path, fp16: bool = False) -> Path:
     """Convert an ONNX file to OpenVINO IR (`.xml` + `.bin`); fp32 weights unless `fp16`."""
-    import openvino as ov
-
     xml = Path(xml_path)
-    model = ov.convert_model(str(onnx_path))
+    with openvino_telemetry_off():  # import and convert_model both (re)initialise openvino's telemetry
+        import openvino as ov
+
+        model = ov.convert_model(str(onnx_path))
     _save_ov(model, xml, fp16)
     return xml
 
 
 def _save_ov(model: Any, xml: Path, fp16: bool) -> None:
-    import openvino as ov
+    with openvino_telemetry_off():
+        import openvino as ov
 
     xml.parent.mkdir(parents=True, exist_ok=True)
     # save under temporary names, then rename both files (bin first: xml is the entry point)
@@ -213,13 +216,14 @@ def quantize_openvino_int8(
 
     `calibration` is a list of input dicts (name -> numpy array), e.g. tokenized sample text.
     """
-    import nncf
-    import openvino as ov
+    with openvino_telemetry_off():  # importing nncf initialises openvino's telemetry (as app 'nncf')
+        import nncf
+        import openvino as ov
 
     if not calibration:
         raise ExportError("NNCF quantization needs at least one calibration input")
     model = ov.Core().read_model(str(xml_path))
-    with _quiet():
+    with _quiet(), openvino_telemetry_off():
         q = nncf.quantize(
             model,
             nncf.Dataset(list(calibration)),

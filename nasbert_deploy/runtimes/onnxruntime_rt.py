@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,6 @@ import numpy as np
 from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import DeviceError, RuntimeUnavailableError
 from nasbert_deploy.runtimes.base import Compiled
-
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # ORT fuses residual Add + LayerNormalization into SkipLayerNormalization; on the x86 CPUs measured here
 # (AVX-512, 1 thread) that kernel is slower than the unfused pair: a 12x384 model ran 12% faster without it
@@ -106,16 +103,24 @@ def compile(
     calibration: Any = None,
 ) -> OrtCompiled:
     """Export `module` to ONNX in `workdir` (and quantize for int8 specs), then open a session."""
-    from nasbert_deploy.runtimes.convert import export_onnx, quantize_onnx_int8
+    from nasbert_deploy.runtimes.convert import export_onnx
 
     reason = availability(spec)
     if reason:
         raise RuntimeUnavailableError(f"device {spec.name!r}: {reason}")
     workdir = Path(workdir)
     onnx_path = export_onnx(module, workdir / "model.onnx", example_inputs, output_names)
+    return OrtCompiled(from_onnx(onnx_path, spec, workdir), spec)
+
+
+def from_onnx(onnx_path: Path, spec: DeviceSpec, workdir: Path, calibration: Any = None) -> Path:
+    """What `compile` does after the ONNX export (dynamic INT8 quantization for int8 specs, into `workdir`);
+    returns the file `load` opens. The profiler's export cache converts through this too."""
+    from nasbert_deploy.runtimes.convert import quantize_onnx_int8
+
     if spec.precision == "int8":
-        onnx_path = quantize_onnx_int8(onnx_path, workdir / "model.int8.onnx")
-    return OrtCompiled(onnx_path, spec)
+        return quantize_onnx_int8(onnx_path, Path(workdir) / "model.int8.onnx")
+    return Path(onnx_path)
 
 
 def load(path: str | Path, spec: DeviceSpec) -> OrtCompiled:

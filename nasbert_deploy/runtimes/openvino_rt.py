@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,7 @@ import numpy as np
 from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import DeviceError, RuntimeUnavailableError
 from nasbert_deploy.runtimes.base import Compiled, random_calibration
-
-os.environ.setdefault("CI", "true")  # openvino_telemetry's only per-process off switch
+from nasbert_deploy.telemetry import openvino_telemetry_off
 
 
 def _device(spec: DeviceSpec) -> str:
@@ -22,7 +20,8 @@ def _device(spec: DeviceSpec) -> str:
 
 def availability(spec: DeviceSpec) -> str | None:
     try:
-        import openvino as ov
+        with openvino_telemetry_off():  # importing openvino initialises its telemetry
+            import openvino as ov
     except ImportError:
         return "openvino is not installed (pip install openvino)"
     have = ov.Core().available_devices
@@ -45,7 +44,8 @@ def compile_config(spec: DeviceSpec) -> dict[str, Any]:
 
 class OvCompiled(Compiled):
     def __init__(self, xml_path: Path, spec: DeviceSpec):
-        import openvino as ov
+        with openvino_telemetry_off():
+            import openvino as ov
 
         reason = availability(spec)
         if reason:
@@ -66,7 +66,8 @@ class OvCompiled(Compiled):
                 for o in self.compiled.outputs]
 
     def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
-        import openvino as ov
+        with openvino_telemetry_off():
+            import openvino as ov
 
         feed = self._feed(inputs)
         request = self.compiled.create_infer_request()
@@ -84,18 +85,31 @@ def compile(
     calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
 ) -> OvCompiled:
     """torch -> ONNX -> OpenVINO IR in `workdir` (NNCF INT8 for int8 specs), then compile on the device."""
-    from nasbert_deploy.runtimes.convert import export_onnx, onnx_to_openvino, quantize_openvino_int8
+    from nasbert_deploy.runtimes.convert import export_onnx
 
     reason = availability(spec)
     if reason:
         raise RuntimeUnavailableError(f"device {spec.name!r}: {reason}")
     workdir = Path(workdir)
     onnx_path = export_onnx(module, workdir / "model.onnx", example_inputs, output_names)
+    calib = (list(calibration) if calibration else random_calibration(example_inputs)) if spec.precision == "int8" else None
+    return OvCompiled(from_onnx(onnx_path, spec, workdir, calib), spec)
+
+
+def from_onnx(
+    onnx_path: Path, spec: DeviceSpec, workdir: Path, calibration: Sequence[Mapping[str, np.ndarray]] | None = None
+) -> Path:
+    """What `compile` does after the ONNX export: OpenVINO IR in `workdir`, NNCF INT8 for int8 specs (which need
+    `calibration`); returns the `.xml` that `load` opens. The profiler's export cache converts through this too."""
+    from nasbert_deploy.runtimes.convert import onnx_to_openvino, quantize_openvino_int8
+
+    workdir = Path(workdir)
     xml = onnx_to_openvino(onnx_path, workdir / "openvino_model.xml", fp16=spec.precision == "fp16")
     if spec.precision == "int8":
-        calib = list(calibration) if calibration else random_calibration(example_inputs)
-        xml = quantize_openvino_int8(xml, workdir / "openvino_model.int8.xml", calib)
-    return OvCompiled(xml, spec)
+        if not calibration:
+            raise DeviceError(f"device {spec.name!r}: NNCF INT8 quantization needs calibration inputs")
+        xml = quantize_openvino_int8(xml, workdir / "openvino_model.int8.xml", list(calibration))
+    return xml
 
 
 def load(path: str | Path, spec: DeviceSpec) -> OvCompiled:

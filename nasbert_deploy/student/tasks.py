@@ -21,6 +21,7 @@ from nasbert_deploy.errors import CorpusError, TaskError
 
 TASK_SUFFIXES = (".jsonl", ".csv", ".tsv")
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "tasks"
+SAMPLE_TASK = "pydoc-sample"  # `--task` name of the shipped pydoc-sections sample (300 train / 100 valid rows)
 
 
 def sample_task_path(split: str = "train") -> Path:
@@ -28,6 +29,22 @@ def sample_task_path(split: str = "train") -> Path:
     if split not in ("train", "valid"):
         raise TaskError(f"sample split {split!r} does not exist; valid: train, valid")
     return SAMPLE_DIR / f"pydoc-sections-sample-{split}.jsonl"
+
+
+def task_splits(task: str, valid: str | Path | None = None, valid_fraction: float = 0.1) -> tuple[TaskData, TaskData]:
+    """(train, valid) for `--task` (a task file, or `SAMPLE_TASK` for the shipped sample with its own valid split):
+    `valid` if given, else a stratified `valid_fraction` split off the training file."""
+    train = load_task(sample_task_path("train") if task == SAMPLE_TASK else task)
+    if valid is not None:
+        return train, load_task(valid)
+    if task == SAMPLE_TASK:
+        return train, load_task(sample_task_path("valid"))
+    return train.split(valid_fraction)
+
+
+def eval_task(task: str) -> TaskData:
+    """The labelled rows to score: a task file, or the shipped sample's valid split for `SAMPLE_TASK`."""
+    return load_task(sample_task_path("valid") if task == SAMPLE_TASK else task)
 
 
 @dataclass(frozen=True)

