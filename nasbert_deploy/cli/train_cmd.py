@@ -107,7 +107,7 @@ def distill_cmd(
     held_out = read_paragraphs(valid_corpus) if valid_corpus else None
     student = build_student(arch, from_export, supernet, init.value, get_space(space.value) if init.value == "random" else None)
     with _progress("distilling") as update:
-        report = distill(student, load_teacher(teacher), texts, out, cfg, held_out, update)
+        report = distill(student, load_teacher(teacher), texts, out, cfg, held_out, update, note=console.print)
     rows = {k: report[k] for k in ("arch", "params", "init", "steps", "train_s", "train_loss_last")}
     names = {"hidden": "held-out hidden MSE", "blocks": "held-out block MSE", "hidden_fvu": "held-out unexplained variance"}
     rows.update({names.get(k, k): v for k, v in report.get("heldout", {}).items()})
@@ -140,7 +140,7 @@ def finetune_cmd(
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, lam=lam, temperature=temperature,
                          seed=seed)
     with _progress("fine-tuning") as update:
-        report = finetune(model, train, val, out, cfg, teacher_model, update)
+        report = finetune(model, train, val, out, cfg, teacher_model, update, note=console.print)
     _print_finetune(f"fine-tuned -> {out}", report)
 
 
@@ -166,7 +166,7 @@ def finetune_teacher_cmd(
     train, val = task_splits(task, valid, valid_fraction)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, seed=seed)
     with _progress("fine-tuning teacher") as update:
-        report = finetune_teacher(teacher, train, val, out, cfg, update)
+        report = finetune_teacher(teacher, train, val, out, cfg, update, note=console.print)
     _print_finetune(f"fine-tuned teacher -> {out}", report)
 
 

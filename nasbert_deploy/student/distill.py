@@ -45,6 +45,7 @@ from nasbert_deploy.model.loop import (
 )
 from nasbert_deploy.model.losses import embedding_cosine_loss, masked_kl, masked_mean_pool, masked_mse, similarity_kl
 from nasbert_deploy.model.modeling import NasBertModel
+from nasbert_deploy.student import INITS
 from nasbert_deploy.student.tasks import CorpusBatches
 from nasbert_deploy.teacher import Teacher, block_targets, check_compatible
 
@@ -146,7 +147,7 @@ def build_student(
         torch.manual_seed(0)
         return make_student(NasBertModel(NasBertConfig.from_arch(str(arch), space)), None, "random")
     if init != "supernet":
-        raise CheckpointError(f"unknown initialisation {init!r}; valid: supernet, random")
+        raise CheckpointError(f"unknown initialisation {init!r}; valid: {', '.join(INITS)}")
     if supernet_dir is not None:
         net, _ = Supernet.load(supernet_dir)
     else:
