@@ -25,7 +25,13 @@ import numpy as np
 
 from nasbert_deploy.errors import TaskError, TeacherError
 
-RUNTIME_DEVICES = {"torch": "cpu-torch", "onnxruntime": "cpu-ort", "openvino": "cpu-openvino"}
+RUNTIME_DEVICES = {
+    "torch": "cpu-torch",
+    "onnxruntime": "cpu-ort",
+    "openvino": "cpu-openvino",
+    "onnxruntime-int8": "cpu-ort-int8",  # the folder's model.int8.onnx
+    "openvino-int8": "cpu-openvino-int8",  # the folder's openvino_model.int8.xml
+}
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool = True) -> np.ndarray:
@@ -72,7 +78,7 @@ class Embedder:
         except (OSError, ValueError) as exc:
             raise TeacherError(f"{self.path} has no usable tokenizer: {str(exc).splitlines()[0]}") from None
         spec = replace(load_device(RUNTIME_DEVICES[runtime]), threads=threads)
-        self.compiled = get_runtime(runtime).load(self.path, spec)
+        self.compiled = get_runtime(spec.runtime).load(self.path, spec)
         self.runtime, self.max_len, self.batch_size, self.normalize = runtime, max_len, batch_size, normalize
         self.model_max = int(getattr(self.tokenizer, "model_max_length", max_len) or max_len)
 
