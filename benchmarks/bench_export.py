@@ -44,7 +44,7 @@ from nasbert_deploy.export.pipeline import (
     random_model,
 )
 from nasbert_deploy.model.memory import estimate_memory
-from nasbert_deploy.runtimes.base import Compiled, availability, get_runtime
+from nasbert_deploy.runtimes.base import Compiled, availability, export_artefact, get_runtime
 from nasbert_deploy.runtimes.timing import measure
 from nasbert_deploy.space import STANDARD, SearchSpace, format_params, get_space
 
@@ -140,7 +140,7 @@ def bench_models(args: argparse.Namespace, space: SearchSpace, specs: list[Devic
                 row["predicted"][s.name] = table.predict(arch, args.batch, args.seq_len).total_ms
         if args.memory:
             est = estimate_memory(space, arch, args.batch, args.seq_len)
-            m = measure_onnx_memory(folder / "model.onnx", args.batch, args.seq_len, space.vocab_size)
+            m = measure_onnx_memory(export_artefact(folder, "onnx"), args.batch, args.seq_len, space.vocab_size)
             row["memory"] = {"estimate_mb": est.total_mb, "weights_mb": est.weights_mb, "measured_peak_mb": m.peak_mb}
         rows.append(row)
         console.print(f"model {i + 1}/{len(archs)} ({format_params(row['params'])}) in {time.perf_counter() - t0:.0f} s")
@@ -253,9 +253,9 @@ def bench_bert(args: argparse.Namespace, tok: Any, work: Path) -> None:
         if availability(spec):
             continue
         if spec.runtime == "onnxruntime":
-            a, b = OrtCompiled(ours_dir / "model.onnx", spec), OrtCompiled(stock_onnx, spec)
+            a, b = OrtCompiled(export_artefact(ours_dir, "onnx"), spec), OrtCompiled(stock_onnx, spec)
         elif spec.runtime == "openvino":
-            a, b = OvCompiled(ours_dir / "openvino_model.xml", spec), OvCompiled(stock_xml, spec)
+            a, b = OvCompiled(export_artefact(ours_dir, "openvino"), spec), OvCompiled(stock_xml, spec)
         else:
             a = TorchCompiled(ours, ["input_ids", "attention_mask"], ["last_hidden_state"], spec)
             b = TorchCompiled(stock, ["input_ids", "attention_mask", "token_type_ids"], ["last_hidden_state"], spec)
@@ -264,7 +264,7 @@ def bench_bert(args: argparse.Namespace, tok: Any, work: Path) -> None:
         if spec.runtime == "onnxruntime":  # ORT's SkipLayerNormalization fusion is slow on CPU here (see docs/export.md)
             fns = {
                 k: _ort_bind(p, spec, inputs, ["SkipLayerNormFusion"])
-                for k, p in (("ours", ours_dir / "model.onnx"), ("stock", stock_onnx))
+                for k, p in (("ours", export_artefact(ours_dir, "onnx")), ("stock", stock_onnx))
             }
             med, ratio, _ = side_by_side(fns, args.rounds, **kw)
             t.add_row(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nasbert_deploy.errors import DeviceError
+from nasbert_deploy.fileio import read_input_text
 from nasbert_deploy.resources import shipped_dir
 
 RUNTIME_NAMES = ("torch", "onnxruntime", "openvino")
@@ -71,6 +72,15 @@ class DeviceSpec:
                 raise DeviceError(f"{where}: {key} must be a non-empty list of integers >= {minimum}, got {v!r}")
             return tuple(sorted(set(v)))
 
+        def table(key: str) -> dict[str, Any]:
+            v = data.get(key, {})
+            if not isinstance(v, dict):
+                raise DeviceError(f"{where}: {key} must be a table of options, got {v!r}")
+            return dict(v)
+
+        providers = data.get("providers", [])
+        if not isinstance(providers, list) or not all(isinstance(x, str) for x in providers):
+            raise DeviceError(f"{where}: providers must be a list of strings, got {providers!r}")
         return cls(
             name=data["name"],
             runtime=rt,
@@ -80,20 +90,20 @@ class DeviceSpec:
             batch_sizes=ints("batch_sizes", (1,), 1),
             seq_lens=ints("seq_lens", (32, 64, 128), 2),
             description=str(data.get("description", "")),
-            providers=tuple(data.get("providers", ())),
-            provider_options=dict(data.get("provider_options", {})),
-            runtime_options=dict(data.get("runtime_options", {})),
+            providers=tuple(providers),
+            provider_options=table("provider_options"),
+            runtime_options=table("runtime_options"),
             source=source,
         )
 
 
 def _read(path: Path) -> DeviceSpec:
+    """The one loader of device spec files: unreadable, undecodable or malformed specs are one `DeviceError`."""
+    text = read_input_text(path, "device spec", DeviceError, hint="give a TOML file like those in devices/")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise DeviceError(f"{path} is not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise DeviceError(f"cannot read device spec {path}: {exc.strerror}") from None
+        raise DeviceError(f"device spec {path} is not valid TOML: {exc}") from None
     return DeviceSpec.from_dict(data, source=str(path))
 
 

@@ -51,6 +51,14 @@ class TaskError(NasBertDeployError):
     """A labelled task file is missing or malformed, or its labels do not match the model's."""
 
 
+class OutputError(NasBertDeployError):
+    """An output path cannot be written: wrong kind (file vs folder), not writable, or taken (no `--force`)."""
+
+
+class InputError(NasBertDeployError):
+    """A file the user handed in cannot be read: missing, a folder, unreadable, not UTF-8, not the expected format."""
+
+
 class CorpusError(NasBertDeployError):
     """A text corpus is missing, empty, or too small for the requested training/validation split."""
 

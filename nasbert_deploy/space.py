@@ -192,12 +192,14 @@ class SearchSpace:
     def parse(self, text: str) -> Arch:
         """Parse and validate an arch string; raise `ArchError` saying what is wrong."""
         parts = [p for p in text.strip().split("|")]
+        # each block first: 'foo' lacks 'HIDDEN:', '999:mha' has a bad hidden size, before counting blocks
+        blocks = tuple(self.parse_block(part, i) for i, part in enumerate(parts[: self.num_blocks], 1))
         if len(parts) != self.num_blocks:
             raise ArchError(
                 f"arch has {len(parts)} block(s); space {self.name!r} has {self.num_blocks} "
                 f"(format: HIDDEN:op,op,...|HIDDEN:op,...)"
             )
-        arch = Arch(tuple(self.parse_block(part, i) for i, part in enumerate(parts, 1)))
+        arch = Arch(blocks)
         self.validate(arch)
         return arch
 
@@ -313,13 +315,25 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
+        """A space from `to_dict`'s output; `SpaceError` for a missing, unknown or ill-typed field."""
+        if not isinstance(data, dict):
+            raise SpaceError(f"malformed search-space description: expected an object, got {type(data).__name__}")
+        d = dict(data)
         try:
-            d = dict(data)
             d["hidden_sizes"] = tuple(d["hidden_sizes"])
             d["conv_kernels"] = tuple(d["conv_kernels"])
-            return cls(**d)
         except (KeyError, TypeError) as exc:
-            raise SpaceError(f"malformed search-space description: {exc}") from exc
+            raise SpaceError(f"malformed search-space description: missing or ill-typed {exc}") from None
+        for key, value in d.items():
+            ints = value if key in ("hidden_sizes", "conv_kernels") else (value,)
+            if key in _INT_FIELDS and not all(type(v) is int and 1 <= v <= 10**7 for v in ints):
+                raise SpaceError(f"malformed search-space description: {key} must be integers in 1..10^7, got {value!r}")
+        if not d["hidden_sizes"] or not isinstance(d.get("name", ""), str) or not isinstance(d.get("extra", {}), dict):
+            raise SpaceError("malformed search-space description: needs hidden sizes, a string name and an object 'extra'")
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise SpaceError(f"malformed search-space description: {exc}") from None
 
     def space_hash(self) -> str:
         """Stable hash of everything that changes op shapes (not the name or `extra`)."""
@@ -329,6 +343,8 @@ class SearchSpace:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_INT_FIELDS = ("num_blocks", "layers_per_block", "hidden_sizes", "conv_kernels", "head_dim", "ffn_ratio", "embed_dim",
+               "output_dim", "vocab_size", "max_positions", "type_vocab_size")
 STANDARD = SearchSpace()
 
 TINY = SearchSpace(
@@ -378,6 +394,9 @@ def parse_count(text: str) -> int:
     mult = {"K": 10**3, "M": 10**6, "G": 10**9, "B": 10**9}.get(t[-1:], 1)
     num = t[:-1] if mult != 1 else t
     try:
-        return int(float(num) * mult)
-    except ValueError:
+        count = int(float(num) * mult)
+    except (ValueError, OverflowError):  # 'abc', 'nan'; 'inf', '1e999'
         raise ArchError(f"{text!r} is not a count; use e.g. 10M, 500K or 2500000") from None
+    if count <= 0:
+        raise ArchError(f"{text!r} is not a positive count; use e.g. 10M, 500K or 2500000")
+    return count

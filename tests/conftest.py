@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -13,6 +14,21 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NNCF_CI", "1")
 os.environ.setdefault("CI", "true")  # openvino telemetry off in-process
+
+
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory):
+    """Profiling exports go to a cache of this session, never to ~/.cache (NASBERT_DEPLOY_CACHE)."""
+    from nasbert_deploy.profiling.cache import CACHE_ENV
+
+    root = tmp_path_factory.mktemp("export-cache")
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = old
 
 
 @pytest.fixture
@@ -40,6 +56,7 @@ def one_thread():
 def micro_table(tmp_path_factory):
     """The micro space profiled directly on cpu-ort, interrupted once and resumed (asserted on the way)."""
     from nasbert_deploy.devices import load_device
+    from nasbert_deploy.errors import NoisyHostWarning
     from nasbert_deploy.profiling.profiler import partial_path, profile_device
 
     out = tmp_path_factory.mktemp("prof") / "micro-ort.json"
@@ -51,15 +68,19 @@ def micro_table(tmp_path_factory):
         if phase == "time" and done == 5:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoisyHostWarning)  # this shared host: not what the fixture is about
         profile_device(spec, MICRO, out, SETTINGS, interrupt)
     assert not out.exists()
     state = json.loads(partial_path(out).read_text())
-    assert sum(len(r) for per in state["results"].values() for r in per.values()) == 5
+    assert sum(len(r) for k, per in state["results"].items() for r in per.values() if k != "reference") == 5
+    assert len(state["results"]["reference"]["b1s8"]) == 1  # timed before the first item of the first pass
     total_first = max(t for p, _, t in seen if p == "time")
     assert total_first == (7 * 2 + 5 * 3) * 2  # (7 items x 2 rounds + (3 + 2 held-out) models x 3 rounds) x 2 points
     resumed = []
-    table = profile_device(spec, MICRO, out, SETTINGS, lambda p, d, t: resumed.append((p, d, t)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoisyHostWarning)
+        table = profile_device(spec, MICRO, out, SETTINGS, lambda p, d, t: resumed.append((p, d, t)))
     assert max(t for p, _, t in resumed if p == "time") == total_first - 5  # completed timings were skipped
     assert not partial_path(out).exists()
     return out, table

@@ -24,7 +24,8 @@ WORDS = "the a of to and in is it that for on with as was by this be are from or
 MICRO = SearchSpace(name="micro", num_blocks=2, layers_per_block=2, hidden_sizes=(32,), conv_kernels=(3,), head_dim=16,
                     embed_dim=16, output_dim=48, vocab_size=1000, max_positions=64)
 SETTINGS = ProfileSettings(warmup=1, runs=10, min_time_s=0.02, max_cv=None, retries=0, rounds=2, model_rounds=3,
-                           model_min_time_s=0.02, validate=3, holdout=2)
+                           model_min_time_s=0.02, validate=3, holdout=2, reference_min_time_s=0.01, host_check_rounds=3,
+                           export_workers=1)
 
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -79,3 +79,12 @@ def feasible(
         and (max_params is None or r["params"] <= max_params)
         and (max_memory_mb is None or r["memory"] <= max_memory_mb * MIB)
     ]
+
+
+def brute_force_devices(table: CandidateTable, lats: list[SyntheticLatency], batch: int, seq_len: int) -> list[dict]:
+    """`brute_force` with one latency model per device: each row also has `latencies_ms`, one per device in order."""
+    per_device = [brute_force(table, lat, batch, seq_len) for lat in lats]
+    rows = per_device[0]
+    for i, r in enumerate(rows):
+        r["latencies_ms"] = [d[i]["latency_ms"] for d in per_device]
+    return rows

@@ -23,7 +23,8 @@ def test_bundle_round_trip_matches_direct_profile(tmp_path, micro_table):
     spec = replace(load_device("cpu-ort"), name="micro-ort", seq_lens=(8, 16))
     bundle = write_bundle(spec, MICRO, tmp_path / "bundle", SETTINGS)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert len(manifest["items"]) == 7 + 3 and (bundle / RUNNER_NAME).is_file()
+    assert len(manifest["items"]) == 7 + 1 + 3 and (bundle / RUNNER_NAME).is_file()  # ops, reference, models
+    assert [it["kind"] for it in manifest["items"]].count("reference") == 1
     from nasbert_deploy.runtimes import onnxruntime_rt
 
     assert manifest["ort"]["threads"] == 1 and manifest["ort"]["providers"] == ["CPUExecutionProvider"]
@@ -42,6 +43,8 @@ def test_bundle_round_trip_matches_direct_profile(tmp_path, micro_table):
     imported = LatencyTable.load(out, space=MICRO)
     assert imported.manifest["source"] == "bundle" and imported.manifest["device"]["name"] == "micro-ort"
     assert set(imported.entries) == set(table_keys(MICRO)) and imported.validation["b1s16"]["models"] == 3
+    assert imported.reference["points"]["b1s8"]["timings"] >= 2 * SETTINGS.passes  # the runner timed it in every pass
+    assert all("rel_ref" in imported.entries[k]["b1s8"] for k in table_keys(MICRO))  # ... so it can normalise
     for text in ("32:mha,ffn|32:sep3,id", "32:ffn,id|32:mha,mha"):
         arch = MICRO.parse(text)
         for s in (8, 16):

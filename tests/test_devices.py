@@ -84,7 +84,7 @@ def test_cli_profile_refusals_write_nothing(tmp_path):
         _one_line_exit_2(r, "device 'cuda-ort' is not usable here")
     r = runner.invoke(app, ["profile", "--device", "cpu-torch", "--bundle", str(tmp_path / "b")])
     _one_line_exit_2(r, "uses the torch runtime")
-    _one_line_exit_2(runner.invoke(app, ["profile", "--import", str(tmp_path / "none.json")]), "no such file")
+    _one_line_exit_2(runner.invoke(app, ["profile", "--import", str(tmp_path / "none.json")]), "does not exist")
     bad.write_text("{}")
     _one_line_exit_2(runner.invoke(app, ["profile", "--import", str(bad), "--out", str(out)]), "is not the output of a bundle")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]

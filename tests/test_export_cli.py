@@ -49,7 +49,7 @@ def test_unknown_arch(assets, tmp_path):
 @pytest.mark.parametrize(
     "extra,fragment",
     [
-        ([], "give either --arch"),
+        ([], "nothing to export: give --arch ARCH, or a budget"),
         (["--arch", ARCH, "--max-latency-ms", "3", "--device", "cpu-ort"], "not both"),
         (["--max-latency-ms", "3"], "needs --device"),
         (["--arch", ARCH, "--format", "onnx,tflite"], "tflite"),
@@ -79,7 +79,7 @@ def test_unwritable_and_existing_out(assets, tmp_path):
     blocker.write_text("x")
     out = blocker / "sub"
     res = runner.invoke(app, ["export", "--arch", ARCH, "--supernet", str(sn), "--tokenizer", str(tok), "--out", str(out)])
-    assert res.exit_code == 2 and "not writable" in res.stderr and blocker.read_text() == "x"
+    assert res.exit_code == 2 and "is a file, not a folder" in res.stderr and blocker.read_text() == "x"
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep.txt").write_text("mine")
@@ -126,7 +126,7 @@ def test_budget_exports_the_searched_arch(assets, tmp_path, synthetic_latency):
     rep = json.loads((out / "report.json").read_text())
     assert rep["arch"] == str(best["arch"]) and rep["latency"]["measured"] is None
     assert rep["latency"]["predicted_ms"] == pytest.approx(best["latency_ms"], abs=1e-9)
-    assert not (out / "openvino_model.xml").exists() and (out / "model.onnx").is_file()
+    assert not (out / "openvino").exists() and (out / "onnx" / "model.onnx").is_file()
 
 
 @pytest.mark.slow

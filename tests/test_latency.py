@@ -47,7 +47,7 @@ def test_schema_roundtrip(tmp_path):
     t = _synthetic()
     p = t.save(tmp_path / "t.json")
     data = json.loads(p.read_text())
-    assert data["schema_version"] == SCHEMA_VERSION == 3 and data["corrections"]["b1s8"]["planes"][0]["ms_per_mparam"] == 0.25
+    assert data["schema_version"] == SCHEMA_VERSION == 4 and data["corrections"]["b1s8"]["planes"][0]["ms_per_mparam"] == 0.25
     assert set(MANIFEST_KEYS) <= set(data["manifest"])
     assert data["manifest"]["space_hash"] == TINY.space_hash() and data["manifest"]["space"]["hidden_sizes"] == [32, 64]
     assert data["batch_sizes"] == [1] and data["seq_lens"] == [8, 16]
@@ -113,7 +113,7 @@ def test_other_space_and_schema_fail_clearly(tmp_path):
     for old in (1, 99):  # version 1 tables (affine correction only) must be re-profiled
         data["schema_version"] = old
         (tmp_path / "v.json").write_text(json.dumps(data))
-        with pytest.raises(TableError, match=rf"schema version {old}; this build reads versions 2, 3; re-profile"):
+        with pytest.raises(TableError, match=rf"schema version {old}; this build reads versions 2, 3, 4; re-profile"):
             LatencyTable.load(tmp_path / "v.json")
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(TableError, match="not valid JSON"):

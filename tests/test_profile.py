@@ -51,7 +51,8 @@ def test_profiled_table_is_complete(micro_table):
     for key in table_keys(MICRO):
         for pk in ("b1s8", "b1s16"):
             e = loaded.entries[key][pk]
-            assert e["median_ms"] > 0 and e["rounds"] == 2 and e["runs"] >= 10
+            assert e["median_ms"] > 0 and 2 <= e["rounds"] <= SETTINGS.max_rounds and e["runs"] >= 10  # 2 + adaptive
+            assert e["rounds"] == len(e["rounds_ms"]) and e["min_ms"] == min(e["rounds_ms"])
     for pk in ("b1s8", "b1s16"):
         v = loaded.validation[pk]
         assert v["models"] == 3 and len(v["measured_ms"]) == 3 and 0 <= v["within_10pct"] <= 1 and v["mape_pct"] >= 0
@@ -63,7 +64,20 @@ def test_profiled_table_is_complete(micro_table):
         assert h["predicted_ms"] == [loaded.predict(MICRO.parse(a), 1, int(pk[3:])).total_ms for a in h["archs"]]
         assert h["mape_pct"] == pytest.approx(sum(abs(p - m) / m for p, m in zip(h["predicted_ms"], h["measured_ms"])) * 50)
     bd = m["profiling_breakdown_s"]
-    assert {"export_s", "timing_s", "holdout_export_s", "holdout_timing_s"} <= set(bd)
+    assert {"export_s", "timing_s", "holdout_export_s", "holdout_timing_s", "reference_s", "host_check_s", "fit_s"} <= set(bd)
+    # exports: 7 parts exported, 3 + 2 models and the reference assembled from them (fewer if another test cached parts)
+    assert m["exports"].get("exported", 0) <= 7 and m["exports"].get("assembled", 0) == 6
+    host = m["host_check"]
+    assert len(host["rounds_ms"]) == 3 and host["spread_pct"] >= 0 and host["point"] == "b1s8" and host["advice"]
+    assert loaded.measurement["statistic"] in ("min", "fastest_half", "median", "trimmed")
+    assert "fewer than 10" in loaded.measurement["chosen_by"]  # 3 fitting models: the default, raw lowest medians
+    for pk in ("b1s8", "b1s16"):
+        ref = loaded.reference["points"][pk]
+        assert ref["median_ms"] > 0 and ref["timings"] >= 2 * SETTINGS.passes  # start and end of every pass
+        ceiling = loaded.validation[pk]["noise_ceiling"]
+        assert ceiling["models"] == 5 and 0 <= ceiling["within_10pct"] <= 1 and ceiling["mape_pct"] >= 0
+        assert loaded.validation[pk]["holdout"]["limited_by"] in ("noise", "prediction")
+        assert all("rel_ref" in loaded.entries[k][pk] for k in table_keys(MICRO))
     arch = MICRO.parse("32:mha,ffn|32:sep3,id")
     p = loaded.predict(arch, 1, 12)
     assert p.total_ms == sum(p.blocks_ms) + p.fixed_ms and p.total_ms > 0
@@ -76,3 +90,35 @@ def test_profile_refuses_seq_beyond_positions(tmp_path):
     with pytest.raises(DeviceError, match=r"seq_lens \[128\] exceed the space's 64 positions"):
         profile_device(spec, TINY, tmp_path / "t.json", SETTINGS)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_reference_retimed_now_rescales_the_table(micro_table):
+    from nasbert_deploy.profiling.host import host_factor, time_reference
+
+    _, table = micro_table
+    spec = replace(load_device("cpu-ort"), name="micro-ort", seq_lens=(8, 16))
+    meds = time_reference(spec, table, 1, 12, rounds=3)  # the reference comes from the export cache
+    assert len(meds) == 3 and all(x > 0 for x in meds)
+    f = host_factor(spec, table, 1, 12, rounds=3)
+    assert 0.2 < f < 5.0  # the same host a minute later (a shared one: loose)
+    arch = MICRO.parse("32:mha,ffn|32:sep3,id")
+    assert table.rescaled(f).predict(arch, 1, 12).total_ms == pytest.approx(f * table.predict(arch, 1, 12).total_ms)
+
+
+@pytest.mark.slow
+def test_export_report_uses_the_table_statistic_and_rescales(micro_table, monkeypatch, tmp_path):
+    from nasbert_deploy.export import measure as em
+    from nasbert_deploy.profiling.cache import ExportCache, prepare_exports
+    from nasbert_deploy.profiling.items import model_item
+
+    _, table = micro_table
+    spec = replace(load_device("cpu-ort"), name="micro-ort", seq_lens=(8, 16))
+    arch = MICRO.parse("32:mha,ffn|32:sep3,id")
+    files, _ = prepare_exports([[], [model_item(arch)]], spec, MICRO, ExportCache.at(), ExportCache(tmp_path))
+    monkeypatch.setattr(em, "load_latency_table", lambda s, sp=None: table)
+    out = em.measure_latency(files[model_item(arch).key], spec, MICRO, arch, 1, 12, MICRO.vocab_size,
+                             {"warmup": 1, "runs": 5}, True, rescale=True)
+    m = out["measured"]
+    assert m["statistic"] == table.statistic and m["rounds"] == em.MEASURE_ROUNDS and m["min_ms"] <= m["median_ms"]
+    assert out["host_factor"] > 0 and out["predicted_rescaled_ms"] == pytest.approx(out["predicted_ms"] * out["host_factor"])

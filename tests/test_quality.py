@@ -127,3 +127,22 @@ def test_encoder_quality_refuses_bad_input(tiny_encoder, tmp_path):
     other.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(TaskError, match="labels that"):
         encoder_quality(tiny_encoder, other, train=SAMPLE_DIR / "wordnet-supersense-sample-train.jsonl")
+
+
+def test_evaluate_command_scores_frozen_encoders(tiny_encoder, tmp_path):
+    from typer.testing import CliRunner
+
+    from nasbert_deploy.cli.app import app
+
+    runner = CliRunner()
+    out = tmp_path / "r.json"
+    res = runner.invoke(app, ["evaluate", "--model", str(tiny_encoder), "--task", str(RETRIEVAL_SAMPLE),
+                              "--teacher-model", str(tiny_encoder), "--max-len", "32", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["kind"] == "retrieval" and report["ranking_loyalty@10"] == 1.0 and 0 < report["mrr"] <= 1
+    res = runner.invoke(app, ["evaluate", "--model", str(tiny_encoder), "--max-len", "32",
+                              "--task", str(SAMPLE_DIR / "debian-sections-sample-valid.jsonl"),
+                              "--train", str(SAMPLE_DIR / "debian-sections-sample-train.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "probe_accuracy" in res.output

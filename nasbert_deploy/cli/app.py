@@ -16,6 +16,7 @@ import typer
 # typer 0.29 vendors click as `typer._click` (pinned <0.30 in pyproject.toml): its usage errors are these classes
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
+from typer.exceptions import Abort, Exit, TyperException
 
 from nasbert_deploy import __version__
 from nasbert_deploy.cli import export_cmd, profile_cmd, search_cmd, space_cmd, supernet_cmd, train_cmd
@@ -23,6 +24,8 @@ from nasbert_deploy.errors import NasBertDeployError
 
 # what `main` sets (each only if unset): the command line never fetches anything from a model hub
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+DEBUG_ENV = "NASBERT_DEPLOY_DEBUG"  # set to 1: an unexpected error shows its traceback
+REPORT_TO = "the nasbert-deploy issue tracker"
 
 
 def _error_line(message: str) -> NoReturn:
@@ -45,6 +48,27 @@ def _usage_error(exc: UsageError) -> NoReturn:
     _error_line(f"{where}{message}{hint}")
 
 
+def _os_error(exc: OSError) -> NoReturn:
+    """The environment failed us (disk full, permissions, a name too long): one line, exit 2."""
+    where = f" {exc.filename}" if exc.filename else ""
+    _error_line(f"cannot use{where}: {exc.strerror or exc}")
+
+
+def _bug(exc: BaseException) -> NoReturn:
+    """Not the user's fault: one line saying it is a bug, where to report it and how to see the traceback; exit 1."""
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        raise exc
+    from rich.markup import escape
+
+    from nasbert_deploy.cli.common import err_console
+
+    what = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    err_console.print(f"[bold red]internal error (a bug in nasbert-deploy):[/] {escape(what)}; please report it to "
+                      f"{REPORT_TO} with the command line; run again with {DEBUG_ENV}=1 for the traceback",
+                      highlight=False, soft_wrap=True)
+    raise SystemExit(1)
+
+
 class _App(TyperGroup):
     """The root group: turns usage errors and library errors into one line and exit 2, once for all commands."""
 
@@ -55,10 +79,21 @@ class _App(TyperGroup):
             raise  # `nasbert-deploy` alone shows the help
         except UsageError as exc:
             _usage_error(exc)
+        except (TyperException, Exit, Abort):
+            raise
+        except NasBertDeployError as exc:
+            _error_line(str(exc))
+        except OSError as exc:
+            _os_error(exc)
+        except Exception as exc:
+            _bug(exc)
 
     def invoke(self, ctx: Any) -> Any:
+        from nasbert_deploy.cli.common import quiet_third_party
+
         try:
-            return super().invoke(ctx)
+            with quiet_third_party():
+                return super().invoke(ctx)
         except NoArgsIsHelpError:
             raise  # a group alone (`nasbert-deploy space`) shows its help
         except UsageError as exc:  # raised while parsing a subcommand's arguments
@@ -70,6 +105,12 @@ class _App(TyperGroup):
 
             err_console.print("interrupted (long-running commands resume when run again)")
             raise SystemExit(130) from None
+        except (TyperException, Exit, Abort, BrokenPipeError):
+            raise
+        except OSError as exc:
+            _os_error(exc)
+        except Exception as exc:
+            _bug(exc)
 
 
 app = typer.Typer(
@@ -108,7 +149,13 @@ def main() -> None:
     """Entry point of the installed `nasbert-deploy` command: offline, then the app."""
     for key, value in OFFLINE.items():
         os.environ.setdefault(key, value)
-    app()
+    try:
+        app()
+    except BrokenPipeError:  # `nasbert-deploy ... | head`: the reader left; no traceback at exit either
+        import sys
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

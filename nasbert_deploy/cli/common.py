@@ -5,7 +5,12 @@ Light imports only: `nasbert-deploy --help` must not import torch, onnxruntime o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterable, Iterator
 from enum import Enum
 from typing import Annotated
 
@@ -47,7 +52,12 @@ def device_spec(value: str) -> DeviceSpec:
 
 DEVICE_HELP = "Device spec: a name from `nasbert-deploy devices` or a path to a .toml spec"
 DeviceOpt = Annotated[DeviceSpec | None, typer.Option("--device", parser=device_spec, metavar="NAME|FILE", help=DEVICE_HELP)]
-ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="torch CPU threads (0 = torch's default).")]
+DevicesOpt = Annotated[
+    list[DeviceSpec] | None,
+    typer.Option("--device", parser=device_spec, metavar="NAME|FILE",
+                 help=DEVICE_HELP + "; repeat it for one model that meets a --max-latency-ms on each device, in order"),
+]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, max=1024, help="torch CPU threads (0 = torch's default).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 
 
@@ -62,3 +72,62 @@ def set_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+# loggers of the libraries a command drives; their INFO/WARNING lines are not the user's business
+THIRD_PARTY_LOGGERS = ("", "nncf", "onnxruntime", "openvino", "transformers", "torch", "onnxscript", "onnx", "safetensors")
+
+
+@contextlib.contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """While a command runs: third-party loggers at ERROR, third-party warnings hidden (ours still shown).
+
+    Restored afterwards (tests run many commands in one process). `TRANSFORMERS_VERBOSITY` covers transformers
+    imported inside the command (its first import resets its logger's level from that variable).
+    """
+    loggers = [logging.getLogger(name) for name in THIRD_PARTY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    env = os.environ.get("TRANSFORMERS_VERBOSITY")
+    os.environ["TRANSFORMERS_VERBOSITY"] = env or "error"
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore")
+            warnings.filterwarnings("default", module=r"nasbert_deploy")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if env is None:
+            os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+
+
+PROGRESS_ENV = "NASBERT_DEPLOY_PROGRESS_S"  # seconds between plain progress lines when output is not a terminal
+
+
+class Ticker:
+    """When a plain progress line is due (output not on a terminal, so no live bar): the first update of each
+    `key`, then one every `every_s` seconds (default 30, or `NASBERT_DEPLOY_PROGRESS_S`), and the last one."""
+
+    def __init__(self, every_s: float | None = None) -> None:
+        if every_s is None:
+            try:
+                every_s = float(os.environ.get(PROGRESS_ENV, "30"))
+            except ValueError:
+                every_s = 30.0
+        self.every_s = every_s
+        self.last: dict[str, float] = {}
+        self.finished: set[str] = set()
+
+    def due(self, done: int, total: int | None, key: str = "") -> bool:
+        now = time.monotonic()
+        last = self.last.get(key)
+        if key in self.finished:
+            return False
+        if total is not None and done >= total:
+            self.finished.add(key)
+        elif last is not None and now - last < self.every_s:
+            return False
+        self.last[key] = now
+        return True

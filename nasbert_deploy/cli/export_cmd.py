@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import DeviceOpt, InitName, SeedOpt, SpaceName, console
+from nasbert_deploy.cli.common import DevicesOpt, InitName, SeedOpt, SpaceName, console
 
 app = typer.Typer()
 
@@ -20,8 +20,9 @@ def _opt(*names: str, help: str, **kw: Any) -> Any:
 def export(
     out: Annotated[Path, _opt("--out", help="Output folder (written atomically: complete or absent).")],
     arch: Annotated[str | None, _opt("--arch", help="Architecture string, e.g. '128:mha,ffn|192:sep3,ffn'.")] = None,
-    device: DeviceOpt = None,
-    max_latency_ms: Annotated[float | None, _opt("--max-latency-ms", help="Search the arch: latency budget (ms).")] = None,
+    device: DevicesOpt = None,
+    max_latency_ms: Annotated[list[float] | None, _opt("--max-latency-ms", help="Search the arch: latency budget (ms), "
+                                                       "one per --device in the same order.")] = None,
     max_params: Annotated[str | None, _opt("--max-params", help="Search the arch: parameter budget (10M, 500K).")] = None,
     max_memory_mb: Annotated[float | None, _opt("--max-memory-mb", help="Search the arch: memory budget (MiB).")] = None,
     formats: Annotated[str, _opt("--format", help="Comma-separated: onnx, openvino.")] = "onnx,openvino",
@@ -49,18 +50,19 @@ def export(
     from nasbert_deploy.export.pipeline import ExportOptions, parse_formats
     from nasbert_deploy.export.run import DEFAULT_DEVICE, ExportRequest, budget_or_arch, prepare_export, read_calibration
 
-    budget = budget_or_arch(arch, device is not None, max_latency_ms, max_params, max_memory_mb)
-    spec = device or load_device(DEFAULT_DEVICE)
+    budget = budget_or_arch(arch, len(device or []), max_latency_ms, max_params, max_memory_mb)
+    spec = device[0] if device else load_device(DEFAULT_DEVICE)
     options = ExportOptions(formats=parse_formats(formats), int8=int8, fp16=fp16, token_type_ids=token_type_ids,
                             batch=batch or spec.batch_sizes[0], seq_len=seq_len or max(spec.seq_lens),
                             measure_latency=not no_timing, measure_memory=not no_memory,
                             calibration_texts=read_calibration(calibration))
     request = ExportRequest(out, options, spec, arch, budget, supernet, init.value, space.value if space else None, seed,
-                            tokenizer, force)
+                            tokenizer, force, tuple((device or [])[1:]))
     prepared = prepare_export(request)
     if prepared.chosen is not None:
         c = prepared.chosen
-        console.print(f"searched: {c.arch} (predicted {c.latency_ms:.3f} ms, loss {c.loss:.4f})", highlight=False)
+        ms = ", ".join(f"{m:.3f} ms on {d.name}" for m, d in zip(c.latencies_ms or (c.latency_ms,), device or [spec]))
+        console.print(f"searched: {c.arch} (predicted {ms}, loss {c.loss:.4f})", highlight=False)
     _export(request, prepared)
 
 
@@ -82,5 +84,6 @@ def _export(request: Any, prepared: Any) -> None:
                   transient=True) as bar:
         task = bar.add_task("export", total=None)
         report = export_model(prepared.model, request.out, prepared.tokenizer, request.spec, request.options,
-                              prepared.weights, on_step=lambda s: bar.update(task, description=s), on_check=_show_check)
+                              prepared.weights, on_step=lambda s: bar.update(task, description=s), on_check=_show_check,
+                              more_specs=request.more_specs)
     print_summary(report, console, request.out)

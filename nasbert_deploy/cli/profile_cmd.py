@@ -25,19 +25,26 @@ def devices(
         parser=device_spec, help="Extra spec files (.toml) to show beside the shipped ones.")] = None,
 ) -> None:
     """Device specs: runtime, target, precision, threads, profiled shapes, and whether usable here."""
+    from rich import box
     from rich.table import Table
 
     from nasbert_deploy.devices import list_devices
     from nasbert_deploy.runtimes.base import availability
 
-    t = Table(title="device specs (shipped in devices/; any spec file works by path)")
-    for col in ("name", "runtime", "target", "precision", "threads", "batch", "seq_lens", "usable here"):
-        t.add_column(col, no_wrap=col != "usable here")
+    t = Table(title="device specs (shipped in devices/; any spec file works by path)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("name", "runtime", "threads", "batch x seq", "usable"):
+        t.add_column(col, no_wrap=True)
+    why_not = []
     for s in list_devices() + list(spec or []):
         why = availability(s)
-        t.add_row(s.name, s.runtime, s.target, s.precision, str(s.threads or "all"), ",".join(map(str, s.batch_sizes)),
-                  ",".join(map(str, s.seq_lens)), "[green]yes[/]" if why is None else f"[red]no[/]: {why}")
+        shapes = f"{','.join(map(str, s.batch_sizes))} x {','.join(map(str, s.seq_lens))}"
+        t.add_row(s.name, f"{s.runtime} {s.target} {s.precision}", str(s.threads or "all"), shapes,
+                  "[green]yes[/]" if why is None else "[red]no[/]")
+        if why is not None:
+            why_not.append(f"{s.name}: {why}")
     console.print(t)
+    for line in why_not:  # reasons below the table, wrapped between words (a table cell would be a narrow column)
+        console.print(f"not usable here: {line}", highlight=False)
 
 
 @app.command("profile")
@@ -62,47 +69,68 @@ def profile(
     model_min_time: Annotated[float, _opt("--model-min-time", min=0.0, help="Seconds of timing per whole-model round.")] = 0.3,
     max_cv: Annotated[float, _opt("--max-cv", min=0.0, help="Re-measure above this coefficient of variation (0: never).")] = 0.1,
     seed: Annotated[int, _opt("--seed", help="Seed for the validation architectures and the timing order.")] = 0,
+    force: Annotated[bool, _opt("--force", help="Replace an existing --out table or --bundle folder.")] = False,
 ) -> None:
     """Time every distinct operation of the space on a device and write its latency table (resumable)."""
     from nasbert_deploy.errors import NasBertDeployError
+    from nasbert_deploy.fileio import check_output
     from nasbert_deploy.profiling.profiler import ProfileSettings
     from nasbert_deploy.space import get_space
 
     if refit is not None:
-        _refit(refit, out)
+        _refit(refit, out, force)
         return
     if import_file is not None:
         from nasbert_deploy.profiling.bundle import import_results
 
-        _report(*import_results(import_file, out))
+        _report(*import_results(import_file, out, force))
         return
     if device is None:
         raise NasBertDeployError("pass --device NAME (see `nasbert-deploy devices`) or --import results.json")
+    target = out or Path("profiles") / f"{device.name}.json"
+    if bundle is not None:
+        check_output(bundle, "dir", force, option="--bundle")
+    else:
+        check_output(target, "file", force, option="--out")
     settings = ProfileSettings(warmup=warmup, runs=runs, min_time_s=min_time, max_cv=max_cv or None, rounds=rounds,
                                model_rounds=model_rounds, model_min_time_s=model_min_time, validate=validate, seed=seed,
                                holdout=holdout)
     sp = get_space(space.value)
     if bundle is not None:
-        from nasbert_deploy.profiling.bundle import RUNNER_NAME, write_bundle
-
-        with _progress() as cb:
-            write_bundle(device, sp, bundle, settings, cb)
-        console.print(f"wrote bundle {bundle}: on the device run `python {bundle / RUNNER_NAME} --out results.json`, "
-                      "then `nasbert-deploy profile --import results.json`")
+        _bundle(device, sp, bundle, settings)
         return
     from nasbert_deploy.profiling.profiler import profile_device
 
-    target = out or Path("profiles") / f"{device.name}.json"
     with _progress() as cb:
         table = profile_device(device, sp, target, settings, cb)
     _report(table, target)
 
 
-def _refit(path: Path, out: Path | None) -> None:
+def _bundle(device: DeviceSpec, sp: Any, bundle: Path, settings: Any) -> None:
+    from nasbert_deploy.profiling.bundle import RUNNER_NAME, write_bundle
+
+    with _progress() as cb:
+        write_bundle(device, sp, bundle, settings, cb)
+    console.print(f"wrote bundle {bundle}: on the device run `python {bundle / RUNNER_NAME} --out results.json`, "
+                  "then `nasbert-deploy profile --import results.json`")
+
+
+def _refit(path: Path, out: Path | None, force: bool) -> None:
+    from nasbert_deploy.errors import NasBertDeployError, TableError
+    from nasbert_deploy.fileio import check_output
     from nasbert_deploy.profiling.profiler import refit_table
     from nasbert_deploy.profiling.table import LatencyTable
 
-    table = refit_table(LatencyTable.load(path))
+    in_place = out is None or out.absolute() == path.absolute()
+    check_output(out or path, "file", force or in_place, option="--out" if out else "--refit")
+    table = LatencyTable.load(path)
+    try:
+        table = refit_table(table)
+    except NasBertDeployError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ArithmeticError) as exc:
+        raise TableError(f"--refit {path}: the table's whole-model measurements are malformed ({type(exc).__name__}: "
+                         f"{exc}); profile the device again") from None
     table.save(out or path)
     _report(table, out or path)
 
@@ -131,7 +159,8 @@ def predict(
         table = find_table(device.name)
     lt = LatencyTable.load(table, space=sp)
     p = lt.predict(a, batch, seq_len)
-    t = Table(title=f"{a}  on {lt.device.get('name')} (batch {batch}, seq {seq_len})")
+    console.print(f"arch {a}", highlight=False, soft_wrap=True)
+    t = Table(title=f"{lt.device.get('name')}, batch {batch}, seq {seq_len}")
     t.add_column("part")
     t.add_column("ms", justify="right")
     for i, (b, ms) in enumerate(zip(a.blocks, p.blocks_ms), 1):
@@ -148,13 +177,16 @@ def predict(
 
 
 class _progress:
-    """A rich progress bar fed by the profiler's (phase, done, total) callback."""
+    """The profiler's (phase, done, total) callback: a rich bar on a terminal, a plain line now and then on a pipe."""
 
     def __enter__(self) -> Any:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        from nasbert_deploy.cli.common import Ticker
+
+        self.plain, self.ticker = not err_console.is_terminal, Ticker()
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=err_console)
+                            TimeRemainingColumn(), console=err_console, disable=self.plain)
         self.tasks: dict[str, int] = {}
         self.bar.start()
         return self.callback
@@ -164,53 +196,59 @@ class _progress:
         if phase not in self.tasks:
             self.tasks[phase] = self.bar.add_task(label, total=total)
         self.bar.update(self.tasks[phase], completed=done, total=total)
+        if self.plain and self.ticker.due(done, total, key=phase):
+            err_console.print(f"{label}: {done} of {total}", highlight=False)
 
     def __exit__(self, *exc: object) -> None:
         self.bar.stop()
 
 
 def _report(table: Any, path: Path) -> None:
-    from rich.table import Table
-
+    """What was written and how well it predicts, in a few lines (80 columns, pipes); per-point figures are in
+    the table file's `validation`."""
     wall = table.manifest.get("profiling_wall_s")
-    console.print(f"wrote {path} ({len(table.entries)} entries, profiling wall time {wall:.0f} s)")
+    wall_text = f"{wall:.0f} s" if isinstance(wall, int | float) else "unknown"
+    console.print(f"wrote {path} ({len(table.entries)} entries, profiling wall time {wall_text})", soft_wrap=True)
     bd = table.manifest.get("profiling_breakdown_s")
-    if bd:
-        n = len(table.batch_sizes) * len(table.seq_lens)
+    if isinstance(bd, dict) and bd:
+        n = max(1, len(table.batch_sizes) * len(table.seq_lens))
         console.print(f"exporting {bd.get('export_s', 0):.0f} s, timing {bd.get('timing_s', 0):.0f} s "
                       f"({bd.get('timing_s', 0) / n:.0f} s per (batch, seq) point, {n} points)")
         if "holdout_timing_s" in bd:
             console.print(f"held-out models (not in the wall time): exporting {bd.get('holdout_export_s', 0):.0f} s, "
                           f"timing {bd['holdout_timing_s']:.0f} s")
-    val = table.validation
+    val = {pk: v for pk, v in table.validation.items() if isinstance(v, dict)}
     if not val:
         console.print("no whole-model validation (--validate 0 or fewer than 3): no correction (scale 1, offset 0)")
         return
-    t = Table(title="prediction error on whole models (leave-one-out, after the correction: the largest plane)")
-    for col in ("batch/seq", "models", "MAPE %", "max |err| %", "within ±10%", "uncorrected MAPE %", "plane",
-                "scale", "ms/Mparam", "offset ms"):
-        t.add_column(col, justify="right")
-    for pk, v in val.items():
-        corr = table.corrections[pk]
-        split = corr.get("split_mparams")
-        for i, p in enumerate(corr["planes"]):
-            where = "" if split is None else (f" (≤{split:.2f}M)" if i == 0 else f" (>{split:.2f}M)")
-            head = (pk, str(v["models"]), f"{v['mape_pct']:.1f}", f"{v['max_abs_pct']:.1f}", f"{100 * v['within_10pct']:.0f}%",
-                    f"{v['uncorrected_mape_pct']:.1f}") if i == 0 else ("",) * 6
-            t.add_row(*head, f"{i + 1}{where}", f"{p['scale']:.3f}", f"{p.get('ms_per_mparam', 0.0):.4f}",
-                      f"{p['offset_ms']:.3f}")
-    console.print(t)
+    planes = [len((table.corrections.get(pk) or {}).get("planes", [])) for pk in val]
+    two = sum(n > 1 for n in planes)
+    console.print(f"whole models, leave-one-out error after the correction, {_summary(list(val.values()))}; "
+                  f"uncorrected MAPE {_range([v.get('uncorrected_mape_pct') for v in val.values()])}%"
+                  + (f"; a second plane (cache step) at {two} of {len(val)} points" if two else ""), highlight=False)
+    held = [v["holdout"] for v in val.values() if isinstance(v.get("holdout"), dict) and v["holdout"]]
+    if held:
+        console.print(f"held-out whole models (timed in the same passes, never fitted), {_summary(held)}", highlight=False)
     _report_spread(val)
-    held = {pk: v["holdout"] for pk, v in val.items() if v.get("holdout")}
-    if not held:
-        return
-    t = Table(title="prediction error on held-out whole models (timed in the same passes, never fitted)")
-    for col in ("batch/seq", "models", "MAPE %", "max |err| %", "within ±10%", "mean err %"):
-        t.add_column(col, justify="right")
-    for pk, h in held.items():
-        t.add_row(pk, str(h["models"]), f"{h['mape_pct']:.1f}", f"{h['max_abs_pct']:.1f}", f"{100 * h['within_10pct']:.0f}%",
-                  f"{h['mean_pct']:+.1f}")
-    console.print(t)
+    console.print(f"per-point figures: 'validation' in {path}", highlight=False, soft_wrap=True)
+
+
+def _range(values: list[Any], scale: float = 1.0) -> str:
+    """'median (min-max)' of the numbers among `values` (times `scale`), or '?' if none."""
+    xs = sorted(scale * x for x in values if isinstance(x, int | float))
+    if not xs:
+        return "?"
+    mid = f"{xs[len(xs) // 2]:.1f}"
+    return mid if xs[0] == xs[-1] else f"{mid} ({xs[0]:.1f}-{xs[-1]:.1f})"
+
+
+def _summary(vals: list[dict[str, Any]]) -> str:
+    """One line over the points: MAPE, largest error and share within +-10% (median and range over points)."""
+    models = sum(v.get("models", 0) for v in vals if isinstance(v.get("models", 0), int))
+    worst = max((v["max_abs_pct"] for v in vals if isinstance(v.get("max_abs_pct"), int | float)), default=None)
+    worst_text = "?" if worst is None else f"{worst:.0f}"
+    return (f"{len(vals)} point(s), {models} models: MAPE {_range([v.get('mape_pct') for v in vals])}%, "
+            f"max |err| {worst_text}%, within ±10% {_range([v.get('within_10pct') for v in vals], 100.0)}%")
 
 
 def _report_spread(val: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import DeviceOpt, PrecisionName, console, err_console
+from nasbert_deploy.cli.common import DevicesOpt, PrecisionName, console, err_console
 
 app = typer.Typer()
 
@@ -18,8 +18,9 @@ def _opt(*names: str, help: str, **kw: Any) -> Any:
 
 @app.command("search")
 def search(
-    max_latency_ms: Annotated[float, _opt("--max-latency-ms", help="Latency budget (ms) at --batch/--seq-len.")],
-    device: DeviceOpt = None,
+    max_latency_ms: Annotated[list[float], _opt("--max-latency-ms", help="Latency budget (ms) at --batch/--seq-len; "
+                                                "one per --device, in the same order.")],
+    device: DevicesOpt = None,
     max_params: Annotated[str | None, _opt("--max-params", help="Parameter budget, embeddings included (10M, 500K).")] = None,
     max_memory_mb: Annotated[float | None, _opt("--max-memory-mb", help="Memory budget (MiB): weights + activations.")] = None,
     seq_len: Annotated[int, _opt("--seq-len", min=1, help="Sequence length the budget applies to.")] = 128,
@@ -35,16 +36,22 @@ def search(
     heldout: Annotated[Path | None, _opt("--heldout", help="Held-out text for --rerank (default: shipped sample).")] = None,
     precision: Annotated[PrecisionName | None, _opt("--precision", help="Weight precision for memory (default: device's).")]
     = None,
+    force: Annotated[bool, _opt("--force", help="Replace an existing --plot file.")] = False,
 ) -> None:
     """Exact least-loss architecture under the budgets (sum of block losses; latency from the device's table)."""
     import json
     from contextlib import nullcontext
 
+    from nasbert_deploy.fileio import check_output
     from nasbert_deploy.search.run import SearchRequest, parse_budget, run_search
 
-    request = SearchRequest(parse_budget(max_latency_ms, max_params, max_memory_mb), device, table, candidates, supernet,
+    if plot is not None:
+        check_output(plot, "file", force, option="--plot")
+    devices = device or []
+    budget = parse_budget(max_latency_ms, max_params, max_memory_mb, len(devices))
+    request = SearchRequest(budget, devices[0] if devices else None, table, candidates, supernet,
                             batch, seq_len, top, precision.value if precision is not None else None, rerank, teacher, heldout,
-                            pareto=plot is not None or json_out)
+                            pareto=plot is not None or json_out, more_devices=tuple(devices[1:]))
     busy = err_console.status(f"re-ranking {rerank} networks on held-out text") if rerank else nullcontext()
     with busy:
         outcome = run_search(request)
@@ -71,13 +78,19 @@ def _print(result: Any, mse: dict[str, float], plot: Path | None) -> None:
         title=f"best of {result.searched:,} architectures, batch {result.batch}, seq {result.seq_len}, "
         f"{result.precision} ({result.elapsed_ms:.1f} ms)"
     )
-    cols = ["#", "arch", "loss", "latency ms (blocks + fixed)", "params", "memory MB"] + (["held-out MSE"] if mse else [])
+    several = len(result.devices) > 1
+    lat_col = f"latency ms on {result.devices[0]} (blocks + fixed)" if several else "latency ms (blocks + fixed)"
+    cols = ["#", "arch", "loss", lat_col] + (["ms on " + ", ".join(result.devices[1:])] if several else [])
+    cols += ["params", "memory MB"] + (["held-out MSE"] if mse else [])
     for c in cols:
-        t.add_column(c, justify="left" if c == "arch" else "right", overflow="fold")
+        t.add_column(c, justify="left" if c == "arch" else "right", overflow="fold", no_wrap=c == "arch")
     for i, s in enumerate(result.best, 1):
         parts = " + ".join(f"{m:.3f}" for m in s.block_ms) + f" + {s.fixed_ms:.3f}"
-        row = [str(i), str(s.arch), f"{s.loss:.4f}", f"{s.latency_ms:.3f} ({parts})", format_params(s.params),
-               f"{_mb(s.memory.total_mb)} ({_mb(s.memory.weights_mb)} w + {_mb(s.memory.activations_mb)} act)"]
+        arch = " |\n".join(map(str, s.arch.blocks))  # one block per line: never broken inside a block (still parses)
+        row = [str(i), arch, f"{s.loss:.4f}", f"{s.latency_ms:.3f} ({parts})"]
+        row += [", ".join(f"{m:.3f}" for m in s.latencies_ms[1:])] if several else []
+        row += [format_params(s.params),
+                f"{_mb(s.memory.total_mb)} ({_mb(s.memory.weights_mb)} w + {_mb(s.memory.activations_mb)} act)"]
         if mse:
             row.append(f"{mse[str(s.arch)]:.5f}" if str(s.arch) in mse else "-")
         t.add_row(*row)

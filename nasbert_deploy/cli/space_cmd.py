@@ -58,7 +58,8 @@ def info(
 
     sp = get_space(space.value)
     a = sp.parse(arch)
-    t = Table(title=str(a))
+    console.print(f"arch {a} (space {sp.name})", highlight=False, soft_wrap=True)  # never wrapped mid-token
+    t = Table()
     for col in ("block", "hidden", "heads", "layers", "params", f"GFLOPs@{seq_len}"):
         t.add_column(col, justify="right")
     for i, b in enumerate(a.blocks, 1):

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import SpaceName, ThreadsOpt, TrainDevice, console, err_console
+from nasbert_deploy.cli.common import SpaceName, ThreadsOpt, Ticker, TrainDevice, console, err_console
 
 app = typer.Typer(help="Train and inspect the weight-sharing supernet.", no_args_is_help=True)
 
@@ -22,11 +22,14 @@ class _RichReporter:
         self.progress, self.rank, self.task, self.cache_task = progress, rank, None, None
         self.plain = not progress.console.is_terminal
         self.log_every_s, self.last_log, self.total = log_every_s, 0.0, 0
+        self.ticker = Ticker(log_every_s)
 
     def cache(self, done: int, total: int) -> None:
         if self.cache_task is None:
             self.cache_task = self.progress.add_task("teacher states", total=total)
         self.progress.update(self.cache_task, completed=done)
+        if self.plain and self.rank == 0 and self.ticker.due(done, total, "cache"):
+            self.progress.console.print(f"teacher states: {done} of {total} paragraphs", highlight=False)
 
     def start(self, total_steps: int, done_steps: int) -> None:
         if self.cache_task is not None:
@@ -86,6 +89,9 @@ def train(
     cache_dir: Annotated[Path | None, _opt("Teacher-state cache (default: OUT/teacher-cache).")] = None,
 ) -> None:
     """Block-wise distillation of the supernet with progressive shrinking; writes the candidate table."""
+    from nasbert_deploy.fileio import check_output
+
+    check_output(out, "dir", reuse=True)  # before the heavy imports; `train_from_corpus` checks again for library users
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from nasbert_deploy.profiling.table import LatencyTable
@@ -105,7 +111,7 @@ def train(
                       checkpoint_every=checkpoint_every, seed=seed, blocks=block_sel)
     rank = process_rank()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, disable=rank != 0) as progress:
+    with Progress(*columns, console=err_console, disable=rank != 0 or not err_console.is_terminal) as progress:
         reporter = _RichReporter(progress, rank)
         run = train_from_corpus(launch, cfg, table, reporter=reporter, on_cache_progress=reporter.cache)
     if run.rank == 0:
@@ -120,18 +126,19 @@ def info(
     supernet: Annotated[Path | None, _opt("Supernet folder (default: the shipped default supernet).")] = None,
 ) -> None:
     """Space, teacher, steps and candidates per block of a trained supernet (or a run in progress)."""
-    import json
-
+    from nasbert_deploy.space import SearchSpace
     from nasbert_deploy.supernet.candidates import CandidateTable
     from nasbert_deploy.supernet.default import CANDIDATES_FILE, resolve_supernet_dir
     from nasbert_deploy.supernet.launch import part_states
+    from nasbert_deploy.supernet.network import read_meta
 
     states = part_states(supernet) if supernet is not None else None
     if states is not None:
         _print_in_progress(supernet, states)
         return
     d = resolve_supernet_dir(supernet)
-    meta = json.loads((d / "supernet.json").read_text())
+    meta = read_meta(d)
+    meta["space"] = SearchSpace.from_dict(meta["space"]).to_dict()  # checked: SpaceError if malformed
     table = CandidateTable.load(d / CANDIDATES_FILE) if (d / CANDIDATES_FILE).is_file() else None
     _print_supernet(d, meta, table)
 
@@ -143,8 +150,8 @@ def _print_in_progress(folder: Path | None, states: list[tuple[str, dict[str, An
     for col in ("part", "step", "shrinks", "survivors per bin", "done"):
         t.add_column(col)
     for name, st in states:
-        surv = " ".join(str(len(b)) for b in st["survivors"]) if st["survivors"] else "-"
-        t.add_row(name, str(st["step"]), str(st["shrinks"]), surv, "yes" if st["done"] else "no")
+        surv = " ".join(str(len(b)) if isinstance(b, list) else "?" for b in st.get("survivors") or []) or "-"
+        t.add_row(name, str(st["step"]), str(st.get("shrinks", "?")), surv, "yes" if st.get("done") else "no")
     console.print(t)
 
 

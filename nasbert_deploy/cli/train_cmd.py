@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import InitName, RuntimeName, SeedOpt, SpaceName, ThreadsOpt, console, set_threads
+from nasbert_deploy.cli.common import InitName, RuntimeName, SeedOpt, SpaceName, ThreadsOpt, Ticker, console, set_threads
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
 app = typer.Typer()
@@ -30,19 +30,25 @@ BatchOpt = Annotated[int, _opt("--batch-size", min=1, help="Examples per step.")
 MaxLenOpt = Annotated[int, _opt("--max-len", min=2, help="Tokens per example (longer ones are truncated).")]
 LrOpt = Annotated[float, _opt("--lr", min=0.0, help="AdamW learning rate.")]
 EpochsOpt = Annotated[int, _opt("--epochs", min=1, help="Passes over the training rows.")]
+ForceOpt = Annotated[bool, _opt("--force", help="Replace an existing, non-empty --out folder.")]
 
 
 @contextmanager
 def _progress(title: str) -> Iterator[Callable[[int, int, dict[str, float]], None]]:
+    """The training loop's (step, total, losses) callback: a transient bar on a terminal; on a pipe or in a log,
+    a plain line at the start, every 30 s (`common.PROGRESS_ENV`) and at the end."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    plain, ticker = not console.is_terminal, Ticker()
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*cols, TextColumn("{task.fields[info]}"), console=console, transient=True) as prog:
+    with Progress(*cols, TextColumn("{task.fields[info]}"), console=console, transient=True, disable=plain) as prog:
         task = prog.add_task(title, total=None, info="")
 
         def update(step: int, total: int, values: dict[str, float]) -> None:
             info = " ".join(f"{k} {v:.4f}" for k, v in values.items())
             prog.update(task, completed=step, total=total, info=info)
+            if plain and ticker.due(step, total):
+                console.print(f"{title}: step {step}/{total} {info}".rstrip(), highlight=False)
 
         yield update
 
@@ -92,19 +98,23 @@ def distill_cmd(
     checkpoint_every: Annotated[int, _opt("--checkpoint-every", min=1, help="Steps between resumable checkpoints.")] = 200,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
+    force: ForceOpt = False,
 ) -> None:
     """Distil a standalone student from the teacher on unlabelled text (resumable)."""
+    from nasbert_deploy.fileio import check_output
     from nasbert_deploy.space import get_space
     from nasbert_deploy.student.distill import DistillConfig, build_student, distill
     from nasbert_deploy.supernet.teacher_cache import read_paragraphs
-    from nasbert_deploy.teacher import load_teacher
+    from nasbert_deploy.teacher import load_teacher, resolve_teacher_path
 
+    check_output(out, "dir", force)
     set_threads(threads)
     cfg = DistillConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, hidden_weight=hidden_weight,
                         intermediate_weight=block_weight, prediction_weight=prediction_weight, temperature=temperature,
                         checkpoint_every=checkpoint_every, seed=seed)
     texts = read_paragraphs(corpus)
     held_out = read_paragraphs(valid_corpus) if valid_corpus else None
+    resolve_teacher_path(teacher)  # a bad --teacher folder fails before the student is built
     student = build_student(arch, from_export, supernet, init.value, get_space(space.value) if init.value == "random" else None)
     with _progress("distilling") as update:
         report = distill(student, load_teacher(teacher), texts, out, cfg, held_out, update, note=console.print)
@@ -130,11 +140,14 @@ def finetune_cmd(
     lr: LrOpt = 2e-4,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
+    force: ForceOpt = False,
 ) -> None:
     """Fine-tune a student on a labelled task, optionally distilling a fine-tuned teacher (resumable)."""
+    from nasbert_deploy.fileio import check_output
     from nasbert_deploy.student.finetune import FinetuneConfig, finetune
     from nasbert_deploy.student.tasks import task_splits
 
+    check_output(out, "dir", force)
     set_threads(threads)
     train, val = task_splits(task, valid, valid_fraction)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, lam=lam, temperature=temperature,
@@ -157,11 +170,14 @@ def finetune_teacher_cmd(
     lr: LrOpt = 2e-4,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
+    force: ForceOpt = False,
 ) -> None:
     """Fine-tune the teacher encoder as a sequence classifier (the teacher for task distillation)."""
+    from nasbert_deploy.fileio import check_output
     from nasbert_deploy.student.finetune import FinetuneConfig, finetune_teacher
     from nasbert_deploy.student.tasks import task_splits
 
+    check_output(out, "dir", force)
     set_threads(threads)
     train, val = task_splits(task, valid, valid_fraction)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, seed=seed)
@@ -180,13 +196,29 @@ def evaluate_cmd(
     max_len: MaxLenOpt = 128,
     json_out: Annotated[Path | None, _opt("--json", help="Also write the report as JSON.")] = None,
     threads: ThreadsOpt = 0,
+    force: Annotated[bool, _opt("--force", help="Replace an existing --json file.")] = False,
+    train: Annotated[Path | None, _opt("--train", help="Training file of a linear probe: scores an encoder's frozen "
+                                       "embeddings (no task head needed; --teacher-model is then an encoder too).")] = None,
 ) -> None:
-    """Accuracy, macro-F1 and, against a teacher, label and probability loyalty."""
-    from nasbert_deploy.fileio import write_json_atomic
+    """Accuracy, macro-F1 and, against a teacher, label and probability loyalty; frozen-embedding probe and
+    retrieval scores (recall@k, MRR, ranking loyalty) for encoders without a task head."""
+    from nasbert_deploy.fileio import check_output, write_json_atomic
     from nasbert_deploy.student.finetune import evaluate
+    from nasbert_deploy.student.retrieval import is_retrieval_file
     from nasbert_deploy.student.tasks import eval_task
 
+    if json_out is not None:
+        check_output(json_out, "file", force, option="--json")
     set_threads(threads)
+    if train is not None or is_retrieval_file(task):
+        from nasbert_deploy.student.quality import encoder_quality
+
+        report = encoder_quality(model, task, train, teacher_model, runtime.value, max_len, threads or 1)
+        rows = {k: v for k, v in report.items() if v is not None and k not in ("model", "task", "teacher", "kind")}
+        _print_report(f"{model} on {task} ({runtime.value}, frozen embeddings)", rows)
+        if json_out is not None:
+            write_json_atomic(json_out, report)
+        return
     data = eval_task(task)
     report = evaluate(model, data, teacher_model, runtime.value, batch_size, max_len)
     rows = {k: v for k, v in report.items() if v is not None and k != "labels"}

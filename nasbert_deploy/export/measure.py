@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,20 @@ def measure_latency(
     vocab: int,
     timing_kwargs: dict[str, Any],
     measure: bool,
+    rescale: bool = False,
 ) -> dict[str, Any]:
-    """Predicted (device latency table) and measured (`time_compiled` on the device's runtime) latency in ms."""
+    """Predicted (device latency table) and measured (`time_compiled` on the device's runtime) latency in ms.
+
+    The measured figure combines `MEASURE_ROUNDS` rounds with the table's round statistic (as the table's
+    entries and models were). With `rescale` and a table that has a reference model, the reference is timed
+    before, between and after the rounds: `host_factor` (its median now over the table's) and the prediction
+    rescaled to the host's state now (`predicted_rescaled_ms`)."""
+    import statistics
+
     import numpy as np
 
     from nasbert_deploy.runtimes.base import get_runtime, time_compiled
+    from nasbert_deploy.runtimes.timing import DEFAULT_STATISTIC, round_statistic
 
     out: dict[str, Any] = {
         "device": spec.name,
@@ -65,8 +74,10 @@ def measure_latency(
         "blocks_ms": None,
         "measured": None,
     }
+    table = None
     try:
-        pred = load_latency_table(spec, space).predict(arch, batch, seq_len)
+        table = load_latency_table(spec, space)
+        pred = table.predict(arch, batch, seq_len)
         out["predicted_ms"] = float(pred.total_ms)
         out["blocks_ms"] = [float(x) for x in pred.blocks_ms]
     except (TableError, SpaceError) as exc:
@@ -82,11 +93,30 @@ def measure_latency(
     compiled = rt.load(folder, spec)
     ids = np.random.default_rng(0).integers(1, vocab, size=(batch, seq_len), dtype=np.int64)
     inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    # measured as the table's entries are: the lowest-median of MEASURE_ROUNDS passes (noise only adds latency)
-    rounds = [time_compiled(compiled, inputs, **timing_kwargs).to_dict() for _ in range(MEASURE_ROUNDS)]
-    out["measured"] = {**min(rounds, key=lambda t: t["median_ms"]), "rounds": MEASURE_ROUNDS}
+    probe = None
+    if rescale and table is not None and table.reference and out["predicted_ms"]:
+        from nasbert_deploy.profiling.host import reference_probe
+
+        probe = reference_probe(spec, table, batch, seq_len)
+    # measured as the table's entries are: MEASURE_ROUNDS rounds combined by the table's statistic
+    rounds, refs = [], []
+    for _ in range(MEASURE_ROUNDS):
+        if probe:
+            refs.append(probe())
+        rounds.append(time_compiled(compiled, inputs, **timing_kwargs).to_dict())
+    if probe:
+        refs.append(probe())
+    stat = table.statistic if table is not None else DEFAULT_STATISTIC
+    meds = [r["median_ms"] for r in rounds]
+    out["measured"] = {**min(rounds, key=lambda t: t["median_ms"]), "median_ms": round_statistic(meds, stat),
+                       "min_ms": min(meds), "rounds": MEASURE_ROUNDS, "statistic": stat}
     if out["predicted_ms"]:
         out["measured_over_predicted"] = out["measured"]["median_ms"] / out["predicted_ms"]
+    if refs and table is not None:
+        factor = statistics.median(refs) / table.reference_ms(batch, seq_len)
+        out["host_factor"] = factor
+        out["predicted_rescaled_ms"] = out["predicted_ms"] * factor
+        out["measured_over_predicted_rescaled"] = out["measured"]["median_ms"] / out["predicted_rescaled_ms"]
     return out
 
 
@@ -95,11 +125,14 @@ def measure_memory(
 ) -> list[dict[str, Any]]:
     """Estimate vs measured peak RSS growth (MiB) for each exported ONNX file."""
     from nasbert_deploy.model.memory import estimate_memory
+    from nasbert_deploy.runtimes.base import export_artefact
 
     rows = []
-    for name, precision in (("model.onnx", "fp32"), ("model.int8.onnx", "int8")):
-        if not (folder / name).is_file():
+    for kind, precision in (("onnx", "fp32"), ("onnx-int8", "int8")):
+        file = export_artefact(folder, kind)
+        if not file.is_file():
             continue
+        name = file.relative_to(folder).as_posix()
         est = estimate_memory(space, arch, batch, seq_len, precision)
         row: dict[str, Any] = {
             "file": name,
@@ -111,7 +144,7 @@ def measure_memory(
             "activations_mb": est.activations_mb,
         }
         if measure:
-            m = measure_onnx_memory(folder / name, batch, seq_len, vocab)
+            m = measure_onnx_memory(file, batch, seq_len, vocab)
             row.update(
                 measured_session_mb=m.session_mb,
                 measured_peak_mb=m.peak_mb,
@@ -130,16 +163,23 @@ def measure_all(
     options: Any,
     seq_len: int,
     step: Callable[[str], None],
+    more_specs: Sequence[DeviceSpec] = (),
 ) -> dict[str, Any]:
-    """Latency on `spec` and memory of the ONNX files, at (options.batch, seq_len)."""
+    """Latency on `spec` (and on each of `more_specs`) and memory of the ONNX files, at (options.batch, seq_len).
+
+    `latency` is `spec`'s entry, `latencies` every device's in order.
+    """
     vocab = min(space.vocab_size, int(model.config.vocab_size))
-    step(f"latency on {spec.name}")
-    lat = measure_latency(
-        folder, spec, space, arch, options.batch, seq_len, vocab, options.timing_kwargs, options.measure_latency
-    )
+    lats = []
+    for s in (spec, *more_specs):
+        step(f"latency on {s.name}")
+        lats.append(measure_latency(
+            folder, s, space, arch, options.batch, seq_len, vocab, options.timing_kwargs, options.measure_latency,
+            getattr(options, "rescale_latency", False),
+        ))
     step("memory")
     mem = measure_memory(folder, space, arch, options.batch, seq_len, vocab, options.measure_memory)
-    return {"latency": lat, "memory": mem}
+    return {"latency": lats[0], "latencies": lats, "memory": mem}
 
 
 _RSS_SCRIPT = r"""

@@ -6,14 +6,20 @@
 
 Everything is written into a temporary folder beside `out` and renamed onto it only when every step
 succeeded (conversion, validation on a grid of shapes, measurement), so a failed or interrupted
-export leaves nothing behind. Output folder layout:
+export leaves nothing behind. Output folder layout (loads without nasbert-deploy, see `ecosystem`):
 
-    config.json, model.safetensors, tokenizer files     transformers (AutoModel.from_pretrained)
-    model.onnx                                          one file; inputs input_ids, attention_mask
+    config.json (+ auto_map), model.safetensors,        transformers: AutoModel.from_pretrained(out,
+    configuration_nasbert.py, modeling_nasbert.py,        trust_remote_code=True), or without it where
+    tokenizer files                                       nasbert_deploy is imported
+    modules.json, sentence_bert_config.json,            sentence-transformers: mean pooling + Normalize
+    config_sentence_transformers.json, 1_Pooling/
+    onnx/model.onnx                                     one file; inputs input_ids, attention_mask
                                                         (+ token_type_ids); output last_hidden_state;
                                                         dynamic batch and sequence axes
-    openvino_model.xml / .bin                           OpenVINO IR from the ONNX file
-    model.int8.onnx, openvino_model.int8.xml / .bin     with --int8 (ORT dynamic QInt8; NNCF PTQ)
+    openvino/openvino_model.xml / .bin                  OpenVINO IR from the ONNX file
+    onnx/model_qint8.onnx,                              with --int8 (ORT dynamic QInt8; NNCF PTQ)
+    openvino/openvino_model_qint8_quantized.xml / .bin
+    README.md                                           model card (`card`)
     report.json, report.md                              see `export_report`
 """
 
@@ -33,6 +39,7 @@ from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import CheckpointError, ExportError, TableError
 from nasbert_deploy.export import measure
 from nasbert_deploy.export.validate import VALIDATION_BATCHES, VALIDATION_SEQ_LENS, raise_failures
+from nasbert_deploy.runtimes.base import EXPORT_ARTEFACTS
 from nasbert_deploy.space import Arch, SearchSpace
 
 FORMATS = ("onnx", "openvino")
@@ -51,6 +58,7 @@ class ExportOptions:
     seq_len: int = 128
     validate: bool = True
     measure_latency: bool = True
+    rescale_latency: bool = False  # re-time the table's reference model beside the export: prediction for the host now
     measure_memory: bool = True
     validation_batches: tuple[int, ...] = VALIDATION_BATCHES
     validation_seq_lens: tuple[int, ...] = VALIDATION_SEQ_LENS
@@ -109,7 +117,8 @@ def model_from_supernet(arch: Arch | str, supernet_dir: str | os.PathLike[str] |
     folder = resolve_supernet(supernet_dir)
     net, meta = Supernet.load(folder)
     model = net.extract(arch)
-    return model, {"init": "supernet", "supernet": str(folder), "supernet_metadata": meta}
+    return model, {"init": "supernet", "supernet": str(folder), "supernet_metadata": meta,
+                   "shipped_supernet": supernet_dir is None}
 
 
 def random_model(arch: Arch | str, space: SearchSpace, seed: int = 0) -> tuple[Any, dict[str, Any]]:
@@ -125,40 +134,34 @@ def random_model(arch: Arch | str, space: SearchSpace, seed: int = 0) -> tuple[A
 
 def supernet_space(supernet_dir: str | os.PathLike[str] | None) -> SearchSpace:
     """The space a supernet checkpoint was trained on (read from its JSON, no weights loaded)."""
-    import json
+    from nasbert_deploy.supernet.network import read_meta
 
-    from nasbert_deploy.supernet.network import META_NAME
-
-    folder = resolve_supernet(supernet_dir)
-    try:
-        return SearchSpace.from_dict(json.loads((folder / META_NAME).read_text())["space"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{folder / META_NAME} is not a readable supernet description: {exc}") from None
+    return SearchSpace.from_dict(read_meta(resolve_supernet(supernet_dir))["space"])  # CheckpointError / SpaceError
 
 
 def select_arch(
-    spec: DeviceSpec,
-    max_latency_ms: float,
-    max_params: int | None,
-    max_memory_mb: float | None,
+    specs: DeviceSpec | Sequence[DeviceSpec],
+    budget: Any,
     batch: int,
     seq_len: int,
     supernet_dir: str | os.PathLike[str] | None,
 ) -> Any:
-    """The least-loss architecture within the budgets on `spec` (a `search.ScoredArch`).
+    """The least-loss architecture within `budget` (a `search.Budget`, one latency per device) on every device
+    of `specs` (a `search.ScoredArch`).
 
-    Uses the supernet's candidate table and the device's latency table; `InfeasibleBudgetError`
-    (naming the binding constraint) when nothing fits.
+    Uses the supernet's candidate table and each device's latency table; `InfeasibleBudgetError`
+    (naming the binding constraint) when nothing fits. Memory is priced at the first device's precision.
     """
-    from nasbert_deploy.search.problem import Budget, SearchProblem
+    from nasbert_deploy.search.problem import SearchProblem
     from nasbert_deploy.supernet.candidates import CandidateTable
 
-    budget = Budget(max_latency_ms, max_params, max_memory_mb)
+    specs = [specs] if isinstance(specs, DeviceSpec) else list(specs)
     cands_path = resolve_supernet(supernet_dir) / "candidates.json"
     if not cands_path.is_file():
         raise TableError(f"{cands_path} does not exist: the supernet has no candidate table; pass --arch instead")
     cands = CandidateTable.load(cands_path)
-    problem = SearchProblem(cands, measure.load_latency_table(spec, cands.space), batch, seq_len, spec.precision)
+    tables = [measure.load_latency_table(s, cands.space) for s in specs]
+    problem = SearchProblem(cands, tables, batch, seq_len, specs[0].precision, [s.name for s in specs])
     return problem.search(budget, 1).best[0]
 
 
@@ -179,8 +182,8 @@ def load_export_tokenizer(path: str | os.PathLike[str] | None, space: SearchSpac
             raise TeacherError(f"--tokenizer {p} is not a folder with tokenizer files (tokenizer.json or vocab.txt)")
         try:
             tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise TeacherError(f"cannot load a tokenizer from {p}: {exc}") from None
+        except Exception as exc:  # a foreign folder: transformers raises many kinds; the user needs one line
+            raise TeacherError(f"cannot load a tokenizer from {p}: {type(exc).__name__}: {exc}") from None
     if len(tok) > space.vocab_size:
         raise TeacherError(
             f"the tokenizer has {len(tok)} tokens but the model's vocabulary has {space.vocab_size}; "
@@ -243,12 +246,17 @@ def export_model(
     weights: dict[str, Any],
     on_step: Callable[[str], None] | None = None,
     on_check: Callable[[Any], None] | None = None,
+    more_specs: Sequence[DeviceSpec] = (),
 ) -> dict[str, Any]:
-    """Write every artefact of `model` (a `NasBertModel`) into `out_dir`, validate, measure; return the report.
+    """Write every artefact of `model` (a `NasBertModel`) into `out_dir`, validate, measure on `spec` (and on each
+    of `more_specs`); return the report.
 
     Raises `ExportError` (one, listing every failed check) if validation fails; then nothing is written.
     """
+    from nasbert_deploy.export.card import write_model_card
+    from nasbert_deploy.export.ecosystem import write_ecosystem_files
     from nasbert_deploy.export.report import build_report, write_report
+    from nasbert_deploy.export.targets import validate_export
     from nasbert_deploy.fileio import atomic_dir
     from nasbert_deploy.runtimes.convert import (
         EXAMPLE_BATCH,
@@ -264,7 +272,8 @@ def export_model(
         if on_step:
             on_step(name)
 
-    check_device_formats(spec, options)
+    for s in (spec, *more_specs):
+        check_device_formats(s, options)
     space = model.config.search_space
     arch = model.config.arch_obj
     seq_len = min(options.seq_len, space.max_positions)
@@ -275,87 +284,45 @@ def export_model(
             step("transformers folder")
             model.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
+            write_ecosystem_files(tmp, tokenizer, space.output_dim, seq_len)  # ST truncates where latency is reported
+            path = {kind: tmp / rel for kind, rel in EXPORT_ARTEFACTS.items()}
+            for p in path.values():
+                p.parent.mkdir(parents=True, exist_ok=True)
             step("ONNX")
             g = torch.Generator().manual_seed(0)
             ex_ids = torch.randint(1, min(len(tokenizer), space.vocab_size), (EXAMPLE_BATCH, EXAMPLE_SEQ), generator=g)
             example = {"input_ids": ex_ids, "attention_mask": torch.ones_like(ex_ids)}
             if options.token_type_ids:
                 example["token_type_ids"] = torch.zeros_like(ex_ids)
-            onnx_path = export_onnx(FirstOutput(model), tmp / "model.onnx", example, ["last_hidden_state"])
+            onnx_path = export_onnx(FirstOutput(model), path["onnx"], example, ["last_hidden_state"])
             if "openvino" in options.formats:
                 step("OpenVINO IR" + (" (fp16 weights)" if options.fp16 else ""))
-                onnx_to_openvino(onnx_path, tmp / "openvino_model.xml", fp16=options.fp16)
+                onnx_to_openvino(onnx_path, path["openvino"], fp16=options.fp16)
             if options.int8:
                 step("INT8 (ORT dynamic)")
-                quantize_onnx_int8(onnx_path, tmp / "model.int8.onnx")
+                quantize_onnx_int8(onnx_path, path["onnx-int8"])
                 if "openvino" in options.formats:
                     step("INT8 (NNCF, calibration text)")
                     texts = options.calibration_texts or default_calibration_texts()
                     calib = calibration_inputs(tokenizer, texts, seq_len, options.token_type_ids)
                     with _nncf_quiet():
-                        quantize_openvino_int8(tmp / "openvino_model.xml", tmp / "openvino_model.int8.xml", calib)
-            checks = []
+                        quantize_openvino_int8(path["openvino"], path["openvino-int8"], calib)
+            checks, ov_precision = [], None
             if options.validate:
                 step("numeric validation")
-                checks = _validate(model, tmp, options, space, len(tokenizer), on_check)
+                checks, ov_precision = validate_export(model, tmp, options, space, len(tokenizer), [spec, *more_specs],
+                                                       on_check)
                 raise_failures(checks)
-            measured = measure.measure_all(model, tmp, spec, arch, space, options, seq_len, step)
+            measured = measure.measure_all(model, tmp, spec, arch, space, options, seq_len, step, more_specs)
             if "onnx" not in options.formats:
-                for name in ("model.onnx", "model.int8.onnx"):
-                    (tmp / name).unlink(missing_ok=True)
-            report = build_report(arch, space, spec, options, seq_len, weights, checks, measured, tmp)
+                for kind in ("onnx", "onnx-int8"):
+                    path[kind].unlink(missing_ok=True)
+            for p in path.values():
+                if p.parent.is_dir() and not any(p.parent.iterdir()):
+                    p.parent.rmdir()
+            report = build_report(arch, space, spec, options, seq_len, weights, checks, measured, tmp, ov_precision)
             write_report(report, tmp)
+            write_model_card(tmp, report)
     except OSError as exc:  # unwritable or full output location
         raise ExportError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
     return report
-
-
-def _validate(
-    model: Any, folder: Path, options: ExportOptions, space: SearchSpace, vocab: int, on_check: Callable[[Any], None] | None
-) -> list[Any]:
-    """Reference = the torch model in memory; targets = every artefact in `folder` (see export_validate)."""
-    import torch
-    from transformers import AutoModel
-
-    from nasbert_deploy.export.validate import FP16_RTOL, RELOAD_RTOL, Target, shape_grid, validate
-    from nasbert_deploy.model import modeling  # noqa: F401  (registers the nasbert model type with AutoModel)
-    from nasbert_deploy.runtimes.onnxruntime_rt import OrtCompiled
-    from nasbert_deploy.runtimes.openvino_rt import OvCompiled
-
-    def torch_runner(m: Any) -> Callable[[Any], Any]:
-        def run(inputs: Any) -> Any:
-            with torch.inference_mode():
-                args = [
-                    torch.from_numpy(inputs[k]) if k in inputs else None
-                    for k in ("input_ids", "attention_mask", "token_type_ids")
-                ]
-                return m(*args).last_hidden_state.float().numpy()
-
-        return run
-
-    def first(compiled: Any) -> Callable[[Any], Any]:
-        return lambda inputs: compiled.run(inputs)[0]
-
-    ort_spec = DeviceSpec(name="validate-ort", runtime="onnxruntime", target="cpu", threads=0)
-    ov_spec = DeviceSpec(name="validate-openvino", runtime="openvino", target="cpu", threads=0)
-    reloaded = AutoModel.from_pretrained(str(folder)).eval()
-    targets = [
-        Target("transformers", torch_runner(reloaded), "fp32", RELOAD_RTOL),
-        Target("onnxruntime", first(OrtCompiled(folder / "model.onnx", ort_spec))),
-    ]
-    if (folder / "openvino_model.xml").is_file():
-        kind, rtol = ("fp16", FP16_RTOL) if options.fp16 else ("fp32", 1e-4)
-        targets.append(
-            Target(
-                "openvino" + ("-fp16" if options.fp16 else ""),
-                first(OvCompiled(folder / "openvino_model.xml", ov_spec)),
-                kind,
-                rtol,
-            )
-        )
-    if (folder / "model.int8.onnx").is_file():
-        targets.append(Target("onnxruntime-int8", first(OrtCompiled(folder / "model.int8.onnx", ort_spec)), "int8"))
-    if (folder / "openvino_model.int8.xml").is_file():
-        targets.append(Target("openvino-int8", first(OvCompiled(folder / "openvino_model.int8.xml", ov_spec)), "int8"))
-    shapes = shape_grid(space.max_positions, options.validation_batches, options.validation_seq_lens)
-    return validate(torch_runner(model), targets, shapes, min(vocab, space.vocab_size), options.token_type_ids, on_check=on_check)

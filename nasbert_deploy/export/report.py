@@ -47,6 +47,20 @@ def _int8_deviation(checks: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
+def machine() -> dict[str, Any]:
+    """The CPU model (/proc/cpuinfo), logical CPUs and OS the export was measured on."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.is_file() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {"cpu_model": cpu, "logical_cpus": os.cpu_count(), "os": f"{platform.system()} {platform.release()}"}
+
+
 def build_report(
     arch: Arch,
     space: SearchSpace,
@@ -57,9 +71,14 @@ def build_report(
     checks: Sequence[Any],
     measured: dict[str, Any],
     folder: Path,
+    openvino_precision: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report as a JSON-ready dict (sizes in MiB, latencies in ms)."""
-    files = {p.name: p.stat().st_size / MIB for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    """The report as a JSON-ready dict (sizes in MiB, latencies in ms; files by path relative to `folder`)."""
+    files = {
+        p.relative_to(folder).as_posix(): p.stat().st_size / MIB
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
     return {
         "schema": REPORT_SCHEMA,
         "arch": str(arch),
@@ -67,6 +86,7 @@ def build_report(
         "space_hash": space.space_hash(),
         "params": space.params(arch),
         "flops": space.flops(arch, seq_len),
+        "output_dim": space.output_dim,
         "weights": weights,
         "device": spec.to_dict(),
         "formats": list(options.formats),
@@ -78,15 +98,38 @@ def build_report(
             "passed": all(c.passed for c in checks),
             "checks": [c.to_dict() for c in checks],
             "int8_deviation_from_fp32": _int8_deviation(checks),
+            "openvino_precision": openvino_precision,
         },
         "latency": measured["latency"],
+        "latencies": measured.get("latencies", [measured["latency"]]),
         "memory": measured["memory"],
+        "machine": machine(),
         "versions": _versions(),
     }
 
 
 def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
+
+
+def _latency_md(lat: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## Latency on {lat['device']} ({lat['runtime']}, {lat['precision']}, {lat['threads']} thread(s)), "
+        f"batch {lat['batch']}, seq {lat['seq_len']}",
+        "",
+        "| predicted ms | measured median ms | measured p90 ms | CV | measured / predicted |",
+        "|---|---|---|---|---|",
+    ]
+    m = lat.get("measured") or {}
+    ratio = lat.get("measured_over_predicted")
+    lines.append(
+        f"| {_ms(lat.get('predicted_ms'))} | {_ms(m.get('median_ms'))} | {_ms(m.get('p90_ms'))} | "
+        f"{m.get('cv', float('nan')):.3f} | {'n/a' if ratio is None else f'{ratio:.2f}'} |"
+    )
+    for note in ("predicted_note", "measured_note"):
+        if lat.get(note):
+            lines.append(f"\n{lat[note]}")
+    return lines + [""]
 
 
 def report_markdown(r: dict[str, Any]) -> str:
@@ -105,23 +148,10 @@ def report_markdown(r: dict[str, Any]) -> str:
         + (", int8" if r["int8"] else "")
         + (", OpenVINO fp16 weights" if r["fp16"] else ""),
         "",
-        f"## Latency on {lat['device']} ({lat['runtime']}, {lat['precision']}, {lat['threads']} thread(s)), "
-        f"batch {lat['batch']}, seq {lat['seq_len']}",
-        "",
-        "| predicted ms | measured median ms | measured p90 ms | CV | measured / predicted |",
-        "|---|---|---|---|---|",
     ]
-    m = lat.get("measured") or {}
-    ratio = lat.get("measured_over_predicted")
-    lines.append(
-        f"| {_ms(lat.get('predicted_ms'))} | {_ms(m.get('median_ms'))} | {_ms(m.get('p90_ms'))} | "
-        f"{m.get('cv', float('nan')):.3f} | {'n/a' if ratio is None else f'{ratio:.2f}'} |"
-    )
-    for note in ("predicted_note", "measured_note"):
-        if lat.get(note):
-            lines.append(f"\n{lat[note]}")
+    for one in r.get("latencies") or [lat]:
+        lines += _latency_md(one)
     lines += [
-        "",
         "## Memory (MiB): estimate = weights + peak activations; measured = peak RSS growth in ORT",
         "",
         "| file | precision | weights | activations | estimate | measured (session) | measured (peak) |",
@@ -148,6 +178,12 @@ def report_markdown(r: dict[str, Any]) -> str:
             f"| {c['runtime']} | {c['batch']} | {c['seq_len']} | {c['max_abs_diff']:.3g} | {tol} | "
             f"{c['cosine_mean']:.5f} | {'✓' if c['passed'] else '✗'} |"
         )
+    ov = v.get("openvino_precision")
+    if ov:
+        lines.append(
+            f"\nOpenVINO inference precision: the CPU default here is {ov['cpu_default']} (bf16 on CPUs with AVX-512 BF16 / "
+            f"AMX); validated at {', '.join(ov['validated'])} (rtol {ov['tolerance_rtol']}); to {ov['how_to_pin']}."
+        )
     for name, d in v["int8_deviation_from_fp32"].items():
         lines.append(
             f"\nINT8 {name} vs fp32: worst mean cosine {d['cosine_mean_min']:.4f}, worst token cosine "
@@ -173,11 +209,16 @@ def print_summary(report: dict[str, Any], console: Any, out: Path) -> None:
     t = Table(title=f"exported {report['arch']} ({format_params(report['params'])} params) to {out}")
     for col in ("what", "value"):
         t.add_column(col)
-    m = lat.get("measured") or {}
-    t.add_row(
-        f"latency {lat['device']} b{lat['batch']} s{lat['seq_len']}",
-        f"predicted {_ms(lat.get('predicted_ms'))} ms, measured {_ms(m.get('median_ms'))} ms (p90 {_ms(m.get('p90_ms'))})",
-    )
+    lats = report.get("latencies") or [lat]
+    for one in lats:
+        m = one.get("measured") or {}
+        t.add_row(
+            f"latency {one['device']} b{one['batch']} s{one['seq_len']}",
+            f"predicted {_ms(one.get('predicted_ms'))} ms, measured {_ms(m.get('median_ms'))} ms (p90 {_ms(m.get('p90_ms'))})",
+        )
+    ov = report["validation"].get("openvino_precision")
+    if ov:
+        t.add_row("OpenVINO precision", f"CPU default {ov['cpu_default']}; validated at {', '.join(ov['validated'])}")
     for row in report["memory"]:
         t.add_row(
             f"memory {row['file']}",
@@ -188,6 +229,7 @@ def print_summary(report: dict[str, Any], console: Any, out: Path) -> None:
     for name, d in report["validation"]["int8_deviation_from_fp32"].items():
         t.add_row(f"{name} vs fp32", f"cosine >= {d['cosine_mean_min']:.4f}, max abs diff {d['max_abs_diff']:.3g}")
     console.print(t)
-    for note in ("predicted_note", "measured_note"):
-        if lat.get(note):
-            console.print(note.split("_")[0] + ": " + lat[note], highlight=False)
+    for one in lats:
+        for note in ("predicted_note", "measured_note"):
+            if one.get(note):
+                console.print(note.split("_")[0] + f" ({one['device']}): " + one[note], highlight=False)

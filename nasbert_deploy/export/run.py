@@ -8,12 +8,11 @@ weights (the supernet's or random), which tokenizer, where to, all checked befor
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nasbert_deploy.errors import ArchError, CheckpointError, ExportError
+from nasbert_deploy.errors import ArchError, CheckpointError, CorpusError, ExportError
 
 if TYPE_CHECKING:
     from nasbert_deploy.devices import DeviceSpec
@@ -25,48 +24,48 @@ DEFAULT_DEVICE = "cpu-ort"
 
 
 def budget_or_arch(
-    arch: str | None, device_given: bool, max_latency_ms: float | None, max_params: str | None, max_memory_mb: float | None
+    arch: str | None,
+    device_given: bool | int,
+    max_latency_ms: float | list[float] | None,
+    max_params: str | None,
+    max_memory_mb: float | None,
 ) -> Budget | None:
-    """The search budget, or None when `arch` is given; exactly one of the two, and a budget needs a device."""
+    """The search budget, or None when `arch` is given; exactly one of the two, and a budget needs a device.
+
+    `device_given`: whether --device was given, or how many times (then one `max_latency_ms` per device, in order)."""
     from nasbert_deploy.search.run import parse_budget
 
+    if isinstance(max_latency_ms, list) and not max_latency_ms:
+        max_latency_ms = None  # a repeatable option given no time
     budget_given = any(v is not None for v in (max_latency_ms, max_params, max_memory_mb))
-    if (arch is None) == (not budget_given):
-        raise ArchError(
-            "give either --arch ARCH or a budget (--device NAME --max-latency-ms L [--max-params P] "
-            "[--max-memory-mb M]), not both"
-        )
+    budget_help = "a budget to search one (--device NAME --max-latency-ms L [--max-params P] [--max-memory-mb M])"
+    if arch is None and not budget_given:
+        raise ArchError(f"nothing to export: give --arch ARCH, or {budget_help}")
+    if arch is not None and budget_given:
+        raise ArchError(f"give either --arch ARCH or {budget_help}, not both")
     if not budget_given:
         return None
     if max_latency_ms is None or not device_given:
         raise ArchError("searching an architecture needs --device NAME and --max-latency-ms L")
-    return parse_budget(max_latency_ms, max_params, max_memory_mb)
+    devices = None if isinstance(device_given, bool) else device_given
+    return parse_budget(max_latency_ms, max_params, max_memory_mb, devices)
 
 
 def check_out(out: Path, force: bool) -> None:
-    """Fail before any work if `out` cannot be (re)placed: a file, a non-empty folder without `force`, no write access."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} exists and is a file; give a folder path")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"--out {out} exists and is not empty; pass --force to replace it, or choose another folder")
-    anc = out.parent.resolve()
-    while not anc.exists():
-        anc = anc.parent
-    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write the output folder {out}: {anc} is not writable; choose a writable --out")
+    """Fail before any work if `out` cannot be (re)placed: a file, a non-empty folder without `force`, no write access
+    (`fileio.check_output`, the one output check every command uses)."""
+    from nasbert_deploy.fileio import check_output
+
+    check_output(out, "dir", force)
 
 
 def read_calibration(path: Path | None) -> tuple[str, ...]:
     """INT8 calibration texts: one per non-empty line of `path` (() = the shipped sample)."""
     if path is None:
         return ()
-    try:
-        lines = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ExportError(f"cannot read --calibration {path}: {exc}") from None
-    if not lines:
-        raise ExportError(f"--calibration {path} has no text; give a UTF-8 file with one text per line")
-    return lines
+    from nasbert_deploy.fileio import read_input_lines
+
+    return tuple(read_input_lines(path, "--calibration text", CorpusError))
 
 
 def export_space(space_name: str | None, init: str, supernet: Path | None) -> SearchSpace:
@@ -114,6 +113,7 @@ class ExportRequest:
     seed: int = 0
     tokenizer: Path | None = None
     force: bool = False
+    more_specs: tuple[DeviceSpec, ...] = ()  # further devices: the budget has one latency per device, `spec`'s first
 
 
 @dataclass
@@ -140,15 +140,15 @@ def prepare_export(request: ExportRequest) -> PreparedExport:
 
     if request.init not in ("supernet", "random"):
         raise ExportError(f"unknown initialisation {request.init!r}; valid: supernet, random")
-    check_device_formats(request.spec, request.options)
+    for spec in (request.spec, *request.more_specs):
+        check_device_formats(spec, request.options)
     check_out(request.out, request.force)
     sp = export_space(request.space, request.init, request.supernet)
     chosen = None
     if request.budget is not None:
         b = request.budget
         seq_len = min(request.options.seq_len, sp.max_positions)
-        chosen = select_arch(request.spec, b.max_latency_ms, b.max_params, b.max_memory_mb, request.options.batch, seq_len,
-                             request.supernet)
+        chosen = select_arch([request.spec, *request.more_specs], b, request.options.batch, seq_len, request.supernet)
         arch = chosen.arch
     elif request.arch is not None:
         arch = sp.parse(request.arch)

@@ -4,14 +4,17 @@
     python bundle/run_profile.py --out results.json     # on the device: numpy + onnxruntime or openvino
     import_results(Path("results.json"), Path("profiles/NAME.json"))   # here: the latency table
 
-The models are converted exactly as `runtimes.<runtime>.compile` converts them (ONNX; INT8 ORT dynamic
-quantization; OpenVINO IR, NNCF INT8), so a bundle-made table matches a directly profiled one.
+The models are converted exactly as the direct profiler converts them (`cache.prepare_exports`: the runtime
+plug-in's `from_onnx` -- ONNX; INT8 ORT dynamic quantization; OpenVINO IR, NNCF INT8 -- through the export
+cache, whole models assembled from their parts), so a bundle-made table matches a directly profiled one. The
+bundle holds the reference model too: the runner times it in every pass (drift normalisation, as direct).
 """
 
 from __future__ import annotations
 
-import json
+import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,38 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from nasbert_deploy.devices import DeviceSpec
-from nasbert_deploy.errors import DeviceError, TableError
-from nasbert_deploy.fileio import atomic_dir, write_json_atomic
-from nasbert_deploy.profiling.items import Item, model_item, op_items, validation_archs
+from nasbert_deploy.errors import DeviceError, NasBertDeployError, TableError
+from nasbert_deploy.fileio import atomic_dir, check_output, read_input_json, write_json_atomic
+from nasbert_deploy.profiling.cache import ExportCache, prepare_exports
+from nasbert_deploy.profiling.items import model_item, op_items, reference_item, validation_archs
 from nasbert_deploy.profiling.profiler import ProfileSettings, build_table, make_manifest, points_of, spec_dict
 from nasbert_deploy.profiling.table import LatencyTable
 from nasbert_deploy.space import SearchSpace
 
 RUNNER_NAME = "run_profile.py"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a device name that is a plain file name
 BUNDLE_FORMAT = 1
-
-
-def _artefact(item: Item, space: SearchSpace, spec: DeviceSpec, folder: Path, stem: str) -> str:
-    """Convert one item for `spec` into `folder`; returns the file name the runner opens."""
-    from nasbert_deploy.runtimes.base import random_calibration
-    from nasbert_deploy.runtimes.convert import export_onnx, onnx_to_openvino, quantize_onnx_int8, quantize_openvino_int8
-
-    example = item.example_inputs(space)
-    onnx = export_onnx(item.build(space), folder / f"{stem}.onnx", example, item.output_names)
-    if spec.runtime == "onnxruntime":
-        if spec.precision == "int8":
-            q = quantize_onnx_int8(onnx, folder / f"{stem}.int8.onnx")
-            onnx.unlink()
-            return q.name
-        return onnx.name
-    xml = onnx_to_openvino(onnx, folder / f"{stem}.xml", fp16=spec.precision == "fp16")
-    onnx.unlink()
-    if spec.precision == "int8":
-        q = quantize_openvino_int8(xml, folder / f"{stem}.int8.xml", random_calibration(example))
-        xml.unlink()
-        xml.with_suffix(".bin").unlink()
-        return q.name
-    return xml.name
 
 
 def _runtime_settings(spec: DeviceSpec) -> dict[str, Any]:
@@ -82,17 +64,22 @@ def write_bundle(
         )
     points = points_of(spec, space)
     archs = validation_archs(space, settings.validate, settings.seed)
-    items = op_items(space) + [model_item(a) for a in archs]
+    ref = [reference_item(space)] if settings.reference_every > 0 else []  # timed in every pass: drift normalisation
+    items = op_items(space) + ref + [model_item(a) for a in archs]
     entries = []
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="nasbert-bundle-") as run:
         (tmp / "models").mkdir()
+        # converted as the profiler converts (the export cache; whole models assembled from their parts)
+        files, _ = prepare_exports([op_items(space), ref + [model_item(a) for a in archs]], spec, space,
+                                   ExportCache.at(settings.cache_dir), ExportCache(Path(run)), settings.export_workers,
+                                   progress)
         for i, it in enumerate(items):
-            if progress:
-                progress("export", i, len(items))
-            name = _artefact(it, space, spec, tmp / "models", f"{i:03d}")
-            entries.append({**it.to_dict(), "file": f"models/{name}"})
-        if progress:
-            progress("export", len(items), len(items))
+            src = files[it.key]
+            dst = tmp / "models" / f"{i:03d}.{src.name}"
+            shutil.copyfile(src, dst)
+            if src.suffix == ".xml":  # an OpenVINO IR: its weights beside it, under the same stem
+                shutil.copyfile(src.with_suffix(".bin"), dst.with_suffix(".bin"))
+            entries.append({**it.to_dict(), "file": f"models/{dst.name}"})
         manifest = {
             "kind": "nasbert-profile-bundle",
             "format": BUNDLE_FORMAT,
@@ -112,31 +99,41 @@ def write_bundle(
     return Path(out_dir)
 
 
-def import_results(results_path: str | Path, out: str | Path | None = None) -> tuple[LatencyTable, Path]:
+def import_results(
+    results_path: str | Path, out: str | Path | None = None, force: bool = False
+) -> tuple[LatencyTable, Path]:
     """Turn the runner's `results.json` into a latency table written atomically to `out`
-    (default `./profiles/DEVICE.json`, DEVICE as in the results); (table, where it was written)."""
+    (default `./profiles/DEVICE.json`, DEVICE as in the results; an existing table is replaced only with
+    `force`); (table, where it was written). A file that is not a complete results file is one `TableError`."""
     p = Path(results_path)
-    if not p.is_file():
-        raise TableError(f"--import {p}: no such file (the runner writes results.json)")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TableError(f"cannot read bundle results {p}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise TableError(f"{p} is not valid JSON: {exc}") from None
+    data = read_input_json(p, "bundle results", TableError, hint=f"give the results.json a bundle's {RUNNER_NAME} wrote")
     if not isinstance(data, dict) or data.get("kind") != "nasbert-profile-results":
         raise TableError(f"{p} is not the output of a bundle's {RUNNER_NAME} (kind 'nasbert-profile-results')")
-    m = data["bundle"]
-    if m.get("format") != BUNDLE_FORMAT:
-        raise TableError(f"{p}: bundle format {m.get('format')!r}; this build reads format {BUNDLE_FORMAT}")
-    space = SearchSpace.from_dict(m["space"])
-    if space.space_hash() != m.get("space_hash"):
-        raise TableError(f"{p}: the bundle's space hash does not match its space description")
-    archs = [space.parse(it["arch"]) for it in m["items"] if it["kind"] == "model"]
-    points = [(int(b), int(s)) for b, s in m["points"]]
-    wall_s = float(data.get("wall_s", 0.0))
-    manifest = make_manifest(m["device"], m["settings"], wall_s, "bundle", env=data.get("environment", {}))
-    table = build_table(space, m["device"], data["results"], archs, points, manifest)
-    target = Path(out) if out is not None else Path("profiles") / f"{m['device']['name']}.json"
+    m = data.get("bundle")
+    if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT:
+        found = m.get("format") if isinstance(m, dict) else None
+        raise TableError(f"{p}: bundle format {found!r}; this build reads format {BUNDLE_FORMAT}")
+    try:
+        space = SearchSpace.from_dict(m["space"])
+        if space.space_hash() != m.get("space_hash"):
+            raise TableError(f"{p}: the bundle's space hash does not match its space description")
+        archs = [space.parse(it["arch"]) for it in m["items"] if it["kind"] == "model"]
+        points = [(int(b), int(s)) for b, s in m["points"]]
+        device, results = dict(m["device"]), data["results"]
+        name = str(device["name"])
+        if not _SAFE_NAME.fullmatch(name) or not isinstance(results, dict):
+            raise TableError(f"{p}: device name {name!r} or results are malformed")
+        target = Path(out) if out is not None else Path("profiles") / f"{name}.json"
+        check_output(target, "file", force)
+        wall_s = float(data.get("wall_s", 0.0))
+        manifest = make_manifest(device, m["settings"], wall_s, "bundle", env=data.get("environment", {}))
+        st = m["settings"]
+        table = build_table(space, device, results, archs, points, manifest, (), st.get("statistic", "auto"),
+                            st.get("drift", "auto"))
+    except NasBertDeployError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ArithmeticError) as exc:
+        raise TableError(f"{p} is not a complete bundle results file ({type(exc).__name__}: {exc}); "
+                         f"run the bundle's {RUNNER_NAME} again") from None
     table.save(target)
     return table, target

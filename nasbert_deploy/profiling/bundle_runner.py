@@ -137,33 +137,48 @@ def main(argv=None):
     kw = {k: st[k] for k in ("warmup", "runs", "min_time_s", "max_cv", "retries")}
     model_kw = {**kw, "min_time_s": st.get("model_min_time_s", st["min_time_s"])}
 
+    ref_kw = {**kw, "min_time_s": st.get("reference_min_time_s", st["min_time_s"])}
+    every = st.get("reference_every", 0)
+
     def rounds_of(it):  # whole models have their own rounds (as nasbert_deploy.profiling.profiler.ProfileSettings)
         return st.get("model_rounds", st["rounds"]) if it["kind"] == "model" else st["rounds"]
 
-    passes = max(rounds_of(it) for it in m["items"])
+    items = [it for it in m["items"] if it["kind"] != "reference"]
+    ref = next((it for it in m["items"] if it["kind"] == "reference"), None) if every > 0 else None
+    passes = max(rounds_of(it) for it in items)
     models = {}
-    total = len(m["points"]) * sum(rounds_of(it) for it in m["items"])
+    total = len(m["points"]) * sum(rounds_of(it) for it in items)
     done = sum(min(len(results.get(it["key"], {}).get(f"b{b}s{s}", [])), rounds_of(it))
-               for it in m["items"] for b, s in m["points"])
+               for it in items for b, s in m["points"])
+
+    def time_one(it, b, s, r, kwargs):
+        # each round keeps its pass and a counter over the run: the profiler sets it against the reference around it
+        if it["key"] not in models:
+            models[it["key"]] = open_model(args.bundle / it["file"])
+        fn = bind(models[it["key"]], make_inputs(it["inputs"], b, s, vocab, seed=st["seed"]))
+        state["n"] = state.get("n", 0) + 1
+        t = {**measure(fn, **kwargs), "pass": r, "n": state["n"]}
+        results.setdefault(it["key"], {}).setdefault(f"b{b}s{s}", []).append(t)
+        state["wall_s"] = before + time.perf_counter() - start
+        partial.write_text(json.dumps(state))
+        return t
+
     for r in range(passes):
         for b, s in m["points"]:
             pk = f"b{b}s{s}"
-            order = list(m["items"])
+            order = list(items)
             random.Random(f"{st['seed']}/{r}/{pk}").shuffle(order)
-            for it in order:
-                k = rounds_of(it)
-                due = 1 if k <= 1 else sum(round(j * (passes - 1) / (k - 1)) <= r for j in range(k))
-                have = results.setdefault(it["key"], {}).setdefault(pk, [])
-                if len(have) >= due:
-                    continue
+            due = [it for it in order if len(results.get(it["key"], {}).get(pk, [])) < (
+                1 if rounds_of(it) <= 1 else sum(round(j * (passes - 1) / (rounds_of(it) - 1)) <= r
+                                                 for j in range(rounds_of(it))))]
+            for i, it in enumerate(due):
+                if ref is not None and i % every == 0:  # the reference before the first and every `every` items
+                    time_one(ref, b, s, r, ref_kw)
                 done += 1
-                if it["key"] not in models:
-                    models[it["key"]] = open_model(args.bundle / it["file"])
-                fn = bind(models[it["key"]], make_inputs(it["inputs"], b, s, vocab, seed=st["seed"]))
-                have.append(measure(fn, **(model_kw if it["kind"] == "model" else kw)))
-                state["wall_s"] = before + time.perf_counter() - start
-                partial.write_text(json.dumps(state))
-                print(f"[{done}/{total}] {it['key']} {pk}: {have[-1]['median_ms']:.3f} ms", flush=True)
+                t = time_one(it, b, s, r, model_kw if it["kind"] == "model" else kw)
+                print(f"[{done}/{total}] {it['key']} {pk}: {t['median_ms']:.3f} ms", flush=True)
+            if ref is not None and due:  # ... and after the last
+                time_one(ref, b, s, r, ref_kw)
     out = {"kind": "nasbert-profile-results", "bundle": m, "results": results,
            "environment": {"runtime_versions": versions, "cpu_model": cpu_model(), "gpu_model": None,
                            "python": platform.python_version()},

@@ -180,3 +180,21 @@ def held_out_errors(parts_ms: Sequence[float], mparams: Sequence[float], measure
         "within_10pct": sum(abs(e) <= 10.0 for e in errs) / n if n else None,
         "predicted_ms": preds,
     }
+
+
+def cv_errors(parts_ms: Sequence[float], mparams: Sequence[float], measured_ms: Sequence[float],
+              folds: int = CV_FOLDS) -> dict[str, Any]:
+    """`folds`-fold cross-validated error of the whole correction procedure (`fit_planes` on the other folds,
+    folds dealt round-robin by weight): MAPE (%) and share within +-10%. Cheaper than `held_out_errors`
+    (5 fits instead of n): what the profiler compares measurement modes by."""
+    y = np.asarray(measured_ms, float)
+    P, W = np.asarray(parts_ms, float), np.asarray(mparams, float)
+    fold = np.empty(len(y), int)
+    fold[np.argsort(W, kind="stable")] = np.arange(len(y)) % folds
+    errs = np.empty(len(y))
+    for f in range(folds):
+        tr = fold != f
+        planes, _ = fit_planes(P[tr], W[tr], y[tr])
+        pred = np.max([p[0] * P[~tr] + p[1] * W[~tr] + p[2] for p in planes], axis=0)
+        errs[~tr] = 100.0 * (pred - y[~tr]) / y[~tr]
+    return {"models": len(y), "mape_pct": float(np.mean(np.abs(errs))), "within_10pct": float(np.mean(np.abs(errs) <= 10.0))}

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nasbert_deploy.profiling.table import OVERHEAD_KEY, boundary_key, embedding_key, head_key, op_key
-from nasbert_deploy.space import Arch, Op, SearchSpace
+from nasbert_deploy.space import Arch, BlockArch, Op, SearchSpace
 
 EXAMPLE_SHAPE = (2, 37)  # export example: sizes > 1 so that batch and sequence stay dynamic
 
@@ -36,7 +36,8 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Item:
-    """One thing to time. `kind` is op | boundary | embedding | head | overhead | model."""
+    """One thing to time. `kind` is op | boundary | embedding | head | overhead | model | reference (the fixed
+    whole model every pass times, `reference_item`)."""
 
     key: str
     kind: str
@@ -57,7 +58,12 @@ class Item:
 
     @property
     def output_names(self) -> list[str]:
-        return ["last_hidden_state"] if self.kind == "model" else ["y"]
+        return ["last_hidden_state"] if self.is_model else ["y"]
+
+    @property
+    def is_model(self) -> bool:
+        """A whole model (validation or reference): built from `arch`, inputs input_ids and attention_mask."""
+        return self.kind in ("model", "reference")
 
     def build(self, space: SearchSpace) -> torch.nn.Module:
         """The plain torch module (random weights: latency does not depend on their values)."""
@@ -112,6 +118,22 @@ def op_items(space: SearchSpace) -> list[Item]:
 
 def model_item(arch: Arch | str) -> Item:
     return Item(f"model:{arch}", "model", arch=str(arch))
+
+
+REFERENCE_KEY = "reference"
+
+
+def reference_arch(space: SearchSpace) -> Arch:
+    """The fixed reference model of a space: every block at the middle hidden size, its layers alternating
+    mha and ffn (BERT-like). Mid-sized, so that it feels the host's slow minutes as whole models do."""
+    h = space.hidden_sizes[len(space.hidden_sizes) // 2]
+    ops = tuple(Op.parse("mha" if i % 2 == 0 else "ffn") for i in range(space.layers_per_block))
+    return Arch(tuple(BlockArch(h, ops) for _ in range(space.num_blocks)))
+
+
+def reference_item(space: SearchSpace) -> Item:
+    """The reference model, timed in every pass beside the items (drift normalisation, host check)."""
+    return Item(REFERENCE_KEY, "reference", arch=str(reference_arch(space)))
 
 
 def validation_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Arch]:

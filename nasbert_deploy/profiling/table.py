@@ -31,8 +31,6 @@ sizes must be profiled ones. A missing entry is a `TableError` naming the key, n
 from __future__ import annotations
 
 import itertools
-import json
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +40,10 @@ from nasbert_deploy.fileio import write_json_atomic
 from nasbert_deploy.profiling.fit import Plane
 from nasbert_deploy.space import Arch, BlockArch, Op, SearchSpace
 
-SCHEMA_VERSION = 3  # 2: corrections gained ms_per_mparam (per-weight term); 3: a correction is a max of planes
-READABLE_SCHEMAS = (2, 3)  # a schema-2 correction is one plane: read and upgraded
+# 2: corrections gained ms_per_mparam (per-weight term); 3: a correction is a max of planes; 4: `measurement` (round
+# statistic, drift normalisation), `reference` (the reference model's figure per point), noise ceilings in validation
+SCHEMA_VERSION = 4
+READABLE_SCHEMAS = (2, 3, 4)  # a schema-2 correction is one plane: read and upgraded; 2 and 3 read as raw lowest medians
 OVERHEAD_KEY = "overhead"
 MANIFEST_KEYS = (
     "schema_version", "space_hash", "space", "device", "runtime_versions", "cpu_model", "gpu_model",
@@ -116,6 +116,11 @@ class LatencyTable:
     corrections: dict[str, dict[str, Any]] = field(default_factory=dict)  # point -> {"planes": [...], "split_mparams"}
     validation: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    # how entries were made from rounds: {"statistic", "normalised", "chosen_by", "candidates"} (schema 4)
+    measurement: dict[str, Any] = field(default_factory=dict)
+    # the reference model: {"key", "arch", "points": {point: {"median_ms", "timings", "spread_pct"}}} (schema 4)
+    reference: dict[str, Any] = field(default_factory=dict)
+    host_factor: float = 1.0  # predictions x this (`rescaled`: the host's state now over the table's); not saved
 
     # ------------------------------------------------------------------ shape of the table
     @property
@@ -181,13 +186,15 @@ class LatencyTable:
 
     def planes(self, batch: int, seq_len: int) -> list[Plane]:
         """The correction's planes (scale, ms_per_mparam, offset_ms) at this point, interpolated in seq_len
-        (every pair of the two points' planes); [(1, 0, 0)] where no whole-model validation was fitted."""
+        (every pair of the two points' planes); [(1, 0, 0)] where no whole-model validation was fitted. Every
+        coefficient is multiplied by `host_factor` (1 unless `rescaled`), so rescaled predictions stay additive."""
         per_point = []
         for pk, w in self._weights(batch, seq_len):
             corr = self.corrections.get(pk)
             stored = corr["planes"] if corr else [{"scale": 1.0, "offset_ms": 0.0}]
             planes = [(p["scale"], p.get("ms_per_mparam", 0.0), p["offset_ms"]) for p in stored]
-            per_point.append([(w * a, w * m, w * c) for a, m, c in planes])
+            f = w * self.host_factor
+            per_point.append([(f * a, f * m, f * c) for a, m, c in planes])
         out: list[Plane] = []
         for combo in itertools.product(*per_point):
             out.append((sum(p[0] for p in combo), sum(p[1] for p in combo), sum(p[2] for p in combo)))
@@ -271,6 +278,35 @@ class LatencyTable:
                 if abs(self.weight_mparams(self.space.parse(a)) / w - 1) <= within]
         return (len(near), max(near)) if near else None
 
+    # ------------------------------------------------------------------ measurement, drift, noise
+    @property
+    def statistic(self) -> str:
+        """How rounds were combined into entries (`timing.round_statistic`); 'min' for schema <= 3 tables."""
+        return str(self.measurement.get("statistic", "min"))
+
+    @property
+    def normalised(self) -> bool:
+        """Whether entries and whole models are drift-normalised to the reference model (schema 4)."""
+        return bool(self.measurement.get("normalised", False))
+
+    def reference_ms(self, batch: int, seq_len: int) -> float:
+        """The reference model's typical median (ms) when the table was made, interpolated in seq_len."""
+        pts = (self.reference or {}).get("points", {})
+        if not pts:
+            raise TableError("this table has no reference model (schema < 4 or profiled without one); profile again")
+        total = 0.0
+        for pk, w in self._weights(batch, seq_len):
+            if pk not in pts:
+                raise TableError(f"the table's reference model was not timed at {pk}")
+            total += w * pts[pk]["median_ms"]
+        return total
+
+    def rescaled(self, factor: float) -> LatencyTable:
+        """A copy whose predictions are `factor` times these (e.g. `host.host_factor`: the host's state now)."""
+        from dataclasses import replace
+
+        return replace(self, host_factor=self.host_factor * factor)
+
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         manifest = dict(self.manifest)
@@ -284,6 +320,8 @@ class LatencyTable:
             "entries": self.entries,
             "corrections": self.corrections,
             "validation": self.validation,
+            "measurement": self.measurement,
+            "reference": self.reference,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -306,18 +344,18 @@ class LatencyTable:
         corrections = data.get("corrections", {})
         if version == 2:  # one plane per point
             corrections = {pk: {"planes": [c], "split_mparams": None} for pk, c in corrections.items()}
-        return cls(space, dict(m.get("device", {})), data["entries"], corrections, data.get("validation", {}), m)
+        return cls(space, dict(m.get("device", {})), data["entries"], corrections, data.get("validation", {}), m,
+                   dict(data.get("measurement") or {}), dict(data.get("reference") or {}))
 
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None) -> LatencyTable:
         """Read a table; with `space`, also check that the table covers that space's operations."""
+        from nasbert_deploy.fileio import read_input_json
+        from nasbert_deploy.profiling.table_schema import check_table_data
+
         p = Path(path)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise TableError(f"cannot read latency table {p}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise TableError(f"latency table {p} is not valid JSON: {exc}") from None
+        data = read_input_json(p, "latency table", TableError, hint="give a table made by `nasbert-deploy profile`")
+        check_table_data(data, str(p))
         table = cls.from_dict(data, where=str(p))
         if space is not None:
             table.check_space(space)
@@ -338,33 +376,3 @@ def find_table(device_name: str) -> Path:
         f"no latency table for device {device_name!r} (looked in ./profiles and {shipped.parent}); "
         f"make one with `nasbert-deploy profile --device {device_name}` or pass --table FILE"
     )
-
-
-def environment() -> dict[str, Any]:
-    """Runtime versions and the CPU / GPU model for a table's manifest."""
-    import importlib.metadata as md
-
-    versions = {}
-    for dist in ("torch", "onnxruntime", "openvino", "nncf", "onnx", "nasbert-deploy"):
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    return {"runtime_versions": versions, "cpu_model": cpu_model(), "gpu_model": gpu_model(), "python": platform.python_version()}
-
-
-def cpu_model() -> str:
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.is_file() else []
-    for line in lines:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def gpu_model() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

@@ -4,7 +4,10 @@ Each plug-in module offers:
 - `availability(spec) -> str | None`: None if usable here, else why not (one line);
 - `compile(module, example_inputs, output_names, spec, workdir, calibration=None) -> Compiled`:
   takes a plain torch module through the same conversion path `export` uses (ONNX / OpenVINO / INT8);
-- `load(path, spec) -> Compiled`: an already exported artefact (HF folder, .onnx, .xml).
+- `load(path, spec) -> Compiled`: an already exported artefact (HF folder, .onnx, .xml);
+- ONNX-based plug-ins also `from_onnx(onnx_path, spec, workdir, calibration=None) -> Path`: the part of
+  `compile` after the ONNX export (INT8 quantization, OpenVINO IR), returning the file `load` opens; the
+  profiler's export cache converts through it (torch has none: nothing to export).
 
 Timing goes through `time_compiled`, i.e. `timing.measure`: the one measurement function.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +30,31 @@ if TYPE_CHECKING:
     from nasbert_deploy.runtimes.timing import Timing
 
 RUNTIMES: dict[str, str] = {"torch": "torch_rt", "onnxruntime": "onnxruntime_rt", "openvino": "openvino_rt"}
+
+
+# Where an export folder keeps each artefact: the layout sentence-transformers and optimum look for
+# (`SentenceTransformer(folder, backend="onnx" | "openvino")`, `ORTModelForFeatureExtraction`). Folders
+# exported before kept them at the top level (`LEGACY_ARTEFACTS`); `export_artefact` still finds those.
+EXPORT_ARTEFACTS: dict[str, str] = {
+    "onnx": "onnx/model.onnx",
+    "onnx-int8": "onnx/model_qint8.onnx",
+    "openvino": "openvino/openvino_model.xml",
+    "openvino-int8": "openvino/openvino_model_qint8_quantized.xml",
+}
+LEGACY_ARTEFACTS: dict[str, str] = {
+    "onnx": "model.onnx",
+    "onnx-int8": "model.int8.onnx",
+    "openvino": "openvino_model.xml",
+    "openvino-int8": "openvino_model.int8.xml",
+}
+
+
+def export_artefact(folder: str | Path, kind: str) -> Path:
+    """The path of artefact `kind` (a key of `EXPORT_ARTEFACTS`) in an export folder: the current layout's file,
+    else the legacy top-level one if only that exists (the current path when neither does)."""
+    current = Path(folder) / EXPORT_ARTEFACTS[kind]
+    legacy = Path(folder) / LEGACY_ARTEFACTS[kind]
+    return legacy if not current.is_file() and legacy.is_file() else current
 
 
 def get_runtime(name: str) -> ModuleType:

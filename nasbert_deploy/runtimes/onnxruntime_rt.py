@@ -10,7 +10,7 @@ import numpy as np
 
 from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import DeviceError, RuntimeUnavailableError
-from nasbert_deploy.runtimes.base import Compiled
+from nasbert_deploy.runtimes.base import Compiled, export_artefact
 
 # ORT fuses residual Add + LayerNormalization into SkipLayerNormalization; on the x86 CPUs measured here
 # (AVX-512, 1 thread) that kernel is slower than the unfused pair: a 12x384 model ran 12% faster without it
@@ -124,10 +124,10 @@ def from_onnx(onnx_path: Path, spec: DeviceSpec, workdir: Path, calibration: Any
 
 
 def load(path: str | Path, spec: DeviceSpec) -> OrtCompiled:
-    """Open an ONNX file, or the `model.onnx` (`model.int8.onnx` for int8 specs) in an export folder."""
+    """Open an ONNX file, or an export folder's `onnx/model.onnx` (`onnx/model_qint8.onnx` for int8 specs)."""
     p = Path(path)
     if p.is_dir():
-        p = p / ("model.int8.onnx" if spec.precision == "int8" else "model.onnx")
+        p = export_artefact(p, "onnx-int8" if spec.precision == "int8" else "onnx")
     if not p.is_file():
         raise DeviceError(f"no ONNX model at {p}")
     return OrtCompiled(p, spec)

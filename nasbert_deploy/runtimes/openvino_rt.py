@@ -10,7 +10,7 @@ import numpy as np
 
 from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import DeviceError, RuntimeUnavailableError
-from nasbert_deploy.runtimes.base import Compiled, random_calibration
+from nasbert_deploy.runtimes.base import Compiled, export_artefact, random_calibration
 from nasbert_deploy.telemetry import openvino_telemetry_off
 
 
@@ -30,14 +30,27 @@ def availability(spec: DeviceSpec) -> str | None:
     return None
 
 
+PRECISION_HINT = "INFERENCE_PRECISION_HINT"
+
+
+def default_precision(target: str = "cpu") -> str:
+    """The inference precision OpenVINO uses on `target` when nothing pins it: 'f32', or 'bf16' on CPUs with
+    AVX-512 BF16 / AMX (an fp32 IR then runs in bf16), 'f16' on GPUs (`Core().get_property(.., PRECISION_HINT)`)."""
+    with openvino_telemetry_off():
+        import openvino as ov
+
+    value = ov.Core().get_property(target.upper(), PRECISION_HINT)
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
 def compile_config(spec: DeviceSpec) -> dict[str, Any]:
     cfg: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
     if spec.threads and spec.target == "cpu":
         cfg["INFERENCE_NUM_THREADS"] = spec.threads
     if spec.precision == "fp32":
-        cfg["INFERENCE_PRECISION_HINT"] = "f32"  # otherwise CPUs with AMX/avx512_bf16 silently run bf16
+        cfg[PRECISION_HINT] = "f32"  # otherwise CPUs with AMX/avx512_bf16 silently run bf16
     elif spec.precision == "fp16":
-        cfg["INFERENCE_PRECISION_HINT"] = "f16"
+        cfg[PRECISION_HINT] = "f16"
     cfg.update({str(k): v for k, v in spec.runtime_options.items()})
     return cfg
 
@@ -56,6 +69,12 @@ class OvCompiled(Compiled):
         self.output_names = tuple(o.get_any_name() for o in self.compiled.outputs)
         self._types = {i.get_any_name(): i.get_element_type().to_dtype() for i in self.compiled.inputs}
         self.request = self.compiled.create_infer_request()
+
+    @property
+    def inference_precision(self) -> str:
+        """The precision the compiled model runs at ('f32', 'bf16', ...): a requested bf16 where the CPU lacks it is f32."""
+        value = self.compiled.get_property(PRECISION_HINT)
+        return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
     def _feed(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {n: np.ascontiguousarray(inputs[n]).astype(self._types[n], copy=False) for n in self.input_names}
@@ -113,10 +132,10 @@ def from_onnx(
 
 
 def load(path: str | Path, spec: DeviceSpec) -> OvCompiled:
-    """Open an IR `.xml`, or the `openvino_model.xml` (`.int8.xml` for int8 specs) in an export folder."""
+    """Open an IR `.xml`, or an export folder's `openvino/openvino_model.xml` (`..._qint8_quantized.xml` for int8)."""
     p = Path(path)
     if p.is_dir():
-        p = p / ("openvino_model.int8.xml" if spec.precision == "int8" else "openvino_model.xml")
+        p = export_artefact(p, "openvino-int8" if spec.precision == "int8" else "openvino")
     if not p.is_file():
         raise DeviceError(f"no OpenVINO IR at {p}")
     return OvCompiled(p, spec)

@@ -1,10 +1,11 @@
-"""The one measurement function used by the profiler, the validator, the export report and benchmarks."""
+"""The one measurement function used by the profiler, the validator, the export report and benchmarks,
+and the one way of combining several rounds of it into a figure (`round_statistic`)."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -73,3 +74,32 @@ def measure(
             break
     assert best is not None
     return best
+
+
+# How several rounds (separate `measure` calls, minutes apart) of one item become its figure. The profiler
+# picks one per table by cross-validated error on whole models (`profiling.measurement`); the validator and
+# the export report use the table's choice, so all three combine rounds the same way.
+STATISTICS = ("min", "fastest_half", "median", "trimmed")
+DEFAULT_STATISTIC = "min"  # what tables of schema <= 3 used: the lowest round median (noise only adds latency)
+
+
+def round_statistic(values: Sequence[float], statistic: str = DEFAULT_STATISTIC) -> float:
+    """Combine per-round figures (round medians in ms, or ratios to a reference) into one.
+
+    `min`: the lowest; `fastest_half`: the mean of the fastest ceil(k/2); `median`: the median; `trimmed`: the
+    interquartile mean (drop floor(k/4) from each end; the mean below 4 rounds).
+    """
+    if not values:
+        raise ValueError("no rounds to combine")
+    s = sorted(values)
+    k = len(s)
+    if statistic == "min":
+        return s[0]
+    if statistic == "fastest_half":
+        return statistics.fmean(s[: (k + 1) // 2])
+    if statistic == "median":
+        return statistics.median(s)
+    if statistic == "trimmed":
+        cut = k // 4
+        return statistics.fmean(s[cut: k - cut])
+    raise ValueError(f"unknown round statistic {statistic!r}; valid: {', '.join(STATISTICS)}")

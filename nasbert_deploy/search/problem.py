@@ -11,6 +11,10 @@ search returns the architecture of least loss under every budget -- exactly, not
 
 The latency table needs only three methods (`LatencyModel`), so tests can pass their own. A table whose
 correction is the maximum of several planes (`latency_fit`) is searched exactly: one latency column per plane.
+
+One model for several devices: pass one latency table per device and one latency budget per device
+(`Budget.per_device`); the answer is the exact least-loss architecture within every device's budget
+(one group of latency columns per device in the solver). Latencies reported first are the first device's.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,24 +61,39 @@ class LatencyModel(Protocol):
 
 @dataclass(frozen=True)
 class Budget:
-    """Budgets: latency in ms, parameters (embeddings included), memory in MiB (None = no limit)."""
+    """Budgets: latency in ms (on the first device; `other_latency_ms` on the second, third, ... device, in
+    order), parameters (embeddings included), memory in MiB (None = no limit)."""
 
     max_latency_ms: float
     max_params: int | None = None
     max_memory_mb: float | None = None
+    other_latency_ms: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        checks = (("--max-latency-ms", self.max_latency_ms), ("--max-params", self.max_params))
-        for flag, v in (*checks, ("--max-memory-mb", self.max_memory_mb)):
+        lats = tuple(("--max-latency-ms", v) for v in self.latencies_ms)
+        for flag, v in (*lats, ("--max-params", self.max_params), ("--max-memory-mb", self.max_memory_mb)):
             if v is not None and (isinstance(v, bool) or not math.isfinite(v) or v <= 0):
                 raise InfeasibleBudgetError(f"{flag} must be a positive number, got {v}")
 
+    @classmethod
+    def per_device(cls, latencies_ms: tuple[float, ...] | list[float], max_params: int | None = None,
+                   max_memory_mb: float | None = None) -> Budget:
+        """One latency budget (ms) per device, in the devices' order."""
+        if not latencies_ms:
+            raise InfeasibleBudgetError("a budget needs at least one --max-latency-ms")
+        return cls(latencies_ms[0], max_params, max_memory_mb, tuple(latencies_ms[1:]))
+
+    @property
+    def latencies_ms(self) -> tuple[float, ...]:
+        return (self.max_latency_ms, *self.other_latency_ms)
+
     def limits(self) -> Limits:
         mem = None if self.max_memory_mb is None else self.max_memory_mb * MIB
-        return Limits(self.max_latency_ms, None if self.max_params is None else float(self.max_params), mem)
+        lat = self.latencies_ms if self.other_latency_ms else self.max_latency_ms
+        return Limits(lat, None if self.max_params is None else float(self.max_params), mem)
 
     def flags(self) -> str:
-        parts = [f"--max-latency-ms {self.max_latency_ms:g}"]
+        parts = [f"--max-latency-ms {v:g}" for v in self.latencies_ms]
         if self.max_params is not None:
             parts.append(f"--max-params {format_params(self.max_params)}")
         if self.max_memory_mb is not None:
@@ -93,6 +113,7 @@ class ScoredArch:
     fixed_ms: float
     params: int
     memory: MemoryEstimate
+    latencies_ms: tuple[float, ...] = ()  # on every device, in order (the first is `latency_ms`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +121,7 @@ class ScoredArch:
             "loss": self.loss,
             "block_losses": list(self.block_losses),
             "latency_ms": self.latency_ms,
+            "latencies_ms": list(self.latencies_ms or (self.latency_ms,)),
             "block_ms": list(self.block_ms),
             "fixed_ms": self.fixed_ms,
             "params": self.params,
@@ -121,11 +143,14 @@ class SearchResult:
     searched: int
     elapsed_ms: float
     binding: dict[str, float] = field(default_factory=dict)
+    devices: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "devices": list(self.devices),
             "budget": {
                 "max_latency_ms": self.budget.max_latency_ms,
+                "max_latencies_ms": list(self.budget.latencies_ms),
                 "max_params": self.budget.max_params,
                 "max_memory_mb": self.budget.max_memory_mb,
             },
@@ -140,10 +165,17 @@ class SearchResult:
 
 
 class SearchProblem:
-    """A candidate table priced on one latency table at one (batch, seq_len, precision); answers many budgets."""
+    """A candidate table priced on one latency table per device at one (batch, seq_len, precision); answers many
+    budgets. `devices` names the tables (for messages); memory is priced at `precision`."""
 
     def __init__(
-        self, candidates: CandidateTable, table: LatencyModel, batch: int = 1, seq_len: int = 128, precision: str = "fp32"
+        self,
+        candidates: CandidateTable,
+        table: LatencyModel | Sequence[LatencyModel],
+        batch: int = 1,
+        seq_len: int = 128,
+        precision: str = "fp32",
+        devices: Sequence[str] | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise InfeasibleBudgetError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
@@ -155,10 +187,23 @@ class SearchProblem:
         self.candidates, self.space = candidates, sp
         self.batch, self.seq_len, self.precision = batch, seq_len, precision
         self.hiddens = [sorted({c.block.hidden for c in cands}) for cands in candidates.blocks]
-        self.lat_cols = (LAT,) + tuple(range(NCOLS, NCOLS + table.n_planes(batch, seq_len) - 1))
+        tables = list(table) if isinstance(table, Sequence) else [table]
+        if not tables:
+            raise InfeasibleBudgetError("a search needs at least one device latency table")
+        self.devices = tuple(devices) if devices else tuple(f"device {i + 1}" for i in range(len(tables)))
+        if len(self.devices) != len(tables):
+            raise InfeasibleBudgetError(f"{len(self.devices)} device names for {len(tables)} latency tables")
+        groups, col = [], NCOLS
+        for d, t in enumerate(tables):
+            n = t.n_planes(batch, seq_len)
+            groups.append(((LAT,) if d == 0 else ()) + tuple(range(col, col + n - (d == 0))))
+            col += n - (d == 0)
+        self.lat_groups: tuple[tuple[int, ...], ...] = tuple(groups)
+        self.lat_cols = self.lat_groups[0]  # the first device's
+        pairs = [(t, p, c) for t, g in zip(tables, self.lat_groups) for p, c in enumerate(g)]
         costs, hpos = [], []
         for i, cands in enumerate(candidates.blocks):
-            c = np.empty((len(cands), NCOLS + len(self.lat_cols) - 1))
+            c = np.empty((len(cands), col))
             for j, cand in enumerate(cands):
                 b = cand.block
                 c[j, :NCOLS] = (
@@ -168,11 +213,11 @@ class SearchProblem:
                     block_weight_bytes(sp, b, precision),
                     block_activation_bytes(sp, b, batch, seq_len, precision),
                 )
-                for p, col in enumerate(self.lat_cols):
-                    c[j, col] = table.block_ms(b, batch, seq_len, p)
+                for t, p, lc in pairs:
+                    c[j, lc] = t.block_ms(b, batch, seq_len, p)
             costs.append(c)
             hpos.append(np.array([self.hiddens[i].index(cand.block.hidden) for cand in cands], dtype=np.int64))
-        fixed = np.zeros(tuple(len(h) for h in self.hiddens) + (NCOLS + len(self.lat_cols) - 1,))
+        fixed = np.zeros(tuple(len(h) for h in self.hiddens) + (col,))
         for pos in itertools.product(*(range(len(h)) for h in self.hiddens)):
             hs = tuple(self.hiddens[i][p] for i, p in enumerate(pos))
             fixed[pos][:NCOLS] = (
@@ -182,9 +227,9 @@ class SearchProblem:
                 fixed_weight_bytes(sp, hs, precision),
                 fixed_activation_bytes(sp, hs, batch, seq_len, precision),
             )
-            for p, col in enumerate(self.lat_cols):
-                fixed[pos][col] = table.fixed_ms(hs, batch, seq_len, p)
-        self.solver = Solver(costs, hpos, fixed)
+            for t, p, lc in pairs:
+                fixed[pos][lc] = t.fixed_ms(hs, batch, seq_len, p)
+        self.solver = Solver(costs, hpos, fixed, self.lat_groups)
 
     def _fixed_params(self, hs: tuple[int, ...]) -> int:
         sp = self.space
@@ -202,6 +247,7 @@ class SearchProblem:
         block_ms = tuple(float(r[col]) for r in rows)
         weights = sum(r[WB] for r in rows) + f[WB]
         act = max(max(r[ACT] for r in rows), f[ACT])
+        lats = tuple(float(max(sum(r[c] for r in rows) + f[c] for c in g)) for g in self.lat_groups)
         return ScoredArch(
             arch=arch,
             loss=float(sum(r[LOSS] for r in rows)),
@@ -211,6 +257,7 @@ class SearchProblem:
             fixed_ms=float(f[col]),
             params=int(sum(r[PARAMS] for r in rows) + f[PARAMS]),
             memory=MemoryEstimate(float(weights) / MIB, float(act) / MIB),
+            latencies_ms=lats,
         )
 
     # ---------------------------------------------------------------- queries
@@ -218,6 +265,7 @@ class SearchProblem:
         """The `top_k` least-loss architectures under `budget`; `InfeasibleBudgetError` if there is none."""
         if top_k < 1:
             raise InfeasibleBudgetError(f"top_k must be >= 1, got {top_k}")
+        self._check_devices(budget)
         t0 = time.perf_counter()
         found = self.solver.best(budget.limits(), "loss", top_k)
         if not found:
@@ -225,76 +273,35 @@ class SearchProblem:
         best = [self.score(idx) for _, idx in found]
         elapsed = (time.perf_counter() - t0) * 1e3
         binding = self.binding(budget, best[0].loss) if explain else {}
-        return SearchResult(best, budget, self.batch, self.seq_len, self.precision, self.candidates.size(), elapsed, binding)
+        return SearchResult(best, budget, self.batch, self.seq_len, self.precision, self.candidates.size(), elapsed, binding,
+                            self.devices)
+
+    def _check_devices(self, budget: Budget) -> None:
+        n, m = len(budget.latencies_ms), len(self.devices)
+        if n != m:
+            raise InfeasibleBudgetError(
+                f"{n} latency budget(s) for {m} device(s) ({', '.join(self.devices)}): give one --max-latency-ms per --device, "
+                "in the same order"
+            )
 
     def binding(self, budget: Budget, best_loss: float) -> dict[str, float]:
-        """Constraints that bind: {name: least loss without that constraint}, for each one whose removal lowers the loss."""
-        out: dict[str, float] = {}
-        lim = budget.limits()
-        relaxed = {
-            "latency": Limits(None, lim.params, lim.memory_bytes),
-            "params": Limits(lim.latency_ms, None, lim.memory_bytes) if lim.params is not None else None,
-            "memory": Limits(lim.latency_ms, lim.params, None) if lim.memory_bytes is not None else None,
-        }
-        for name, rl in relaxed.items():
-            if rl is None:
-                continue
-            found = self.solver.best(rl, "loss", 1)
-            if found and found[0][0] < best_loss:
-                out[name] = found[0][0]
-        return out
+        """Constraints that bind: {name: least loss without that constraint}, for each one whose removal lowers the loss
+        ('latency', or 'latency on NAME' per device with several devices; 'params', 'memory')."""
+        from nasbert_deploy.search.explain import binding
+
+        return binding(self, budget, best_loss)
 
     def minimum(self, what: str, lim: Limits | None = None) -> float | None:
-        """Least latency_ms / params / memory (bytes) over all architectures within `lim` (None if none fits)."""
+        """Least latency_ms (`what` 'latency' on the first device, 'latency:d' on device d) / params / memory (bytes)
+        over all architectures within `lim` (None if none fits)."""
         found = self.solver.best(lim or Limits(), what, 1)
         return found[0][0] if found else None
 
     def diagnose(self, budget: Budget) -> str:
         """Explain an infeasible budget: the binding constraint(s) and the smallest feasible value, computed exactly."""
-        where = f"at batch {self.batch}, seq {self.seq_len}"
-        problems = []
-        min_lat = self.minimum("latency")
-        assert min_lat is not None  # every block has a candidate, so some architecture exists
-        if budget.max_latency_ms < min_lat:
-            problems.append(f"no architecture within {budget.max_latency_ms:g} ms {where}: the fastest takes {min_lat:.3f} ms")
-        if budget.max_params is not None:
-            min_p = self.minimum("params")
-            if min_p is not None and budget.max_params < min_p:
-                problems.append(
-                    f"no architecture within {format_params(budget.max_params)} params: "
-                    f"the smallest has {format_params(int(min_p))}"
-                )
-        if budget.max_memory_mb is not None:
-            min_m = self.minimum("memory")
-            if min_m is not None and budget.max_memory_mb * MIB < min_m:
-                problems.append(
-                    f"no architecture within {budget.max_memory_mb:g} MB {where} ({self.precision}): "
-                    f"the smallest needs {min_m / MIB:.2f} MB"
-                )
-        if problems:
-            return "; ".join(problems)
-        lim = budget.limits()
-        others = Limits(None, lim.params, lim.memory_bytes)
-        flags = []
-        if budget.max_params is not None:
-            flags.append(f"--max-params {format_params(budget.max_params)}")
-        if budget.max_memory_mb is not None:
-            flags.append(f"--max-memory-mb {budget.max_memory_mb:g}")
-        other_flags = " and ".join(flags)
-        fastest = self.minimum("latency", others)
-        if fastest is not None:
-            return (
-                f"no architecture within {budget.max_latency_ms:g} ms {where} with {other_flags}: "
-                f"the fastest takes {min_lat:.3f} ms; with {other_flags} the fastest takes {fastest:.3f} ms"
-            )
-        # params and memory conflict with each other (only possible with both set)
-        mem_under_params = self.minimum("memory", Limits(None, lim.params, None))
-        assert mem_under_params is not None
-        return (
-            f"no architecture has at most {format_params(budget.max_params or 0)} params and {budget.max_memory_mb:g} MB "
-            f"{where}: with --max-params {format_params(budget.max_params or 0)} the smallest needs "
-            f"{mem_under_params / MIB:.2f} MB"
-        )
+        from nasbert_deploy.search.explain import diagnose
+
+        return diagnose(self, budget)
 
     def pareto_front(self, budget: Budget) -> list[ScoredArch]:
         """Exact (latency, loss) Pareto front of the architectures within `budget`, fastest first."""

@@ -93,12 +93,6 @@ def rerank(
 def read_heldout(path: str | os.PathLike[str] | None = None, limit: int = 200) -> list[str]:
     """Held-out paragraphs, one per non-empty line: `path`, or the shipped sample (`data/sample.txt`)."""
     from nasbert_deploy.errors import CorpusError
+    from nasbert_deploy.fileio import read_input_lines
 
-    p = SAMPLE_TEXT if path is None else Path(path)
-    try:
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CorpusError(f"cannot read held-out text {p}: {exc}; pass a UTF-8 file with one paragraph per line") from None
-    if not lines:
-        raise CorpusError(f"held-out text {p} is empty; pass a UTF-8 file with one paragraph per line")
-    return lines[:limit]
+    return read_input_lines(SAMPLE_TEXT if path is None else Path(path), "held-out text", CorpusError)[:limit]

@@ -9,6 +9,7 @@ This is what `nasbert-deploy search` runs; `export` uses `parse_budget` too. Mod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,16 +26,26 @@ NO_CANDIDATES = (
 )
 
 
-def parse_budget(max_latency_ms: float, max_params: str | None = None, max_memory_mb: float | None = None) -> Budget:
-    """A `Budget` from command-line strings: `max_params` like '10M' or '500K' (`ArchError` naming --max-params)."""
+def parse_budget(
+    max_latency_ms: float | Sequence[float], max_params: str | None = None, max_memory_mb: float | None = None,
+    devices: int | None = None,
+) -> Budget:
+    """A `Budget` from command-line strings: `max_params` like '10M' or '500K' (`ArchError` naming --max-params);
+    `max_latency_ms` one number, or one per device (`devices` of them when given, else `ArchError`)."""
     from nasbert_deploy.search.problem import Budget
     from nasbert_deploy.space import parse_count
 
+    lats = [max_latency_ms] if isinstance(max_latency_ms, int | float) else list(max_latency_ms)
+    if devices is not None and len(lats) != max(devices, 1):
+        raise ArchError(
+            f"--max-latency-ms given {len(lats)} time(s) for {devices} --device(s): give one latency budget per device, "
+            "in the same order"
+        )
     try:
         params = None if max_params is None else parse_count(max_params)
     except ArchError as exc:
         raise ArchError(f"--max-params: {exc}") from None
-    return Budget(max_latency_ms, params, max_memory_mb)
+    return Budget.per_device(lats, params, max_memory_mb)
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,8 @@ class SearchRequest:
     `precision`: weight precision for memory (default: the device's, else the table's, else fp32);
     `rerank` > 0 re-evaluates the top T whole networks of `supernet` against `teacher` on `heldout` text;
     `pareto`: also compute the Pareto front (loss vs latency) within the budget.
+    `more_devices`: further devices the one model must also fit (the budget has one latency per device, `device`'s
+    first); their latency tables are found by name, like `device`'s.
     """
 
     budget: Budget
@@ -60,6 +73,7 @@ class SearchRequest:
     teacher: Path | None = None
     heldout: Path | None = None
     pareto: bool = False
+    more_devices: tuple[DeviceSpec, ...] = ()
 
 
 @dataclass
@@ -142,13 +156,26 @@ def run_search(request: SearchRequest) -> SearchOutcome:
     from nasbert_deploy.search.problem import SearchProblem
     from nasbert_deploy.supernet.candidates import CandidateTable
 
+    if request.more_devices and request.table is not None:
+        raise TableError("--table gives one device's latency table; with several --device, each uses its own table")
     table_path = latency_table_path(request.device, request.table)
     cands_path = candidates_path(request.candidates, request.supernet)
+    if request.rerank:  # its inputs fail here, not after the search and the supernet are loaded
+        from nasbert_deploy.search.rerank import read_heldout
+        from nasbert_deploy.supernet.default import resolve_supernet_dir
+        from nasbert_deploy.supernet.network import read_meta
+        from nasbert_deploy.teacher import resolve_teacher_path
+
+        read_heldout(request.heldout)
+        read_meta(resolve_supernet_dir(request.supernet))
+        resolve_teacher_path(request.teacher)
     cands = CandidateTable.load(cands_path)
     lat = load_latency_table(table_path, cands.space)
+    others = [load_latency_table(latency_table_path(d, None), cands.space) for d in request.more_devices]
     table_precision = (getattr(lat, "device", None) or {}).get("precision")
     precision = request.precision or (request.device.precision if request.device else None) or table_precision or "fp32"
-    problem = SearchProblem(cands, lat, request.batch, request.seq_len, precision)
+    names = [request.device.name if request.device else str(table_path), *(d.name for d in request.more_devices)]
+    problem = SearchProblem(cands, [lat, *others], request.batch, request.seq_len, precision, names)
     result = problem.search(request.budget, max(request.top, request.rerank))
     reranked = rerank_top(result, cands.space, request) if request.rerank else []
     if reranked:

@@ -10,6 +10,9 @@ Every architecture's costs decompose as (NAS-BERT 3.3, and `memory.py`):
 With one plane the latency is additive; with several (a table whose correction is a maximum of planes)
 each plane is one more additive column, and `latency <= L` is every plane's column `<= L`; the latency
 as an objective is the maximum of the columns (and its bounds the maximum of the columns' bounds).
+Several devices are several groups of latency columns (`lat_groups`), each with its own limit:
+`Limits(latency_ms=(L1, L2))` asks every column of device d to stay `<= Ld`; objective `latency` is the
+first device's, `latency:d` device d's.
 The fixed parts depend only on the tuple of hidden sizes, so the solver works per hidden tuple:
 
 1. Per block and hidden size, drop candidates that `k` others beat or tie on every active
@@ -44,15 +47,25 @@ _CHUNK_ELEMS = 1 << 18  # left x right pairs evaluated per numpy step (~10 MB of
 
 @dataclass(frozen=True)
 class Limits:
-    """Upper bounds on the costs (None = unconstrained): latency in ms, params, memory in bytes."""
+    """Upper bounds on the costs (None = unconstrained): latency in ms (one number for every device, or one per
+    device in the solver's `lat_groups` order, None where unconstrained), params, memory in bytes."""
 
-    latency_ms: float | None = None
+    latency_ms: float | tuple[float | None, ...] | None = None
     params: float | None = None
     memory_bytes: float | None = None
 
+    def latencies(self, n: int) -> tuple[float | None, ...]:
+        """The latency limit of each of `n` devices."""
+        if isinstance(self.latency_ms, tuple):
+            if len(self.latency_ms) != n:
+                raise ValueError(f"{len(self.latency_ms)} latency limits for {n} devices")
+            return self.latency_ms
+        return (self.latency_ms,) * n
+
     def cols(self) -> tuple[int, ...]:
         c: list[int] = []
-        if self.latency_ms is not None:
+        lat = self.latency_ms if isinstance(self.latency_ms, tuple) else (self.latency_ms,)
+        if any(v is not None for v in lat):
             c.append(LAT)
         if self.params is not None:
             c.append(PARAMS)
@@ -123,10 +136,17 @@ class Solver:
     `block_costs[i]`: (n_i, 5 + P - 1) float64 [loss, latency_ms, params, weight_bytes, activation_bytes,
     latency_ms under planes 2..P]; `block_hpos[i]`: (n_i,) position of each candidate's hidden size in that
     block's hidden list; `fixed`: (H_0, ..., H_{N-1}, 5 + P - 1) costs outside the blocks per hidden tuple
-    (loss column 0).
+    (loss column 0). `lat_groups`: the latency columns of each device (default: one device, every latency
+    column); the first group must start with LAT.
     """
 
-    def __init__(self, block_costs: list[np.ndarray], block_hpos: list[np.ndarray], fixed: np.ndarray) -> None:
+    def __init__(
+        self,
+        block_costs: list[np.ndarray],
+        block_hpos: list[np.ndarray],
+        fixed: np.ndarray,
+        lat_groups: tuple[tuple[int, ...], ...] | None = None,
+    ) -> None:
         self.block_costs = block_costs
         self.block_hpos = block_hpos
         self.fixed = fixed
@@ -134,6 +154,9 @@ class Solver:
         self.nh = fixed.shape[:-1]
         self.ncols = fixed.shape[-1]
         self.lat_cols = (LAT,) + tuple(range(NCOLS, self.ncols))
+        self.lat_groups = lat_groups or (self.lat_cols,)
+        if sorted(c for g in self.lat_groups for c in g) != list(self.lat_cols) or self.lat_groups[0][0] != LAT:
+            raise ValueError(f"latency groups {self.lat_groups} must partition the latency columns {self.lat_cols}")
         self.split = self.nblocks // 2
         self._cache: dict[tuple[tuple[int, ...], int], tuple[Half, Half, np.ndarray]] = {}
 
@@ -190,16 +213,25 @@ class Solver:
         """`cols` with LAT standing for every latency column, sorted and unique."""
         return tuple(sorted(set(cols) | (set(self.lat_cols) if LAT in cols else set())))
 
-    def latency(self, t: np.ndarray) -> np.ndarray:
-        """Latency of column-major totals `t` (ncols, ...): the largest plane's column."""
-        return np.max(t[list(self.lat_cols)], axis=0) if len(self.lat_cols) > 1 else t[LAT]
+    def latency(self, t: np.ndarray, device: int = 0) -> np.ndarray:
+        """Latency on `device` of column-major totals `t` (ncols, ...): its largest plane's column."""
+        cols = self.lat_groups[device]
+        return np.max(t[list(cols)], axis=0) if len(cols) > 1 else t[cols[0]]
+
+    def _objective_cols(self, objective: str) -> tuple[int, ...]:
+        """The columns an objective reads: 'loss', 'params', 'memory', 'latency' (first device) or 'latency:d'."""
+        if objective.startswith("latency:"):
+            return self.lat_groups[int(objective.split(":")[1])]
+        return OBJECTIVE_COLS[objective]
 
     def _feasible(self, t: np.ndarray, lim: Limits) -> np.ndarray:
         """Feasibility of column-major totals `t` (ncols, ...): t[LAT] is the latency of each entry, etc."""
         ok = np.ones(t.shape[1:], dtype=bool)
-        if lim.latency_ms is not None:
-            for c in self.lat_cols:
-                ok &= t[c] <= lim.latency_ms
+        for cols, limit in zip(self.lat_groups, lim.latencies(len(self.lat_groups))):
+            if limit is None:
+                continue
+            for c in cols:
+                ok &= t[c] <= limit
         if lim.params is not None:
             ok &= t[PARAMS] <= lim.params
         if lim.memory_bytes is not None:
@@ -212,6 +244,8 @@ class Solver:
             return t[WB] + t[ACT]
         if objective == "latency":
             return self.latency(t)
+        if objective.startswith("latency:"):
+            return self.latency(t, int(objective.split(":")[1]))
         return t[OBJECTIVE_COLS[objective][0]]
 
     def _candidates(self, a: Half, b: Half, lim: Limits, objective: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -250,7 +284,7 @@ class Solver:
     # ---------------------------------------------------------------- queries
     def best(self, lim: Limits, objective: str = "loss", k: int = 1) -> list[tuple[float, tuple[int, ...]]]:
         """The k smallest objective values under `lim` with their candidate index per block (sorted; [] if none)."""
-        need = self._expand(OBJECTIVE_COLS[objective] + lim.cols())
+        need = self._expand(self._objective_cols(objective) + lim.cols())
         a, b, adj = self.halves(need, k)
         rows, bounds, cols = self._candidates(a, b, lim, objective)
         if len(rows) == 0 or len(cols) == 0:

@@ -103,9 +103,9 @@ def measure_encoders(
 
     require_available(spec)
     rt = get_runtime(spec.runtime)
-    ids = np.random.default_rng(0).integers(1000, vocab, size=(batch, seq_len), dtype=np.int64)
+    ids = np.random.default_rng(0).integers(1, vocab, size=(batch, seq_len), dtype=np.int64)
     inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    example = {"input_ids": torch.randint(1000, vocab, (EXAMPLE_BATCH, EXAMPLE_SEQ)),
+    example = {"input_ids": torch.randint(1, vocab, (EXAMPLE_BATCH, EXAMPLE_SEQ)),
                "attention_mask": torch.ones(EXAMPLE_BATCH, EXAMPLE_SEQ, dtype=torch.int64)}
     calls = {}
     with tempfile.TemporaryDirectory(prefix="nasbert-encoders-") as work:

@@ -127,35 +127,41 @@ def build_student(
     supernet when `supernet_dir` is None) or randomly (`init='random'`, in `space`), or an exported
     NAS-BERT HF folder (`from_export`)."""
     from nasbert_deploy.model.modeling import NasBertConfig
-    from nasbert_deploy.supernet.network import Supernet
+    from nasbert_deploy.space import SearchSpace
+    from nasbert_deploy.supernet.network import Supernet, read_meta
 
     if (arch is None) == (from_export is None):
         raise CheckpointError("give exactly one of an architecture (--arch) or an exported model folder (--from-export)")
     if from_export is not None:
         from transformers import AutoModel
 
+        from nasbert_deploy.teacher import read_model_config
+
         p = Path(from_export)
-        if not (p / "config.json").is_file():
-            raise CheckpointError(f"{p} is not an exported model folder (needs config.json and model.safetensors)")
-        model = AutoModel.from_pretrained(str(p), local_files_only=True)
+        if read_model_config(p, "--from-export", CheckpointError)["model_type"] != "nasbert":
+            raise CheckpointError(f"{p} is not a NAS-BERT encoder (model_type 'nasbert'); pass a folder made by `export`")
+        try:
+            model = AutoModel.from_pretrained(str(p), local_files_only=True)
+        except Exception as exc:  # a damaged folder: transformers raises many kinds; the user needs one line
+            raise CheckpointError(f"cannot load the exported model in {p}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(model, NasBertModel):
             raise CheckpointError(f"{p} holds a {type(model).__name__}, not a NAS-BERT encoder (model_type 'nasbert')")
         return make_student(model, None, "export")
     if init == "random":
         if space is None:
             raise CheckpointError("random initialisation needs a search space")
+        space.parse(str(arch))  # ArchError before any weights are made
         torch.manual_seed(0)
         return make_student(NasBertModel(NasBertConfig.from_arch(str(arch), space)), None, "random")
     if init != "supernet":
         raise CheckpointError(f"unknown initialisation {init!r}; valid: {', '.join(INITS)}")
-    if supernet_dir is not None:
-        net, _ = Supernet.load(supernet_dir)
-    else:
-        try:
-            from nasbert_deploy.supernet.default import load_default_supernet
-        except ImportError:
-            raise CheckpointError("no default supernet is installed; pass --supernet DIR or --init random") from None
-        net, _ = load_default_supernet()
+    try:
+        from nasbert_deploy.supernet.default import resolve_supernet_dir
+    except ImportError:
+        raise CheckpointError("no default supernet is installed; pass --supernet DIR or --init random") from None
+    folder = resolve_supernet_dir(supernet_dir)
+    SearchSpace.from_dict(read_meta(folder)["space"]).parse(str(arch))  # ArchError before the weights are read
+    net, _ = Supernet.load(folder)
     return make_student(net.extract(str(arch)), net, "supernet")
 
 

@@ -1,7 +1,7 @@
 """Frozen sentence embeddings from any encoder, on any runtime, and the two ways they are scored.
 
 An encoder is a local folder: a Hugging Face encoder (the teacher, any BERT-family model), a
-NAS-BERT export (`nasbert-deploy export`: transformers folder + `model.onnx` + OpenVINO IR), or a
+NAS-BERT export (`nasbert-deploy export`: transformers folder + `onnx/model.onnx` + OpenVINO IR), or a
 distilled student. `Embedder` tokenizes with the folder's tokenizer, runs the model on the chosen
 runtime (`torch`, `onnxruntime`, `openvino`, through the same runtime plug-ins as profiling and
 export), mean-pools the last hidden state over real tokens and L2-normalises, as
@@ -29,8 +29,8 @@ RUNTIME_DEVICES = {
     "torch": "cpu-torch",
     "onnxruntime": "cpu-ort",
     "openvino": "cpu-openvino",
-    "onnxruntime-int8": "cpu-ort-int8",  # the folder's model.int8.onnx
-    "openvino-int8": "cpu-openvino-int8",  # the folder's openvino_model.int8.xml
+    "onnxruntime-int8": "cpu-ort-int8",  # the folder's onnx/model_qint8.onnx
+    "openvino-int8": "cpu-openvino-int8",  # the folder's openvino/openvino_model_qint8_quantized.xml
 }
 
 

@@ -85,16 +85,30 @@ def load_classifier(model_dir: str | Path, labels: list[str] | None = None) -> t
     from nasbert_deploy.model import modeling  # noqa: F401  (registers model_type "nasbert" with the Auto classes)
 
     p = Path(model_dir)
-    if not (p / "config.json").is_file():
-        raise TaskError(f"{p} is not a local Hugging Face model folder (needs config.json)")
+    check_model_folder(p, classifier=labels is None)
     kwargs: dict[str, Any] = {}
     if labels is not None:
         id2label, label2id = label_maps(labels)
         kwargs = {"num_labels": len(labels), "id2label": id2label, "label2id": label2id, "ignore_mismatched_sizes": True}
-    with _quiet_transformers():
-        model = AutoModelForSequenceClassification.from_pretrained(str(p), local_files_only=True, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    try:
+        with _quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(str(p), local_files_only=True, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except Exception as exc:  # a foreign or damaged folder: transformers raises many kinds; the user needs one line
+        raise TaskError(f"cannot load a model with its tokenizer from {p}: {type(exc).__name__}: {exc}") from exc
     return model, tokenizer
+
+
+def check_model_folder(path: str | Path, classifier: bool = False, option: str = "--model") -> None:
+    """Cheap, before any work: `path` is a model folder (`teacher.read_model_config`) and, with `classifier`,
+    a fine-tuned sequence classifier rather than a bare encoder. `TaskError` saying what to pass instead."""
+    from nasbert_deploy.teacher import is_classifier, read_model_config
+
+    config = read_model_config(path, option, TaskError)
+    if classifier and not is_classifier(config):
+        kind = ", ".join(map(str, config.get("architectures") or [])) or config["model_type"]
+        raise TaskError(f"{option} {path} is not a classifier (it holds a {kind}, no trained classification head); "
+                        "fine-tune it first with `nasbert-deploy finetune` or `finetune-teacher`")
 
 
 def model_labels(model: Any) -> list[str]:
@@ -237,6 +251,9 @@ def finetune(
 ) -> dict[str, Any]:
     """Fine-tune the encoder in `model_dir` (e.g. a distilled NAS-BERT folder); with `teacher_model`
     (a fine-tuned classifier folder) add the KL term and use the teacher's label order."""
+    check_model_folder(model_dir)
+    if teacher_model is not None:
+        check_model_folder(teacher_model, classifier=True, option="--teacher-model")
     labels = sort_labels(set(train.labels) | set(valid.labels))
     t_logits = None
     if teacher_model is not None:
@@ -307,6 +324,9 @@ def evaluate(
     With `runtime` 'onnxruntime' or 'openvino' the scores come from the exported model; the report
     then also holds the largest absolute logit difference and the prediction agreement vs PyTorch.
     """
+    check_model_folder(model_dir, classifier=True)
+    if teacher_model is not None:
+        check_model_folder(teacher_model, classifier=True, option="--teacher-model")
     model, tokenizer = load_classifier(model_dir)
     labels = model_labels(model)
     y = task.label_ids({n: i for i, n in enumerate(labels)})

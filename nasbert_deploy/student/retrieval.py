@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from nasbert_deploy.errors import TaskError
+from nasbert_deploy.fileio import read_input_text
+from nasbert_deploy.student.tasks import read_jsonl
 
 FIELDS = ("query", "document")
 
@@ -48,7 +50,7 @@ def is_retrieval_file(path: str | Path) -> bool:
                 if line.strip():
                     obj = json.loads(line)
                     return isinstance(obj, dict) and "query" in obj and "document" in obj
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON: not a retrieval file
         return False
     return False
 
@@ -56,30 +58,17 @@ def is_retrieval_file(path: str | Path) -> bool:
 def load_retrieval(path: str | Path, limit: int | None = None) -> RetrievalData:
     """Read a `.jsonl` file of `{"query", "document"}` objects; `TaskError` naming the bad line."""
     p = Path(path)
-    if not p.is_file():
-        raise TaskError(f"retrieval file {p} does not exist (expected .jsonl with query/document fields)")
+    text = read_input_text(p, "retrieval file", TaskError, hint="expected .jsonl with query/document fields")
     queries: list[str] = []
     docs: list[str] = []
-    try:
-        with p.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TaskError(f"{p}:{n}: not valid JSON ({exc.msg}); one object per line expected") from None
-                if not isinstance(obj, dict):
-                    raise TaskError(f"{p}:{n}: expected a JSON object with query/document keys")
-                missing = [k for k in FIELDS if not isinstance(obj.get(k), str) or not obj[k].strip()]
-                if missing:
-                    raise TaskError(f"{p}:{n}: missing or empty {', '.join(missing)} (fields: query, document)")
-                queries.append(obj["query"])
-                docs.append(obj["document"])
-                if limit and len(queries) >= limit:
-                    break
-    except UnicodeDecodeError:
-        raise TaskError(f"retrieval file {p} is not UTF-8 text") from None
+    for n, obj in read_jsonl(p, text, "retrieval file"):
+        missing = [k for k in FIELDS if not isinstance(obj.get(k), str) or not obj[k].strip()]
+        if missing:
+            raise TaskError(f"{p}:{n}: missing or empty {', '.join(missing)} (fields: query, document)")
+        queries.append(obj["query"])
+        docs.append(obj["document"])
+        if limit and len(queries) >= limit:
+            break
     if not queries:
         raise TaskError(f"retrieval file {p} has no rows")
     pool: dict[str, int] = {}

@@ -9,6 +9,7 @@ the model's config as `id2label` / `label2id`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections import defaultdict
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nasbert_deploy.errors import CorpusError, TaskError
+from nasbert_deploy.fileio import read_input_text
 
 TASK_SUFFIXES = (".jsonl", ".csv", ".tsv")
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "tasks"
@@ -120,54 +122,69 @@ def label_maps(names: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
     return {i: n for i, n in enumerate(names)}, {n: i for i, n in enumerate(names)}
 
 
+TASK_HINT = "a .jsonl/.csv/.tsv file with the columns text, [text_pair,] label"
+
+
 def load_task(path: str | Path) -> TaskData:
-    """Read a `.jsonl` / `.csv` / `.tsv` task file; raise `TaskError` saying which row is wrong."""
+    """The one loader of labelled task files (`.jsonl` / `.csv` / `.tsv`): anything unreadable, undecodable,
+    malformed, or of another kind (a retrieval file) is one `TaskError` saying which row is wrong."""
     p = Path(path)
-    if not p.is_file():
-        raise TaskError(f"task file {p} does not exist (expected {', '.join(TASK_SUFFIXES)} with text/label columns)")
     suffix = p.suffix.lower()
-    if suffix not in TASK_SUFFIXES:
+    if suffix not in TASK_SUFFIXES and not p.is_dir():
         raise TaskError(f"task file {p} has suffix {suffix!r}; valid: {', '.join(TASK_SUFFIXES)}")
-    rows = _read_jsonl(p) if suffix == ".jsonl" else _read_csv(p, "\t" if suffix == ".tsv" else ",")
+    text = read_input_text(p, "task file", TaskError, hint=TASK_HINT)
+    rows = read_jsonl(p, text, "task file") if suffix == ".jsonl" else _read_csv(p, text, "\t" if suffix == ".tsv" else ",")
     if not rows:
-        raise TaskError(f"task file {p} has no rows")
+        raise TaskError(f"task file {p} has no rows; {TASK_HINT}")
+    first = rows[0][1]
+    if "query" in first and "document" in first and "text" not in first:
+        raise TaskError(f"{p} is a retrieval file ({{query, document}} pairs); this command needs a classification "
+                        f"task: {TASK_HINT}")
     texts, pairs, labels = [], [], []
-    has_pair = "text_pair" in rows[0][1]
+    has_pair = "text_pair" in first
     for line, row in rows:
         missing = [k for k in ("text", "label") + (("text_pair",) if has_pair else ()) if row.get(k) in (None, "")]
         if missing:
             raise TaskError(f"{p}:{line}: missing {', '.join(missing)} (columns: text, text_pair (optional), label)")
-        texts.append(str(row["text"]))
+        bad = [k for k in ("text", "text_pair") if k in row and not isinstance(row[k], str)]
+        if bad or isinstance(row["label"], bool) or not isinstance(row["label"], str | int):
+            what = bad[0] if bad else "label"
+            raise TaskError(f"{p}:{line}: {what} must be {'a string' if bad else 'a string or an integer'}, "
+                            f"got {type(row[what]).__name__}")
+        texts.append(row["text"])
         labels.append(str(row["label"]))
         if has_pair:
-            pairs.append(str(row["text_pair"]))
+            pairs.append(row["text_pair"])
     if len(set(labels)) < 2:
         raise TaskError(f"task file {p} has {len(set(labels))} distinct label(s); classification needs at least 2")
     return TaskData(tuple(texts), tuple(labels), tuple(pairs) if has_pair else None, str(p))
 
 
-def _read_jsonl(p: Path) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl(p: Path, text: str, what: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of JSON-lines `text` (read from `p`); `TaskError` naming the line."""
     rows = []
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskError(f"{p}:{n}: not valid JSON ({exc.msg}); one object per line expected") from None
-            if not isinstance(obj, dict):
-                raise TaskError(f"{p}:{n}: expected a JSON object with text/label keys, got {type(obj).__name__}")
-            rows.append((n, obj))
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028 and friends
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            raise TaskError(f"{p}:{n}: not valid JSON ({msg}); {what}s hold one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise TaskError(f"{p}:{n}: expected a JSON object, got {type(obj).__name__}; {what}s hold one object per line")
+        rows.append((n, obj))
     return rows
 
 
-def _read_csv(p: Path, delimiter: str) -> list[tuple[int, dict[str, Any]]]:
-    with p.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
+def _read_csv(p: Path, text: str, delimiter: str) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
         if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
             raise TaskError(f"{p}: header must name the columns text, label (and optionally text_pair); got {reader.fieldnames}")
         return [(n, row) for n, row in enumerate(reader, 2)]
+    except csv.Error as exc:
+        raise TaskError(f"{p}: not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file ({exc}); {TASK_HINT}") from None
 
 
 def iter_batches(

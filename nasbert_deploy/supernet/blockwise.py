@@ -22,7 +22,6 @@ every step, since one path touches a small fraction of them; this is the same ar
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -45,13 +44,13 @@ from nasbert_deploy.supernet.checkpoints import (
     save_part,
 )
 from nasbert_deploy.supernet.network import Supernet
+from nasbert_deploy.supernet.plan import schedule
 from nasbert_deploy.supernet.shrinking import (
     ShrinkConfig,
     block_bins,
     sample_for_scoring,
     score_blocks,
     shrink_bin,
-    shrink_epochs,
     shrinks_at_epoch_end,
     world_info,
 )
@@ -189,8 +188,7 @@ def train_supernet(
     if any(not 0 <= b < space.num_blocks for b in blocks):
         raise SpaceError(f"--blocks {blocks}: valid block indices are 0..{space.num_blocks - 1}")
     bins = block_bins(space, cfg.shrink, latency_table, cfg.latency_batch, cfg.latency_seq)
-    spe = cfg.steps_per_epoch or max(1, math.ceil(len(train) / (cfg.batch_size * world)))
-    epochs = cfg.epochs or max(1, cfg.shrink.warmup_epochs + shrink_epochs([len(b) for b in bins], cfg.shrink))
+    spe, epochs = schedule(cfg, len(train), world, [len(b) for b in bins])  # what `plan.plan_training` announced
     total = epochs * spe
     ident = run_identity(space, cfg, spe, epochs, world, len(train))
 

@@ -17,7 +17,6 @@ Pure Python (no torch, no numpy), so loading a table stays light.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -148,7 +147,7 @@ class CandidateTable:
                     raise TableError(f"{source}: {exc}") from None
                 except (KeyError, TypeError, AttributeError):
                     raise TableError(f"{source}: block {i} entry {entry!r} needs 'arch' (str), 'loss' and 'params'") from None
-                if isinstance(loss, bool) or not isinstance(loss, int | float):
+                if isinstance(loss, bool) or not isinstance(loss, int | float) or abs(loss) > 1e300:
                     raise TableError(f"{source}: block {i} candidate {block} loss {loss!r} is not a number")
                 if isinstance(params, bool) or not isinstance(params, int):
                     raise TableError(f"{source}: block {i} candidate {block} params {params!r} is not an integer")
@@ -171,13 +170,10 @@ class CandidateTable:
     @classmethod
     def load(cls, path: str | os.PathLike[str], space: SearchSpace | None = None) -> CandidateTable:
         """Read a table written by `save`; `TableError` if missing, malformed or (with `space`) for another space."""
+        from nasbert_deploy.fileio import read_input_json
+
         p = Path(path)
-        if not p.is_file():
-            raise TableError(f"candidate table {p} does not exist (make one with `nasbert-deploy supernet train`)")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TableError(f"candidate table {p} is not valid JSON: {exc}") from None
+        data = read_input_json(p, "candidate table", TableError, hint="make one with `nasbert-deploy supernet train`")
         return cls.from_dict(data, space, source=f"candidate table {p}")
 
     # ---------------------------------------------------------------- helpers

@@ -3,11 +3,12 @@
     from nasbert_deploy.supernet.launch import LaunchConfig, train_from_corpus
     run = train_from_corpus(LaunchConfig(corpus="text.txt", out="my-supernet"), TrainConfig())
 
-Everything that can be checked before any file is written is checked first (space, blocks, sequence
-length, checkpoint for `resume`, corpus size, teacher/space fit), so a bad run leaves
-nothing behind. Under torchrun (`WORLD_SIZE` > 1) every process runs this function; the process group
-is initialised here (NCCL on GPUs, Gloo on CPUs), rank 0 builds the teacher-state cache while the
-others wait, and the group is torn down at the end.
+Everything that can be checked before any file is written is checked first (output folders, space, blocks,
+sequence length, checkpoint for `resume`, corpus size, the plan's consistency, teacher/space fit), so a bad
+run leaves nothing behind; the plan (steps, epochs, time, disk) is reported before any work. Under
+torchrun (`WORLD_SIZE` > 1) every process runs this function; the process group is initialised here
+(NCCL on GPUs, Gloo on CPUs), rank 0 builds the teacher-state cache while the others wait, and the group
+is torn down at the end.
 
 Module import is light (no torch): the command line reads `TRAIN_DEVICES` for its `--device` choice.
 """
@@ -113,9 +114,13 @@ def check_teacher_fits(teacher: Any, space: SearchSpace) -> None:
 
 def _check_before_writing(launch: LaunchConfig, cfg: Any, space: SearchSpace) -> list[str]:
     """The paragraphs, after every check that needs no teacher, before anything is written."""
+    from nasbert_deploy.fileio import check_output
     from nasbert_deploy.supernet.checkpoints import CHECKPOINT_DIR
     from nasbert_deploy.supernet.teacher_cache import read_paragraphs
 
+    check_output(launch.out, "dir", reuse=True)  # a run resumes in its folder: written into, never replaced
+    if launch.cache_dir is not None:
+        check_output(launch.cache_dir, "dir", reuse=True, option="--cache-dir")
     if cfg.blocks:
         parse_blocks(",".join(map(str, cfg.blocks)), space.num_blocks)
     if launch.seq_len > space.max_positions:
@@ -126,6 +131,20 @@ def _check_before_writing(launch: LaunchConfig, cfg: Any, space: SearchSpace) ->
     if len(paras) <= launch.val_size:
         raise CorpusError(f"{launch.corpus} gives {len(paras)} paragraphs; need more than --val-size {launch.val_size}")
     return paras
+
+
+def make_plan(launch: LaunchConfig, cfg: Any, space: SearchSpace, n_paragraphs: int, latency_table: Any = None) -> Any:
+    """The run's `plan.TrainPlan` (steps, epochs, shrinks, time, disk), checked (`plan.check_plan`): options that
+    contradict each other are refused here, before anything is written."""
+    from nasbert_deploy.supernet.plan import check_plan, plan_training
+    from nasbert_deploy.supernet.shrinking import block_bins
+
+    bins = block_bins(space, cfg.shrink, latency_table, cfg.latency_batch, cfg.latency_seq)
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    plan = plan_training(space, cfg, n_paragraphs - launch.val_size, n_paragraphs, launch.seq_len, [len(b) for b in bins],
+                         world, launch.fp16)
+    check_plan(plan, cfg)
+    return plan
 
 
 def train_from_corpus(
@@ -147,6 +166,10 @@ def train_from_corpus(
 
     space = get_space(launch.space)
     paras = _check_before_writing(launch, cfg, space)
+    plan = make_plan(launch, cfg, space, len(paras), latency_table)
+    if reporter is not None:
+        for line in plan.lines():
+            reporter.note(line)
     if launch.threads:
         torch.set_num_threads(launch.threads)
     rank, world, dev = init_distributed(launch.device)
@@ -185,8 +208,7 @@ def train_from_corpus(
 def part_states(out: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]] | None:
     """A run still in progress in `out`: (part name, its checkpoint state) per part; None if `out` holds a
     finished supernet or no checkpoint."""
-    import json
-
+    from nasbert_deploy.fileio import read_input_json
     from nasbert_deploy.supernet.checkpoints import CHECKPOINT_DIR
     from nasbert_deploy.supernet.network import META_NAME
 
@@ -194,4 +216,12 @@ def part_states(out: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]
     ckpt = folder / CHECKPOINT_DIR
     if not ckpt.is_dir() or (folder / META_NAME).is_file():
         return None
-    return [(d.name, json.loads((d / "state.json").read_text())) for d in sorted(ckpt.iterdir()) if (d / "state.json").is_file()]
+    states = []
+    for d in sorted(ckpt.iterdir()):
+        if (d / "state.json").is_file():
+            st = read_input_json(d / "state.json", "checkpoint state", CheckpointError)
+            ok = isinstance(st, dict) and isinstance(st.get("step"), int) and isinstance(st.get("survivors") or [], list)
+            if not ok:
+                raise CheckpointError(f"{d / 'state.json'} is not a checkpoint state; delete {d} to restart that part")
+            states.append((d.name, st))
+    return states

@@ -20,7 +20,6 @@ computes exactly the supernet path's function with fewer operations.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -131,18 +130,32 @@ class Supernet(nn.Module):
         d = Path(directory)
         if not (d / META_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
             raise CheckpointError(f"{d} is not a supernet checkpoint (needs {META_NAME} and {WEIGHTS_NAME})")
+        meta = read_meta(d)
+        space = SearchSpace.from_dict(meta["space"])
         try:
-            meta = json.loads((d / META_NAME).read_text())
-            net = cls(SearchSpace.from_dict(meta["space"]))
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise CheckpointError(f"{d / META_NAME} is malformed: {exc}") from exc
-        state = {k: v.float() for k, v in load_file(str(d / WEIGHTS_NAME)).items()}
+            raw = load_file(str(d / WEIGHTS_NAME))
+        except Exception as exc:  # safetensors raises its own error types for a damaged file
+            raise CheckpointError(f"{d / WEIGHTS_NAME} is not a readable safetensors file ({exc}); train it again") from None
+        net = cls(space)
+        state = {k: v.float() for k, v in raw.items()}
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CheckpointError(
                 f"{d} does not match its space: {len(missing)} missing and {len(unexpected)} unexpected tensors"
             )
         return net, meta.get("metadata", {})
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """The one loader of a supernet folder's description (`supernet.json`): an object with a `space` and a
+    `metadata` object; `CheckpointError` for anything unreadable or malformed."""
+    from nasbert_deploy.fileio import read_input_json
+
+    path = Path(directory) / META_NAME
+    meta = read_input_json(path, "supernet description", CheckpointError, hint="train a supernet with `supernet train`")
+    if not isinstance(meta, dict) or not isinstance(meta.get("space"), dict) or not isinstance(meta.get("metadata", {}), dict):
+        raise CheckpointError(f"{path} is malformed: needs a 'space' object and a 'metadata' object")
+    return meta
 
 
 def _compose(outer: nn.Linear, inner: nn.Linear | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from nasbert_deploy.errors import CorpusError, SpaceError
-from nasbert_deploy.fileio import atomic_path, write_json_atomic
+from nasbert_deploy.fileio import atomic_path, read_input_lines, write_json_atomic
 from nasbert_deploy.supernet.network import Supernet
 from nasbert_deploy.teacher import Teacher, block_targets
 
@@ -36,17 +36,9 @@ CACHE_VERSION = 1
 
 
 def read_paragraphs(path: str | os.PathLike[str], limit: int | None = None, min_words: int = 1) -> list[str]:
-    """Non-empty lines of a UTF-8 text file (one paragraph per line), the first `limit` of them."""
-    p = Path(path)
-    if not p.is_file():
-        raise CorpusError(f"corpus {p} does not exist; pass a UTF-8 text file with one paragraph per line")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"corpus {p} is not UTF-8 text: {exc}") from None
-    paras = [ln.strip() for ln in lines if len(ln.split()) >= min_words]
-    if not paras:
-        raise CorpusError(f"corpus {p} has no paragraph of at least {min_words} word(s)")
+    """Non-empty lines of a UTF-8 text file (one paragraph per line), the first `limit` of them (`CorpusError`
+    when the file is missing, unreadable, not UTF-8 or has no paragraph)."""
+    paras = read_input_lines(path, "corpus", CorpusError, min_words)
     return paras[:limit] if limit else paras
 
 

@@ -1,0 +1,49 @@
+"""Baselines a user would pick instead of a searched student: truncated teacher, uniform students; side-by-side latency."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import make_tiny_teacher
+
+from nasbert_deploy.devices import load_device
+from nasbert_deploy.errors import TeacherError
+from nasbert_deploy.space import MINILM, TINY
+from nasbert_deploy.student.baselines import measure_encoders, truncate_encoder, uniform_arch
+
+
+def test_uniform_arch_spreads_pairs_over_blocks():
+    a = uniform_arch(MINILM, 256, 4)
+    assert str(a) == "256:mha,ffn,mha|256:ffn,mha,ffn|256:mha,ffn,id"
+    assert str(uniform_arch(MINILM, 128, 3)) == "128:mha,ffn,id|128:mha,ffn,id|128:mha,ffn,id"
+    with pytest.raises(ValueError):
+        uniform_arch(MINILM, 384, 3)  # not a hidden size of the space
+    with pytest.raises(ValueError):
+        uniform_arch(TINY, 32, 5)  # 10 ops do not fit 2 blocks x 2 slots
+
+
+def test_truncated_teacher_keeps_the_first_layers(tmp_path):
+    import torch
+    from transformers import AutoModel
+
+    src = make_tiny_teacher(tmp_path / "t")
+    out = truncate_encoder(src, 1, tmp_path / "t1")
+    full = AutoModel.from_pretrained(src).eval()
+    small = AutoModel.from_pretrained(out).eval()
+    assert small.config.num_hidden_layers == 1 and (out / "tokenizer.json").is_file()
+    ids = torch.tensor([[2, 40, 41, 3]])
+    with torch.no_grad():
+        ref = full(input_ids=ids, output_hidden_states=True).hidden_states[1]
+        got = small(input_ids=ids).last_hidden_state
+    assert torch.allclose(ref, got, atol=1e-6)
+    with pytest.raises(TeacherError, match="valid: 1..2"):
+        truncate_encoder(src, 3, tmp_path / "t3")
+
+
+@pytest.mark.slow
+def test_measure_encoders_side_by_side(tmp_path):
+    src = make_tiny_teacher(tmp_path / "t")
+    one = truncate_encoder(src, 1, tmp_path / "t1")
+    figs = measure_encoders({"full": src, "one": one}, load_device("cpu-ort"), seq_len=16, rounds=2, min_time_s=0.01, vocab=1000)
+    assert figs["full"]["ratio_to_first"] == 1.0
+    assert 0 < figs["one"]["median_ms"] and figs["one"]["lowest_ms"] <= figs["one"]["median_ms"]
+    assert figs["one"]["ratio_to_first"] < 1.2  # half the layers: not slower (generous: the host is shared)
