@@ -45,6 +45,7 @@ from nasbert_deploy.model.loop import (
 )
 from nasbert_deploy.model.losses import embedding_cosine_loss, masked_kl, masked_mean_pool, masked_mse, similarity_kl
 from nasbert_deploy.model.modeling import NasBertModel
+from nasbert_deploy.model.remote_code import write_remote_code
 from nasbert_deploy.student import INITS
 from nasbert_deploy.student.tasks import CorpusBatches
 from nasbert_deploy.teacher import Teacher, block_targets, check_compatible
@@ -337,6 +338,7 @@ def distill(
     with atomic_dir(out) as tmp:
         student.model.save_pretrained(tmp)
         teacher.tokenizer.save_pretrained(tmp)
+        write_remote_code(tmp)  # loads with trust_remote_code=True where nasbert-deploy is not installed
         write_json_atomic(tmp / REPORT_NAME, report)
     shutil.rmtree(ckpt, ignore_errors=True)
     return report

@@ -41,6 +41,7 @@ from nasbert_deploy.model.loop import (
     warmup_decay,
 )
 from nasbert_deploy.model.losses import kd_loss
+from nasbert_deploy.model.remote_code import write_remote_code
 from nasbert_deploy.student.metrics import EvalReport, evaluate_logits
 from nasbert_deploy.student.tasks import TaskData, iter_batches, label_maps, sort_labels
 
@@ -234,6 +235,8 @@ def train_classifier(
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if getattr(model.config, "model_type", "") == "nasbert":
+            write_remote_code(tmp)  # loads with trust_remote_code=True where nasbert-deploy is not installed
         write_json_atomic(tmp / REPORT_NAME, report)
     shutil.rmtree(ckpt, ignore_errors=True)
     return report
