@@ -95,6 +95,7 @@ def machine() -> dict[str, Any]:
 def build_models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
     """Encoder folders by name: teacher, truncated teachers, quick-start model, uniform and searched students."""
     from nasbert_deploy.export.pipeline import model_from_supernet, select_arch
+    from nasbert_deploy.search.problem import Budget
     from nasbert_deploy.student.baselines import truncate_encoder, uniform_arch
     from nasbert_deploy.supernet.default import resolve_supernet_dir
     from nasbert_deploy.teacher import default_teacher_path, load_tokenizer
@@ -109,7 +110,7 @@ def build_models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
     spec = load_device("cpu-ort")
     tok = load_tokenizer(teacher)
     net_dir = resolve_supernet_dir(None)
-    archs = {"quickstart": select_arch(spec, QUICKSTART_BUDGET[0], QUICKSTART_BUDGET[1], None, 1, 128, None).arch}
+    archs = {"quickstart": select_arch(spec, Budget(QUICKSTART_BUDGET[0], QUICKSTART_BUDGET[1]), 1, 128, None).arch}
     from nasbert_deploy.export.measure import load_latency_table
     from nasbert_deploy.export.pipeline import supernet_space
 
@@ -119,7 +120,7 @@ def build_models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
         arch = uniform_arch(space, hidden, pairs)
         archs[f"uniform-H{hidden}-L{pairs}"] = arch
         budget = table.predict(arch, 1, 128).total_ms
-        archs[f"searched@H{hidden}-L{pairs}"] = select_arch(spec, budget, None, None, 1, 128, None).arch
+        archs[f"searched@H{hidden}-L{pairs}"] = select_arch(spec, Budget(budget), 1, 128, None).arch
     for name, arch in archs.items():
         folder = work / name
         if not (folder / "config.json").is_file():

@@ -55,7 +55,8 @@ def export(
     options = ExportOptions(formats=parse_formats(formats), int8=int8, fp16=fp16, token_type_ids=token_type_ids,
                             batch=batch or spec.batch_sizes[0], seq_len=seq_len or max(spec.seq_lens),
                             measure_latency=not no_timing, measure_memory=not no_memory,
-                            calibration_texts=read_calibration(calibration))
+                            calibration_texts=read_calibration(calibration),
+                            budget_ms=tuple(budget.latencies_ms) if budget is not None else ())
     request = ExportRequest(out, options, spec, arch, budget, supernet, init.value, space.value if space else None, seed,
                             tokenizer, force, tuple((device or [])[1:]))
     prepared = prepare_export(request)

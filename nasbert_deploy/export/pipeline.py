@@ -59,6 +59,7 @@ class ExportOptions:
     validate: bool = True
     measure_latency: bool = True
     rescale_latency: bool = False  # re-time the table's reference model beside the export: prediction for the host now
+    budget_ms: tuple[float, ...] = ()  # the latency budget per device (searched exports): the report flags overruns
     measure_memory: bool = True
     validation_batches: tuple[int, ...] = VALIDATION_BATCHES
     validation_seq_lens: tuple[int, ...] = VALIDATION_SEQ_LENS

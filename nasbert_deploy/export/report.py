@@ -61,6 +61,28 @@ def machine() -> dict[str, Any]:
     return {"cpu_model": cpu, "logical_cpus": os.cpu_count(), "os": f"{platform.system()} {platform.release()}"}
 
 
+OVERRUN = 0.10  # a measured latency more than 10% over the budget or the prediction is flagged
+
+
+def latency_flags(latencies: Sequence[dict[str, Any]], budget_ms: Sequence[float] = ()) -> list[str]:
+    """One line per measured latency that is more than `OVERRUN` over its device's budget or its prediction."""
+    flags = []
+    for i, one in enumerate(latencies):
+        measured = (one.get("measured") or {}).get("median_ms")
+        if measured is None:
+            continue
+        budget = budget_ms[i] if i < len(budget_ms) else None
+        if budget and measured > (1 + OVERRUN) * budget:
+            flags.append(f"{one['device']}: measured {measured:.3g} ms is {measured / budget - 1:.0%} over the "
+                         f"{budget:g} ms budget; profile this machine (nasbert-deploy profile --device {one['device']}) "
+                         "and search again")
+        predicted = one.get("predicted_ms")
+        if predicted and measured > (1 + OVERRUN) * predicted:
+            flags.append(f"{one['device']}: measured {measured:.3g} ms is {measured / predicted - 1:.0%} over the "
+                         f"predicted {predicted:.3g} ms (table from another machine, or a busy host)")
+    return flags
+
+
 def build_report(
     arch: Arch,
     space: SearchSpace,
@@ -102,6 +124,7 @@ def build_report(
         },
         "latency": measured["latency"],
         "latencies": measured.get("latencies", [measured["latency"]]),
+        "latency_flags": latency_flags(measured.get("latencies", [measured["latency"]]), getattr(options, "budget_ms", ())),
         "memory": measured["memory"],
         "machine": machine(),
         "versions": _versions(),
@@ -229,6 +252,8 @@ def print_summary(report: dict[str, Any], console: Any, out: Path) -> None:
     for name, d in report["validation"]["int8_deviation_from_fp32"].items():
         t.add_row(f"{name} vs fp32", f"cosine >= {d['cosine_mean_min']:.4f}, max abs diff {d['max_abs_diff']:.3g}")
     console.print(t)
+    for flag in report.get("latency_flags", []):
+        console.print(f"[bold yellow]latency over budget/prediction:[/] {flag}", highlight=False)
     for one in lats:
         for note in ("predicted_note", "measured_note"):
             if one.get(note):
