@@ -16,7 +16,7 @@ import itertools
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from nasbert_deploy.errors import ArchError, SpaceError
@@ -192,19 +192,26 @@ class SearchSpace:
     def parse(self, text: str) -> Arch:
         """Parse and validate an arch string; raise `ArchError` saying what is wrong."""
         parts = [p for p in text.strip().split("|")]
-        # each block first: 'foo' lacks 'HIDDEN:', '999:mha' has a bad hidden size, before counting blocks
-        blocks = tuple(self.parse_block(part, i) for i, part in enumerate(parts[: self.num_blocks], 1))
+        for i, part in enumerate(parts[: self.num_blocks], 1):  # 'foo', '999:mha', '128:bogus': said before the count
+            self._read_block(part, i)
         if len(parts) != self.num_blocks:
             raise ArchError(
                 f"arch has {len(parts)} block(s); space {self.name!r} has {self.num_blocks} "
                 f"(format: HIDDEN:op,op,...|HIDDEN:op,...)"
             )
-        arch = Arch(blocks)
+        arch = Arch(tuple(self.parse_block(part, i) for i, part in enumerate(parts, 1)))
         self.validate(arch)
         return arch
 
     def parse_block(self, text: str, index: int = 1) -> BlockArch:
         """Parse and validate one block string, e.g. '128:mha,ffn,id' (`index` is 1-based, for messages)."""
+        block = self._read_block(text, index)
+        self.validate_block(block, index)
+        return block
+
+    def _read_block(self, text: str, index: int) -> BlockArch:
+        """One block string read: 'HIDDEN:' present, a hidden size of this space, known operations (not yet the
+        layer count or where identities stand)."""
         if ":" not in text:
             raise ArchError(f"block {index}: {text.strip()!r} lacks 'HIDDEN:' (e.g. '256:mha,ffn,...')")
         h_text, ops_text = text.split(":", 1)
@@ -219,9 +226,9 @@ class SearchSpace:
             except ArchError:
                 valid = ", ".join(op.name for op in self.all_ops)
                 raise ArchError(f"block {index}: {o.strip()!r} is not an operation; valid: {valid}") from None
-        block = BlockArch(hidden, tuple(ops))
-        self.validate_block(block, index)
-        return block
+        if hidden not in self.hidden_sizes:
+            raise ArchError(f"block {index}: hidden {hidden} not in {list(self.hidden_sizes)}")
+        return BlockArch(hidden, tuple(ops))
 
     def validate(self, arch: Arch) -> Arch:
         if len(arch.blocks) != self.num_blocks:
@@ -324,9 +331,10 @@ class SearchSpace:
             d["conv_kernels"] = tuple(d["conv_kernels"])
         except (KeyError, TypeError) as exc:
             raise SpaceError(f"malformed search-space description: missing or ill-typed {exc}") from None
+        int_fields = {f.name for f in fields(cls) if f.type in ("int", "tuple[int, ...]")}
         for key, value in d.items():
             ints = value if key in ("hidden_sizes", "conv_kernels") else (value,)
-            if key in _INT_FIELDS and not all(type(v) is int and 1 <= v <= 10**7 for v in ints):
+            if key in int_fields and not all(type(v) is int and 1 <= v <= 10**7 for v in ints):
                 raise SpaceError(f"malformed search-space description: {key} must be integers in 1..10^7, got {value!r}")
         if not d["hidden_sizes"] or not isinstance(d.get("name", ""), str) or not isinstance(d.get("extra", {}), dict):
             raise SpaceError("malformed search-space description: needs hidden sizes, a string name and an object 'extra'")
@@ -343,8 +351,6 @@ class SearchSpace:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_INT_FIELDS = ("num_blocks", "layers_per_block", "hidden_sizes", "conv_kernels", "head_dim", "ffn_ratio", "embed_dim",
-               "output_dim", "vocab_size", "max_positions", "type_vocab_size")
 STANDARD = SearchSpace()
 
 TINY = SearchSpace(

@@ -384,6 +384,6 @@ COMMANDS: dict[str, tuple[dict, int]] = {  # name -> (arguments of `command`, ca
         prefix=["evaluate"],
         options={"--model": model_dir("m", [ENCODER, CLASSIFIER]), "--task": task(), "--teacher-model": model_dir(
                  "tm", [CLASSIFIER]), "--runtime": choice(("torch", "onnxruntime")), "--batch-size": ints(1, 64),
-                 "--json": out_path("file", "report"), "--force": flag()},
+                 "--json": out_path("file", "report"), "--force": flag(), "--train": task("train.jsonl")},
         required=("--model",)), 140),
 }  # fmt: skip

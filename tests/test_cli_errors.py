@@ -233,3 +233,18 @@ def test_bundle_results_of_the_wrong_shape_are_one_line(work):
     good["bundle"] = []
     (work / "r.json").write_text(json.dumps(good))
     one_line_exit_2(["profile", "--import", "r.json"], "bundle format None", work)
+
+
+def test_progress_is_plain_lines_when_not_on_a_terminal(capsys, monkeypatch):
+    """profile's bar (the same `Ticker` feeds distill, finetune and supernet train): the first update, the last, and
+    one every NASBERT_DEPLOY_PROGRESS_S seconds in between; nothing else."""
+    from nasbert_deploy.cli import profile_cmd
+
+    monkeypatch.setenv("NASBERT_DEPLOY_PROGRESS_S", "3600")
+    with profile_cmd._progress() as update:
+        for done in range(4):
+            update("export", done, 3)
+        update("time", 0, 10)
+        update("time", 10, 10)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["exporting models: 0 of 3", "exporting models: 3 of 3", "timing: 0 of 10", "timing: 10 of 10"]

@@ -183,7 +183,7 @@ def test_student_sources_and_errors(teacher, tmp_path):
     assert again.init == "export" and again.model.config.arch == ARCH
     with pytest.raises(CheckpointError, match="exactly one"):
         build_student(ARCH, from_export=tmp_path / "exp")
-    with pytest.raises(CheckpointError, match="not an exported model folder"):
+    with pytest.raises(CheckpointError, match="not a local Hugging Face model folder"):
         build_student(from_export=tmp_path)
     narrow = dataclasses.replace(TINY, output_dim=32)
     with pytest.raises(TeacherError, match="hidden size is 48"):

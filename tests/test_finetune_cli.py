@@ -39,7 +39,7 @@ def test_distill_finetune_evaluate_end_to_end(tiny):
              "--batch-size", "4", "--seq-len", "16")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "held-out hidden MSE" in r.output
-    assert "distilling: step 4/4 total" in r.output  # not a terminal: plain progress lines, not silence until the end
+    assert "distilling: step 4/4 hidden" in r.output  # not a terminal: plain progress lines, not silence until the end
     assert json.loads((root / "student" / "distill_report.json").read_text())["steps"] == 4
     r = _run("finetune-teacher", "--teacher", tiny["teacher"], "--out", root / "tft", "--epochs", "1", "--max-len", "32")
     assert r.exit_code == 0, r.output

@@ -120,7 +120,7 @@ def test_encoder_quality_refuses_bad_input(tiny_encoder, tmp_path):
     valid = SAMPLE_DIR / "wordnet-supersense-sample-valid.jsonl"
     with pytest.raises(TaskError, match="pass --train"):
         encoder_quality(tiny_encoder, valid)
-    with pytest.raises(TeacherError, match="not an encoder folder"):
+    with pytest.raises(TeacherError, match="not a local Hugging Face model folder"):
         encoder_quality(tmp_path, RETRIEVAL_SAMPLE)
     other = tmp_path / "other.jsonl"
     rows = [{"text": "a thing", "label": "never-seen"}, {"text": "b", "label": "x"}]

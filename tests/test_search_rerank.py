@@ -74,7 +74,7 @@ def test_read_heldout_default_and_errors(tmp_path):
     lines = read_heldout(limit=50)
     assert len(lines) == 50 and all(lines)
     (tmp_path / "empty.txt").write_text("\n\n")
-    with pytest.raises(Exception, match="is empty"):
+    with pytest.raises(Exception, match="has no paragraph"):
         read_heldout(tmp_path / "empty.txt")
 
 

@@ -87,16 +87,19 @@ def quiet_third_party() -> Iterator[None]:
     """
     loggers = [logging.getLogger(name) for name in THIRD_PARTY_LOGGERS]
     levels = [lg.level for lg in loggers]
+    disabled = logging.root.manager.disable
     env = os.environ.get("TRANSFORMERS_VERBOSITY")
     os.environ["TRANSFORMERS_VERBOSITY"] = env or "error"
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    logging.disable(logging.WARNING)  # also for loggers configured on import later (nncf sets its own to INFO)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore")
             warnings.filterwarnings("default", module=r"nasbert_deploy")
             yield
     finally:
+        logging.disable(disabled)
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
         if env is None:

@@ -67,11 +67,27 @@ def export(
     _export(request, prepared)
 
 
-def _show_check(check: Any) -> None:
-    mark = "[green]✓[/]" if check.passed else "[red]✗[/]"
-    extra = f", cosine {check.cosine_mean:.4f}" if check.kind == "int8" else f" (tol {check.tolerance:.1e})"
-    console.print(f"  {mark} {check.runtime:<17} {check.output} batch {check.batch} seq {check.seq_len:<4} "
-                  f"max abs diff {check.max_abs_diff:.2e}{extra}", highlight=False)
+class _Checks:
+    """The numeric validation in one line per artefact (its worst shape), not one per shape: every check is in
+    report.json. Collected while the export runs, printed when it succeeded (a failure is one error line)."""
+
+    def __init__(self) -> None:
+        self.by: dict[tuple[str, str], list[Any]] = {}
+
+    def __call__(self, check: Any) -> None:
+        self.by.setdefault((check.runtime, check.output), []).append(check)
+
+    def print(self) -> None:
+        outputs = {o for _, o in self.by}
+        console.print("numeric validation against PyTorch (every shape in report.json):")
+        for (runtime, output), cs in self.by.items():
+            ok = sum(c.passed for c in cs)
+            mark = "[green]✓[/]" if ok == len(cs) else "[red]✗[/]"
+            label = runtime if len(outputs) == 1 else f"{runtime}/{output}"
+            worst = f"max abs diff {max(c.max_abs_diff for c in cs):.1e}"
+            limit = (f", cosine >= {min(c.cosine_mean for c in cs):.4f}" if cs[0].kind == "int8"
+                     else f" (tol {cs[0].tolerance:.0e})")
+            console.print(f"  {mark} {label:<17} {ok}/{len(cs)} shapes, {worst}{limit}", highlight=False)
 
 
 def _export(request: Any, prepared: Any) -> None:
@@ -81,10 +97,12 @@ def _export(request: Any, prepared: Any) -> None:
     from nasbert_deploy.export.pipeline import export_model
     from nasbert_deploy.export.report import print_summary
 
+    checks = _Checks()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True) as bar:
+                  transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("export", total=None)
         report = export_model(prepared.model, request.out, prepared.tokenizer, request.spec, request.options,
-                              prepared.weights, on_step=lambda s: bar.update(task, description=s), on_check=_show_check,
+                              prepared.weights, on_step=lambda s: bar.update(task, description=s), on_check=checks,
                               more_specs=request.more_specs)
+    checks.print()
     print_summary(report, console, request.out)

@@ -231,7 +231,7 @@ def print_summary(report: dict[str, Any], console: Any, out: Path) -> None:
         console.print("[bold yellow]warning:[/] the weights are RANDOM (--init random): for latency studies only")
     t = Table(title=f"exported {report['arch']} ({format_params(report['params'])} params) to {out}")
     for col in ("what", "value"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col == "what")  # file names whole; the values wrap between words
     lats = report.get("latencies") or [lat]
     for one in lats:
         m = one.get("measured") or {}

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from nasbert_deploy.errors import TaskError, TeacherError
+from nasbert_deploy.errors import NasBertDeployError, TaskError, TeacherError
 
 RUNTIME_DEVICES = {
     "torch": "cpu-torch",
@@ -44,10 +44,10 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool = True) -> n
 
 
 def _check_encoder_folder(path: Path) -> None:
-    if not path.is_dir():
-        raise TeacherError(f"encoder {path} is not a folder; pass a local Hugging Face encoder or export folder")
-    if not (path / "config.json").is_file():
-        raise TeacherError(f"{path} is not an encoder folder (no config.json); pass a Hugging Face model or export folder")
+    """The one model-folder check (`teacher.read_model_config`): a folder whose config.json is a HF config."""
+    from nasbert_deploy.teacher import read_model_config
+
+    read_model_config(path, "encoder", TeacherError)
 
 
 class Embedder:
@@ -75,10 +75,16 @@ class Embedder:
         _check_encoder_folder(self.path)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise TeacherError(f"{self.path} has no usable tokenizer: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # a foreign folder: transformers raises many kinds; the user needs one line
+            why = (str(exc) or type(exc).__name__).splitlines()[0]
+            raise TeacherError(f"{self.path} has no usable tokenizer: {why}") from None
         spec = replace(load_device(RUNTIME_DEVICES[runtime]), threads=threads)
-        self.compiled = get_runtime(spec.runtime).load(self.path, spec)
+        try:
+            self.compiled = get_runtime(spec.runtime).load(self.path, spec)
+        except NasBertDeployError:
+            raise
+        except Exception as exc:  # damaged weights or a config the model class rejects
+            raise TeacherError(f"cannot load the encoder in {self.path}: {type(exc).__name__}: {exc}") from None
         self.runtime, self.max_len, self.batch_size, self.normalize = runtime, max_len, batch_size, normalize
         self.model_max = int(getattr(self.tokenizer, "model_max_length", max_len) or max_len)
 

@@ -109,7 +109,8 @@ def check_model_folder(path: str | Path, classifier: bool = False, option: str =
     if classifier and not is_classifier(config):
         kind = ", ".join(map(str, config.get("architectures") or [])) or config["model_type"]
         raise TaskError(f"{option} {path} is not a classifier (it holds a {kind}, no trained classification head); "
-                        "fine-tune it first with `nasbert-deploy finetune` or `finetune-teacher`")
+                        "fine-tune it first with `nasbert-deploy finetune` or `finetune-teacher`, or score its frozen "
+                        "embeddings with `evaluate --train FILE`")
 
 
 def model_labels(model: Any) -> list[str]:
