@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ import typer
 
 from nasbert_deploy.cli.common import DeviceOpt, SpaceName, console, device_spec, err_console
 from nasbert_deploy.devices import DeviceSpec
+from nasbert_deploy.runtimes.timing import STATISTICS
 
 app = typer.Typer()
 
@@ -47,6 +49,10 @@ def devices(
         console.print(f"not usable here: {line}", highlight=False)
 
 
+Statistic = Enum("Statistic", {k: k for k in ("auto", *STATISTICS)}, type=str)  # from runtimes.timing.STATISTICS
+Drift = Enum("Drift", {k: k for k in ("auto", "raw", "normalised")}, type=str)
+
+
 @app.command("profile")
 def profile(
     device: DeviceOpt = None,
@@ -65,8 +71,20 @@ def profile(
     rounds: Annotated[int, _opt("--rounds", min=1, help="Rounds per operation (shuffled passes); the lowest-median round "
                                 "is kept.")] = 3,
     model_rounds: Annotated[int, _opt("--model-rounds", min=1, help="Rounds per whole model, spread evenly over the same "
-                                      "passes (e.g. 5 with --model-min-time 0.2 on a noisy host).")] = 3,
-    model_min_time: Annotated[float, _opt("--model-min-time", min=0.0, help="Seconds of timing per whole-model round.")] = 0.3,
+                                      "passes; split in two halves for the noise ceiling.")] = 4,
+    model_min_time: Annotated[float, _opt("--model-min-time", min=0.0, help="Seconds of timing per whole-model round.")] = 0.2,
+    statistic: Annotated[Statistic, _opt("--statistic", help="How rounds combine into a figure; auto: the lowest "
+                                         "cross-validated error on the fitting models.")] = Statistic("auto"),
+    drift: Annotated[Drift, _opt("--drift", help="Figures relative to the reference model timed in the same pass "
+                                 "(normalised) or raw; auto: the lower cross-validated error.")] = Drift("auto"),
+    adaptive_budget: Annotated[float, _opt("--adaptive-budget", min=0.0, help="Extra rounds for items whose rounds "
+                                           "disagree, as a share of the base timing (0: off).")] = 0.15,
+    export_workers: Annotated[int, _opt("--export-workers", min=0, help="Export processes (0: one per CPU).")] = 0,
+    cache_dir: Annotated[Path | None, _opt("--cache-dir", help="Export cache (default $NASBERT_DEPLOY_CACHE or "
+                                           "~/.cache/nasbert-deploy/exports).")] = None,
+    pin_cpu: Annotated[int | None, _opt("--pin-cpu", min=0, help="Time on this CPU only (exports use all).")] = None,
+    holdout_seed: Annotated[int | None, _opt("--holdout-seed", help="Seed of the held-out models (new seed: new "
+                                             "models).")] = None,
     max_cv: Annotated[float, _opt("--max-cv", min=0.0, help="Re-measure above this coefficient of variation (0: never).")] = 0.1,
     seed: Annotated[int, _opt("--seed", help="Seed for the validation architectures and the timing order.")] = 0,
     force: Annotated[bool, _opt("--force", help="Replace an existing --out table or --bundle folder.")] = False,
@@ -94,7 +112,9 @@ def profile(
         check_output(target, "file", force, option="--out")
     settings = ProfileSettings(warmup=warmup, runs=runs, min_time_s=min_time, max_cv=max_cv or None, rounds=rounds,
                                model_rounds=model_rounds, model_min_time_s=model_min_time, validate=validate, seed=seed,
-                               holdout=holdout)
+                               holdout=holdout, holdout_seed=holdout_seed, drift=drift.value, statistic=statistic.value,
+                               adaptive_budget=adaptive_budget, export_workers=export_workers, pin_cpu=pin_cpu,
+                               cache_dir=str(cache_dir) if cache_dir else None)
     sp = get_space(space.value)
     if bundle is not None:
         _bundle(device, sp, bundle, settings)
@@ -143,6 +163,8 @@ def predict(
     space: SpaceOpt = SpaceName("standard"),
     seq_len: Annotated[int, _opt("--seq-len", min=2, help="Sequence length (interpolated between profiled ones).")] = 128,
     batch: Annotated[int, _opt("--batch", min=1, help="Batch size (a profiled one).")] = 1,
+    rescale: Annotated[bool, _opt("--rescale", help="Re-time the table's reference model now and scale the prediction "
+                                  "to the host's current state (needs the device here).")] = False,
 ) -> None:
     """Predicted latency of one architecture on a device, with the per-block breakdown."""
     from rich.table import Table
@@ -158,6 +180,7 @@ def predict(
             raise NasBertDeployError("pass --device NAME or --table FILE")
         table = find_table(device.name)
     lt = LatencyTable.load(table, space=sp)
+    lt = _check_machine(lt, device, rescale, batch, seq_len)
     p = lt.predict(a, batch, seq_len)
     console.print(f"arch {a}", highlight=False, soft_wrap=True)
     t = Table(title=f"{lt.device.get('name')}, batch {batch}, seq {seq_len}")
@@ -203,6 +226,25 @@ class _progress:
         self.bar.stop()
 
 
+def _check_machine(lt: Any, device: DeviceSpec | None, rescale: bool, batch: int, seq_len: int) -> Any:
+    """Warn in one line when the table was made on another machine; with `rescale`, scale it to the host now."""
+    from nasbert_deploy.profiling.host import host_factor, machine_mismatch
+
+    name = lt.device.get("name") or (device.name if device else "DEVICE")
+    note = machine_mismatch(lt.manifest, name)
+    if note:
+        err_console.print(f"[bold yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+    if not rescale:
+        return lt
+    if device is None:
+        from nasbert_deploy.devices import load_device
+
+        device = load_device(name)
+    factor = host_factor(device, lt, batch, seq_len)
+    console.print(f"host now runs the table's reference model {factor:.2f}x as long as when profiled: rescaled")
+    return lt.rescaled(factor)
+
+
 def _report(table: Any, path: Path) -> None:
     """What was written and how well it predicts, in a few lines (80 columns, pipes); per-point figures are in
     the table file's `validation`."""
@@ -230,7 +272,24 @@ def _report(table: Any, path: Path) -> None:
     if held:
         console.print(f"held-out whole models (timed in the same passes, never fitted), {_summary(held)}", highlight=False)
     _report_spread(val)
+    _report_noise(table, val)
     console.print(f"per-point figures: 'validation' in {path}", highlight=False, soft_wrap=True)
+
+
+def _report_noise(table: Any, val: dict[str, Any]) -> None:
+    """The host's own repeatability (the same models measured twice) beside the prediction, and which one limits."""
+    ceil = [v["noise_ceiling"] for v in val.values() if isinstance(v.get("noise_ceiling"), dict)]
+    if ceil:
+        limits = sorted({str(v.get("limited_by")) for v in val.values() if v.get("limited_by")})
+        within = _range([c.get("within_10pct") for c in ceil], 100.0)
+        console.print(f"noise ceiling (same models re-measured in other passes): within ±10% {within}%, "
+                      f"MAPE {_range([c.get('mape_pct') for c in ceil])}%"
+                      + (f"; the error is limited by: {', '.join(limits)}" if limits else ""), highlight=False)
+    m = getattr(table, "measurement", None) or {}
+    if m:
+        console.print(f"figures: {m.get('statistic', 'min')} of the rounds, "
+                      f"{'drift-normalised' if m.get('normalised') else 'raw'} ({m.get('chosen_by', 'default')})",
+                      highlight=False)
 
 
 def _range(values: list[Any], scale: float = 1.0) -> str:

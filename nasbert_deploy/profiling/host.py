@@ -166,3 +166,25 @@ def gpu_model() -> str | None:
     except ImportError:
         return None
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def machine_mismatch(manifest: dict[str, Any], device_name: str = "DEVICE") -> str | None:
+    """One line when a table's manifest was made on another machine (CPU model, logical CPUs, runtime versions)
+    than this one, saying what to do; None when they agree (or the manifest does not say)."""
+    import os
+
+    diffs = []
+    made_on, here = manifest.get("cpu_model"), cpu_model()
+    if made_on and made_on != here:
+        diffs.append(f"CPU {made_on!r} (here {here!r})")
+    cpus = (manifest.get("host_check") or {}).get("logical_cpus") or manifest.get("logical_cpus")
+    if isinstance(cpus, int) and cpus != os.cpu_count():
+        diffs.append(f"{cpus} logical CPUs (here {os.cpu_count()})")
+    now = environment()["runtime_versions"]
+    for dist, version in (manifest.get("runtime_versions") or {}).items():
+        if dist in ("onnxruntime", "openvino", "torch") and dist in now and now[dist] != version:
+            diffs.append(f"{dist} {version} (here {now[dist]})")
+    if not diffs:
+        return None
+    return (f"the latency table was made on another machine: {'; '.join(diffs)}; its figures may be off by 2x here: "
+            f"run `nasbert-deploy profile --device {device_name}` on this machine, or check with --rescale")
