@@ -41,7 +41,7 @@ from nasbert_deploy.devices import load_device
 from nasbert_deploy.fileio import write_json_atomic
 from nasbert_deploy.student.tasks import SAMPLE_DIR
 
-console = Console()
+console = Console(width=160)  # benchmark logs are read in files: no truncated cells
 CLASSIFICATION = ("debian-sections", "wordnet-supersense")
 RETRIEVAL = "debian-retrieval"
 QUICKSTART_BUDGET = (3.0, 10_000_000)  # the README's quick start: --max-latency-ms 3 --max-params 10M on cpu-ort
