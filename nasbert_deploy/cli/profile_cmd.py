@@ -91,7 +91,6 @@ def profile(
 ) -> None:
     """Time every distinct operation of the space on a device and write its latency table (resumable)."""
     from nasbert_deploy.errors import NasBertDeployError
-    from nasbert_deploy.fileio import check_output
     from nasbert_deploy.profiling.profiler import ProfileSettings
     from nasbert_deploy.space import get_space
 
@@ -105,20 +104,24 @@ def profile(
         return
     if device is None:
         raise NasBertDeployError("pass --device NAME (see `nasbert-deploy devices`) or --import results.json")
-    target = out or Path("profiles") / f"{device.name}.json"
-    if bundle is not None:
-        check_output(bundle, "dir", force, option="--bundle")
-    else:
-        check_output(target, "file", force, option="--out")
     settings = ProfileSettings(warmup=warmup, runs=runs, min_time_s=min_time, max_cv=max_cv or None, rounds=rounds,
                                model_rounds=model_rounds, model_min_time_s=model_min_time, validate=validate, seed=seed,
                                holdout=holdout, holdout_seed=holdout_seed, drift=drift.value, statistic=statistic.value,
                                adaptive_budget=adaptive_budget, export_workers=export_workers, pin_cpu=pin_cpu,
                                cache_dir=str(cache_dir) if cache_dir else None)
-    sp = get_space(space.value)
+    _profile_or_bundle(device, get_space(space.value), out, bundle, settings, force)
+
+
+def _profile_or_bundle(device: DeviceSpec, sp: Any, out: Path | None, bundle: Path | None, settings: Any, force: bool) -> None:
+    """Check the output first, then profile into a table (or write an on-device bundle)."""
+    from nasbert_deploy.fileio import check_output
+
+    target = out or Path("profiles") / f"{device.name}.json"
     if bundle is not None:
+        check_output(bundle, "dir", force, option="--bundle")
         _bundle(device, sp, bundle, settings)
         return
+    check_output(target, "file", force, option="--out")
     from nasbert_deploy.profiling.profiler import profile_device
 
     with _progress() as cb:
