@@ -1,13 +1,16 @@
-"""Which distillation losses make a searched student keep the teacher's frozen-embedding quality?
+"""Which distillation losses and which start make a student keep the teacher's frozen-embedding quality?
 
 Distils one student (default: the quick-start architecture, weights inherited from the shipped
-supernet) for `--steps` steps with each loss variant, then scores its frozen embeddings on the
+supernet; `--init etd-impt|etd-rand --space minilm-wide` extracts it from the teacher instead) for
+`--steps` steps with each loss variant, then scores its frozen embeddings on the
 valid splits (linear probes on debian-sections and wordnet-supersense, MRR / ranking loyalty on
 debian-retrieval) against the teacher. Results append to `--results` (JSON lines); finished
 variants are skipped, so an interrupted run resumes. The figures of 2026-12-02 are in
 `benchmarks/results/distill-losses-2026-12-02.jsonl` and docs/training.md.
 
     python benchmarks/bench_distill_losses.py --shared ../shared --steps 150 --variants hidden,hidden+emb,emb
+    python benchmarks/bench_distill_losses.py --shared ../shared --steps 1000 --variants hidden \
+        --init etd-impt --space minilm-wide --arch '256:mha,ffn,id,id|256:mha,ffn,id,id|256:mha,ffn,id,id'
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from nasbert_deploy.student.distill import DistillConfig, build_student, distill
+from nasbert_deploy.space import get_space
+from nasbert_deploy.student.distill import DistillConfig, Student, build_student, distill
 from nasbert_deploy.student.embeddings import Embedder, linear_probe
+from nasbert_deploy.student.extraction import etd_student, extraction_summary
 from nasbert_deploy.student.metrics import label_loyalty
 from nasbert_deploy.student.retrieval import load_retrieval, ranking_loyalty, retrieval_scores, top_k
 from nasbert_deploy.student.tasks import load_task
@@ -63,12 +68,23 @@ def frozen_scores(model_dir: Path, teacher: Embedder, shared: Path, threads: int
     return out
 
 
+def make(args: argparse.Namespace, teacher: Any, texts: list[str]) -> Student:
+    if args.init.startswith("etd-"):
+        student = etd_student(args.arch, get_space(args.space), teacher, texts, args.init)
+        print("extracted:", extraction_summary(student)["layer_map"])
+        return student
+    return build_student(args.arch, init=args.init, space=get_space(args.space))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shared", default="../shared", help="folder with tasks/ and corpus/")
     ap.add_argument("--arch", default=ARCH)
     ap.add_argument("--variants", default="hidden,hidden+emb,emb")
     ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--init", default="supernet", choices=("supernet", "random", "etd-impt", "etd-rand"))
+    ap.add_argument("--space", default="minilm", help="space of --arch for --init random / etd-*")
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--paragraphs", type=int, default=60000)
     ap.add_argument("--threads", type=int, default=1)
@@ -82,16 +98,18 @@ def main() -> None:
     texts = corpus(shared, args.paragraphs)
     teacher = Embedder(default_teacher_path(), threads=args.threads)
     for variant in args.variants.split(","):
-        tag = f"{variant}-{args.steps}"
+        tag = f"{variant}-{args.steps}" + ("" if args.init == "supernet" else f"-{args.init}-{args.arch}")
         if tag in done:
             print(f"{tag}: done, skipped")
             continue
         out = work / tag
         if not (out / "config.json").is_file():
-            cfg = DistillConfig(steps=args.steps, batch_size=32, seq_len=args.seq_len, lr=3e-4, checkpoint_every=50,
-                                **VARIANTS[variant])
+            cfg = DistillConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=3e-4,
+                                checkpoint_every=50, **VARIANTS[variant])
             t0 = time.time()
-            distill(build_student(args.arch), load_teacher(None), texts, out, cfg, note=print)
+            teacher_model = load_teacher(None)
+            student = make(args, teacher_model, texts)
+            distill(student, teacher_model, texts, out, cfg, note=print, metadata=extraction_summary(student))
             print(f"{tag}: distilled in {time.time() - t0:.0f} s")
         row = {"tag": tag, **frozen_scores(out, teacher, shared, args.threads)}
         with results.open("a") as f:

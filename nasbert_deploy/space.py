@@ -381,7 +381,23 @@ MINILM = SearchSpace(
     max_positions=512,
 )
 
-SPACES: dict[str, SearchSpace] = {"standard": STANDARD, "tiny": TINY, "minilm": MINILM}
+# The MiniLM-L6 teacher's own geometry (heads of 32, FFN 4x, 384-wide embeddings) up to its full width and
+# depth (4 layers per block = the 2 teacher layers a block distils), so Extract-Then-Distill copies its
+# weights unchanged (`model.etd`) and the space spans the teacher itself down to ~20x faster students.
+MINILM_WIDE = SearchSpace(
+    name="minilm-wide",
+    num_blocks=3,
+    layers_per_block=4,
+    hidden_sizes=(128, 192, 256, 320, 384),
+    conv_kernels=(3, 5, 7),
+    head_dim=32,
+    embed_dim=384,
+    output_dim=384,
+    vocab_size=30522,
+    max_positions=512,
+)
+
+SPACES: dict[str, SearchSpace] = {"standard": STANDARD, "tiny": TINY, "minilm": MINILM, "minilm-wide": MINILM_WIDE}
 
 
 def get_space(name: str) -> SearchSpace:

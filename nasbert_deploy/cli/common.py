@@ -21,7 +21,7 @@ from nasbert_deploy.devices import PRECISIONS, DeviceSpec
 from nasbert_deploy.errors import DeviceError, NasBertDeployError
 from nasbert_deploy.runtimes.base import RUNTIMES
 from nasbert_deploy.space import SPACES
-from nasbert_deploy.student import INITS
+from nasbert_deploy.student import INITS, STUDENT_INITS
 from nasbert_deploy.supernet.launch import TRAIN_DEVICES
 
 console = Console()
@@ -37,6 +37,7 @@ SpaceName = choice("SpaceName", SPACES)
 RuntimeName = choice("RuntimeName", RUNTIMES)
 PrecisionName = choice("PrecisionName", PRECISIONS)
 InitName = choice("InitName", INITS)
+StudentInitName = choice("StudentInitName", STUDENT_INITS)
 TrainDevice = choice("TrainDevice", TRAIN_DEVICES)
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import InitName, RuntimeName, SeedOpt, SpaceName, ThreadsOpt, Ticker, console, set_threads
+from nasbert_deploy.cli.common import RuntimeName, SeedOpt, SpaceName, StudentInitName, ThreadsOpt, Ticker, console, set_threads
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
 app = typer.Typer()
@@ -82,8 +82,10 @@ def distill_cmd(
     from_export: Annotated[Path | None, _opt("--from-export", help="Start from an exported NAS-BERT HF folder.")] = None,
     teacher: Annotated[Path | None, _opt("--teacher", help="Teacher HF folder (default: offline MiniLM-L6).")] = None,
     supernet: Annotated[Path | None, _opt("--supernet", help="Supernet checkpoint (default: the shipped one).")] = None,
-    init: Annotated[InitName, _opt("--init", help="Start --arch from supernet weights or random ones.")] = InitName("supernet"),
-    space: Annotated[SpaceName, _opt("--space", help="Search space for --init random.")] = SpaceName("minilm"),
+    init: Annotated[StudentInitName, _opt("--init", help="Start --arch from supernet weights, random ones, or the "
+                                          "teacher's most important (etd-impt) or random (etd-rand) units.")]
+    = StudentInitName("supernet"),
+    space: Annotated[SpaceName, _opt("--space", help="Search space for --init random / etd-*.")] = SpaceName("minilm"),
     valid_corpus: Annotated[Path | None, _opt("--valid-corpus", help="Held-out text for the reported losses.")] = None,
     steps: Annotated[int, _opt("--steps", min=1, help="Optimizer steps (raise it and rerun to continue training).")] = 2000,
     batch_size: BatchOpt = 16,
@@ -115,9 +117,25 @@ def distill_cmd(
     texts = read_paragraphs(corpus)
     held_out = read_paragraphs(valid_corpus) if valid_corpus else None
     resolve_teacher_path(teacher)  # a bad --teacher folder fails before the student is built
-    student = build_student(arch, from_export, supernet, init.value, get_space(space.value) if init.value == "random" else None)
+    if init.value.startswith("etd-"):
+        from nasbert_deploy.errors import CheckpointError
+        from nasbert_deploy.student.extraction import etd_student, extraction_summary
+
+        if arch is None or from_export is not None:
+            raise CheckpointError("--init etd-* extracts an --arch from the teacher; give --arch, not --from-export")
+        get_space(space.value).parse(arch)  # ArchError before the teacher is loaded
+        t = load_teacher(teacher)
+        with _progress("scoring the teacher's units") as update:
+            student = etd_student(arch, get_space(space.value), t, texts, init.value, seed=seed,
+                                  progress=lambda n, k: update(n, k, {}))
+        meta = extraction_summary(student)
+        console.print(f"extracted from the teacher ({init.value}): {meta['layer_map']}")
+    else:
+        random_space = get_space(space.value) if init.value == "random" else None
+        student = build_student(arch, from_export, supernet, init.value, random_space)
+        t, meta = load_teacher(teacher), {}
     with _progress("distilling") as update:
-        report = distill(student, load_teacher(teacher), texts, out, cfg, held_out, update, note=console.print)
+        report = distill(student, t, texts, out, cfg, held_out, update, metadata=meta, note=console.print)
     rows = {k: report[k] for k in ("arch", "params", "init", "steps", "train_s", "train_loss_last")}
     names = {"hidden": "held-out hidden MSE", "blocks": "held-out block MSE", "hidden_fvu": "held-out unexplained variance"}
     rows.update({names.get(k, k): v for k, v in report.get("heldout", {}).items()})

@@ -23,7 +23,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,7 @@ class Student:
     model: NasBertModel
     projections: nn.ModuleList
     init: str
+    extraction: dict[str, Any] = field(default_factory=dict)  # what came from which teacher unit (ETD starts)
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters()) + list(self.projections.parameters())

@@ -1,0 +1,213 @@
+"""Extract Then Distill: a NAS-BERT student initialised from its teacher's own parameters (ETD, Chen et al. 2021).
+
+A student of any architecture in a space whose `output_dim` is the teacher's width gets:
+
+- hidden dimensions: a width-h part of the network keeps the teacher's h most important residual
+  dimensions `S(h)` (one global ranking, so narrower sets nest inside wider ones); `embed_proj`, the
+  block boundaries and the output head become the selection matrices between those sets, so a student
+  with the teacher's width and layers reproduces the teacher exactly;
+- embeddings: copied when the space's `embed_dim` is the teacher's width; otherwise projected onto the
+  teacher word embeddings' top principal directions, with `embed_proj` undoing the projection and the
+  teacher's LayerNorm scale (approximate: LayerNorm then runs on fewer dimensions);
+- each `mha` op: the teacher layer it maps to (below) keeps its most important heads. When the space's
+  `head_dim` is g times the teacher's head size, a student head is g teacher heads side by side (its
+  query is scaled by 1/sqrt(g) so the logits keep their scale); any other head_dim cannot be extracted;
+- each `ffn` op: the mapped layer's most important `ffn_ratio * h` intermediate neurons;
+- separable convolutions and identities keep the model's own initialisation.
+
+Layer mapping (explicit and reported): block i distils teacher layers `split_layers` assigns it (as in
+block-wise distillation); the j-th of k ops of a kind in a block takes the block's teacher layer
+`layers[j * n // k]` (n layers in the block), so a student with one attention per block of two teacher
+layers takes layers 1, 3, 5 of a 6-layer teacher, as DistilBERT does. `layer_map` overrides it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nasbert_deploy.errors import TeacherError
+from nasbert_deploy.model.importance import Importance, teacher_shape
+from nasbert_deploy.model.modeling import NasBertConfig, NasBertModel
+from nasbert_deploy.model.ops import FeedForward, MultiHeadAttention
+from nasbert_deploy.space import Arch, SearchSpace
+from nasbert_deploy.teacher import split_layers
+
+LayerMap = list[list[int | None]]  # per block, per op: 0-based teacher layer, None for ops that are not extracted
+
+
+def default_layer_map(arch: Arch, teacher_layers: int) -> LayerMap:
+    """The mapping described in the module doc: per block, per op, a 0-based teacher layer (None: not extracted)."""
+    ends = split_layers(teacher_layers, len(arch.blocks))
+    starts = [0, *ends[:-1]]
+    out: LayerMap = []
+    for block, start, end in zip(arch.blocks, starts, ends):
+        layers = list(range(start, end))
+        row: list[int | None] = []
+        for pos, op in enumerate(block.ops):
+            if op.kind not in ("mha", "ffn"):
+                row.append(None)
+                continue
+            same = [p for p, o in enumerate(block.ops) if o.kind == op.kind]
+            j, k = same.index(pos), len(same)
+            row.append(layers[j * len(layers) // k])
+        out.append(row)
+    return out
+
+
+def _check(arch: Arch, space: SearchSpace, teacher: Any, layer_map: LayerMap) -> tuple[int, int, int, int]:
+    L, H, inner, D = teacher_shape(teacher)
+    d = D // H
+    if space.output_dim != D:
+        raise TeacherError(f"ETD needs a space whose output_dim is the teacher's width {D}; this one has {space.output_dim}")
+    if space.head_dim % d:
+        raise TeacherError(f"ETD needs head_dim a multiple of the teacher's head size {d}; the space has {space.head_dim}")
+    if max(arch.hiddens) > D:
+        raise TeacherError(f"ETD cannot extract hidden {max(arch.hiddens)} from a teacher of width {D}")
+    for b in arch.blocks:
+        if "ffn" in {o.kind for o in b.ops} and space.ffn_ratio * b.hidden > inner:
+            raise TeacherError(f"ETD cannot extract an FFN of {space.ffn_ratio * b.hidden} neurons from {inner}")
+        if "mha" in {o.kind for o in b.ops} and space.heads(b.hidden) * (space.head_dim // d) > H:
+            raise TeacherError(f"ETD cannot extract {space.heads(b.hidden)} heads of {space.head_dim} from {H} heads of {d}")
+    if [len(r) for r in layer_map] != [len(b.ops) for b in arch.blocks]:
+        raise TeacherError("the layer map needs one entry per op of every block")
+    for row, b in zip(layer_map, arch.blocks):
+        for t, op in zip(row, b.ops):
+            if op.kind in ("mha", "ffn") and (t is None or not 0 <= t < L):
+                raise TeacherError(f"layer map: {op} needs a teacher layer in 0..{L - 1}, got {t}")
+    return L, H, inner, D
+
+
+def check_extractable(arch: Arch, space: SearchSpace, teacher: Any, layer_map: LayerMap | None = None) -> None:
+    """TeacherError, before any importance is scored, if `arch` cannot be extracted from `teacher`."""
+    _check(arch, space, teacher, layer_map if layer_map is not None else default_layer_map(arch, teacher_shape(teacher)[0]))
+
+
+def _select(rows: list[int], cols: list[int], size: tuple[int, int]) -> torch.Tensor:
+    """A (len(rows), len(cols)) 0/1 matrix with 1 where rows[i] == cols[j] (dimension `size` only for dtype/shape)."""
+    m = torch.zeros(size)
+    where = {c: j for j, c in enumerate(cols)}
+    for i, r in enumerate(rows):
+        if r in where:
+            m[i, where[r]] = 1.0
+    return m
+
+
+@torch.no_grad()
+def _embeddings(student: NasBertModel, teacher: Any, s0: list[int]) -> None:
+    te, se = teacher.embeddings, student.embeddings
+    D, e = te.word_embeddings.weight.shape[1], se.word.weight.shape[1]
+    words, pos, types = te.word_embeddings.weight, te.position_embeddings.weight, te.token_type_embeddings.weight
+    n_pos, n_type = min(len(pos), len(se.position.weight)), min(len(types), len(se.token_type.weight))
+    n_words = min(len(words), len(se.word.weight))
+    gamma, beta = te.LayerNorm.weight, te.LayerNorm.bias
+    if e == D:
+        basis = torch.eye(D)
+        scale = 1.0
+    else:  # top principal directions of the word embeddings
+        _, _, v = torch.linalg.svd(words - words.mean(0), full_matrices=False)
+        basis = v[:e].T  # (D, e)
+        scale = (D / e) ** 0.5
+    se.word.weight[:n_words] = words[:n_words] @ basis
+    se.position.weight[:n_pos] = pos[:n_pos] @ basis
+    se.token_type.weight[:n_type] = types[:n_type] @ basis
+    if e == D:
+        se.norm.weight.copy_(gamma)
+        se.norm.bias.copy_(beta)
+        student.embed_proj.weight.copy_(_select(s0, list(range(D)), (len(s0), D)))
+        student.embed_proj.bias.zero_()
+    else:  # LN_D(x)[S] ~ gamma[S] * sqrt(D / e) * (LN_e(x V) V^T)[S] + beta[S]
+        se.norm.weight.fill_(1.0)
+        se.norm.bias.zero_()
+        student.embed_proj.weight.copy_(scale * gamma[s0, None] * basis[s0])
+        student.embed_proj.bias.copy_(beta[s0])
+
+
+@torch.no_grad()
+def _attention(op: MultiHeadAttention, layer: Any, heads: list[int], d: int, s: list[int], group: int) -> None:
+    att = layer.attention
+    dims = [h * d + i for h in heads for i in range(d)]  # the kept heads' context dimensions, grouped g by g
+    for mine, theirs in ((op.query, att.self.query), (op.key, att.self.key), (op.value, att.self.value)):
+        mine.weight.copy_(theirs.weight[dims][:, s])
+        mine.bias.copy_(theirs.bias[dims])
+    if group > 1:  # g teacher heads form one student head: keep the logits' scale
+        op.query.weight.mul_(group**-0.5)
+        op.query.bias.mul_(group**-0.5)
+    op.out.weight.copy_(att.output.dense.weight[s][:, dims])
+    op.out.bias.copy_(att.output.dense.bias[s])
+    op.norm.weight.copy_(att.output.LayerNorm.weight[s])
+    op.norm.bias.copy_(att.output.LayerNorm.bias[s])
+
+
+@torch.no_grad()
+def _ffn(op: FeedForward, layer: Any, neurons: list[int], s: list[int]) -> None:
+    op.fc1.weight.copy_(layer.intermediate.dense.weight[neurons][:, s])
+    op.fc1.bias.copy_(layer.intermediate.dense.bias[neurons])
+    op.fc2.weight.copy_(layer.output.dense.weight[s][:, neurons])
+    op.fc2.bias.copy_(layer.output.dense.bias[s])
+    op.norm.weight.copy_(layer.output.LayerNorm.weight[s])
+    op.norm.bias.copy_(layer.output.LayerNorm.bias[s])
+
+
+def extract_student(
+    arch: str | Arch,
+    space: SearchSpace,
+    teacher: Any,
+    importance: Importance,
+    layer_map: LayerMap | None = None,
+) -> tuple[NasBertModel, dict[str, Any]]:
+    """A `NasBertModel` of `arch` initialised from the BERT-class encoder `teacher` (see the module doc),
+    and a report of what came from where (1-based teacher layers, heads and neuron counts per op)."""
+    a = space.parse(str(arch)) if isinstance(arch, str) else space.validate(arch)
+    L = teacher_shape(teacher)[0]
+    lmap = layer_map if layer_map is not None else default_layer_map(a, L)
+    _, H, _, D = _check(a, space, teacher, lmap)
+    d, group = D // H, space.head_dim // (D // H)
+    torch.manual_seed(0)  # the ops ETD does not extract (convolutions) start as a random student does
+    student = NasBertModel(NasBertConfig.from_arch(str(a), space)).eval()
+    order = importance.hidden_order()
+    dims = {h: sorted(order[:h]) for h in set(a.hiddens)}
+    _embeddings(student, teacher, dims[a.blocks[0].hidden])
+    report_blocks = []
+    for i, (block, row) in enumerate(zip(a.blocks, lmap)):
+        s = dims[block.hidden]
+        ops_report = []
+        for op, module, t in zip(block.ops, student.blocks[i].layers, row):
+            if op.kind == "mha":
+                n = space.heads(block.hidden) * group
+                heads = importance.top(importance.heads[t], n)
+                # the most important heads first, so grouped student heads pair similar ranks
+                heads = sorted(heads, key=lambda h: -float(importance.heads[t][h])) if group > 1 else heads
+                _attention(module, teacher.encoder.layer[t], heads, d, s, group)
+                ops_report.append({"op": str(op), "teacher_layer": t + 1, "heads": [h + 1 for h in heads]})
+            elif op.kind == "ffn":
+                w = space.ffn_ratio * block.hidden
+                _ffn(module, teacher.encoder.layer[t], importance.top(importance.neurons[t], w), s)
+                ops_report.append({"op": str(op), "teacher_layer": t + 1, "neurons": w})
+            else:
+                ops_report.append({"op": str(op), "teacher_layer": None})
+        report_blocks.append({"hidden": block.hidden, "ops": ops_report})
+    with torch.no_grad():
+        hs = a.hiddens
+        for j, boundary in enumerate(student.boundaries):
+            boundary.weight.copy_(_select(dims[hs[j + 1]], dims[hs[j]], (hs[j + 1], hs[j])))
+            boundary.bias.zero_()
+        student.head.weight.copy_(_select(list(range(D)), dims[hs[-1]], (D, hs[-1])))
+        student.head.bias.zero_()
+    report = {
+        "method": f"etd-{importance.method}",
+        "importance_texts": importance.texts,
+        "embeddings": "copied" if space.embed_dim == D else f"projected onto {space.embed_dim} principal directions",
+        "blocks": report_blocks,
+    }
+    return student, report
+
+
+def describe_map(report: dict[str, Any]) -> str:
+    """One line: which teacher layer each student op came from, e.g. 'mha<L1 ffn<L1 id | ...'."""
+    parts = []
+    for block in report["blocks"]:
+        ops = [f"{o['op']}<L{o['teacher_layer']}" if o["teacher_layer"] else o["op"] for o in block["ops"]]
+        parts.append(f"{block['hidden']}: " + " ".join(ops))
+    return " | ".join(parts)
