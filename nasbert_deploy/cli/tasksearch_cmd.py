@@ -1,0 +1,99 @@
+"""`search-task`: task-specific architecture search (KD-NAS) with a controller, proxy distillation from a fine-tuned
+teacher and the device's latency table; the best student distilled on the whole task and exported.
+
+Thin shell over `nasbert_deploy.tasksearch`; heavy imports happen inside the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nasbert_deploy.cli.common import DeviceOpt, SeedOpt, ThreadsOpt, choice, console, set_threads
+from nasbert_deploy.student.tasks import SAMPLE_TASK
+
+app = typer.Typer()
+ControllerName = choice("ControllerName", ("reinforce", "evolution"))  # tasksearch.controllers.CONTROLLERS
+
+
+def _opt(*names: str, help: str, **kw: Any) -> Any:
+    return typer.Option(*names, help=help, **kw)
+
+
+@app.command("search-task")
+def search_task(
+    task: Annotated[str, _opt("--task", help=f"Task file (.jsonl/.csv/.tsv: text, [text_pair], label) or {SAMPLE_TASK}.")],
+    teacher_model: Annotated[Path, _opt("--teacher-model", help="Fine-tuned teacher classifier folder (its labels "
+                                        "must cover the task's).")],
+    max_latency_ms: Annotated[float, _opt("--max-latency-ms", help="Hard latency budget (ms) on --device, from its "
+                                          "latency table.")],
+    out: Annotated[Path, _opt("--out", help="Output folder: search/ (state, cache), student/, export/, result.json; "
+                              "run again to resume.")],
+    device: DeviceOpt = None,
+    max_params: Annotated[str | None, _opt("--max-params", help="Parameter budget (10M, 500K).")] = None,
+    valid: Annotated[Path | None, _opt("--valid", help="Task file the final student is reported on (default: a "
+                                       "stratified 10% of --task).")] = None,
+    controller: Annotated[ControllerName, _opt("--controller", help="REINFORCE with a baseline, or regularised "
+                                               "evolution.")] = ControllerName("reinforce"),
+    evaluations: Annotated[int, _opt("--evaluations", min=1, max=10_000, help="Distinct architectures to evaluate "
+                                     "(episodes are bounded at 4x this).")] = 30,
+    latency_weight: Annotated[float, _opt("--latency-weight", min=-1.0, max=0.0, help="w in the reward "
+                                          "accuracy * (latency / budget) ** w.")] = -0.07,
+    proxy_rows: Annotated[int, _opt("--proxy-rows", min=8, help="Training rows of each proxy distillation.")] = 384,
+    proxy_heldout: Annotated[int, _opt("--proxy-heldout", min=4, help="Held-out training rows scoring each proxy.")]
+    = 256,
+    proxy_epochs: Annotated[int, _opt("--proxy-epochs", min=1, max=50, help="Passes of each proxy distillation.")] = 2,
+    final_epochs: Annotated[int, _opt("--final-epochs", min=1, max=100, help="Passes of the final distillation.")] = 3,
+    seq_len: Annotated[int, _opt("--seq-len", min=2, help="Sequence length of the latency budget.")] = 128,
+    table: Annotated[Path | None, _opt("--table", help="Latency table (default: the device's, "
+                                       "./profiles/NAME.json or the shipped one).")] = None,
+    supernet: Annotated[Path | None, _opt("--supernet", help="Supernet folder (default: the shipped one).")] = None,
+    search_only: Annotated[bool, _opt("--search-only", help="Stop after the search (no final distillation, no "
+                                      "export).")] = False,
+    seed: SeedOpt = 0,
+    threads: ThreadsOpt = 0,
+    force: Annotated[bool, _opt("--force", help="Start over: remove a previous search in --out.")] = False,
+) -> None:
+    """Search the best student for one task within a device budget (KD-NAS), distil it on the task, export it."""
+    from dataclasses import replace
+
+    from nasbert_deploy.devices import load_device
+    from nasbert_deploy.search.run import parse_budget
+    from nasbert_deploy.tasksearch.proxy import ProxyConfig
+    from nasbert_deploy.tasksearch.request import DEFAULT_FINAL, TaskSearchRequest, prepare
+
+    spec = device or load_device("cpu-ort")
+    budget = parse_budget(max_latency_ms, max_params)
+    proxy = ProxyConfig(rows=proxy_rows, heldout=proxy_heldout, epochs=proxy_epochs, seed=seed)
+    request = TaskSearchRequest(task, teacher_model, spec, budget, out, valid, table, supernet, controller.value,
+                                evaluations, latency_weight, proxy, replace(DEFAULT_FINAL, epochs=final_epochs, seed=seed),
+                                spec.batch_sizes[0], seq_len, search_only, force, seed)
+    prepared = prepare(request)  # every check before any work
+    set_threads(threads)
+    _run(request, prepared)
+
+
+def _run(request: Any, prepared: Any) -> None:
+    from nasbert_deploy.cli.train_cmd import _progress
+    from nasbert_deploy.tasksearch.run import run_task_search
+
+    def note(line: str) -> None:
+        console.print(line, highlight=False, markup=False)
+
+    with _progress("final distillation") as update:
+        result = run_task_search(request, note, update, prepared=prepared)
+    s = result["search"]
+    console.print(f"searched {s['best_arch']} with {s['controller']}: {s['evaluations']} evaluations, {s['episodes']} "
+                  f"episodes, {s['rejected_over_budget']} over-budget samples rejected, {s['wall_s']:.0f} s",
+                  highlight=False)
+    if "export" in result:
+        e = result["export"]
+        measured = "n/a" if e["measured_ms"] is None else f"{e['measured_ms']:.2f}"
+        console.print(f"exported to {request.out / 'export'}: predicted {e['predicted_ms']:.2f} ms, measured {measured} "
+                      f"ms on {request.spec.name}; valid accuracy {result['final']['valid']['accuracy']:.3f}",
+                      highlight=False)
+        for flag in e["latency_flags"]:
+            console.print(f"[bold yellow]warning:[/] {flag}", highlight=False)
+    console.print(f"result: {request.out / 'result.json'}", highlight=False)

@@ -1,0 +1,65 @@
+"""The final student: the searched architecture, weights inherited from the supernet, distilled on the whole task
+from the teacher (`student.finetune.train_classifier`: resumable, best validation macro-F1 kept), scored on the
+valid split (accuracy, macro-F1, loyalty to the teacher), and its encoder exported through the normal export path
+(`export.pipeline.export_model`: ONNX / OpenVINO, numeric validation, predicted vs measured latency report).
+
+    out/student/   the task classifier (transformers folder, loads with AutoModelForSequenceClassification)
+    out/export/    the encoder export with report.json (the classifier head -- mean pooling and one Linear --
+                   stays in out/student; it is not part of the ONNX graph)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nasbert_deploy.devices import DeviceSpec
+from nasbert_deploy.student.finetune import FinetuneConfig, predict_logits, train_classifier
+from nasbert_deploy.student.metrics import evaluate_logits
+from nasbert_deploy.student.tasks import TaskData
+from nasbert_deploy.tasksearch.proxy import classifier_from_supernet
+
+
+def distill_final(arch: str, net: Any, tokenizer: Any, train: TaskData, valid: TaskData, labels: list[str],
+                  teacher_model: Path, out_dir: Path, cfg: FinetuneConfig, logits_dir: Path, progress: Any = None,
+                  note: Any = None) -> dict[str, Any]:
+    """Distil `arch` (from `net`) on `train` with the teacher's logits (cached in `logits_dir`); write `out_dir`;
+    return the finetune report plus the valid-split scores against the teacher."""
+    from nasbert_deploy.tasksearch.loop import teacher_logits
+
+    logits_dir.mkdir(parents=True, exist_ok=True)
+    t_train = teacher_logits(teacher_model, train, labels, logits_dir / "teacher_train.safetensors", "train", cfg.max_len)
+    t_valid = teacher_logits(teacher_model, valid, labels, logits_dir / "teacher_valid.safetensors", "valid", cfg.max_len)
+    model = classifier_from_supernet(net, arch, labels, cfg.seed)
+    key = {"arch": arch, "task": train.source, "teacher_model": str(teacher_model)}
+    report = train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_train, progress, key, note)
+    y = valid.label_ids({n: i for i, n in enumerate(labels)})
+    scores = evaluate_logits(y, predict_logits(model, tokenizer, valid, max_len=cfg.max_len), t_valid)
+    return {**report, "valid": scores.to_dict(), "model": model}
+
+
+def export_options(spec: DeviceSpec, budget_ms: float, batch: int, seq_len: int) -> Any:
+    """Export options for `spec`: the artefact it runs (ONNX; + OpenVINO IR; INT8 / fp16 as the device needs)."""
+    from nasbert_deploy.export.pipeline import ExportOptions
+
+    formats = ("onnx", "openvino") if spec.runtime == "openvino" else ("onnx",)
+    return ExportOptions(formats=formats, int8=spec.precision == "int8", fp16=spec.precision == "fp16" and
+                         spec.runtime == "openvino", batch=batch, seq_len=seq_len, budget_ms=(budget_ms,))
+
+
+def export_student(model: Any, tokenizer: Any, out_dir: Path, spec: DeviceSpec, budget_ms: float, batch: int, seq_len: int,
+                   weights: dict[str, Any], on_step: Any = None) -> dict[str, Any]:
+    """Export the classifier's encoder to `out_dir` with validation and the latency report; the report dict."""
+    from nasbert_deploy.export.pipeline import export_model
+
+    return export_model(model.nasbert, out_dir, tokenizer, spec, export_options(spec, budget_ms, batch, seq_len), weights,
+                        on_step=on_step)
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The export report's latency lines: predicted and measured median (ms), flags."""
+    lat = report.get("latency", {})
+    measured = lat.get("measured") or {}
+    return {"predicted_ms": lat.get("predicted_ms"), "measured_ms": measured.get("median_ms"),
+            "measured_p90_ms": measured.get("p90_ms"), "latency_flags": report.get("latency_flags", []),
+            "validation_passed": report.get("validation", {}).get("passed"), "machine": report.get("machine")}

@@ -1,0 +1,62 @@
+"""`search-task` from the library's side: check everything, search (resumable), distil the best on the whole task,
+export it, write `out/result.json`.
+
+    from nasbert_deploy.tasksearch.run import run_task_search
+    result = run_task_search(TaskSearchRequest("train.jsonl", Path("teacher-ft"), load_device("cpu-ort"),
+                                               Budget(5.0), Path("out")))
+    result["search"]["best_arch"], result["final"]["valid"]["accuracy"], result["export"]["measured_ms"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from nasbert_deploy.fileio import write_json_atomic
+from nasbert_deploy.tasksearch.request import STATE_DIR, TaskSearchRequest, prepare, request_dict
+
+Note = Callable[[str], None]
+
+
+def run_task_search(request: TaskSearchRequest, note: Note = print, progress: Any = None, on_step: Any = None,
+                    prepared: Any = None) -> dict[str, Any]:
+    """The whole task search; every input is checked before any work (`prepare`). Returns the result dict
+    (also written to `out/result.json`)."""
+    from nasbert_deploy.supernet.network import Supernet
+    from nasbert_deploy.tasksearch.final import distill_final, export_student, summary
+    from nasbert_deploy.tasksearch.loop import run_search
+
+    prepared = prepared or prepare(request)
+    pred = prepared.check.costs(prepared.fastest)
+    note(f"search space {prepared.space.name}, device {request.spec.name} (table {prepared.table_path}, "
+         f"{_cpu(prepared.table)}); fastest arch {pred.latency_ms:.2f} ms, budget {request.budget.flags()}")
+    net, _ = Supernet.load(prepared.supernet_dir)
+    net.eval()
+    outcome = run_search(request, prepared, net, note)
+    best = outcome.best
+    note(f"best: {outcome.best_arch} (proxy acc {best['accuracy']:.3f}, {best['latency_ms']:.2f} ms predicted, "
+         f"reward {best['reward']:.3f}); {outcome.evaluations} evaluations in {outcome.wall_s:.0f} s")
+    result: dict[str, Any] = {"request": request_dict(request), "labels": prepared.labels,
+                              "train_rows": len(prepared.train), "valid_rows": len(prepared.valid),
+                              "latency_table": str(prepared.table_path), "table_cpu": _cpu(prepared.table),
+                              "search": outcome.to_dict()}
+    if not request.search_only:
+        final = distill_final(outcome.best_arch, net, prepared.tokenizer, prepared.train, prepared.valid, prepared.labels,
+                              request.teacher_model, request.out / "student", request.final, request.out / STATE_DIR,
+                              progress, note)
+        model = final.pop("model")
+        result["final"] = final
+        note(f"final student: valid accuracy {final['valid']['accuracy']:.3f}, macro-F1 {final['valid']['macro_f1']:.3f}, "
+             f"label loyalty {final['valid']['label_loyalty']:.3f} (teacher {final['valid']['teacher_accuracy']:.3f})")
+        weights = {"init": "tasksearch", "supernet": str(prepared.supernet_dir), "task": str(request.task),
+                   "teacher_model": str(request.teacher_model), "note": "encoder of the task classifier in ../student"}
+        report = export_student(model, prepared.tokenizer, request.out / "export", request.spec,
+                                request.budget.max_latency_ms, request.batch, request.seq_len, weights, on_step)
+        result["export"] = summary(report)
+    write_json_atomic(request.out / "result.json", result)
+    return result
+
+
+def _cpu(table: Any) -> str:
+    manifest = getattr(table, "manifest", None) or {}
+    return f"made on {manifest.get('cpu_model') or 'an unknown CPU'}"
