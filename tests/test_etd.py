@@ -130,3 +130,26 @@ def test_cli_etd_needs_a_space_that_fits_the_teacher(tmp_path):
     assert not (tmp_path / "o").exists()
     r = CliRunner().invoke(app, [*args[:-4], "--from-export", str(src), "--steps", "1"])
     assert r.exit_code == 2 and "give --arch, not --from-export" in r.stderr, r.output
+
+
+def test_teacher_converts_exactly_and_fine_tunes_mean_pooled(tmp_path, teacher):
+    from nasbert_deploy.model.etd import convert_teacher
+    from nasbert_deploy.student.finetune import FinetuneConfig, finetune_teacher, load_classifier
+    from nasbert_deploy.student.tasks import load_task, sample_task_path
+
+    model = convert_teacher(teacher.model)
+    ids, mask = _inputs(teacher)
+    with torch.no_grad():
+        want = teacher.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-4)
+    src = tmp_path / "t"
+    teacher.model.save_pretrained(src)
+    teacher.tokenizer.save_pretrained(src)
+    train = load_task(sample_task_path("train")).subset(range(32))
+    valid = load_task(sample_task_path("valid")).subset(range(16))
+    report = finetune_teacher(src, train, valid, tmp_path / "ft", FinetuneConfig(epochs=1, batch_size=8, max_len=32),
+                              pooling="mean")
+    clf, _ = load_classifier(tmp_path / "ft")
+    assert type(clf).__name__ == "NasBertForSequenceClassification" and report["pooling"] == "mean"
+    assert report["best"]["epoch"] == 1

@@ -13,7 +13,17 @@ from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import RuntimeName, SeedOpt, SpaceName, StudentInitName, ThreadsOpt, Ticker, console, set_threads
+from nasbert_deploy.cli.common import (
+    RuntimeName,
+    SeedOpt,
+    SpaceName,
+    StudentInitName,
+    ThreadsOpt,
+    Ticker,
+    choice,
+    console,
+    set_threads,
+)
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
 app = typer.Typer()
@@ -29,6 +39,7 @@ ValidFractionOpt = Annotated[float, _opt("--valid-fraction", min=0.01, max=0.9,
 BatchOpt = Annotated[int, _opt("--batch-size", min=1, help="Examples per step.")]
 MaxLenOpt = Annotated[int, _opt("--max-len", min=2, help="Tokens per example (longer ones are truncated).")]
 LrOpt = Annotated[float, _opt("--lr", min=0.0, help="AdamW learning rate.")]
+PoolingName = choice("PoolingName", ("cls", "mean"))  # student.finetune.POOLINGS (torch-free here)
 EpochsOpt = Annotated[int, _opt("--epochs", min=1, help="Passes over the training rows.")]
 ForceOpt = Annotated[bool, _opt("--force", help="Replace an existing, non-empty --out folder.")]
 
@@ -186,6 +197,8 @@ def finetune_teacher_cmd(
     batch_size: BatchOpt = 16,
     max_len: MaxLenOpt = 128,
     lr: LrOpt = 2e-4,
+    pooling: Annotated[PoolingName, _opt("--pooling", help="cls: the encoder's own classifier ([CLS] pooler); mean: "
+                                         "mean-pooled, as sentence encoders are trained.")] = PoolingName("cls"),
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
@@ -200,7 +213,7 @@ def finetune_teacher_cmd(
     train, val = task_splits(task, valid, valid_fraction)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, seed=seed)
     with _progress("fine-tuning teacher") as update:
-        report = finetune_teacher(teacher, train, val, out, cfg, update, note=console.print)
+        report = finetune_teacher(teacher, train, val, out, cfg, update, note=console.print, pooling=pooling.value)
     _print_finetune(f"fine-tuned teacher -> {out}", report)
 
 

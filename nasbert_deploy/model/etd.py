@@ -204,6 +204,32 @@ def extract_student(
     return student, report
 
 
+def teacher_space(teacher: Any) -> SearchSpace:
+    """The space in which the BERT-class `teacher` is one architecture (`teacher_arch`): its width, head size,
+    FFN ratio, embeddings and vocabulary; one block per teacher layer."""
+    L, H, inner, D = teacher_shape(teacher)
+    cfg = teacher.config
+    if inner % D or getattr(cfg, "hidden_act", "gelu") != "gelu":
+        raise TeacherError(f"cannot convert the teacher: FFN {inner} is not a multiple of its width {D}, "
+                           f"or its activation {getattr(cfg, 'hidden_act', '?')!r} is not 'gelu'")
+    if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
+        raise TeacherError("cannot convert the teacher: only absolute position embeddings are supported")
+    return SearchSpace(name="teacher", num_blocks=L, layers_per_block=2, hidden_sizes=(D,), conv_kernels=(3,),
+                       head_dim=D // H, ffn_ratio=inner // D, embed_dim=D, output_dim=D, vocab_size=int(cfg.vocab_size),
+                       max_positions=int(cfg.max_position_embeddings), type_vocab_size=int(cfg.type_vocab_size))
+
+
+def convert_teacher(teacher: Any) -> NasBertModel:
+    """The teacher itself as a `NasBertModel` (same outputs, up to LayerNorm epsilon): every head, neuron and
+    dimension extracted, one block per layer. Lets the teacher train with the students' mean-pooling head."""
+    space = teacher_space(teacher)
+    L, H, inner, D = teacher_shape(teacher)
+    arch = "|".join([f"{D}:mha,ffn"] * L)
+    keep_all = Importance(torch.ones(L, H), torch.ones(L, inner), torch.ones(D), "all", 0)
+    model, _ = extract_student(arch, space, teacher, keep_all)
+    return model
+
+
 def describe_map(report: dict[str, Any]) -> str:
     """One line: which teacher layer each student op came from, e.g. 'mha<L1 ffn<L1 id | ...'."""
     parts = []

@@ -48,6 +48,9 @@ from nasbert_deploy.student.tasks import TaskData, iter_batches, label_maps, sor
 REPORT_NAME = "finetune_report.json"
 
 
+POOLINGS = ("cls", "mean")
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Hyper-parameters; `lam` and `temperature` only matter with a teacher."""
@@ -279,16 +282,43 @@ def finetune_teacher(
     cfg: FinetuneConfig,
     progress: ProgressFn | None = None,
     note: NoteFn | None = None,
+    pooling: str = "cls",
 ) -> dict[str, Any]:
-    """Fine-tune a teacher encoder (`None` = the offline MiniLM) as a sequence classifier on `train`."""
+    """Fine-tune a teacher encoder (`None` = the offline MiniLM) as a sequence classifier on `train`.
+
+    `pooling="cls"`: the encoder's own sequence-classification class (BERT: pooler over [CLS]).
+    `pooling="mean"`: the teacher converted exactly into a NAS-BERT model (`model.etd.convert_teacher`) under
+    the mean-pooling classifier the students use; right for sentence encoders trained with mean pooling."""
     from nasbert_deploy.teacher import resolve_teacher_path
 
+    if pooling not in POOLINGS:
+        raise TaskError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
     path = resolve_teacher_path(teacher)
     labels = sort_labels(set(train.labels) | set(valid.labels))
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_classifier(path, labels)
-    key = {"model": str(path), "task": train.source, "teacher_model": None}
+    if pooling == "mean":
+        model, tokenizer = mean_pooled_teacher(path, labels, cfg)
+    else:
+        model, tokenizer = load_classifier(path, labels)
+    key = {"model": str(path), "task": train.source, "teacher_model": None, "pooling": pooling}
     return train_classifier(model, tokenizer, train, valid, out_dir, cfg, None, progress, key, note)
+
+
+def mean_pooled_teacher(path: Path, labels: list[str], cfg: FinetuneConfig) -> tuple[Any, Any]:
+    """The teacher at `path` as a `NasBertForSequenceClassification` (mean pooling) with a fresh head for `labels`."""
+    from nasbert_deploy.model.etd import convert_teacher
+    from nasbert_deploy.model.modeling import NasBertConfig, NasBertForSequenceClassification
+    from nasbert_deploy.teacher import load_teacher
+
+    t = load_teacher(path)
+    encoder = convert_teacher(t.model)
+    id2label, label2id = label_maps(labels)
+    dropout = float(getattr(t.model.config, "hidden_dropout_prob", 0.1))
+    config = NasBertConfig(arch=encoder.config.arch, space=encoder.config.space, hidden_dropout_prob=dropout,
+                           num_labels=len(labels), id2label=id2label, label2id=label2id)
+    model = NasBertForSequenceClassification(config)
+    model.nasbert.load_state_dict(encoder.state_dict())
+    return model, t.tokenizer
 
 
 def runtime_logits(
