@@ -386,4 +386,12 @@ COMMANDS: dict[str, tuple[dict, int]] = {  # name -> (arguments of `command`, ca
                  "tm", [CLASSIFIER]), "--runtime": choice(("torch", "onnxruntime")), "--batch-size": ints(1, 64),
                  "--json": out_path("file", "report"), "--force": flag(), "--train": task("train.jsonl")},
         required=("--model",)), 140),
+    "prune": (dict(  # the model folders hold no weights: every case ends at validation or loading
+        prefix=["prune"],
+        options={"--model": model_dir("m", [ENCODER, CLASSIFIER]), "--task": task(), "--device": device(),
+                 "--max-latency-ms": floats(0.01, 50.0), "--out": out_path("dir"), "--valid": task("valid.jsonl"),
+                 "--teacher-model": model_dir("tm", [CLASSIFIER]), "--table": out_path("file", "table"),
+                 "--steps": ints(1, 5), "--seq-len": ints(2, 128), "--finetune-epochs": ints(0, 2), "--force": flag()},
+        required=("--model", "--task", "--device", "--max-latency-ms", "--out"),
+        poisons={"--out": bad_out("dir"), "--model": BAD_MODEL}), 60),
 }  # fmt: skip

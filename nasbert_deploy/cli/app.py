@@ -19,7 +19,16 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
 from nasbert_deploy import __version__
-from nasbert_deploy.cli import export_cmd, profile_cmd, search_cmd, space_cmd, supernet_cmd, tasksearch_cmd, train_cmd
+from nasbert_deploy.cli import (
+    export_cmd,
+    profile_cmd,
+    prune_cmd,
+    search_cmd,
+    space_cmd,
+    supernet_cmd,
+    tasksearch_cmd,
+    train_cmd,
+)
 from nasbert_deploy.errors import NasBertDeployError
 
 # what `main` sets (each only if unset): the command line never fetches anything from a model hub
@@ -143,6 +152,7 @@ app.add_typer(supernet_cmd.app, name="supernet")
 app.add_typer(search_cmd.app)  # search
 app.add_typer(export_cmd.app)  # export
 app.add_typer(train_cmd.app)  # distill, finetune, finetune-teacher, evaluate
+app.add_typer(prune_cmd.app)  # prune
 app.add_typer(tasksearch_cmd.app)  # search-task
 
 

@@ -87,7 +87,9 @@ def load_classifier(model_dir: str | Path, labels: list[str] | None = None) -> t
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from nasbert_deploy.model import modeling  # noqa: F401  (registers model_type "nasbert" with the Auto classes)
+    from nasbert_deploy.model.pruned_bert import register
 
+    register()  # model_type "pruned_bert" (`nasbert-deploy prune` outputs)
     p = Path(model_dir)
     check_model_folder(p, classifier=labels is None)
     kwargs: dict[str, Any] = {}

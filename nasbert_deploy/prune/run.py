@@ -1,0 +1,244 @@
+"""The `prune` command as one library call: checks, latency table, gates, pruning, fine-tuning, artefacts, report.
+
+Phases and where a resumed run picks up (all under the sibling work folder `<out>.work/`, removed at the end):
+
+1. latency table: loaded from `table_path` (default ./profiles/prune/NAME.json) or profiled and written there;
+2. gate training: `<out>.work/gates.ckpt` (step checkpoints) -> `<out>.work/pruned/` (model with gates applied);
+3. fine-tuning of the pruned model with distillation (`student.finetune.train_classifier`) -> `<out>.work/finetuned/`;
+4. `<out>` written atomically: HF folder with remote code, ONNX, OpenVINO IR, `prune_report.json`, after
+   numeric validation; latency of the unpruned and the pruned model measured side by side on the device.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasbert_deploy.devices import DeviceSpec
+from nasbert_deploy.errors import TaskError
+from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.model.loop import NoteFn, ProgressFn
+from nasbert_deploy.prune.gates import Selection, ffn_widths, head_counts
+from nasbert_deploy.prune.latency import PruneLatencyTable, default_table_path, table_name
+from nasbert_deploy.prune.profile import PruneProfileSettings, holdout_summary, profile_table
+from nasbert_deploy.prune.train import GateConfig, fit_selection, train_gates
+from nasbert_deploy.student.tasks import TaskData
+
+REPORT_NAME = "prune_report.json"
+SELECTION_NAME = "selection.json"
+Step = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PruneRequest:
+    model: Path
+    train: TaskData
+    valid: TaskData
+    out: Path
+    spec: DeviceSpec
+    max_latency_ms: float
+    gates: GateConfig = GateConfig()
+    finetune_epochs: int = 1
+    finetune_lr: float = 5e-5
+    teacher_model: Path | None = None
+    table_path: Path | None = None
+    profile: PruneProfileSettings = PruneProfileSettings()
+    timing_kwargs: dict[str, Any] = field(default_factory=lambda: {"warmup": 5, "runs": 20, "min_time_s": 0.5})
+
+
+def check_request(req: PruneRequest) -> dict[str, Any]:
+    """Cheap checks before any work (model folder is a BERT classifier, teacher too, task labels known); the config."""
+    from nasbert_deploy.prune.apply import check_supported
+    from nasbert_deploy.runtimes.base import require_available
+    from nasbert_deploy.student.finetune import check_model_folder
+    from nasbert_deploy.teacher import read_model_config
+
+    check_model_folder(req.model, classifier=True)
+    config = read_model_config(req.model, "--model", TaskError)
+    check_supported(config, req.model)
+    if req.teacher_model is not None:
+        check_model_folder(req.teacher_model, classifier=True, option="--teacher-model")
+    label2id = {str(v): int(k) for k, v in (config.get("id2label") or {}).items()}
+    for data in (req.train, req.valid):
+        data.label_ids(label2id)  # TaskError naming the labels the model's head does not know
+    if req.max_latency_ms <= 0:
+        raise TaskError(f"--max-latency-ms must be > 0, got {req.max_latency_ms:g}")
+    require_available(req.spec)
+    return config
+
+
+def get_table(req: PruneRequest, model_config: Any, progress: Callable[[str, int, int], None] | None,
+              note: NoteFn | None) -> tuple[PruneLatencyTable, Path]:
+    """The device's pruning table for this model's width: loaded if it exists, else profiled and saved."""
+    hidden, heads, ffn = int(model_config.hidden_size), int(model_config.num_attention_heads), int(model_config.intermediate_size)
+    s = req.profile
+    name = table_name(req.spec.name, hidden, heads, ffn, s.batch, s.seq_len)
+    path = req.table_path or default_table_path(name)
+    if path.is_file():
+        table = PruneLatencyTable.load(path)
+        table.check_model(hidden, heads, ffn)
+        if note:
+            note(f"latency table {path} (made {table.manifest.get('created', '?')} on {table.manifest.get('cpu_model', '?')})")
+        return table, path
+    if note:
+        note(f"profiling the pruning latency table for {req.spec.name} -> {path} (a few minutes, once per device and width)")
+    table = profile_table(model_config, req.spec, s, progress)
+    table.save(path)
+    return table, path
+
+
+def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | None = None,
+          profile_progress: Callable[[str, int, int], None] | None = None, step: Step | None = None) -> dict[str, Any]:
+    """Run every phase (see the module doc); returns the report (also written to `<out>/prune_report.json`)."""
+    import torch
+
+    from nasbert_deploy.model.loop import checkpoint_dir
+    from nasbert_deploy.model.pruned_bert import register
+    from nasbert_deploy.prune.apply import kept_summary, prune_model
+    from nasbert_deploy.prune.gates import GatedModel
+    from nasbert_deploy.student.finetune import FinetuneConfig, load_classifier, model_labels, predict_logits, train_classifier
+    from nasbert_deploy.student.metrics import evaluate_logits
+
+    say = step or (lambda _s: None)
+    check_request(req)
+    register()
+    model, tokenizer = load_classifier(req.model)
+    labels = model_labels(model)
+    label2id = {n: i for i, n in enumerate(labels)}
+    heads0, width0 = head_counts(model)[0], ffn_widths(model)[0]
+    layers = len(head_counts(model))
+    table, table_path = get_table(req, model.config, profile_progress, note)
+    table.check_budget(req.max_latency_ms, layers, req.spec.name)
+    gcfg = req.gates
+    teacher, t_tok = (model, tokenizer) if req.teacher_model is None else load_classifier(req.teacher_model)
+    if req.teacher_model is not None and sorted(model_labels(teacher)) != sorted(labels):
+        raise TaskError(f"--teacher-model labels {model_labels(teacher)} differ from the model's {labels}")
+    say("teacher logits")
+    perm = [model_labels(teacher).index(n) for n in labels]
+    t_train = predict_logits(teacher, t_tok, req.train, max_len=gcfg.max_len)[:, perm]
+    t_valid = predict_logits(teacher, t_tok, req.valid, max_len=gcfg.max_len)[:, perm]
+    unpruned_valid = t_valid if req.teacher_model is None else predict_logits(model, tokenizer, req.valid, max_len=gcfg.max_len)
+    work = req.out.with_name(req.out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    key = {"model": str(req.model), "task": req.train.source, "device": req.spec.name, "table": table.manifest["name"],
+           "teacher_model": None if req.teacher_model is None else str(req.teacher_model)}
+    pruned_dir, tuned_dir = work / "pruned", work / "finetuned"
+    if (pruned_dir / SELECTION_NAME).is_file():
+        import json
+
+        saved = json.loads((pruned_dir / SELECTION_NAME).read_text())
+        sel, gate_report = Selection.from_dict(saved["selection"]), saved["gates"]
+        if note:
+            note(f"resuming after gate training ({pruned_dir})")
+    else:
+        import copy
+
+        teacher_copy = copy.deepcopy(teacher).eval() if gcfg.hidden_weight > 0 else None
+        gated = GatedModel(copy.deepcopy(model), init=gcfg.gate_init)
+        y_train = req.train.label_ids(label2id)
+        gate_report = train_gates(gated, tokenizer, req.train, y_train, t_train, table, req.max_latency_ms, gcfg,
+                                  checkpoint_dir(work / "gates"), key, teacher_copy, progress, note)
+        sel = fit_selection(gated, table, req.max_latency_ms)
+        gated.remove_hooks()
+        pruned = prune_model(gated.model, sel)
+        with atomic_dir(pruned_dir) as tmp:
+            pruned.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_json_atomic(tmp / SELECTION_NAME, {"selection": sel.to_dict(), "gates": gate_report})
+        shutil.rmtree(checkpoint_dir(work / "gates"), ignore_errors=True)
+    pruned, _ = load_classifier(pruned_dir)
+    y_valid = req.valid.label_ids(label2id)
+    after_gates = evaluate_logits(y_valid, predict_logits(pruned, tokenizer, req.valid, max_len=gcfg.max_len), unpruned_valid)
+    ft_report = None
+    if req.finetune_epochs > 0:
+        if not (tuned_dir / "config.json").is_file():
+            say("fine-tuning the pruned model")
+            fcfg = FinetuneConfig(epochs=req.finetune_epochs, batch_size=gcfg.batch_size, max_len=gcfg.max_len,
+                                  lr=req.finetune_lr, lam=gcfg.distill_weight, temperature=gcfg.temperature, seed=gcfg.seed)
+            train_classifier(pruned, tokenizer, req.train, req.valid, tuned_dir, fcfg, t_train, progress,
+                             {**key, "phase": "prune-finetune"}, note)
+        pruned, _ = load_classifier(tuned_dir)
+        ft_report = json_or_none(tuned_dir / "finetune_report.json")
+    torch.manual_seed(0)
+    final = evaluate_logits(y_valid, predict_logits(pruned, tokenizer, req.valid, max_len=gcfg.max_len), unpruned_valid)
+    unpruned_eval = evaluate_logits(y_valid, unpruned_valid)
+    report = _finish(req, model, pruned, tokenizer, table, table_path, sel, layers, say)
+    report.update({
+        "model": str(req.model), "task": req.train.source, "valid": req.valid.source, "labels": labels,
+        "teacher_model": key["teacher_model"], "gates": gate_report, "gate_config": gcfg.to_dict(),
+        "finetune": ft_report, "finetune_epochs": req.finetune_epochs,
+        "kept": kept_summary(sel, heads0, width0), "selection": sel.to_dict(),
+        "quality": {"unpruned": unpruned_eval.to_dict(), "after_gates": after_gates.to_dict(), "pruned": final.to_dict()},
+    })
+    with atomic_dir(req.out) as tmp:
+        for f in Path(report.pop("_staging")).iterdir():
+            shutil.move(str(f), tmp / f.name)
+        write_json_atomic(tmp / REPORT_NAME, report)
+    shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def json_or_none(path: Path) -> Any:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _finish(req: PruneRequest, model: Any, pruned: Any, tokenizer: Any, table: PruneLatencyTable, table_path: Path,
+            sel: Selection, layers: int, say: Step) -> dict[str, Any]:
+    """Artefacts into a staging folder beside `out`, validation, side-by-side latency; the report's deployment part."""
+    from nasbert_deploy.export.report import machine
+    from nasbert_deploy.prune.artefacts import latency_rows, measure_side_by_side, validate_artefacts, write_artefacts
+
+    staging = req.out.with_name(req.out.name + ".work") / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    say("ONNX and OpenVINO export")
+    write_artefacts(pruned, tokenizer, staging)
+    say("numeric validation")
+    checks = validate_artefacts(pruned, staging)
+    say(f"latency on {req.spec.name}")
+    s = req.profile
+    measured = measure_side_by_side({"unpruned": model, "pruned": pruned}, req.spec, s.batch, s.seq_len, req.timing_kwargs,
+                                    {"pruned": staging})
+    shapes = {"unpruned": ([table.heads] * layers, [table.ffn] * layers), "pruned": (sel.head_counts, sel.widths)}
+    params = {"unpruned": sum(p.numel() for p in model.parameters()), "pruned": sum(p.numel() for p in pruned.parameters())}
+    return {
+        "_staging": str(staging),
+        "device": req.spec.name,
+        "max_latency_ms": req.max_latency_ms,
+        "batch": s.batch,
+        "seq_len": s.seq_len,
+        "latency": latency_rows(table, measured, shapes, req.max_latency_ms),
+        "table": {"path": str(table_path), "name": table.manifest["name"], "scale": table.scale,
+                  "holdout": holdout_summary(table)},
+        "validation": {"checks": len(checks), "passed": sum(c.passed for c in checks),
+                       "max_abs_diff": {n: max(c.max_abs_diff for c in checks if c.runtime == n)
+                                        for n in sorted({c.runtime for c in checks})}},
+        "params": params,
+        "machine": machine(),
+    }
+
+
+def summary_rows(report: dict[str, Any]) -> dict[str, Any]:
+    """The printed summary: one row per figure."""
+    lat, q = report["latency"], report["quality"]
+    rows: dict[str, Any] = {}
+    for name in ("unpruned", "pruned"):
+        m = lat["models"][name]
+        rows[f"{name} latency ms (predicted / measured)"] = f"{m['predicted_ms']:.2f} / {m['measured_ms']:.2f}"
+    if "measured_speedup" in lat:
+        rows["measured speed-up"] = f"{lat['measured_speedup']:.2f}x (budget {report['max_latency_ms']:g} ms)"
+    rows["heads per layer"] = " ".join(map(str, report["kept"]["heads_per_layer"]))
+    rows["FFN neurons per layer"] = " ".join(map(str, report["kept"]["ffn_per_layer"]))
+    rows["params (unpruned -> pruned)"] = f"{report['params']['unpruned']:,} -> {report['params']['pruned']:,}"
+    for name in ("unpruned", "after_gates", "pruned"):
+        rows[f"valid accuracy ({name.replace('_', ' ')})"] = f"{q[name]['accuracy']:.4f}"
+    rows["label loyalty / probability loyalty"] = f"{q['pruned']['label_loyalty']:.4f} / {q['pruned']['probability_loyalty']:.4f}"
+    rows["validation"] = f"{report['validation']['passed']}/{report['validation']['checks']} checks passed"
+    for flag in lat["flags"]:
+        rows["flag"] = flag
+    return rows
