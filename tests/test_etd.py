@@ -153,3 +153,21 @@ def test_teacher_converts_exactly_and_fine_tunes_mean_pooled(tmp_path, teacher):
     clf, _ = load_classifier(tmp_path / "ft")
     assert type(clf).__name__ == "NasBertForSequenceClassification" and report["pooling"] == "mean"
     assert report["best"]["epoch"] == 1
+
+
+def test_supernet_starts_from_the_teacher(teacher, impt):
+    from nasbert_deploy.supernet.etd_init import check_space_extractable, init_supernet_from_teacher
+    from nasbert_deploy.supernet.network import Supernet
+
+    net = Supernet(SPACE)
+    mapping = init_supernet_from_teacher(net, teacher.model, impt)
+    assert mapping == [[1, 1], [2, 2]]  # one teacher layer per block, both positions
+    ids, mask = _inputs(teacher)
+    with torch.no_grad():
+        want = teacher.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = net.extract("48:mha,ffn|48:mha,ffn")(input_ids=ids, attention_mask=mask).last_hidden_state
+        narrow = net.extract("24:mha,ffn|24:ffn,sep3")(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-4)  # the full-width path is the teacher
+    assert torch.isfinite(narrow).all()
+    with pytest.raises(TeacherError, match="use --init random"):
+        check_space_extractable(TINY, teacher.model)

@@ -55,6 +55,8 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, teacher_dir):
     assert res.exit_code == 2 and "has no checkpoint" in res.output
     res = runner.invoke(app, _train_args(teacher_dir, out, "--space", "minilm"))
     assert res.exit_code == 2 and "does not fit space 'minilm'" in res.output
+    res = runner.invoke(app, _train_args(teacher_dir, out, "--init", "etd-impt"))  # tiny: heads of 16, teacher's of 12
+    assert res.exit_code == 2 and "head_dim 16 is not a multiple of the teacher's head size 12" in res.output, res.output
     res = runner.invoke(app, _train_args(teacher_dir, out, "--corpus", str(tmp_path / "none.txt")))
     assert res.exit_code == 2 and "does not exist" in res.output
     assert not out.exists()

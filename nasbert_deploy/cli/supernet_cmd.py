@@ -10,9 +10,10 @@ from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import SpaceName, ThreadsOpt, Ticker, TrainDevice, console, err_console
+from nasbert_deploy.cli.common import SpaceName, ThreadsOpt, Ticker, TrainDevice, choice, console, err_console
 
 app = typer.Typer(help="Train and inspect the weight-sharing supernet.", no_args_is_help=True)
+SupernetInit = choice("SupernetInit", ("random", "etd-impt", "etd-rand"))  # supernet.etd_init.SUPERNET_INITS, torch-free
 
 
 class _RichReporter:
@@ -81,6 +82,8 @@ def train(
     checkpoint_every: Annotated[int, _opt("Steps between checkpoints (also at every epoch end).", min=1)] = 200,
     blocks: Annotated[str | None, _opt("Train only these 0-based blocks, e.g. '0,2' (block 0 includes the embedding).")] = None,
     seed: Annotated[int, _opt("Seed for init, batches and sampled paths.")] = 0,
+    init: Annotated[SupernetInit, _opt("random; or every candidate extracted from the teacher's most important "
+                                       "(etd-impt) or random (etd-rand) units.")] = SupernetInit("random"),
     device: Annotated[TrainDevice, _opt("Where to train (torchrun: one GPU per process).")] = TrainDevice("auto"),
     threads: ThreadsOpt = 0,
     fp16: Annotated[bool, typer.Option("--fp16/--fp32", help="Store the final supernet weights in fp16.")] = False,
@@ -108,7 +111,7 @@ def train(
     block_sel = parse_blocks(blocks, sp.num_blocks)
     table = LatencyTable.load(device_table, sp) if device_table is not None else None  # TableError: another space
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, shrink=shrink,
-                      checkpoint_every=checkpoint_every, seed=seed, blocks=block_sel)
+                      checkpoint_every=checkpoint_every, seed=seed, blocks=block_sel, init=init.value)
     rank = process_rank()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, disable=rank != 0 or not err_console.is_terminal) as progress:

@@ -23,6 +23,8 @@ layers takes layers 1, 3, 5 of a 6-layer teacher, as DistilBERT does. `layer_map
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +32,7 @@ import torch
 from nasbert_deploy.errors import TeacherError
 from nasbert_deploy.model.importance import Importance, teacher_shape
 from nasbert_deploy.model.modeling import NasBertConfig, NasBertModel
-from nasbert_deploy.model.ops import FeedForward, MultiHeadAttention
+from nasbert_deploy.model.ops import Embeddings, FeedForward, MultiHeadAttention
 from nasbert_deploy.space import Arch, SearchSpace
 from nasbert_deploy.teacher import split_layers
 
@@ -84,7 +86,7 @@ def check_extractable(arch: Arch, space: SearchSpace, teacher: Any, layer_map: L
     _check(arch, space, teacher, layer_map if layer_map is not None else default_layer_map(arch, teacher_shape(teacher)[0]))
 
 
-def _select(rows: list[int], cols: list[int], size: tuple[int, int]) -> torch.Tensor:
+def selection(rows: list[int], cols: list[int], size: tuple[int, int]) -> torch.Tensor:
     """A (len(rows), len(cols)) 0/1 matrix with 1 where rows[i] == cols[j] (dimension `size` only for dtype/shape)."""
     m = torch.zeros(size)
     where = {c: j for j, c in enumerate(cols)}
@@ -94,38 +96,71 @@ def _select(rows: list[int], cols: list[int], size: tuple[int, int]) -> torch.Te
     return m
 
 
+@dataclass(frozen=True)
+class EmbeddingInit:
+    """The teacher's embeddings at a student's width E: tables (rows, E), the student's LayerNorm (E,) and the
+    affine `adapter` (T, E) + (T,) after it that returns to the teacher's width T (identity when E = T)."""
+
+    word: torch.Tensor
+    position: torch.Tensor
+    token_type: torch.Tensor
+    norm_weight: torch.Tensor
+    norm_bias: torch.Tensor
+    adapter_weight: torch.Tensor
+    adapter_bias: torch.Tensor
+
+
+@torch.no_grad()
+def teacher_embeddings(teacher: Any, embed_dim: int) -> EmbeddingInit:
+    """Copy (E = T) or truncated-SVD projection (E < T) of the teacher's embeddings (see docs/supernet.md).
+
+    Teacher word table W (V, T) = U S Vh; P = Vh[:E].T (T, E). Student tables = teacher tables @ P;
+    adapter = diag(teacher LN gamma) P sqrt(T/E) with bias teacher LN beta, so that
+    adapter(LN_E(z P)) ~ LN_T(z) when the top-E directions hold most of z's energy."""
+    emb = teacher.get_input_embeddings().weight.detach().float()  # (V, T)
+    T = emb.shape[1]
+    if embed_dim > T:
+        raise TeacherError(f"cannot project the teacher's {T}-wide embeddings to a wider {embed_dim}")
+    temb = getattr(teacher, "embeddings", None)
+    ln = getattr(temb, "LayerNorm", None)
+    gamma = ln.weight.detach().float() if ln is not None else torch.ones(T)
+    beta = ln.bias.detach().float() if ln is not None else torch.zeros(T)
+    proj = torch.eye(T) if embed_dim == T else torch.linalg.svd(emb, full_matrices=False)[2][:embed_dim].T
+
+    def table(name: str) -> torch.Tensor:
+        src = getattr(temb, name, None)
+        return torch.zeros(0, embed_dim) if src is None else src.weight.detach().float() @ proj
+
+    if embed_dim == T:
+        norm_w, norm_b, adapter_w, adapter_b = gamma, beta, torch.eye(T), torch.zeros(T)
+    else:
+        norm_w, norm_b = torch.ones(embed_dim), torch.zeros(embed_dim)
+        adapter_w, adapter_b = gamma[:, None] * proj * math.sqrt(T / embed_dim), beta
+    return EmbeddingInit(emb @ proj, table("position_embeddings"), table("token_type_embeddings"), norm_w, norm_b,
+                         adapter_w, adapter_b)
+
+
+@torch.no_grad()
+def load_embeddings(dst: Embeddings, init: EmbeddingInit) -> None:
+    """Write `init`'s tables and LayerNorm into a student's `Embeddings` (rows beyond the teacher's stay)."""
+    for table, src in ((dst.word, init.word), (dst.position, init.position), (dst.token_type, init.token_type)):
+        n = min(len(src), len(table.weight))
+        table.weight[:n] = src[:n]
+    dst.norm.weight.copy_(init.norm_weight)
+    dst.norm.bias.copy_(init.norm_bias)
+
+
 @torch.no_grad()
 def _embeddings(student: NasBertModel, teacher: Any, s0: list[int]) -> None:
-    te, se = teacher.embeddings, student.embeddings
-    D, e = te.word_embeddings.weight.shape[1], se.word.weight.shape[1]
-    words, pos, types = te.word_embeddings.weight, te.position_embeddings.weight, te.token_type_embeddings.weight
-    n_pos, n_type = min(len(pos), len(se.position.weight)), min(len(types), len(se.token_type.weight))
-    n_words = min(len(words), len(se.word.weight))
-    gamma, beta = te.LayerNorm.weight, te.LayerNorm.bias
-    if e == D:
-        basis = torch.eye(D)
-        scale = 1.0
-    else:  # top principal directions of the word embeddings
-        _, _, v = torch.linalg.svd(words - words.mean(0), full_matrices=False)
-        basis = v[:e].T  # (D, e)
-        scale = (D / e) ** 0.5
-    se.word.weight[:n_words] = words[:n_words] @ basis
-    se.position.weight[:n_pos] = pos[:n_pos] @ basis
-    se.token_type.weight[:n_type] = types[:n_type] @ basis
-    if e == D:
-        se.norm.weight.copy_(gamma)
-        se.norm.bias.copy_(beta)
-        student.embed_proj.weight.copy_(_select(s0, list(range(D)), (len(s0), D)))
-        student.embed_proj.bias.zero_()
-    else:  # LN_D(x)[S] ~ gamma[S] * sqrt(D / e) * (LN_e(x V) V^T)[S] + beta[S]
-        se.norm.weight.fill_(1.0)
-        se.norm.bias.zero_()
-        student.embed_proj.weight.copy_(scale * gamma[s0, None] * basis[s0])
-        student.embed_proj.bias.copy_(beta[s0])
+    init = teacher_embeddings(teacher, student.embeddings.word.weight.shape[1])
+    load_embeddings(student.embeddings, init)
+    student.embed_proj.weight.copy_(init.adapter_weight[s0])  # the adapter's rows for the kept dimensions
+    student.embed_proj.bias.copy_(init.adapter_bias[s0])
 
 
 @torch.no_grad()
-def _attention(op: MultiHeadAttention, layer: Any, heads: list[int], d: int, s: list[int], group: int) -> None:
+def copy_attention(op: MultiHeadAttention, layer: Any, heads: list[int], d: int, s: list[int], group: int) -> None:
+    """Teacher `layer`'s attention restricted to `heads` (of size d, grouped g at a time) and residual dims `s`."""
     att = layer.attention
     dims = [h * d + i for h in heads for i in range(d)]  # the kept heads' context dimensions, grouped g by g
     for mine, theirs in ((op.query, att.self.query), (op.key, att.self.key), (op.value, att.self.value)):
@@ -141,13 +176,21 @@ def _attention(op: MultiHeadAttention, layer: Any, heads: list[int], d: int, s: 
 
 
 @torch.no_grad()
-def _ffn(op: FeedForward, layer: Any, neurons: list[int], s: list[int]) -> None:
+def copy_ffn(op: FeedForward, layer: Any, neurons: list[int], s: list[int]) -> None:
+    """Teacher `layer`'s FFN restricted to intermediate `neurons` and residual dims `s`."""
     op.fc1.weight.copy_(layer.intermediate.dense.weight[neurons][:, s])
     op.fc1.bias.copy_(layer.intermediate.dense.bias[neurons])
     op.fc2.weight.copy_(layer.output.dense.weight[s][:, neurons])
     op.fc2.bias.copy_(layer.output.dense.bias[s])
     op.norm.weight.copy_(layer.output.LayerNorm.weight[s])
     op.norm.bias.copy_(layer.output.LayerNorm.bias[s])
+
+
+def choose_heads(importance: Importance, layer: int, student_heads: int, group: int) -> list[int]:
+    """The teacher heads (0-based) of `layer` that make `student_heads` heads of `group` teacher heads each:
+    the most important ones, in index order, or by rank when grouped (so a group pairs similar ranks)."""
+    heads = importance.top(importance.heads[layer], student_heads * group)
+    return sorted(heads, key=lambda h: -float(importance.heads[layer][h])) if group > 1 else heads
 
 
 def extract_student(
@@ -175,15 +218,12 @@ def extract_student(
         ops_report = []
         for op, module, t in zip(block.ops, student.blocks[i].layers, row):
             if op.kind == "mha":
-                n = space.heads(block.hidden) * group
-                heads = importance.top(importance.heads[t], n)
-                # the most important heads first, so grouped student heads pair similar ranks
-                heads = sorted(heads, key=lambda h: -float(importance.heads[t][h])) if group > 1 else heads
-                _attention(module, teacher.encoder.layer[t], heads, d, s, group)
+                heads = choose_heads(importance, t, space.heads(block.hidden), group)
+                copy_attention(module, teacher.encoder.layer[t], heads, d, s, group)
                 ops_report.append({"op": str(op), "teacher_layer": t + 1, "heads": [h + 1 for h in heads]})
             elif op.kind == "ffn":
                 w = space.ffn_ratio * block.hidden
-                _ffn(module, teacher.encoder.layer[t], importance.top(importance.neurons[t], w), s)
+                copy_ffn(module, teacher.encoder.layer[t], importance.top(importance.neurons[t], w), s)
                 ops_report.append({"op": str(op), "teacher_layer": t + 1, "neurons": w})
             else:
                 ops_report.append({"op": str(op), "teacher_layer": None})
@@ -191,9 +231,9 @@ def extract_student(
     with torch.no_grad():
         hs = a.hiddens
         for j, boundary in enumerate(student.boundaries):
-            boundary.weight.copy_(_select(dims[hs[j + 1]], dims[hs[j]], (hs[j + 1], hs[j])))
+            boundary.weight.copy_(selection(dims[hs[j + 1]], dims[hs[j]], (hs[j + 1], hs[j])))
             boundary.bias.zero_()
-        student.head.weight.copy_(_select(list(range(D)), dims[hs[-1]], (D, hs[-1])))
+        student.head.weight.copy_(selection(list(range(D)), dims[hs[-1]], (D, hs[-1])))
         student.head.bias.zero_()
     report = {
         "method": f"etd-{importance.method}",

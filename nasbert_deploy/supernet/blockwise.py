@@ -75,6 +75,7 @@ class TrainConfig:
     shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
     latency_batch: int = 1
     latency_seq: int = 128
+    init: str = "random"  # or etd-impt / etd-rand: candidates extracted from the teacher (`supernet.etd_init`)
 
 
 class Reporter:
@@ -153,6 +154,7 @@ def run_identity(
         "train_paragraphs": n_train,
         "lr": cfg.lr,
         "shrink": cfg.shrink.to_dict(),
+        **({"init": cfg.init} if cfg.init != "random" else {}),  # runs from before the option keep their identity
     }
 
 
@@ -164,6 +166,7 @@ def train_supernet(
     cfg: TrainConfig,
     *,
     teacher_model: Any = None,
+    importance: Any = None,
     latency_table: Any = None,
     metadata: dict[str, Any] | None = None,
     reporter: Reporter | None = None,
@@ -174,7 +177,9 @@ def train_supernet(
     """Train (or resume) the parts in `cfg.blocks` and, once every part is finished, write the supernet
     (`supernet.safetensors` + `supernet.json`) and `candidates.json` into `out_dir`.
 
-    `stop_after_step` ends the run after that many steps without a final checkpoint (tests simulate a kill).
+    `importance` (`model.importance.Importance` of `teacher_model`): start every candidate from the teacher
+    (`supernet.etd_init`) instead of only the embeddings. `stop_after_step` ends the run after that many steps
+    without a final checkpoint (tests simulate a kill).
     """
     rep = reporter or Reporter()
     out = Path(out_dir)
@@ -194,7 +199,11 @@ def train_supernet(
 
     torch.manual_seed(cfg.seed)
     net = Supernet(space).to(device).train()
-    if teacher_model is not None:
+    if teacher_model is not None and importance is not None:
+        from nasbert_deploy.supernet.etd_init import init_supernet_from_teacher
+
+        init_supernet_from_teacher(net, teacher_model, importance)
+    elif teacher_model is not None:
         init_embeddings_from_teacher(net, teacher_model)
     parts = ([_make_part(net, "embed", None, cfg)] if 0 in blocks else []) + [
         _make_part(net, f"block{i}", i, cfg) for i in blocks

@@ -177,6 +177,7 @@ def train_from_corpus(
     try:
         teacher = load_teacher(launch.teacher)
         check_teacher_fits(teacher, space)
+        importance = teacher_importance(teacher, space, cfg.init, paras, launch.seq_len, cfg.seed, reporter)
         if world > 1 and rank != 0:
             torch.distributed.barrier()  # rank 0 runs the teacher; the others then read its cache
         out = Path(launch.out)
@@ -197,12 +198,32 @@ def train_from_corpus(
             f"torch threads {torch.get_num_threads()}",
             "torch": torch.__version__,
         }
-        result = train_supernet(space, train_part, val_part, out, cfg, teacher_model=teacher.model, latency_table=latency_table,
-                                metadata=meta, reporter=reporter, device=dev, fp16=launch.fp16)
+        meta["init"] = cfg.init
+        result = train_supernet(space, train_part, val_part, out, cfg, teacher_model=teacher.model, importance=importance,
+                                latency_table=latency_table, metadata=meta, reporter=reporter, device=dev, fp16=launch.fp16)
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return LaunchResult(rank, world, dev, result, time.time() - t0)
+
+
+def teacher_importance(teacher: Any, space: SearchSpace, init: str, paras: list[str], seq_len: int, seed: int,
+                       reporter: Any = None) -> Any:
+    """The teacher's unit importance for `init` etd-impt / etd-rand (None for random), from up to 512 of the
+    training paragraphs; TeacherError first if the space cannot start from this teacher."""
+    if init == "random":
+        return None
+    import random
+
+    from nasbert_deploy.model.importance import importance_scores
+    from nasbert_deploy.supernet.etd_init import check_space_extractable
+
+    check_space_extractable(space, teacher.model)
+    sample = random.Random(seed).sample(paras, min(512, len(paras)))
+    imp = importance_scores(teacher.model, teacher.tokenizer, sample, init.removeprefix("etd-"), seq_len=seq_len, seed=seed)
+    if reporter is not None:
+        reporter.note(f"candidates start from the teacher ({init}, importance from {len(sample)} paragraphs)")
+    return imp
 
 
 def part_states(out: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]] | None:

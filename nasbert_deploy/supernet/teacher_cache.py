@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -176,37 +175,19 @@ def load_teacher_cache(root: str | os.PathLike[str]) -> TeacherCache:
 
 @torch.no_grad()
 def init_embeddings_from_teacher(net: Supernet, teacher_model: Any) -> None:
-    """Truncated-SVD init of the factorized embedding from the teacher's (see docs/supernet.md).
+    """The factorized embedding from the teacher's (`model.etd.teacher_embeddings`: a copy, or a truncated-SVD
+    projection with `embed_adapter` undoing it; see docs/supernet.md)."""
+    from nasbert_deploy.model.etd import load_embeddings, teacher_embeddings
 
-    Teacher word table W (V, T) = U S Vh; P = Vh[:E].T (T, E). Student tables = teacher tables @ P;
-    embed_adapter = diag(teacher LN gamma) P sqrt(T/E) with bias teacher LN beta, so that
-    adapter(LN_E(z P)) ~ LN_T(z) when the top-E directions hold most of z's energy.
-    """
     sp = net.space
-    w = teacher_model.get_input_embeddings().weight.detach().float()  # (V, T)
-    if w.shape != (sp.vocab_size, sp.output_dim):
+    w = teacher_model.get_input_embeddings().weight
+    if tuple(w.shape) != (sp.vocab_size, sp.output_dim):
         raise SpaceError(
             f"teacher embedding is {tuple(w.shape)} (vocab, hidden); space {sp.name!r} needs "
             f"({sp.vocab_size}, {sp.output_dim}): choose a space that matches the teacher"
         )
-    temb = getattr(teacher_model, "embeddings", None)
-    T, E = sp.output_dim, sp.embed_dim
-    if net.embed_adapter is None:
-        proj = torch.eye(T)
-    else:
-        proj = torch.linalg.svd(w, full_matrices=False)[2][:E].T  # (T, E)
-    net.embeddings.word.weight.copy_(w @ proj)
-    for name, dst in (("position_embeddings", net.embeddings.position), ("token_type_embeddings", net.embeddings.token_type)):
-        src = getattr(temb, name, None)
-        if src is not None:
-            n = min(src.weight.shape[0], dst.weight.shape[0])
-            dst.weight[:n].copy_(src.weight[:n].float() @ proj)
-    ln = getattr(temb, "LayerNorm", None)
-    gamma = ln.weight.float() if ln is not None else torch.ones(T)
-    beta = ln.bias.float() if ln is not None else torch.zeros(T)
-    if net.embed_adapter is None:
-        net.embeddings.norm.weight.copy_(gamma)
-        net.embeddings.norm.bias.copy_(beta)
-    else:
-        net.embed_adapter.weight.copy_(gamma[:, None] * proj * math.sqrt(T / E))
-        net.embed_adapter.bias.copy_(beta)
+    init = teacher_embeddings(teacher_model, sp.embed_dim)
+    load_embeddings(net.embeddings, init)
+    if net.embed_adapter is not None:
+        net.embed_adapter.weight.copy_(init.adapter_weight)
+        net.embed_adapter.bias.copy_(init.adapter_bias)
