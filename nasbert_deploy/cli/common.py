@@ -135,3 +135,9 @@ class Ticker:
             return False
         self.last[key] = now
         return True
+
+
+def print_note(line: str, warning: bool = False) -> None:
+    """A library's note for the user on stderr (stdout stays the command's result, e.g. --json): a machine
+    mismatch as `warning: ...`, a calibration as a plain line."""
+    err_console.print(f"[bold yellow]warning:[/] {line}" if warning else line, highlight=False, soft_wrap=True)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import DevicesOpt, InitName, SeedOpt, SpaceName, console
+from nasbert_deploy.cli.common import DevicesOpt, InitName, SeedOpt, SpaceName, console, print_note
 
 app = typer.Typer()
 
@@ -43,6 +43,8 @@ def export(
     seq_len: Annotated[int | None, _opt("--seq-len", min=2, help="Sequence length (default: the device's longest).")] = None,
     no_timing: Annotated[bool, _opt("--no-timing", help="Skip the latency measurement.")] = False,
     no_memory: Annotated[bool, _opt("--no-memory", help="Skip the memory measurement.")] = False,
+    calibrate: Annotated[bool, _opt("--calibrate", help="First time one whole model per device here and scale its "
+                                    "table's predictions (search and report) by measured / predicted.")] = False,
     force: Annotated[bool, _opt("--force", help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Export a model with weights inherited from the supernet; validate every artefact against PyTorch; report."""
@@ -58,8 +60,8 @@ def export(
                             calibration_texts=read_calibration(calibration),
                             budget_ms=tuple(budget.latencies_ms) if budget is not None else ())
     request = ExportRequest(out, options, spec, arch, budget, supernet, init.value, space.value if space else None, seed,
-                            tokenizer, force, tuple((device or [])[1:]))
-    prepared = prepare_export(request)
+                            tokenizer, force, tuple((device or [])[1:]), calibrate)
+    prepared = prepare_export(request, print_note)
     if prepared.chosen is not None:
         c = prepared.chosen
         ms = ", ".join(f"{m:.3f} ms on {d.name}" for m, d in zip(c.latencies_ms or (c.latency_ms,), device or [spec]))
@@ -101,7 +103,7 @@ def _export(request: Any, prepared: Any) -> None:
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("export", total=None)
-        report = export_model(prepared.model, request.out, prepared.tokenizer, request.spec, request.options,
+        report = export_model(prepared.model, request.out, prepared.tokenizer, request.spec, prepared.options,
                               prepared.weights, on_step=lambda s: bar.update(task, description=s), on_check=checks,
                               more_specs=request.more_specs)
     checks.print()

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import DeviceOpt, SpaceName, console, device_spec, err_console
+from nasbert_deploy.cli.common import DeviceOpt, SpaceName, console, device_spec, err_console, print_note
 from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.runtimes.timing import STATISTICS
 
@@ -236,7 +236,7 @@ def _check_machine(lt: Any, device: DeviceSpec | None, rescale: bool, batch: int
     name = lt.device.get("name") or (device.name if device else "DEVICE")
     note = machine_mismatch(lt.manifest, name)
     if note:
-        err_console.print(f"[bold yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+        print_note(note, warning=True)
     if not rescale:
         return lt
     if device is None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import DevicesOpt, PrecisionName, console, err_console
+from nasbert_deploy.cli.common import DevicesOpt, PrecisionName, console, err_console, print_note
 
 app = typer.Typer()
 
@@ -36,6 +36,8 @@ def search(
     heldout: Annotated[Path | None, _opt("--heldout", help="Held-out text for --rerank (default: shipped sample).")] = None,
     precision: Annotated[PrecisionName | None, _opt("--precision", help="Weight precision for memory (default: device's).")]
     = None,
+    calibrate: Annotated[bool, _opt("--calibrate", help="First time one whole model per device here and scale its "
+                                    "table's predictions by measured / predicted (the machine's current state).")] = False,
     force: Annotated[bool, _opt("--force", help="Replace an existing --plot file.")] = False,
 ) -> None:
     """Exact least-loss architecture under the budgets (sum of block losses; latency from the device's table)."""
@@ -51,10 +53,10 @@ def search(
     budget = parse_budget(max_latency_ms, max_params, max_memory_mb, len(devices))
     request = SearchRequest(budget, devices[0] if devices else None, table, candidates, supernet,
                             batch, seq_len, top, precision.value if precision is not None else None, rerank, teacher, heldout,
-                            pareto=plot is not None or json_out, more_devices=tuple(devices[1:]))
+                            pareto=plot is not None or json_out, more_devices=tuple(devices[1:]), calibrate=calibrate)
     busy = err_console.status(f"re-ranking {rerank} networks on held-out text") if rerank else nullcontext()
     with busy:
-        outcome = run_search(request)
+        outcome = run_search(request, print_note)
     if plot is not None:
         from nasbert_deploy.search.plot import plot_search
 

@@ -49,13 +49,15 @@ def measure_latency(
     timing_kwargs: dict[str, Any],
     measure: bool,
     rescale: bool = False,
+    factor: float | None = None,
 ) -> dict[str, Any]:
     """Predicted (device latency table) and measured (`time_compiled` on the device's runtime) latency in ms.
 
     The measured figure combines `MEASURE_ROUNDS` rounds with the table's round statistic (as the table's
     entries and models were). With `rescale` and a table that has a reference model, the reference is timed
     before, between and after the rounds: `host_factor` (its median now over the table's) and the prediction
-    rescaled to the host's state now (`predicted_rescaled_ms`)."""
+    rescaled to the host's state now (`predicted_rescaled_ms`). `factor`: a `--calibrate` factor (`host.calibrate`)
+    the table's predictions are scaled by (`calibration_factor`)."""
     import statistics
 
     import numpy as np
@@ -77,6 +79,9 @@ def measure_latency(
     table = None
     try:
         table = load_latency_table(spec, space)
+        if factor is not None:
+            table = table.rescaled(factor)
+            out["calibration_factor"] = factor
         pred = table.predict(arch, batch, seq_len)
         out["predicted_ms"] = float(pred.total_ms)
         out["blocks_ms"] = [float(x) for x in pred.blocks_ms]
@@ -113,9 +118,9 @@ def measure_latency(
     if out["predicted_ms"]:
         out["measured_over_predicted"] = out["measured"]["median_ms"] / out["predicted_ms"]
     if refs and table is not None:
-        factor = statistics.median(refs) / table.reference_ms(batch, seq_len)
-        out["host_factor"] = factor
-        out["predicted_rescaled_ms"] = out["predicted_ms"] * factor
+        hf = statistics.median(refs) / table.reference_ms(batch, seq_len)
+        out["host_factor"] = hf
+        out["predicted_rescaled_ms"] = out["predicted_ms"] * hf
         out["measured_over_predicted_rescaled"] = out["measured"]["median_ms"] / out["predicted_rescaled_ms"]
     return out
 
@@ -175,7 +180,7 @@ def measure_all(
         step(f"latency on {s.name}")
         lats.append(measure_latency(
             folder, s, space, arch, options.batch, seq_len, vocab, options.timing_kwargs, options.measure_latency,
-            getattr(options, "rescale_latency", False),
+            getattr(options, "rescale_latency", False), getattr(options, "latency_factors", {}).get(s.name),
         ))
     step("memory")
     mem = measure_memory(folder, space, arch, options.batch, seq_len, vocab, options.measure_memory)

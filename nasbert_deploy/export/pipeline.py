@@ -60,6 +60,7 @@ class ExportOptions:
     measure_latency: bool = True
     rescale_latency: bool = False  # re-time the table's reference model beside the export: prediction for the host now
     budget_ms: tuple[float, ...] = ()  # the latency budget per device (searched exports): the report flags overruns
+    latency_factors: dict[str, float] = field(default_factory=dict)  # device -> `--calibrate` factor on its predictions
     measure_memory: bool = True
     validation_batches: tuple[int, ...] = VALIDATION_BATCHES
     validation_seq_lens: tuple[int, ...] = VALIDATION_SEQ_LENS
@@ -146,12 +147,14 @@ def select_arch(
     batch: int,
     seq_len: int,
     supernet_dir: str | os.PathLike[str] | None,
+    tables: Sequence[Any] | None = None,
 ) -> Any:
     """The least-loss architecture within `budget` (a `search.Budget`, one latency per device) on every device
     of `specs` (a `search.ScoredArch`).
 
-    Uses the supernet's candidate table and each device's latency table; `InfeasibleBudgetError`
-    (naming the binding constraint) when nothing fits. Memory is priced at the first device's precision.
+    Uses the supernet's candidate table and each device's latency table (or `tables`, one per device, e.g.
+    calibrated ones); `InfeasibleBudgetError` (naming the binding constraint) when nothing fits. Memory is priced
+    at the first device's precision.
     """
     from nasbert_deploy.search.problem import SearchProblem
     from nasbert_deploy.supernet.candidates import CandidateTable
@@ -161,7 +164,8 @@ def select_arch(
     if not cands_path.is_file():
         raise TableError(f"{cands_path} does not exist: the supernet has no candidate table; pass --arch instead")
     cands = CandidateTable.load(cands_path)
-    tables = [measure.load_latency_table(s, cands.space) for s in specs]
+    if tables is None:
+        tables = [measure.load_latency_table(s, cands.space) for s in specs]
     problem = SearchProblem(cands, tables, batch, seq_len, specs[0].precision, [s.name for s in specs])
     return problem.search(budget, 1).best[0]
 

@@ -152,6 +152,9 @@ def _latency_md(lat: dict[str, Any]) -> list[str]:
     for note in ("predicted_note", "measured_note"):
         if lat.get(note):
             lines.append(f"\n{lat[note]}")
+    if lat.get("calibration_factor"):
+        lines.append(f"\nPredicted with the table scaled by x{lat['calibration_factor']:.3f} (`--calibrate`: one whole model "
+                     "timed on this machine before the search).")
     return lines + [""]
 
 
@@ -235,9 +238,11 @@ def print_summary(report: dict[str, Any], console: Any, out: Path) -> None:
     lats = report.get("latencies") or [lat]
     for one in lats:
         m = one.get("measured") or {}
+        cal = f" (calibrated x{one['calibration_factor']:.2f})" if one.get("calibration_factor") else ""
         t.add_row(
             f"latency {one['device']} b{one['batch']} s{one['seq_len']}",
-            f"predicted {_ms(one.get('predicted_ms'))} ms, measured {_ms(m.get('median_ms'))} ms (p90 {_ms(m.get('p90_ms'))})",
+            f"predicted {_ms(one.get('predicted_ms'))} ms{cal}, measured {_ms(m.get('median_ms'))} ms "
+            f"(p90 {_ms(m.get('p90_ms'))})",
         )
     ov = report["validation"].get("openvino_precision")
     if ov:

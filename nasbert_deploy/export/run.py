@@ -8,7 +8,7 @@ weights (the supernet's or random), which tokenizer, where to, all checked befor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,22 +114,45 @@ class ExportRequest:
     tokenizer: Path | None = None
     force: bool = False
     more_specs: tuple[DeviceSpec, ...] = ()  # further devices: the budget has one latency per device, `spec`'s first
+    calibrate: bool = False  # time one whole model per device first; scale the search and the report (`check_tables`)
 
 
 @dataclass
 class PreparedExport:
-    """The model to export (a `NasBertModel`), its weights info for the report, the tokenizer, and the search's
-    choice (a `search.ScoredArch`) when the arch was searched."""
+    """The model to export (a `NasBertModel`), its weights info for the report, the tokenizer, the search's
+    choice (a `search.ScoredArch`) when the arch was searched, the request's options with the `--calibrate`
+    factors (what `export_model` takes) and the calibrations (`host.Calibration`)."""
 
     model: Any
     weights: dict[str, Any]
     tokenizer: Any
     chosen: Any = None
+    options: Any = None
+    calibrations: list[Any] = field(default_factory=list)
 
 
-def prepare_export(request: ExportRequest) -> PreparedExport:
+def device_tables(request: ExportRequest, space: SearchSpace, seq_len: int, on_note: Any = None) -> tuple[Any, list[Any]]:
+    """Every device's latency table, checked against this machine and with `request.calibrate` scaled to it
+    (`search.run.check_tables`); None when a device has no table for `space` and no search needs one (an
+    `--arch` export reports without a prediction)."""
+    from nasbert_deploy.errors import SpaceError, TableError
+    from nasbert_deploy.export.measure import load_latency_table
+    from nasbert_deploy.search.run import check_tables
+
+    specs = [request.spec, *request.more_specs]
+    try:
+        tables = [load_latency_table(s, space) for s in specs]
+    except (TableError, SpaceError):
+        if request.budget is not None:
+            raise
+        return None, []
+    return check_tables(tables, specs, space, request.options.batch, seq_len, request.calibrate, on_note)
+
+
+def prepare_export(request: ExportRequest, on_note: Any = None) -> PreparedExport:
     """Every check and choice before writing: formats vs device, `out`, space, arch (searched or parsed),
-    tokenizer, model with its weights. Raises a `NasBertDeployError` subclass; writes nothing."""
+    tokenizer, model with its weights; the devices' tables checked against this machine (and calibrated), lines
+    through `on_note(line, warning)`. Raises a `NasBertDeployError` subclass; writes nothing."""
     from nasbert_deploy.export.pipeline import (
         check_device_formats,
         load_export_tokenizer,
@@ -145,18 +168,19 @@ def prepare_export(request: ExportRequest) -> PreparedExport:
     check_out(request.out, request.force)
     sp = export_space(request.space, request.init, request.supernet)
     chosen = None
-    if request.budget is not None:
-        b = request.budget
-        seq_len = min(request.options.seq_len, sp.max_positions)
-        chosen = select_arch([request.spec, *request.more_specs], b, request.options.batch, seq_len, request.supernet)
-        arch = chosen.arch
-    elif request.arch is not None:
-        arch = sp.parse(request.arch)
-    else:
+    if request.budget is None and request.arch is None:
         raise ArchError("give either --arch ARCH or a budget (--max-latency-ms L)")
+    arch = sp.parse(request.arch) if request.arch is not None else None
+    seq_len = min(request.options.seq_len, sp.max_positions)
+    tables, cals = device_tables(request, sp, seq_len, on_note)
+    if request.budget is not None:
+        chosen = select_arch([request.spec, *request.more_specs], request.budget, request.options.batch, seq_len,
+                             request.supernet, tables)
+        arch = chosen.arch
     tok = load_export_tokenizer(request.tokenizer, sp)
     if request.init == "random":
         model, weights = random_model(arch, sp, request.seed)
     else:
         model, weights = model_from_supernet(arch, request.supernet)
-    return PreparedExport(model, weights, tok, chosen)
+    options = replace(request.options, latency_factors={c.device: c.factor for c in cals}) if cals else request.options
+    return PreparedExport(model, weights, tok, chosen, options, cals)

@@ -279,6 +279,7 @@ def make_manifest(spec_or_dict: DeviceSpec | dict[str, Any], settings: dict[str,
         "runtime_versions": env.get("runtime_versions", {}),
         "cpu_model": env.get("cpu_model"),
         "gpu_model": env.get("gpu_model"),
+        **{k: env[k] for k in ("cpu_features", "logical_cpus") if env.get(k) is not None},  # machine_mismatch's finer check
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "profiling_wall_s": round(wall_s, 2),
         "settings": settings,

@@ -121,6 +121,26 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def cpu_features():
+    """L3 size per instance (KiB) and kernel ISA, as `host.cpu_features` records them (keep the two in step)."""
+    flags, l3 = None, None
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.is_file() else []:
+        if line.startswith(("flags", "Features")):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "3":
+                size = (index / "size").read_text().strip().upper()
+                l3 = int(size[:-1]) * {"K": 1, "M": 1024, "G": 1 << 20}[size[-1]]
+        except (OSError, ValueError, KeyError):
+            continue
+    isa = {"avx2": ("avx2",), "avx512f": ("avx512f",), "avx512_bf16": ("avx512_bf16",), "avx512_vnni": ("avx512_vnni",),
+           "amx": ("amx_tile", "amx_bf16", "amx_int8")}
+    return {"l3_cache_kb": l3, "isa": None if flags is None else [n for n, fl in isa.items() if flags & set(fl)]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=HERE, help="bundle folder (default: this script's folder)")
@@ -181,7 +201,8 @@ def main(argv=None):
                 time_one(ref, b, s, r, ref_kw)
     out = {"kind": "nasbert-profile-results", "bundle": m, "results": results,
            "environment": {"runtime_versions": versions, "cpu_model": cpu_model(), "gpu_model": None,
-                           "python": platform.python_version()},
+                           "python": platform.python_version(), "cpu_features": cpu_features(),
+                           "logical_cpus": os.cpu_count()},
            "wall_s": before + time.perf_counter() - start}
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(out, indent=1))

@@ -7,7 +7,12 @@ above the threshold (10%: the reference alone then varies more than the figures 
 for), with advice. `profile_device` stores it in the table's manifest and warns (`NoisyHostWarning`).
 
 `host_factor` re-times the reference now and divides by the reference figure stored in a table: a table's
-predictions times that factor are for the host's current state (`LatencyTable.rescaled`).
+predictions times that factor are for the host's current state (`LatencyTable.rescaled`). `calibrate` needs
+no stored figure: it times the space's reference model as a whole model and divides by the table's prediction
+for it (`search` / `export --calibrate`).
+
+`environment` is what a table's manifest records about the machine (CPU model, L3 size and kernel ISA,
+logical CPUs, runtime versions); `machine_mismatch` compares a manifest with this machine in one line.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import TableError
 from nasbert_deploy.profiling.items import make_inputs, reference_item
 from nasbert_deploy.profiling.table import LatencyTable
+from nasbert_deploy.space import SearchSpace
 
 NOISY_HOST_PCT = 10.0
 
@@ -99,28 +105,37 @@ def check_host(fn: Callable[[], Any], rounds: int = 10, threshold_pct: float = N
                      os.cpu_count() or 1, aff, load, steal, threshold_pct)
 
 
+def _probe(spec: DeviceSpec, space: SearchSpace, table: LatencyTable, batch: int, seq_len: int, kind: str,
+           cache_dir: str | Path | None) -> Callable[[], float]:
+    """A call timing `space`'s reference model once now on `spec` (median ms), exported through the cache, with
+    the table's measurement settings for `kind` ('reference' or 'model': a whole model's min time)."""
+    from nasbert_deploy.profiling.cache import ExportCache, compile_items
+    from nasbert_deploy.profiling.settings import ProfileSettings
+    from nasbert_deploy.runtimes.timing import measure
+
+    item = reference_item(space)
+    compiled, _ = compile_items([[], [item]], spec, space, ExportCache.at(cache_dir))
+    c = compiled[item.key]
+    st = {**ProfileSettings().to_dict(), **table.manifest.get("settings", {})}
+    min_time = st["reference_min_time_s"] if kind == "reference" else st["model_min_time_s"]
+    kw = {"warmup": st["warmup"], "runs": st["runs"], "min_time_s": min_time}
+    fn = c.bind(make_inputs(item.inputs, batch, seq_len, space.vocab_size, seed=st["seed"]))
+    return lambda: measure(fn, sync=c.sync, **kw).median_ms
+
+
 def reference_probe(spec: DeviceSpec, table: LatencyTable, batch: int, seq_len: int,
                     cache_dir: str | Path | None = None) -> Callable[[], float]:
     """A call that times the table's reference model once now on `spec` at (batch, seq_len) and returns its
     median in ms, with the table's own reference measurement settings (exported through the cache, `cache_dir`
     or the default): interleave it with other timings to set them against the host's state (`host_factor`)."""
-    from nasbert_deploy.profiling.cache import ExportCache, compile_items
-    from nasbert_deploy.runtimes.timing import measure
-
     ref = table.reference
     if not ref:
         raise TableError("this table has no reference model (schema < 4, or profiled with reference_every 0); "
                          "profile again to rescale it")
-    space = table.space
-    item = reference_item(space)
+    item = reference_item(table.space)
     if item.arch != ref.get("arch"):
         raise TableError(f"the table's reference model {ref.get('arch')!r} is not this build's {item.arch!r}")
-    compiled, _ = compile_items([[], [item]], spec, space, ExportCache.at(cache_dir))
-    c = compiled[item.key]
-    st = table.manifest.get("settings", {})
-    kw = {"warmup": st.get("warmup", 5), "runs": st.get("runs", 20), "min_time_s": st.get("reference_min_time_s", 0.1)}
-    fn = c.bind(make_inputs(item.inputs, batch, seq_len, space.vocab_size, seed=st.get("seed", 0)))
-    return lambda: measure(fn, sync=c.sync, **kw).median_ms
+    return _probe(spec, table.space, table, batch, seq_len, "reference", cache_dir)
 
 
 def time_reference(spec: DeviceSpec, table: LatencyTable, batch: int, seq_len: int, rounds: int = 5,
@@ -138,8 +153,49 @@ def host_factor(spec: DeviceSpec, table: LatencyTable, batch: int, seq_len: int,
     return now / table.reference_ms(batch, seq_len)
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """One whole model timed on this machine now against the table's prediction for it (`calibrate`)."""
+
+    device: str
+    arch: str
+    batch: int
+    seq_len: int
+    rounds_ms: tuple[float, ...]
+    measured_ms: float  # the rounds combined by the table's round statistic, as its whole models were
+    predicted_ms: float
+
+    @property
+    def factor(self) -> float:
+        """Measured over predicted: the table's predictions times this are for this machine now."""
+        return self.measured_ms / self.predicted_ms
+
+    def line(self) -> str:
+        return (f"calibrated {self.device}: reference model measured {self.measured_ms:.3f} ms here, table predicted "
+                f"{self.predicted_ms:.3f} ms (batch {self.batch}, seq {self.seq_len}): predictions x {self.factor:.2f}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "factor": self.factor}
+
+
+def calibrate(spec: DeviceSpec, table: LatencyTable, space: SearchSpace, batch: int, seq_len: int, rounds: int = 5,
+              cache_dir: str | Path | None = None) -> Calibration:
+    """Time `space`'s reference model (`items.reference_arch`: the table's own reference model when the table was made
+    for `space`, a mid-sized BERT-like model of the space otherwise) now on `spec` in `rounds` whole-model rounds of
+    `timing.measure` and set it against `table`'s prediction for it: `table.rescaled(cal.factor)` predicts for the
+    machine's current state (the whole correction scales, so the search stays exact)."""
+    from nasbert_deploy.profiling.items import reference_arch
+    from nasbert_deploy.runtimes.timing import round_statistic
+
+    arch = reference_arch(space)
+    predicted = table.predict(arch, batch, seq_len).total_ms
+    probe = _probe(spec, space, table, batch, seq_len, "model", cache_dir)
+    meds = tuple(probe() for _ in range(max(1, rounds)))
+    return Calibration(spec.name, str(arch), batch, seq_len, meds, round_statistic(meds, table.statistic), predicted)
+
+
 def environment() -> dict[str, Any]:
-    """Runtime versions and the CPU / GPU model for a table's manifest."""
+    """Runtime versions, the CPU / GPU model, the CPU's kernel-relevant features and logical CPUs for a manifest."""
     import importlib.metadata as md
 
     versions = {}
@@ -148,7 +204,8 @@ def environment() -> dict[str, Any]:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
             continue
-    return {"runtime_versions": versions, "cpu_model": cpu_model(), "gpu_model": gpu_model(), "python": platform.python_version()}
+    return {"runtime_versions": versions, "cpu_model": cpu_model(), "gpu_model": gpu_model(), "python": platform.python_version(),
+            "cpu_features": cpu_features(), "logical_cpus": os.cpu_count()}
 
 
 def cpu_model() -> str:
@@ -160,6 +217,58 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# ISA features that change which kernels the runtimes pick (name in a manifest -> any of these /proc/cpuinfo flags)
+KERNEL_ISA = {"avx2": ("avx2",), "avx512f": ("avx512f",), "avx512_bf16": ("avx512_bf16",),
+              "avx512_vnni": ("avx512_vnni",), "amx": ("amx_tile", "amx_bf16", "amx_int8")}
+
+
+def _lscpu(*args: str) -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["lscpu", *args], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags (/proc/cpuinfo, else lscpu); None when neither says."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    for line in lines:
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    for line in _lscpu().splitlines():
+        if line.startswith("Flags:"):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+def l3_cache_kb() -> int | None:
+    """Size of one last-level (L3) cache instance in KiB, the one a core of this process shares (sysfs, else lscpu)."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "3":
+                size = (index / "size").read_text().strip().upper()
+                mult = {"K": 1, "M": 1024, "G": 1024 * 1024}.get(size[-1:], None)
+                return int(size[:-1]) * mult if mult else int(size) // 1024
+        except (OSError, ValueError):
+            continue
+    for line in _lscpu("-B", "-C=LEVEL,ONE-SIZE").splitlines()[1:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "3" and parts[1].isdigit():
+            return int(parts[1]) // 1024
+    return None
+
+
+def cpu_features() -> dict[str, Any]:
+    """What besides the model name changes kernel speed: {"l3_cache_kb": int | None, "isa": the `KERNEL_ISA` names this
+    CPU has (None if its flags cannot be read)}."""
+    flags = cpu_flags()
+    isa = None if flags is None else [name for name, fl in KERNEL_ISA.items() if flags & set(fl)]
+    return {"l3_cache_kb": l3_cache_kb(), "isa": isa}
+
+
 def gpu_model() -> str | None:
     try:
         import torch
@@ -168,17 +277,38 @@ def gpu_model() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def machine_mismatch(manifest: dict[str, Any], device_name: str = "DEVICE") -> str | None:
-    """One line when a table's manifest was made on another machine (CPU model, logical CPUs, runtime versions)
-    than this one, saying what to do; None when they agree (or the manifest does not say)."""
-    import os
+def _kib(kb: int) -> str:
+    return f"{kb / 1024:g} MiB" if kb >= 1024 else f"{kb} KiB"
 
+
+def _feature_diffs(made: Any, here: dict[str, Any]) -> list[str]:
+    """The L3 size and kernel ISA of a manifest's `cpu_features` against this CPU's; fields it lacks are skipped."""
+    if not isinstance(made, dict):
+        return []
+    diffs = []
+    l3, l3_here = made.get("l3_cache_kb"), here.get("l3_cache_kb")
+    if isinstance(l3, int) and isinstance(l3_here, int) and l3 != l3_here:
+        diffs.append(f"L3 {_kib(l3)} per instance (here {_kib(l3_here)})")
+    isa, isa_here = made.get("isa"), here.get("isa")
+    if isinstance(isa, list) and isinstance(isa_here, list) and set(isa) != set(isa_here):
+        there, mine = sorted(set(isa) - set(isa_here)), sorted(set(isa_here) - set(isa))
+        parts = [f"{', '.join(xs)} {where}" for xs, where in ((there, "there, not here"), (mine, "here, not there")) if xs]
+        diffs.append(f"ISA {' and '.join(parts)}")
+    return diffs
+
+
+def machine_mismatch(manifest: dict[str, Any], device_name: str = "DEVICE", check: str = "check with --rescale") -> str | None:
+    """One line when a table's manifest was made on another machine than this one (CPU model, L3 cache size and
+    kernel ISA (`cpu_features`), logical CPUs, runtime versions), saying what to do (`check`: the command's own
+    way to re-time, e.g. 'pass --calibrate'); None when they agree. Fields the manifest lacks (older tables) are
+    skipped."""
     diffs = []
     made_on, here = manifest.get("cpu_model"), cpu_model()
     if made_on and made_on != here:
         diffs.append(f"CPU {made_on!r} (here {here!r})")
-    cpus = (manifest.get("host_check") or {}).get("logical_cpus") or manifest.get("logical_cpus")
-    if isinstance(cpus, int) and cpus != os.cpu_count():
+    diffs += _feature_diffs(manifest.get("cpu_features"), cpu_features())
+    cpus = manifest.get("logical_cpus") or (manifest.get("host_check") or {}).get("cpus")
+    if isinstance(cpus, int) and not isinstance(cpus, bool) and cpus != os.cpu_count():
         diffs.append(f"{cpus} logical CPUs (here {os.cpu_count()})")
     now = environment()["runtime_versions"]
     for dist, version in (manifest.get("runtime_versions") or {}).items():
@@ -187,4 +317,4 @@ def machine_mismatch(manifest: dict[str, Any], device_name: str = "DEVICE") -> s
     if not diffs:
         return None
     return (f"the latency table was made on another machine: {'; '.join(diffs)}; its figures may be off by 2x here: "
-            f"run `nasbert-deploy profile --device {device_name}` on this machine, or check with --rescale")
+            f"run `nasbert-deploy profile --device {device_name}` on this machine, or {check}")

@@ -9,7 +9,7 @@ This is what `nasbert-deploy search` runs; `export` uses `parse_budget` too. Mod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,10 @@ from nasbert_deploy.errors import ArchError, CheckpointError, TableError
 
 if TYPE_CHECKING:
     from nasbert_deploy.devices import DeviceSpec
+    from nasbert_deploy.profiling.host import Calibration
     from nasbert_deploy.search.problem import Budget, ScoredArch, SearchProblem, SearchResult
+
+Note = Callable[[str, bool], None]  # (one line, whether it is a warning) for the command to print
 
 NO_CANDIDATES = (
     "no candidate table: the default supernet is not installed; pass --candidates FILE "
@@ -57,7 +60,7 @@ class SearchRequest:
     `rerank` > 0 re-evaluates the top T whole networks of `supernet` against `teacher` on `heldout` text;
     `pareto`: also compute the Pareto front (loss vs latency) within the budget.
     `more_devices`: further devices the one model must also fit (the budget has one latency per device, `device`'s
-    first); their latency tables are found by name, like `device`'s.
+    first); their latency tables are found by name, like `device`'s. `calibrate`: see `check_tables`.
     """
 
     budget: Budget
@@ -74,6 +77,7 @@ class SearchRequest:
     heldout: Path | None = None
     pareto: bool = False
     more_devices: tuple[DeviceSpec, ...] = ()
+    calibrate: bool = False  # time one whole model per device first and scale its table to this machine (`check_tables`)
 
 
 @dataclass
@@ -86,10 +90,13 @@ class SearchOutcome:
     latency_table: Path
     heldout_mse: dict[str, float] = field(default_factory=dict)
     front: list[ScoredArch] = field(default_factory=list)
+    calibrations: list[Calibration] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = self.result.to_dict()
         data.update(candidates=str(self.candidates), latency_table=str(self.latency_table))
+        if self.calibrations:
+            data["calibration"] = [c.to_dict() for c in self.calibrations]
         for entry in data["best"]:
             if entry["arch"] in self.heldout_mse:
                 entry["heldout_mse"] = self.heldout_mse[entry["arch"]]
@@ -132,6 +139,43 @@ def load_latency_table(path: Path, space: Any) -> Any:
     return LatencyTable.load(path, space)
 
 
+def check_tables(tables: Sequence[Any], specs: Sequence[DeviceSpec | None], space: Any, batch: int, seq_len: int,
+                 calibrate: bool = False, on_note: Note | None = None) -> tuple[list[Any], list[Calibration]]:
+    """Each device's latency table checked against this machine, and with `calibrate` scaled to it.
+
+    A table whose manifest says it was made on another machine (`host.machine_mismatch`) gets one warning line
+    through `on_note`. With `calibrate`, `space`'s reference model is timed on each device now (`host.calibrate`,
+    through the device's runtime) and the table's predictions scaled by measured / predicted (one line each);
+    `DeviceError` (before any timing) for a device that is not usable here or not given (`--table` alone)."""
+    from nasbert_deploy.errors import DeviceError
+    from nasbert_deploy.profiling.host import calibrate as calibrate_table
+    from nasbert_deploy.profiling.host import machine_mismatch
+    from nasbert_deploy.runtimes.base import require_available
+
+    note = on_note or (lambda line, warning: None)
+    if calibrate:
+        for spec in specs:
+            if spec is None:
+                raise DeviceError("--calibrate times a model on the device: pass --device NAME (with --table FILE if needed)")
+            require_available(spec)
+    for lt, spec in zip(tables, specs):
+        name = spec.name if spec is not None else str(lt.device.get("name", "DEVICE"))
+        check = "--calibrate scales it to this machine below" if calibrate else "pass --calibrate"
+        line = machine_mismatch(lt.manifest, name, check)
+        if line:
+            note(line, True)
+    if not calibrate:
+        return list(tables), []
+    out, cals = [], []
+    for lt, spec in zip(tables, specs):
+        assert spec is not None
+        cal = calibrate_table(spec, lt, space, batch, seq_len)
+        note(cal.line(), False)
+        out.append(lt.rescaled(cal.factor))
+        cals.append(cal)
+    return out, cals
+
+
 def rerank_top(result: SearchResult, space: Any, request: SearchRequest) -> list[Any]:
     """The top `request.rerank` of `result` ordered by held-out MSE of the whole extracted network (`rerank.Reranked`)."""
     from nasbert_deploy.search.rerank import read_heldout, rerank
@@ -151,8 +195,9 @@ def rerank_top(result: SearchResult, space: Any, request: SearchRequest) -> list
     return rerank([s.arch for s in top], [s.loss for s in top], net, teacher, read_heldout(request.heldout), request.seq_len)
 
 
-def run_search(request: SearchRequest) -> SearchOutcome:
-    """The exact least-loss architectures under `request.budget` (`InfeasibleBudgetError` names the binding one)."""
+def run_search(request: SearchRequest, on_note: Note | None = None) -> SearchOutcome:
+    """The exact least-loss architectures under `request.budget` (`InfeasibleBudgetError` names the binding one);
+    machine mismatches and calibrations (`check_tables`) as lines through `on_note`."""
     from nasbert_deploy.search.problem import SearchProblem
     from nasbert_deploy.supernet.candidates import CandidateTable
 
@@ -172,10 +217,12 @@ def run_search(request: SearchRequest) -> SearchOutcome:
     cands = CandidateTable.load(cands_path)
     lat = load_latency_table(table_path, cands.space)
     others = [load_latency_table(latency_table_path(d, None), cands.space) for d in request.more_devices]
+    specs = [request.device, *request.more_devices]
+    tables, cals = check_tables([lat, *others], specs, cands.space, request.batch, request.seq_len, request.calibrate, on_note)
     table_precision = (getattr(lat, "device", None) or {}).get("precision")
     precision = request.precision or (request.device.precision if request.device else None) or table_precision or "fp32"
     names = [request.device.name if request.device else str(table_path), *(d.name for d in request.more_devices)]
-    problem = SearchProblem(cands, [lat, *others], request.batch, request.seq_len, precision, names)
+    problem = SearchProblem(cands, tables, request.batch, request.seq_len, precision, names)
     result = problem.search(request.budget, max(request.top, request.rerank))
     reranked = rerank_top(result, cands.space, request) if request.rerank else []
     if reranked:
@@ -184,4 +231,4 @@ def run_search(request: SearchRequest) -> SearchOutcome:
     result.best = result.best[: request.top]
     front = problem.pareto_front(request.budget) if request.pareto else []
     mse = {str(r.arch): r.heldout_mse for r in reranked}
-    return SearchOutcome(result, problem, cands_path, table_path, mse, front)
+    return SearchOutcome(result, problem, cands_path, table_path, mse, front, cals)
