@@ -67,25 +67,40 @@ def check_request(req: PruneRequest) -> dict[str, Any]:
     if req.max_latency_ms <= 0:
         raise TaskError(f"--max-latency-ms must be > 0, got {req.max_latency_ms:g}")
     require_available(req.spec)
+    path = table_path(req, config)
+    if path.is_file():  # a table already made: the budget is checked now, not after loading the model
+        table = PruneLatencyTable.load(path)
+        table.check_model(int(config["hidden_size"]), int(config["num_attention_heads"]), int(config["intermediate_size"]))
+        table.check_budget(req.max_latency_ms, int(config["num_hidden_layers"]), req.spec.name)
     return config
+
+
+def table_path(req: PruneRequest, config: dict[str, Any]) -> Path:
+    """`req.table_path`, else the default place of the device's table for this model's width."""
+    s = req.profile
+    name = table_name(req.spec.name, int(config["hidden_size"]), int(config["num_attention_heads"]),
+                      int(config["intermediate_size"]), s.batch, s.seq_len)
+    return req.table_path or default_table_path(name)
 
 
 def get_table(req: PruneRequest, model_config: Any, progress: Callable[[str, int, int], None] | None,
               note: NoteFn | None) -> tuple[PruneLatencyTable, Path]:
     """The device's pruning table for this model's width: loaded if it exists, else profiled and saved."""
+    from nasbert_deploy.profiling.host import cpu_model
+
     hidden, heads, ffn = int(model_config.hidden_size), int(model_config.num_attention_heads), int(model_config.intermediate_size)
-    s = req.profile
-    name = table_name(req.spec.name, hidden, heads, ffn, s.batch, s.seq_len)
-    path = req.table_path or default_table_path(name)
+    path = table_path(req, model_config.to_dict())
     if path.is_file():
         table = PruneLatencyTable.load(path)
         table.check_model(hidden, heads, ffn)
-        if note:
-            note(f"latency table {path} (made {table.manifest.get('created', '?')} on {table.manifest.get('cpu_model', '?')})")
+        made_on = table.manifest.get("cpu_model")
+        if note and made_on and made_on != cpu_model():
+            note(f"the latency table {path} was made on {made_on!r}, this machine is {cpu_model()!r}: its figures may "
+                 "not hold here; delete it (or pass another --table) to profile this machine")
         return table, path
     if note:
         note(f"profiling the pruning latency table for {req.spec.name} -> {path} (a few minutes, once per device and width)")
-    table = profile_table(model_config, req.spec, s, progress)
+    table = profile_table(model_config, req.spec, req.profile, progress)
     table.save(path)
     return table, path
 
