@@ -249,6 +249,7 @@ def evaluate_cmd(
         _print_report(f"{model} on {task} ({runtime.value}, frozen embeddings)", rows)
         if json_out is not None:
             write_json_atomic(json_out, report)
+        _record(model, report, task, runtime.value, train)
         return
     data = eval_task(task)
     report = evaluate(model, data, teacher_model, runtime.value, batch_size, max_len)
@@ -256,3 +257,13 @@ def evaluate_cmd(
     _print_report(f"{model} on {data.source} ({runtime.value})", rows)
     if json_out is not None:
         write_json_atomic(json_out, report)
+    _record(model, {**report, "teacher": str(teacher_model) if teacher_model else None}, data.source or task, runtime.value)
+
+
+def _record(model: Path, report: dict[str, Any], task: str, runtime: str, train: Path | None = None) -> None:
+    """An export folder's model card gets the scores (`card.record_evaluation`); other folders are left alone."""
+    from nasbert_deploy.export.card import record_evaluation
+
+    card = record_evaluation(model, report, task, runtime, train)
+    if card is not None:
+        console.print(f"scores added to the model card {card}", highlight=False, soft_wrap=True)

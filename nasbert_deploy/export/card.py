@@ -236,3 +236,45 @@ def append_quality(folder: str | os.PathLike[str], results: Mapping[str, Any]) -
     body = "" if body == NO_QUALITY else body
     new = "\n\n".join(p for p in (body, _quality_entry(results)) if p)
     return write_text_atomic(path, text[: start + len(QUALITY_START)] + "\n" + new + "\n" + text[end:])
+
+
+SPLIT_NAMES = ("train", "valid", "validation", "dev", "test")
+
+
+def has_quality_section(folder: str | os.PathLike[str]) -> bool:
+    """Whether `folder` holds a model card with a quality section (an export folder)."""
+    path = Path(folder) / CARD
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return 0 <= text.find(QUALITY_START) < text.find(QUALITY_END)
+
+
+def evaluation_entry(report: Mapping[str, Any], task_file: str | os.PathLike[str], runtime: str,
+                     train_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """One card entry for an `evaluate` report: the task (a split file's folder, e.g. `debian-sections` for
+    `debian-sections/valid.jsonl`, else the file's stem), the runtime, the split file's name, the machine
+    (CPU model, logical CPUs), the time, then every numeric score of `report`."""
+    from nasbert_deploy.profiling.host import cpu_model
+
+    p = Path(task_file)
+    entry: dict[str, Any] = {"task": p.parent.name if p.stem in SPLIT_NAMES and p.parent.name else p.stem,
+                             "runtime": runtime, "split file": p.name}
+    if train_file is not None:
+        entry["probe trained on"] = Path(train_file).name
+    if report.get("teacher"):
+        entry["teacher"] = str(report["teacher"])
+    entry["machine"] = f"{cpu_model()}, {os.cpu_count()} logical CPUs"
+    entry["evaluated"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    entry.update({k: v for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+    return entry
+
+
+def record_evaluation(folder: str | os.PathLike[str], report: Mapping[str, Any], task_file: str | os.PathLike[str],
+                      runtime: str, train_file: str | os.PathLike[str] | None = None) -> Path | None:
+    """Append an `evaluate` report to `folder`'s model card (`evaluation_entry`, `append_quality`: atomic); None
+    when `folder` has no card with a quality section (not an export folder)."""
+    if not has_quality_section(folder):
+        return None
+    return append_quality(folder, evaluation_entry(report, task_file, runtime, train_file))
