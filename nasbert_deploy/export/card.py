@@ -2,7 +2,8 @@
 
 `model_card(report)` renders it from the export report (`report.build_report`); `write_model_card`
 writes it. The quality section starts empty between two markers; `append_quality(folder, results)`
-adds one entry per evaluation (e.g. the dict `student.quality.encoder_quality` returns), atomically.
+adds one entry per evaluation (e.g. the dict `student.quality.encoder_quality` returns), atomically;
+`nasbert-deploy evaluate --model FOLDER` does so through `record_evaluation`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from nasbert_deploy.space import format_params
 CARD = "README.md"
 QUALITY_START = "<!-- nasbert-deploy:quality:start -->"
 QUALITY_END = "<!-- nasbert-deploy:quality:end -->"
-NO_QUALITY = "_Not evaluated yet._ `append_quality(folder, results)` (`nasbert_deploy.export.card`) adds scores here."
+NO_QUALITY = ("_Not evaluated yet._ `nasbert-deploy evaluate --model THIS_FOLDER --task valid.jsonl --train train.jsonl` "
+              "(or a retrieval file) adds its scores here.")
 SHIPPED_TEXT = (
     "plain English prose from the reStructuredText sources of the Python 3.11 documentation (Debian "
     "`python3.11-doc` 3.11.2), Copyright (c) 2001-2023 Python Software Foundation, under the PSF documentation "
