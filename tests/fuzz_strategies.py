@@ -327,7 +327,7 @@ COMMANDS: dict[str, tuple[dict, int]] = {  # name -> (arguments of `command`, ca
                  "--holdout": ints(0, 3), "--bundle": out_path("dir", "bundle"), "--import": in_file("r.json", contents(
                      _dumps(RESULTS), RESULTS, allow_valid=False)), "--refit": table(), "--runs": ints(1, 5),
                  "--warmup": ints(0, 3), "--min-time": floats(0.0, 1.0), "--rounds": ints(1, 3), "--max-cv": floats(0.0, 1.0),
-                 "--force": flag()},
+                 "--force": flag(), "--fast": flag()},
         poisons={"--device": bad_file("d.toml"), "--import": bad_file("r.json")},
         needs_poison=lambda c: "--import" not in c and "--refit" not in c,
         extra_outputs=["profiles", "t.json"]), 220),

@@ -55,6 +55,7 @@ Drift = Enum("Drift", {k: k for k in ("auto", "raw", "normalised")}, type=str)
 
 @app.command("profile")
 def profile(
+    ctx: typer.Context,
     device: DeviceOpt = None,
     space: SpaceOpt = SpaceName("standard"),
     out: Annotated[Path | None, _opt("--out", help="Table to write (default: ./profiles/DEVICE.json).")] = None,
@@ -88,10 +89,14 @@ def profile(
     max_cv: Annotated[float, _opt("--max-cv", min=0.0, help="Re-measure above this coefficient of variation (0: never).")] = 0.1,
     seed: Annotated[int, _opt("--seed", help="Seed for the validation architectures and the timing order.")] = 0,
     force: Annotated[bool, _opt("--force", help="Replace an existing --out table or --bundle folder.")] = False,
+    fast: Annotated[bool, _opt("--fast", help="Quick-start preset: fewer, shorter rounds and 12 fitting models, for the "
+                               "shipped supernet's space unless --space is given (<= 3 min on 2 cores for cpu-ort, exports "
+                               "included); options given explicitly still apply.")] = False,
 ) -> None:
     """Time every distinct operation of the space on a device and write its latency table (resumable)."""
     from nasbert_deploy.errors import NasBertDeployError
     from nasbert_deploy.profiling.profiler import ProfileSettings
+    from nasbert_deploy.profiling.settings import fast_settings
     from nasbert_deploy.space import get_space
 
     if refit is not None:
@@ -104,12 +109,48 @@ def profile(
         return
     if device is None:
         raise NasBertDeployError("pass --device NAME (see `nasbert-deploy devices`) or --import results.json")
-    settings = ProfileSettings(warmup=warmup, runs=runs, min_time_s=min_time, max_cv=max_cv or None, rounds=rounds,
-                               model_rounds=model_rounds, model_min_time_s=model_min_time, validate=validate, seed=seed,
-                               holdout=holdout, holdout_seed=holdout_seed, drift=drift.value, statistic=statistic.value,
-                               adaptive_budget=adaptive_budget, export_workers=export_workers, pin_cpu=pin_cpu,
-                               cache_dir=str(cache_dir) if cache_dir else None)
-    _profile_or_bundle(device, get_space(space.value), out, bundle, settings, force)
+    preset = {"warmup": warmup, "runs": runs, "min_time_s": min_time, "rounds": rounds, "model_rounds": model_rounds,
+              "model_min_time_s": model_min_time, "validate": validate, "adaptive_budget": adaptive_budget}
+    if fast:  # the preset's values, except for options given on the command line
+        preset = _explicit(ctx, preset)
+    settings = (fast_settings if fast else ProfileSettings)(
+        **preset, max_cv=max_cv or None, seed=seed, holdout=holdout, holdout_seed=holdout_seed, drift=drift.value,
+        statistic=statistic.value, export_workers=export_workers, pin_cpu=pin_cpu,
+        cache_dir=str(cache_dir) if cache_dir else None)
+    sp = _fast_space() if fast and _default(ctx, "space") else get_space(space.value)
+    _profile_or_bundle(device, sp, out, bundle, settings, force)
+    if fast:
+        console.print(f"fast profile (--fast): {settings.validate} fitting models, {settings.rounds} x {settings.min_time_s:g} s "
+                      f"per operation, {settings.model_rounds} x {settings.model_min_time_s:g} s per model: the errors above are "
+                      "what the speed cost; profile without --fast for tighter figures")
+
+
+_CLI_NAMES = {"min_time_s": "min_time", "model_min_time_s": "model_min_time"}  # settings field -> parameter name
+
+
+def _default(ctx: typer.Context, name: str) -> bool:
+    """Whether the parameter `name` took its default (was not given on the command line)."""
+    source = ctx.get_parameter_source(name)  # by name: typer may carry its own copy of click's enum
+    return source is None or source.name in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _explicit(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The settings among `values` whose option was given on the command line (they override a preset)."""
+    return {k: v for k, v in values.items() if not _default(ctx, _CLI_NAMES.get(k, k))}
+
+
+def _fast_space() -> Any:
+    """The shipped supernet's space (`--fast` profiles what the quick start searches), else minilm."""
+    from nasbert_deploy.errors import NasBertDeployError
+    from nasbert_deploy.space import SearchSpace, get_space
+
+    try:
+        from nasbert_deploy.supernet.default import resolve_supernet_dir
+        from nasbert_deploy.supernet.network import read_meta
+
+        return SearchSpace.from_dict(read_meta(resolve_supernet_dir(None))["space"])
+    except (NasBertDeployError, KeyError, TypeError):
+        return get_space("minilm")
 
 
 def _profile_or_bundle(device: DeviceSpec, sp: Any, out: Path | None, bundle: Path | None, settings: Any, force: bool) -> None:

@@ -67,3 +67,16 @@ class ProfileSettings:
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the interrupted one (not how fast it exports)."""
         return {k: v for k, v in asdict(self).items() if k not in EXECUTION_ONLY}
+
+
+# `profile --fast`: a usable table for a small space (the shipped supernet's) in <= 3 minutes on 2 cores, exports
+# included (measured in docs/profiling.md). Fewer and shorter rounds, fewer fitting models, a shorter host check;
+# the exports are the cached, parallel ones of every profile. The table's leave-one-out error says what it cost.
+FAST = {"warmup": 3, "runs": 10, "min_time_s": 0.1, "rounds": 2, "model_rounds": 2, "model_min_time_s": 0.1,
+        "validate": 12, "adaptive_budget": 0.1, "host_check_rounds": 4}
+
+
+def fast_settings(**overrides: Any) -> ProfileSettings:
+    """The `FAST` preset, with `overrides` (settings the user gave explicitly) on top."""
+    return ProfileSettings(**{**FAST, **overrides})
+
