@@ -394,4 +394,13 @@ COMMANDS: dict[str, tuple[dict, int]] = {  # name -> (arguments of `command`, ca
                  "--steps": ints(1, 5), "--seq-len": ints(2, 128), "--finetune-epochs": ints(0, 2), "--force": flag()},
         required=("--model", "--task", "--device", "--max-latency-ms", "--out"),
         poisons={"--out": bad_out("dir"), "--model": BAD_MODEL}), 60),
+    "quantize": (dict(  # the model folders hold no weights: every case ends at validation or loading
+        prefix=["quantize"],
+        options={"--model": model_dir("m", [ENCODER, CLASSIFIER]), "--out": out_path("dir"), "--task": task(),
+                 "--valid": task("valid.jsonl"), "--bits": choice(("8", "4", "2", "3")),
+                 "--format": choice(("onnx", "onnx,openvino", "openvino", "none", "tflite")),
+                 "--teacher-model": model_dir("tm", [ENCODER, CLASSIFIER]), "--steps": ints(1, 3), "--max-len": ints(2, 32),
+                 "--force": flag()},
+        required=("--model", "--out"),
+        poisons={"--out": bad_out("dir"), "--model": BAD_MODEL}), 60),
 }  # fmt: skip

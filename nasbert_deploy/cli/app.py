@@ -23,6 +23,7 @@ from nasbert_deploy.cli import (
     export_cmd,
     profile_cmd,
     prune_cmd,
+    quantize_cmd,
     search_cmd,
     space_cmd,
     supernet_cmd,
@@ -153,6 +154,7 @@ app.add_typer(search_cmd.app)  # search
 app.add_typer(export_cmd.app)  # export
 app.add_typer(train_cmd.app)  # distill, finetune, finetune-teacher, evaluate
 app.add_typer(prune_cmd.app)  # prune
+app.add_typer(quantize_cmd.app)  # quantize
 app.add_typer(tasksearch_cmd.app)  # search-task
 
 

@@ -25,6 +25,8 @@ import numpy as np
 from nasbert_deploy.space import IDENTITY, Arch, BlockArch, SearchSpace
 
 Fits = Callable[[Arch], bool]
+ADV_CLIP = 2.0  # REINFORCE advantages, in moving standard deviations of the reward
+REJECT_WEIGHT = 0.1  # share of a step an over-budget (rejected, reward 0) sample gets
 
 
 class ArchCoder:
@@ -88,9 +90,11 @@ class Reinforce:
     """REINFORCE with a moving-average baseline (Williams 1992; the KD-NAS / ENAS controller, here with independent
     logits per decision instead of an RNN -- the space's decisions are few and nearly independent).
 
-    Update after each reward R: logits += lr * (R - b) / s * d log pi(arch) / d logits, where b is the exponential
-    moving average of the rewards (decay `baseline_decay`) and s their moving standard deviation (floored at
-    0.02), so `lr` is in units of a standard deviation of the rewards. Rejected (over-budget) samples get R = 0.
+    Update after each reward R: logits += lr * A * d log pi(arch) / d logits with the advantage A = (R - b) / s
+    clipped to +-2, where b is the exponential moving average of the rewards (decay `baseline_decay`) and s their
+    moving standard deviation (floored at 0.02), so `lr` is in units of a standard deviation of the rewards.
+    Rejected (over-budget) samples get R = 0 with a tenth of the step (`REJECT_WEIGHT`): a budget that rejects most
+    samples would otherwise swamp the accuracy signal and collapse the policy onto the fallback.
     """
 
     name = "reinforce"
@@ -159,7 +163,8 @@ class Reinforce:
     def _advantage(self, reward: float) -> float:
         if self.baseline is None:
             return 0.0
-        return (reward - self.baseline) / max(float(np.sqrt(self.var)), 0.02)
+        adv = (reward - self.baseline) / max(float(np.sqrt(self.var)), 0.02)
+        return float(np.clip(adv, -ADV_CLIP, ADV_CLIP))
 
     # ---------------------------------------------------------------- interface
     def propose(self) -> Arch:
@@ -169,7 +174,7 @@ class Reinforce:
             if self.fits(arch):
                 return arch
             self.rejected += 1
-            self._update(ch, self._advantage(0.0))  # over budget: never rewarded
+            self._update(ch, REJECT_WEIGHT * self._advantage(0.0))  # over budget: never rewarded
         self.fallbacks += 1
         return self.fallback
 

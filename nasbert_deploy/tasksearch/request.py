@@ -163,9 +163,9 @@ def prepare(request: TaskSearchRequest) -> Prepared:
         from nasbert_deploy.runtimes.base import require_available
 
         require_available(request.spec)  # the export measures the student on the device
+    tokenizer = load_tokenizer(request.teacher_model, space)
     check = BudgetCheck(space, table, request.budget, request.batch, request.seq_len)
     fastest = check.fastest()  # InfeasibleBudgetError with the smallest feasible value
-    tokenizer = load_tokenizer(request.teacher_model, space)
     check_out(request.out, request.force)
     return Prepared(train, valid, labels, space, table, table_path, check, fastest, tokenizer, supernet_dir)
 

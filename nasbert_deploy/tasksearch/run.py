@@ -52,7 +52,7 @@ def run_task_search(request: TaskSearchRequest, note: Note = print, progress: An
                    "teacher_model": str(request.teacher_model), "note": "encoder of the task classifier in ../student"}
         report = export_student(model, prepared.tokenizer, request.out / "export", request.spec,
                                 request.budget.max_latency_ms, request.batch, request.seq_len, weights, on_step)
-        result["export"] = summary(report)
+        result["export"] = summary(report, outcome.best["latency_ms"])
     write_json_atomic(request.out / "result.json", result)
     return result
 

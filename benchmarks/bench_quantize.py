@@ -1,0 +1,194 @@
+"""KDLSQ vs post-training quantization on a real task, side by side: accuracy, macro-F1, loyalty to fp32, file size,
+and latency on cpu-ort and cpu-openvino (1 thread, batch 1, one run, interleaved rounds).
+
+    taskset -c 0 .venv/bin/python benchmarks/bench_quantize.py --model /tmp/work/ft/teacher-debian \
+        --train /work/shared/tasks/debian-sections/train.jsonl --valid /work/shared/tasks/debian-sections/valid.jsonl \
+        --out /tmp/kdlsq/bench --steps 200 --train-len 64 [--phase train|score|latency|all]
+
+Phases cache their results in --out (rerun to resume): `train` runs `quantize` for 8, 4 and 2 bits
+(training at --train-len tokens), `score` scores every artefact on the valid split at --eval-len tokens,
+`latency` times them (run it on an otherwise idle core). Rows:
+
+    fp32 (ORT / OpenVINO) | PTQ: ORT dynamic INT8 (`export --int8`), NNCF INT8 | KDLSQ 8-bit QDQ (ORT, OpenVINO)
+    | KDLSQ 4-bit weights (ORT MatMulNBits) | KDLSQ 2-bit (simulated: PyTorch fake quantization)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nasbert_deploy.devices import load_device
+from nasbert_deploy.quantize.check import task_logits, torch_runner
+from nasbert_deploy.quantize.run import load_quantized, onnx_name, quantize
+from nasbert_deploy.quantize.train import QuantizeConfig
+from nasbert_deploy.runtimes.base import get_runtime, time_compiled
+from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput
+from nasbert_deploy.runtimes.onnxruntime_rt import OrtCompiled
+from nasbert_deploy.runtimes.openvino_rt import OvCompiled
+from nasbert_deploy.runtimes.timing import round_statistic
+from nasbert_deploy.student.finetune import load_classifier, model_labels
+from nasbert_deploy.student.metrics import evaluate_logits
+from nasbert_deploy.student.tasks import iter_batches, load_task
+
+FORMATS = {8: ("onnx", "openvino"), 4: ("onnx",), 2: ()}
+
+
+def cpu_model() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), platform.processor())
+
+
+def train_phase(a: argparse.Namespace, out: Path) -> None:
+    train, valid = load_task(a.train), load_task(a.valid)
+    for bits in a.bits:
+        target = out / f"q{bits}"
+        if (target / "quantize_report.json").is_file():
+            continue
+        cfg = QuantizeConfig(bits=bits, steps=a.steps, batch_size=16, max_len=a.train_len, checkpoint_every=50)
+        t0 = time.perf_counter()
+
+        def progress(s: int, t: int, v: dict[str, float], bits: int = bits) -> None:
+            if s % 25 == 0:
+                print(f"{bits}-bit step {s}/{t} " + " ".join(f"{k} {x:.4f}" for k, x in v.items()), flush=True)
+
+        quantize(a.model, train, valid, target, cfg, FORMATS[bits], progress=progress, note=print)
+        print(f"{bits}-bit trained and exported in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def baselines(a: argparse.Namespace, out: Path) -> dict[str, Path]:
+    """fp32 ONNX / IR, ORT dynamic INT8 and NNCF INT8 of the fp32 model, through the project's runtime path."""
+    base = out / "baselines"
+    files = {"fp32-ort": base / "ort" / "model.onnx", "ptq-ort-dynamic-int8": base / "ort-int8" / "model.int8.onnx",
+             "fp32-openvino": base / "ov" / "openvino_model.xml", "ptq-nncf-int8": base / "ov-int8" / "openvino_model.int8.xml"}
+    if all(p.is_file() for p in files.values()):
+        return files
+    model, tok = load_classifier(a.model)
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    ex = {"input_ids": torch.randint(5, int(model.config.vocab_size), (EXAMPLE_BATCH, EXAMPLE_SEQ), generator=g),
+          "attention_mask": torch.ones(EXAMPLE_BATCH, EXAMPLE_SEQ, dtype=torch.long)}
+    calib = [{k: v.numpy() for k, v in b.items()}
+             for _, b in iter_batches(tok, load_task(a.train).subset(range(64)), 1, a.eval_len)]
+    for name, dev, sub in (("ort", "cpu-ort", "ort"), ("ort-int8", "cpu-ort-int8", "ort-int8"),
+                           ("ov", "cpu-openvino", "ov"), ("ov-int8", "cpu-openvino-int8", "ov-int8")):
+        spec = load_device(dev)
+        (base / sub).mkdir(parents=True, exist_ok=True)
+        get_runtime(spec.runtime).compile(FirstOutput(model), ex, ["logits"], spec, base / sub,
+                                          calibration=calib if "int8" in dev else None)
+        print("built", name, flush=True)
+    return files
+
+
+def _open(path: Path, ov: bool, int8: bool = False) -> Any:
+    return OvCompiled(path, load_device("cpu-openvino-int8" if int8 else "cpu-openvino")) if ov \
+        else OrtCompiled(path, load_device("cpu-ort"))
+
+
+def artefacts(a: argparse.Namespace, out: Path) -> dict[str, tuple[Path, bool]]:
+    """name -> (file, is OpenVINO)"""
+    b = baselines(a, out)
+    arts = {"fp32 (ORT)": (b["fp32-ort"], False), "PTQ ORT dynamic INT8": (b["ptq-ort-dynamic-int8"], False),
+            "fp32 (OpenVINO)": (b["fp32-openvino"], True), "PTQ NNCF INT8 (OpenVINO)": (b["ptq-nncf-int8"], True)}
+    if (out / "q8" / onnx_name(8)).is_file():
+        arts["KDLSQ 8-bit QDQ (ORT)"] = (out / "q8" / onnx_name(8), False)
+        arts["KDLSQ 8-bit (OpenVINO IR)"] = (out / "q8" / "openvino" / "openvino_model_q8.xml", True)
+    if (out / "q4" / onnx_name(4)).is_file():
+        arts["KDLSQ 4-bit weights (ORT MatMulNBits)"] = (out / "q4" / onnx_name(4), False)
+    return arts
+
+
+def score_phase(a: argparse.Namespace, out: Path) -> dict[str, Any]:
+    cache = out / "scores.json"
+    scores = json.loads(cache.read_text()) if cache.is_file() else {}
+    fp_model, tok = load_classifier(a.model)
+    fp_model.eval()
+    valid = load_task(a.valid)
+    y = valid.label_ids({n: i for i, n in enumerate(model_labels(fp_model))})
+    fp_path = out / "fp32_logits.npy"
+    if not fp_path.is_file():
+        np.save(fp_path, task_logits(torch_runner(fp_model), tok, valid, a.eval_len))
+    fp = np.load(fp_path)
+    runs: dict[str, Any] = {"fp32 (PyTorch)": lambda: fp}
+    for name, (path, ov) in artefacts(a, out).items():
+        runs[name] = lambda p=path, o=ov: task_logits(lambda x, c=_open(p, o): c.run(x)[0], tok, valid, a.eval_len)
+    for bits in a.bits:
+        if (out / f"q{bits}" / "quantization.json").is_file():
+            label = f"KDLSQ {bits}-bit (PyTorch fake quant{', simulated only' if bits == 2 else ''})"
+            runs[label] = lambda b=bits: task_logits(torch_runner(load_quantized(out / f"q{b}")[0]), tok, valid, a.eval_len)
+    for name, fn in runs.items():
+        if name in scores:
+            continue
+        t0 = time.perf_counter()
+        logits = fn()
+        scores[name] = {**evaluate_logits(y, logits, fp).to_dict(), "score_s": round(time.perf_counter() - t0, 1)}
+        cache.write_text(json.dumps(scores, indent=1))
+        print(f"{name}: acc {scores[name]['accuracy']:.4f} f1 {scores[name]['macro_f1']:.4f} "
+              f"prob-loyalty {scores[name]['probability_loyalty']:.4f}", flush=True)
+    return scores
+
+
+def latency_phase(a: argparse.Namespace, out: Path) -> dict[str, Any]:
+    tok = load_classifier(a.model)[1]
+    row = load_task(a.valid).subset([0])
+    _, batch = next(iter_batches(tok, row, 1, a.eval_len))
+    ids = np.full((1, a.eval_len), tok.pad_token_id or 0, dtype=np.int64)
+    n = batch["input_ids"].shape[1]
+    ids[0, :n] = batch["input_ids"][0].numpy()
+    ids[0, n:] = ids[0, 1:1 + a.eval_len - n] if n > 1 else ids[0, n:]
+    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}  # batch 1 x eval_len real tokens
+    compiled = {name: _open(p, ov, int8="NNCF" in name) for name, (p, ov) in artefacts(a, out).items()}
+    rounds: dict[str, list[float]] = {k: [] for k in compiled}
+    for r in range(a.rounds):
+        for name in (list(compiled) if r % 2 == 0 else list(reversed(compiled))):  # interleaved, alternating order
+            rounds[name].append(time_compiled(compiled[name], inputs, warmup=5, runs=20, min_time_s=0.3).median_ms)
+    res = {name: {"median_ms": round(round_statistic(v, "min"), 3), "rounds_ms": [round(x, 3) for x in v],
+                  "file_mb": round(_size(artefacts(a, out)[name][0]) / 2**20, 2)} for name, v in rounds.items()}
+    res["_machine"] = {"cpu": cpu_model(), "threads": 1, "batch": 1, "seq": a.eval_len, "rounds": a.rounds,
+                       "statistic": "min over rounds of the round medians", "pinned": os.sched_getaffinity(0).__repr__()}
+    (out / "latency.json").write_text(json.dumps(res, indent=1))
+    for name, v in res.items():
+        if not name.startswith("_"):
+            print(f"{name:40s} {v['median_ms']:8.2f} ms  {v['file_mb']:7.2f} MB", flush=True)
+    return res
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--train", required=True)
+    p.add_argument("--valid", required=True)
+    p.add_argument("--out", default="/tmp/kdlsq/bench")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--train-len", type=int, default=64)
+    p.add_argument("--eval-len", type=int, default=128)
+    p.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2])
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--phase", choices=("train", "score", "latency", "all"), default="all")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if a.phase in ("train", "all"):
+        train_phase(a, out)
+    if a.phase in ("score", "all"):
+        score_phase(a, out)
+    if a.phase in ("latency", "all"):
+        latency_phase(a, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""KD-NAS task search on a real task: REINFORCE vs regularised evolution at equal evaluations, and the searched
+student vs a hand-designed uniform student (`student.baselines.uniform_arch`) at similar predicted latency, both
+after the same final distillation from the same teacher; latencies measured side by side in one run.
+
+    taskset -c 0 python benchmarks/bench_tasksearch.py --task-dir /work/shared/tasks/debian-sections \
+        --teacher-model /tmp/work/ft/teacher-debian --table /tmp/tasksearch/cpu-ort-minilm.json \
+        --budget-ms 3 --evaluations 12 --work /tmp/tasksearch/bench
+
+Resumable: the searches resume from their state, the final distillations from their checkpoints, and finished
+steps are read back from `--work`/rows.jsonl. Prints one table; writes `--work`/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+
+def _rows(path: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                out[row["step"]] = row
+    return out
+
+
+def _add(path: Path, row: dict[str, Any]) -> dict[str, Any]:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def best_curve(history: list[dict[str, Any]]) -> list[float]:
+    """Best reward after each new evaluation."""
+    out, best = [], 0.0
+    for h in history:
+        best = max(best, h["reward"])
+        if h["new"]:
+            out.append(round(best, 4))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task-dir", type=Path, required=True, help="folder with train.jsonl and valid.jsonl")
+    ap.add_argument("--teacher-model", type=Path, required=True)
+    ap.add_argument("--table", type=Path, default=None, help="latency table (default: the device's)")
+    ap.add_argument("--device", default="cpu-ort")
+    ap.add_argument("--budget-ms", type=float, required=True)
+    ap.add_argument("--evaluations", type=int, default=12)
+    ap.add_argument("--proxy-rows", type=int, default=256)
+    ap.add_argument("--proxy-heldout", type=int, default=200)
+    ap.add_argument("--proxy-epochs", type=int, default=2)
+    ap.add_argument("--final-epochs", type=int, default=2)
+    ap.add_argument("--final-max-len", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, required=True)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from nasbert_deploy.devices import load_device
+    from nasbert_deploy.export.report import machine
+    from nasbert_deploy.search.problem import Budget
+    from nasbert_deploy.student.baselines import measure_encoders, uniform_arch
+    from nasbert_deploy.supernet.network import Supernet
+    from nasbert_deploy.tasksearch.final import distill_final, export_student, summary
+    from nasbert_deploy.tasksearch.loop import run_search
+    from nasbert_deploy.tasksearch.proxy import ProxyConfig
+    from nasbert_deploy.tasksearch.request import DEFAULT_FINAL, TaskSearchRequest, prepare
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    rows_path = work / "rows.jsonl"
+    done = _rows(rows_path)
+    spec = load_device(args.device)
+    proxy = ProxyConfig(rows=args.proxy_rows, heldout=args.proxy_heldout, epochs=args.proxy_epochs, seed=args.seed)
+    final_cfg = replace(DEFAULT_FINAL, epochs=args.final_epochs, max_len=args.final_max_len, seed=args.seed)
+    base = TaskSearchRequest(str(args.task_dir / "train.jsonl"), args.teacher_model, spec, Budget(args.budget_ms),
+                             work / "reinforce", args.task_dir / "valid.jsonl", args.table, None, "reinforce",
+                             args.evaluations, proxy=proxy, final=final_cfg, search_only=True, seed=args.seed,
+                             cache=work / "cache.json")
+    prepared = prepare(base)
+    net, _ = Supernet.load(prepared.supernet_dir)
+    net.eval()
+    print(f"machine: {machine()['cpu_model']}; table {prepared.table_path} (made on {prepared.table.manifest.get('cpu_model')})")
+
+    searches = {}
+    for name in ("reinforce", "evolution"):
+        req = replace(base, controller=name, out=work / name)
+        t0 = time.perf_counter()
+        outcome = run_search(req, prepared, net, note=print)
+        searches[name] = outcome
+        if f"search:{name}" not in done:
+            done[f"search:{name}"] = _add(rows_path, {
+                "step": f"search:{name}", "best_arch": outcome.best_arch, "best": outcome.best,
+                "evaluations": outcome.evaluations, "episodes": outcome.episodes, "proxy_s_alone": outcome.proxy_s,
+                "wall_s_this_run": time.perf_counter() - t0, "rejected": outcome.rejected, "curve": best_curve(outcome.history)})
+
+    # the searched student: the best reward over both searches (the comparison above is per controller)
+    searched = max(searches.values(), key=lambda o: o.best["reward"])
+    s_arch, s_lat = searched.best_arch, searched.best["latency_ms"]
+    check = prepared.check
+    uniforms = []
+    for h in prepared.space.hidden_sizes:
+        for pairs in range(1, prepared.space.num_blocks * prepared.space.layers_per_block // 2 + 1):
+            try:
+                a = uniform_arch(prepared.space, h, pairs)
+            except ValueError:
+                continue
+            if check.fits(a):
+                uniforms.append((abs(check.costs(a).latency_ms - s_lat), str(a)))
+    u_arch = min(uniforms)[1]  # the uniform student within the budget whose predicted latency is nearest
+    students = {"searched": s_arch, "uniform": u_arch}
+    for kind, arch in students.items():
+        if f"final:{kind}" in done:
+            continue
+        t0 = time.perf_counter()
+        rep = distill_final(arch, net, prepared.tokenizer, prepared.train, prepared.valid, prepared.labels,
+                            args.teacher_model, work / f"student-{kind}", final_cfg, work / "logits", None, print)
+        rep.pop("model")
+        done[f"final:{kind}"] = _add(rows_path, {
+            "step": f"final:{kind}", "arch": arch, "predicted_ms": check.costs(prepared.space.parse(arch)).latency_ms,
+            "params": check.costs(prepared.space.parse(arch)).params, "valid": rep["valid"], "train_s": time.perf_counter() - t0})
+    if "measure" not in done:
+        lat = measure_encoders({k: work / f"student-{k}" for k in students}, spec, seq_len=base.seq_len, rounds=5)
+        done["measure"] = _add(rows_path, {"step": "measure", "latency": lat, "machine": machine()})
+    if "export" not in done:
+        from nasbert_deploy.student.finetune import load_classifier
+
+        model, _ = load_classifier(work / "student-searched")
+        rep = export_student(model, prepared.tokenizer, work / "export-searched", spec, args.budget_ms, base.batch,
+                             base.seq_len, {"init": "tasksearch", "note": "bench_tasksearch"})
+        pred = check.costs(prepared.space.parse(s_arch)).latency_ms
+        done["export"] = _add(rows_path, {"step": "export", **summary(rep, pred)})
+
+    print(f"\nKD-NAS task search on {args.task_dir.name}, budget {args.budget_ms} ms on {spec.name}, "
+          f"{args.evaluations} evaluations per controller")
+    for name in ("reinforce", "evolution"):
+        r = done[f"search:{name}"]
+        print(f"  {name:<10} best {r['best_arch']}  proxy acc {r['best']['accuracy']:.3f}  "
+              f"{r['best']['latency_ms']:.2f} ms  reward {r['best']['reward']:.3f}  proxy time alone {r['proxy_s_alone']:.0f} s")
+        print(f"             best reward after each evaluation: {r['curve']}")
+    print(f"  {'student':<9} {'arch':<48} {'pred ms':>7} {'meas ms':>7} {'acc':>6} {'F1':>6} {'loyal':>6}")
+    for kind in students:
+        r, m = done[f"final:{kind}"], done["measure"]["latency"][kind]
+        print(f"  {kind:<9} {r['arch']:<48} {r['predicted_ms']:7.2f} {m['median_ms']:7.2f} {r['valid']['accuracy']:6.3f} "
+              f"{r['valid']['macro_f1']:6.3f} {r['valid']['label_loyalty']:6.3f}")
+    print(f"  teacher valid accuracy {done['final:searched']['valid']['teacher_accuracy']:.3f}; export of the searched "
+          f"student: predicted {done['export']['predicted_ms']:.2f} ms, measured {done['export']['measured_ms']:.2f} ms")
+    (work / "summary.json").write_text(json.dumps(done, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""`quantize`: KD-aware quantization with learned step sizes (KDLSQ), exported to low-bit kernels.
+
+Thin shell over `nasbert_deploy.quantize.run`; heavy imports happen inside the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nasbert_deploy.cli.common import SeedOpt, ThreadsOpt, choice, console, set_threads
+from nasbert_deploy.cli.train_cmd import _print_report, _progress
+from nasbert_deploy.quantize import BITS, KERNELS
+from nasbert_deploy.student.tasks import SAMPLE_TASK
+
+app = typer.Typer()
+BitsName = choice("BitsName", [str(b) for b in BITS])
+DEFAULT_FORMATS = {b: ",".join(KERNELS[b]) or "none" for b in BITS}
+
+
+def parse_formats(value: str) -> list[str]:
+    """`--format onnx,openvino` | `none` -> the list (checked against the bits by the library)."""
+    from nasbert_deploy.errors import ExportError
+    from nasbert_deploy.quantize import FORMATS
+
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if items == ["none"]:
+        return []
+    bad = [v for v in items if v not in FORMATS]
+    if bad or not items:
+        raise ExportError(f"--format {value!r}: valid: a comma-separated subset of {', '.join(FORMATS)}, or none")
+    return list(dict.fromkeys(items))
+
+
+@app.command("quantize")
+def quantize_cmd(
+    model: Annotated[Path, typer.Option("--model", help="Fine-tuned classifier folder (teacher or student).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (model, scales, ONNX/OpenVINO, report).")],
+    task: Annotated[str, typer.Option("--task", help=f"Training task file (.jsonl/.csv/.tsv) or {SAMPLE_TASK}.")] = SAMPLE_TASK,
+    bits: Annotated[BitsName, typer.Option("--bits", help="Weight bits (8-bit activations); 2: simulated.")] = BitsName("8"),
+    teacher_model: Annotated[Path | None, typer.Option("--teacher-model",
+                                                       help="Classifier to distil from (default: --model in fp32).")] = None,
+    valid: Annotated[Path | None, typer.Option("--valid", help="Validation task file (default: split off 10%).")] = None,
+    formats: Annotated[str | None, typer.Option("--format", help="Exports: onnx, openvino, or none "
+                                                "(default: those with kernels: 8 onnx,openvino; 4 onnx; 2 none).")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps (raise it and rerun to continue).")] = 300,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples per step.")] = 16,
+    max_len: Annotated[int, typer.Option("--max-len", min=2, help="Tokens per example.")] = 128,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate of the weights.")] = 2e-5,
+    step_lr: Annotated[float, typer.Option("--step-lr", min=0.0, help="Learning rate of the relative step sizes.")] = 2e-3,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 100,
+    seed: SeedOpt = 0,
+    threads: ThreadsOpt = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing, non-empty --out folder.")] = False,
+) -> None:
+    """Quantize a classifier with learned step sizes, trained by distillation from its fp32 self (resumable)."""
+    from nasbert_deploy.fileio import check_output
+    from nasbert_deploy.quantize.run import check_request, quantize
+    from nasbert_deploy.quantize.train import QuantizeConfig
+    from nasbert_deploy.student.tasks import task_splits
+
+    check_output(out, "dir", force)
+    b = int(bits.value)
+    chosen = parse_formats(formats if formats is not None else DEFAULT_FORMATS[b])
+    check_request(b, chosen)
+    set_threads(threads)
+    train, val = task_splits(task, valid)
+    cfg = QuantizeConfig(bits=b, steps=steps, batch_size=batch_size, max_len=max_len, lr=lr, step_lr=step_lr,
+                         checkpoint_every=checkpoint_every, seed=seed)
+    with _progress(f"quantizing ({b}-bit)") as update:
+        report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print)
+    rows: dict[str, object] = {"train rows": report["train_rows"], "valid rows": report["valid_rows"],
+                               "train_s": report["training"]["train_s"]}
+    for name, s in report["scores"].items():
+        rows[f"{name} accuracy"] = s["accuracy"]
+        if s.get("probability_loyalty") is not None:
+            rows[f"{name} prob. loyalty"] = s["probability_loyalty"]
+    for rt, c in report["checks"].items():
+        rows[f"{rt} vs torch max |diff|"] = c["max_abs_diff"]
+    if report["simulated_only"]:
+        rows["exports"] = "none (simulated: no runtime has these kernels)"
+    _print_report(f"quantized -> {out}", rows)

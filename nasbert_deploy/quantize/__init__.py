@@ -1,0 +1,13 @@
+"""quantize: KD-aware quantization with learned step sizes (KDLSQ-BERT), exported to low-bit kernels.
+
+Light on purpose (the command line builds its choices from it without importing torch):
+`BITS` the weight bit widths; `KERNELS` which export formats have a kernel for each of them.
+"""
+
+BITS: tuple[int, ...] = (8, 4, 2)
+FORMATS: tuple[str, ...] = ("onnx", "openvino")
+# formats with real low-bit kernels per weight bit width (activations are 8-bit throughout):
+# 8: QDQ ONNX -> ORT integer MatMul; OpenVINO reads it as FakeQuantize and runs INT8
+# 4: ORT MatMulNBits (com.microsoft); OpenVINO: not yet (nncf would recompute the scales)
+# 2: no kernel anywhere: simulated (PyTorch fake quantization) only
+KERNELS: dict[int, tuple[str, ...]] = {8: ("onnx", "openvino"), 4: ("onnx",), 2: ()}

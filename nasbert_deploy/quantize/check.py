@@ -1,0 +1,105 @@
+"""Numeric checks of quantized exports against the fake-quantized PyTorch model, and their task scores.
+
+The grid is the one `export` validates on (`export.validate.shape_grid`: batch 1/2/4 x sequence 8/37/128, clipped
+to the model's positions, right padding from `padded_inputs`); the compared output is the classifier's logits
+(b, c). The runtime computes what the fake quantization simulates, so the bound is tight: max |ref - out| within
+`QUANT_RTOL * max(1, max |ref|)` (a rounding flip where x / s lands on .5, or ORT's 4-bit kernel requantizing
+its input per block, moves a logit by far less; a wrong scale or layout moves it by the logit's size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nasbert_deploy.export.validate import Check, compare, padded_inputs, shape_grid
+from nasbert_deploy.student.finetune import fit_max_len
+from nasbert_deploy.student.tasks import TaskData, iter_batches
+
+QUANT_RTOL = 2e-2
+Runner = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+
+
+def torch_runner(model: Any) -> Runner:
+    """inputs (numpy) -> logits (b, c) float32 of a torch classifier in eval mode."""
+
+    def run(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            return model(**{k: torch.as_tensor(v) for k, v in inputs.items()}).logits.float().numpy()
+
+    return run
+
+
+def check_logits(
+    reference: Runner, targets: Mapping[str, Runner], max_positions: int, vocab_size: int, token_type_ids: bool = False,
+    rtol: float = QUANT_RTOL,
+) -> list[Check]:
+    """Compare every target's logits with the reference's on the validation grid; all checks, failures included."""
+    checks = []
+    for b, t in shape_grid(max_positions):
+        inputs = padded_inputs(b, t, vocab_size, token_type_ids=token_type_ids)
+        ref = reference(inputs)[:, None, :]  # (b, 1, c): one "token" per row
+        ones = np.ones((b, 1), dtype=np.int64)
+        for name, run in targets.items():
+            diff, scale, cmean, cmin = compare(ref, run(inputs)[:, None, :], ones)
+            tol = rtol * max(1.0, scale)
+            checks.append(Check(name, "logits", b, t, diff, tol, cmean, cmin, "fp32", bool(diff <= tol)))
+    return checks
+
+
+def task_logits(run: Runner, tokenizer: Any, task: TaskData, max_len: int, batch_size: int = 64) -> np.ndarray:
+    """Logits (n, c) of `run` for every row of `task`, in order."""
+    out = []
+    for _, batch in iter_batches(tokenizer, task, batch_size, max_len):
+        out.append(run({k: v.numpy() for k, v in batch.items()}))
+    return np.concatenate(out)
+
+
+def runtime_runners(paths: Mapping[str, Path], threads: int = 1) -> dict[str, Any]:
+    """Compiled models (`runtimes` plug-ins, 1 thread, fp32 inference precision) for {'onnxruntime'|'openvino': file}.
+
+    OpenVINO opens the QDQ ONNX (or its IR) directly; its Q/DQ pairs become FakeQuantize and run in INT8."""
+    from nasbert_deploy.devices import load_device
+    from nasbert_deploy.runtimes.onnxruntime_rt import OrtCompiled
+
+    out: dict[str, Any] = {}
+    for runtime, path in paths.items():
+        if runtime == "onnxruntime":
+            out[runtime] = OrtCompiled(Path(path), _spec(load_device("cpu-ort"), threads))
+        else:
+            from nasbert_deploy.runtimes.openvino_rt import OvCompiled
+
+            out[runtime] = OvCompiled(Path(path), _spec(load_device("cpu-openvino"), threads))
+    return out
+
+
+def _spec(spec: Any, threads: int) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(spec, threads=threads) if threads else spec
+
+
+def first_output(compiled: Any) -> Runner:
+    return lambda inputs: compiled.run(inputs)[0]
+
+
+def max_len_for(model: Any, max_len: int) -> int:
+    return fit_max_len(model, max_len)
+
+
+def summarize(checks: Sequence[Check]) -> dict[str, Any]:
+    """Per target: checks passed, worst max-abs difference and tolerance, min cosine."""
+    out: dict[str, Any] = {}
+    for c in checks:
+        d = out.setdefault(c.runtime, {"passed": 0, "checks": 0, "max_abs_diff": 0.0, "min_cosine": 1.0,
+                                       "tolerance": c.tolerance})
+        d["checks"] += 1
+        d["passed"] += int(c.passed)
+        d["max_abs_diff"] = max(d["max_abs_diff"], c.max_abs_diff)
+        d["min_cosine"] = min(d["min_cosine"], c.cosine_min)
+        d["tolerance"] = min(d["tolerance"], c.tolerance)
+    return out

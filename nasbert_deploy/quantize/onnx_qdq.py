@@ -1,0 +1,221 @@
+"""The fake-quantized model as ONNX graphs that run on real low-bit kernels, with the learned scales.
+
+The model is exported once in float (`runtimes.convert.export_onnx`, weights already on their quantization grid),
+and each MatMul / Gemm whose constant weight is a QuantLinear's (found by content: the exporter renames and
+transposes weights) is rewritten:
+
+- 8 bit (QDQ): input -> QuantizeLinear(s_a, z_a: uint8) -> DequantizeLinear -> MatMul <- DequantizeLinear(int8
+  weight, per-output-channel scales). ONNX Runtime fuses the pattern into its integer kernels (MatMul on 3-D
+  tokens: MatMulIntegerToFloat; Gemm on 2-D tokens, with the bias as int32 at scale s_a * s_w: QGemm; u8 x s8,
+  int32 accumulation); OpenVINO reads Q/DQ as FakeQuantize and runs INT8.
+- 4 bit (Gemm first rewritten as MatMul + Add, `gemm_to_matmul`): input -> Q/DQ (8-bit activations as
+  trained) -> MatMulNBits (com.microsoft; uint4 weights with zero
+  point 8, i.e. the learned integers in [-8, 7], the per-channel step size repeated in every block of
+  `block_size` rows).
+
+`QuantizeLinear` rounds half to even and saturates like `LsqQuantizer`, with the same float32 scale, so the
+graphs compute what the PyTorch fake quantization computes up to float summation order (and a rare rounding
+flip where x / s lands on .5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nasbert_deploy.errors import ExportError
+from nasbert_deploy.fileio import atomic_path
+from nasbert_deploy.quantize.lsq import QuantLinear, quant_linears
+from nasbert_deploy.runtimes.convert import FirstOutput, export_onnx, gemm_to_matmul
+
+MS_DOMAIN = "com.microsoft"
+
+
+def _key(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return f"{a.shape}:{hashlib.sha1(a.tobytes()).hexdigest()}"
+
+
+def float_copy(model: nn.Module) -> nn.Module:
+    """A plain-Linear copy of a fake-quantized model whose weights are the dequantized ones (what gets exported)."""
+    import copy
+
+    plain = copy.deepcopy(model).eval()
+    for name, q in list(quant_linears(plain)):
+        lin = nn.Linear(q.in_features, q.out_features, q.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(q.quantized_weight())
+            if q.bias is not None:
+                lin.bias.copy_(q.bias)
+        parent_name, _, child = name.rpartition(".")
+        setattr(plain.get_submodule(parent_name) if parent_name else plain, child, lin)
+    return plain
+
+
+def _block_size(k: int) -> int:
+    for b in (128, 64, 32, 16):
+        if k % b == 0:
+            return b
+    return 16  # K padded with zero rows up to a multiple of 16
+
+
+def pack_nbits(q: np.ndarray, block_size: int) -> np.ndarray:
+    """Signed 4-bit integers q (K, N) in [-8, 7] -> MatMulNBits' B (N, K_blocks, block_size / 2) uint8: value + 8,
+    two per byte, the lower row in the low nibble; K padded with zeros (value 8) to whole blocks."""
+    k, n = q.shape
+    blocks = -(-k // block_size)
+    u = np.full((n, blocks * block_size), 8, dtype=np.uint8)
+    u[:, :k] = (q.T + 8).astype(np.uint8)
+    u = u.reshape(n, blocks, block_size // 2, 2)
+    return (u[..., 0] | (u[..., 1] << 4)).astype(np.uint8)
+
+
+def _add_act_qdq(g: Any, x: str, q: QuantLinear, prefix: str, new_nodes: list[Any], cache: dict[Any, str]) -> str:
+    """Q/DQ of tensor `x` with `q`'s activation scale and zero point; one pair per (tensor, scale, zero point)."""
+    from onnx import helper, numpy_helper
+
+    a = q.a_quant
+    assert a is not None
+    scale = np.float32(a.scale().reshape(()).item())
+    zp = np.uint8(int(a.zero_point.reshape(()).item()))
+    key = (x, scale.tobytes(), int(zp))
+    if key in cache:
+        return cache[key]
+    g.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{prefix}.a_scale"),
+                          numpy_helper.from_array(np.array(zp, dtype=np.uint8), f"{prefix}.a_zero")])
+    new_nodes.append(helper.make_node("QuantizeLinear", [x, f"{prefix}.a_scale", f"{prefix}.a_zero"], [f"{prefix}.a_q"],
+                                      name=f"{prefix}.quantize"))
+    new_nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}.a_q", f"{prefix}.a_scale", f"{prefix}.a_zero"],
+                                      [f"{prefix}.a_dq"], name=f"{prefix}.dequantize"))
+    cache[key] = f"{prefix}.a_dq"
+    return cache[key]
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _plain_gemm(node: Any) -> bool:
+    """Gemm(A, B, C) = A @ B(^T) + C: how torch exports a Linear on 2-D tokens."""
+    a = _attrs(node)
+    return not a.get("transA", 0) and a.get("alpha", 1.0) == 1.0 and a.get("beta", 1.0) == 1.0
+
+
+def _int32_bias(g: Any, node: Any, q: QuantLinear, w_scale: np.ndarray, inits: dict[str, Any], prefix: str,
+                new_nodes: list[Any]) -> list[str]:
+    """Gemm's bias as DequantizeLinear(int32, s_a * s_w): ONNX Runtime fuses Gemm into its integer QGemm only when
+    the bias is quantized too. Rounding the bias to that grid moves it by at most s_a * s_w / 2 (~1e-5 here)."""
+    from onnx import helper, numpy_helper
+
+    has_bias = len(node.input) > 2 and bool(node.input[2])
+    if q.a_quant is None or (has_bias and node.input[2] not in inits):
+        return [node.input[2]] if has_bias else []
+    # a zero bias where there is none: ONNX Runtime left a bias-less Gemm(DQ, DQ) in float here
+    b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if has_bias else np.zeros(len(w_scale))
+    s = (np.float32(q.a_quant.scale().reshape(()).item()) * w_scale).astype(np.float32)  # (N,)
+    b_int = np.clip(np.round(b / s), -(2**31), 2**31 - 1).astype(np.int32)
+    g.initializer.extend([numpy_helper.from_array(b_int, f"{prefix}.b_int32"), numpy_helper.from_array(s, f"{prefix}.b_scale"),
+                          numpy_helper.from_array(np.zeros_like(b_int), f"{prefix}.b_zero")])
+    new_nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}.b_int32", f"{prefix}.b_scale", f"{prefix}.b_zero"],
+                                      [f"{prefix}.b_dq"], name=f"{prefix}.b_dequantize", axis=0))
+    return [f"{prefix}.b_dq"]
+
+
+def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 4) -> Any:
+    """Rewrite the float export of `model` (a fake-quantized module) in place as a QDQ (8 bit) or MatMulNBits
+    (4 bit) graph; `ExportError` if a QuantLinear's weight is not found among the MatMul weights."""
+    from onnx import helper, numpy_helper
+
+    if bits not in (8, 4):
+        raise ExportError(f"{bits}-bit weights have no ONNX Runtime kernel; valid: 8 (QDQ), 4 (MatMulNBits)")
+    g = (onnx_model if bits == 8 else gemm_to_matmul(onnx_model)).graph
+    by_key = {}
+    for name, q in quant_linears(model):
+        w = q.quantized_weight().detach().numpy().T  # (K, N): how MatMul holds it
+        by_key.setdefault(_key(w), (name, q))
+    inits = {i.name: i for i in g.initializer}
+    found: set[str] = set()
+    nodes, cache = [], {}
+    for i, node in enumerate(g.node):
+        hit, trans_b = None, False
+        if node.op_type == "MatMul" and node.input[1] in inits:
+            hit = by_key.get(_key(numpy_helper.to_array(inits[node.input[1]])))
+        elif node.op_type == "Gemm" and node.input[1] in inits and _plain_gemm(node):
+            trans_b = bool(_attrs(node).get("transB", 0))
+            w = numpy_helper.to_array(inits[node.input[1]])
+            hit = by_key.get(_key(w.T if trans_b else w))
+        if hit is None:
+            nodes.append(node)
+            continue
+        name, q = hit
+        found.add(name)
+        prefix = f"q{i}.{name}"
+        x = node.input[0] if q.a_quant is None else _add_act_qdq(g, node.input[0], q, prefix, nodes, cache)
+        ints = q.w_quant.integers(q.weight).numpy().T  # (K, N) int
+        scale = q.w_quant.scale().numpy().astype(np.float32)  # (N,)
+        k, n = ints.shape
+        if bits == 8:
+            w_int = (ints.T if trans_b else ints).astype(np.int8)  # Gemm(transB=1) holds W as (N, K)
+            g.initializer.extend([
+                numpy_helper.from_array(w_int, f"{prefix}.w_int8"),
+                numpy_helper.from_array(scale, f"{prefix}.w_scale"),
+                numpy_helper.from_array(np.zeros(n, dtype=np.int8), f"{prefix}.w_zero"),
+            ])
+            nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}.w_int8", f"{prefix}.w_scale", f"{prefix}.w_zero"],
+                                          [f"{prefix}.w_dq"], name=f"{prefix}.w_dequantize", axis=0 if trans_b else 1))
+            if node.op_type == "MatMul":
+                nodes.append(helper.make_node("MatMul", [x, f"{prefix}.w_dq"], list(node.output), name=node.name))
+            else:
+                inputs = [x, f"{prefix}.w_dq"] + _int32_bias(g, node, q, scale, inits, prefix, nodes)
+                nodes.append(helper.make_node("Gemm", inputs, list(node.output), name=node.name, transB=int(trans_b)))
+        else:
+            block = _block_size(k)
+            blocks = -(-k // block)
+            g.initializer.extend([
+                numpy_helper.from_array(pack_nbits(ints, block), f"{prefix}.w_uint4"),
+                numpy_helper.from_array(np.repeat(scale, blocks).astype(np.float32), f"{prefix}.w_scales"),
+            ])
+            nodes.append(helper.make_node("MatMulNBits", [x, f"{prefix}.w_uint4", f"{prefix}.w_scales"], list(node.output),
+                                          name=node.name, domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=block,
+                                          accuracy_level=accuracy_level))
+    missing = [name for name, _ in quant_linears(model) if name not in found]
+    if missing:
+        raise ExportError(f"quantized Linears not found in the ONNX graph: {', '.join(missing[:5])} "
+                          f"({len(missing)} of {len(list(quant_linears(model)))}); the exporter changed their weights")
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for nd in g.node for i in nd.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    if bits == 4 and not any(o.domain == MS_DOMAIN for o in onnx_model.opset_import):
+        onnx_model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return onnx_model
+
+
+def export_quantized_onnx(
+    model: nn.Module, path: str | Path, example_inputs: Mapping[str, torch.Tensor], bits: int, output_name: str = "logits",
+    accuracy_level: int = 4,
+) -> Path:
+    """Export the fake-quantized classifier `model` to one ONNX file at `path` (QDQ for 8 bit, MatMulNBits for 4).
+
+    `accuracy_level` of MatMulNBits: 4 quantizes its input to int8 per block and runs integer dot products
+    (fast); 0 dequantizes the weights and multiplies in float (exactly the fake-quantized model)."""
+    import onnx
+
+    target = Path(path)
+    with tempfile.TemporaryDirectory(prefix="nasbert-quant-") as work:
+        fp = export_onnx(FirstOutput(float_copy(model)), Path(work) / "float.onnx", example_inputs, [output_name])
+        graph = rewrite(onnx.load(str(fp)), model, bits, accuracy_level)
+        with atomic_path(target) as tmp:
+            onnx.save(graph, str(tmp))
+    return target

@@ -1,0 +1,228 @@
+"""`quantize`: check the inputs, train the fake-quantized classifier with distillation, export it to low-bit
+kernels, check the exports numerically and score everything on the validation rows.
+
+The output folder (written atomically):
+
+    config.json, model.safetensors, tokenizer files   the classifier, weights already on their quantization grid
+                                                      (loads anywhere as a plain model: weight-quantized, float activations)
+    quantization.json, quantization.safetensors       bits, levels, every quantizer's step size and zero point
+    onnx/model_q8.onnx | onnx/model_q4.onnx           QDQ (8 bit) or MatMulNBits (4 bit) ONNX, the learned scales
+    openvino/openvino_model_q8.xml (+ .bin)           the QDQ model as OpenVINO IR (FakeQuantize; runs in INT8)
+    quantize_report.json                              settings, training, numeric checks, scores (fp32 vs quantized)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasbert_deploy.errors import ExportError, RuntimeUnavailableError, TaskError
+from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.model.loop import NoteFn, ProgressFn, checkpoint_dir
+from nasbert_deploy.quantize import BITS, KERNELS
+from nasbert_deploy.quantize.check import (
+    check_logits,
+    first_output,
+    runtime_runners,
+    summarize,
+    task_logits,
+    torch_runner,
+)
+from nasbert_deploy.quantize.lsq import bake_weights, quantize_linears
+from nasbert_deploy.quantize.onnx_qdq import export_quantized_onnx
+from nasbert_deploy.quantize.train import QuantizeConfig, train_quantized
+from nasbert_deploy.student.finetune import check_model_folder, fit_max_len, load_classifier
+from nasbert_deploy.student.metrics import evaluate_logits
+from nasbert_deploy.student.tasks import TaskData
+
+QUANT_JSON, QUANT_WEIGHTS, REPORT_NAME = "quantization.json", "quantization.safetensors", "quantize_report.json"
+
+
+def onnx_name(bits: int) -> str:
+    return f"onnx/model_q{bits}.onnx"
+
+
+def check_request(bits: int, formats: Sequence[str]) -> None:
+    """Bits the chosen runtimes have kernels for (`KERNELS`), and the runtimes importable: one-line errors."""
+    if bits not in BITS:
+        raise ExportError(f"--bits {bits} is not supported; valid: {', '.join(map(str, BITS))}")
+    bad = [f for f in formats if f not in KERNELS[bits]]
+    if bad:
+        have = ", ".join(KERNELS[bits]) or "none (simulated in PyTorch only: pass --format none)"
+        raise ExportError(f"--bits {bits} has no kernel in {', '.join(bad)}; formats with {bits}-bit kernels: {have}")
+    for f, module in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        if f in formats:
+            import importlib.util
+
+            if importlib.util.find_spec(module) is None:
+                raise RuntimeUnavailableError(f"--format {f} needs {module}, which is not installed (pip install {module})")
+
+
+def check_inputs(model_dir: Path, train: TaskData, valid: TaskData, teacher_model: Path | None) -> list[str]:
+    """Before any work: `model_dir` (and a teacher) are classifiers, the task's labels are the model's. Returns them."""
+    from nasbert_deploy.teacher import read_model_config
+
+    check_model_folder(model_dir, classifier=True)
+    labels = _config_labels(read_model_config(model_dir, "--model", TaskError), model_dir)
+    for data in (train, valid):
+        data.label_ids({n: i for i, n in enumerate(labels)})
+    if teacher_model is not None:
+        check_model_folder(teacher_model, classifier=True, option="--teacher-model")
+        t_labels = _config_labels(read_model_config(teacher_model, "--teacher-model", TaskError), teacher_model)
+        if t_labels != labels:
+            raise TaskError(f"--teacher-model labels {t_labels[:6]} differ from --model's {labels[:6]} (names and order); "
+                            "use a teacher fine-tuned on the same task, or leave --teacher-model out to distil from --model")
+    return labels
+
+
+def _config_labels(config: dict[str, Any], path: Path) -> list[str]:
+    id2label = config.get("id2label")
+    try:
+        return [str(id2label[str(i)]) for i in range(len(id2label))]  # type: ignore[index, arg-type]
+    except (KeyError, TypeError):
+        raise TaskError(f"{path / 'config.json'} has no usable id2label map (class ids 0..n-1); "
+                        "fine-tune the model with `nasbert-deploy finetune` first") from None
+
+
+def load_quantized(folder: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(fake-quantized classifier, tokenizer, quantization.json) from a `quantize` output folder."""
+    from safetensors.torch import load_file
+
+    p = Path(folder)
+    meta = json.loads((p / QUANT_JSON).read_text())
+    model, tokenizer = load_classifier(p)
+    quantize_linears(model, meta["bits"], meta["act_bits"])
+    state = load_file(str(p / QUANT_WEIGHTS))
+    missing = [k for k in model.state_dict() if ".w_quant." in k or ".a_quant." in k]
+    model.load_state_dict({**model.state_dict(), **state})
+    if sorted(missing) != sorted(state):
+        raise ExportError(f"{p / QUANT_WEIGHTS} does not match the model's quantizers")
+    return model.eval(), tokenizer, meta
+
+
+def _example(model: Any, pairs: bool) -> dict[str, torch.Tensor]:
+    from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ
+
+    g = torch.Generator().manual_seed(0)
+    shape = (EXAMPLE_BATCH, EXAMPLE_SEQ)
+    ex = {"input_ids": torch.randint(5, int(model.config.vocab_size), shape, generator=g),
+          "attention_mask": torch.ones(shape, dtype=torch.long)}
+    if pairs:
+        ex["token_type_ids"] = torch.zeros(shape, dtype=torch.long)
+    return ex
+
+
+def quantize(
+    model_dir: str | Path,
+    train: TaskData,
+    valid: TaskData,
+    out_dir: str | Path,
+    cfg: QuantizeConfig,
+    formats: Sequence[str] = ("onnx", "openvino"),
+    teacher_model: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    note: NoteFn | None = None,
+) -> dict[str, Any]:
+    """KDLSQ: fake-quantize every Linear of the classifier in `model_dir`, train it with distillation from the
+    full-precision model (or `teacher_model`), export it for `formats`, check and score; returns the report."""
+    check_request(cfg.bits, formats)
+    labels = check_inputs(Path(model_dir), train, valid, None if teacher_model is None else Path(teacher_model))
+    fp_model, tokenizer = load_classifier(model_dir)
+    fp_model.eval()
+    teacher = fp_model if teacher_model is None else load_classifier(teacher_model)[0].eval()
+    student = copy.deepcopy(fp_model)
+    names = quantize_linears(student, cfg.bits, cfg.act_bits)
+    cfg = QuantizeConfig(**{**cfg.to_dict(), "max_len": fit_max_len(fp_model, cfg.max_len)})
+    label2id = {n: i for i, n in enumerate(labels)}
+    key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model)}
+    summary = train_quantized(student, teacher, tokenizer, train, train.label_ids(label2id), out_dir, cfg, key, progress, note)
+    bake_weights(student)
+    report = _score_and_export(fp_model, student, tokenizer, valid, labels, cfg, formats, out_dir, names)
+    report.update({"model": str(model_dir), "teacher_model": key["teacher_model"], "task": train.source,
+                   "train_rows": len(train), "valid_rows": len(valid), "config": cfg.to_dict(), "training": summary})
+    out = Path(out_dir)
+    with atomic_dir(out) as tmp:
+        _write_folder(tmp, student, tokenizer, cfg, names, formats, report)
+    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+    return report
+
+
+def _score_and_export(
+    fp_model: Any, student: Any, tokenizer: Any, valid: TaskData, labels: list[str], cfg: QuantizeConfig,
+    formats: Sequence[str], out_dir: str | Path, names: list[str],
+) -> dict[str, Any]:
+    y = valid.label_ids({n: i for i, n in enumerate(labels)})
+    fp_logits = task_logits(torch_runner(fp_model), tokenizer, valid, cfg.max_len)
+    q_logits = task_logits(torch_runner(student), tokenizer, valid, cfg.max_len)
+    scores = {"fp32": evaluate_logits(y, fp_logits).to_dict(),
+              f"kdlsq-{cfg.bits}bit-torch": evaluate_logits(y, q_logits, fp_logits).to_dict()}
+    report: dict[str, Any] = {"bits": cfg.bits, "act_bits": cfg.act_bits, "quantized_linears": len(names),
+                              "simulated_only": not formats, "scores": scores, "checks": {}}
+    if not formats:
+        return report
+    work = Path(tempfile.mkdtemp(prefix="nasbert-quant-"))
+    try:
+        onnx_path = export_quantized_onnx(student, work / "model.onnx", _example(student, valid.pairs is not None), cfg.bits)
+        paths = {"onnxruntime": onnx_path} if "onnx" in formats else {}
+        if "openvino" in formats:
+            paths["openvino"] = onnx_path
+        compiled = runtime_runners(paths)
+        runners = {rt: first_output(c) for rt, c in compiled.items()}
+        pos = int(getattr(student.config, "max_position_embeddings", 512) or 512)
+        checks = check_logits(torch_runner(student), runners, pos, int(student.config.vocab_size), valid.pairs is not None)
+        report["checks"] = summarize(checks)
+        bad = [c for c in checks if not c.passed]
+        if bad:
+            raise ExportError(f"the quantized export differs from the fake-quantized model in {len(bad)} of {len(checks)} "
+                              "checks: " + "; ".join(c.describe() for c in bad[:4]))
+        for rt, run in runners.items():
+            logits = task_logits(run, tokenizer, valid, cfg.max_len)
+            scores[f"kdlsq-{cfg.bits}bit-{rt}"] = {**evaluate_logits(y, logits, fp_logits).to_dict(),
+                                                   "agreement_vs_torch": float((logits.argmax(1) == q_logits.argmax(1)).mean())}
+        report["_onnx"] = str(onnx_path)
+    except Exception:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return report
+
+
+def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, names: list[str], formats: Sequence[str],
+                  report: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    from nasbert_deploy.model.remote_code import write_remote_code
+    from nasbert_deploy.quantize.onnx_qdq import float_copy
+
+    quant_state = {k: v.detach().contiguous() for k, v in student.state_dict().items() if ".w_quant." in k or ".a_quant." in k}
+    float_copy(student).save_pretrained(tmp)  # plain Linears holding the dequantized (on-grid) weights
+    tokenizer.save_pretrained(tmp)
+    if getattr(student.config, "model_type", "") == "nasbert":
+        write_remote_code(tmp)
+    save_file(quant_state, str(tmp / QUANT_WEIGHTS))
+    onnx_src = report.pop("_onnx", None)
+    files = {}
+    if onnx_src:
+        target = tmp / onnx_name(cfg.bits)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(onnx_src, target)
+        shutil.rmtree(Path(onnx_src).parent, ignore_errors=True)
+        files["onnx"] = onnx_name(cfg.bits)
+        if "openvino" in formats:
+            from nasbert_deploy.runtimes.convert import onnx_to_openvino
+
+            xml = f"openvino/openvino_model_q{cfg.bits}.xml"
+            onnx_to_openvino(target, tmp / xml, fp16=False)
+            files["openvino"] = xml
+    report["files"] = files
+    meta = {"method": "KDLSQ (LSQ step sizes + distillation)", "bits": cfg.bits, "act_bits": cfg.act_bits,
+            "weights": "symmetric per output channel", "activations": "asymmetric uint8 per tensor", "linears": names,
+            "files": files}
+    write_json_atomic(tmp / QUANT_JSON, meta)
+    write_json_atomic(tmp / REPORT_NAME, report)

@@ -1,0 +1,140 @@
+"""`quantize` command and `quantize.run`: output folder, numeric checks, resume, one-line errors before any work."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_tiny_teacher, tiny_vocab
+from typer.testing import CliRunner
+
+from nasbert_deploy.cli.app import app
+from nasbert_deploy.export.validate import padded_inputs
+from nasbert_deploy.quantize.check import torch_runner
+from nasbert_deploy.quantize.run import load_quantized, onnx_name, quantize
+from nasbert_deploy.quantize.train import QuantizeConfig
+from nasbert_deploy.student.tasks import load_task
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+WORDS = [w for w in tiny_vocab() if w.isalpha() and len(w) > 3]
+
+
+def _task(path, n, seed, labels="xyz"):
+    r = random.Random(seed)
+    with path.open("w") as f:
+        for _ in range(n):
+            a = r.randrange(len(labels))
+            f.write(json.dumps({"text": " ".join(r.sample(WORDS[5:40], 4) + [WORDS[a]]), "label": labels[a]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, one_thread):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    root = tmp_path_factory.mktemp("qcli")
+    encoder = make_tiny_teacher(root / "encoder")
+    torch.manual_seed(0)
+    clf = BertForSequenceClassification.from_pretrained(encoder, num_labels=3, id2label=dict(enumerate("xyz")),
+                                                        label2id={c: i for i, c in enumerate("xyz")})
+    clf.save_pretrained(root / "clf")
+    AutoTokenizer.from_pretrained(encoder).save_pretrained(root / "clf")
+    return {"root": root, "encoder": encoder, "clf": root / "clf", "train": _task(root / "train.jsonl", 48, 0),
+            "valid": _task(root / "valid.jsonl", 16, 1), "other": _task(root / "other.jsonl", 20, 2, "xw")}
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _one_line_error(r, *needles):
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    for n in needles:
+        assert n in r.output, r.output
+
+
+def test_quantize_8bit_end_to_end(tiny):
+    out = tiny["root"] / "q8"
+    r = _run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--valid", tiny["valid"], "--bits", "8",
+             "--steps", "3", "--batch-size", "8", "--max-len", "16", "--out", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "quantize_report.json").read_text())
+    assert report["quantized_linears"] == 14  # 2 layers x 6 + pooler + classifier
+    for rt in ("onnxruntime", "openvino"):
+        c = report["checks"][rt]
+        assert c["passed"] == c["checks"] == 9  # batch 1/2/4 x seq 8/37/64 (the tiny model's 64 positions)
+        assert report["scores"][f"kdlsq-8bit-{rt}"]["agreement_vs_torch"] == 1.0
+    assert (out / onnx_name(8)).is_file() and (out / "openvino" / "openvino_model_q8.xml").is_file()
+    assert not (tiny["root"] / "q8.ckpt").exists()
+    # the folder reloads as the same fake-quantized model, and its ONNX file runs it on integer kernels
+    import onnxruntime as ort
+
+    model, _, meta = load_quantized(out)
+    assert meta["bits"] == 8 and meta["files"]["onnx"] == onnx_name(8)
+    inputs = padded_inputs(2, 20, 1000)
+    sess = ort.InferenceSession(str(out / onnx_name(8)), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, inputs)[0], torch_runner(model)(inputs), atol=1e-4)
+    # the plain folder loads with transformers alone: weights on the 8-bit grid, float activations
+    from transformers import AutoModelForSequenceClassification
+
+    plain = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    w = plain.bert.encoder.layer[0].intermediate.dense.weight
+    s = model.bert.encoder.layer[0].intermediate.dense.w_quant.scale()[:, None]
+    assert torch.allclose(w / s, (w / s).round(), atol=1e-3)
+    _one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--out", out), "--force")
+
+
+def test_2bit_is_simulated_and_resumes(tiny):
+    train, valid = load_task(tiny["train"]), load_task(tiny["valid"])
+    out = tiny["root"] / "q2"
+    cfg = QuantizeConfig(bits=2, steps=4, batch_size=8, max_len=16, checkpoint_every=100)
+
+    def stop_at_2(done, total, values):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        quantize(tiny["clf"], train, valid, out, cfg, (), progress=stop_at_2)
+    assert (tiny["root"] / "q2.ckpt").is_dir() and not out.exists()
+    notes = []
+    report = quantize(tiny["clf"], train, valid, out, cfg, (), note=notes.append)
+    assert report["training"]["resumed_from"] == 2 and notes == ["resuming from step 2 of 4"]
+    assert report["simulated_only"] and not report["checks"] and "kdlsq-2bit-torch" in report["scores"]
+    model, _, _ = load_quantized(out)
+    w = model.bert.encoder.layer[1].output.dense.quantized_weight()
+    levels = torch.unique((w / model.bert.encoder.layer[1].output.dense.w_quant.scale()[:, None]).round())
+    assert set(levels.tolist()) <= {-2.0, -1.0, 0.0, 1.0}
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--bits", "2", "--format", "onnx"], ["--bits 2 has no kernel in onnx", "--format none"]),
+    (["--bits", "4", "--format", "openvino"], ["--bits 4 has no kernel in openvino", "onnx"]),
+    (["--format", "tflite"], ["--format 'tflite'"]),
+    (["--bits", "3"], ["--bits"]),
+])
+def test_bits_without_kernels_are_refused(tiny, args, needles):
+    out = tiny["root"] / "never"
+    r = _run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--out", out, *args)
+    _one_line_error(r, *needles)
+    assert not out.exists()
+
+
+def test_inputs_are_checked_before_any_work(tiny):
+    out = tiny["root"] / "never"
+    base = ["quantize", "--task", tiny["train"], "--out", out]
+    _one_line_error(_run(*base, "--model", tiny["encoder"]), "not a classifier")
+    _one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["other"], "--out", out),
+                    "labels the model does not know: w")
+    _one_line_error(_run(*base, "--model", tiny["clf"], "--teacher-model", tiny["encoder"]),
+                    "--teacher-model", "not a classifier")
+    _one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--out", "/proc/nasbert-q/out"), "/proc")
+    empty = tiny["root"] / "empty.jsonl"
+    empty.write_text("")
+    _one_line_error(_run("quantize", "--model", tiny["clf"], "--task", empty, "--out", out), "empty.jsonl")
+    assert not out.exists() and not (tiny["root"] / "never.ckpt").exists()
