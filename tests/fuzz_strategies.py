@@ -386,6 +386,15 @@ COMMANDS: dict[str, tuple[dict, int]] = {  # name -> (arguments of `command`, ca
                  "tm", [CLASSIFIER]), "--runtime": choice(("torch", "onnxruntime")), "--batch-size": ints(1, 64),
                  "--json": out_path("file", "report"), "--force": flag(), "--train": task("train.jsonl")},
         required=("--model",)), 140),
+    "search-task": (dict(  # the teacher folders hold no tokenizer: every case ends at validation
+        prefix=["search-task"],
+        options={"--task": task(), "--teacher-model": model_dir("tm", [ENCODER, CLASSIFIER]), "--out": out_path("dir"),
+                 "--max-latency-ms": floats(0.01, 50.0), "--device": device(), "--valid": task("valid.jsonl"),
+                 "--max-params": choice(("10M", "500K", "1", "-3")), "--controller": choice(("reinforce", "evolution")),
+                 "--evaluations": ints(1, 5), "--proxy-rows": ints(8, 64), "--table": table(), "--supernet": supernet_dir(),
+                 "--seq-len": ints(2, 128), "--search-only": flag(), "--force": flag()},
+        required=("--task", "--teacher-model", "--max-latency-ms", "--out"),
+        poisons={"--out": bad_out("dir"), "--teacher-model": BAD_MODEL}), 60),
     "prune": (dict(  # the model folders hold no weights: every case ends at validation or loading
         prefix=["prune"],
         options={"--model": model_dir("m", [ENCODER, CLASSIFIER]), "--task": task(), "--device": device(),
