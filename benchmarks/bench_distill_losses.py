@@ -16,6 +16,7 @@ variants are skipped, so an interrupted run resumes. The figures of 2026-12-02 a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import time
@@ -51,7 +52,25 @@ def corpus(shared: Path, n: int, seed: int = 0) -> list[str]:
     return lines[:n]
 
 
-def frozen_scores(model_dir: Path, teacher: Embedder, shared: Path, threads: int) -> dict[str, Any]:
+class CachedEncoder:
+    """The teacher's embeddings of each text list, computed once and kept in `folder` (every variant and every
+    later run compares with the same ones)."""
+
+    def __init__(self, embedder: Embedder, folder: Path) -> None:
+        self.embedder, self.folder = embedder, folder
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        path = self.folder / f"teacher-{hashlib.sha1(chr(0).join(texts).encode()).hexdigest()[:16]}.npy"
+        if path.is_file():
+            return np.load(path)
+        out = self.embedder.encode(texts)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        np.save(path.with_suffix(".tmp.npy"), out)
+        path.with_suffix(".tmp.npy").replace(path)
+        return out
+
+
+def frozen_scores(model_dir: Path, teacher: Any, shared: Path, threads: int) -> dict[str, Any]:
     emb = Embedder(model_dir, threads=threads)
     r = load_retrieval(shared / "tasks/debian-retrieval/valid.jsonl")
     q, d = emb.encode(r.queries), emb.encode(r.documents)
@@ -96,20 +115,25 @@ def main() -> None:
     results.parent.mkdir(parents=True, exist_ok=True)
     done = {json.loads(ln)["tag"] for ln in results.read_text().splitlines()} if results.is_file() else set()
     texts = corpus(shared, args.paragraphs)
-    teacher = Embedder(default_teacher_path(), threads=args.threads)
+    teacher = CachedEncoder(Embedder(default_teacher_path(), threads=args.threads), work / "teacher-embeddings")
     for variant in args.variants.split(","):
-        tag = f"{variant}-{args.steps}" + ("" if args.init == "supernet" else f"-{args.init}-{args.arch}")
+        default = args.init == "supernet" and args.arch == ARCH  # the tags of the first runs
+        tag = f"{variant}-{args.steps}" + ("" if default else f"-{args.init}-{args.arch}")
         if tag in done:
             print(f"{tag}: done, skipped")
             continue
         out = work / tag
         if not (out / "config.json").is_file():
-            cfg = DistillConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=3e-4,
+            cfg = DistillConfig(steps=max(1, args.steps), batch_size=args.batch_size, seq_len=args.seq_len, lr=3e-4,
                                 checkpoint_every=50, **VARIANTS[variant])
             t0 = time.time()
             teacher_model = load_teacher(None)
             student = make(args, teacher_model, texts)
-            distill(student, teacher_model, texts, out, cfg, note=print, metadata=extraction_summary(student))
+            if args.steps == 0:  # the start itself, scored without any distillation
+                student.model.save_pretrained(out)
+                teacher_model.tokenizer.save_pretrained(out)
+            else:
+                distill(student, teacher_model, texts, out, cfg, note=print, metadata=extraction_summary(student))
             print(f"{tag}: distilled in {time.time() - t0:.0f} s")
         row = {"tag": tag, **frozen_scores(out, teacher, shared, args.threads)}
         with results.open("a") as f:
