@@ -126,7 +126,7 @@ def test_table_interpolates_round_trips_and_checks_budgets(tmp_path):
     assert pred == pytest.approx(expected)
     x = torch.tensor([4.0, 2.0], requires_grad=True)
     e = t.expected_ms(x, torch.tensor([96.0, 10.0]))
-    assert float(e) == pytest.approx(pred)
+    assert float(e.detach()) == pytest.approx(pred)
     e.backward()
     assert x.grad.tolist() == pytest.approx([0.05, 0.05])
     path = t.save(tmp_path / "t.json")
@@ -193,7 +193,7 @@ def test_profile_table_on_cpu_torch_validates_whole_models():
     assert sorted(t.attention_ms) == [1, 2, 3, 4] and sorted(t.ffn_ms) == [1, 48, 96]
     assert t.manifest["cpu_model"] and t.manifest["runtime_versions"]["torch"] and t.manifest["seq_len"] == 16
     assert all(v > 0 for v in t.attention_ms.values()) and t.rest_ms > 0 and t.scale > 0
-    assert [v["role"] for v in t.validation] == ["fit", "fit", "holdout"]
+    assert [v["role"] for v in t.validation] == ["fit", "holdout", "fit"]
     assert all(v["measured_ms"] > 0 and v["predicted_ms"] > 0 for v in t.validation)
     assert holdout_summary(t)["models"] == 1
     PruneLatencyTable.from_dict(json.loads(json.dumps(t.to_dict())))
@@ -226,3 +226,19 @@ def test_artefacts_validate_on_onnxruntime_and_openvino(tmp_path):
     with pytest.raises(ExportError, match="numeric validation failed"):
         validate_artefacts(pruned, folder)
     assert np.isfinite([c.max_abs_diff for c in checks]).all()
+
+
+def test_measure_takes_a_clock_and_tables_record_it():
+    from nasbert_deploy.prune.profile import CLOCKS, PruneProfileSettings
+    from nasbert_deploy.runtimes.timing import measure
+
+    ticks = iter(range(10**6))
+    t = measure(lambda: None, warmup=0, runs=5, retries=0, clock=lambda: next(ticks) * 0.002)  # 2 ms per clock read
+    assert t.runs == 5 and t.median_ms == pytest.approx(2.0) and t.cv == pytest.approx(0.0)
+    assert PruneProfileSettings(clock="cpu").timing_kwargs()["clock"] is CLOCKS["cpu"]
+    table = synthetic_table()
+    table.check_model(48, 4, 96)
+    table.manifest["clock"] = "cpu"
+    table.check_model(48, 4, 96, "cpu")
+    with pytest.raises(TableError, match="--clock cpu"):
+        table.check_model(48, 4, 96)

@@ -12,10 +12,11 @@ from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import DeviceOpt, SeedOpt, ThreadsOpt, Ticker, console, set_threads
+from nasbert_deploy.cli.common import DeviceOpt, SeedOpt, ThreadsOpt, Ticker, choice, console, set_threads
 from nasbert_deploy.errors import NasBertDeployError
 
 app = typer.Typer()
+ClockName = choice("ClockName", ("wall", "cpu"))
 
 
 def _opt(*names: str, help: str, **kw: Any) -> Any:
@@ -77,6 +78,10 @@ def prune_cmd(
     finetune_lr: Annotated[float, _opt("--finetune-lr", min=0.0, help="Learning rate of that fine-tuning.")] = 5e-5,
     batch: Annotated[int, _opt("--batch", min=1, help="Batch of the latency budget and table.")] = 1,
     seq_len: Annotated[int, _opt("--seq-len", min=2, help="Sequence length of the latency budget and table.")] = 128,
+    clock: Annotated[ClockName, _opt("--clock", help="Time with wall time, or process CPU time (1-thread devices on a "
+                                     "shared, oversubscribed host).")] = ClockName("wall"),
+    validate: Annotated[int, _opt("--validate", min=0, help="Whole pruned models timed when a table is profiled.")] = 8,
+    holdout: Annotated[int, _opt("--holdout", min=0, help="Of those, held out of the table's scale fit.")] = 5,
     checkpoint_every: Annotated[int, _opt("--checkpoint-every", min=1, help="Steps between resumable checkpoints.")] = 50,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
@@ -101,9 +106,11 @@ def prune_cmd(
     gates = GateConfig(steps=steps, batch_size=batch_size, max_len=max_len, lr=lr, gate_lr=gate_lr, lambda_lr=lambda_lr,
                        target_warmup=target_warmup, distill_weight=distill_weight, temperature=temperature,
                        hidden_weight=hidden_weight, checkpoint_every=checkpoint_every, seed=seed)
+    profile = PruneProfileSettings(batch=batch, seq_len=seq_len, validate=validate, holdout=min(holdout, validate),
+                                   clock=clock.value, seed=seed)
     req = PruneRequest(model=model, train=train, valid=val, out=out, spec=device, max_latency_ms=max_latency_ms,
                        gates=gates, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, teacher_model=teacher_model,
-                       table_path=table, profile=PruneProfileSettings(batch=batch, seq_len=seq_len, seed=seed))
+                       table_path=table, profile=profile)
     check_request(req)
     set_threads(threads)
     with _progress() as (train_progress, profile_progress):

@@ -32,9 +32,9 @@ SCHEMA = "nasbert-deploy/prune-latency-table"
 SCHEMA_VERSION = 1
 
 
-def table_name(device: str, hidden: int, heads: int, ffn: int, batch: int, seq_len: int) -> str:
-    """The canonical file stem of a table: device and the shape it was measured at."""
-    return f"{device}-h{hidden}-a{heads}-f{ffn}-b{batch}-s{seq_len}"
+def table_name(device: str, hidden: int, heads: int, ffn: int, batch: int, seq_len: int, clock: str = "wall") -> str:
+    """The canonical file stem of a table: device, the shape it was measured at, and the clock unless wall time."""
+    return f"{device}-h{hidden}-a{heads}-f{ffn}-b{batch}-s{seq_len}" + ("" if clock == "wall" else f"-{clock}")
 
 
 def default_table_path(name: str) -> Path:
@@ -122,8 +122,12 @@ class PruneLatencyTable:
                 f"(one head and one FFN neuron per layer: {low:.2f} ms predicted; unpruned {full:.2f} ms); "
                 f"give at least {low:.2f}")
 
-    def check_model(self, hidden: int, heads: int, ffn: int) -> None:
+    def check_model(self, hidden: int, heads: int, ffn: int, clock: str = "wall") -> None:
+        """`TableError` unless the table is for this width and was timed with `clock`."""
         m = self.manifest
+        if m.get("clock", "wall") != clock:
+            raise TableError(f"the pruning latency table was timed with the {m.get('clock', 'wall')} clock, not {clock}; "
+                             f"pass --clock {m.get('clock', 'wall')} or another --table")
         if (int(m["hidden"]), int(m["heads"]), int(m["ffn"])) != (hidden, heads, ffn):
             raise TableError(f"the pruning latency table is for hidden {m['hidden']}, {m['heads']} heads, FFN {m['ffn']}; "
                              f"the model has hidden {hidden}, {heads} heads, FFN {ffn}: profile one for it")

@@ -4,8 +4,8 @@ Every item (attention with k heads, FFN with w neurons, the rest of the model, a
 the device's runtime plug-in (`compile`: the export path `export` uses) and is timed with `time_compiled`,
 i.e. `runtimes.timing.measure`; `rounds` passes over all items, each item's figure the lowest round
 median (the NAS tables' default statistic). Whole models with random head counts and FFN widths per layer
-are timed the same way: the first `validate - holdout` fit the table's scale, the last `holdout` are
-predicted without having been seen (their errors are the table's honest accuracy).
+are timed the same way: `holdout` of them (spread over the sizes) are predicted without having been seen
+(their errors are the table's honest accuracy), the others fit the table's scale.
 """
 
 from __future__ import annotations
@@ -41,15 +41,21 @@ class PruneProfileSettings:
     warmup: int = 3
     runs: int = 10
     min_time_s: float = 0.1
-    validate: int = 6
-    holdout: int = 3
+    validate: int = 8
+    holdout: int = 5
     seed: int = 0
+    clock: str = "wall"  # or "cpu": process CPU time (`CLOCKS`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def timing_kwargs(self) -> dict[str, Any]:
-        return {"warmup": self.warmup, "runs": self.runs, "min_time_s": self.min_time_s}
+        return {"warmup": self.warmup, "runs": self.runs, "min_time_s": self.min_time_s, "clock": CLOCKS[self.clock]}
+
+
+# What `measure` times with: wall time, or this process's CPU time, which leaves out the time other processes take
+# from the core (a 1-thread runtime on a shared, oversubscribed host; it still includes their cache pollution).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def ffn_grid(width: int, points: int) -> list[int]:
@@ -195,7 +201,7 @@ def profile_table(config: Any, spec: DeviceSpec, s: PruneProfileSettings, progre
         rounds = _time_all(compiled, s, progress, "time")
     fig = {k: round_statistic(v, "min") for k, v in rounds.items()}
     manifest = {
-        "name": table_name(spec.name, hidden, heads, width, s.batch, s.seq_len),
+        "name": table_name(spec.name, hidden, heads, width, s.batch, s.seq_len, s.clock), "clock": s.clock,
         "device": spec.name, "device_spec": spec.to_dict(), "hidden": hidden, "heads": heads, "ffn": width,
         "layers": int(config.num_hidden_layers), "vocab_size": vocab, "batch": s.batch, "seq_len": s.seq_len,
         "statistic": "min", "settings": s.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -226,7 +232,7 @@ def validation_models(layers: int, heads: int, width: int, n: int, seed: int) ->
 
 def validate_table(table: PruneLatencyTable, config: Any, spec: DeviceSpec, s: PruneProfileSettings,
                    progress: Progress | None = None, workdir: Path | None = None) -> None:
-    """Time `s.validate` whole pruned models; fit `table.scale` on the first `validate - holdout` (median of
+    """Time `s.validate` whole pruned models; fit `table.scale` on those not held out (median of
     measured / raw sum), record predicted vs measured for all (`table.validation`, role fit | holdout)."""
     if s.validate <= 0:
         return
@@ -243,14 +249,21 @@ def validate_table(table: PruneLatencyTable, config: Any, spec: DeviceSpec, s: P
         rounds = _time_all(compiled, s, progress, "time models")
     measured = [round_statistic(rounds[f"model:{i}"], "min") for i in range(len(models))]
     raw = [table.raw_ms(hs, ws) for hs, ws in models]
-    n_fit = max(0, s.validate - s.holdout)
-    if n_fit:
-        table.scale = float(np.median([m / r for m, r in zip(measured[:n_fit], raw[:n_fit])]))
+    held = holdout_indices(s.validate, s.holdout)
+    fit = [i for i in range(len(models)) if i not in held]
+    if fit:
+        table.scale = float(np.median([measured[i] / raw[i] for i in fit]))
     table.validation = []
     for i, ((hs, ws), m, r) in enumerate(zip(models, measured, raw)):
         pred = table.scale * r
         table.validation.append({"heads": hs, "widths": ws, "raw_ms": r, "predicted_ms": pred, "measured_ms": m,
-                                 "error_pct": 100 * (pred - m) / m, "role": "fit" if i < n_fit else "holdout"})
+                                 "error_pct": 100 * (pred - m) / m, "role": "holdout" if i in held else "fit"})
+
+
+def holdout_indices(n: int, holdout: int) -> set[int]:
+    """`holdout` of the `n` validation models (ordered small to large), spread evenly over the sizes."""
+    holdout = min(holdout, n)
+    return {min(n - 1, round((j + 0.5) * n / holdout - 0.5)) for j in range(holdout)} if holdout else set()
 
 
 def holdout_summary(table: PruneLatencyTable) -> dict[str, Any]:

@@ -70,7 +70,8 @@ def check_request(req: PruneRequest) -> dict[str, Any]:
     path = table_path(req, config)
     if path.is_file():  # a table already made: the budget is checked now, not after loading the model
         table = PruneLatencyTable.load(path)
-        table.check_model(int(config["hidden_size"]), int(config["num_attention_heads"]), int(config["intermediate_size"]))
+        table.check_model(int(config["hidden_size"]), int(config["num_attention_heads"]), int(config["intermediate_size"]),
+                          req.profile.clock)
         table.check_budget(req.max_latency_ms, int(config["num_hidden_layers"]), req.spec.name)
     return config
 
@@ -79,7 +80,7 @@ def table_path(req: PruneRequest, config: dict[str, Any]) -> Path:
     """`req.table_path`, else the default place of the device's table for this model's width."""
     s = req.profile
     name = table_name(req.spec.name, int(config["hidden_size"]), int(config["num_attention_heads"]),
-                      int(config["intermediate_size"]), s.batch, s.seq_len)
+                      int(config["intermediate_size"]), s.batch, s.seq_len, s.clock)
     return req.table_path or default_table_path(name)
 
 
@@ -92,7 +93,7 @@ def get_table(req: PruneRequest, model_config: Any, progress: Callable[[str, int
     path = table_path(req, model_config.to_dict())
     if path.is_file():
         table = PruneLatencyTable.load(path)
-        table.check_model(hidden, heads, ffn)
+        table.check_model(hidden, heads, ffn, req.profile.clock)
         made_on = table.manifest.get("cpu_model")
         if note and made_on and made_on != cpu_model():
             note(f"the latency table {path} was made on {made_on!r}, this machine is {cpu_model()!r}: its figures may "
@@ -217,7 +218,8 @@ def _finish(req: PruneRequest, model: Any, pruned: Any, tokenizer: Any, table: P
     checks = validate_artefacts(pruned, staging)
     say(f"latency on {req.spec.name}")
     s = req.profile
-    measured = measure_side_by_side({"unpruned": model, "pruned": pruned}, req.spec, s.batch, s.seq_len, req.timing_kwargs,
+    kwargs = {**req.timing_kwargs, "clock": s.timing_kwargs()["clock"]}
+    measured = measure_side_by_side({"unpruned": model, "pruned": pruned}, req.spec, s.batch, s.seq_len, kwargs,
                                     {"pruned": staging})
     shapes = {"unpruned": ([table.heads] * layers, [table.ffn] * layers), "pruned": (sel.head_counts, sel.widths)}
     params = {"unpruned": sum(p.numel() for p in model.parameters()), "pruned": sum(p.numel() for p in pruned.parameters())}
@@ -227,6 +229,7 @@ def _finish(req: PruneRequest, model: Any, pruned: Any, tokenizer: Any, table: P
         "max_latency_ms": req.max_latency_ms,
         "batch": s.batch,
         "seq_len": s.seq_len,
+        "clock": s.clock,
         "latency": latency_rows(table, measured, shapes, req.max_latency_ms),
         "table": {"path": str(table_path), "name": table.manifest["name"], "scale": table.scale,
                   "holdout": holdout_summary(table)},
