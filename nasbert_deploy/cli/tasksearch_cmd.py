@@ -24,7 +24,7 @@ def _opt(*names: str, help: str, **kw: Any) -> Any:
 
 @app.command("search-task")
 def search_task(
-    task: Annotated[str, _opt("--task", help=f"Task file (.jsonl/.csv/.tsv: text, [text_pair], label) or {SAMPLE_TASK}.")],
+    task: Annotated[str, _opt("--task", help=f"Task file (.jsonl/.csv/.tsv: text, \\[text_pair], label) or {SAMPLE_TASK}.")],
     teacher_model: Annotated[Path, _opt("--teacher-model", help="Fine-tuned teacher classifier folder (its labels "
                                         "must cover the task's).")],
     max_latency_ms: Annotated[float, _opt("--max-latency-ms", help="Hard latency budget (ms) on --device, from its "
