@@ -10,7 +10,7 @@ Phases cache their results in --out (rerun to resume): `train` runs `quantize` f
 `latency` times them (run it on an otherwise idle core). Rows:
 
     fp32 (ORT / OpenVINO) | PTQ: ORT dynamic INT8 (`export --int8`), NNCF INT8 | KDLSQ 8-bit QDQ (ORT, OpenVINO)
-    | KDLSQ 4-bit weights (ORT MatMulNBits) | KDLSQ 2-bit (simulated: PyTorch fake quantization)
+    | KDLSQ 4-bit weights (ORT MatMulNBits; OpenVINO u4) | KDLSQ 2-bit (simulated: PyTorch fake quantization)
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from nasbert_deploy.student.finetune import load_classifier, model_labels
 from nasbert_deploy.student.metrics import evaluate_logits
 from nasbert_deploy.student.tasks import iter_batches, load_task
 
-FORMATS = {8: ("onnx", "openvino"), 4: ("onnx",), 2: ()}
+FORMATS = {8: ("onnx", "openvino"), 4: ("onnx", "openvino"), 2: ()}
 
 
 def cpu_model() -> str:
@@ -90,6 +90,8 @@ def baselines(a: argparse.Namespace, out: Path) -> dict[str, Path]:
 
 
 def _open(path: Path, ov: bool, int8: bool = False) -> Any:
+    """A 1-thread session: ORT as `cpu-ort` specs open it; OpenVINO with the f32 hint (cpu-openvino) or, for NNCF
+    INT8 IRs, as cpu-openvino-int8 does. The QDQ IR's FakeQuantize runs in INT8 under either hint."""
     return OvCompiled(path, load_device("cpu-openvino-int8" if int8 else "cpu-openvino")) if ov \
         else OrtCompiled(path, load_device("cpu-ort"))
 
@@ -104,33 +106,37 @@ def artefacts(a: argparse.Namespace, out: Path) -> dict[str, tuple[Path, bool]]:
         arts["KDLSQ 8-bit (OpenVINO IR)"] = (out / "q8" / "openvino" / "openvino_model_q8.xml", True)
     if (out / "q4" / onnx_name(4)).is_file():
         arts["KDLSQ 4-bit weights (ORT MatMulNBits)"] = (out / "q4" / onnx_name(4), False)
+        arts["KDLSQ 4-bit weights (OpenVINO u4)"] = (out / "q4" / onnx_name(4), True)  # reads MatMulNBits as u4
     return arts
 
 
 def score_phase(a: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Scores on the valid split; loyalty against the fp32 ONNX Runtime export (equal to PyTorch fp32 within 1e-5)."""
     cache = out / "scores.json"
     scores = json.loads(cache.read_text()) if cache.is_file() else {}
     fp_model, tok = load_classifier(a.model)
-    fp_model.eval()
     valid = load_task(a.valid)
     y = valid.label_ids({n: i for i, n in enumerate(model_labels(fp_model))})
-    fp_path = out / "fp32_logits.npy"
-    if not fp_path.is_file():
-        np.save(fp_path, task_logits(torch_runner(fp_model), tok, valid, a.eval_len))
-    fp = np.load(fp_path)
-    runs: dict[str, Any] = {"fp32 (PyTorch)": lambda: fp}
-    for name, (path, ov) in artefacts(a, out).items():
-        runs[name] = lambda p=path, o=ov: task_logits(lambda x, c=_open(p, o): c.run(x)[0], tok, valid, a.eval_len)
-    for bits in a.bits:
-        if (out / f"q{bits}" / "quantization.json").is_file():
-            label = f"KDLSQ {bits}-bit (PyTorch fake quant{', simulated only' if bits == 2 else ''})"
-            runs[label] = lambda b=bits: task_logits(torch_runner(load_quantized(out / f"q{b}")[0]), tok, valid, a.eval_len)
+    arts = artefacts(a, out)
+    runs: dict[str, Any] = {}
+    for name, (path, ov) in arts.items():
+        runs[name] = lambda p=path, o=ov, n=name: task_logits(lambda x, c=_open(p, o, int8="NNCF" in n): c.run(x)[0],
+                                                              tok, valid, a.eval_len)
+    if a.torch_scores:
+        for bits in a.bits:
+            if (out / f"q{bits}" / "quantization.json").is_file():
+                label = f"KDLSQ {bits}-bit (PyTorch fake quant{', simulated only' if bits == 2 else ''})"
+                runs[label] = lambda b=bits: task_logits(torch_runner(load_quantized(out / f"q{b}")[0]), tok, valid, a.eval_len)
+    ref_path = out / "fp32_ort_logits.npy"
+    if not ref_path.is_file():
+        np.save(ref_path, runs["fp32 (ORT)"]())
+    ref = np.load(ref_path)
     for name, fn in runs.items():
         if name in scores:
             continue
         t0 = time.perf_counter()
-        logits = fn()
-        scores[name] = {**evaluate_logits(y, logits, fp).to_dict(), "score_s": round(time.perf_counter() - t0, 1)}
+        logits = ref if name == "fp32 (ORT)" else fn()
+        scores[name] = {**evaluate_logits(y, logits, ref).to_dict(), "score_s": round(time.perf_counter() - t0, 1)}
         cache.write_text(json.dumps(scores, indent=1))
         print(f"{name}: acc {scores[name]['accuracy']:.4f} f1 {scores[name]['macro_f1']:.4f} "
               f"prob-loyalty {scores[name]['probability_loyalty']:.4f}", flush=True)
@@ -177,6 +183,7 @@ def main() -> None:
     p.add_argument("--eval-len", type=int, default=128)
     p.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2])
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--torch-scores", action="store_true", help="Also score the PyTorch fake-quantized models (slow).")
     p.add_argument("--phase", choices=("train", "score", "latency", "all"), default="all")
     a = p.parse_args()
     torch.set_num_threads(1)

@@ -170,7 +170,7 @@ def test_4bit_export_uses_matmulnbits_with_the_learned_scales(tiny_dir, tmp_path
     g = onnx.load(str(path)).graph
     nbits = [n for n in g.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == len(list(quant_linears(model)))
-    checks = check_logits(torch_runner(model), {"ort": _ort(path)}, 64, 1000)
+    checks = check_logits(torch_runner(model), {"ort": _ort(path)}, 64, 1000) + _openvino_checks(model, path)
     assert all(c.passed for c in checks), [c.describe() for c in checks if not c.passed]
     # accuracy_level 0 (float compute): the kernel's dequantized weights are exactly ours (packing, scales, zero point 8)
     export_quantized_onnx(model, tmp_path / "q4a0.onnx", EXAMPLE, 4, accuracy_level=0)

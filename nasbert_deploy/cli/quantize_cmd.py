@@ -44,7 +44,7 @@ def quantize_cmd(
                                                        help="Classifier to distil from (default: --model in fp32).")] = None,
     valid: Annotated[Path | None, typer.Option("--valid", help="Validation task file (default: split off 10%).")] = None,
     formats: Annotated[str | None, typer.Option("--format", help="Exports: onnx, openvino, or none "
-                                                "(default: those with kernels: 8 onnx,openvino; 4 onnx; 2 none).")] = None,
+                                                "(default: those with kernels: onnx,openvino for 8 and 4; none for 2).")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps (raise it and rerun to continue).")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples per step.")] = 16,
     max_len: Annotated[int, typer.Option("--max-len", min=2, help="Tokens per example.")] = 128,

@@ -8,6 +8,6 @@ BITS: tuple[int, ...] = (8, 4, 2)
 FORMATS: tuple[str, ...] = ("onnx", "openvino")
 # formats with real low-bit kernels per weight bit width (activations are 8-bit throughout):
 # 8: QDQ ONNX -> ORT integer MatMul; OpenVINO reads it as FakeQuantize and runs INT8
-# 4: ORT MatMulNBits (com.microsoft); OpenVINO: not yet (nncf would recompute the scales)
+# 4: ORT MatMulNBits (com.microsoft); OpenVINO reads that node as u4 weight compression (FullyConnected u4)
 # 2: no kernel anywhere: simulated (PyTorch fake quantization) only
-KERNELS: dict[int, tuple[str, ...]] = {8: ("onnx", "openvino"), 4: ("onnx",), 2: ()}
+KERNELS: dict[int, tuple[str, ...]] = {8: ("onnx", "openvino"), 4: ("onnx", "openvino"), 2: ()}

@@ -11,7 +11,7 @@ transposes weights) is rewritten:
 - 4 bit (Gemm first rewritten as MatMul + Add, `gemm_to_matmul`): input -> Q/DQ (8-bit activations as
   trained) -> MatMulNBits (com.microsoft; uint4 weights with zero
   point 8, i.e. the learned integers in [-8, 7], the per-channel step size repeated in every block of
-  `block_size` rows).
+  `block_size` rows). OpenVINO reads MatMulNBits as u4 weight compression (FullyConnected with u4 weights).
 
 `QuantizeLinear` rounds half to even and saturates like `LsqQuantizer`, with the same float32 scale, so the
 graphs compute what the PyTorch fake quantization computes up to float summation order (and a rare rounding

@@ -7,7 +7,8 @@ The output folder (written atomically):
                                                       (loads anywhere as a plain model: weight-quantized, float activations)
     quantization.json, quantization.safetensors       bits, levels, every quantizer's step size and zero point
     onnx/model_q8.onnx | onnx/model_q4.onnx           QDQ (8 bit) or MatMulNBits (4 bit) ONNX, the learned scales
-    openvino/openvino_model_q8.xml (+ .bin)           the QDQ model as OpenVINO IR (FakeQuantize; runs in INT8)
+    openvino/openvino_model_q8.xml | _q4.xml (+ .bin) the same as OpenVINO IR: FakeQuantize, runs in INT8; 4 bit:
+                                                      u4 weight compression with the learned scales
     quantize_report.json                              settings, training, numeric checks, scores (fp32 vs quantized)
 """
 
