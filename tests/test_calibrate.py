@@ -98,3 +98,22 @@ def test_export_report_prediction_uses_the_calibration(micro_table, monkeypatch,
                              factor=1.5)
     assert out["calibration_factor"] == 1.5
     assert out["predicted_ms"] == pytest.approx(1.5 * table.predict(arch, 1, 12).total_ms)
+
+
+def test_export_calibrates_each_device_and_reports_with_the_factor(micro_table, monkeypatch, tmp_path):
+    from nasbert_deploy.export import measure as em
+    from nasbert_deploy.export.pipeline import ExportOptions
+    from nasbert_deploy.export.run import ExportRequest, device_tables
+
+    _, table = micro_table
+    monkeypatch.setattr(em, "load_latency_table", lambda s, sp=None: table)
+    notes = []
+    request = ExportRequest(tmp_path / "m", ExportOptions(formats=("onnx",), seq_len=12), _spec(), "32:mha,ffn|32:sep3,id",
+                            calibrate=True, more_specs=(replace(_spec(), name="micro-ort-2"),))
+    tables, cals = device_tables(request, MICRO, 12, lambda line, warning: notes.append(line))
+    assert [c.device for c in cals] == ["micro-ort", "micro-ort-2"] and len(notes) == 2
+    ref = reference_arch(MICRO)
+    for t, c in zip(tables, cals):
+        assert t.predict(ref, 1, 12).total_ms == pytest.approx(c.measured_ms)
+    plain, none = device_tables(replace(request, calibrate=False), MICRO, 12)
+    assert none == [] and plain == [table, table]
