@@ -158,10 +158,11 @@ def check_tables(tables: Sequence[Any], specs: Sequence[DeviceSpec | None], spac
             if spec is None:
                 raise DeviceError("--calibrate times a model on the device: pass --device NAME (with --table FILE if needed)")
             require_available(spec)
-    for lt, spec in zip(tables, specs):
-        name = spec.name if spec is not None else str(lt.device.get("name", "DEVICE"))
+    for lt, spec in zip(tables, specs):  # any latency model serves the search; only a table has a manifest
+        manifest = getattr(lt, "manifest", None) or {}
+        name = spec.name if spec is not None else str((getattr(lt, "device", None) or {}).get("name", "DEVICE"))
         check = "--calibrate scales it to this machine below" if calibrate else "pass --calibrate"
-        line = machine_mismatch(lt.manifest, name, check)
+        line = machine_mismatch(manifest, name, check)
         if line:
             note(line, True)
     if not calibrate:
