@@ -109,7 +109,6 @@ def get_table(req: PruneRequest, model_config: Any, progress: Callable[[str, int
 def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | None = None,
           profile_progress: Callable[[str, int, int], None] | None = None, step: Step | None = None) -> dict[str, Any]:
     """Run every phase (see the module doc); returns the report (also written to `<out>/prune_report.json`)."""
-    import torch
 
     from nasbert_deploy.model.loop import checkpoint_dir
     from nasbert_deploy.model.pruned_bert import register
@@ -178,8 +177,9 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
                              {**key, "phase": "prune-finetune"}, note)
         pruned, _ = load_classifier(tuned_dir)
         ft_report = json_or_none(tuned_dir / "finetune_report.json")
-    torch.manual_seed(0)
-    final = evaluate_logits(y_valid, predict_logits(pruned, tokenizer, req.valid, max_len=gcfg.max_len), unpruned_valid)
+    final = after_gates
+    if req.finetune_epochs > 0:
+        final = evaluate_logits(y_valid, predict_logits(pruned, tokenizer, req.valid, max_len=gcfg.max_len), unpruned_valid)
     unpruned_eval = evaluate_logits(y_valid, unpruned_valid)
     report = _finish(req, model, pruned, tokenizer, table, table_path, sel, layers, say)
     report.update({
