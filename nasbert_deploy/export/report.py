@@ -154,7 +154,7 @@ def _latency_md(lat: dict[str, Any]) -> list[str]:
             lines.append(f"\n{lat[note]}")
     if lat.get("calibration_factor"):
         lines.append(f"\nPredicted with the table scaled by x{lat['calibration_factor']:.3f} (`--calibrate`: one whole model "
-                     "timed on this machine before the search).")
+                     "timed on this machine first).")
     return lines + [""]
 
 
