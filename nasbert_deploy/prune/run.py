@@ -11,6 +11,7 @@ Phases and where a resumed run picks up (all under the sibling work folder `<out
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -131,11 +132,15 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
     teacher, t_tok = (model, tokenizer) if req.teacher_model is None else load_classifier(req.teacher_model)
     if req.teacher_model is not None and sorted(model_labels(teacher)) != sorted(labels):
         raise TaskError(f"--teacher-model labels {model_labels(teacher)} differ from the model's {labels}")
-    say("teacher logits")
     perm = [model_labels(teacher).index(n) for n in labels]
-    t_train = predict_logits(teacher, t_tok, req.train, max_len=gcfg.max_len)[:, perm]
-    t_valid = predict_logits(teacher, t_tok, req.valid, max_len=gcfg.max_len)[:, perm]
-    unpruned_valid = t_valid if req.teacher_model is None else predict_logits(model, tokenizer, req.valid, max_len=gcfg.max_len)
+    say("unpruned model on the valid split")
+    unpruned_valid = predict_logits(model, tokenizer, req.valid, max_len=gcfg.max_len)  # loyalty is against the input model
+
+    @functools.cache
+    def teacher_train_logits() -> Any:  # only when gates or fine-tuning still have to train
+        say("teacher logits on the training rows")
+        return predict_logits(teacher, t_tok, req.train, max_len=gcfg.max_len)[:, perm]
+
     work = req.out.with_name(req.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     key = {"model": str(req.model), "task": req.train.source, "device": req.spec.name, "table": table.manifest["name"],
@@ -154,7 +159,7 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
         teacher_copy = copy.deepcopy(teacher).eval() if gcfg.hidden_weight > 0 else None
         gated = GatedModel(copy.deepcopy(model), init=gcfg.gate_init)
         y_train = req.train.label_ids(label2id)
-        gate_report = train_gates(gated, tokenizer, req.train, y_train, t_train, table, req.max_latency_ms, gcfg,
+        gate_report = train_gates(gated, tokenizer, req.train, y_train, teacher_train_logits(), table, req.max_latency_ms, gcfg,
                                   checkpoint_dir(work / "gates"), key, teacher_copy, progress, note)
         sel = fit_selection(gated, table, req.max_latency_ms)
         gated.remove_hooks()
@@ -173,7 +178,7 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
             say("fine-tuning the pruned model")
             fcfg = FinetuneConfig(epochs=req.finetune_epochs, batch_size=gcfg.batch_size, max_len=gcfg.max_len,
                                   lr=req.finetune_lr, lam=gcfg.distill_weight, temperature=gcfg.temperature, seed=gcfg.seed)
-            train_classifier(pruned, tokenizer, req.train, req.valid, tuned_dir, fcfg, t_train, progress,
+            train_classifier(pruned, tokenizer, req.train, req.valid, tuned_dir, fcfg, teacher_train_logits(), progress,
                              {**key, "phase": "prune-finetune"}, note)
         pruned, _ = load_classifier(tuned_dir)
         ft_report = json_or_none(tuned_dir / "finetune_report.json")
