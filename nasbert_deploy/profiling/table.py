@@ -125,11 +125,15 @@ class LatencyTable:
     # ------------------------------------------------------------------ shape of the table
     @property
     def points(self) -> list[tuple[int, int]]:
-        out = set()
-        for per_point in self.entries.values():
-            for pk in per_point:
-                out.add(parse_point_key(pk))
-        return sorted(out)
+        # searches ask thousands of times: parse the keys again only when the entries changed shape (every point
+        # has an overhead entry, so its count moves with the points; O(1) to check)
+        fingerprint = (id(self.entries), len(self.entries), len(self.entries.get(OVERHEAD_KEY, ())))
+        cached = self.__dict__.get("_points")
+        if cached is None or cached[0] != fingerprint:
+            out = {parse_point_key(pk) for per_point in self.entries.values() for pk in per_point}
+            cached = (fingerprint, sorted(out))
+            self.__dict__["_points"] = cached
+        return list(cached[1])
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
