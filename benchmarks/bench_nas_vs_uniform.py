@@ -37,6 +37,7 @@ from nasbert_deploy.export.pipeline import select_arch
 from nasbert_deploy.fileio import write_json_atomic
 from nasbert_deploy.runtimes.base import get_runtime, time_compiled
 from nasbert_deploy.runtimes.convert import FirstOutput
+from nasbert_deploy.search.problem import Budget
 from nasbert_deploy.space import Arch, BlockArch, Op, SearchSpace
 from nasbert_deploy.student.distill import DistillConfig, distill, make_student
 from nasbert_deploy.student.finetune import FinetuneConfig, evaluate, finetune, finetune_teacher
@@ -97,7 +98,7 @@ def pick_pair(
     budget = uni_ms["median_ms"]
     tries = []
     for _ in range(4):
-        best = select_arch(spec, budget, None, None, 1, args.latency_seq, supernet_dir)
+        best = select_arch(spec, Budget(budget), 1, args.latency_seq, supernet_dir)
         nas = best.arch
         nas_ms = measure_ms(net.extract(nas), spec, args.latency_seq, space.vocab_size, work / "onnx-nas")
         tries.append({"arch": str(nas), "budget_ms": budget, "measured_ms": nas_ms["median_ms"]})
