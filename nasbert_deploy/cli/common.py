@@ -10,9 +10,10 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -141,3 +142,38 @@ def print_note(line: str, warning: bool = False) -> None:
     """A library's note for the user on stderr (stdout stays the command's result, e.g. --json): a machine
     mismatch as `warning: ...`, a calibration as a plain line."""
     err_console.print(f"[bold yellow]warning:[/] {line}" if warning else line, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def training_progress(title: str) -> Iterator[Callable[[int, int, dict[str, float]], None]]:
+    """The training loop's (step, total, losses) callback: a transient bar on a terminal; on a pipe or in a log,
+    a plain line at the start, every 30 s (`common.PROGRESS_ENV`) and at the end."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    plain, ticker = not console.is_terminal, Ticker()
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*cols, TextColumn("{task.fields[info]}"), console=console, transient=True, disable=plain) as prog:
+        task = prog.add_task(title, total=None, info="")
+
+        def update(step: int, total: int, values: dict[str, float]) -> None:
+            info = " ".join(f"{k} {v:.4f}" for k, v in values.items())
+            prog.update(task, completed=step, total=total, info=info)
+            if plain and ticker.due(step, total):
+                console.print(f"{title}: step {step}/{total} {info}".rstrip(), highlight=False)
+
+        yield update
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.2e}" if 0 < abs(v) < 1e-3 else f"{v:.4f}"
+    return str(v)
+
+
+def print_report(title: str, rows: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False)
+    for k, v in rows.items():
+        t.add_row(k, _fmt_value(v))
+    console.print(t)

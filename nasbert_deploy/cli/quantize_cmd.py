@@ -10,8 +10,7 @@ from typing import Annotated
 
 import typer
 
-from nasbert_deploy.cli.common import SeedOpt, ThreadsOpt, choice, console, set_threads
-from nasbert_deploy.cli.train_cmd import _print_report, _progress
+from nasbert_deploy.cli.common import SeedOpt, ThreadsOpt, choice, console, print_report, set_threads, training_progress
 from nasbert_deploy.quantize import BITS, KERNELS
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
@@ -69,7 +68,7 @@ def quantize_cmd(
     train, val = task_splits(task, valid)
     cfg = QuantizeConfig(bits=b, steps=steps, batch_size=batch_size, max_len=max_len, lr=lr, step_lr=step_lr,
                          checkpoint_every=checkpoint_every, seed=seed)
-    with _progress(f"quantizing ({b}-bit)") as update:
+    with training_progress(f"quantizing ({b}-bit)") as update:
         report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print)
     rows: dict[str, object] = {"train rows": report["train_rows"], "valid rows": report["valid_rows"],
                                "train_s": report["training"]["train_s"]}
@@ -81,4 +80,4 @@ def quantize_cmd(
         rows[f"{rt} vs torch max |diff|"] = c["max_abs_diff"]
     if report["simulated_only"]:
         rows["exports"] = "none (simulated: no runtime has these kernels)"
-    _print_report(f"quantized -> {out}", rows)
+    print_report(f"quantized -> {out}", rows)

@@ -76,13 +76,13 @@ def search_task(
 
 
 def _run(request: Any, prepared: Any) -> None:
-    from nasbert_deploy.cli.train_cmd import _progress
+    from nasbert_deploy.cli.common import training_progress
     from nasbert_deploy.tasksearch.run import run_task_search
 
     def note(line: str) -> None:
         console.print(line, highlight=False, markup=False)
 
-    with _progress("final distillation") as update:
+    with training_progress("final distillation") as update:
         result = run_task_search(request, note, update, prepared=prepared)
     s = result["search"]
     console.print(f"searched {s['best_arch']} with {s['controller']}: {s['evaluations']} evaluations, {s['episodes']} "

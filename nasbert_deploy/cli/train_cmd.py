@@ -6,8 +6,6 @@ Thin shell over `nasbert_deploy.student.distill` / `.finetune`; heavy imports ha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,10 +17,11 @@ from nasbert_deploy.cli.common import (
     SpaceName,
     StudentInitName,
     ThreadsOpt,
-    Ticker,
     choice,
     console,
+    print_report,
     set_threads,
+    training_progress,
 )
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
@@ -44,45 +43,10 @@ EpochsOpt = Annotated[int, _opt("--epochs", min=1, help="Passes over the trainin
 ForceOpt = Annotated[bool, _opt("--force", help="Replace an existing, non-empty --out folder.")]
 
 
-@contextmanager
-def _progress(title: str) -> Iterator[Callable[[int, int, dict[str, float]], None]]:
-    """The training loop's (step, total, losses) callback: a transient bar on a terminal; on a pipe or in a log,
-    a plain line at the start, every 30 s (`common.PROGRESS_ENV`) and at the end."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    plain, ticker = not console.is_terminal, Ticker()
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*cols, TextColumn("{task.fields[info]}"), console=console, transient=True, disable=plain) as prog:
-        task = prog.add_task(title, total=None, info="")
-
-        def update(step: int, total: int, values: dict[str, float]) -> None:
-            info = " ".join(f"{k} {v:.4f}" for k, v in values.items())
-            prog.update(task, completed=step, total=total, info=info)
-            if plain and ticker.due(step, total):
-                console.print(f"{title}: step {step}/{total} {info}".rstrip(), highlight=False)
-
-        yield update
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.2e}" if 0 < abs(v) < 1e-3 else f"{v:.4f}"
-    return str(v)
-
-
-def _print_report(title: str, rows: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    t = Table(title=title, show_header=False)
-    for k, v in rows.items():
-        t.add_row(k, _fmt(v))
-    console.print(t)
-
-
 def _print_finetune(title: str, report: dict[str, Any]) -> None:
     best = {f"best valid {k}": v for k, v in report["best"].items()}
     sizes = {"train rows": report["train_rows"], "valid rows": report["valid_rows"], "train_s": report["train_s"]}
-    _print_report(title, {**sizes, **best})
+    print_report(title, {**sizes, **best})
 
 
 @app.command("distill")
@@ -136,7 +100,7 @@ def distill_cmd(
             raise CheckpointError("--init etd-* extracts an --arch from the teacher; give --arch, not --from-export")
         get_space(space.value).parse(arch)  # ArchError before the teacher is loaded
         t = load_teacher(teacher)
-        with _progress("scoring the teacher's units") as update:
+        with training_progress("scoring the teacher's units") as update:
             student = etd_student(arch, get_space(space.value), t, texts, init.value, seed=seed,
                                   progress=lambda n, k: update(n, k, {}))
         meta = extraction_summary(student)
@@ -145,12 +109,12 @@ def distill_cmd(
         random_space = get_space(space.value) if init.value == "random" else None
         student = build_student(arch, from_export, supernet, init.value, random_space)
         t, meta = load_teacher(teacher), {}
-    with _progress("distilling") as update:
+    with training_progress("distilling") as update:
         report = distill(student, t, texts, out, cfg, held_out, update, metadata=meta, note=console.print)
     rows = {k: report[k] for k in ("arch", "params", "init", "steps", "train_s", "train_loss_last")}
     names = {"hidden": "held-out hidden MSE", "blocks": "held-out block MSE", "hidden_fvu": "held-out unexplained variance"}
     rows.update({names.get(k, k): v for k, v in report.get("heldout", {}).items()})
-    _print_report(f"distilled -> {out}", rows)
+    print_report(f"distilled -> {out}", rows)
 
 
 @app.command("finetune")
@@ -181,7 +145,7 @@ def finetune_cmd(
     train, val = task_splits(task, valid, valid_fraction)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, lam=lam, temperature=temperature,
                          seed=seed)
-    with _progress("fine-tuning") as update:
+    with training_progress("fine-tuning") as update:
         report = finetune(model, train, val, out, cfg, teacher_model, update, note=console.print)
     _print_finetune(f"fine-tuned -> {out}", report)
 
@@ -212,7 +176,7 @@ def finetune_teacher_cmd(
     set_threads(threads)
     train, val = task_splits(task, valid, valid_fraction)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, seed=seed)
-    with _progress("fine-tuning teacher") as update:
+    with training_progress("fine-tuning teacher") as update:
         report = finetune_teacher(teacher, train, val, out, cfg, update, note=console.print, pooling=pooling.value)
     _print_finetune(f"fine-tuned teacher -> {out}", report)
 
@@ -246,7 +210,7 @@ def evaluate_cmd(
 
         report = encoder_quality(model, task, train, teacher_model, runtime.value, max_len, threads or 1)
         rows = {k: v for k, v in report.items() if v is not None and k not in ("model", "task", "teacher", "kind")}
-        _print_report(f"{model} on {task} ({runtime.value}, frozen embeddings)", rows)
+        print_report(f"{model} on {task} ({runtime.value}, frozen embeddings)", rows)
         if json_out is not None:
             write_json_atomic(json_out, report)
         _record(model, report, task, runtime.value, train)
@@ -254,7 +218,7 @@ def evaluate_cmd(
     data = eval_task(task)
     report = evaluate(model, data, teacher_model, runtime.value, batch_size, max_len)
     rows = {k: v for k, v in report.items() if v is not None and k != "labels"}
-    _print_report(f"{model} on {data.source} ({runtime.value})", rows)
+    print_report(f"{model} on {data.source} ({runtime.value})", rows)
     if json_out is not None:
         write_json_atomic(json_out, report)
     _record(model, {**report, "teacher": str(teacher_model) if teacher_model else None}, data.source or task, runtime.value)
