@@ -58,7 +58,8 @@ FINETUNE = "nasbert-deploy finetune --model student/ --task task.jsonl --teacher
 SHRINK: dict[str, Shrink] = {
     QUICK_PROFILE: Shrink("timing stubbed (the preset takes minutes; its wall time and error are in docs/profiling.md): the "
                           "stub checks the device, the shipped supernet's space and the --fast preset and writes the shipped "
-                          "table to ./profiles/cpu-ort.json", "wrote profiles/cpu-ort.json", stub="profile-fast"),
+                          "table to ./profiles/local/cpu-ort.json (beside the shipped ones)", "wrote profiles/local/cpu-ort.json",
+                          stub="profile-fast"),
     QUICK_SEARCH: Shrink("as written, on the table the quick start's profile wrote", "binding:", needs=(QUICK_PROFILE,)),
     QUICK_EXPORT: Shrink("shipped supernet and cpu-ort table search the arch for real; writing the files is stubbed "
                          "(minutes of ONNX/OpenVINO export; tests/test_export.py exports for real); --calibrate dropped "
@@ -69,8 +70,8 @@ SHRINK: dict[str, Shrink] = {
     "nasbert-deploy devices": Shrink("as written", "cpu-ort"),
     "nasbert-deploy profile --device cpu-ort": Shrink(
         "timing stubbed (minutes; the profiler runs for real in tests/test_profile.py): the stub checks the device, space "
-        "and default settings and writes the shipped table to ./profiles/cpu-ort.json (--force: the quick start's "
-        "profile wrote it first)", "wrote profiles/cpu-ort.json", stub="profile", add=("--force",)),
+        "and default settings and writes the shipped table to ./profiles/local/cpu-ort.json (--force: the quick start's "
+        "profile wrote it first)", "wrote profiles/local/cpu-ort.json", stub="profile", add=("--force",)),
     f"nasbert-deploy predict --device cpu-ort '{README_ARCH}' --space minilm": Shrink("as written", "total"),
     "nasbert-deploy search --device cpu-ort --max-latency-ms 5 --max-params 10M [--max-memory-mb 60] [--plot front.png]":
         Shrink("as written, optional parts included", "binding:"),
@@ -141,7 +142,10 @@ def _tiny_latency_table(path: Path) -> Path:
 def workspace(tmp_path_factory) -> dict[str, Any]:
     from nasbert_deploy.student.tasks import sample_task_path
 
+    from nasbert_deploy.resources import shipped_dir
+
     root = tmp_path_factory.mktemp("readme")
+    shutil.copytree(shipped_dir("profiles"), root / "profiles")  # the README runs in a checkout: shipped tables are there
     shutil.copyfile(SAMPLE, root / "text.txt")
     shutil.copyfile(sample_task_path("train"), root / "task.jsonl")
     shutil.copyfile(sample_task_path("valid"), root / "valid.jsonl")
@@ -215,7 +219,7 @@ def test_readme_command_runs(command, workspace, monkeypatch):
     out = run_readme_command(command, workspace, monkeypatch)
     root = workspace["root"]
     if command.startswith("nasbert-deploy profile"):
-        assert (root / "profiles" / "cpu-ort.json").is_file()
+        assert (root / "profiles" / "local" / "cpu-ort.json").is_file()
     elif command.startswith("nasbert-deploy search") and "--plot" in command:
         assert (root / "front.png").read_bytes()[:4] == b"\x89PNG"
     elif command.startswith("nasbert-deploy supernet train"):

@@ -58,7 +58,7 @@ def profile(
     ctx: typer.Context,
     device: DeviceOpt = None,
     space: SpaceOpt = SpaceName("standard"),
-    out: Annotated[Path | None, _opt("--out", help="Table to write (default: ./profiles/DEVICE.json).")] = None,
+    out: Annotated[Path | None, _opt("--out", help="Table to write (default: ./profiles/local/DEVICE.json).")] = None,
     validate: Annotated[int, _opt("--validate", min=0, help="Random whole models timed to fit and check the correction.")] = 30,
     holdout: Annotated[int, _opt("--holdout", min=0, help="More random whole models timed in the same passes but never "
                                  "fitted: the table's error on unseen models (their time is reported apart).")] = 0,
@@ -156,8 +156,9 @@ def _fast_space() -> Any:
 def _profile_or_bundle(device: DeviceSpec, sp: Any, out: Path | None, bundle: Path | None, settings: Any, force: bool) -> None:
     """Check the output first, then profile into a table (or write an on-device bundle)."""
     from nasbert_deploy.fileio import check_output
+    from nasbert_deploy.profiling.table import local_table_path
 
-    target = out or Path("profiles") / f"{device.name}.json"
+    target = out or local_table_path(device.name)
     if bundle is not None:
         check_output(bundle, "dir", force, option="--bundle")
         _bundle(device, sp, bundle, settings)

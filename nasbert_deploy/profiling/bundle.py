@@ -2,7 +2,7 @@
 
     write_bundle(spec, space, Path("bundle/"))         # here: export every op and validation model
     python bundle/run_profile.py --out results.json     # on the device: numpy + onnxruntime or openvino
-    import_results(Path("results.json"), Path("profiles/NAME.json"))   # here: the latency table
+    import_results(Path("results.json"), Path("profiles/local/NAME.json"))   # here: the latency table
 
 The models are converted exactly as the direct profiler converts them (`cache.prepare_exports`: the runtime
 plug-in's `from_onnx` -- ONNX; INT8 ORT dynamic quantization; OpenVINO IR, NNCF INT8 -- through the export
@@ -27,7 +27,7 @@ from nasbert_deploy.fileio import atomic_dir, check_output, read_input_json, wri
 from nasbert_deploy.profiling.cache import ExportCache, prepare_exports
 from nasbert_deploy.profiling.items import model_item, op_items, reference_item, validation_archs
 from nasbert_deploy.profiling.profiler import ProfileSettings, build_table, make_manifest, points_of, spec_dict
-from nasbert_deploy.profiling.table import LatencyTable
+from nasbert_deploy.profiling.table import LatencyTable, local_table_path
 from nasbert_deploy.space import SearchSpace
 
 RUNNER_NAME = "run_profile.py"
@@ -103,7 +103,7 @@ def import_results(
     results_path: str | Path, out: str | Path | None = None, force: bool = False
 ) -> tuple[LatencyTable, Path]:
     """Turn the runner's `results.json` into a latency table written atomically to `out`
-    (default `./profiles/DEVICE.json`, DEVICE as in the results; an existing table is replaced only with
+    (default `./profiles/local/DEVICE.json`, DEVICE as in the results; an existing table is replaced only with
     `force`); (table, where it was written). A file that is not a complete results file is one `TableError`."""
     p = Path(results_path)
     data = read_input_json(p, "bundle results", TableError, hint=f"give the results.json a bundle's {RUNNER_NAME} wrote")
@@ -123,7 +123,7 @@ def import_results(
         name = str(device["name"])
         if not _SAFE_NAME.fullmatch(name) or not isinstance(results, dict):
             raise TableError(f"{p}: device name {name!r} or results are malformed")
-        target = Path(out) if out is not None else Path("profiles") / f"{name}.json"
+        target = Path(out) if out is not None else local_table_path(name)
         check_output(target, "file", force)
         wall_s = float(data.get("wall_s", 0.0))
         manifest = make_manifest(device, m["settings"], wall_s, "bundle", env=data.get("environment", {}))

@@ -366,17 +366,24 @@ class LatencyTable:
         return table
 
 
+def local_table_path(device_name: str) -> Path:
+    """Where `profile` writes this machine's table by default: `./profiles/local/NAME.json`, apart from the
+    reference tables shipped in `profiles/` (in a source checkout `./profiles` *is* the shipped folder)."""
+    return Path("profiles") / "local" / f"{device_name}.json"
+
+
 def find_table(device_name: str) -> Path:
-    """`./profiles/NAME.json` if it exists, else the shipped reference table; TableError if neither."""
+    """This machine's table (`./profiles/local/NAME.json`), else `./profiles/NAME.json`, else the shipped
+    reference table; TableError if none."""
     from nasbert_deploy.resources import shipped_dir
 
-    local = Path("profiles") / f"{device_name}.json"
-    if local.is_file():
-        return local
+    for local in (local_table_path(device_name), Path("profiles") / f"{device_name}.json"):
+        if local.is_file():
+            return local
     shipped = shipped_dir("profiles") / f"{device_name}.json"
     if shipped.is_file():
         return shipped
     raise TableError(
-        f"no latency table for device {device_name!r} (looked in ./profiles and {shipped.parent}); "
+        f"no latency table for device {device_name!r} (looked in ./profiles/local, ./profiles and {shipped.parent}); "
         f"make one with `nasbert-deploy profile --device {device_name}` or pass --table FILE"
     )
