@@ -140,9 +140,8 @@ def _tiny_latency_table(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> dict[str, Any]:
-    from nasbert_deploy.student.tasks import sample_task_path
-
     from nasbert_deploy.resources import shipped_dir
+    from nasbert_deploy.student.tasks import sample_task_path
 
     root = tmp_path_factory.mktemp("readme")
     shutil.copytree(shipped_dir("profiles"), root / "profiles")  # the README runs in a checkout: shipped tables are there
