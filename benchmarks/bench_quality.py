@@ -155,11 +155,13 @@ def stage_latency(models: dict[str, Path], res: Results, args: argparse.Namespac
         if res.get(key):
             continue
         console.print(f"timing {len(models)} encoders on {device} ...")
-        figures = measure_encoders(models, load_device(device), seq_len=128, rounds=args.rounds)
-        res.put(key, {k: {**v, "speedup": 1.0 / v["ratio_to_first"]} for k, v in figures.items()})
+        figures = measure_encoders(models, load_device(device), seq_len=128, rounds=args.rounds, clock=args.clock)
+        res.put(key, {k: {**v, "speedup": 1.0 / v["ratio_to_first"], "clock": args.clock} for k, v in figures.items()})
         if args.int8:
             int8 = device + "-int8"
-            figs = measure_encoders({"teacher": models["teacher"]}, load_device(int8), seq_len=128, rounds=args.rounds)
+            figs = measure_encoders(
+                {"teacher": models["teacher"]}, load_device(int8), seq_len=128, rounds=args.rounds, clock=args.clock
+            )
             res.put(f"latency/{int8}", figs)
 
 
@@ -290,6 +292,8 @@ def main() -> None:
     ap.add_argument("--corpus", default="../shared/corpus/debian-descriptions.txt")
     ap.add_argument("--corpus-limit", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: process CPU time (a host shared with other CPU-bound jobs; 1-thread runtimes)")
     ap.add_argument("--work", default="runs/bench-quality")
     ap.add_argument("--results", default=None, help="results JSON (default: WORK/results.json)")
     ap.add_argument("--plot", default=None, help="PNG of the accuracy-latency plane")

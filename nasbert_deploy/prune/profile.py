@@ -25,7 +25,7 @@ from torch import nn
 
 from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.prune.latency import PruneLatencyTable, table_name
-from nasbert_deploy.runtimes.timing import round_statistic
+from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -51,11 +51,6 @@ class PruneProfileSettings:
 
     def timing_kwargs(self) -> dict[str, Any]:
         return {"warmup": self.warmup, "runs": self.runs, "min_time_s": self.min_time_s, "clock": CLOCKS[self.clock]}
-
-
-# What `measure` times with: wall time, or this process's CPU time, which leaves out the time other processes take
-# from the core (a 1-thread runtime on a shared, oversubscribed host; it still includes their cache pollution).
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def ffn_grid(width: int, points: int) -> list[int]:

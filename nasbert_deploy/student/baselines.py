@@ -91,15 +91,19 @@ def measure_encoders(
     rounds: int = 5,
     min_time_s: float = 0.3,
     vocab: int = 30522,
+    clock: str = "wall",
 ) -> dict[str, dict[str, float]]:
     """Per encoder: median over `rounds` interleaved rounds of the per-round median latency (ms), the lowest
-    round, and the median per-round ratio to the first encoder (its speed-up is 1 / ratio)."""
+    round, and the median per-round ratio to the first encoder (its speed-up is 1 / ratio).
+
+    `clock="cpu"` times this process's CPU time (`runtimes.timing.CLOCKS`): on a host shared with other
+    CPU-bound jobs it leaves out the time they take from the core (1-thread runtimes only)."""
     import numpy as np
     import torch
 
     from nasbert_deploy.runtimes.base import get_runtime, require_available
     from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ
-    from nasbert_deploy.runtimes.timing import measure
+    from nasbert_deploy.runtimes.timing import CLOCKS, measure
 
     require_available(spec)
     rt = get_runtime(spec.runtime)
@@ -116,7 +120,7 @@ def measure_encoders(
         per: dict[str, list[float]] = {k: [] for k in calls}
         for _ in range(rounds):
             for name, (fn, sync) in calls.items():
-                per[name].append(measure(fn, sync=sync, min_time_s=min_time_s).median_ms)
+                per[name].append(measure(fn, sync=sync, min_time_s=min_time_s, clock=CLOCKS[clock]).median_ms)
     base = next(iter(per))
     return {
         k: {
