@@ -63,5 +63,9 @@ class CorpusError(NasBertDeployError):
     """A text corpus is missing, empty, or too small for the requested training/validation split."""
 
 
+class LayerMapError(NasBertDeployError, ValueError):
+    """A distillation layer map does not fit the student and teacher, or its search cannot run as asked."""
+
+
 class NoisyHostWarning(UserWarning):
     """The host varies too much between rounds for +-10% latency figures (the message says what to do)."""

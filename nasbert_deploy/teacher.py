@@ -7,11 +7,12 @@ The teacher's tokenizer is the toolkit's tokenizer.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nasbert_deploy.errors import NasBertDeployError, TeacherError
+from nasbert_deploy.errors import LayerMapError, NasBertDeployError, TeacherError
 from nasbert_deploy.fileio import read_input_json
 from nasbert_deploy.space import SearchSpace
 
@@ -50,6 +51,18 @@ def is_classifier(config: dict[str, Any]) -> bool:
     """Whether a model config (`read_model_config`) describes a sequence classifier (it has a trained head)."""
     archs = config.get("architectures") or []
     return isinstance(archs, list) and any(str(a).endswith("ForSequenceClassification") for a in archs)
+
+
+def teacher_layers(path: str | os.PathLike[str] | None) -> int:
+    """The number of layers of the teacher at `path` (`None`: the default teacher), from its config.json (no weights
+    read); `TeacherError` when the folder is not an encoder with `num_hidden_layers` and `hidden_size`."""
+    p = resolve_teacher_path(path)
+    cfg = read_model_config(p, "teacher")
+    layers = cfg.get("num_hidden_layers")
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1 or not isinstance(cfg.get("hidden_size"), int):
+        raise TeacherError(f"teacher {p} is not an encoder: its config.json has no num_hidden_layers >= 1 and hidden_size "
+                           f"(model_type {cfg['model_type']!r}); pass a BERT-family encoder folder")
+    return layers
 
 
 def resolve_teacher_path(path: str | os.PathLike[str] | None) -> Path:
@@ -128,6 +141,40 @@ def block_targets(teacher: Teacher, input_ids: Any, attention_mask: Any, num_blo
         out = teacher.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
     hs = out.hidden_states
     return [hs[0]] + [hs[e] for e in split_layers(len(hs) - 1, num_blocks)]
+
+
+def check_layer_map(layer_map: Sequence[int], num_blocks: int, num_layers: int) -> tuple[int, ...]:
+    """A distillation layer map as a tuple, checked against a student of `num_blocks` blocks and a teacher of
+    `num_layers` layers: one teacher layer index per block, 0..num_layers (0: the block gets no block-boundary
+    loss), the last 1..num_layers (the layer the student's final output regresses). `LayerMapError` otherwise."""
+    valid = (f"a layer map for this student has {num_blocks} entries (one per block), each 0..{num_layers} (0 = no "
+             f"loss on that block's output), the last 1..{num_layers} (the teacher layer its final output regresses)")
+    entries = list(layer_map)
+    if len(entries) != num_blocks or not all(isinstance(e, int) and not isinstance(e, bool) for e in entries):
+        raise LayerMapError(f"layer map {format_layer_map(entries)} does not fit: {valid}")
+    if any(not 0 <= e <= num_layers for e in entries) or entries[-1] < 1:
+        raise LayerMapError(f"layer map {format_layer_map(entries)} does not fit: {valid}")
+    return tuple(entries)
+
+
+def format_layer_map(layer_map: Sequence[Any]) -> str:
+    """'3,5,6': the form `distill --layer-map` also takes inline."""
+    return ",".join(str(e) for e in layer_map)
+
+
+def mapped_targets(teacher: Teacher, input_ids: Any, attention_mask: Any, layer_map: Sequence[int]) -> list[Any]:
+    """Teacher hidden states a layer map asks for: [embedding output, target of block 1, ..., target of block N].
+
+    Entry i (1-based) is the teacher's hidden state after layer `layer_map[i - 1]` (b, t, T), or None where the map
+    says 0 (no block-boundary loss for that block). The uniform map (`split_layers`) gives `block_targets`.
+    """
+    import torch
+
+    with torch.no_grad():
+        out = teacher.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    hs = out.hidden_states
+    check_layer_map(layer_map, len(layer_map), len(hs) - 1)
+    return [hs[0]] + [hs[e] if e else None for e in layer_map]
 
 
 def check_compatible(space: SearchSpace, teacher: Teacher) -> None:

@@ -21,6 +21,7 @@ from typer.exceptions import Abort, Exit, TyperException
 from nasbert_deploy import __version__
 from nasbert_deploy.cli import (
     export_cmd,
+    layermap_cmd,
     profile_cmd,
     prune_cmd,
     quantize_cmd,
@@ -156,6 +157,7 @@ app.add_typer(train_cmd.app)  # distill, finetune, finetune-teacher, evaluate
 app.add_typer(prune_cmd.app)  # prune
 app.add_typer(quantize_cmd.app)  # quantize
 app.add_typer(tasksearch_cmd.app)  # search-task
+app.add_typer(layermap_cmd.app)  # layer-map
 
 
 def main() -> None:

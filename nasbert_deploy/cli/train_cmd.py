@@ -73,6 +73,9 @@ def distill_cmd(
                                              help="Weight of the MLM-head KL loss (teachers with an MLM head).")] = 0.0,
     temperature: Annotated[float, _opt("--temperature", min=0.01, help="Temperature of the prediction-layer loss.")] = 1.0,
     checkpoint_every: Annotated[int, _opt("--checkpoint-every", min=1, help="Steps between resumable checkpoints.")] = 200,
+    layer_map: Annotated[str | None, _opt("--layer-map", help="Teacher layer per block (3,5,6; 0 = no block loss; the "
+                                          "last is what the output regresses) or the file `layer-map` writes; turns "
+                                          "a --block-weight of 0 into 1.")] = None,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
@@ -86,12 +89,16 @@ def distill_cmd(
 
     check_output(out, "dir", force)
     set_threads(threads)
+    mapped = _layer_map(layer_map, arch, from_export, teacher) if layer_map is not None else None
     cfg = DistillConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, hidden_weight=hidden_weight,
                         intermediate_weight=block_weight, prediction_weight=prediction_weight, temperature=temperature,
-                        checkpoint_every=checkpoint_every, seed=seed)
+                        checkpoint_every=checkpoint_every, seed=seed, layer_map=mapped)
     texts = read_paragraphs(corpus)
     held_out = read_paragraphs(valid_corpus) if valid_corpus else None
     resolve_teacher_path(teacher)  # a bad --teacher folder fails before the student is built
+    if mapped is not None:
+        console.print(f"distillation layer map {','.join(map(str, mapped))} (block weight {cfg.intermediate_weight:g})",
+                      highlight=False)
     if init.value.startswith("etd-"):
         from nasbert_deploy.errors import CheckpointError
         from nasbert_deploy.student.extraction import etd_student, extraction_summary
@@ -112,9 +119,26 @@ def distill_cmd(
     with training_progress("distilling") as update:
         report = distill(student, t, texts, out, cfg, held_out, update, metadata=meta, note=console.print)
     rows = {k: report[k] for k in ("arch", "params", "init", "steps", "train_s", "train_loss_last")}
+    if mapped is not None:
+        rows["layer map"] = ",".join(map(str, report["distill_layer_map"]))
     names = {"hidden": "held-out hidden MSE", "blocks": "held-out block MSE", "hidden_fvu": "held-out unexplained variance"}
     rows.update({names.get(k, k): v for k, v in report.get("heldout", {}).items()})
     print_report(f"distilled -> {out}", rows)
+
+
+def _layer_map(value: str, arch: str | None, from_export: Path | None, teacher: Path | None) -> tuple[int, ...]:
+    """`--layer-map`, read and checked against the student's blocks and the teacher's layers before any work."""
+    from nasbert_deploy.errors import CheckpointError, LayerMapError
+    from nasbert_deploy.layermap.maps import read_layer_map
+    from nasbert_deploy.teacher import check_layer_map, read_model_config, teacher_layers
+
+    if from_export is not None:
+        blocks = read_model_config(from_export, "--from-export", CheckpointError).get("arch")
+    else:
+        blocks = arch
+    if not isinstance(blocks, str) or not blocks:
+        raise LayerMapError("--layer-map needs the student's blocks: give --arch, or a NAS-BERT --from-export folder")
+    return check_layer_map(read_layer_map(value), blocks.count("|") + 1, teacher_layers(teacher))
 
 
 @app.command("finetune")

@@ -9,6 +9,9 @@ weights, or from an exported HF folder, and regresses the teacher on unlabelled 
   `Linear(h_i, T)` (initialised from the supernet's `out_map`, so an inherited student starts with
   the supernet's block outputs) and regresses `teacher.block_targets`; the last block is covered by
   the hidden-state loss;
+- a layer map (`DistillConfig.layer_map`, Jiao et al. 2020; searched by `nasbert_deploy.layermap`) replaces
+  the uniform block boundaries: block i regresses the teacher's layer `layer_map[i]` (0: no loss on that
+  block), and the final output regresses layer `layer_map[-1]` (`teacher.mapped_targets`);
 - optional prediction-layer loss: KL between the teacher's masked-LM head applied to the teacher's
   and to the student's last hidden states (temperature tau, scaled by tau^2), over real tokens.
   Only for teachers with an MLM head (MiniLM sentence-transformers has none).
@@ -48,14 +51,20 @@ from nasbert_deploy.model.modeling import NasBertModel
 from nasbert_deploy.model.remote_code import write_remote_code
 from nasbert_deploy.student import INITS
 from nasbert_deploy.student.tasks import CorpusBatches
-from nasbert_deploy.teacher import Teacher, block_targets, check_compatible
+from nasbert_deploy.teacher import Teacher, block_targets, check_compatible, check_layer_map, mapped_targets, split_layers
 
 REPORT_NAME = "distill_report.json"
+LAYER_MAP_BLOCK_WEIGHT = 1.0  # the block-boundary weight a layer map turns an intermediate_weight of 0 into
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Hyper-parameters. Loss weights of 0 switch a loss off; `steps` may grow on resume."""
+    """Hyper-parameters. Loss weights of 0 switch a loss off; `steps` may grow on resume.
+
+    `layer_map`: one teacher layer per student block (see the module docstring); None = the uniform split
+    (`teacher.split_layers`). A map exists to supervise the inner blocks, so with a map an `intermediate_weight`
+    of 0 becomes `LAYER_MAP_BLOCK_WEIGHT` (1.0); to leave a block out, map it to 0.
+    """
 
     steps: int = 2000
     batch_size: int = 16
@@ -72,15 +81,25 @@ class DistillConfig:
     similarity_temperature: float = 0.05
     checkpoint_every: int = 200
     seed: int = 0
+    layer_map: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.layer_map is not None:
+            object.__setattr__(self, "layer_map", tuple(int(e) for e in self.layer_map))
+            if not self.intermediate_weight:
+                object.__setattr__(self, "intermediate_weight", LAYER_MAP_BLOCK_WEIGHT)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def resume_key(self) -> dict[str, Any]:
-        """Settings a checkpoint must share with the current run (steps and checkpointing may change)."""
+        """Settings a checkpoint must share with the current run (steps and checkpointing may change).
+        Without a layer map the key is the one checkpoints had before maps existed, so they still resume."""
         d = self.to_dict()
         for k in ("steps", "checkpoint_every"):
             d.pop(k)
+        if d["layer_map"] is None:
+            d.pop("layer_map")
         return d
 
 
@@ -184,22 +203,38 @@ def load_mlm_head(teacher: Teacher) -> nn.Module | None:
     return None
 
 
+def teacher_targets(teacher: Teacher, ids: torch.Tensor, mask: torch.Tensor, num_blocks: int,
+                    cfg: DistillConfig) -> list[torch.Tensor | None]:
+    """The teacher states the losses regress: `block_targets` (uniform), or `mapped_targets` under `cfg.layer_map`."""
+    if cfg.layer_map is None:
+        return block_targets(teacher, ids, mask, num_blocks)
+    return mapped_targets(teacher, ids, mask, cfg.layer_map)
+
+
+def distill_layer_map(cfg: DistillConfig, num_blocks: int, num_layers: int) -> list[int]:
+    """The teacher layer each block regresses under `cfg` (the uniform split when it has no map), for reports."""
+    return list(cfg.layer_map) if cfg.layer_map is not None else split_layers(num_layers, num_blocks)
+
+
 def distill_losses(
     student: Student,
     teacher: Teacher,
     batch: dict[str, torch.Tensor],
     cfg: DistillConfig,
     mlm_head: nn.Module | None,
-    targets: list[torch.Tensor] | None = None,
+    targets: list[torch.Tensor | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Weighted losses for one batch, plus their sum under 'total'. Batch tensors are (b, t) int64.
 
-    `targets` are the teacher's block-boundary states when already computed (`teacher.block_targets`).
+    `targets` are the teacher's states when already computed (`teacher_targets`); a None entry (a block a layer
+    map sends to 0) gets no block loss, and 'blocks' is the mean over the blocks that have one.
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]
     n_blocks = len(student.model.blocks)
     if targets is None:
-        targets = block_targets(teacher, ids, mask, n_blocks)  # [emb, end of block 1, ..., end of block N], (b, t, T)
+        targets = teacher_targets(teacher, ids, mask, n_blocks, cfg)  # [emb, target of block 1, ..., of block N]
+    final = targets[-1]  # (b, t, T): what the final output regresses
+    assert final is not None  # check_layer_map: the last entry of a map is >= 1
     block_out: list[torch.Tensor] = []  # each block's output: the model's (b*t, h) tokens back as (b, t, h)
     hooks = [b.register_forward_hook(lambda _m, _i, o: block_out.append(o.reshape(*ids.shape, -1))) for b in student.model.blocks]
     try:
@@ -209,16 +244,17 @@ def distill_losses(
             h.remove()
     losses: dict[str, torch.Tensor] = {}
     if cfg.hidden_weight:
-        losses["hidden"] = cfg.hidden_weight * masked_mse(hidden, targets[-1], mask)
-    if cfg.intermediate_weight and n_blocks > 1:
-        inter = [masked_mse(proj(block_out[i]), targets[i + 1], mask) for i, proj in enumerate(student.projections)]
+        losses["hidden"] = cfg.hidden_weight * masked_mse(hidden, final, mask)
+    supervised = [i for i in range(n_blocks - 1) if targets[i + 1] is not None]
+    if cfg.intermediate_weight and supervised:
+        inter = [masked_mse(student.projections[i](block_out[i]), targets[i + 1], mask) for i in supervised]
         losses["blocks"] = cfg.intermediate_weight * torch.stack(inter).mean()
     if cfg.prediction_weight and mlm_head is not None:
         with torch.no_grad():
-            t_logits = mlm_head(targets[-1])
+            t_logits = mlm_head(final)
         losses["prediction"] = cfg.prediction_weight * masked_kl(mlm_head(hidden), t_logits, mask, cfg.temperature)
     if cfg.embedding_weight or cfg.similarity_weight:
-        s_emb, t_emb = masked_mean_pool(hidden, mask), masked_mean_pool(targets[-1], mask)  # (b, T) sentence embeddings
+        s_emb, t_emb = masked_mean_pool(hidden, mask), masked_mean_pool(final, mask)  # (b, T) sentence embeddings
         if cfg.embedding_weight:
             losses["embedding"] = cfg.embedding_weight * embedding_cosine_loss(s_emb, t_emb)
         if cfg.similarity_weight:
@@ -248,11 +284,13 @@ def heldout_losses(
     s1, s2, n = 0.0, 0.0, 0
     batches = CorpusBatches(texts, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed).sequential(max_batches)
     for batch in batches:
-        targets = block_targets(teacher, batch["input_ids"], batch["attention_mask"], len(student.model.blocks))
+        targets = teacher_targets(teacher, batch["input_ids"], batch["attention_mask"], len(student.model.blocks), cfg)
         for k, v in distill_losses(student, teacher, batch, full, None, targets).items():
             if k != "total":
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-        real = targets[-1][batch["attention_mask"].bool()].double()  # (tokens, T)
+        final = targets[-1]
+        assert final is not None
+        real = final[batch["attention_mask"].bool()].double()  # (tokens, T)
         s1, s2, n = s1 + real.sum(0), s2 + (real**2).sum(0), n + real.shape[0]
     student.model.train(was_training)
     out = {k: v / len(batches) for k, v in sums.items()}
@@ -278,6 +316,8 @@ def distill(
     `note`). Returns the report dict.
     """
     check_compatible(student.model.config.search_space, teacher)
+    if cfg.layer_map is not None:
+        check_layer_map(cfg.layer_map, len(student.model.blocks), teacher.num_layers)
     mlm_head = load_mlm_head(teacher) if cfg.prediction_weight else None
     if cfg.prediction_weight and mlm_head is None:
         raise TeacherError(
@@ -328,6 +368,7 @@ def distill(
         "init": student.init,
         "teacher": str(teacher.path),
         "config": cfg.to_dict(),
+        "distill_layer_map": distill_layer_map(cfg, len(student.model.blocks), teacher.num_layers),
         "steps": step,
         "train_s": round(elapsed, 2),
         "train_loss_last": float(sum(v for _, v in history[-20:]) / max(1, len(history[-20:]))),

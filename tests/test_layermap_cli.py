@@ -1,0 +1,221 @@
+"""`layer-map` and `distill --layer-map` on the command line: a tiny search end to end, its result taken by
+`distill`, and the one-line errors (exit 2) before any work, with nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import SAMPLE, make_sample_teacher
+from typer.testing import CliRunner
+
+from nasbert_deploy.cli.app import app
+from nasbert_deploy.student.tasks import SAMPLE_DIR
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+ARCH = "64:mha,ffn|32:sep3,id"
+RETRIEVAL = str(SAMPLE_DIR / "debian-retrieval-sample.jsonl")
+CLASSES = str(SAMPLE_DIR / "debian-sections-sample-train.jsonl")
+FAST = ["--steps", "3", "--batch-size", "4", "--seq-len", "16", "--corpus-limit", "40", "--task-limit", "40"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    return make_sample_teacher(tmp_path_factory.mktemp("teacher") / "t", layers=4)
+
+
+def _args(teacher: Path, out: Path, *extra: str, **change: str) -> list[str]:
+    """The tiny search's arguments; `change` replaces an option's value (`tasks` replaces both task files)."""
+    opts = {
+        "--student": ARCH,
+        "--init": "random",
+        "--space": "tiny",
+        "--teacher": str(teacher),
+        "--corpus": str(SAMPLE),
+        "--out": str(out),
+    }
+    opts.update({f"--{k}": v for k, v in change.items() if k != "tasks"})
+    tasks = [change["tasks"]] if "tasks" in change else [RETRIEVAL, CLASSES]
+    return ["layer-map", *(t for kv in opts.items() for t in kv), *(t for f in tasks for t in ("--tasks", f)), *FAST, *extra]
+
+
+def _run(args: list[str]):
+    return runner.invoke(app, args, env={"COLUMNS": "80"})
+
+
+def test_search_then_distill_with_the_found_map(teacher, tmp_path):
+    out = tmp_path / "map.json"
+    r = _run(_args(teacher, out, "--population", "3", "--generations", "1", "--crossover", "one-point"))
+    assert r.exit_code == 0, r.output
+    assert "generation 0/1, evaluation 1: map 2,4" in r.output and "best map" in r.output and "resuming" not in r.output
+    res = json.loads(out.read_text())
+    assert set(res["heuristics"]) == {"uniform", "last-layers", "first-layers"}
+    assert res["teacher_layers"] == 4 and res["student_blocks"] == 2 and len(res["layer_map"]) == 2
+    assert set(res["scores"]) == {"debian-retrieval-sample", "debian-sections-sample-train"}
+    assert res["fitness"] == pytest.approx(sum(res["scores"].values()) / 2)
+    assert res["settings"]["ga"]["crossover"] == "one-point" and res["machine"]["cpu_model"]
+    assert len(res["evaluated"]) >= 3 and res["cpu_hours"] > 0 and res["wall_s"] > 0
+    assert (tmp_path / "map.json.cache.json").is_file()
+
+    r = _run(_args(teacher, out, "--population", "3", "--generations", "1", "--crossover", "one-point"))
+    assert r.exit_code == 2 and "--out" in r.stderr and "pass --force" in r.stderr  # a finished result is kept
+    r = _run(_args(teacher, out, "--population", "3", "--generations", "1", "--crossover", "one-point", "--force"))
+    assert r.exit_code == 0, r.output
+    assert f"resuming: {len(res['evaluated'])} maps already evaluated" in r.output
+    assert json.loads(out.read_text())["layer_map"] == res["layer_map"]
+
+    student = tmp_path / "student"
+    r = _run(
+        [
+            "distill",
+            "--arch",
+            ARCH,
+            "--init",
+            "random",
+            "--space",
+            "tiny",
+            "--teacher",
+            str(teacher),
+            "--corpus",
+            str(SAMPLE),
+            "--out",
+            str(student),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "16",
+            "--layer-map",
+            str(out),
+        ]
+    )
+    assert r.exit_code == 0, r.output
+    report = json.loads((student / "distill_report.json").read_text())
+    assert report["distill_layer_map"] == res["layer_map"] and report["config"]["intermediate_weight"] == 1.0
+    r = _run(
+        [
+            "distill",
+            "--arch",
+            ARCH,
+            "--init",
+            "random",
+            "--space",
+            "tiny",
+            "--teacher",
+            str(teacher),
+            "--corpus",
+            str(SAMPLE),
+            "--out",
+            str(tmp_path / "s2"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--layer-map",
+            "0,3",
+        ]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "s2" / "distill_report.json").read_text())["distill_layer_map"] == [0, 3]
+
+
+@pytest.fixture
+def tripwires(monkeypatch):
+    """A command that loads the teacher's weights or starts a search/distillation fails the test."""
+    import nasbert_deploy.layermap.run as run
+    import nasbert_deploy.student.distill as distill
+    import nasbert_deploy.teacher as teacher_mod
+
+    def trip(*_a, **_k):
+        raise AssertionError("heavy work started")
+
+    for module, name in [
+        (teacher_mod, "load_teacher"),
+        (run, "search_layer_map"),
+        (distill, "distill"),
+        (distill, "build_student"),
+    ]:
+        monkeypatch.setattr(module, name, trip)
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+LAYER_MAP_ERRORS = [
+    ("missing corpus", {"corpus": "nope.txt"}, "corpus nope.txt does not exist"),
+    ("empty corpus", {"corpus": "empty.txt"}, "has no paragraph"),
+    ("task without labels", {"tasks": "nolabel.jsonl"}, "missing label"),
+    ("task of one label", {"tasks": "onelabel.jsonl"}, "classification needs at least 2"),
+    ("unknown arch", {"student": "999:mha,ffn|32:sep3,id"}, "hidden 999 not in"),
+    ("not an arch or folder", {"student": "somewhere/model"}, "neither an existing folder nor an arch string"),
+    ("teacher not an encoder", {"teacher": "nb"}, "is not an encoder"),
+    ("population 1", {"population": "1"}, "1 is not in the range 2<=x<=256"),
+    ("elite >= population", {"population": "3", "elite": "3"}, "elite 3: give 0..2"),
+    ("too many generations", {"generations": "1000"}, "0<=x<=100"),
+    ("out is a folder", {"out": "adir"}, "is a folder"),
+    ("cache of other settings", {}, "other settings (proxy differ)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "change", "fragment"), LAYER_MAP_ERRORS, ids=[c[0] for c in LAYER_MAP_ERRORS])
+def test_layer_map_errors_are_one_line_before_any_work(case, change, fragment, teacher, tmp_path, monkeypatch, tripwires):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.txt").write_text("\n \n")
+    (tmp_path / "nolabel.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
+    (tmp_path / "onelabel.jsonl").write_text("".join(json.dumps({"text": f"t {i}", "label": "x"}) + "\n" for i in range(9)))
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "nb").mkdir()
+    (tmp_path / "nb" / "config.json").write_text(json.dumps({"model_type": "nasbert", "arch": ARCH, "hidden_size": 48}))
+    if case == "cache of other settings":
+        cache = {"kind": "nasbert-layer-map-cache", "key": {"proxy": {}}, "maps": {}}
+        (tmp_path / "m.json.cache.json").write_text(json.dumps(cache))
+    before = _listing(tmp_path)
+    r = _run(_args(teacher, Path("m.json"), **change))
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert fragment in " ".join(r.stderr.split()), r.stderr
+    assert _listing(tmp_path) == before  # nothing written, nothing half-written
+
+
+DISTILL_ERRORS = [
+    ("wrong length", "1,2,4", "layer map 1,2,4 does not fit: a layer map for this student has 2 entries"),
+    ("out of range", "1,5", "each 0..4"),
+    ("last entry 0", "3,0", "the last 1..4"),
+    ("not a map", "3,x", "neither a file nor a list"),
+    ("file without a map", "bad.json", "holds no layer map"),
+    ("missing file", "nomap.json", "layer map nomap.json does not exist"),
+]
+
+
+@pytest.mark.parametrize(("case", "value", "fragment"), DISTILL_ERRORS, ids=[c[0] for c in DISTILL_ERRORS])
+def test_distill_layer_map_is_checked_before_any_work(case, value, fragment, teacher, tmp_path, monkeypatch, tripwires):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.json").write_text('{"fitness": 0.5}')
+    before = _listing(tmp_path)
+    r = _run(
+        [
+            "distill",
+            "--arch",
+            ARCH,
+            "--init",
+            "random",
+            "--space",
+            "tiny",
+            "--teacher",
+            str(teacher),
+            "--corpus",
+            str(SAMPLE),
+            "--out",
+            "student",
+            "--layer-map",
+            value,
+        ]
+    )
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert fragment in " ".join(r.stderr.split()), r.stderr
+    assert _listing(tmp_path) == before
