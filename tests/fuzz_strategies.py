@@ -73,6 +73,7 @@ ENCODER = {"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 
 CLASSIFIER = {**ENCODER, "architectures": ["BertForSequenceClassification"], "id2label": {"0": "a", "1": "b"},
               "label2id": {"a": 0, "b": 1}}
 STATE = {"step": 3, "shrinks": 1, "done": False, "survivors": [[TINY_ARCH.split("|")[0]]]}
+LAYER_MAP = {"kind": "nasbert-layer-map", "layer_map": [1, 2], "fitness": 0.5}
 OTHER_KINDS = [DEVICE, CORPUS, TASK, RETRIEVAL, json.dumps(TABLE).encode(), json.dumps(CANDIDATES).encode()]
 
 
@@ -362,10 +363,22 @@ COMMANDS: dict[str, tuple[dict, int]] = {  # name -> (arguments of `command`, ca
                  "--teacher": BAD_MODEL, "--supernet": supernet_dir(), "--init": choice(("supernet", "random")),
                  "--space": choice(SPACES), "--valid-corpus": corpus("valid.txt"), "--steps": ints(1, 10),
                  "--seq-len": ints(2, 64), "--lr": floats(1e-5, 1e-2), "--temperature": floats(0.1, 5.0),
-                 "--threads": ints(0, 2), "--force": flag()},
+                 "--threads": ints(0, 2), "--force": flag(), "--layer-map": st.one_of(choice(("1,2", "0,2", "3,5,6", "2,0")),
+                 in_file("lm.json", contents(_dumps(LAYER_MAP), LAYER_MAP)))},
         required=("--out", "--corpus"),
         poisons={"--out": bad_out("dir"), "--corpus": bad_file("text.txt"), "--valid-corpus": bad_file("valid.txt"),
                  "--teacher": BAD_MODEL, "--arch": st.sampled_from(["foo", "999:mha", "|"]).map(lambda t: Arg([t]))}), 180),
+    "layer-map": (dict(  # every case carries a poison checked before the teacher loads: a search never starts
+        prefix=["layer-map"],
+        options={"--student": archs(TINY_ARCH, MINILM_ARCH), "--corpus": corpus(), "--out": out_path("file", "map"),
+                 "--tasks": task("t.jsonl"), "--teacher": model_dir("teacher", [ENCODER, {**ENCODER, "num_hidden_layers": "x"}]),
+                 "--init": choice(("supernet", "random", "etd-impt")), "--space": choice(SPACES), "--supernet": supernet_dir(),
+                 "--population": ints(2, 8), "--generations": ints(0, 5), "--elite": ints(0, 3),
+                 "--crossover": choice(("uniform", "one-point", "two-point")), "--mutation-rate": floats(0.0, 1.0),
+                 "--steps": ints(1, 5), "--corpus-limit": ints(1, 50), "--task-limit": ints(4, 50), "--force": flag()},
+        required=("--student", "--corpus", "--out"),
+        poisons={"--out": bad_out("file"), "--corpus": bad_file("text.txt"), "--teacher": BAD_MODEL,
+                 "--student": st.sampled_from(["foo", "999:mha", "|"]).map(lambda t: Arg([t]))}), 80),
     "finetune": (dict(
         prefix=["finetune"],
         options={"--model": model_dir("m", [ENCODER, CLASSIFIER]), "--out": out_path("dir"), "--task": task(),

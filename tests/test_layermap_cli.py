@@ -26,13 +26,13 @@ def teacher(tmp_path_factory) -> Path:
     return make_sample_teacher(tmp_path_factory.mktemp("teacher") / "t", layers=4)
 
 
-def _args(teacher: Path, out: Path, *extra: str, **change: str) -> list[str]:
+def _args(teacher_dir: Path, out: Path, /, *extra: str, **change: str) -> list[str]:
     """The tiny search's arguments; `change` replaces an option's value (`tasks` replaces both task files)."""
     opts = {
         "--student": ARCH,
         "--init": "random",
         "--space": "tiny",
-        "--teacher": str(teacher),
+        "--teacher": str(teacher_dir),
         "--corpus": str(SAMPLE),
         "--out": str(out),
     }
@@ -153,9 +153,9 @@ LAYER_MAP_ERRORS = [
     ("unknown arch", {"student": "999:mha,ffn|32:sep3,id"}, "hidden 999 not in"),
     ("not an arch or folder", {"student": "somewhere/model"}, "neither an existing folder nor an arch string"),
     ("teacher not an encoder", {"teacher": "nb"}, "is not an encoder"),
-    ("population 1", {"population": "1"}, "1 is not in the range 2<=x<=256"),
+    ("population 1", {"population": "1"}, "'--population': Input should be greater than or equal to 2"),
     ("elite >= population", {"population": "3", "elite": "3"}, "elite 3: give 0..2"),
-    ("too many generations", {"generations": "1000"}, "0<=x<=100"),
+    ("too many generations", {"generations": "1000"}, "less than or equal to 100"),
     ("out is a folder", {"out": "adir"}, "is a folder"),
     ("cache of other settings", {}, "other settings (proxy differ)"),
 ]  # fmt: skip
@@ -170,9 +170,14 @@ def test_layer_map_errors_are_one_line_before_any_work(case, change, fragment, t
     (tmp_path / "adir").mkdir()
     (tmp_path / "nb").mkdir()
     (tmp_path / "nb" / "config.json").write_text(json.dumps({"model_type": "nasbert", "arch": ARCH, "hidden_size": 48}))
-    if case == "cache of other settings":
-        cache = {"kind": "nasbert-layer-map-cache", "key": {"proxy": {}}, "maps": {}}
-        (tmp_path / "m.json.cache.json").write_text(json.dumps(cache))
+    if case == "cache of other settings":  # the command's own settings, but 7 proxy steps instead of 3
+        from nasbert_deploy.layermap.proxy import ProxySettings
+        from nasbert_deploy.layermap.request import LayerMapRequest, prepare
+
+        proxy = ProxySettings(steps=7, batch_size=4, seq_len=16, corpus_limit=40, task_limit=40)
+        key = prepare(LayerMapRequest(ARCH, SAMPLE, Path("m.json"), (Path(RETRIEVAL), Path(CLASSES)), teacher, "random",
+                                      "tiny", proxy=proxy)).key
+        (tmp_path / "m.json.cache.json").write_text(json.dumps({"kind": "nasbert-layer-map-cache", "key": key, "maps": {}}))
     before = _listing(tmp_path)
     r = _run(_args(teacher, Path("m.json"), **change))
     assert r.exit_code == 2, r.output
