@@ -99,8 +99,9 @@ def test_custom_code_is_self_contained_and_mapped(saved):
 def test_assembly_refuses_missing_names(monkeypatch):
     from nasbert_deploy.model import remote_code
 
-    monkeypatch.setattr(remote_code, "CONFIG_MODULES", ("nasbert_deploy.space", "nasbert_deploy.model.configuration"))
-    with pytest.raises(ExportError, match="ArchError, SpaceError not defined by nasbert_deploy.space"):
+    modules = ("nasbert_deploy.space.arch", "nasbert_deploy.space.searchspace", "nasbert_deploy.model.configuration")
+    monkeypatch.setattr(remote_code, "CONFIG_MODULES", modules)
+    with pytest.raises(ExportError, match="ArchError, SpaceError not defined by nasbert_deploy.space.arch"):
         remote_code.remote_code_files()
     with pytest.raises(ExportError, match="is not a readable model config"):
         write_remote_code(Path("/nonexistent-folder"))

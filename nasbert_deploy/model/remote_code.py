@@ -8,7 +8,7 @@ registered local classes are used as before (no `trust_remote_code` needed).
 
 The two files are assembled from this package's own modules, so there is one source of truth:
 
-    configuration_nasbert.py = errors.py + space.py + model/configuration.py
+    configuration_nasbert.py = errors.py + space/arch.py + space/searchspace.py + model/configuration.py
     modeling_nasbert.py      = model/ops.py + model/modeling.py  (+ `from .configuration_nasbert import ...`)
 
 Assembly drops module docstrings, `from __future__` lines, `__all__`, the `AutoXxx.register(...)` calls
@@ -30,7 +30,12 @@ from nasbert_deploy.errors import ExportError
 
 CONFIG_FILE = "configuration_nasbert.py"
 MODELING_FILE = "modeling_nasbert.py"
-CONFIG_MODULES = ("nasbert_deploy.errors", "nasbert_deploy.space", "nasbert_deploy.model.configuration")
+CONFIG_MODULES = (
+    "nasbert_deploy.errors",
+    "nasbert_deploy.space.arch",
+    "nasbert_deploy.space.searchspace",
+    "nasbert_deploy.model.configuration",
+)
 MODELING_MODULES = ("nasbert_deploy.model.ops", "nasbert_deploy.model.modeling")
 AUTO_MAP = {
     "AutoConfig": "configuration_nasbert.NasBertConfig",
