@@ -175,8 +175,11 @@ def test_layer_map_errors_are_one_line_before_any_work(case, change, fragment, t
         from nasbert_deploy.layermap.request import LayerMapRequest, prepare
 
         proxy = ProxySettings(steps=7, batch_size=4, seq_len=16, corpus_limit=40, task_limit=40)
-        key = prepare(LayerMapRequest(ARCH, SAMPLE, Path("m.json"), (Path(RETRIEVAL), Path(CLASSES)), teacher, "random",
-                                      "tiny", proxy=proxy)).key
+        key = prepare(
+            LayerMapRequest(
+                ARCH, SAMPLE, Path("m.json"), (Path(RETRIEVAL), Path(CLASSES)), teacher, "random", "tiny", proxy=proxy
+            )
+        ).key
         (tmp_path / "m.json.cache.json").write_text(json.dumps({"kind": "nasbert-layer-map-cache", "key": key, "maps": {}}))
     before = _listing(tmp_path)
     r = _run(_args(teacher, Path("m.json"), **change))

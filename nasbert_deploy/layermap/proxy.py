@@ -30,6 +30,7 @@ from nasbert_deploy.student.retrieval import is_retrieval_file, load_retrieval
 from nasbert_deploy.student.tasks import SAMPLE_DIR, TaskData, load_task
 from nasbert_deploy.teacher import Teacher
 
+SPLIT_NAMES = ("train", "valid", "dev", "test")
 DEFAULT_TASKS: tuple[Path, ...] = tuple(
     SAMPLE_DIR / f
     for f in ("debian-sections-sample-train.jsonl", "wordnet-supersense-sample-train.jsonl", "debian-retrieval-sample.jsonl")
@@ -110,7 +111,8 @@ def load_proxy_tasks(paths: Sequence[Path], settings: ProxySettings) -> list[Pro
         )
     tasks: list[ProxyTask] = []
     for p in map(Path, paths):
-        name = p.stem if p.stem not in {t.name for t in tasks} else f"{p.stem}-{len(tasks) + 1}"
+        name = f"{p.parent.name}-{p.stem}" if p.stem in SPLIT_NAMES else p.stem  # tasks/NAME/train.jsonl -> NAME-train
+        name = name if name not in {t.name for t in tasks} else f"{name}-{len(tasks) + 1}"
         if is_retrieval_file(p):
             data = load_retrieval(p, settings.task_limit)
             if len(data.documents) < 2:
