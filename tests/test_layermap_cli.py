@@ -120,6 +120,22 @@ def test_search_then_distill_with_the_found_map(teacher, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "s2" / "distill_report.json").read_text())["distill_layer_map"] == [0, 3]
+    r = _run(
+        [
+            "distill",
+            "--from-export",
+            str(student),
+            "--teacher",
+            str(teacher),
+            "--corpus",
+            str(SAMPLE),
+            "--out",
+            str(tmp_path / "s3"),
+            "--layer-map",
+            "1,2,3",
+        ]
+    )  # the blocks come from the folder's config
+    assert r.exit_code == 2 and "has 2 entries (one per block)" in " ".join(r.stderr.split()), r.output
 
 
 @pytest.fixture
