@@ -44,6 +44,7 @@ def layer_map_cmd(
         list[Path] | None,
         _opt(
             "--tasks",
+            metavar="FILE",
             help="Proxy task file, repeatable: classification .jsonl/.csv "
             "(text, label; split for a linear probe) or retrieval .jsonl (query, "
             "document; MRR). Default: the shipped debian-sections, "
