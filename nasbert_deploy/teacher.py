@@ -60,8 +60,10 @@ def teacher_layers(path: str | os.PathLike[str] | None) -> int:
     cfg = read_model_config(p, "teacher")
     layers = cfg.get("num_hidden_layers")
     if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1 or not isinstance(cfg.get("hidden_size"), int):
-        raise TeacherError(f"teacher {p} is not an encoder: its config.json has no num_hidden_layers >= 1 and hidden_size "
-                           f"(model_type {cfg['model_type']!r}); pass a BERT-family encoder folder")
+        raise TeacherError(
+            f"teacher {p} is not an encoder: its config.json has no num_hidden_layers >= 1 and hidden_size "
+            f"(model_type {cfg['model_type']!r}); pass a BERT-family encoder folder"
+        )
     return layers
 
 
@@ -147,8 +149,10 @@ def check_layer_map(layer_map: Sequence[int], num_blocks: int, num_layers: int) 
     """A distillation layer map as a tuple, checked against a student of `num_blocks` blocks and a teacher of
     `num_layers` layers: one teacher layer index per block, 0..num_layers (0: the block gets no block-boundary
     loss), the last 1..num_layers (the layer the student's final output regresses). `LayerMapError` otherwise."""
-    valid = (f"a layer map for this student has {num_blocks} entries (one per block), each 0..{num_layers} (0 = no "
-             f"loss on that block's output), the last 1..{num_layers} (the teacher layer its final output regresses)")
+    valid = (
+        f"a layer map for this student has {num_blocks} entries (one per block), each 0..{num_layers} (0 = no "
+        f"loss on that block's output), the last 1..{num_layers} (the teacher layer its final output regresses)"
+    )
     entries = list(layer_map)
     if len(entries) != num_blocks or not all(isinstance(e, int) and not isinstance(e, bool) for e in entries):
         raise LayerMapError(f"layer map {format_layer_map(entries)} does not fit: {valid}")

@@ -203,8 +203,9 @@ def load_mlm_head(teacher: Teacher) -> nn.Module | None:
     return None
 
 
-def teacher_targets(teacher: Teacher, ids: torch.Tensor, mask: torch.Tensor, num_blocks: int,
-                    cfg: DistillConfig) -> list[torch.Tensor | None]:
+def teacher_targets(
+    teacher: Teacher, ids: torch.Tensor, mask: torch.Tensor, num_blocks: int, cfg: DistillConfig
+) -> list[torch.Tensor | None]:
     """The teacher states the losses regress: `block_targets` (uniform), or `mapped_targets` under `cfg.layer_map`."""
     if cfg.layer_map is None:
         return block_targets(teacher, ids, mask, num_blocks)
