@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 from nasbert_deploy.cli import common
 from nasbert_deploy.cli.app import app
 from nasbert_deploy.devices import PRECISIONS
+from nasbert_deploy.model.distributed import TRAIN_DEVICES
 from nasbert_deploy.runtimes.base import RUNTIMES
 from nasbert_deploy.space import SPACES
 from nasbert_deploy.student import INITS
-from nasbert_deploy.supernet.launch import TRAIN_DEVICES
 
 runner = CliRunner()
 

@@ -20,10 +20,10 @@ from rich.console import Console
 
 from nasbert_deploy.devices import PRECISIONS, DeviceSpec
 from nasbert_deploy.errors import DeviceError, NasBertDeployError
+from nasbert_deploy.model.distributed import TRAIN_DEVICES
 from nasbert_deploy.runtimes.base import RUNTIMES
 from nasbert_deploy.space import SPACES
 from nasbert_deploy.student import INITS, STUDENT_INITS
-from nasbert_deploy.supernet.launch import TRAIN_DEVICES
 
 console = Console()
 err_console = Console(stderr=True)

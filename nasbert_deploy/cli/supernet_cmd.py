@@ -97,10 +97,11 @@ def train(
     check_output(out, "dir", reuse=True)  # before the heavy imports; `train_from_corpus` checks again for library users
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from nasbert_deploy.model.distributed import process_rank
     from nasbert_deploy.profiling.table import LatencyTable
     from nasbert_deploy.space import get_space
     from nasbert_deploy.supernet.blockwise import TrainConfig
-    from nasbert_deploy.supernet.launch import LaunchConfig, parse_blocks, process_rank, train_from_corpus
+    from nasbert_deploy.supernet.launch import LaunchConfig, parse_blocks, train_from_corpus
     from nasbert_deploy.supernet.shrinking import ShrinkConfig
 
     launch = LaunchConfig(corpus=corpus, out=out, teacher=teacher, space=space.value, paragraphs=paragraphs,

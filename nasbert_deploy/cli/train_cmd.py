@@ -6,6 +6,9 @@ Thin shell over `nasbert_deploy.student.distill` / `.finetune`; heavy imports ha
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +20,7 @@ from nasbert_deploy.cli.common import (
     SpaceName,
     StudentInitName,
     ThreadsOpt,
+    TrainDevice,
     choice,
     console,
     print_report,
@@ -35,17 +39,56 @@ def _opt(*names: str, help: str | None = None, **kw: Any) -> Any:
 TaskOpt = Annotated[str, _opt("--task", help=f"Task file (.jsonl/.csv/.tsv: text, \\[text_pair], label) or {SAMPLE_TASK}.")]
 ValidFractionOpt = Annotated[float, _opt("--valid-fraction", min=0.01, max=0.9,
                                          help="Stratified share held out when no --valid.")]
-BatchOpt = Annotated[int, _opt("--batch-size", min=1, help="Examples per step.")]
+BatchOpt = Annotated[int, _opt("--batch-size", min=1, help="Examples per step and process (under torchrun each "
+                                "process takes this many, so a step sees processes x this many).")]
 MaxLenOpt = Annotated[int, _opt("--max-len", min=2, help="Tokens per example (longer ones are truncated).")]
 LrOpt = Annotated[float, _opt("--lr", min=0.0, help="AdamW learning rate.")]
 PoolingName = choice("PoolingName", ("cls", "mean"))  # student.finetune.POOLINGS (torch-free here)
 EpochsOpt = Annotated[int, _opt("--epochs", min=1, help="Passes over the training rows.")]
 ForceOpt = Annotated[bool, _opt("--force", help="Replace an existing, non-empty --out folder.")]
+DeviceOpt = Annotated[TrainDevice, _opt("--device", help="Where to train: a GPU when torch sees one (auto), the CPU, "
+                                        "or a GPU (cuda; under torchrun one per process).")]
+
+
+@dataclass(frozen=True)
+class _Processes:
+    """Where a training command runs: its torchrun rank and world size, the torch device, and who prints (rank 0)."""
+
+    rank: int
+    world: int
+    device: str
+
+    @property
+    def note(self) -> Callable[..., None] | None:
+        return console.print if self.rank == 0 else None
+
+    @contextlib.contextmanager
+    def progress(self, title: str) -> Iterator[Callable[[int, int, dict[str, float]], None] | None]:
+        """`training_progress` on rank 0; the other ranks show nothing."""
+        if self.rank:
+            yield None
+            return
+        with training_progress(title) as update:
+            yield update
+
+
+@contextlib.contextmanager
+def _processes(device: str) -> Iterator[_Processes]:
+    """The torchrun process group (when launched by torchrun) and the training device, for the block.
+    `--device cuda` without a visible GPU: one line, exit 2, before any model is loaded."""
+    from nasbert_deploy.model.distributed import distributed_run
+
+    with distributed_run(device) as (rank, world, dev):
+        if rank == 0 and world > 1:
+            console.print(f"training on {world} processes (device {dev} on rank 0)", highlight=False)
+        yield _Processes(rank, world, dev)
 
 
 def _print_finetune(title: str, report: dict[str, Any]) -> None:
     best = {f"best valid {k}": v for k, v in report["best"].items()}
     sizes = {"train rows": report["train_rows"], "valid rows": report["valid_rows"], "train_s": report["train_s"]}
+    if report.get("world_size", 1) > 1:
+        sizes["processes"] = report["world_size"]
     print_report(title, {**sizes, **best})
 
 
@@ -77,10 +120,11 @@ def distill_cmd(
                                           "last is what the output regresses) or the file `layer-map` writes; turns "
                                           "a --block-weight of 0 into 1.")] = None,
     seed: SeedOpt = 0,
+    device: DeviceOpt = TrainDevice("auto"),
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
 ) -> None:
-    """Distil a standalone student from the teacher on unlabelled text (resumable)."""
+    """Distil a standalone student from the teacher on unlabelled text (resumable; torchrun for several processes)."""
     from nasbert_deploy.fileio import check_output
     from nasbert_deploy.space import get_space
     from nasbert_deploy.student.distill import DistillConfig, build_student, distill
@@ -96,29 +140,38 @@ def distill_cmd(
     texts = read_paragraphs(corpus)
     held_out = read_paragraphs(valid_corpus) if valid_corpus else None
     resolve_teacher_path(teacher)  # a bad --teacher folder fails before the student is built
-    if mapped is not None:
-        console.print(f"distillation layer map {','.join(map(str, mapped))} (block weight {cfg.intermediate_weight:g})",
-                      highlight=False)
     if init.value.startswith("etd-"):
         from nasbert_deploy.errors import CheckpointError
-        from nasbert_deploy.student.extraction import etd_student, extraction_summary
 
         if arch is None or from_export is not None:
             raise CheckpointError("--init etd-* extracts an --arch from the teacher; give --arch, not --from-export")
         get_space(space.value).parse(arch)  # ArchError before the teacher is loaded
-        t = load_teacher(teacher)
-        with training_progress("scoring the teacher's units") as update:
-            student = etd_student(arch, get_space(space.value), t, texts, init.value, seed=seed,
-                                  progress=lambda n, k: update(n, k, {}))
-        meta = extraction_summary(student)
-        console.print(f"extracted from the teacher ({init.value}): {meta['layer_map']}")
-    else:
-        random_space = get_space(space.value) if init.value == "random" else None
-        student = build_student(arch, from_export, supernet, init.value, random_space)
-        t, meta = load_teacher(teacher), {}
-    with training_progress("distilling") as update:
-        report = distill(student, t, texts, out, cfg, held_out, update, metadata=meta, note=console.print)
+    with _processes(device.value) as run:
+        if mapped is not None and run.note:
+            run.note(f"distillation layer map {','.join(map(str, mapped))} (block weight {cfg.intermediate_weight:g})",
+                     highlight=False)
+        if init.value.startswith("etd-"):
+            from nasbert_deploy.student.extraction import etd_student, extraction_summary
+
+            assert arch is not None
+            t = load_teacher(teacher)
+            with run.progress("scoring the teacher's units") as update:  # every rank extracts the same student
+                student = etd_student(arch, get_space(space.value), t, texts, init.value, seed=seed,
+                                      progress=None if update is None else lambda n, k: update(n, k, {}))
+            meta = extraction_summary(student)
+            if run.note:
+                run.note(f"extracted from the teacher ({init.value}): {meta['layer_map']}")
+        else:
+            random_space = get_space(space.value) if init.value == "random" else None
+            student = build_student(arch, from_export, supernet, init.value, random_space)
+            t, meta = load_teacher(teacher), {}
+        with run.progress("distilling") as update:
+            report = distill(student, t, texts, out, cfg, held_out, update, metadata=meta, note=run.note, device=run.device)
+    if run.rank:
+        return
     rows = {k: report[k] for k in ("arch", "params", "init", "steps", "train_s", "train_loss_last")}
+    if run.world > 1:
+        rows["processes"] = run.world
     if mapped is not None:
         rows["layer map"] = ",".join(map(str, report["distill_layer_map"]))
     names = {"hidden": "held-out hidden MSE", "blocks": "held-out block MSE", "hidden_fvu": "held-out unexplained variance"}
@@ -156,10 +209,11 @@ def finetune_cmd(
     max_len: MaxLenOpt = 128,
     lr: LrOpt = 2e-4,
     seed: SeedOpt = 0,
+    device: DeviceOpt = TrainDevice("auto"),
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
 ) -> None:
-    """Fine-tune a student on a labelled task, optionally distilling a fine-tuned teacher (resumable)."""
+    """Fine-tune a student on a labelled task, optionally distilling a fine-tuned teacher (resumable; torchrun)."""
     from nasbert_deploy.fileio import check_output
     from nasbert_deploy.student.finetune import FinetuneConfig, finetune
     from nasbert_deploy.student.tasks import task_splits
@@ -169,9 +223,10 @@ def finetune_cmd(
     train, val = task_splits(task, valid, valid_fraction)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, lam=lam, temperature=temperature,
                          seed=seed)
-    with training_progress("fine-tuning") as update:
-        report = finetune(model, train, val, out, cfg, teacher_model, update, note=console.print)
-    _print_finetune(f"fine-tuned -> {out}", report)
+    with _processes(device.value) as run, run.progress("fine-tuning") as update:
+        report = finetune(model, train, val, out, cfg, teacher_model, update, note=run.note, device=run.device)
+    if run.rank == 0:
+        _print_finetune(f"fine-tuned -> {out}", report)
 
 
 @app.command("finetune-teacher")
@@ -188,10 +243,11 @@ def finetune_teacher_cmd(
     pooling: Annotated[PoolingName, _opt("--pooling", help="cls: the encoder's own classifier ([CLS] pooler); mean: "
                                          "mean-pooled, as sentence encoders are trained.")] = PoolingName("cls"),
     seed: SeedOpt = 0,
+    device: DeviceOpt = TrainDevice("auto"),
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
 ) -> None:
-    """Fine-tune the teacher encoder as a sequence classifier (the teacher for task distillation)."""
+    """Fine-tune the teacher encoder as a sequence classifier (the teacher for task distillation; torchrun)."""
     from nasbert_deploy.fileio import check_output
     from nasbert_deploy.student.finetune import FinetuneConfig, finetune_teacher
     from nasbert_deploy.student.tasks import task_splits
@@ -200,9 +256,11 @@ def finetune_teacher_cmd(
     set_threads(threads)
     train, val = task_splits(task, valid, valid_fraction)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, seed=seed)
-    with training_progress("fine-tuning teacher") as update:
-        report = finetune_teacher(teacher, train, val, out, cfg, update, note=console.print, pooling=pooling.value)
-    _print_finetune(f"fine-tuned teacher -> {out}", report)
+    with _processes(device.value) as run, run.progress("fine-tuning teacher") as update:
+        report = finetune_teacher(teacher, train, val, out, cfg, update, note=run.note, pooling=pooling.value,
+                                  device=run.device)
+    if run.rank == 0:
+        _print_finetune(f"fine-tuned teacher -> {out}", report)
 
 
 @app.command("evaluate")

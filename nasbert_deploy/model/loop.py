@@ -4,13 +4,15 @@
   (or constant after the warm-up when there is no total);
 - `save_checkpoint` / `load_checkpoint`: a resumable checkpoint folder, replaced atomically (temp
   folder, then rename): `weights.safetensors`, `optimizer.pt` (`torch.save`, read back with
-  `torch.load(weights_only=True)`) and `state.json`, whose key must equal the resuming run's settings;
+  `torch.load(weights_only=True)`) and `state.json`, whose key must equal the resuming run's settings
+  (`load_checkpoint_on_every_rank`: each rank of a torchrun run reads the one rank 0 wrote);
 - `run_steps`: the step loop that resumes, checkpoints every N steps and on Ctrl-C (then re-raises)
   and reports progress through callbacks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from collections.abc import Callable
@@ -22,6 +24,7 @@ import torch
 
 from nasbert_deploy.errors import CheckpointError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.model.distributed import barrier, gather_objects
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 """progress(steps done, total steps, values of the last step)"""
@@ -110,6 +113,22 @@ def load_checkpoint(ckpt: Path, key: dict[str, Any], field: str = "key") -> Chec
     return Checkpoint(tensors, saved, state)
 
 
+def load_checkpoint_on_every_rank(ckpt: Path, key: dict[str, Any], field: str = "key") -> Checkpoint | None:
+    """`load_checkpoint` on every rank of a torchrun run, after the others wait for rank 0 (which may still be
+    writing the checkpoint of an interrupted run); `CheckpointError` on every rank unless they all read the same
+    state (a rank on another machine without the shared folder rank 0 writes to). `load_checkpoint` alone
+    without a process group."""
+    barrier()
+    loaded = load_checkpoint(ckpt, key, field)
+    seen = None if loaded is None else hashlib.sha256(json.dumps(loaded.state, sort_keys=True).encode()).hexdigest()
+    views = gather_objects(seen)
+    if len(set(views)) > 1:
+        lost = [r for r, v in enumerate(views) if v != views[0]]
+        raise CheckpointError(f"ranks {lost} do not see the checkpoint rank 0 sees in {ckpt}; run every process "
+                              "on a folder they share, or delete it to start over")
+    return loaded
+
+
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Dotted names of the settings that differ between two JSON values."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -118,8 +137,12 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
-    """What `save_checkpoint` stores beside the weights: optimizer, scheduler and torch RNG state."""
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+    """What `save_checkpoint` stores beside the weights: optimizer, scheduler and torch RNG state (CPU, and the
+    current GPU's when training there: dropout on a GPU draws from it)."""
+    saved = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        saved["cuda_rng"] = torch.cuda.get_rng_state()
+    return saved
 
 
 def restore_optimizer_state(
@@ -128,6 +151,8 @@ def restore_optimizer_state(
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])
+    if "cuda_rng" in saved and torch.cuda.is_available():
+        torch.cuda.set_rng_state(saved["cuda_rng"])
 
 
 # ---------------------------------------------------------------- the step loop

@@ -18,6 +18,7 @@ weights, or from an exported HF folder, and regresses the teacher on unlabelled 
 
 Resumable: `<out>.ckpt/` (safetensors, optimizer via `torch.save` / `torch.load(weights_only=True)`,
 JSON state) is written atomically every `checkpoint_every` steps and on Ctrl-C (see docs/training.md).
+Runs under torchrun on several processes or GPUs as the supernet training does (`model.distributed`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,12 @@ from torch import nn
 
 from nasbert_deploy.errors import CheckpointError, TeacherError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.model.distributed import allreduce_grads, broadcast_params, on_rank_zero, sum_over_ranks, world_info
 from nasbert_deploy.model.loop import (
     NoteFn,
     ProgressFn,
     checkpoint_dir,
-    load_checkpoint,
+    load_checkpoint_on_every_rank,
     optimizer_state,
     restore_optimizer_state,
     run_steps,
@@ -47,9 +49,8 @@ from nasbert_deploy.model.loop import (
     warmup_decay,
 )
 from nasbert_deploy.model.losses import embedding_cosine_loss, masked_kl, masked_mean_pool, masked_mse, similarity_kl
-from nasbert_deploy.model.modeling import NasBertModel
 from nasbert_deploy.model.remote_code import write_remote_code
-from nasbert_deploy.student import INITS
+from nasbert_deploy.student.build import Student, build_student, make_student  # noqa: F401  (their former home)
 from nasbert_deploy.student.tasks import CorpusBatches
 from nasbert_deploy.teacher import Teacher, block_targets, check_compatible, check_layer_map, mapped_targets, split_layers
 
@@ -101,89 +102,6 @@ class DistillConfig:
         if d["layer_map"] is None:
             d.pop("layer_map")
         return d
-
-
-@dataclass
-class Student:
-    """A student model plus its training-only block projections (one `Linear(h_i, T)` per inner boundary)."""
-
-    model: NasBertModel
-    projections: nn.ModuleList
-    init: str
-    extraction: dict[str, Any] = field(default_factory=dict)  # what came from which teacher unit (ETD starts)
-
-    def parameters(self) -> list[nn.Parameter]:
-        return list(self.model.parameters()) + list(self.projections.parameters())
-
-    def state(self) -> dict[str, torch.Tensor]:
-        s = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        s.update({f"proj.{k}": v for k, v in self.projections.state_dict().items()})
-        return s
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
-        self.projections.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("proj.")})
-
-
-def make_student(model: NasBertModel, supernet: Any = None, init: str = "supernet") -> Student:
-    """Wrap `model`; projections copy the supernet's `out_maps` when a supernet is given."""
-    arch = model.config.arch_obj
-    T = model.config.search_space.output_dim
-    projections = nn.ModuleList(nn.Linear(b.hidden, T) for b in arch.blocks[:-1])
-    if supernet is not None:
-        with torch.no_grad():
-            for i, b in enumerate(arch.blocks[:-1]):
-                projections[i].load_state_dict(supernet.out_maps[i][f"h{b.hidden}"].state_dict())
-    return Student(model, projections, init)
-
-
-def build_student(
-    arch: str | None = None,
-    from_export: str | Path | None = None,
-    supernet_dir: str | Path | None = None,
-    init: str = "supernet",
-    space: Any = None,
-) -> Student:
-    """The student to distil: `arch` initialised from a supernet (`init='supernet'`; the shipped default
-    supernet when `supernet_dir` is None) or randomly (`init='random'`, in `space`), or an exported
-    NAS-BERT HF folder (`from_export`)."""
-    from nasbert_deploy.model.modeling import NasBertConfig
-    from nasbert_deploy.space import SearchSpace
-    from nasbert_deploy.supernet.network import Supernet, read_meta
-
-    if (arch is None) == (from_export is None):
-        raise CheckpointError("give exactly one of an architecture (--arch) or an exported model folder (--from-export)")
-    if from_export is not None:
-        from transformers import AutoModel
-
-        from nasbert_deploy.teacher import read_model_config
-
-        p = Path(from_export)
-        if read_model_config(p, "--from-export", CheckpointError)["model_type"] != "nasbert":
-            raise CheckpointError(f"{p} is not a NAS-BERT encoder (model_type 'nasbert'); pass a folder made by `export`")
-        try:
-            model = AutoModel.from_pretrained(str(p), local_files_only=True)
-        except Exception as exc:  # a damaged folder: transformers raises many kinds; the user needs one line
-            raise CheckpointError(f"cannot load the exported model in {p}: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(model, NasBertModel):
-            raise CheckpointError(f"{p} holds a {type(model).__name__}, not a NAS-BERT encoder (model_type 'nasbert')")
-        return make_student(model, None, "export")
-    if init == "random":
-        if space is None:
-            raise CheckpointError("random initialisation needs a search space")
-        space.parse(str(arch))  # ArchError before any weights are made
-        torch.manual_seed(0)
-        return make_student(NasBertModel(NasBertConfig.from_arch(str(arch), space)), None, "random")
-    if init != "supernet":
-        raise CheckpointError(f"unknown initialisation {init!r}; valid: {', '.join(INITS)}")
-    try:
-        from nasbert_deploy.supernet.default import resolve_supernet_dir
-    except ImportError:
-        raise CheckpointError("no default supernet is installed; pass --supernet DIR or --init random") from None
-    folder = resolve_supernet_dir(supernet_dir)
-    SearchSpace.from_dict(read_meta(folder)["space"]).parse(str(arch))  # ArchError before the weights are read
-    net, _ = Supernet.load(folder)
-    return make_student(net.extract(str(arch)), net, "supernet")
 
 
 def load_mlm_head(teacher: Teacher) -> nn.Module | None:
@@ -284,7 +202,9 @@ def heldout_losses(
     sums: dict[str, float] = {}
     s1, s2, n = 0.0, 0.0, 0
     batches = CorpusBatches(texts, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed).sequential(max_batches)
+    device = next(student.model.parameters()).device
     for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
         targets = teacher_targets(teacher, batch["input_ids"], batch["attention_mask"], len(student.model.blocks), cfg)
         for k, v in distill_losses(student, teacher, batch, full, None, targets).items():
             if k != "total":
@@ -310,11 +230,16 @@ def distill(
     progress: ProgressFn | None = None,
     metadata: dict[str, Any] | None = None,
     note: NoteFn | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Distil `student` from `teacher` on `corpus` and write an HF folder (model, tokenizer, report) to `out_dir`.
 
     Resumes from `<out_dir>.ckpt/` when it holds a checkpoint of the same run (and says so through
-    `note`). Returns the report dict.
+    `note`). Returns the report dict. `device`: where teacher, student and batches go ('cpu', 'cuda:0').
+
+    Under torchrun (an initialised process group, `model.distributed`) every rank calls this: rank r trains on
+    slice r of each global batch of world x `cfg.batch_size` rows, gradients are averaged before clipping, and
+    only rank 0 writes checkpoints, the held-out losses and `out_dir`; every rank returns rank 0's report.
     """
     check_compatible(student.model.config.search_space, teacher)
     if cfg.layer_map is not None:
@@ -325,40 +250,51 @@ def distill(
             f"prediction-layer loss unavailable: the teacher at {teacher.path} has no masked-LM head "
             "(e.g. a sentence-transformers encoder); set the prediction weight to 0"
         )
+    rank, world = world_info()
     out = Path(out_dir)
     ckpt = checkpoint_dir(out)
+    student.model.to(device)
+    student.projections.to(device)
+    teacher.model.to(device)
+    if mlm_head is not None:
+        mlm_head.to(device)
     torch.manual_seed(cfg.seed)
     params = [p for p in student.parameters() if p.requires_grad]
+    broadcast_params(params)  # every rank starts from rank 0's weights
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = warmup_decay(opt, cfg.warmup_fraction, cfg.steps)
     arch = student.model.config.arch
-    key = {"kind": "distill", "arch": arch, "config": cfg.resume_key(), "teacher": str(teacher.path)}
+    key = {"kind": "distill", "arch": arch, "config": cfg.resume_key(), "teacher": str(teacher.path),
+           **({"world_size": world} if world > 1 else {})}  # one process keeps the key it had before torchrun support
     start, history, elapsed = 0, [], 0.0
-    loaded = load_checkpoint(ckpt, key)
+    loaded = load_checkpoint_on_every_rank(ckpt, key)
     if loaded is not None:
         student.load_state(loaded.tensors)
         restore_optimizer_state(opt, sched, loaded.saved)
         start, history, elapsed = loaded.state["step"], loaded.state["history"], loaded.state["elapsed_s"]
-    batches = CorpusBatches(corpus, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed)
+    batches = CorpusBatches(corpus, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed, rank, world)
     student.model.train()
     t0 = time.perf_counter() - elapsed
 
     def train_step(step: int) -> dict[str, float]:
-        losses = distill_losses(student, teacher, batches.batch(step), cfg, mlm_head)
+        batch = {k: v.to(device) for k, v in batches.batch(step).items()}
+        losses = distill_losses(student, teacher, batch, cfg, mlm_head)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
+        allreduce_grads(params, world)  # every rank has the same gradients (same model, full batches)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        values = {k: float(v.detach()) for k, v in losses.items()}
+        values = sum_over_ranks({k: float(v.detach()) / world for k, v in losses.items()})  # the mean over the ranks
         if not math.isfinite(values["total"]):
             raise CheckpointError(f"distillation diverged at step {step + 1} (loss {values['total']}); lower the learning rate")
         history.append([step + 1, values["total"]])
         return values
 
-    def save(step: int) -> None:
-        state = {"step": step, "history": history, "elapsed_s": time.perf_counter() - t0}
-        save_checkpoint(ckpt, key, student.state(), optimizer_state(opt, sched), state)
+    def save(step: int) -> None:  # rank 0 only, and no collective: Ctrl-C may reach the ranks at different moments
+        if rank == 0:
+            state = {"step": step, "history": history, "elapsed_s": time.perf_counter() - t0}
+            save_checkpoint(ckpt, key, student.state(), optimizer_state(opt, sched), state)
 
     step = run_steps(start, cfg.steps, train_step, save, checkpoint_every=cfg.checkpoint_every, progress=progress, note=note)
     elapsed = time.perf_counter() - t0
@@ -371,17 +307,23 @@ def distill(
         "config": cfg.to_dict(),
         "distill_layer_map": distill_layer_map(cfg, len(student.model.blocks), teacher.num_layers),
         "steps": step,
+        "world_size": world,
+        "device": device,
         "train_s": round(elapsed, 2),
         "train_loss_last": float(sum(v for _, v in history[-20:]) / max(1, len(history[-20:]))),
         "history": history[:: max(1, len(history) // 200)],
         **(metadata or {}),
     }
-    if valid_corpus:
-        report["heldout"] = heldout_losses(student, teacher, valid_corpus, cfg)
-    with atomic_dir(out) as tmp:
-        student.model.save_pretrained(tmp)
-        teacher.tokenizer.save_pretrained(tmp)
-        write_remote_code(tmp)  # loads with trust_remote_code=True where nasbert-deploy is not installed
-        write_json_atomic(tmp / REPORT_NAME, report)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return report
+
+    def write() -> dict[str, Any]:
+        if valid_corpus:
+            report["heldout"] = heldout_losses(student, teacher, valid_corpus, cfg)
+        with atomic_dir(out) as tmp:
+            student.model.save_pretrained(tmp)
+            teacher.tokenizer.save_pretrained(tmp)
+            write_remote_code(tmp)  # loads with trust_remote_code=True where nasbert-deploy is not installed
+            write_json_atomic(tmp / REPORT_NAME, report)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        return report
+
+    return on_rank_zero(write)

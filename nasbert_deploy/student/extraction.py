@@ -17,7 +17,7 @@ from torch import nn
 
 from nasbert_deploy.errors import TeacherError
 from nasbert_deploy.space import SearchSpace
-from nasbert_deploy.student.distill import Student
+from nasbert_deploy.student.build import Student
 from nasbert_deploy.teacher import Teacher, check_compatible
 
 ETD_INITS: tuple[str, ...] = ("etd-impt", "etd-rand")

