@@ -206,13 +206,15 @@ def _unflatten(flat: torch.Tensor, grads: list[torch.Tensor]) -> None:
         offset += g.numel()
 
 
-def sum_over_ranks(values: dict[str, float], device: Any = "cpu") -> dict[str, float]:
+def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Each value summed over the ranks (one small all-reduce; `values` itself without a process group).
     Every rank must pass the same keys. Scale a rank's share first for a mean (e.g. by 1 / world)."""
     import torch
 
     if world_info()[1] == 1 or not values:
         return dict(values)
-    t = torch.tensor(list(values.values()), dtype=torch.float64 if str(device) == "cpu" else torch.float32, device=device)
+    nccl = torch.distributed.get_backend() == "nccl"  # NCCL reduces GPU tensors only
+    device = f"cuda:{torch.cuda.current_device()}" if nccl else "cpu"
+    t = torch.tensor(list(values.values()), dtype=torch.float32 if nccl else torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return dict(zip(values, t.tolist()))

@@ -107,7 +107,7 @@ def load_checkpoint(ckpt: Path, key: dict[str, Any], field: str = "key") -> Chec
         )
     try:
         tensors = load_file(str(d / WEIGHTS))
-        saved = torch.load(d / OPTIMIZER, weights_only=True)
+        saved = torch.load(d / OPTIMIZER, weights_only=True, map_location="cpu")  # the optimizer moves it to its params
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"{d} is a damaged checkpoint ({exc}); delete it to start over") from exc
     return Checkpoint(tensors, saved, state)
