@@ -106,6 +106,24 @@ def make_tokenizer_dir(root):
     return out
 
 
+def tiny_table(path: Path, space: SearchSpace = TINY) -> Path:
+    """A real `LatencyTable` file for a small `space` with made-up entries (ms grow with width and op kind)."""
+    from nasbert_deploy.profiling.table import LatencyTable, point_key, table_keys
+
+    pts = [point_key(1, 32), point_key(1, 64)]
+    cost = {"mha": 0.3, "ffn": 0.2, "sep3": 0.1, "sep5": 0.12}
+    wide = f"h{max(space.hidden_sizes)}"
+    entries = {}
+    for k in table_keys(space):
+        base = next((v for op, v in cost.items() if op in k), 0.05) * (2.0 if wide in k else 1.0)
+        entries[k] = {pk: {"median_ms": base * (1 + j)} for j, pk in enumerate(pts)}
+    entries["overhead"] = {pk: {"median_ms": 0.001} for pk in pts}
+    corr = {pk: {"planes": [{"scale": 1.0, "offset_ms": 0.0}]} for pk in pts}
+    table = LatencyTable(space, {"name": "cpu-ort", "precision": "fp32"}, entries, corr, manifest={"cpu_model": "test"})
+    table.save(path)
+    return path
+
+
 def make_supernet_dir(root):
     torch.manual_seed(0)
     net = Supernet(TINY).eval()

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import make_supernet_dir, make_tiny_teacher
+from helpers import make_supernet_dir, make_tiny_teacher, tiny_table
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
@@ -16,23 +16,6 @@ from nasbert_deploy.space import TINY
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 FAST = ("--proxy-rows", "24", "--proxy-heldout", "12", "--proxy-epochs", "1", "--seq-len", "32")
-
-
-def tiny_table(path: Path) -> Path:
-    """A real `LatencyTable` file for the tiny space with made-up entries (ms grow with width and op kind)."""
-    from nasbert_deploy.profiling.table import LatencyTable, point_key, table_keys
-
-    pts = [point_key(1, 32), point_key(1, 64)]
-    cost = {"mha": 0.3, "ffn": 0.2, "sep3": 0.1, "sep5": 0.12}
-    entries = {}
-    for k in table_keys(TINY):
-        base = next((v for op, v in cost.items() if op in k), 0.05) * (2.0 if "64" in k else 1.0)
-        entries[k] = {pk: {"median_ms": base * (1 + j)} for j, pk in enumerate(pts)}
-    entries["overhead"] = {pk: {"median_ms": 0.001} for pk in pts}
-    corr = {pk: {"planes": [{"scale": 1.0, "offset_ms": 0.0}]} for pk in pts}
-    table = LatencyTable(TINY, {"name": "cpu-ort", "precision": "fp32"}, entries, corr, manifest={"cpu_model": "test"})
-    table.save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,13 @@ from typing import Annotated, Any
 
 import typer
 
-from nasbert_deploy.cli.common import DeviceOpt, SeedOpt, ThreadsOpt, choice, console, set_threads
+from nasbert_deploy.cli.common import DeviceOpt, SeedOpt, SpaceName, ThreadsOpt, choice, console, set_threads
 from nasbert_deploy.student.tasks import SAMPLE_TASK
+from nasbert_deploy.tasksearch import DEFAULT_ETD_SPACE, START_INITS
 
 app = typer.Typer()
 ControllerName = choice("ControllerName", ("reinforce", "evolution"))  # tasksearch.controllers.CONTROLLERS
+StartName = choice("StartName", START_INITS)
 
 
 def _opt(*names: str, help: str, **kw: Any) -> Any:
@@ -49,7 +51,16 @@ def search_task(
     seq_len: Annotated[int, _opt("--seq-len", min=2, help="Sequence length of the latency budget.")] = 128,
     table: Annotated[Path | None, _opt("--table", help="Latency table (default: the device's, "
                                        "./profiles/NAME.json or the shipped one).")] = None,
-    supernet: Annotated[Path | None, _opt("--supernet", help="Supernet folder (default: the shipped one).")] = None,
+    supernet: Annotated[Path | None, _opt("--supernet", help="Supernet folder (default: the shipped one); "
+                                          "--init supernet only.")] = None,
+    init: Annotated[StartName, _opt("--init", help="Where each student's weights start: its supernet path, or "
+                                    "extracted from --encoder keeping its most important (etd-impt) or random "
+                                    "(etd-rand) heads, neurons and dimensions.")] = StartName("supernet"),
+    space: Annotated[SpaceName | None, _opt("--space", help=f"Search space of an --init etd-* search (default "
+                                            f"{DEFAULT_ETD_SPACE}: the MiniLM-L6 teacher's geometry); a supernet "
+                                            "search runs in its supernet's.")] = None,
+    encoder: Annotated[Path | None, _opt("--encoder", help="Pre-trained encoder --init etd-* extracts from (default: "
+                                         "the offline MiniLM-L6 teacher).")] = None,
     search_only: Annotated[bool, _opt("--search-only", help="Stop after the search (no final distillation, no "
                                       "export).")] = False,
     seed: SeedOpt = 0,
@@ -69,7 +80,8 @@ def search_task(
     proxy = ProxyConfig(rows=proxy_rows, heldout=proxy_heldout, epochs=proxy_epochs, seed=seed)
     request = TaskSearchRequest(task, teacher_model, spec, budget, out, valid, table, supernet, controller.value,
                                 evaluations, latency_weight, proxy, replace(DEFAULT_FINAL, epochs=final_epochs, seed=seed),
-                                spec.batch_sizes[0], seq_len, search_only, force, seed)
+                                spec.batch_sizes[0], seq_len, search_only, force, seed, init=init.value,
+                                space=None if space is None else space.value, encoder=encoder)
     prepared = prepare(request)  # every check before any work
     set_threads(threads)
     _run(request, prepared)

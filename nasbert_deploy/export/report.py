@@ -163,8 +163,12 @@ def report_markdown(r: dict[str, Any]) -> str:
     lat = r["latency"]
     w = r["weights"]
     lines = [f"# Export report: `{r['arch']}`", ""]
+    start = w.get("start") if isinstance(w.get("start"), dict) else {}
     if w.get("init") == "random":
         lines += ["**WARNING: the weights are RANDOM** (`--init random`): use this export for latency studies only.", ""]
+    elif start.get("encoder"):  # search-task --init etd-*: Extract Then Distill
+        lines += [f"Weights extracted from the encoder `{start['encoder']}` ({start.get('init')}; layer map "
+                  f"{start.get('layer_map')}), then distilled.", ""]
     else:
         lines += [f"Weights inherited from the supernet `{w.get('supernet')}`.", ""]
     lines += [

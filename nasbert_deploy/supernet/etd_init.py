@@ -24,10 +24,13 @@ from nasbert_deploy.supernet.teacher_cache import init_embeddings_from_teacher
 from nasbert_deploy.teacher import split_layers
 
 SUPERNET_INITS = ("random", "etd-impt", "etd-rand")
+SUPERNET_HINT = "use --init random or a space with the teacher's geometry (e.g. minilm-wide)"
 
 
-def check_space_extractable(space: SearchSpace, teacher: Any) -> None:
-    """TeacherError when some candidate of `space` cannot be extracted from the BERT-class `teacher`."""
+def check_space_extractable(space: SearchSpace, teacher: Any, hint: str = SUPERNET_HINT) -> None:
+    """TeacherError when some candidate of `space` cannot be extracted from the BERT-class `teacher` (the message
+    ends with `hint`, what the user can do instead). Every architecture of a space that passes is extractable
+    (`model.etd.check_extractable`): its checks are these, per block."""
     L, H, inner, D = teacher_shape(teacher)
     d, h = D // H, max(space.hidden_sizes)
     problems = []
@@ -42,8 +45,7 @@ def check_space_extractable(space: SearchSpace, teacher: Any) -> None:
     if space.num_blocks > L:
         problems.append(f"{space.num_blocks} blocks cannot split the teacher's {L} layers")
     if problems:
-        raise TeacherError(f"space {space.name!r} cannot start from the teacher: {'; '.join(problems)}; "
-                           "use --init random or a space with the teacher's geometry (e.g. minilm-wide)")
+        raise TeacherError(f"space {space.name!r} cannot start from the teacher: {'; '.join(problems)}; {hint}")
 
 
 @torch.no_grad()

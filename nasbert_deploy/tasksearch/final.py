@@ -1,4 +1,5 @@
-"""The final student: the searched architecture, weights inherited from the supernet, distilled on the whole task
+"""The final student: the searched architecture, weights inherited from the start (the supernet, or extracted from
+the encoder for ETD), distilled on the whole task
 from the teacher (`student.finetune.train_classifier`: resumable, best validation macro-F1 kept), scored on the
 valid split (accuracy, macro-F1, loyalty to the teacher), and its encoder exported through the normal export path
 (`export.pipeline.export_model`: ONNX / OpenVINO, numeric validation, predicted vs measured latency report).
@@ -22,16 +23,17 @@ from nasbert_deploy.tasksearch.proxy import classifier_from_supernet
 
 def distill_final(arch: str, net: Any, tokenizer: Any, train: TaskData, valid: TaskData, labels: list[str],
                   teacher_model: Path, out_dir: Path, cfg: FinetuneConfig, logits_dir: Path, progress: Any = None,
-                  note: Any = None) -> dict[str, Any]:
-    """Distil `arch` (from `net`) on `train` with the teacher's logits (cached in `logits_dir`); write `out_dir`;
-    return the finetune report plus the valid-split scores against the teacher."""
+                  note: Any = None, start_key: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Distil `arch` (from `net`, a `Supernet` or a `tasksearch.start` start) on `train` with the teacher's logits
+    (cached in `logits_dir`); write `out_dir`; return the finetune report plus the valid-split scores against the
+    teacher. `start_key` (`Prepared.start_key`) joins the resume key of the distillation's checkpoint."""
     from nasbert_deploy.tasksearch.loop import teacher_logits
 
     logits_dir.mkdir(parents=True, exist_ok=True)
     t_train = teacher_logits(teacher_model, train, labels, logits_dir / "teacher_train.safetensors", "train", cfg.max_len)
     t_valid = teacher_logits(teacher_model, valid, labels, logits_dir / "teacher_valid.safetensors", "valid", cfg.max_len)
     model = classifier_from_supernet(net, arch, labels, cfg.seed)
-    key = {"arch": arch, "task": train.source, "teacher_model": str(teacher_model)}
+    key = {"arch": arch, "task": train.source, "teacher_model": str(teacher_model), **(start_key or {})}
     report = train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_train, progress, key, note)
     y = valid.label_ids({n: i for i, n in enumerate(labels)})
     scores = evaluate_logits(y, predict_logits(model, tokenizer, valid, max_len=cfg.max_len), t_valid)

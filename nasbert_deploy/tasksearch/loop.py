@@ -3,7 +3,8 @@
 On disk under `out/search/` (JSON, written atomically after every episode, so Ctrl-C loses at most the
 evaluation in flight): `state.json` (the request's key, the episode, the controller's state with its random
 generator, the history, the best) and `cache.json` (every evaluated architecture keyed by its arch string, with
-proxy accuracy, macro-F1, loyalty, latency, params, seconds; valid for one proxy setting). Teacher logits for the
+proxy accuracy, macro-F1, loyalty, latency, params, seconds; valid for one proxy setting and one start: the
+supernet, or for ETD the init, space and encoder). Teacher logits for the
 proxy rows are computed once (`teacher_logits.safetensors`). Run again with the same request: it resumes and says so.
 
 The search stops after `evaluations` distinct architectures, or `4 * evaluations` episodes (a controller that keeps
@@ -22,12 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from nasbert_deploy.errors import OutputError
 from nasbert_deploy.fileio import atomic_path, write_json_atomic
 from nasbert_deploy.student.tasks import TaskData
 from nasbert_deploy.tasksearch.controllers import make_controller, reward
 from nasbert_deploy.tasksearch.proxy import ProxyEvaluator, split_proxy
-from nasbert_deploy.tasksearch.request import STATE_DIR, Prepared, TaskSearchRequest
+from nasbert_deploy.tasksearch.request import STATE_DIR, Prepared, TaskSearchRequest, read_json, resumed_state
 
 Note = Callable[[str], None]
 EPISODES_PER_EVALUATION = 4
@@ -79,22 +79,16 @@ def teacher_logits(teacher_model: Path, rows: TaskData, labels: list[str], path:
     return logits
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise OutputError(f"{path} is unreadable or damaged; pass --force to start the search over") from None
-
-
 def run_search(request: TaskSearchRequest, prepared: Prepared, net: Any, note: Note = print) -> SearchOutcome:
-    """Search within the budget: at most `request.evaluations` distinct architectures; resumable."""
+    """Search within the budget: at most `request.evaluations` distinct architectures; resumable. `net`: where the
+    students start (a `Supernet`, or a `tasksearch.start` start: `.space`, `.extract(arch, **config)`)."""
     state_dir = request.out / STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     state_path, cache_path = state_dir / "state.json", request.cache or state_dir / "cache.json"
     cfg = request.proxy
     proxy_train, heldout = split_proxy(prepared.train, cfg)
     proxy_key = _digest({"proxy": cfg.to_dict(), "task": str(request.task), "teacher": str(request.teacher_model),
-                         "supernet": str(prepared.supernet_dir), "labels": prepared.labels})
+                         "supernet": str(prepared.supernet_dir), "labels": prepared.labels, **prepared.start_key})
     t_path = state_dir / "teacher_logits.safetensors"
     t_train = teacher_logits(request.teacher_model, proxy_train, prepared.labels, t_path, "proxy_" + proxy_key, cfg.max_len)
     t_held = teacher_logits(request.teacher_model, heldout, prepared.labels, state_dir / "teacher_heldout.safetensors",
@@ -105,17 +99,13 @@ def run_search(request: TaskSearchRequest, prepared: Prepared, net: Any, note: N
     ctrl = make_controller(request.controller, prepared.space, check.fits, prepared.fastest, request.seed)
     cache: dict[str, Any] = {}
     if cache_path.is_file():
-        data = _read_json(cache_path)
+        data = read_json(cache_path)
         if isinstance(data, dict) and data.get("proxy_key") == proxy_key:
             cache = dict(data.get("archs", {}))
     key = request.key()
     episode, history, seen, wall = 0, [], [], 0.0
-    if state_path.is_file():
-        st = _read_json(state_path)
-        if st.get("key") != key:
-            diff = sorted(k for k in key if st.get("key", {}).get(k) != key[k])
-            raise OutputError(f"{request.out} holds a task search with other settings ({', '.join(diff)} differ); "
-                              "pass --force to start over or choose another --out")
+    st = resumed_state(request)  # OutputError: a search with other settings (`prepare` said so before any work)
+    if st is not None:
         ctrl.load_state(st["controller"])
         episode, history, seen, wall = st["episode"], st["history"], st["seen"], st["wall_s"]
         if len(seen) < request.evaluations:

@@ -1,5 +1,6 @@
-"""Proxy evaluation of one architecture (KD-NAS's cheap inner loop): weights inherited from the supernet
-(`Supernet.extract`), a fresh classifier head, a short task distillation on a small subset of the training rows,
+"""Proxy evaluation of one architecture (KD-NAS's cheap inner loop): weights inherited from the start -- the supernet
+(`Supernet.extract`) or a pre-trained encoder (`tasksearch.start.ExtractedStart`, Extract Then Distill) --, a fresh
+classifier head, a short task distillation on a small subset of the training rows,
 accuracy on a held-out slice of the training file (the valid split is kept for the final report).
 
 Loss per batch (as `student.finetune`): (1 - lam) * CE(student, gold) + lam * tau^2 * KL(teacher || student) on
@@ -60,8 +61,8 @@ def arch_seed(arch: str, seed: int) -> int:
 
 
 def classifier_from_supernet(net: Any, arch: str, labels: list[str], seed: int = 0) -> Any:
-    """A `NasBertForSequenceClassification` for `labels` whose encoder is `net.extract(arch)` (inherited weights)
-    and whose head is fresh (seeded)."""
+    """A `NasBertForSequenceClassification` for `labels` whose encoder is `net.extract(arch)` (inherited weights:
+    `net` is a `Supernet` or a `tasksearch.start` start) and whose head is fresh (seeded)."""
     from nasbert_deploy.model.modeling import NasBertForSequenceClassification
 
     id2label, label2id = label_maps(labels)
@@ -86,7 +87,8 @@ def split_proxy(train: TaskData, cfg: ProxyConfig) -> tuple[TaskData, TaskData]:
 
 
 class ProxyEvaluator:
-    """Scores architectures of `net` (a `Supernet`) on the proxy split; `labels` in the teacher's class order."""
+    """Scores architectures of `net` (a `Supernet` or a `tasksearch.start` start) on the proxy split; `labels` in
+    the teacher's class order."""
 
     def __init__(self, net: Any, tokenizer: Any, train: TaskData, heldout: TaskData, labels: list[str],
                  teacher_logits: np.ndarray, cfg: ProxyConfig, heldout_teacher_logits: np.ndarray | None = None) -> None:

@@ -1,13 +1,15 @@
 """What `search-task` is asked, and every check of it before any work (one-line typed errors, exit 2 in the CLI):
-output folder, task and valid files, the teacher classifier and its labels, the supernet, the device's latency
-table (and that it covers the supernet's space), the device's runtime, the tokenizer, and that the budget can be
-met at all (naming the smallest feasible value otherwise).
+output folder, task and valid files, the teacher classifier and its labels, where the students start (the supernet,
+or for `--init etd-*` the encoder, which must provide every architecture of `--space`), the device's latency table
+(and that it covers the search's space), the device's runtime, the tokenizer, and that the budget can be met at all
+(naming the smallest feasible value otherwise).
 
     prepared = prepare(TaskSearchRequest(task, teacher_dir, load_device("cpu-ort"), Budget(5.0), Path("out")))
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from nasbert_deploy.search.problem import Budget
 from nasbert_deploy.space import Arch, SearchSpace
 from nasbert_deploy.student.finetune import FinetuneConfig
 from nasbert_deploy.student.tasks import TaskData
+from nasbert_deploy.tasksearch import DEFAULT_ETD_SPACE, START_INITS
 from nasbert_deploy.tasksearch.proxy import ProxyConfig
 
 STATE_DIR = "search"  # out/search/: state.json, cache.json, teacher logits
@@ -34,7 +37,11 @@ class TaskSearchRequest:
 
     `valid`: the file the final student is reported on (default: a stratified 10% of `task`); `latency_weight`:
     w in the reward accuracy * (latency / target) ** w; `cache`: a proxy-result cache file shared between runs
-    (default `out`/search/cache.json)."""
+    (default `out`/search/cache.json).
+
+    `init`: where every student's weights start (`tasksearch.start`): `supernet` (the supernet at `supernet`, in
+    its space), or `etd-impt` / `etd-rand`: extracted from the pre-trained `encoder` (None: the offline default
+    teacher) in the space named `space` (None: `DEFAULT_ETD_SPACE`)."""
 
     task: str
     teacher_model: Path
@@ -55,19 +62,35 @@ class TaskSearchRequest:
     force: bool = False
     seed: int = 0
     cache: Path | None = None
+    init: str = "supernet"
+    space: str | None = None
+    encoder: Path | None = None
+
+    @property
+    def extracts(self) -> bool:
+        """Whether the students are extracted from an encoder (ETD) rather than taken from the supernet."""
+        return self.init != "supernet"
+
+    def start_key(self) -> dict[str, Any]:
+        """The start's part of the search's identity: empty for the supernet (so searches started before `--init`
+        existed keep their key and resume), init / space / encoder for ETD."""
+        if not self.extracts:
+            return {}
+        return {"init": self.init, "space": self.space or DEFAULT_ETD_SPACE, "encoder": str(self.encoder)}
 
     def key(self) -> dict[str, Any]:
         """What a resumed search must agree on."""
         return {"task": str(self.task), "teacher_model": str(self.teacher_model), "device": self.spec.name,
                 "budget": self.budget.flags(), "table": str(self.table), "supernet": str(self.supernet),
                 "controller": self.controller, "latency_weight": self.latency_weight, "proxy": self.proxy.to_dict(),
-                "batch": self.batch, "seq_len": self.seq_len, "seed": self.seed}
+                "batch": self.batch, "seq_len": self.seq_len, "seed": self.seed, **self.start_key()}
 
 
 @dataclass
 class Prepared:
     """Everything checked: the splits, labels (teacher order), the space, latency table and its path, the budget
-    check with its fastest feasible arch, the tokenizer, the supernet folder."""
+    check with its fastest feasible arch, the tokenizer, and the start: the supernet folder, or (ETD) the encoder
+    folder; `start_key` is the start's part of the proxy cache's key (`TaskSearchRequest.start_key`)."""
 
     train: TaskData
     valid: TaskData
@@ -78,7 +101,10 @@ class Prepared:
     check: Any
     fastest: Arch
     tokenizer: Any
-    supernet_dir: Path
+    supernet_dir: Path | None
+    init: str = "supernet"
+    encoder_path: Path | None = None
+    start_key: dict[str, Any] = field(default_factory=dict)
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -99,6 +125,30 @@ def check_out(out: Path, force: bool) -> None:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     elif any(out.iterdir()) and not ours:
         raise OutputError(f"--out {out} is not empty and holds no task search to resume; pass --force or choose another")
+
+
+def read_json(path: Path) -> Any:
+    """A state or cache file of the search; `OutputError` when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise OutputError(f"{path} is unreadable or damaged; pass --force to start the search over") from None
+
+
+def resumed_state(request: TaskSearchRequest) -> dict[str, Any] | None:
+    """The state of the search in `request.out` to resume (None when there is none); `OutputError` naming what
+    differs when it is a search with other settings (another start included)."""
+    path = request.out / STATE_DIR / "state.json"
+    if not path.is_file():
+        return None
+    st = read_json(path)
+    key = request.key()
+    old = st.get("key") if isinstance(st, dict) and isinstance(st.get("key"), dict) else {}
+    if old != key:
+        diff = sorted(k for k in set(key) | set(old) if old.get(k) != key.get(k))
+        raise OutputError(f"{request.out} holds a task search with other settings ({', '.join(diff)} differ); "
+                          "pass --force to start over or choose another --out")
+    return st  # type: ignore[no-any-return]
 
 
 def teacher_labels(teacher_model: Path, train: TaskData, valid: TaskData) -> list[str]:
@@ -131,9 +181,53 @@ def load_tokenizer(teacher_model: Path, space: SearchSpace) -> Any:
     except Exception as exc:  # a foreign folder: transformers raises many kinds; the user needs one line
         raise TeacherError(f"cannot load a tokenizer from --teacher-model {teacher_model}: {type(exc).__name__}") from None
     if len(tok) > space.vocab_size:
-        raise TeacherError(f"the teacher's tokenizer has {len(tok)} tokens but the supernet's vocabulary has "
-                           f"{space.vocab_size}; use a teacher with the supernet's tokenizer")
+        raise TeacherError(f"the teacher's tokenizer has {len(tok)} tokens but the students' vocabulary (space "
+                           f"{space.name!r}) has {space.vocab_size}; use a teacher with the supernet's tokenizer")
     return tok
+
+
+def check_start(request: TaskSearchRequest) -> None:
+    """The start options agree with each other (`TaskError`; no file read)."""
+    from nasbert_deploy.space import get_space
+
+    if request.init not in START_INITS:
+        raise TaskError(f"unknown --init {request.init!r}; valid: {', '.join(START_INITS)}")
+    if request.extracts and request.supernet is not None:
+        raise TaskError(f"--init {request.init} extracts every student from --encoder; --supernet is for --init "
+                        "supernet: give one or the other")
+    if not request.extracts and request.encoder is not None:
+        raise TaskError("--encoder is the encoder --init etd-impt / etd-rand extracts from; a supernet search "
+                        "takes its students from --supernet")
+    if request.space is not None:
+        get_space(request.space)  # SpaceError naming the valid spaces
+
+
+def resolve_start(request: TaskSearchRequest) -> tuple[SearchSpace, Path | None, Path | None]:
+    """(space, supernet folder, encoder folder) of the search; for ETD, `TeacherError` unless the encoder (its
+    config only) provides every architecture of the space."""
+    from nasbert_deploy.space import get_space
+
+    if request.extracts:
+        from nasbert_deploy.tasksearch.start import check_encoder
+        from nasbert_deploy.teacher import default_teacher_path, read_model_config
+
+        space = get_space(request.space or DEFAULT_ETD_SPACE)
+        if request.encoder is None:
+            encoder = default_teacher_path()
+        else:
+            read_model_config(request.encoder, "--encoder")
+            encoder = request.encoder
+        check_encoder(space, encoder)
+        return space, None, encoder
+    from nasbert_deploy.supernet.default import resolve_supernet_dir
+    from nasbert_deploy.supernet.network import read_meta
+
+    supernet_dir = resolve_supernet_dir(request.supernet)
+    space = SearchSpace.from_dict(read_meta(supernet_dir)["space"])
+    if request.space is not None and get_space(request.space).space_hash() != space.space_hash():
+        raise TaskError(f"--space {request.space} is not the space of the supernet {supernet_dir} ({space.name!r}); a "
+                        "supernet search runs in its supernet's space: drop --space, or extract with --init etd-impt")
+    return space, supernet_dir, None
 
 
 def prepare(request: TaskSearchRequest) -> Prepared:
@@ -141,8 +235,6 @@ def prepare(request: TaskSearchRequest) -> Prepared:
     from nasbert_deploy.profiling.table import LatencyTable
     from nasbert_deploy.search.run import latency_table_path
     from nasbert_deploy.student.tasks import task_splits
-    from nasbert_deploy.supernet.default import resolve_supernet_dir
-    from nasbert_deploy.supernet.network import read_meta
     from nasbert_deploy.tasksearch.budget import BudgetCheck
     from nasbert_deploy.tasksearch.controllers import CONTROLLERS
 
@@ -150,13 +242,13 @@ def prepare(request: TaskSearchRequest) -> Prepared:
         raise TaskError(f"unknown controller {request.controller!r}; valid: {', '.join(CONTROLLERS)}")
     if request.evaluations < 1:
         raise TaskError(f"--evaluations must be >= 1, got {request.evaluations}")
+    check_start(request)
     check_out(request.out, False)  # --force removes our old outputs only after every other check passed
     train, valid = task_splits(request.task, request.valid, 0.1)
     labels = teacher_labels(request.teacher_model, train, valid)
     if len(train) < 4:
         raise TaskError(f"{request.task}: {len(train)} training rows are too few for a proxy split; give at least 4")
-    supernet_dir = resolve_supernet_dir(request.supernet)
-    space = SearchSpace.from_dict(read_meta(supernet_dir)["space"])
+    space, supernet_dir, encoder_path = resolve_start(request)
     table_path = latency_table_path(request.spec, request.table)
     table = LatencyTable.load(table_path, space)  # SpaceError: a table for another space
     if not request.search_only:
@@ -164,10 +256,20 @@ def prepare(request: TaskSearchRequest) -> Prepared:
 
         require_available(request.spec)  # the export measures the student on the device
     tokenizer = load_tokenizer(request.teacher_model, space)
+    if encoder_path is not None:
+        from nasbert_deploy.tasksearch.start import check_same_vocabulary
+
+        check_same_vocabulary(encoder_path, tokenizer, request.teacher_model)
     check = BudgetCheck(space, table, request.budget, request.batch, request.seq_len)
     fastest = check.fastest()  # InfeasibleBudgetError with the smallest feasible value
+    if not request.force:
+        resumed_state(request)  # a search of other settings in --out: said now, not after the importance or logits
     check_out(request.out, request.force)
-    return Prepared(train, valid, labels, space, table, table_path, check, fastest, tokenizer, supernet_dir)
+    start_key = request.start_key()
+    if encoder_path is not None:  # the folder the default stands for, and the space's shape, not only its name
+        start_key.update(encoder=str(encoder_path), space_hash=space.space_hash())
+    return Prepared(train, valid, labels, space, table, table_path, check, fastest, tokenizer, supernet_dir, request.init,
+                    encoder_path, start_key)
 
 
 def request_dict(request: TaskSearchRequest) -> dict[str, Any]:

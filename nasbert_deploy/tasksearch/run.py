@@ -5,6 +5,9 @@ export it, write `out/result.json`.
     result = run_task_search(TaskSearchRequest("train.jsonl", Path("teacher-ft"), load_device("cpu-ort"),
                                                Budget(5.0), Path("out")))
     result["search"]["best_arch"], result["final"]["valid"]["accuracy"], result["export"]["measured_ms"]
+
+`result["start"]` says where the students' weights came from (`--init`; for ETD the encoder, the space and the
+layer mapping of the best architecture); the final student's report and the export's weights record it too.
 """
 
 from __future__ import annotations
@@ -22,34 +25,42 @@ def run_task_search(request: TaskSearchRequest, note: Note = print, progress: An
                     prepared: Any = None) -> dict[str, Any]:
     """The whole task search; every input is checked before any work (`prepare`). Returns the result dict
     (also written to `out/result.json`)."""
-    from nasbert_deploy.supernet.network import Supernet
     from nasbert_deploy.tasksearch.final import distill_final, export_student, summary
     from nasbert_deploy.tasksearch.loop import run_search
+    from nasbert_deploy.tasksearch.start import load_start
 
     prepared = prepared or prepare(request)
     pred = prepared.check.costs(prepared.fastest)
     note(f"search space {prepared.space.name}, device {request.spec.name} (table {prepared.table_path}, "
          f"{_cpu(prepared.table)}); fastest arch {pred.latency_ms:.2f} ms, budget {request.budget.flags()}")
-    net, _ = Supernet.load(prepared.supernet_dir)
-    net.eval()
-    outcome = run_search(request, prepared, net, note)
+    if prepared.encoder_path is not None:
+        note(f"students extracted from {prepared.encoder_path} ({request.init}) in space {prepared.space.name}")
+    start = load_start(request.init, prepared.supernet_dir, prepared.space, prepared.encoder_path, prepared.train.texts,
+                       request.proxy.seed, request.out / STATE_DIR, note)
+    outcome = run_search(request, prepared, start, note)
     best = outcome.best
     note(f"best: {outcome.best_arch} (proxy acc {best['accuracy']:.3f}, {best['latency_ms']:.2f} ms predicted, "
          f"reward {best['reward']:.3f}); {outcome.evaluations} evaluations in {outcome.wall_s:.0f} s")
+    record = start.record(outcome.best_arch)
+    if "layer_map" in record:
+        note(f"layer map of the best (student op < encoder layer): {record['layer_map']}")
     result: dict[str, Any] = {"request": request_dict(request), "labels": prepared.labels,
                               "train_rows": len(prepared.train), "valid_rows": len(prepared.valid),
                               "latency_table": str(prepared.table_path), "table_cpu": _cpu(prepared.table),
-                              "search": outcome.to_dict()}
+                              "start": record, "search": outcome.to_dict()}
     if not request.search_only:
-        final = distill_final(outcome.best_arch, net, prepared.tokenizer, prepared.train, prepared.valid, prepared.labels,
-                              request.teacher_model, request.out / "student", request.final, request.out / STATE_DIR,
-                              progress, note)
+        final_key = {**prepared.start_key, **({"layer_map": record["layer_map"]} if "layer_map" in record else {})}
+        final = distill_final(outcome.best_arch, start, prepared.tokenizer, prepared.train, prepared.valid,
+                              prepared.labels, request.teacher_model, request.out / "student", request.final,
+                              request.out / STATE_DIR, progress, note, final_key)
         model = final.pop("model")
-        result["final"] = final
+        result["final"] = {**final, "start": record}
         note(f"final student: valid accuracy {final['valid']['accuracy']:.3f}, macro-F1 {final['valid']['macro_f1']:.3f}, "
              f"label loyalty {final['valid']['label_loyalty']:.3f} (teacher {final['valid']['teacher_accuracy']:.3f})")
-        weights = {"init": "tasksearch", "supernet": str(prepared.supernet_dir), "task": str(request.task),
+        weights = {"init": "tasksearch", "start": record, "task": str(request.task),
                    "teacher_model": str(request.teacher_model), "note": "encoder of the task classifier in ../student"}
+        if prepared.supernet_dir is not None:
+            weights["supernet"] = str(prepared.supernet_dir)
         report = export_student(model, prepared.tokenizer, request.out / "export", request.spec,
                                 request.budget.max_latency_ms, request.batch, request.seq_len, weights, on_step)
         result["export"] = summary(report, outcome.best["latency_ms"])
