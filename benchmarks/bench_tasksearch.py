@@ -6,6 +6,10 @@ after the same final distillation from the same teacher; latencies measured side
         --teacher-model /tmp/work/ft/teacher-debian --table /tmp/tasksearch/cpu-ort-minilm.json \
         --budget-ms 3 --evaluations 12 --work /tmp/tasksearch/bench
 
+`--init etd-impt|etd-rand` (with `--space`, `--encoder`) starts every student from the encoder instead of the
+supernet, as `search-task --init` does (the importance is scored once, in the first search's folder, and reused);
+give each init its own `--work`.
+
 Resumable: the searches resume from their state, the final distillations from their checkpoints, and finished
 steps are read back from `--work`/rows.jsonl. Prints one table; writes `--work`/summary.json.
 """
@@ -60,6 +64,9 @@ def main() -> None:
     ap.add_argument("--final-epochs", type=int, default=2)
     ap.add_argument("--final-max-len", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default="supernet", help="supernet, etd-impt or etd-rand (as search-task --init)")
+    ap.add_argument("--space", default=None, help="space of an etd-* search (default minilm-wide)")
+    ap.add_argument("--encoder", type=Path, default=None, help="encoder of an etd-* search (default: the offline MiniLM-L6)")
     ap.add_argument("--work", type=Path, required=True)
     args = ap.parse_args()
 
@@ -70,11 +77,11 @@ def main() -> None:
     from nasbert_deploy.export.report import machine
     from nasbert_deploy.search.problem import Budget
     from nasbert_deploy.student.baselines import measure_encoders, uniform_arch
-    from nasbert_deploy.supernet.network import Supernet
     from nasbert_deploy.tasksearch.final import distill_final, export_student, summary
     from nasbert_deploy.tasksearch.loop import run_search
     from nasbert_deploy.tasksearch.proxy import ProxyConfig
     from nasbert_deploy.tasksearch.request import DEFAULT_FINAL, TaskSearchRequest, prepare
+    from nasbert_deploy.tasksearch.start import load_start
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -86,11 +93,12 @@ def main() -> None:
     base = TaskSearchRequest(str(args.task_dir / "train.jsonl"), args.teacher_model, spec, Budget(args.budget_ms),
                              work / "reinforce", args.task_dir / "valid.jsonl", args.table, None, "reinforce",
                              args.evaluations, proxy=proxy, final=final_cfg, search_only=True, seed=args.seed,
-                             cache=work / "cache.json")
+                             cache=work / "cache.json", init=args.init, space=args.space, encoder=args.encoder)
     prepared = prepare(base)
-    net, _ = Supernet.load(prepared.supernet_dir)
-    net.eval()
-    print(f"machine: {machine()['cpu_model']}; table {prepared.table_path} (made on {prepared.table.manifest.get('cpu_model')})")
+    net = load_start(args.init, prepared.supernet_dir, prepared.space, prepared.encoder_path, prepared.train.texts,
+                     args.seed, base.out / "search", print)
+    print(f"machine: {machine()['cpu_model']}; table {prepared.table_path} (made on {prepared.table.manifest.get('cpu_model')}); "
+          f"start {net.record()}")
 
     searches = {}
     for name in ("reinforce", "evolution"):
@@ -124,10 +132,12 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         rep = distill_final(arch, net, prepared.tokenizer, prepared.train, prepared.valid, prepared.labels,
-                            args.teacher_model, work / f"student-{kind}", final_cfg, work / "logits", None, print)
+                            args.teacher_model, work / f"student-{kind}", final_cfg, work / "logits", None, print,
+                            prepared.start_key)
         rep.pop("model")
         done[f"final:{kind}"] = _add(rows_path, {
-            "step": f"final:{kind}", "arch": arch, "predicted_ms": check.costs(prepared.space.parse(arch)).latency_ms,
+            "step": f"final:{kind}", "arch": arch, "start": net.record(arch),
+            "predicted_ms": check.costs(prepared.space.parse(arch)).latency_ms,
             "params": check.costs(prepared.space.parse(arch)).params, "valid": rep["valid"], "train_s": time.perf_counter() - t0})
     if "measure" not in done:
         lat = measure_encoders({k: work / f"student-{k}" for k in students}, spec, seq_len=base.seq_len, rounds=5)
@@ -137,12 +147,12 @@ def main() -> None:
 
         model, _ = load_classifier(work / "student-searched")
         rep = export_student(model, prepared.tokenizer, work / "export-searched", spec, args.budget_ms, base.batch,
-                             base.seq_len, {"init": "tasksearch", "note": "bench_tasksearch"})
+                             base.seq_len, {"init": "tasksearch", "start": net.record(s_arch), "note": "bench_tasksearch"})
         pred = check.costs(prepared.space.parse(s_arch)).latency_ms
         done["export"] = _add(rows_path, {"step": "export", **summary(rep, pred)})
 
     print(f"\nKD-NAS task search on {args.task_dir.name}, budget {args.budget_ms} ms on {spec.name}, "
-          f"{args.evaluations} evaluations per controller")
+          f"{args.evaluations} evaluations per controller, students start from {args.init}")
     for name in ("reinforce", "evolution"):
         r = done[f"search:{name}"]
         print(f"  {name:<10} best {r['best_arch']}  proxy acc {r['best']['accuracy']:.3f}  "

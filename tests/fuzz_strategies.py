@@ -405,7 +405,9 @@ COMMANDS: dict[str, tuple[dict, int]] = {  # name -> (arguments of `command`, ca
                  "--max-latency-ms": floats(0.01, 50.0), "--device": device(), "--valid": task("valid.jsonl"),
                  "--max-params": choice(("10M", "500K", "1", "-3")), "--controller": choice(("reinforce", "evolution")),
                  "--evaluations": ints(1, 5), "--proxy-rows": ints(8, 64), "--table": table(), "--supernet": supernet_dir(),
-                 "--seq-len": ints(2, 128), "--search-only": flag(), "--force": flag()},
+                 "--seq-len": ints(2, 128), "--search-only": flag(), "--force": flag(),
+                 "--init": choice(("supernet", "etd-impt", "etd-rand")), "--space": choice(SPACES),
+                 "--encoder": model_dir("enc", [ENCODER])},
         required=("--task", "--teacher-model", "--max-latency-ms", "--out"),
         poisons={"--out": bad_out("dir"), "--teacher-model": BAD_MODEL}), 60),
     "prune": (dict(  # the model folders hold no weights: every case ends at validation or loading
