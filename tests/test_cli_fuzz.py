@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import fuzz_core as fc
 import fuzz_strategies as fz
 import pytest
 import typer.testing
@@ -50,7 +51,7 @@ def _listing(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-def run_case(case: fz.Case) -> None:
+def run_case(case: fc.Case) -> None:
     """Run one case in a fresh folder and check exit code, message, and that nothing strayed outside its outputs."""
     import torch
 
@@ -90,8 +91,8 @@ def test_fuzz_command(name):
     count = 0
 
     @settings(max_examples=n, **SETTINGS)
-    @given(fz.command(**spec))
-    def fuzz(case: fz.Case) -> None:
+    @given(fc.command(**spec))
+    def fuzz(case: fc.Case) -> None:
         nonlocal count
         count += 1
         run_case(case)
