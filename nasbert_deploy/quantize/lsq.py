@@ -21,13 +21,19 @@ so activation step sizes start from the batch's range and are then learned with 
 Step sizes are learned relative to their initial value: s = s_hat * s0 with s_hat a parameter initialised to 1,
 so one Adam learning rate suits step sizes whose magnitudes differ by 100x (weights vs activations); the LSQ
 gradient scale is applied to s as in the paper.
+
+Linears that read the same tensor (attention's query, key and value) share one activation quantizer (`input_groups`,
+found by tracing a forward pass): the tensor is quantized once, as the integer kernels do, and the shared step size
+is trained jointly: its gradient is the sum over the readers, each scaled by g = 1 / sqrt(N * Qp) with N the
+elements of the one tensor it covers (LSQ's rule, unchanged: the step size still covers N elements).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -155,19 +161,79 @@ class QuantLinear(nn.Linear):
         return nn.functional.linear(x, self.quantized_weight(), self.bias)
 
 
-def quantize_linears(model: nn.Module, weight_bits: int, act_bits: int | None = 8) -> list[str]:
+def quantize_linears(
+    model: nn.Module, weight_bits: int, act_bits: int | None = 8, example_inputs: Mapping[str, torch.Tensor] | None = None,
+) -> list[str]:
     """Replace every `nn.Linear` of `model` in place by a `QuantLinear`; returns their qualified names, in order.
 
     Works at the `nn.Linear` level, so any classifier built from Linears (HF BERT, NAS-BERT students, pruned
     models) is covered; weight step sizes are initialised here, activation ones on the first forward call.
+    With `example_inputs` (keyword arguments of one forward call), Linears that read the same tensor share one
+    activation quantizer (`input_groups`, `share_input_quantizers`); without, every Linear has its own (as
+    quantized checkpoints written before sharing existed).
     """
+    groups = input_groups(model, example_inputs) if example_inputs is not None and act_bits else []
     names = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and not isinstance(child, QuantLinear):
                 setattr(module, child_name, QuantLinear.from_linear(child, weight_bits, act_bits))
                 names.append(f"{name}.{child_name}" if name else child_name)
+    share_input_quantizers(model, groups)
     return names
+
+
+@torch.no_grad()
+def input_groups(model: nn.Module, example_inputs: Mapping[str, torch.Tensor]) -> list[list[str]]:
+    """Qualified names of the `nn.Linear`s that read one and the same tensor in a forward call of `model` on
+    `example_inputs` (groups of two or more, in call order; e.g. [[...query, ...value, ...key], ...]).
+
+    Traced before quantization (a QuantLinear's first call would initialise its activation step size)."""
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        raise ValueError("input_groups traces the float model; call it before quantize_linears")
+    seen: list[tuple[torch.Tensor, list[str]]] = []  # the tensors stay referenced, so identity is meaningful
+
+    def hook(name: str) -> Any:
+        def pre(_: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            for t, names in seen:
+                if t is x:
+                    names.append(name)
+                    return
+            seen.append((x, [name]))
+
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    try:
+        was_training = model.training
+        model.eval()
+        model(**example_inputs)
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    return [names for _, names in seen if len(names) > 1]
+
+
+def share_input_quantizers(model: nn.Module, groups: Sequence[Sequence[str]]) -> None:
+    """Make every QuantLinear of each group use the first one's activation quantizer (one module, one step size)."""
+    for group in groups:
+        first = model.get_submodule(group[0])
+        assert isinstance(first, QuantLinear)
+        for name in group[1:]:
+            q = model.get_submodule(name)
+            assert isinstance(q, QuantLinear)
+            q.a_quant = first.a_quant
+
+
+def shared_input_groups(model: nn.Module) -> list[list[str]]:
+    """The groups of QuantLinears that share one activation quantizer (two or more), in module order."""
+    by_quantizer: dict[int, list[str]] = {}
+    for name, q in quant_linears(model):
+        if q.a_quant is not None:
+            by_quantizer.setdefault(id(q.a_quant), []).append(name)
+    return [names for names in by_quantizer.values() if len(names) > 1]
 
 
 def quant_linears(model: nn.Module) -> Iterator[tuple[str, QuantLinear]]:

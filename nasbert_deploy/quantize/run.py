@@ -36,7 +36,7 @@ from nasbert_deploy.quantize.check import (
     task_logits,
     torch_runner,
 )
-from nasbert_deploy.quantize.lsq import bake_weights, quantize_linears
+from nasbert_deploy.quantize.lsq import bake_weights, quantize_linears, share_input_quantizers, shared_input_groups
 from nasbert_deploy.quantize.onnx_qdq import export_quantized_onnx
 from nasbert_deploy.quantize.train import QuantizeConfig, train_quantized
 from nasbert_deploy.student.finetune import check_model_folder, fit_max_len, load_classifier
@@ -100,6 +100,8 @@ def load_quantized(folder: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     meta = json.loads((p / QUANT_JSON).read_text())
     model, tokenizer = load_classifier(p)
     quantize_linears(model, meta["bits"], meta["act_bits"])
+    # folders written before sharing existed have no groups: every Linear keeps its own input quantizer, as trained
+    share_input_quantizers(model, meta.get("shared_input_quantizers", []))
     state = load_file(str(p / QUANT_WEIGHTS))
     missing = [k for k in model.state_dict() if ".w_quant." in k or ".a_quant." in k]
     model.load_state_dict({**model.state_dict(), **state})
@@ -139,10 +141,12 @@ def quantize(
     fp_model.eval()
     teacher = fp_model if teacher_model is None else load_classifier(teacher_model)[0].eval()
     student = copy.deepcopy(fp_model)
-    names = quantize_linears(student, cfg.bits, cfg.act_bits)
+    # Linears reading one tensor (query/key/value) share one input quantizer: one QuantizeLinear per tensor in the export
+    names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None))
     cfg = QuantizeConfig(**{**cfg.to_dict(), "max_len": fit_max_len(fp_model, cfg.max_len)})
     label2id = {n: i for i, n in enumerate(labels)}
-    key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model)}
+    key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model),
+           "shared_input_quantizers": shared_input_groups(student)}  # a checkpoint from before sharing: refused
     summary = train_quantized(student, teacher, tokenizer, train, train.label_ids(label2id), out_dir, cfg, key, progress, note)
     bake_weights(student)
     report = _score_and_export(fp_model, student, tokenizer, valid, labels, cfg, formats, out_dir, names)
@@ -201,7 +205,9 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
     from nasbert_deploy.model.remote_code import write_remote_code
     from nasbert_deploy.quantize.onnx_qdq import float_copy
 
-    quant_state = {k: v.detach().contiguous() for k, v in student.state_dict().items() if ".w_quant." in k or ".a_quant." in k}
+    # clone: a shared input quantizer appears under every reader's name, and safetensors refuses shared memory
+    quant_state = {k: v.detach().clone().contiguous() for k, v in student.state_dict().items()
+                   if ".w_quant." in k or ".a_quant." in k}
     float_copy(student).save_pretrained(tmp)  # plain Linears holding the dequantized (on-grid) weights
     tokenizer.save_pretrained(tmp)
     if getattr(student.config, "model_type", "") == "nasbert":
@@ -224,6 +230,6 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
     report["files"] = files
     meta = {"method": "KDLSQ (LSQ step sizes + distillation)", "bits": cfg.bits, "act_bits": cfg.act_bits,
             "weights": "symmetric per output channel", "activations": "asymmetric uint8 per tensor", "linears": names,
-            "files": files}
+            "shared_input_quantizers": shared_input_groups(student), "files": files}
     write_json_atomic(tmp / QUANT_JSON, meta)
     write_json_atomic(tmp / REPORT_NAME, report)

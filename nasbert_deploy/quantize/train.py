@@ -142,7 +142,8 @@ def train_quantized(
 
     def save(done: int) -> None:
         state = {"done": done, "elapsed_s": time.perf_counter() - t0, "last": last, "hidden": used_hidden}
-        save_checkpoint(ckpt, key, dict(student.state_dict()), optimizer_state(opt, sched), state)
+        save_checkpoint(ckpt, key, {k: v.clone() for k, v in student.state_dict().items()},  # shared quantizers: no aliasing
+                        optimizer_state(opt, sched), state)
 
     student.eval()  # dropout off: the student imitates the deterministic teacher (BERT has no batch norm to update)
     run_steps(start, cfg.steps, step_fn, save, checkpoint_every=cfg.checkpoint_every, progress=progress, note=note)
