@@ -7,7 +7,8 @@ and latency on cpu-ort and cpu-openvino (1 thread, batch 1, one run, interleaved
 
 Phases cache their results in --out (rerun to resume): `train` runs `quantize` for 8, 4 and 2 bits
 (training at --train-len tokens), `score` scores every artefact on the valid split at --eval-len tokens,
-`latency` times them (run it on an otherwise idle core). Rows:
+`latency` times them (run it on an otherwise idle core, or with `--clock cpu`: process CPU time, which leaves out
+the time other processes take from the core; `--extra NAME=PATH` adds more files to the same rounds). Rows:
 
     fp32 (ORT / OpenVINO) | PTQ: ORT dynamic INT8 (`export --int8`), NNCF INT8 | KDLSQ 8-bit QDQ (ORT, OpenVINO)
     | KDLSQ 4-bit weights (ORT MatMulNBits; OpenVINO u4) | KDLSQ 2-bit (simulated: PyTorch fake quantization)
@@ -35,7 +36,7 @@ from nasbert_deploy.runtimes.base import get_runtime, time_compiled
 from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput
 from nasbert_deploy.runtimes.onnxruntime_rt import OrtCompiled
 from nasbert_deploy.runtimes.openvino_rt import OvCompiled
-from nasbert_deploy.runtimes.timing import round_statistic
+from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic
 from nasbert_deploy.student.finetune import load_classifier, model_labels
 from nasbert_deploy.student.metrics import evaluate_logits
 from nasbert_deploy.student.tasks import iter_batches, load_task
@@ -154,14 +155,20 @@ def latency_phase(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     ids[0, :n] = batch["input_ids"][0].numpy()
     ids[0, n:] = ids[0, 1:1 + a.eval_len - n] if n > 1 else ids[0, n:]
     inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}  # batch 1 x eval_len real tokens
-    compiled = {name: _open(p, ov, int8="NNCF" in name) for name, (p, ov) in artefacts(a, out).items()}
+    arts = artefacts(a, out)
+    for spec in a.extra:  # NAME=PATH: another artefact timed in the same rounds (e.g. an older export)
+        name, _, path = spec.partition("=")
+        arts[name] = (Path(path), path.endswith(".xml"))
+    compiled = {name: _open(p, ov, int8="NNCF" in name) for name, (p, ov) in arts.items()}
     rounds: dict[str, list[float]] = {k: [] for k in compiled}
     for r in range(a.rounds):
         for name in (list(compiled) if r % 2 == 0 else list(reversed(compiled))):  # interleaved, alternating order
-            rounds[name].append(time_compiled(compiled[name], inputs, warmup=5, runs=20, min_time_s=0.3).median_ms)
+            rounds[name].append(time_compiled(compiled[name], inputs, warmup=5, runs=20, min_time_s=0.3,
+                                              clock=CLOCKS[a.clock]).median_ms)
     res = {name: {"median_ms": round(round_statistic(v, "min"), 3), "rounds_ms": [round(x, 3) for x in v],
-                  "file_mb": round(_size(artefacts(a, out)[name][0]) / 2**20, 2)} for name, v in rounds.items()}
+                  "file_mb": round(_size(arts[name][0]) / 2**20, 2)} for name, v in rounds.items()}
     res["_machine"] = {"cpu": cpu_model(), "threads": 1, "batch": 1, "seq": a.eval_len, "rounds": a.rounds,
+                       "clock": a.clock, "load_average": os.getloadavg(),
                        "statistic": "min over rounds of the round medians", "pinned": os.sched_getaffinity(0).__repr__()}
     (out / "latency.json").write_text(json.dumps(res, indent=1))
     for name, v in res.items():
@@ -185,6 +192,10 @@ def main() -> None:
     p.add_argument("--eval-len", type=int, default=128)
     p.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2])
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="Latency clock: wall time, or this process's CPU time (a shared, oversubscribed host).")
+    p.add_argument("--extra", nargs="*", default=[], metavar="NAME=PATH",
+                   help="More ONNX files / OpenVINO IRs (.xml) to time in the same rounds.")
     p.add_argument("--torch-scores", action="store_true", help="Also score the PyTorch fake-quantized models (slow).")
     p.add_argument("--baselines-only", action="store_true",
                    help="Score fp32 and PTQ only (the KDLSQ rows are in each q*/quantize_report.json, at --train-len).")

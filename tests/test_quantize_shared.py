@@ -108,14 +108,14 @@ def _project_optimized_ops(path, tmp_path):
     return Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node), s
 
 
-@pytest.mark.parametrize("which", ["bert", "nasbert"])
-def test_export_quantizes_each_input_once_on_integer_kernels(tiny_dir, tmp_path, which):
+@pytest.mark.parametrize(("which", "gemm"), [("bert", True), ("bert", False), ("nasbert", True)])
+def test_export_quantizes_each_input_once_on_integer_kernels(tiny_dir, tmp_path, which, gemm):
     import onnx
 
     model = _shared(which, tiny_dir)
     n_linear = len(list(quant_linears(model)))
     distinct = n_linear - 2 * _n_layers_with_attention(which)
-    path = export_quantized_onnx(model, tmp_path / "q8.onnx", EXAMPLE, 8)
+    path = export_quantized_onnx(model, tmp_path / "q8.onnx", EXAMPLE, 8, gemm=gemm)
     exported = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     assert exported["QuantizeLinear"] == distinct
     ops, session = _project_optimized_ops(path, tmp_path)
@@ -123,6 +123,10 @@ def test_export_quantizes_each_input_once_on_integer_kernels(tiny_dir, tmp_path,
     # its Q above a Reshape and leaves a float Gemm), one QuantizeLinear per distinct input, no float Linear left
     fused = ops["MatMulIntegerToFloat"] + ops["QGemm"]
     assert fused >= n_linear - (which == "nasbert")
+    if which == "bert":  # 3-D tokens: QGemm with the bias in its output stage, or MatMulIntegerToFloat + a float Add
+        assert ops["QGemm"] == (n_linear if gemm else 2)  # pooler and classifier are 2-D Gemms either way
+        n_bias_adds = 0 if gemm else n_linear - 2 - 2  # 3-D Linears, less the FFN's first (its bias goes into BiasGelu)
+        assert ops["Add"] == 8 + n_bias_adds  # 8: the graph's own Adds (residuals, attention mask, embeddings)
     assert ops["QuantizeLinear"] <= distinct
     assert ops["DequantizeLinear"] == (0 if which == "bert" else 3)  # NAS-BERT: the float Gemm's input, weight, bias
     assert ops["MatMul"] + ops["FusedMatMul"] <= 2 * _n_layers_with_attention(which)  # attention's two float matmuls

@@ -4,10 +4,14 @@ The model is exported once in float (`runtimes.convert.export_onnx`, weights alr
 and each MatMul / Gemm whose constant weight is a QuantLinear's (found by content: the exporter renames and
 transposes weights) is rewritten:
 
-- 8 bit (QDQ): input -> QuantizeLinear(s_a, z_a: uint8) -> DequantizeLinear -> MatMul <- DequantizeLinear(int8
-  weight, per-output-channel scales). ONNX Runtime fuses the pattern into its integer kernels (MatMul on 3-D
-  tokens: MatMulIntegerToFloat; Gemm on 2-D tokens, with the bias as int32 at scale s_a * s_w: QGemm; u8 x s8,
-  int32 accumulation); OpenVINO reads Q/DQ as FakeQuantize and runs INT8.
+- 8 bit (QDQ): input -> QuantizeLinear(s_a, z_a: uint8) -> DequantizeLinear -> Gemm <- DequantizeLinear(int8
+  weight, per-output-channel scales), the bias as DequantizeLinear(int32, s_a * s_w); a Linear on 3-D tokens
+  (MatMul + bias Add in the float export) is flattened around it: Reshape (-1, K) -> QDQ Gemm -> Reshape (..., N).
+  ONNX Runtime runs each as one QGemm (u8 x s8, int32 accumulation, scales and bias in the kernel's output stage);
+  with `gemm=False` 3-D MatMuls stay MatMul (ORT: MatMulIntegerToFloat + a separate float bias Add, measurably
+  no faster). One QuantizeLinear per distinct input tensor (Linears that read one tensor share a quantizer, see
+  `lsq.input_groups`); ORT gives each reader its own DequantizeLinear when it fuses. OpenVINO reads Q/DQ as
+  FakeQuantize and runs the FullyConnected layers in INT8.
 - 4 bit (Gemm first rewritten as MatMul + Add, `gemm_to_matmul`): input -> Q/DQ (8-bit activations as
   trained) -> MatMulNBits (com.microsoft; uint4 weights with zero
   point 8, i.e. the learned integers in [-8, 7], the per-channel step size repeated in every block of
@@ -110,17 +114,17 @@ def _plain_gemm(node: Any) -> bool:
     return not a.get("transA", 0) and a.get("alpha", 1.0) == 1.0 and a.get("beta", 1.0) == 1.0
 
 
-def _int32_bias(g: Any, node: Any, q: QuantLinear, w_scale: np.ndarray, inits: dict[str, Any], prefix: str,
+def _int32_bias(g: Any, bias: str | None, q: QuantLinear, w_scale: np.ndarray, inits: dict[str, Any], prefix: str,
                 new_nodes: list[Any]) -> list[str]:
-    """Gemm's bias as DequantizeLinear(int32, s_a * s_w): ONNX Runtime fuses Gemm into its integer QGemm only when
-    the bias is quantized too. Rounding the bias to that grid moves it by at most s_a * s_w / 2 (~1e-5 here)."""
+    """Gemm's bias (the initializer `bias`, or none) as DequantizeLinear(int32, s_a * s_w): ONNX Runtime fuses Gemm
+    into its integer QGemm only when the bias is quantized too. Rounding the bias to that grid moves it by at most
+    s_a * s_w / 2 (~1e-5 here)."""
     from onnx import helper, numpy_helper
 
-    has_bias = len(node.input) > 2 and bool(node.input[2])
-    if q.a_quant is None or (has_bias and node.input[2] not in inits):
-        return [node.input[2]] if has_bias else []
+    if q.a_quant is None or (bias and bias not in inits):
+        return [bias] if bias else []
     # a zero bias where there is none: ONNX Runtime left a bias-less Gemm(DQ, DQ) in float here
-    b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if has_bias else np.zeros(len(w_scale))
+    b = numpy_helper.to_array(inits[bias]).astype(np.float64) if bias else np.zeros(len(w_scale))
     s = (np.float32(q.a_quant.scale().reshape(()).item()) * w_scale).astype(np.float32)  # (N,)
     b_int = np.clip(np.round(b / s), -(2**31), 2**31 - 1).astype(np.int32)
     g.initializer.extend([numpy_helper.from_array(b_int, f"{prefix}.b_int32"), numpy_helper.from_array(s, f"{prefix}.b_scale"),
@@ -130,9 +134,49 @@ def _int32_bias(g: Any, node: Any, q: QuantLinear, w_scale: np.ndarray, inits: d
     return [f"{prefix}.b_dq"]
 
 
-def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 4) -> Any:
+def _weight_dq(g: Any, w_int: np.ndarray, scale: np.ndarray, axis: int, prefix: str, new_nodes: list[Any]) -> str:
+    """DequantizeLinear of the int8 weight `w_int` with per-output-channel `scale` along `axis`, zero point 0."""
+    from onnx import helper, numpy_helper
+
+    g.initializer.extend([numpy_helper.from_array(w_int, f"{prefix}.w_int8"), numpy_helper.from_array(scale, f"{prefix}.w_scale"),
+                          numpy_helper.from_array(np.zeros(len(scale), dtype=np.int8), f"{prefix}.w_zero")])
+    new_nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}.w_int8", f"{prefix}.w_scale", f"{prefix}.w_zero"],
+                                      [f"{prefix}.w_dq"], name=f"{prefix}.w_dequantize", axis=axis))
+    return f"{prefix}.w_dq"
+
+
+def _bias_add(node: Any, consumers: dict[str, list[Any]], inits: dict[str, Any], n: int) -> Any:
+    """The Add that is the MatMul's only consumer and adds a constant (N,) bias (how torch exports a Linear on
+    3-D tokens), or None."""
+    users = consumers.get(node.output[0], [])
+    if len(users) != 1 or users[0].op_type != "Add":
+        return None
+    other = [i for i in users[0].input if i != node.output[0]]
+    if len(other) != 1 or other[0] not in inits or tuple(inits[other[0]].dims) != (n,):
+        return None
+    return users[0]
+
+
+def _flatten(g: Any, x: str, k: int, prefix: str, new_nodes: list[Any], cache: dict[Any, str]) -> tuple[str, str]:
+    """x (..., K) -> (x2d (prod(...), K), the leading dims of x as a 1-D int64 tensor); once per tensor `x`."""
+    from onnx import helper, numpy_helper
+
+    if ("flat", x) not in cache:
+        g.initializer.append(numpy_helper.from_array(np.array([-1, k], dtype=np.int64), f"{prefix}.flat_shape"))
+        new_nodes.append(helper.make_node("Reshape", [x, f"{prefix}.flat_shape"], [f"{prefix}.x2d"]))  # (b * t, K)
+        new_nodes.append(helper.make_node("Shape", [x], [f"{prefix}.lead"], end=-1))  # [b, t]
+        cache[("flat", x)] = f"{prefix}.x2d"
+        cache[("lead", x)] = f"{prefix}.lead"
+    return cache[("flat", x)], cache[("lead", x)]
+
+
+def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 4, gemm: bool = True) -> Any:
     """Rewrite the float export of `model` (a fake-quantized module) in place as a QDQ (8 bit) or MatMulNBits
-    (4 bit) graph; `ExportError` if a QuantLinear's weight is not found among the MatMul weights."""
+    (4 bit) graph; `ExportError` if a QuantLinear's weight is not found among the MatMul weights.
+
+    8 bit, `gemm`: a MatMul followed by its bias Add (a Linear on 3-D tokens) becomes Reshape -> QDQ Gemm with an
+    int32 bias -> Reshape, which ONNX Runtime runs as one QGemm (bias and scales applied in the kernel's output
+    stage); else MatMul (MatMulIntegerToFloat) with the float bias Add left as a separate node."""
     from onnx import helper, numpy_helper
 
     if bits not in (8, 4):
@@ -145,7 +189,14 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
     inits = {i.name: i for i in g.initializer}
     found: set[str] = set()
     nodes, cache = [], {}
+    consumers: dict[str, list[Any]] = {}
+    for node in g.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    skip: set[int] = set()
     for i, node in enumerate(g.node):
+        if id(node) in skip:
+            continue
         hit, trans_b = None, False
         if node.op_type == "MatMul" and node.input[1] in inits:
             hit = by_key.get(_key(numpy_helper.to_array(inits[node.input[1]])))
@@ -159,23 +210,33 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
         name, q = hit
         found.add(name)
         prefix = f"q{i}.{name}"
+        add = _bias_add(node, consumers, inits, q.out_features) if bits == 8 and gemm and q.a_quant is not None else None
+        if add is not None:  # MatMul + Add(bias) on (..., K) tokens -> Reshape (-1, K) -> QDQ Gemm -> Reshape (..., N)
+            x2d, lead = _flatten(g, node.input[0], q.in_features, prefix, nodes, cache)
+            x = _add_act_qdq(g, x2d, q, prefix, nodes, cache)
+            ints = q.w_quant.integers(q.weight).numpy().T.astype(np.int8)  # (K, N)
+            scale = q.w_quant.scale().numpy().astype(np.float32)
+            w_dq = _weight_dq(g, ints, scale, 1, prefix, nodes)
+            bias = _int32_bias(g, add.input[1] if add.input[0] == node.output[0] else add.input[0], q, scale, inits,
+                               prefix, nodes)
+            g.initializer.append(numpy_helper.from_array(np.array([q.out_features], dtype=np.int64), f"{prefix}.n"))
+            nodes.append(helper.make_node("Gemm", [x, w_dq, *bias], [f"{prefix}.y2d"], name=node.name))
+            nodes.append(helper.make_node("Concat", [lead, f"{prefix}.n"], [f"{prefix}.shape"], axis=0))
+            nodes.append(helper.make_node("Reshape", [f"{prefix}.y2d", f"{prefix}.shape"], list(add.output)))
+            skip.add(id(add))
+            continue
         x = node.input[0] if q.a_quant is None else _add_act_qdq(g, node.input[0], q, prefix, nodes, cache)
         ints = q.w_quant.integers(q.weight).numpy().T  # (K, N) int
         scale = q.w_quant.scale().numpy().astype(np.float32)  # (N,)
         k, n = ints.shape
         if bits == 8:
             w_int = (ints.T if trans_b else ints).astype(np.int8)  # Gemm(transB=1) holds W as (N, K)
-            g.initializer.extend([
-                numpy_helper.from_array(w_int, f"{prefix}.w_int8"),
-                numpy_helper.from_array(scale, f"{prefix}.w_scale"),
-                numpy_helper.from_array(np.zeros(n, dtype=np.int8), f"{prefix}.w_zero"),
-            ])
-            nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}.w_int8", f"{prefix}.w_scale", f"{prefix}.w_zero"],
-                                          [f"{prefix}.w_dq"], name=f"{prefix}.w_dequantize", axis=0 if trans_b else 1))
+            _weight_dq(g, w_int, scale, 0 if trans_b else 1, prefix, nodes)
             if node.op_type == "MatMul":
                 nodes.append(helper.make_node("MatMul", [x, f"{prefix}.w_dq"], list(node.output), name=node.name))
             else:
-                inputs = [x, f"{prefix}.w_dq"] + _int32_bias(g, node, q, scale, inits, prefix, nodes)
+                bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+                inputs = [x, f"{prefix}.w_dq"] + _int32_bias(g, bias, q, scale, inits, prefix, nodes)
                 nodes.append(helper.make_node("Gemm", inputs, list(node.output), name=node.name, transB=int(trans_b)))
         else:
             block = _block_size(k)
@@ -204,7 +265,7 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
 
 def export_quantized_onnx(
     model: nn.Module, path: str | Path, example_inputs: Mapping[str, torch.Tensor], bits: int, output_name: str = "logits",
-    accuracy_level: int = 4,
+    accuracy_level: int = 4, gemm: bool = True,
 ) -> Path:
     """Export the fake-quantized classifier `model` to one ONNX file at `path` (QDQ for 8 bit, MatMulNBits for 4).
 
@@ -215,7 +276,7 @@ def export_quantized_onnx(
     target = Path(path)
     with tempfile.TemporaryDirectory(prefix="nasbert-quant-") as work:
         fp = export_onnx(FirstOutput(float_copy(model)), Path(work) / "float.onnx", example_inputs, [output_name])
-        graph = rewrite(onnx.load(str(fp)), model, bits, accuracy_level)
+        graph = rewrite(onnx.load(str(fp)), model, bits, accuracy_level, gemm)
         with atomic_path(target) as tmp:
             onnx.save(graph, str(tmp))
     return target
