@@ -219,10 +219,13 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
             w_dq = _weight_dq(g, ints, scale, 1, prefix, nodes)
             bias = _int32_bias(g, add.input[1] if add.input[0] == node.output[0] else add.input[0], q, scale, inits,
                                prefix, nodes)
-            g.initializer.append(numpy_helper.from_array(np.array([q.out_features], dtype=np.int64), f"{prefix}.n"))
             nodes.append(helper.make_node("Gemm", [x, w_dq, *bias], [f"{prefix}.y2d"], name=node.name))
-            nodes.append(helper.make_node("Concat", [lead, f"{prefix}.n"], [f"{prefix}.shape"], axis=0))
-            nodes.append(helper.make_node("Reshape", [f"{prefix}.y2d", f"{prefix}.shape"], list(add.output)))
+            if ("shape", lead, q.out_features) not in cache:  # (..., N): once per input and width (query/key/value)
+                g.initializer.append(numpy_helper.from_array(np.array([q.out_features], dtype=np.int64), f"{prefix}.n"))
+                nodes.append(helper.make_node("Concat", [lead, f"{prefix}.n"], [f"{prefix}.shape"], axis=0))
+                cache[("shape", lead, q.out_features)] = f"{prefix}.shape"
+            nodes.append(helper.make_node("Reshape", [f"{prefix}.y2d", cache[("shape", lead, q.out_features)]],
+                                          list(add.output)))
             skip.add(id(add))
             continue
         x = node.input[0] if q.a_quant is None else _add_act_qdq(g, node.input[0], q, prefix, nodes, cache)
