@@ -155,6 +155,28 @@ def test_teacher_converts_exactly_and_fine_tunes_mean_pooled(tmp_path, teacher):
     assert report["best"]["epoch"] == 1
 
 
+def test_auto_pooling_is_mean_for_bert_encoders_only(tmp_path, teacher):
+    import json
+
+    from nasbert_deploy.student.finetune import FinetuneConfig, finetune_teacher, resolve_pooling
+    from nasbert_deploy.student.tasks import load_task, sample_task_path
+
+    src = tmp_path / "t"
+    teacher.model.save_pretrained(src)
+    teacher.tokenizer.save_pretrained(src)
+    assert resolve_pooling(src) == "mean"
+    other = tmp_path / "roberta"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "roberta"}))
+    assert resolve_pooling(other) == "cls"
+    train = load_task(sample_task_path("train")).subset(range(16))
+    valid = load_task(sample_task_path("valid")).subset(range(8))
+    notes: list[str] = []
+    report = finetune_teacher(src, train, valid, tmp_path / "ft", FinetuneConfig(epochs=1, batch_size=8, max_len=32),
+                              note=notes.append)  # pooling="auto", the default
+    assert report["pooling"] == "mean" and any("pooling: mean (auto" in n for n in notes)
+
+
 def test_supernet_starts_from_the_teacher(teacher, impt):
     from nasbert_deploy.supernet.etd_init import check_space_extractable, init_supernet_from_teacher
     from nasbert_deploy.supernet.network import Supernet

@@ -43,7 +43,7 @@ BatchOpt = Annotated[int, _opt("--batch-size", min=1, help="Examples per step an
                                 "process takes this many, so a step sees processes x this many).")]
 MaxLenOpt = Annotated[int, _opt("--max-len", min=2, help="Tokens per example (longer ones are truncated).")]
 LrOpt = Annotated[float, _opt("--lr", min=0.0, help="AdamW learning rate.")]
-PoolingName = choice("PoolingName", ("cls", "mean"))  # student.finetune.POOLINGS (torch-free here)
+PoolingName = choice("PoolingName", ("auto", "cls", "mean"))  # student.finetune.POOLINGS (torch-free here)
 EpochsOpt = Annotated[int, _opt("--epochs", min=1, help="Passes over the training rows.")]
 ForceOpt = Annotated[bool, _opt("--force", help="Replace an existing, non-empty --out folder.")]
 DeviceOpt = Annotated[TrainDevice, _opt("--device", help="Where to train: a GPU when torch sees one (auto), the CPU, "
@@ -236,12 +236,14 @@ def finetune_teacher_cmd(
     task: TaskOpt = SAMPLE_TASK,
     valid: Annotated[Path | None, _opt("--valid", help="Validation task file.")] = None,
     valid_fraction: ValidFractionOpt = 0.1,
-    epochs: EpochsOpt = 6,
+    epochs: EpochsOpt = 3,
     batch_size: BatchOpt = 16,
     max_len: MaxLenOpt = 128,
-    lr: LrOpt = 2e-4,
+    lr: LrOpt = 5e-5,
     pooling: Annotated[PoolingName, _opt("--pooling", help="cls: the encoder's own classifier ([CLS] pooler); mean: "
-                                         "mean-pooled, as sentence encoders are trained.")] = PoolingName("cls"),
+                                         "the encoder converted exactly under the students' mean-pooling head, as "
+                                         "sentence encoders are trained; auto: mean for BERT encoders, else cls.")
+                       ] = PoolingName("auto"),
     seed: SeedOpt = 0,
     device: DeviceOpt = TrainDevice("auto"),
     threads: ThreadsOpt = 0,

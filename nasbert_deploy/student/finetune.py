@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nasbert_deploy.errors import TaskError
+from nasbert_deploy.errors import TaskError, TeacherError
 from nasbert_deploy.model.loop import NoteFn, ProgressFn
 from nasbert_deploy.student.metrics import EvalReport, evaluate_logits
 from nasbert_deploy.student.task_training import (
@@ -30,7 +30,7 @@ from nasbert_deploy.student.task_training import (
 )
 from nasbert_deploy.student.tasks import TaskData, iter_batches, label_maps, sort_labels
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("auto", "cls", "mean")
 
 
 @contextlib.contextmanager
@@ -122,10 +122,12 @@ def finetune_teacher(
     cfg: FinetuneConfig,
     progress: ProgressFn | None = None,
     note: NoteFn | None = None,
-    pooling: str = "cls",
+    pooling: str = "auto",
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Fine-tune a teacher encoder (`None` = the offline MiniLM) as a sequence classifier on `train`.
+
+    `pooling="auto"` (`resolve_pooling`): "mean" for BERT encoders, "cls" for the rest.
 
     `pooling="cls"`: the encoder's own sequence-classification class (BERT: pooler over [CLS]).
     `pooling="mean"`: the teacher converted exactly into a NAS-BERT model (`model.etd.convert_teacher`) under
@@ -138,12 +140,31 @@ def finetune_teacher(
     path = resolve_teacher_path(teacher)
     labels = sort_labels(set(train.labels) | set(valid.labels))
     torch.manual_seed(cfg.seed)
-    if pooling == "mean":
+    why = ""
+    if pooling == "auto":
+        pooling, why = resolve_pooling(path), "not a BERT encoder"
+        if pooling == "mean":
+            try:
+                model, tokenizer = mean_pooled_teacher(path, labels, cfg)
+                why = "a BERT encoder, converted exactly"
+            except TeacherError as exc:  # a BERT geometry the conversion does not cover
+                pooling, why = "cls", str(exc)
+    elif pooling == "mean":
         model, tokenizer = mean_pooled_teacher(path, labels, cfg)
-    else:
+    if pooling == "cls":
         model, tokenizer = load_classifier(path, labels)
+    if why and note is not None:
+        note(f"pooling: {pooling} (auto: {why})")
     key = {"model": str(path), "task": train.source, "teacher_model": None, "pooling": pooling}
     return train_classifier(model, tokenizer, train, valid, out_dir, cfg, None, progress, key, note, device)
+
+
+def resolve_pooling(path: Path) -> str:
+    """"mean" for a BERT encoder (`model_type` bert: converts exactly; measured ahead of the [CLS] pooler and of
+    the frozen probe on both classification tasks, docs/quality.md), "cls" for any other encoder."""
+    from nasbert_deploy.teacher import read_model_config
+
+    return "mean" if read_model_config(path).get("model_type") == "bert" else "cls"
 
 
 def mean_pooled_teacher(path: Path, labels: list[str], cfg: FinetuneConfig) -> tuple[Any, Any]:
