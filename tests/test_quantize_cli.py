@@ -77,6 +77,14 @@ def test_quantize_8bit_end_to_end(tiny):
 
     model, _, meta = load_quantized(out)
     assert meta["bits"] == 8 and meta["files"]["onnx"] == onnx_name(8)
+    # query/key/value of each layer trained one shared input quantizer, reloaded shared, quantized once in the ONNX file
+    groups = meta["shared_input_quantizers"]
+    assert [sorted(n.rsplit(".", 1)[1] for n in g) for g in groups] == [["key", "query", "value"]] * 2
+    assert model.get_submodule(groups[0][1]).a_quant is model.get_submodule(groups[0][0]).a_quant
+    import onnx
+
+    n_q = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(out / onnx_name(8))).graph.node)
+    assert n_q == 14 - 2 * 2
     inputs = padded_inputs(2, 20, 1000)
     sess = ort.InferenceSession(str(out / onnx_name(8)), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, inputs)[0], torch_runner(model)(inputs), atol=1e-4)
