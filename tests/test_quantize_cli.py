@@ -12,8 +12,10 @@ from helpers import make_tiny_teacher, tiny_vocab
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
+from nasbert_deploy.errors import CheckpointError
 from nasbert_deploy.export.validate import padded_inputs
 from nasbert_deploy.quantize.check import torch_runner
+from nasbert_deploy.quantize.grid import saturates_int16
 from nasbert_deploy.quantize.run import load_quantized, onnx_name, quantize
 from nasbert_deploy.quantize.train import QuantizeConfig
 from nasbert_deploy.student.tasks import load_task
@@ -77,6 +79,12 @@ def test_quantize_8bit_end_to_end(tiny):
 
     model, _, meta = load_quantized(out)
     assert meta["bits"] == 8 and meta["files"]["onnx"] == onnx_name(8)
+    # --reduce-range auto: the reduced grid exactly where ORT's u8 x s8 kernels saturate int16 (x86 without VNNI)
+    assert meta["reduce_range"] == report["reduce_range"] == saturates_int16()
+    assert meta["weight_levels"] == ([-63, 63] if saturates_int16() else [-127, 127]) == report["weight_levels"]
+    assert "weight grid" in r.output and f"reduce range {'on' if saturates_int16() else 'off'} (auto" in r.output
+    lo, hi = report["onnx_weight_range"]
+    assert meta["weight_levels"][0] <= lo < 0 < hi <= meta["weight_levels"][1]
     # query/key/value of each layer trained one shared input quantizer, reloaded shared, quantized once in the ONNX file
     groups = meta["shared_input_quantizers"]
     assert [sorted(n.rsplit(".", 1)[1] for n in g) for g in groups] == [["key", "query", "value"]] * 2
@@ -125,6 +133,8 @@ def test_2bit_is_simulated_and_resumes(tiny):
     (["--bits", "2", "--format", "openvino"], ["--bits 2 has no kernel in openvino"]),
     (["--format", "tflite"], ["--format 'tflite'"]),
     (["--bits", "3"], ["--bits"]),
+    (["--bits", "4", "--reduce-range", "on"], ["--reduce-range on applies to 8-bit weights only"]),
+    (["--reduce-range", "maybe"], ["--reduce-range"]),
 ])
 def test_bits_without_kernels_are_refused(tiny, args, needles):
     out = tiny["root"] / "never"
@@ -146,3 +156,33 @@ def test_inputs_are_checked_before_any_work(tiny):
     empty.write_text("")
     _one_line_error(_run("quantize", "--model", tiny["clf"], "--task", empty, "--out", out), "empty.jsonl")
     assert not out.exists() and not (tiny["root"] / "never.ckpt").exists()
+
+
+def test_reduce_range_is_part_of_the_resume_key(tiny):
+    train, valid = load_task(tiny["train"]), load_task(tiny["valid"])
+    out = tiny["root"] / "q8-range"
+    cfg = QuantizeConfig(bits=8, steps=3, batch_size=8, max_len=16, checkpoint_every=100, reduce_range=True)
+
+    def stop_at_1(done, total, values):
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        quantize(tiny["clf"], train, valid, out, cfg, (), progress=stop_at_1)
+    # the checkpoint holds weights trained on [-63, 63]: a full-range run must not continue from it
+    full = QuantizeConfig(**{**cfg.to_dict(), "reduce_range": False})
+    with pytest.raises(CheckpointError, match="reduce_range"):
+        quantize(tiny["clf"], train, valid, out, full, ())
+    report = quantize(tiny["clf"], train, valid, out, cfg, ())
+    assert report["training"]["resumed_from"] == 1 and report["weight_levels"] == [-63, 63]
+    model, _, meta = load_quantized(out)
+    assert meta["reduce_range"] is True
+    ints = model.bert.encoder.layer[0].output.dense.w_quant.integers(model.bert.encoder.layer[0].output.dense.weight)
+    assert ints.abs().max() <= 63
+    # a folder written before the option existed (no reduce_range in quantization.json) loads as full range
+    meta_path = out / "quantization.json"
+    old = {k: v for k, v in json.loads(meta_path.read_text()).items() if k not in ("reduce_range", "weight_levels")}
+    meta_path.write_text(json.dumps(old))
+    model, _, _ = load_quantized(out)
+    spec = model.bert.encoder.layer[0].output.dense.w_quant.spec
+    assert (spec.lo, spec.hi) == (-127, 127)

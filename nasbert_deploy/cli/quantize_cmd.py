@@ -12,10 +12,12 @@ import typer
 
 from nasbert_deploy.cli.common import SeedOpt, ThreadsOpt, choice, console, print_report, set_threads, training_progress
 from nasbert_deploy.quantize import BITS, KERNELS
+from nasbert_deploy.quantize.grid import REDUCE_RANGE_MODES
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
 app = typer.Typer()
 BitsName = choice("BitsName", [str(b) for b in BITS])
+ReduceRange = choice("ReduceRange", REDUCE_RANGE_MODES)
 DEFAULT_FORMATS = {b: ",".join(KERNELS[b]) or "none" for b in BITS}
 
 
@@ -44,6 +46,9 @@ def quantize_cmd(
     valid: Annotated[Path | None, typer.Option("--valid", help="Validation task file (default: split off 10%).")] = None,
     formats: Annotated[str | None, typer.Option("--format", help="Exports: onnx, openvino, or none "
                                                 "(default: those with kernels: onnx,openvino for 8 and 4; none for 2).")] = None,
+    reduce_range: Annotated[ReduceRange, typer.Option(
+        "--reduce-range", help="8-bit weights on [-63, 63] (ORT's u8 x s8 kernels saturate int16 beyond |w| 64 on x86 "
+        "without VNNI); auto: on when this CPU lacks VNNI/AMX.")] = ReduceRange("auto"),
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps (raise it and rerun to continue).")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples per step.")] = 16,
     max_len: Annotated[int, typer.Option("--max-len", min=2, help="Tokens per example.")] = 128,
@@ -56,6 +61,7 @@ def quantize_cmd(
 ) -> None:
     """Quantize a classifier with learned step sizes, trained by distillation from its fp32 self (resumable)."""
     from nasbert_deploy.fileio import check_output
+    from nasbert_deploy.quantize.grid import resolve_reduce_range
     from nasbert_deploy.quantize.run import check_request, quantize
     from nasbert_deploy.quantize.train import QuantizeConfig
     from nasbert_deploy.student.tasks import task_splits
@@ -64,13 +70,16 @@ def quantize_cmd(
     b = int(bits.value)
     chosen = parse_formats(formats if formats is not None else DEFAULT_FORMATS[b])
     check_request(b, chosen)
+    reduce, reduce_why = resolve_reduce_range(reduce_range.value, b)
     set_threads(threads)
     train, val = task_splits(task, valid)
-    cfg = QuantizeConfig(bits=b, steps=steps, batch_size=batch_size, max_len=max_len, lr=lr, step_lr=step_lr,
+    cfg = QuantizeConfig(bits=b, reduce_range=reduce, steps=steps, batch_size=batch_size, max_len=max_len, lr=lr, step_lr=step_lr,
                          checkpoint_every=checkpoint_every, seed=seed)
     with training_progress(f"quantizing ({b}-bit)") as update:
         report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print)
-    rows: dict[str, object] = {"train rows": report["train_rows"], "valid rows": report["valid_rows"],
+    lo, hi = report["weight_levels"]
+    rows: dict[str, object] = {"weight grid": f"[{lo}, {hi}], reduce range {reduce_why}",
+                               "train rows": report["train_rows"], "valid rows": report["valid_rows"],
                                "train_s": report["training"]["train_s"]}
     for name, s in report["scores"].items():
         rows[f"{name} accuracy"] = s["accuracy"]

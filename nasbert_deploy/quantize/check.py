@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nasbert_deploy.errors import ExportError
 from nasbert_deploy.export.validate import INT8_MIN_COSINE, Check, compare, padded_inputs, shape_grid
 from nasbert_deploy.student.finetune import fit_max_len
 from nasbert_deploy.student.tasks import TaskData, iter_batches
@@ -110,3 +111,24 @@ def summarize(checks: Sequence[Check]) -> dict[str, Any]:
         d["min_mean_cosine"] = min(d["min_mean_cosine"], c.cosine_mean)
         d["min_cosine"] = min(d["min_cosine"], c.cosine_min)
     return out
+
+
+def onnx_weight_range(path: str | Path) -> tuple[int, int]:
+    """(min, max) over the int8 weight initializers of a QDQ ONNX model (the integers the u8 x s8 kernels read)."""
+    import onnx
+    from onnx import numpy_helper
+
+    ints = [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+            if i.data_type == onnx.TensorProto.INT8 and i.name.endswith(".w_int8")]
+    if not ints:
+        raise ExportError(f"{path} has no int8 weights (.w_int8 initializers): not a QDQ export")
+    return min(int(a.min()) for a in ints), max(int(a.max()) for a in ints)
+
+
+def check_weight_range(path: str | Path, levels: Sequence[int]) -> list[int]:
+    """The exported int8 weights lie on the trained grid `levels` [lo, hi] (reduced: [-63, 63], no int16
+    saturation on ORT's non-VNNI kernels); returns their [min, max], `ExportError` if outside."""
+    lo, hi = onnx_weight_range(path)
+    if lo < levels[0] or hi > levels[1]:
+        raise ExportError(f"{path}: int8 weights span [{lo}, {hi}], outside the trained grid [{levels[0]}, {levels[1]}]")
+    return [lo, hi]

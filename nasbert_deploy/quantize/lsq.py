@@ -5,7 +5,9 @@ A quantizer maps x to  x_hat = s * (clamp(round(x / s), lo - z, hi - z))  (equiv
 
 - weights: symmetric, signed, one step size per output channel, z = 0, levels [-Qn, Qp]:
   8 bit [-127, 127] (the narrow range int8 kernels of ONNX Runtime and OpenVINO expect), 4 bit [-8, 7]
-  (ORT `MatMulNBits`' uint4 with zero point 8), 2 bit [-2, 1];
+  (ORT `MatMulNBits`' uint4 with zero point 8), 2 bit [-2, 1]; 8 bit with `reduce_range` [-63, 63]
+  (`grid.REDUCED_QP`: ONNX Runtime's u8 x s8 kernels on x86 CPUs without VNNI add two u8 x s8 products in a
+  saturating int16, exact only while 2 * 255 * |w| <= 32767, so |w| <= 64; the grid stays symmetric like [-127, 127]);
 - activations (the input of every Linear): asymmetric uint8 [0, 255], one step size per tensor and an
   integer zero point fixed at initialisation (ONNX Runtime's x86 integer kernels are u8 activations x s8 weights).
 
@@ -38,6 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasbert_deploy.quantize.grid import REDUCED_QP
+
 
 @dataclass(frozen=True)
 class QuantSpec:
@@ -55,10 +59,13 @@ class QuantSpec:
         return self.hi if self.symmetric else (self.hi - self.lo) // 2
 
 
-def weight_spec(bits: int) -> QuantSpec:
-    """Signed symmetric per-channel weights: 8 bit narrow range [-127, 127]; fewer bits [-2^(b-1), 2^(b-1) - 1]."""
+def weight_spec(bits: int, reduce_range: bool = False) -> QuantSpec:
+    """Signed symmetric per-channel weights: 8 bit narrow range [-127, 127] ([-63, 63] with `reduce_range`, for
+    x86 CPUs without VNNI); fewer bits [-2^(b-1), 2^(b-1) - 1] (`reduce_range` is for 8 bit only)."""
+    if reduce_range and bits != 8:
+        raise ValueError(f"reduce_range applies to 8-bit weights only, not {bits}-bit")
     if bits == 8:
-        return QuantSpec(8, -127, 127, True, True)
+        return QuantSpec(8, -REDUCED_QP, REDUCED_QP, True, True) if reduce_range else QuantSpec(8, -127, 127, True, True)
     return QuantSpec(bits, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1, True, True)
 
 
@@ -136,14 +143,15 @@ class LsqQuantizer(nn.Module):
 class QuantLinear(nn.Linear):
     """`nn.Linear` computing  fq_a(x) @ fq_w(W).T + b  (the bias stays float, as in the integer kernels)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, weight_bits: int, act_bits: int | None) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool, weight_bits: int, act_bits: int | None,
+                 reduce_range: bool = False) -> None:
         super().__init__(in_features, out_features, bias)
-        self.w_quant = LsqQuantizer(weight_spec(weight_bits), out_features)
+        self.w_quant = LsqQuantizer(weight_spec(weight_bits, reduce_range), out_features)
         self.a_quant = LsqQuantizer(activation_spec(act_bits)) if act_bits else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, weight_bits: int, act_bits: int | None) -> QuantLinear:
-        q = cls(linear.in_features, linear.out_features, linear.bias is not None, weight_bits, act_bits)
+    def from_linear(cls, linear: nn.Linear, weight_bits: int, act_bits: int | None, reduce_range: bool = False) -> QuantLinear:
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, weight_bits, act_bits, reduce_range)
         q.to(linear.weight.device)
         with torch.no_grad():
             q.weight.copy_(linear.weight)
@@ -163,6 +171,7 @@ class QuantLinear(nn.Linear):
 
 def quantize_linears(
     model: nn.Module, weight_bits: int, act_bits: int | None = 8, example_inputs: Mapping[str, torch.Tensor] | None = None,
+    reduce_range: bool = False,
 ) -> list[str]:
     """Replace every `nn.Linear` of `model` in place by a `QuantLinear`; returns their qualified names, in order.
 
@@ -170,14 +179,14 @@ def quantize_linears(
     models) is covered; weight step sizes are initialised here, activation ones on the first forward call.
     With `example_inputs` (keyword arguments of one forward call), Linears that read the same tensor share one
     activation quantizer (`input_groups`, `share_input_quantizers`); without, every Linear has its own (as
-    quantized checkpoints written before sharing existed).
+    quantized checkpoints written before sharing existed). `reduce_range`: 8-bit weights on [-63, 63] (`weight_spec`).
     """
     groups = input_groups(model, example_inputs) if example_inputs is not None and act_bits else []
     names = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and not isinstance(child, QuantLinear):
-                setattr(module, child_name, QuantLinear.from_linear(child, weight_bits, act_bits))
+                setattr(module, child_name, QuantLinear.from_linear(child, weight_bits, act_bits, reduce_range))
                 names.append(f"{name}.{child_name}" if name else child_name)
     share_input_quantizers(model, groups)
     return names
@@ -241,6 +250,14 @@ def quant_linears(model: nn.Module) -> Iterator[tuple[str, QuantLinear]]:
     for name, module in model.named_modules():
         if isinstance(module, QuantLinear):
             yield name, module
+
+
+def weight_levels(model: nn.Module) -> tuple[int, int]:
+    """The weight grid [lo, hi] of `model`'s QuantLinears (one grid per model; ValueError if they differ or none)."""
+    grids = {(q.w_quant.spec.lo, q.w_quant.spec.hi) for _, q in quant_linears(model)}
+    if len(grids) != 1:
+        raise ValueError(f"expected one weight grid over the model's QuantLinears, found {sorted(grids)}")
+    return grids.pop()
 
 
 def step_parameters(model: nn.Module) -> list[nn.Parameter]:

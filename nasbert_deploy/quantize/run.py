@@ -5,7 +5,8 @@ The output folder (written atomically):
 
     config.json, model.safetensors, tokenizer files   the classifier, weights already on their quantization grid
                                                       (loads anywhere as a plain model: weight-quantized, float activations)
-    quantization.json, quantization.safetensors       bits, levels, every quantizer's step size and zero point
+    quantization.json, quantization.safetensors       bits, weight levels (reduce_range: [-63, 63]), every
+                                                      quantizer's step size and zero point
     onnx/model_q8.onnx | onnx/model_q4.onnx           QDQ (8 bit) or MatMulNBits (4 bit) ONNX, the learned scales
     openvino/openvino_model_q8.xml | _q4.xml (+ .bin) the same as OpenVINO IR: FakeQuantize, runs in INT8; 4 bit:
                                                       u4 weight compression with the learned scales
@@ -30,13 +31,20 @@ from nasbert_deploy.model.loop import NoteFn, ProgressFn, checkpoint_dir
 from nasbert_deploy.quantize import BITS, KERNELS
 from nasbert_deploy.quantize.check import (
     check_logits,
+    check_weight_range,
     first_output,
     runtime_runners,
     summarize,
     task_logits,
     torch_runner,
 )
-from nasbert_deploy.quantize.lsq import bake_weights, quantize_linears, share_input_quantizers, shared_input_groups
+from nasbert_deploy.quantize.lsq import (
+    bake_weights,
+    quantize_linears,
+    share_input_quantizers,
+    shared_input_groups,
+    weight_levels,
+)
 from nasbert_deploy.quantize.onnx_qdq import export_quantized_onnx
 from nasbert_deploy.quantize.train import QuantizeConfig, train_quantized
 from nasbert_deploy.student.finetune import check_model_folder, fit_max_len, load_classifier
@@ -99,7 +107,8 @@ def load_quantized(folder: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     p = Path(folder)
     meta = json.loads((p / QUANT_JSON).read_text())
     model, tokenizer = load_classifier(p)
-    quantize_linears(model, meta["bits"], meta["act_bits"])
+    # folders written before the reduced grid existed have no reduce_range: full range, as trained
+    quantize_linears(model, meta["bits"], meta["act_bits"], reduce_range=bool(meta.get("reduce_range", False)))
     # folders written before sharing existed have no groups: every Linear keeps its own input quantizer, as trained
     share_input_quantizers(model, meta.get("shared_input_quantizers", []))
     state = load_file(str(p / QUANT_WEIGHTS))
@@ -142,7 +151,7 @@ def quantize(
     teacher = fp_model if teacher_model is None else load_classifier(teacher_model)[0].eval()
     student = copy.deepcopy(fp_model)
     # Linears reading one tensor (query/key/value) share one input quantizer: one QuantizeLinear per tensor in the export
-    names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None))
+    names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None), cfg.reduce_range)
     cfg = QuantizeConfig(**{**cfg.to_dict(), "max_len": fit_max_len(fp_model, cfg.max_len)})
     label2id = {n: i for i, n in enumerate(labels)}
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model),
@@ -168,13 +177,16 @@ def _score_and_export(
     q_logits = task_logits(torch_runner(student), tokenizer, valid, cfg.max_len)
     scores = {"fp32": evaluate_logits(y, fp_logits).to_dict(),
               f"kdlsq-{cfg.bits}bit-torch": evaluate_logits(y, q_logits, fp_logits).to_dict()}
-    report: dict[str, Any] = {"bits": cfg.bits, "act_bits": cfg.act_bits, "quantized_linears": len(names),
+    report: dict[str, Any] = {"bits": cfg.bits, "act_bits": cfg.act_bits, "reduce_range": cfg.reduce_range,
+                              "weight_levels": list(weight_levels(student)), "quantized_linears": len(names),
                               "simulated_only": not formats, "scores": scores, "checks": {}}
     if not formats:
         return report
     work = Path(tempfile.mkdtemp(prefix="nasbert-quant-"))
     try:
         onnx_path = export_quantized_onnx(student, work / "model.onnx", _example(student, valid.pairs is not None), cfg.bits)
+        if cfg.bits == 8:  # the int8 weights the kernels get lie on the trained grid (reduced: no int16 saturation)
+            report["onnx_weight_range"] = check_weight_range(onnx_path, report["weight_levels"])
         paths = {"onnxruntime": onnx_path} if "onnx" in formats else {}
         if "openvino" in formats:
             paths["openvino"] = onnx_path
@@ -229,6 +241,7 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
             files["openvino"] = xml
     report["files"] = files
     meta = {"method": "KDLSQ (LSQ step sizes + distillation)", "bits": cfg.bits, "act_bits": cfg.act_bits,
+            "reduce_range": cfg.reduce_range, "weight_levels": list(weight_levels(student)),
             "weights": "symmetric per output channel", "activations": "asymmetric uint8 per tensor", "linears": names,
             "shared_input_quantizers": shared_input_groups(student), "files": files}
     write_json_atomic(tmp / QUANT_JSON, meta)

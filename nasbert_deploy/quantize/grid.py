@@ -1,0 +1,66 @@
+"""The 8-bit weight grid: full range [-127, 127], or reduced to [-63, 63] for x86 CPUs without VNNI.
+
+ONNX Runtime's u8 x s8 integer kernels (MLAS `MatMulIntegerToFloat`, `QGemm`) on x86 CPUs without VNNI
+(SSE4.1, AVX2, AVX-512 without VNNI) multiply with `vpmaddubsw`, which adds two u8 x s8 products into a
+*saturating* int16: exact only while 2 * 255 * |w| <= 32767, i.e. |w| <= 64. With VNNI (`vpdpbusd`, int32
+accumulation) or AMX there is no such limit. ORT's own quantizer offers `reduce_range` (7-bit weights, [-64, 64])
+for this, and its `session.x64quantprecision` option (microsoft/onnxruntime#12088) treats weights outside
+[-64, 63] as at risk. KDLSQ's reduced grid is [-63, 63]: inside both bounds, and symmetric like the full
+narrow range [-127, 127] (Qn = Qp, so LSQ's initialisation and gradient scale use Qp = 63).
+
+Light on purpose (no torch): the command line resolves `--reduce-range auto` with it before any work.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+from nasbert_deploy.errors import ExportError
+
+REDUCED_QP = 63  # the reduced 8-bit weight grid [-63, 63]
+REDUCE_RANGE_MODES: tuple[str, ...] = ("auto", "on", "off")
+# /proc/cpuinfo flags of int8 dot products that accumulate in int32 (no int16 saturation)
+INT32_DOT_FLAGS: tuple[str, ...] = ("avx512_vnni", "avx_vnni", "amx_int8")
+X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU feature flags of this machine (Linux `/proc/cpuinfo`, read once), or None where unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return None
+
+
+def saturates_int16(flags: frozenset[str] | None = None, machine: str | None = None) -> bool:
+    """Whether ORT's u8 x s8 kernels accumulate pairs in a saturating int16 here: an x86 CPU without VNNI/AMX
+    (`flags`, `machine` default to this machine's; an x86 CPU whose flags cannot be read counts as saturating)."""
+    machine = (platform.machine() if machine is None else machine).lower()
+    if machine not in X86_MACHINES:
+        return False
+    flags = cpu_flags() if flags is None else flags
+    return flags is None or not any(f in flags for f in INT32_DOT_FLAGS)
+
+
+def resolve_reduce_range(mode: str, bits: int, flags: frozenset[str] | None = None,
+                         machine: str | None = None) -> tuple[bool, str]:
+    """`--reduce-range auto|on|off` for `bits`-bit weights -> (reduce, why); `ExportError` for `on` with fewer
+    than 8 bits (4-bit weights [-8, 7] cannot saturate) or an unknown mode."""
+    if mode not in REDUCE_RANGE_MODES:
+        raise ExportError(f"--reduce-range {mode!r}: valid: {', '.join(REDUCE_RANGE_MODES)}")
+    if bits != 8:
+        if mode == "on":
+            raise ExportError(f"--reduce-range on applies to 8-bit weights only (--bits {bits} cannot saturate int16)")
+        return False, f"off ({bits}-bit weights)"
+    if mode != "auto":
+        return mode == "on", mode
+    if saturates_int16(flags, machine):
+        return True, "on (auto: this CPU has no VNNI/AMX, ORT's u8 x s8 kernels saturate int16 beyond |w| 64)"
+    return False, "off (auto: this CPU accumulates int8 products in int32)"
