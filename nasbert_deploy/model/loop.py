@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pickle
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,15 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
     saved: Any  # what was passed as `saved` to `save_checkpoint` (optimizer state etc.)
     state: dict[str, Any]  # the JSON state, key included
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The order of `n` training rows in `epoch`: a shuffle that depends only on (seed, epoch), so a resumed
+    run and every data-parallel rank see the same one."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return tuple(order)
 
 
 def checkpoint_dir(out_dir: str | Path) -> Path:

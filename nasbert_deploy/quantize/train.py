@@ -13,8 +13,6 @@ Runs resume from `<out>.ckpt/` (written every `checkpoint_every` steps and on Ct
 
 from __future__ import annotations
 
-import functools
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from nasbert_deploy.model.loop import (
     NoteFn,
     ProgressFn,
     checkpoint_dir,
+    epoch_order,
     load_checkpoint,
     optimizer_state,
     restore_optimizer_state,
@@ -109,16 +108,10 @@ def train_quantized(
     teacher.eval()
     t0 = time.perf_counter() - elapsed
 
-    @functools.lru_cache(maxsize=1)
-    def epoch_order(epoch: int) -> list[int]:
-        order = list(range(len(train)))
-        random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
-        return order
-
     def step_fn(step: int) -> dict[str, float]:
         nonlocal last, used_hidden
         epoch, pos = divmod(step, spe)
-        rows = epoch_order(epoch)[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
+        rows = epoch_order(len(train), cfg.seed, epoch)[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
         idx, batch = next(iter_batches(tokenizer, train, cfg.batch_size, cfg.max_len, rows))
         with torch.no_grad():
             t_out = teacher(**batch, output_hidden_states=True)

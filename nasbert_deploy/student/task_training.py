@@ -17,8 +17,6 @@ keeps the same best weights; rank 0 alone writes checkpoints and the output fold
 
 from __future__ import annotations
 
-import functools
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +41,7 @@ from nasbert_deploy.model.loop import (
     NoteFn,
     ProgressFn,
     checkpoint_dir,
+    epoch_order,
     load_checkpoint_on_every_rank,
     optimizer_state,
     restore_optimizer_state,
@@ -161,17 +160,12 @@ def train_classifier(
         start, history, best, elapsed = st["epoch"] * spe + st["done"], st["history"], st["best"], st["elapsed_s"]
     t0 = time.perf_counter() - elapsed
 
-    @functools.lru_cache(maxsize=1)
-    def epoch_order(epoch: int) -> list[int]:
-        order = list(range(len(train)))
-        random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
-        return order
-
     def train_step(step: int) -> dict[str, float]:
         epoch, pos = divmod(step, spe)
         first = pos * rows_per_step
         n_global = min(rows_per_step, len(train) - first)  # the last batch of an epoch may be short
-        rows = epoch_order(epoch)[first + rank * cfg.batch_size : first + min(n_global, (rank + 1) * cfg.batch_size)]
+        order = epoch_order(len(train), cfg.seed, epoch)
+        rows = order[first + rank * cfg.batch_size : first + min(n_global, (rank + 1) * cfg.batch_size)]
         opt.zero_grad(set_to_none=True)
         share = 0.0
         if rows:  # a rank whose slice of a short last batch is empty only joins the all-reduce
