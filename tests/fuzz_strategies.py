@@ -180,8 +180,9 @@ COMMANDS: dict[str, tuple[dict, int]] = {  # name -> (arguments of `command`, ca
         options={"--model": model_dir("m", [ENCODER, CLASSIFIER]), "--out": out_path("dir"), "--task": task(),
                  "--valid": task("valid.jsonl"), "--valid-fraction": floats(0.05, 0.5),
                  "--teacher-model": model_dir("tm", [ENCODER, CLASSIFIER]), "--lambda": floats(0.0, 1.0),
-                 "--epochs": ints(1, 3), "--max-len": ints(2, 128), "--force": flag()},
-        required=("--model", "--out")), 150),
+                 "--epochs": ints(1, 3), "--max-len": ints(2, 128), "--force": flag(), "--transfer": corpus("transfer.txt"),
+                 "--transfer-rows": ints(0, 5)},
+        required=("--model", "--out"), poisons={"--transfer": bad_file("transfer.txt")}), 150),
     "finetune-teacher": (dict(
         prefix=["finetune-teacher"],
         options={"--out": out_path("dir"), "--teacher": model_dir("teacher", [ENCODER, CLASSIFIER]), "--task": task(),

@@ -9,10 +9,12 @@ import pytest
 import torch
 from helpers import make_tiny_teacher, tiny_vocab
 
-from nasbert_deploy.errors import TaskError
+from nasbert_deploy.errors import CorpusError, TaskError
+from nasbert_deploy.model.losses import kd_loss, soft_kl
 from nasbert_deploy.space import TINY
 from nasbert_deploy.student.distill import build_student, checkpoint_dir
-from nasbert_deploy.student.finetune import FinetuneConfig, evaluate, finetune, finetune_teacher
+from nasbert_deploy.student.finetune import FinetuneConfig, evaluate, finetune, finetune_teacher, transfer_texts
+from nasbert_deploy.student.task_training import mixed_loss
 from nasbert_deploy.student.tasks import load_task, sample_task_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,6 +136,49 @@ def test_task_distillation_follows_the_teacher(dirs, teacher_ft, tmp_path):
     assert scores[1.0]["label_loyalty"] > scores[0.0]["label_loyalty"] + 0.2
     assert scores[1.0]["probability_loyalty"] > scores[0.0]["probability_loyalty"]
     assert scores[0.0]["accuracy"] > scores[1.0]["accuracy"]
+
+
+def test_transfer_set_pulls_the_student_towards_the_teacher(dirs, teacher_ft, tmp_path):
+    train = _keyword_task(tmp_path / "tr.jsonl", 60, 0)  # gold: rule A; the teacher follows rule B
+    valid = _keyword_task(tmp_path / "va.jsonl", 30, 1)
+    (tmp_path / "unlabelled.txt").write_text("\n".join(_keyword_task(tmp_path / "u.jsonl", 240, 2).texts + train.texts[:5]))
+    rows = transfer_texts(tmp_path / "unlabelled.txt", train, valid)
+    assert not set(rows) & set(train.texts) and len(rows) == len(set(rows))  # the task's own texts are left out
+    assert transfer_texts(tmp_path / "unlabelled.txt", train, valid, limit=10, seed=1) != transfer_texts(
+        tmp_path / "unlabelled.txt", train, valid, limit=10, seed=2)
+    cfg = FinetuneConfig(epochs=4, batch_size=8, max_len=32, lr=3e-3, lam=0.0)  # labelled rows: gold CE only
+    loyalty = {}
+    for name, extra in (("plain", None), ("transfer", rows)):
+        report = finetune(dirs["student"], train, valid, tmp_path / name, cfg, teacher_model=teacher_ft, transfer=extra)
+        assert report["transfer_rows"] == (0 if extra is None else len(rows))
+        loyalty[name] = evaluate(tmp_path / name, valid, teacher_model=teacher_ft)["label_loyalty"]
+    assert loyalty["transfer"] > loyalty["plain"] + 0.2, loyalty
+
+
+def test_transfer_needs_a_teacher_and_a_single_text_task(dirs, tmp_path):
+    train = _keyword_task(tmp_path / "tr.jsonl", 20, 0)
+    with pytest.raises(TaskError, match="needs --teacher-model"):
+        finetune(dirs["student"], train, train, tmp_path / "o", FinetuneConfig(epochs=1), transfer=["a b c"])
+    (tmp_path / "same.txt").write_text("\n".join(train.texts))
+    with pytest.raises(TaskError, match="every line is a text of the task"):
+        transfer_texts(tmp_path / "same.txt", train, train)
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(CorpusError, match="transfer set"):
+        transfer_texts(tmp_path / "bin.txt", train, train)
+    assert not (tmp_path / "o").exists()
+
+
+def test_mixed_loss_is_the_old_formula_on_labelled_rows_and_kl_alone_on_transfer_rows():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    y = torch.tensor([0, 3, 1, 2, 1, 0])
+    old = 0.3 * torch.nn.functional.cross_entropy(s, y) + 0.7 * kd_loss(s, t, 2.0)
+    assert torch.allclose(mixed_loss(s, y, t, 0.7, 2.0), old)
+    assert torch.allclose(mixed_loss(s, y, None, 0.7, 2.0), torch.nn.functional.cross_entropy(s, y))
+    y_mixed = torch.tensor([0, 3, 1, -1, -1, -1])
+    rows = torch.cat([0.3 * torch.nn.functional.cross_entropy(s[:3], y[:3], reduction="none") + 0.7 * soft_kl(s[:3], t[:3], 2.0),
+                      soft_kl(s[3:], t[3:], 2.0)])
+    assert torch.allclose(mixed_loss(s, y_mixed, t, 0.7, 2.0), rows.mean())
 
 
 def test_finetune_resumes_mid_epoch_to_the_same_weights(dirs, tmp_path):

@@ -65,10 +65,14 @@ def test_distill_finetune_evaluate_end_to_end(tiny):
         (("distill", "--arch", ARCH, "--init", "random", "--space", "tiny", "--teacher", "{teacher}", "--corpus", "{corpus}",
           "--out", "{root}/o5", "--prediction-weight", "1"), "no masked-LM head"),  # fmt: skip
         (("evaluate", "--model", "{teacher}", "--task", "{root}/missing.jsonl"), "does not exist"),
+        (("finetune", "--model", "{teacher}", "--out", "{root}/o1", "--transfer", "{corpus}"), "needs --teacher-model"),
+        (("finetune", "--model", "{teacher}", "--out", "{root}/o2", "--teacher-model", "{teacher}",
+          "--transfer", "{root}/empty.txt"), "transfer set"),  # fmt: skip
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, args, message):
     (tiny["root"] / "t.txt").write_text("x")
+    (tiny["root"] / "empty.txt").write_text("\n")
     fill = {k: str(v) for k, v in tiny.items()}
     r = _run(*(a.format(**fill) for a in args))
     assert r.exit_code == 2, r.output

@@ -27,6 +27,7 @@ from nasbert_deploy.cli.common import (
     set_threads,
     training_progress,
 )
+from nasbert_deploy.errors import TaskError
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
 app = typer.Typer()
@@ -202,6 +203,9 @@ def finetune_cmd(
     valid: Annotated[Path | None, _opt("--valid", help="Validation task file (default: split off --valid-fraction).")] = None,
     valid_fraction: ValidFractionOpt = 0.1,
     teacher_model: Annotated[Path | None, _opt("--teacher-model", help="Fine-tuned teacher classifier for task KD.")] = None,
+    transfer: Annotated[Path | None, _opt("--transfer", help="Unlabelled in-domain text, one paragraph per line, "
+                                          "that the teacher labels for extra KL-only rows (needs --teacher-model).")] = None,
+    transfer_rows: Annotated[int, _opt("--transfer-rows", min=0, help="Use this many --transfer lines (0: all).")] = 0,
     lam: Annotated[float, _opt("--lambda", min=0.0, max=1.0, help="KD weight: (1-lambda) CE + lambda KL.")] = 0.5,
     temperature: Annotated[float, _opt("--temperature", min=0.01, help="KD temperature.")] = 1.0,
     epochs: EpochsOpt = 5,
@@ -215,16 +219,20 @@ def finetune_cmd(
 ) -> None:
     """Fine-tune a student on a labelled task, optionally distilling a fine-tuned teacher (resumable; torchrun)."""
     from nasbert_deploy.fileio import check_output
-    from nasbert_deploy.student.finetune import FinetuneConfig, finetune
+    from nasbert_deploy.student.finetune import FinetuneConfig, finetune, transfer_texts
     from nasbert_deploy.student.tasks import task_splits
 
     check_output(out, "dir", force)
+    if transfer is not None and teacher_model is None:
+        raise TaskError("--transfer needs --teacher-model: the teacher labels the transfer set")
     set_threads(threads)
     train, val = task_splits(task, valid, valid_fraction)
+    extra = None if transfer is None else transfer_texts(transfer, train, val, transfer_rows, seed)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, lam=lam, temperature=temperature,
                          seed=seed)
     with _processes(device.value) as run, run.progress("fine-tuning") as update:
-        report = finetune(model, train, val, out, cfg, teacher_model, update, note=run.note, device=run.device)
+        report = finetune(model, train, val, out, cfg, teacher_model, update, note=run.note, device=run.device,
+                          transfer=extra)
     if run.rank == 0:
         _print_finetune(f"fine-tuned -> {out}", report)
 

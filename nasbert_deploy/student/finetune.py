@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from nasbert_deploy.errors import TaskError, TeacherError
+from nasbert_deploy.errors import CorpusError, TaskError, TeacherError
 from nasbert_deploy.model.loop import NoteFn, ProgressFn
 from nasbert_deploy.student.metrics import EvalReport, evaluate_logits
 from nasbert_deploy.student.task_training import (
@@ -92,26 +92,60 @@ def finetune(
     progress: ProgressFn | None = None,
     note: NoteFn | None = None,
     device: str = "cpu",
+    transfer: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the encoder in `model_dir` (e.g. a distilled NAS-BERT folder); with `teacher_model`
     (a fine-tuned classifier folder) add the KL term and use the teacher's label order. `device`: where
     teacher, student and batches go; under torchrun each rank computes the teacher logits of its share of the
-    rows and all ranks gather them (`task_training.sharded_logits`)."""
+    rows and all ranks gather them (`task_training.sharded_logits`).
+
+    `transfer`: unlabelled texts (a transfer set, `transfer_texts`) the teacher labels; they join every epoch
+    with the KL term as their only loss. Needs `teacher_model` and a single-text task."""
     check_model_folder(model_dir)
     if teacher_model is not None:
         check_model_folder(teacher_model, classifier=True, option="--teacher-model")
+    if transfer is not None and (teacher_model is None or train.pairs is not None):
+        raise TaskError("a transfer set (--transfer) needs --teacher-model to label it, and a single-text task"
+                        + ("" if teacher_model is None else f" ({train.source} has text pairs)"))
     labels = sort_labels(set(train.labels) | set(valid.labels))
-    t_logits = None
+    t_logits, extra = None, None
     if teacher_model is not None:
         teacher, t_tok = load_classifier(teacher_model)
         labels = model_labels(teacher)
         train.label_ids({n: i for i, n in enumerate(labels)})  # raises if the teacher lacks a label
         t_logits = sharded_logits(teacher.to(device), t_tok, train, max_len=cfg.max_len)
+        if transfer is not None:
+            if note is not None:
+                note(f"teacher labels {len(transfer):,} transfer rows")
+            rows = TaskData(tuple(transfer), ("",) * len(transfer), None, "transfer")
+            extra = (rows, sharded_logits(teacher, t_tok, rows, max_len=cfg.max_len))
         del teacher
     torch.manual_seed(cfg.seed)  # the fresh classifier head is drawn from the seeded generator
     model, tokenizer = load_classifier(model_dir, labels)
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model)}
-    return train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_logits, progress, key, note, device)
+    return train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_logits, progress, key, note, device, extra)
+
+
+def transfer_texts(path: str | Path, train: TaskData, valid: TaskData, limit: int = 0, seed: int = 0) -> list[str]:
+    """The transfer set in `path` (UTF-8 text, one paragraph per line): distinct lines that are not a text of
+    `train` or `valid` (compared after lower-casing and dropping punctuation, so the validation score is not
+    inflated), then `limit` of them drawn with `seed` (0: all). `CorpusError` for an empty, binary or missing file,
+    `TaskError` when nothing is left."""
+    import random
+    import re
+
+    from nasbert_deploy.fileio import read_input_lines
+
+    def norm(text: str) -> str:
+        return re.sub(r"[^0-9a-z]+", " ", text.lower()).strip()
+
+    seen = {norm(t) for t in train.texts + valid.texts}
+    texts = [t for t in dict.fromkeys(read_input_lines(path, "transfer set", CorpusError)) if norm(t) not in seen]
+    if not texts:
+        raise TaskError(f"--transfer {path}: every line is a text of the task itself; give other in-domain text")
+    if 0 < limit < len(texts):
+        texts = [texts[i] for i in sorted(random.Random(seed).sample(range(len(texts)), limit))]
+    return texts
 
 
 def finetune_teacher(

@@ -4,7 +4,10 @@ Loss with a teacher classifier (logits computed once per training row, teacher i
 
     loss = (1 - lambda) * CE(student, gold) + lambda * tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))
 
-Without a teacher the loss is plain cross-entropy. The weights with the best validation macro-F1 are kept.
+Without a teacher the loss is plain cross-entropy. A *transfer set* (unlabelled in-domain text the teacher
+labels, Hinton et al.'s transfer set) adds rows whose loss is the KL term alone (weight 1); each row's loss is
+then its own mix and a batch's loss the mean over its rows (with no transfer rows: exactly the formula above).
+The weights with the best validation macro-F1 are kept.
 Runs resume from `<out>.ckpt/`, written at every epoch end and on Ctrl-C.
 
 Under torchrun (`model.distributed`) every rank runs `train_classifier`: a step takes the next world x
@@ -49,7 +52,7 @@ from nasbert_deploy.model.loop import (
     save_checkpoint,
     warmup_decay,
 )
-from nasbert_deploy.model.losses import kd_loss
+from nasbert_deploy.model.losses import soft_kl
 from nasbert_deploy.model.remote_code import write_remote_code
 from nasbert_deploy.student.metrics import evaluate_logits
 from nasbert_deploy.student.tasks import TaskData, iter_batches
@@ -83,16 +86,18 @@ def model_labels(model: Any) -> list[str]:
 
 @torch.no_grad()
 def predict_logits(model: Any, tokenizer: Any, task: TaskData, batch_size: int = 64, max_len: int = 128) -> np.ndarray:
-    """Logits (n, num_labels) float32 for every row of `task`, in order (PyTorch, eval mode, on the model's device)."""
+    """Logits (n, num_labels) float32 for every row of `task`, in order (PyTorch, eval mode, on the model's device;
+    computed in batches of similar length)."""
     was_training = model.training
     model.eval()
     max_len = fit_max_len(model, max_len)
     device = next(model.parameters()).device
-    out = [np.zeros((0, int(model.config.num_labels)), dtype=np.float32)]  # an empty task gives (0, num_labels)
-    for _, batch in iter_batches(tokenizer, task, batch_size, max_len):
-        out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy())
+    out = np.zeros((len(task), int(model.config.num_labels)), dtype=np.float32)  # an empty task gives (0, num_labels)
+    by_length = sorted(range(len(task)), key=lambda i: len(task.texts[i]) + len(task.pairs[i] if task.pairs else ""))
+    for idx, batch in iter_batches(tokenizer, task, batch_size, max_len, by_length):  # little padding per batch
+        out[idx] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
     model.train(was_training)
-    return np.concatenate(out)
+    return out
 
 
 def sharded_logits(model: Any, tokenizer: Any, task: TaskData, batch_size: int = 64, max_len: int = 128) -> np.ndarray:
@@ -102,6 +107,26 @@ def sharded_logits(model: Any, tokenizer: Any, task: TaskData, batch_size: int =
         return predict_logits(model, tokenizer, task, batch_size, max_len)
     mine = predict_logits(model, tokenizer, task.subset(shard(len(task), rank, world)), batch_size, max_len)
     return np.concatenate(gather_objects(mine))
+
+
+def mixed_loss(logits: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor | None, lam: float, tau: float) -> torch.Tensor:
+    """The batch's mean per-row loss: labelled rows (y >= 0) (1 - lam) CE + lam KL, transfer rows (y = -1) KL alone;
+    without `t_logits`, plain CE."""
+    if t_logits is None:
+        return nn.functional.cross_entropy(logits, y)
+    labelled = (y >= 0).to(logits.dtype)
+    ce = nn.functional.cross_entropy(logits, y.clamp(min=0), reduction="none")
+    kl = soft_kl(logits, t_logits, tau)
+    return ((1 - lam) * labelled * ce + (lam * labelled + (1 - labelled)) * kl).mean()
+
+
+def with_transfer(
+    train: TaskData, y: torch.Tensor, t_logits: torch.Tensor, rows: TaskData, rows_logits: np.ndarray
+) -> tuple[TaskData, torch.Tensor, torch.Tensor]:
+    """The labelled rows followed by the transfer rows (label id -1, text only)."""
+    both = TaskData(train.texts + rows.texts, train.labels + ("",) * len(rows), None, train.source)
+    y_all = torch.cat([y, torch.full((len(rows),), -1, dtype=y.dtype)])
+    return both, y_all, torch.cat([t_logits, torch.as_tensor(rows_logits, dtype=torch.float32)])
 
 
 def fit_max_len(model: Any, max_len: int) -> int:
@@ -121,10 +146,12 @@ def train_classifier(
     run_key: dict[str, Any] | None = None,
     note: NoteFn | None = None,
     device: str = "cpu",
+    transfer: tuple[TaskData, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Train `model` (labels from its config) on `train`, keep the best validation macro-F1, write `out_dir`.
 
-    `teacher_logits` (len(train), num_labels) switch on task distillation. Resumes from `<out_dir>.ckpt/`
+    `teacher_logits` (len(train), num_labels) switch on task distillation; `transfer` = (unlabelled rows, the
+    teacher's logits on them) adds KL-only rows to every epoch (needs `teacher_logits`). Resumes from `<out_dir>.ckpt/`
     (saying so through `note`). `device`: where the model and batches go. Returns the report dict (rank 0's,
     on every rank under torchrun).
     """
@@ -134,6 +161,11 @@ def train_classifier(
     y_valid = valid.label_ids(label2id)
     t_logits = None if teacher_logits is None else torch.as_tensor(teacher_logits, dtype=torch.float32)
     lam = cfg.lam if t_logits is not None else 0.0
+    n_labelled = len(train)
+    if transfer is not None:
+        if t_logits is None:
+            raise ValueError("a transfer set needs the teacher's logits on the labelled rows too")
+        train, y_train, t_logits = with_transfer(train, y_train, t_logits, *transfer)
     max_len = fit_max_len(model, cfg.max_len)
     rank, world = world_info()
     rows_per_step = cfg.batch_size * world  # the global batch
@@ -147,7 +179,8 @@ def train_classifier(
     sched = warmup_decay(opt, cfg.warmup_fraction, total)
     out = Path(out_dir)
     ckpt = checkpoint_dir(out)
-    key = {"kind": "finetune", "config": cfg.to_dict(), "rows": len(train), "labels": labels, **(run_key or {}),
+    key = {"kind": "finetune", "config": cfg.to_dict(), "rows": n_labelled, "labels": labels, **(run_key or {}),
+           **({"transfer_rows": len(train) - n_labelled} if transfer is not None else {}),
            **({"world_size": world} if world > 1 else {})}  # one process keeps the key it had before torchrun support
     start, history, best, elapsed = 0, [], {"macro_f1": -1.0, "epoch": 0}, 0.0
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -171,9 +204,8 @@ def train_classifier(
         if rows:  # a rank whose slice of a short last batch is empty only joins the all-reduce
             idx, batch = next(iter_batches(tokenizer, train, cfg.batch_size, max_len, rows))
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            loss = nn.functional.cross_entropy(logits, y_train[idx].to(device))
-            if lam:
-                loss = (1 - lam) * loss + lam * kd_loss(logits, t_logits[idx].to(device), cfg.temperature)  # type: ignore[index]
+            loss = mixed_loss(logits, y_train[idx].to(device), None if t_logits is None else t_logits[idx].to(device),
+                              lam, cfg.temperature)
             weight = len(rows) / n_global  # this rank's share of the global batch's mean loss
             (loss * weight * world).backward()  # x world: allreduce_grads averages over the ranks
             share = float(loss.detach()) * weight
@@ -210,7 +242,8 @@ def train_classifier(
     model.eval()
     report = {
         "labels": labels,
-        "train_rows": len(train),
+        "train_rows": n_labelled,
+        "transfer_rows": len(train) - n_labelled,
         "valid_rows": len(valid),
         "config": cfg.to_dict(),
         "distilled_from_teacher": t_logits is not None,
