@@ -1,0 +1,211 @@
+"""The student recipe of docs/quality.md, end to end, with its seeds and its measured speed-up.
+
+For each student architecture and seed: Extract-Then-Distill (`--init etd-impt`) from the teacher, then
+pre-training-stage distillation on a corpus (`distill --steps N`, N = 0 keeps the extracted weights), then,
+per task, fine-tuning with task distillation from the fine-tuned teacher (`finetune --teacher-model`),
+optionally with a transfer set (`--transfer`: unlabelled in-domain text the teacher labels), and
+`evaluate` on the valid split. Then the teacher and every student encoder are timed side by side
+(batch 1, 128 tokens, interleaved rounds; speed-up = median per-round ratio to the teacher).
+
+Every step is a `nasbert-deploy` command run as a subprocess, exactly as docs/training.md gives it; a step
+whose output exists is skipped and an interrupted one resumes, so rerunning the same command continues.
+
+    python benchmarks/bench_task_distill.py --tasks ../shared/tasks --work runs/task-distill \\
+        --corpus corpus.txt --heldout heldout.txt --teacher-ft debian-sections=runs/teacher-debian \\
+        --teacher-ft wordnet-supersense=runs/teacher-wordnet --transfer debian-sections=debian.txt \\
+        --archs "256:mha,ffn,id,id|256:mha,ffn,id,id|256:mha,ffn,id,id" --seeds 0,1 --distill-steps 1000
+    python benchmarks/bench_task_distill.py --smoke      # shipped samples and a tiny budget: checks the wiring
+
+Prints one table (mean and spread over seeds) and appends one JSON row per (task, arch, seed) to `--rows`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_quality import machine
+from rich.console import Console
+from rich.table import Table
+
+from nasbert_deploy.student.tasks import SAMPLE_DIR
+
+console = Console(width=170)
+MAX_LEN = {"debian-sections": 128, "wordnet-supersense": 64}  # tokens: the tasks' texts (docs/quality.md)
+
+
+def cli(*args: Any, log: Path) -> None:
+    """One `nasbert-deploy` command, its output appended to `log`; exits with its code when it fails."""
+    cmd = [sys.executable, "-m", "nasbert_deploy.cli.app", *map(str, args)]
+    console.print(f"[dim]$ nasbert-deploy {' '.join(map(str, args))}[/dim]")
+    t0 = time.perf_counter()
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if rc:
+        raise SystemExit(f"error: step failed (exit {rc}); see {log}")
+    console.print(f"[dim]  done in {time.perf_counter() - t0:.0f} s[/dim]")
+
+
+def pairs(values: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise SystemExit(f"error: {what} {v!r}: expected TASK=VALUE")
+        k, val = v.split("=", 1)
+        out[k] = val
+    return out
+
+
+def slug(arch: str) -> str:
+    return arch.replace("|", "_").replace(":", "-").replace(",", ".")
+
+
+def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str, dict[str, Path]]) -> dict[str, Any]:
+    """Encoder, fine-tuned classifiers and their valid-split reports for one (arch, seed)."""
+    work = Path(args.work)
+    enc = work / f"enc-{slug(arch)}-d{args.distill_steps}-s{seed}"
+    log = work / f"{enc.name}.log"
+    if not (enc / "config.json").is_file():
+        steps, lr = (args.distill_steps, args.distill_lr) if args.distill_steps else (1, 0.0)  # 1 step at lr 0: extraction only
+        cli("distill", "--arch", arch, "--init", "etd-impt", "--space", args.space, "--corpus", args.corpus,
+            "--valid-corpus", args.heldout, "--steps", steps, "--batch-size", args.distill_batch, "--seq-len", 64,
+            "--lr", lr, "--seed", seed, "--out", enc, *args.teacher_opt, log=log)  # fmt: skip
+    out: dict[str, Any] = {"encoder": str(enc), "tasks": {}}
+    for task, files in tasks.items():
+        ft = work / f"ft-{task}-{slug(arch)}-d{args.distill_steps}-s{seed}{'-transfer' if task in args.transfer else ''}"
+        teacher_ft = args.teacher_ft[task]
+        ml = MAX_LEN.get(task, 128) if not args.smoke else 32
+        if not (ft / "config.json").is_file():
+            extra = []
+            if task in args.transfer:
+                extra = ["--transfer", args.transfer[task], "--transfer-rows", args.transfer_rows.get(task, 0)]
+            cli("finetune", "--model", enc, "--task", files["train"], "--teacher-model", teacher_ft, "--epochs", args.epochs,
+                "--lr", args.lr, "--batch-size", 16, "--max-len", ml, "--seed", seed, "--out", ft, *extra, log=log)  # fmt: skip
+        report = ft.parent / f"{ft.name}.eval.json"
+        if not report.is_file():
+            cli("evaluate", "--model", ft, "--task", files["valid"], "--teacher-model", teacher_ft, "--max-len", ml,
+                "--json", report, log=log)  # fmt: skip
+        out["tasks"][task] = {"folder": str(ft), **json.loads(report.read_text())}
+    return out
+
+
+def speedups(args: argparse.Namespace, encoders: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Per device: encoder name -> speed-up over the teacher (median per-round ratio), measured side by side."""
+    from nasbert_deploy.devices import load_device
+    from nasbert_deploy.student.baselines import measure_encoders
+    from nasbert_deploy.teacher import resolve_teacher_path
+
+    folders = {"teacher": resolve_teacher_path(args.teacher), **{k: Path(v) for k, v in encoders.items()}}
+    out = {}
+    for device in args.devices.split(","):
+        res = measure_encoders(folders, load_device(device), rounds=args.rounds, clock=args.clock)
+        out[device] = {k: 1.0 / v["ratio_to_first"] for k, v in res.items()}
+        out[device]["teacher_ms"] = res["teacher"]["median_ms"]
+        console.print(f"{device}: teacher {res['teacher']['median_ms']:.2f} ms; "
+                      + ", ".join(f"{k} {out[device][k]:.2f}x" for k in encoders))
+    return out
+
+
+def table(rows: list[dict[str, Any]], device: str) -> None:
+    t = Table(title=f"task distillation, valid splits (mean ± sd over seeds); speed-up on {device}")
+    for col in ("task", "arch", "d-steps", "transfer", "seeds", f"speed-up {device}", "acc", "macro-F1", "label loy.",
+                "prob. loy.", "teacher acc", "share"):
+        t.add_column(col)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["arch"], r["distill_steps"], r["transfer_rows"]), []).append(r)
+
+    def ms(rs: list[dict[str, Any]], k: str) -> str:
+        v = [r[k] for r in rs]
+        return f"{statistics.mean(v):.3f}" + (f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "")
+
+    for (task, arch, steps, transfer), rs in groups.items():
+        t.add_row(task, arch, str(steps), str(transfer), str(len(rs)), f"{rs[0]['speedup'][device]:.2f}x", ms(rs, "accuracy"),
+                  ms(rs, "macro_f1"), ms(rs, "label_loyalty"), ms(rs, "probability_loyalty"),
+                  f"{rs[0]['teacher_accuracy']:.3f}", ms(rs, "share_of_teacher"))
+    console.print(t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="../shared/tasks", help="folder with debian-sections/ and wordnet-supersense/")
+    ap.add_argument("--task-names", default="debian-sections,wordnet-supersense")
+    ap.add_argument("--smoke", action="store_true", help="shipped samples, tiny budget: checks the wiring (a few minutes)")
+    ap.add_argument("--archs", default="256:mha,ffn,id,id|256:mha,ffn,id,id|256:mha,ffn,id,id", help="';'-separated")
+    ap.add_argument("--space", default="minilm-wide")
+    ap.add_argument("--teacher", default=None, help="teacher encoder (default: the offline MiniLM-L6)")
+    ap.add_argument("--teacher-ft", action="append", default=[], help="TASK=DIR: fine-tuned teacher (made if missing)")
+    ap.add_argument("--transfer", action="append", default=[], help="TASK=FILE: transfer set for that task")
+    ap.add_argument("--transfer-rows", action="append", default=[], help="TASK=N: lines of the transfer set to use")
+    ap.add_argument("--corpus", default=None, help="distillation corpus (one paragraph per line)")
+    ap.add_argument("--heldout", default=None, help="held-out text for the distillation report")
+    ap.add_argument("--distill-steps", type=int, default=1000)
+    ap.add_argument("--distill-lr", type=float, default=3e-4)
+    ap.add_argument("--distill-batch", type=int, default=32)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--devices", default="cpu-ort")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="cpu: robust to other load on a shared host")
+    ap.add_argument("--work", default="runs/task-distill")
+    ap.add_argument("--rows", default=None, help="JSONL to append rows to (default: WORK/rows.jsonl)")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    names = args.task_names.split(",")
+    if args.smoke:
+        tasks = {"pydoc-sections": {"train": SAMPLE_DIR / "pydoc-sections-sample-train.jsonl",
+                                    "valid": SAMPLE_DIR / "pydoc-sections-sample-valid.jsonl"}}
+        corpus = work / "corpus.txt"
+        corpus.write_text("\n".join(json.loads(line)["text"] for line in tasks["pydoc-sections"]["train"].open()) + "\n")
+        args.corpus = args.heldout = str(corpus)
+        args.distill_steps, args.epochs, args.seeds, args.rounds = min(args.distill_steps, 2), 1, "0", 1
+        args.archs = "128:mha,ffn,id,id|128:id,id,id,id|128:ffn,id,id,id"
+    else:
+        tasks = {t: {s: Path(args.tasks) / t / f"{s}.jsonl" for s in ("train", "valid")} for t in names}
+        missing = [str(p) for d in tasks.values() for p in d.values() if not p.is_file()]
+        if missing or not args.corpus or not args.heldout:
+            raise SystemExit(f"error: missing {', '.join(missing) or '--corpus/--heldout'}")
+    args.teacher_opt = ["--teacher", args.teacher] if args.teacher else []
+    args.teacher_ft = pairs(args.teacher_ft, "--teacher-ft")
+    args.transfer = pairs(args.transfer, "--transfer")
+    args.transfer_rows = {k: int(v) for k, v in pairs(args.transfer_rows, "--transfer-rows").items()}
+    for task, files in tasks.items():
+        folder = Path(args.teacher_ft.setdefault(task, str(work / f"teacher-{task}")))
+        if not (folder / "config.json").is_file():
+            epochs = ["--epochs", "1"] if args.smoke else []
+            cli("finetune-teacher", "--task", files["train"], "--max-len", MAX_LEN.get(task, 32 if args.smoke else 128),
+                "--out", folder, *epochs, *args.teacher_opt, log=work / f"teacher-{task}.log")  # fmt: skip
+    runs = {(a, int(s)): run_student(args, a, int(s), tasks) for a in args.archs.split(";") for s in args.seeds.split(",")}
+    speed = speedups(args, {f"{a}#{s}": r["encoder"] for (a, s), r in runs.items()})
+    rows, host = [], machine()
+    for (arch, seed), r in runs.items():
+        for task, rep in r["tasks"].items():
+            ftr = json.loads((Path(rep["folder"]) / "finetune_report.json").read_text())
+            rows.append({"task": task, "arch": arch, "seed": seed, "distill_steps": args.distill_steps,
+                         "transfer_rows": ftr.get("transfer_rows", 0), "epochs": args.epochs, "lr": args.lr,
+                         "speedup": {d: round(v[f"{arch}#{seed}"], 3) for d, v in speed.items()},
+                         "teacher_ms": {d: round(v["teacher_ms"], 3) for d, v in speed.items()},
+                         "share_of_teacher": rep["accuracy"] / rep["teacher_accuracy"],
+                         "train_s": ftr.get("train_s"), "machine": host,
+                         **{k: rep[k] for k in ("examples", "accuracy", "macro_f1", "label_loyalty", "probability_loyalty",
+                                                "teacher_accuracy", "teacher_macro_f1")}})  # fmt: skip
+    with Path(args.rows or work / "rows.jsonl").open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    for device in speed:
+        table(rows, device)
+    console.print(f"machine: {host['cpu']}, {host['cores']} logical CPUs, {os.environ.get('OMP_NUM_THREADS', '?')} threads")
+
+
+if __name__ == "__main__":
+    main()
