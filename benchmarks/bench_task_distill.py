@@ -82,8 +82,8 @@ def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str,
     out: dict[str, Any] = {"encoder": str(enc), "tasks": {}}
     for task, files in tasks.items():
         ft = work / f"ft-{task}-{slug(arch)}-d{args.distill_steps}-s{seed}{'-transfer' if task in args.transfer else ''}"
-        teacher_ft = args.teacher_ft[task]
         ml = MAX_LEN.get(task, 128) if not args.smoke else 32
+        teacher_ft = ensure_teacher(args, task, files["train"], ml)
         if not (ft / "config.json").is_file():
             extra = []
             if task in args.transfer:
@@ -96,6 +96,16 @@ def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str,
                 "--json", report, log=log)  # fmt: skip
         out["tasks"][task] = {"folder": str(ft), **json.loads(report.read_text())}
     return out
+
+
+def ensure_teacher(args: argparse.Namespace, task: str, train: Path, max_len: int) -> str:
+    """The fine-tuned teacher for `task`: `--teacher-ft TASK=DIR`, fine-tuned there first if missing."""
+    folder = Path(args.teacher_ft.setdefault(task, str(Path(args.work) / f"teacher-{task}")))
+    if not (folder / "config.json").is_file():
+        epochs = ["--epochs", "1"] if args.smoke else []
+        cli("finetune-teacher", "--task", train, "--max-len", max_len, "--out", folder, *epochs, *args.teacher_opt,
+            log=Path(args.work) / f"teacher-{task}.log")  # fmt: skip
+    return str(folder)
 
 
 def speedups(args: argparse.Namespace, encoders: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -180,12 +190,6 @@ def main() -> None:
     args.teacher_ft = pairs(args.teacher_ft, "--teacher-ft")
     args.transfer = pairs(args.transfer, "--transfer")
     args.transfer_rows = {k: int(v) for k, v in pairs(args.transfer_rows, "--transfer-rows").items()}
-    for task, files in tasks.items():
-        folder = Path(args.teacher_ft.setdefault(task, str(work / f"teacher-{task}")))
-        if not (folder / "config.json").is_file():
-            epochs = ["--epochs", "1"] if args.smoke else []
-            cli("finetune-teacher", "--task", files["train"], "--max-len", MAX_LEN.get(task, 32 if args.smoke else 128),
-                "--out", folder, *epochs, *args.teacher_opt, log=work / f"teacher-{task}.log")  # fmt: skip
     runs = {(a, int(s)): run_student(args, a, int(s), tasks) for a in args.archs.split(";") for s in args.seeds.split(",")}
     speed = speedups(args, {f"{a}#{s}": r["encoder"] for (a, s), r in runs.items()})
     rows, host = [], machine()
