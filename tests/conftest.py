@@ -18,17 +18,21 @@ os.environ.setdefault("CI", "true")  # openvino telemetry off in-process
 
 @pytest.fixture(scope="session", autouse=True)
 def export_cache(tmp_path_factory):
-    """Profiling exports go to a cache of this session, never to ~/.cache (NASBERT_DEPLOY_CACHE)."""
+    """Profiling exports and teacher logits go to caches of this session, never to ~/.cache
+    (NASBERT_DEPLOY_CACHE, NASBERT_DEPLOY_LOGITS_CACHE)."""
     from nasbert_deploy.profiling.cache import CACHE_ENV
+    from nasbert_deploy.student.teacher_logits import CACHE_ENV as LOGITS_ENV
 
     root = tmp_path_factory.mktemp("export-cache")
-    old = os.environ.get(CACHE_ENV)
+    saved = {k: os.environ.get(k) for k in (CACHE_ENV, LOGITS_ENV)}
     os.environ[CACHE_ENV] = str(root)
+    os.environ[LOGITS_ENV] = str(tmp_path_factory.mktemp("teacher-logits"))
     yield root
-    if old is None:
-        os.environ.pop(CACHE_ENV, None)
-    else:
-        os.environ[CACHE_ENV] = old
+    for k, old in saved.items():
+        if old is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = old
 
 
 @pytest.fixture

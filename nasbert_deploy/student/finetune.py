@@ -113,17 +113,38 @@ def finetune(
         teacher, t_tok = load_classifier(teacher_model)
         labels = model_labels(teacher)
         train.label_ids({n: i for i, n in enumerate(labels)})  # raises if the teacher lacks a label
-        t_logits = sharded_logits(teacher.to(device), t_tok, train, max_len=cfg.max_len)
+        teacher.to(device)
+        t_logits = teacher_logits(teacher_model, teacher, t_tok, train, cfg.max_len, note)
         if transfer is not None:
-            if note is not None:
-                note(f"teacher labels {len(transfer):,} transfer rows")
             rows = TaskData(tuple(transfer), ("",) * len(transfer), None, "transfer")
-            extra = (rows, sharded_logits(teacher, t_tok, rows, max_len=cfg.max_len))
+            extra = (rows, teacher_logits(teacher_model, teacher, t_tok, rows, cfg.max_len, note))
         del teacher
     torch.manual_seed(cfg.seed)  # the fresh classifier head is drawn from the seeded generator
     model, tokenizer = load_classifier(model_dir, labels)
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model)}
     return train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_logits, progress, key, note, device, extra)
+
+
+def teacher_logits(folder: str | Path, teacher: Any, tokenizer: Any, rows: TaskData, max_len: int,
+                   note: NoteFn | None = None) -> np.ndarray:
+    """The teacher's logits on `rows` (`student.teacher_logits` cache; computed sharded under torchrun, with a
+    note every tenth of the rows when there are many)."""
+    from nasbert_deploy.model.distributed import world_info
+    from nasbert_deploy.student.teacher_logits import cached_logits
+
+    step = max(1, len(rows) // 10)
+    marks = iter(range(step, len(rows) + step, step))
+    nxt = [next(marks)]
+
+    def progress(done: int, total: int) -> None:
+        if note is not None and total >= 2000 and done >= nxt[0]:
+            note(f"teacher logits: {done:,}/{total:,} {rows.source or 'training'} rows")
+            nxt[0] = next(marks, total + 1)
+
+    def compute() -> np.ndarray:
+        return sharded_logits(teacher, tokenizer, rows, max_len=max_len, progress=progress)
+
+    return cached_logits(folder, rows, max_len, compute, note=note, write=world_info()[0] == 0)
 
 
 def transfer_texts(path: str | Path, train: TaskData, valid: TaskData, limit: int = 0, seed: int = 0) -> list[str]:

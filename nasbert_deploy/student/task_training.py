@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,27 +86,39 @@ def model_labels(model: Any) -> list[str]:
 
 
 @torch.no_grad()
-def predict_logits(model: Any, tokenizer: Any, task: TaskData, batch_size: int = 64, max_len: int = 128) -> np.ndarray:
+def predict_logits(
+    model: Any, tokenizer: Any, task: TaskData, batch_size: int = 64, max_len: int = 128,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """Logits (n, num_labels) float32 for every row of `task`, in order (PyTorch, eval mode, on the model's device;
-    computed in batches of similar length)."""
+    computed in batches of similar length). `progress(rows done, rows)` after each batch."""
     was_training = model.training
     model.eval()
     max_len = fit_max_len(model, max_len)
     device = next(model.parameters()).device
     out = np.zeros((len(task), int(model.config.num_labels)), dtype=np.float32)  # an empty task gives (0, num_labels)
     by_length = sorted(range(len(task)), key=lambda i: len(task.texts[i]) + len(task.pairs[i] if task.pairs else ""))
+    done = 0
     for idx, batch in iter_batches(tokenizer, task, batch_size, max_len, by_length):  # little padding per batch
         out[idx] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+        done += len(idx)
+        if progress is not None:
+            progress(done, len(task))
     model.train(was_training)
     return out
 
 
-def sharded_logits(model: Any, tokenizer: Any, task: TaskData, batch_size: int = 64, max_len: int = 128) -> np.ndarray:
-    """`predict_logits` of all of `task` on every rank, each rank computing a contiguous share (torchrun)."""
+def sharded_logits(
+    model: Any, tokenizer: Any, task: TaskData, batch_size: int = 64, max_len: int = 128,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """`predict_logits` of all of `task` on every rank, each rank computing a contiguous share (torchrun;
+    `progress` then counts rank 0's share)."""
     rank, world = world_info()
     if world == 1:
-        return predict_logits(model, tokenizer, task, batch_size, max_len)
-    mine = predict_logits(model, tokenizer, task.subset(shard(len(task), rank, world)), batch_size, max_len)
+        return predict_logits(model, tokenizer, task, batch_size, max_len, progress)
+    mine = predict_logits(model, tokenizer, task.subset(shard(len(task), rank, world)), batch_size, max_len,
+                          progress if rank == 0 else None)
     return np.concatenate(gather_objects(mine))
 
 

@@ -1,0 +1,90 @@
+"""The teacher's logits on task or transfer rows, computed once and cached across runs.
+
+Task distillation needs the fine-tuned teacher's logits on every training row, and a transfer set
+(`finetune --transfer`) on tens of thousands more: minutes of teacher inference that every seed, every student
+and every resumed run would otherwise repeat. They are cached in `$NASBERT_DEPLOY_LOGITS_CACHE` (default
+`~/.cache/nasbert-deploy/teacher-logits`) as safetensors, keyed by the SHA-256 of the teacher's config and
+weight files, the rows (texts and pairs) and the token limit, so any change to either misses the cache.
+Written atomically (by rank 0 under torchrun); a damaged entry is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from nasbert_deploy.fileio import atomic_path
+from nasbert_deploy.student.tasks import TaskData
+
+CACHE_ENV = "NASBERT_DEPLOY_LOGITS_CACHE"
+FORMAT = 1
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "config.json")
+
+
+def default_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "nasbert-deploy" / "teacher-logits"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(teacher_dir: str | Path, rows: TaskData, max_len: int) -> str:
+    """Hex key of (teacher files' contents, rows, max_len, cache format)."""
+    folder = Path(teacher_dir)
+    files = {n: _file_digest(folder / n) for n in WEIGHT_FILES if (folder / n).is_file()}
+    h = hashlib.sha256(json.dumps({"format": FORMAT, "files": files, "max_len": max_len}, sort_keys=True).encode())
+    for i, text in enumerate(rows.texts):
+        h.update(text.encode())
+        h.update(b"\x00" + (rows.pairs[i].encode() if rows.pairs is not None else b"") + b"\x01")
+    return h.hexdigest()
+
+
+def cached_logits(
+    teacher_dir: str | Path,
+    rows: TaskData,
+    max_len: int,
+    compute: Callable[[], np.ndarray],
+    cache_dir: Path | None = None,
+    note: Callable[[str], None] | None = None,
+    write: bool = True,
+) -> np.ndarray:
+    """The logits `compute()` returns for `rows`, from the cache when an entry for (teacher, rows, max_len) exists.
+    `write=False` (ranks other than 0 under torchrun) reads but never writes."""
+    from safetensors.numpy import load_file, save_file
+
+    from nasbert_deploy.model.distributed import gather_objects
+
+    root = cache_dir or default_dir()
+    path = root / f"{cache_key(teacher_dir, rows, max_len)}.safetensors"
+    logits = None
+    if path.is_file():
+        try:
+            logits = load_file(str(path))["logits"]
+        except Exception:  # noqa: BLE001  (safetensors raises its own error type for a damaged file)
+            logits = None
+        if logits is not None and logits.shape[0] != len(rows):
+            logits = None
+    if all(hit for hit in gather_objects(logits is not None)):  # under torchrun: a miss on any rank computes on all
+        if note is not None:
+            note(f"teacher logits of {len(rows):,} rows from the cache ({path.parent})")
+        return logits  # type: ignore[return-value]
+    logits = compute()
+    if write:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32)}, str(tmp))
+        except OSError:  # a read-only home: the cache only saves time
+            pass
+    return logits
