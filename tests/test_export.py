@@ -50,8 +50,8 @@ def test_files_and_report(exported):
     assert v["passed"] and len(v["checks"]) == (5 + extra) * 3 * 3
     assert ov["validated"][0] == "f32" and ov["cpu_default"] in ov["validated"] and "INFERENCE_PRECISION_HINT" in ov["how_to_pin"]
     assert {c["seq_len"] for c in v["checks"]} == {8, 37, 64}
-    fp32 = [c for c in v["checks"] if c["kind"] == "fp32"]
-    assert max(c["max_abs_diff"] for c in fp32) < 1e-4
+    fp32 = [c for c in v["checks"] if c["kind"] == "fp32" and c["precision"] in ("", "f32")]
+    assert max(c["max_abs_diff"] for c in fp32) < 1e-4  # bf16 runs (OpenVINO's default on AMX hosts) have their own tolerance
     assert all(c["max_abs_diff"] == 0.0 for c in fp32 if c["runtime"] == "transformers")
     dev = v["int8_deviation_from_fp32"]
     assert set(dev) == {"onnxruntime-int8", "openvino-int8"} and all(d["cosine_mean_min"] >= 0.98 for d in dev.values())

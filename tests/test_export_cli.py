@@ -136,8 +136,11 @@ def test_validation_failure_writes_nothing(assets, tmp_path, monkeypatch):
     monkeypatch.setattr(export_validate, "FP16_RTOL", 1e-9)
     out = tmp_path / "o"
     msg = _fails(["--arch", ARCH, "--supernet", str(sn), "--tokenizer", str(tok), "--out", str(out), "--fp16",
-                  "--no-timing", "--no-memory"], "numeric validation failed for 9 of 27 checks", out)
+                  "--no-timing", "--no-memory"], "numeric validation failed for 9 of ", out)
     assert msg.count("(openvino-fp16, last_hidden_state") == 9
+    # 27 checks (transformers, ORT, OpenVINO fp16 x 9 shapes), 36 where OpenVINO's CPU default is bf16 (AVX-512 BF16 /
+    # AMX): the fp32 IR is validated once more at that precision, and passes its own tolerance
+    assert "9 of 27 checks" in msg or "9 of 36 checks" in msg
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ REDUCE_RANGE_MODES: tuple[str, ...] = ("auto", "on", "off")
 # /proc/cpuinfo flags of int8 dot products that accumulate in int32 (no int16 saturation)
 INT32_DOT_FLAGS: tuple[str, ...] = ("avx512_vnni", "avx_vnni", "amx_int8")
 X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+HOST = "host"  # `flags` default: read this machine's (None means the flags could not be read)
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,17 +40,18 @@ def cpu_flags() -> frozenset[str] | None:
     return None
 
 
-def saturates_int16(flags: frozenset[str] | None = None, machine: str | None = None) -> bool:
+def saturates_int16(flags: frozenset[str] | None | str = HOST, machine: str | None = None) -> bool:
     """Whether ORT's u8 x s8 kernels accumulate pairs in a saturating int16 here: an x86 CPU without VNNI/AMX
-    (`flags`, `machine` default to this machine's; an x86 CPU whose flags cannot be read counts as saturating)."""
+    (`flags` `HOST` and `machine` None: this machine's; an x86 CPU whose flags are None, unreadable, counts as
+    saturating)."""
     machine = (platform.machine() if machine is None else machine).lower()
     if machine not in X86_MACHINES:
         return False
-    flags = cpu_flags() if flags is None else flags
-    return flags is None or not any(f in flags for f in INT32_DOT_FLAGS)
+    flags = cpu_flags() if flags == HOST else flags
+    return not isinstance(flags, frozenset) or not any(f in flags for f in INT32_DOT_FLAGS)
 
 
-def resolve_reduce_range(mode: str, bits: int, flags: frozenset[str] | None = None,
+def resolve_reduce_range(mode: str, bits: int, flags: frozenset[str] | None | str = HOST,
                          machine: str | None = None) -> tuple[bool, str]:
     """`--reduce-range auto|on|off` for `bits`-bit weights -> (reduce, why); `ExportError` for `on` with fewer
     than 8 bits (4-bit weights [-8, 7] cannot saturate) or an unknown mode."""
