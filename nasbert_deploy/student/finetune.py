@@ -138,7 +138,7 @@ def teacher_logits(folder: str | Path, teacher: Any, tokenizer: Any, rows: TaskD
 
     def progress(done: int, total: int) -> None:
         if note is not None and total >= 2000 and done >= nxt[0]:
-            note(f"teacher logits: {done:,}/{total:,} {rows.source or 'training'} rows")
+            note(f"teacher logits: {done:,}/{total:,} rows of {Path(rows.source).name or 'the task'}")
             nxt[0] = next(marks, total + 1)
 
     def compute() -> np.ndarray:
