@@ -177,3 +177,14 @@ def read_input_lines(
     if not lines:
         raise error(f"{what} {path} has no paragraph of at least {min_words} word(s); {hint}")
     return lines
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file's bytes, read in 1 MiB chunks (weight files are large)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -13,7 +13,6 @@ temporary folder and scored through `student.embeddings.Embedder` (the code path
 from __future__ import annotations
 
 import copy
-import hashlib
 import random
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nasbert_deploy.errors import CheckpointError, LayerMapError, TaskError
+from nasbert_deploy.fileio import file_digest
 from nasbert_deploy.layermap.maps import LayerMap
 from nasbert_deploy.model.loop import ProgressFn
 from nasbert_deploy.student.distill import DistillConfig, Student, distill
@@ -98,8 +98,8 @@ class ProxyTask:
     valid: TaskData | None = None
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def task_digest(path: Path) -> str:
+    return file_digest(path)[:16]
 
 
 def load_proxy_tasks(paths: Sequence[Path], settings: ProxySettings) -> list[ProxyTask]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from nasbert_deploy.errors import ArchError, CheckpointError, OutputError
 from nasbert_deploy.layermap.ga import GASettings
-from nasbert_deploy.layermap.proxy import DEFAULT_TASKS, ProxySettings, ProxyTask, file_digest, load_proxy_tasks, sample_corpus
+from nasbert_deploy.layermap.proxy import DEFAULT_TASKS, ProxySettings, ProxyTask, load_proxy_tasks, sample_corpus, task_digest
 from nasbert_deploy.space import SearchSpace
 
 CACHE_KIND = "nasbert-layer-map-cache"
@@ -151,7 +151,7 @@ def prepare(request: LayerMapRequest) -> Prepared:
         "teacher": str(teacher_path),
         "corpus": str(request.corpus),
         "corpus_sample": _digest(corpus),
-        "tasks": {t.name: [str(t.path), file_digest(t.path)] for t in tasks},
+        "tasks": {t.name: [str(t.path), task_digest(t.path)] for t in tasks},
         "proxy": request.proxy.to_dict(),
         "blocks": num_blocks,
         "teacher_layers": num_layers,

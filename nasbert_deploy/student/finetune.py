@@ -132,14 +132,13 @@ def teacher_logits(folder: str | Path, teacher: Any, tokenizer: Any, rows: TaskD
     from nasbert_deploy.model.distributed import world_info
     from nasbert_deploy.student.teacher_logits import cached_logits
 
-    step = max(1, len(rows) // 10)
-    marks = iter(range(step, len(rows) + step, step))
-    nxt = [next(marks)]
+    said = {0}  # the tenths already reported
 
     def progress(done: int, total: int) -> None:
-        if note is not None and total >= 2000 and done >= nxt[0]:
+        tenth = done * 10 // total
+        if note is not None and total >= 2000 and tenth not in said:
+            said.add(tenth)
             note(f"teacher logits: {done:,}/{total:,} rows of {Path(rows.source).name or 'the task'}")
-            nxt[0] = next(marks, total + 1)
 
     def compute() -> np.ndarray:
         return sharded_logits(teacher, tokenizer, rows, max_len=max_len, progress=progress)

@@ -10,6 +10,7 @@ Written atomically (by rank 0 under torchrun); a damaged entry is recomputed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nasbert_deploy.fileio import atomic_path
+from nasbert_deploy.fileio import atomic_path, file_digest
 from nasbert_deploy.student.tasks import TaskData
 
 CACHE_ENV = "NASBERT_DEPLOY_LOGITS_CACHE"
@@ -31,18 +32,17 @@ def default_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "nasbert-deploy" / "teacher-logits"
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """`file_digest`, once per (file, size, modification time): one run asks for the same teacher twice."""
+    return file_digest(path)
 
 
 def cache_key(teacher_dir: str | Path, rows: TaskData, max_len: int) -> str:
     """Hex key of (teacher files' contents, rows, max_len, cache format)."""
     folder = Path(teacher_dir)
-    files = {n: _file_digest(folder / n) for n in WEIGHT_FILES if (folder / n).is_file()}
+    stats = {n: (folder / n).stat() for n in WEIGHT_FILES if (folder / n).is_file()}
+    files = {n: _digest(str(folder / n), st.st_size, st.st_mtime_ns) for n, st in stats.items()}
     h = hashlib.sha256(json.dumps({"format": FORMAT, "files": files, "max_len": max_len}, sort_keys=True).encode())
     for i, text in enumerate(rows.texts):
         h.update(text.encode())
