@@ -81,13 +81,15 @@ def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str,
             "--lr", lr, "--seed", seed, "--out", enc, *args.teacher_opt, log=log)  # fmt: skip
     out: dict[str, Any] = {"encoder": str(enc), "tasks": {}}
     for task, files in tasks.items():
-        ft = work / f"ft-{task}-{slug(arch)}-d{args.distill_steps}-s{seed}{'-transfer' if task in args.transfer else ''}"
+        rows = args.transfer_rows.get(task, 0)  # 0: the whole file
+        tag = f"-transfer{rows or ''}" if task in args.transfer else ""
+        ft = work / f"ft-{task}-{slug(arch)}-d{args.distill_steps}-s{seed}{tag}"
         ml = MAX_LEN.get(task, 128) if not args.smoke else 32
         teacher_ft = ensure_teacher(args, task, files["train"], ml)
         if not (ft / "config.json").is_file():
             extra = []
             if task in args.transfer:
-                extra = ["--transfer", args.transfer[task], "--transfer-rows", args.transfer_rows.get(task, 0)]
+                extra = ["--transfer", args.transfer[task], "--transfer-rows", rows]
             cli("finetune", "--model", enc, "--task", files["train"], "--teacher-model", teacher_ft, "--epochs", args.epochs,
                 "--lr", args.lr, "--batch-size", 16, "--max-len", ml, "--seed", seed, "--out", ft, *extra, log=log)  # fmt: skip
         report = ft.parent / f"{ft.name}.eval.json"
