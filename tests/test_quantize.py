@@ -18,6 +18,7 @@ from nasbert_deploy.quantize.lsq import (
     QuantLinear,
     activation_spec,
     bake_weights,
+    mse_weight_steps,
     quant_linears,
     quantize_linears,
     weight_spec,
@@ -68,8 +69,7 @@ def test_lsq_init_and_grid():
     w = torch.randn(6, 40)
     q = LsqQuantizer(weight_spec(4), 6)
     q.initialize(w)
-    expected = 2 * w.abs().mean(1) / math.sqrt(7)  # LSQ: 2 <|v|> / sqrt(Qp), Qp = 7 for signed 4 bit
-    torch.testing.assert_close(q.scale(), expected)
+    torch.testing.assert_close(q.scale(), mse_weight_steps(w, weight_spec(4)))
     out = q(w)
     ints = out / q.scale()[:, None]
     assert torch.allclose(ints, ints.round(), atol=1e-4)  # on the grid
@@ -193,3 +193,33 @@ def test_bake_is_idempotent(tiny_dir):
     bake_weights(model)
     bake_weights(model)
     np.testing.assert_allclose(torch_runner(model)(inputs), before, atol=1e-6)
+
+
+def _sq_err(v: torch.Tensor, s: torch.Tensor, spec) -> torch.Tensor:
+    return ((torch.clamp(torch.round(v / s[:, None]), spec.lo, spec.hi) * s[:, None] - v) ** 2).sum(1)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_weight_init_least_error_clipping(bits):
+    """Each row's step size beats both extremes: no clipping (max|v| / Qp) and LSQ's 2 <|v|> / sqrt(Qp)."""
+    torch.manual_seed(1)
+    spec = weight_spec(bits)
+    w = torch.randn(8, 256)
+    w[0, 3] = 40 * w[0].abs().mean()  # a heavy-tailed row, like a NAS-BERT student's projections
+    s = mse_weight_steps(w, spec)
+    err = _sq_err(w, s, spec)
+    assert torch.all(err <= _sq_err(w, w.abs().amax(1) / spec.qp, spec) + 1e-6)
+    assert torch.all(err <= _sq_err(w, 2 * w.abs().mean(1) / math.sqrt(spec.qp), spec) + 1e-6)
+    assert torch.all(s <= w.abs().amax(1) / spec.qp + 1e-7) and torch.all(s >= 0.3 * w.abs().amax(1) / spec.qp - 1e-7)
+
+
+def test_weight_init_keeps_an_outlier_at_8_bits():
+    """LSQ's rule clips a weight 100x the row's mean to ~22x; the least-error step keeps it (within half a step)."""
+    w = torch.full((1, 512), 0.01)
+    w[0, ::2] = -0.01
+    w[0, 7] = 1.0
+    q = LsqQuantizer(weight_spec(8), 1)
+    q.initialize(w)
+    assert abs(float(q(w)[0, 7]) - 1.0) <= float(q.scale()[0]) / 2 + 1e-6
+    lsq_step = 2 * w.abs().mean() / math.sqrt(127)
+    assert float(lsq_step) * 127 < 0.5  # what the paper's initial step would have kept

@@ -13,7 +13,14 @@ from test_quantize import EXAMPLE, _openvino_checks, _ort, bert_classifier, nasb
 from nasbert_deploy.errors import ExportError
 from nasbert_deploy.quantize.check import check_logits, check_weight_range, onnx_weight_range, torch_runner
 from nasbert_deploy.quantize.grid import cpu_flags, resolve_reduce_range, saturates_int16
-from nasbert_deploy.quantize.lsq import LsqQuantizer, quant_linears, quantize_linears, weight_levels, weight_spec
+from nasbert_deploy.quantize.lsq import (
+    LsqQuantizer,
+    mse_weight_steps,
+    quant_linears,
+    quantize_linears,
+    weight_levels,
+    weight_spec,
+)
 from nasbert_deploy.quantize.onnx_qdq import export_quantized_onnx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,7 +54,8 @@ def test_reduced_grid_is_trained_in_lsq():
     w = torch.randn(5, 64)
     q = LsqQuantizer(spec, 5)
     q.initialize(w)
-    torch.testing.assert_close(q.scale(), 2 * w.abs().mean(1) / math.sqrt(63))  # LSQ init with the reduced Qp
+    torch.testing.assert_close(q.scale(), mse_weight_steps(w, spec))  # least-error clipping on the reduced grid
+    assert torch.all(q.integers(w).abs() <= 63)
     q.unit.fill_(0.5)  # step 0.5: |x| / s of 100 lies beyond 63, 0.3 and -0.74 inside
     x = torch.tensor([[0.3, -0.74, 100.0, -40.0]], requires_grad=True)
     q1 = LsqQuantizer(spec, 1)
