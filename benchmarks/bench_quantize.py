@@ -55,7 +55,8 @@ def train_phase(a: argparse.Namespace, out: Path) -> None:
         target = out / f"q{bits}"
         if (target / "quantize_report.json").is_file():
             continue
-        cfg = QuantizeConfig(bits=bits, steps=a.steps, batch_size=16, max_len=a.train_len, checkpoint_every=50)
+        cfg = QuantizeConfig(bits=bits, steps=a.steps, batch_size=16, max_len=a.train_len, ce_weight=a.ce_weight,
+                             checkpoint_every=50)
         t0 = time.perf_counter()
 
         def progress(s: int, t: int, v: dict[str, float], bits: int = bits) -> None:
@@ -189,6 +190,7 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/kdlsq/bench")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--train-len", type=int, default=64)
+    p.add_argument("--ce-weight", type=float, default=1.0, help="gold-label CE weight (0: distillation only)")
     p.add_argument("--eval-len", type=int, default=128)
     p.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2])
     p.add_argument("--rounds", type=int, default=6)

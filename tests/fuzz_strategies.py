@@ -221,7 +221,7 @@ COMMANDS: dict[str, tuple[dict, int]] = {  # name -> (arguments of `command`, ca
                  "--valid": task("valid.jsonl"), "--bits": choice(("8", "4", "2", "3")),
                  "--format": choice(("onnx", "onnx,openvino", "openvino", "none", "tflite")),
                  "--teacher-model": model_dir("tm", [ENCODER, CLASSIFIER]), "--steps": ints(1, 3), "--max-len": ints(2, 32),
-                 "--reduce-range": choice(("auto", "on", "off", "maybe")), "--force": flag()},
+                 "--ce-weight": floats(0.0, 2.0), "--reduce-range": choice(("auto", "on", "off", "maybe")), "--force": flag()},
         required=("--model", "--out"),
         poisons={"--out": bad_out("dir"), "--model": BAD_MODEL}), 60),
 }  # fmt: skip

@@ -54,6 +54,8 @@ def quantize_cmd(
     max_len: Annotated[int, typer.Option("--max-len", min=2, help="Tokens per example.")] = 128,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate of the weights.")] = 2e-5,
     step_lr: Annotated[float, typer.Option("--step-lr", min=0.0, help="Learning rate of the relative step sizes.")] = 2e-3,
+    ce_weight: Annotated[float, typer.Option("--ce-weight", min=0.0, help="Weight of the gold-label cross-entropy beside "
+                                             "the distillation terms (0: distillation only).")] = 1.0,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 100,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
@@ -74,7 +76,7 @@ def quantize_cmd(
     set_threads(threads)
     train, val = task_splits(task, valid)
     cfg = QuantizeConfig(bits=b, reduce_range=reduce, steps=steps, batch_size=batch_size, max_len=max_len, lr=lr, step_lr=step_lr,
-                         checkpoint_every=checkpoint_every, seed=seed)
+                         ce_weight=ce_weight, checkpoint_every=checkpoint_every, seed=seed)
     with training_progress(f"quantizing ({b}-bit)") as update:
         report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print)
     lo, hi = report["weight_levels"]
