@@ -97,6 +97,11 @@ def test_quantize_8bit_end_to_end(tiny):
     inputs = padded_inputs(2, 20, 1000)
     sess = ort.InferenceSession(str(out / onnx_name(8)), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, inputs)[0], torch_runner(model)(inputs), atol=1e-4)
+    # the written IR is the graph OpenVINO builds from the ONNX file (what the checks ran), and it compiles here
+    from nasbert_deploy.quantize.check import runtime_runners
+
+    ir, from_onnx = (runtime_runners({"openvino": out / p})["openvino"] for p in (meta["files"]["openvino"], onnx_name(8)))
+    np.testing.assert_allclose(ir.run(inputs)[0], from_onnx.run(inputs)[0], atol=1e-5)
     # the plain folder loads with transformers alone: weights on the 8-bit grid, float activations
     from transformers import AutoModelForSequenceClassification
 
@@ -187,3 +192,14 @@ def test_reduce_range_is_part_of_the_resume_key(tiny):
     model, _, _ = load_quantized(out)
     spec = model.bert.encoder.layer[0].output.dense.w_quant.spec
     assert (spec.lo, spec.hi) == (-127, 127)
+
+
+def test_an_ir_openvino_cannot_compile_is_a_one_line_error(tmp_path):
+    from nasbert_deploy.errors import ExportError
+    from nasbert_deploy.quantize.run import _check_ir_compiles
+
+    xml = tmp_path / "openvino_model_q4.xml"
+    xml.write_text("not an IR: a damaged file\n")
+    with pytest.raises(ExportError, match="OpenVINO cannot compile the quantized IR openvino_model_q4.xml") as e:
+        _check_ir_compiles(xml)
+    assert "\n" not in str(e.value) and "--format onnx" in str(e.value)

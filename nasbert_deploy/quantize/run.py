@@ -210,6 +210,19 @@ def _score_and_export(
     return report
 
 
+def _check_ir_compiles(xml: Path) -> None:
+    """The written IR compiles on this machine's CPU plugin (the checks ran the ONNX file): one-line error if not."""
+    from nasbert_deploy.devices import load_device
+    from nasbert_deploy.runtimes.openvino_rt import OvCompiled
+
+    try:
+        OvCompiled(xml, load_device("cpu-openvino"))
+    except RuntimeError as e:
+        last = next((ln.strip() for ln in reversed(str(e).splitlines()) if ln.strip()), repr(e))
+        raise ExportError(f"OpenVINO cannot compile the quantized IR {xml.name}: {last}; "
+                          "pass --format onnx and open the ONNX file with OpenVINO instead") from None
+
+
 def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, names: list[str], formats: Sequence[str],
                   report: dict[str, Any]) -> None:
     from safetensors.torch import save_file
@@ -237,7 +250,9 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
             from nasbert_deploy.runtimes.convert import onnx_to_openvino
 
             xml = f"openvino/openvino_model_q{cfg.bits}.xml"
-            onnx_to_openvino(target, tmp / xml, fp16=False)
+            # the reader's graph: the one the checks ran (OpenVINO opening the ONNX file)
+            onnx_to_openvino(target, tmp / xml, fp16=False, convert=False)
+            _check_ir_compiles(tmp / xml)
             files["openvino"] = xml
     report["files"] = files
     meta = {"method": "KDLSQ (LSQ step sizes + distillation)", "bits": cfg.bits, "act_bits": cfg.act_bits,

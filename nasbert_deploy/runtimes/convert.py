@@ -134,13 +134,17 @@ def export_onnx(
     return target
 
 
-def onnx_to_openvino(onnx_path: str | Path, xml_path: str | Path, fp16: bool = False) -> Path:
-    """Convert an ONNX file to OpenVINO IR (`.xml` + `.bin`); fp32 weights unless `fp16`."""
+def onnx_to_openvino(onnx_path: str | Path, xml_path: str | Path, fp16: bool = False, convert: bool = True) -> Path:
+    """Convert an ONNX file to OpenVINO IR (`.xml` + `.bin`); fp32 weights unless `fp16`.
+
+    `convert=False` stores the graph OpenVINO's ONNX reader builds (`Core.read_model`, what opening the ONNX file in
+    OpenVINO runs) instead of `convert_model`'s, which adds offline transformations: on a KDLSQ 4-bit NAS student
+    (OpenVINO 2026.4) `convert_model`'s graph failed to compile on the CPU plugin while the reader's compiled."""
     xml = Path(xml_path)
     with openvino_telemetry_off():  # import and convert_model both (re)initialise openvino's telemetry
         import openvino as ov
 
-        model = ov.convert_model(str(onnx_path))
+        model = ov.convert_model(str(onnx_path)) if convert else ov.Core().read_model(str(onnx_path))
     _save_ov(model, xml, fp16)
     return xml
 
