@@ -93,18 +93,21 @@ def _round_ste(x: torch.Tensor) -> torch.Tensor:
 CLIP_FRACTIONS = tuple(round(1.0 - 0.02 * i, 2) for i in range(36))  # 1.00 (max|v|: nothing clipped) down to 0.30
 
 
+def _row_sq_error(v: torch.Tensor, s: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Per row of `v`: the sum of squared errors of quantizing it with step size s[row] on `spec`'s levels."""
+    return ((torch.clamp(torch.round(v / s[:, None]), spec.lo, spec.hi) * s[:, None] - v) ** 2).sum(1)
+
+
 @torch.no_grad()
 def mse_weight_steps(v: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Per row of `v` (rows, k): the step size max|v_row| * f / Qp, f in `CLIP_FRACTIONS`, with the least
     sum of squared quantization errors over the row (ties keep the larger f: less clipping)."""
     amax = v.abs().amax(1).clamp(min=1e-8)
-    best_err, best = None, amax / spec.qp
-    for f in CLIP_FRACTIONS:
+    best = amax / spec.qp  # f = 1: nothing clipped
+    best_err = _row_sq_error(v, best, spec)
+    for f in CLIP_FRACTIONS[1:]:
         s = amax * f / spec.qp
-        err = ((torch.clamp(torch.round(v / s[:, None]), spec.lo, spec.hi) * s[:, None] - v) ** 2).sum(1)
-        if best_err is None:
-            best_err = err
-            continue
+        err = _row_sq_error(v, s, spec)
         better = err < best_err
         best_err, best = torch.where(better, err, best_err), torch.where(better, s, best)
     return best
