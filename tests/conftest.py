@@ -35,6 +35,16 @@ def export_cache(tmp_path_factory):
             os.environ[k] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fresh_working_dir(tmp_path_factory):
+    """Tests run in an empty folder: the files a user's own runs leave in the checkout (the quick start's
+    ./profiles/local/*.json, which `find_table` prefers; ./out) neither change what a test sees nor get written over."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
+
+
 @pytest.fixture
 def tiny_space():
     from nasbert_deploy.space import TINY

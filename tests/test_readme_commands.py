@@ -144,7 +144,8 @@ def workspace(tmp_path_factory) -> dict[str, Any]:
     from nasbert_deploy.student.tasks import sample_task_path
 
     root = tmp_path_factory.mktemp("readme")
-    shutil.copytree(shipped_dir("profiles"), root / "profiles")  # the README runs in a checkout: shipped tables are there
+    # the README runs in a checkout: shipped tables are there (not the user's own profiles/local from the quick start)
+    shutil.copytree(shipped_dir("profiles"), root / "profiles", ignore=shutil.ignore_patterns("local"))
     shutil.copyfile(SAMPLE, root / "text.txt")
     shutil.copyfile(sample_task_path("train"), root / "task.jsonl")
     shutil.copyfile(sample_task_path("valid"), root / "valid.jsonl")
