@@ -172,6 +172,11 @@ def main() -> None:
     ap.add_argument("--model-rounds", type=int, default=ProfileSettings.model_rounds, help="--fresh: rounds per whole model")
     ap.add_argument("--model-min-time", type=float, default=ProfileSettings.model_min_time_s,
                     help="--fresh: seconds per whole-model round")
+    ap.add_argument("--min-time", type=float, default=ProfileSettings.min_time_s, help="--fresh: seconds per operation round")
+    ap.add_argument("--reference-every", type=int, default=ProfileSettings.reference_every,
+                    help="--fresh: items between two timings of the reference model")
+    ap.add_argument("--adaptive-budget", type=float, default=ProfileSettings.adaptive_budget,
+                    help="--fresh: extra rounds' time as a share of the base timing")
     ap.add_argument("--holdout-seed", type=int, default=None, help="--fresh: seed of the held-out architectures "
                     "(default: a new one each run, printed)")
     ap.add_argument("--cache-dir", default=None, help="export cache (default: $NASBERT_DEPLOY_CACHE or ~/.cache/nasbert-deploy)")
@@ -189,6 +194,9 @@ def main() -> None:
                            model_rounds=args.model_rounds if not args.smoke else base.model_rounds,
                            model_min_time_s=args.model_min_time if not args.smoke else base.model_min_time_s,
                            cache_dir=args.cache_dir)
+        if not args.smoke:
+            settings = replace(settings, min_time_s=args.min_time, reference_every=args.reference_every,
+                               adaptive_budget=args.adaptive_budget)
         console.print(f"held-out architectures from seed {hseed} (repeat with --holdout-seed {hseed})")
     how = "timed in the same passes as the table" if fresh else "timed against the stored tables"
     t = Table(title=f"latency prediction on held-out whole models ({how}) beside the host's noise ceiling")
