@@ -177,6 +177,7 @@ def main() -> None:
                     help="--fresh: items between two timings of the reference model")
     ap.add_argument("--adaptive-budget", type=float, default=ProfileSettings.adaptive_budget,
                     help="--fresh: extra rounds' time as a share of the base timing")
+    ap.add_argument("--pin-cpu", type=int, default=None, help="--fresh: time on this CPU only (exports use all)")
     ap.add_argument("--holdout-seed", type=int, default=None, help="--fresh: seed of the held-out architectures "
                     "(default: a new one each run, printed)")
     ap.add_argument("--cache-dir", default=None, help="export cache (default: $NASBERT_DEPLOY_CACHE or ~/.cache/nasbert-deploy)")
@@ -196,7 +197,7 @@ def main() -> None:
                            cache_dir=args.cache_dir)
         if not args.smoke:
             settings = replace(settings, min_time_s=args.min_time, reference_every=args.reference_every,
-                               adaptive_budget=args.adaptive_budget)
+                               adaptive_budget=args.adaptive_budget, pin_cpu=args.pin_cpu)
         console.print(f"held-out architectures from seed {hseed} (repeat with --holdout-seed {hseed})")
     how = "timed in the same passes as the table" if fresh else "timed against the stored tables"
     t = Table(title=f"latency prediction on held-out whole models ({how}) beside the host's noise ceiling")

@@ -80,6 +80,11 @@ def test_quantize_8bit_end_to_end(tiny):
 
     model, _, meta = load_quantized(out)
     assert meta["bits"] == 8 and meta["files"]["onnx"] == onnx_name(8)
+    # the word-embedding table is quantized too (as the weights by default), reloaded with its learned row steps
+    assert meta["embedding_bits"] == 8 == report["embedding"]["bits"] and "word embeddings" in r.output
+    table = model.get_input_embeddings()
+    ints = table.quantized_weight() / table.w_quant.scale()[:, None]
+    assert torch.allclose(ints, ints.round(), atol=1e-3) and float(ints.detach().abs().max()) <= 127.001
     # --reduce-range auto: the reduced grid exactly where ORT's u8 x s8 kernels saturate int16 (x86 without VNNI)
     assert meta["reduce_range"] == report["reduce_range"] == saturates_int16()
     assert meta["weight_levels"] == ([-63, 63] if saturates_int16() else [-127, 127]) == report["weight_levels"]
@@ -128,7 +133,8 @@ def test_2bit_is_simulated_and_resumes(tiny):
     report = quantize(tiny["clf"], train, valid, out, cfg, (), note=notes.append)
     assert report["training"]["resumed_from"] == 2 and notes == ["resuming from step 2 of 4"]
     assert report["simulated_only"] and not report["checks"] and "kdlsq-2bit-torch" in report["scores"]
-    model, _, _ = load_quantized(out)
+    model, _, meta = load_quantized(out)
+    assert meta["embedding_bits"] == 2
     w = model.bert.encoder.layer[1].output.dense.quantized_weight()
     levels = torch.unique((w / model.bert.encoder.layer[1].output.dense.w_quant.scale()[:, None]).round())
     assert set(levels.tolist()) <= {-2.0, -1.0, 0.0, 1.0}
@@ -141,6 +147,7 @@ def test_2bit_is_simulated_and_resumes(tiny):
     (["--bits", "3"], ["--bits"]),
     (["--bits", "4", "--reduce-range", "on"], ["--reduce-range on applies to 8-bit weights only"]),
     (["--reduce-range", "maybe"], ["--reduce-range"]),
+    (["--embedding-bits", "3"], ["--embedding-bits"]),
 ])
 def test_bits_without_kernels_are_refused(tiny, args, needles):
     out = tiny["root"] / "never"

@@ -10,10 +10,12 @@ import typer
 
 from nasbert_deploy.cli.common import DeviceOpt, SpaceName, console, device_spec, err_console, print_note
 from nasbert_deploy.devices import DeviceSpec
+from nasbert_deploy.profiling.settings import ProfileSettings
 from nasbert_deploy.runtimes.timing import STATISTICS
 
 app = typer.Typer()
 
+_D = ProfileSettings  # the options' defaults are the settings' (docs/profiling.md has the reasons)
 SpaceOpt = Annotated[SpaceName, typer.Option("--space", help="Search space.")]
 
 
@@ -59,34 +61,39 @@ def profile(
     device: DeviceOpt = None,
     space: SpaceOpt = SpaceName("standard"),
     out: Annotated[Path | None, _opt("--out", help="Table to write (default: ./profiles/local/DEVICE.json).")] = None,
-    validate: Annotated[int, _opt("--validate", min=0, help="Random whole models timed to fit and check the correction.")] = 30,
+    validate: Annotated[int, _opt("--validate", min=0, help="Random whole models timed to fit and check the "
+                                 "correction.")] = _D.validate,
     holdout: Annotated[int, _opt("--holdout", min=0, help="More random whole models timed in the same passes but never "
                                  "fitted: the table's error on unseen models (their time is reported apart).")] = 0,
     bundle: Annotated[Path | None, _opt("--bundle", help="Write an on-device profiling bundle to this folder instead.")] = None,
     import_file: Annotated[Path | None, _opt("--import", help="Build the table from a bundle runner's results.json.")] = None,
     refit: Annotated[Path | None, _opt("--refit", help="Fit a table's correction again from its stored whole models "
                                        "(no timing; upgrades an older table). Written to --out or in place.")] = None,
-    runs: Annotated[int, _opt("--runs", min=1, help="Timed runs per measurement (at least).")] = 20,
-    warmup: Annotated[int, _opt("--warmup", min=0, help="Warm-up runs per measurement.")] = 5,
-    min_time: Annotated[float, _opt("--min-time", min=0.0, help="Seconds of timing per measurement (at least).")] = 0.3,
+    runs: Annotated[int, _opt("--runs", min=1, help="Timed runs per measurement (at least).")] = _D.runs,
+    warmup: Annotated[int, _opt("--warmup", min=0, help="Warm-up runs per measurement.")] = _D.warmup,
+    min_time: Annotated[float, _opt("--min-time", min=0.0, help="Seconds of timing per measurement (at least).")] = _D.min_time_s,
     rounds: Annotated[int, _opt("--rounds", min=1, help="Rounds per operation (shuffled passes); the lowest-median round "
-                                "is kept.")] = 3,
+                                "is kept.")] = _D.rounds,
     model_rounds: Annotated[int, _opt("--model-rounds", min=1, help="Rounds per whole model, spread evenly over the same "
-                                      "passes; split in two halves for the noise ceiling.")] = 4,
-    model_min_time: Annotated[float, _opt("--model-min-time", min=0.0, help="Seconds of timing per whole-model round.")] = 0.2,
+                                      "passes; split in two halves for the noise ceiling.")] = _D.model_rounds,
+    model_min_time: Annotated[float, _opt("--model-min-time", min=0.0, help="Seconds of timing per whole-model "
+                                            "round.")] = _D.model_min_time_s,
     statistic: Annotated[Statistic, _opt("--statistic", help="How rounds combine into a figure; auto: the lowest "
                                          "cross-validated error on the fitting models.")] = Statistic("auto"),
     drift: Annotated[Drift, _opt("--drift", help="Figures relative to the reference model timed in the same pass "
                                  "(normalised) or raw; auto: the lower cross-validated error.")] = Drift("auto"),
     adaptive_budget: Annotated[float, _opt("--adaptive-budget", min=0.0, help="Extra rounds for items whose rounds "
-                                           "disagree, as a share of the base timing (0: off).")] = 0.15,
+                                           "disagree, as a share of the base timing (0: off).")] = _D.adaptive_budget,
+    reference_every: Annotated[int, _opt("--reference-every", min=0, help="Items timed between two timings of the reference "
+                                         "model (drift normalisation; 0: no reference).")] = _D.reference_every,
     export_workers: Annotated[int, _opt("--export-workers", min=0, help="Export processes (0: one per CPU).")] = 0,
     cache_dir: Annotated[Path | None, _opt("--cache-dir", help="Export cache (default $NASBERT_DEPLOY_CACHE or "
                                            "~/.cache/nasbert-deploy/exports).")] = None,
     pin_cpu: Annotated[int | None, _opt("--pin-cpu", min=0, help="Time on this CPU only (exports use all).")] = None,
     holdout_seed: Annotated[int | None, _opt("--holdout-seed", help="Seed of the held-out models (new seed: new "
                                              "models).")] = None,
-    max_cv: Annotated[float, _opt("--max-cv", min=0.0, help="Re-measure above this coefficient of variation (0: never).")] = 0.1,
+    max_cv: Annotated[float, _opt("--max-cv", min=0.0, help="Re-measure above this coefficient of variation "
+                                  "(0: never).")] = _D.max_cv,
     seed: Annotated[int, _opt("--seed", help="Seed for the validation architectures and the timing order.")] = 0,
     force: Annotated[bool, _opt("--force", help="Replace an existing --out table or --bundle folder.")] = False,
     fast: Annotated[bool, _opt("--fast", help="Quick-start preset: fewer, shorter rounds and 12 fitting models, for the "
@@ -110,7 +117,8 @@ def profile(
     if device is None:
         raise NasBertDeployError("pass --device NAME (see `nasbert-deploy devices`) or --import results.json")
     preset = {"warmup": warmup, "runs": runs, "min_time_s": min_time, "rounds": rounds, "model_rounds": model_rounds,
-              "model_min_time_s": model_min_time, "validate": validate, "adaptive_budget": adaptive_budget}
+              "model_min_time_s": model_min_time, "validate": validate, "adaptive_budget": adaptive_budget,
+              "reference_every": reference_every}
     if fast:  # the preset's values, except for options given on the command line
         preset = _explicit(ctx, preset)
     settings = (fast_settings if fast else ProfileSettings)(

@@ -18,6 +18,7 @@ from nasbert_deploy.student.tasks import SAMPLE_TASK
 app = typer.Typer()
 BitsName = choice("BitsName", [str(b) for b in BITS])
 ReduceRange = choice("ReduceRange", REDUCE_RANGE_MODES)
+EmbeddingBits = choice("EmbeddingBits", ["weights", *[str(b) for b in BITS], "float"])
 DEFAULT_FORMATS = {b: ",".join(KERNELS[b]) or "none" for b in BITS}
 
 
@@ -49,6 +50,9 @@ def quantize_cmd(
     reduce_range: Annotated[ReduceRange, typer.Option(
         "--reduce-range", help="8-bit weights on [-63, 63] (ORT's u8 x s8 kernels saturate int16 beyond |w| 64 on x86 "
         "without VNNI); auto: on when this CPU lacks VNNI/AMX.")] = ReduceRange("auto"),
+    embedding_bits: Annotated[EmbeddingBits, typer.Option(
+        "--embedding-bits", help="Bits of the word-embedding table (one step size per row, dequantized on lookup): "
+        "weights (as --bits), 8, 4, 2, or float.")] = EmbeddingBits("weights"),
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps (raise it and rerun to continue).")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples per step.")] = 16,
     max_len: Annotated[int, typer.Option("--max-len", min=2, help="Tokens per example.")] = 128,
@@ -75,8 +79,11 @@ def quantize_cmd(
     reduce, reduce_why = resolve_reduce_range(reduce_range.value, b)
     set_threads(threads)
     train, val = task_splits(task, valid)
-    cfg = QuantizeConfig(bits=b, reduce_range=reduce, steps=steps, batch_size=batch_size, max_len=max_len, lr=lr, step_lr=step_lr,
-                         ce_weight=ce_weight, checkpoint_every=checkpoint_every, seed=seed)
+    ebits = {"weights": None, "float": 0}.get(embedding_bits.value)
+    ebits = int(embedding_bits.value) if embedding_bits.value.isdigit() else ebits
+    cfg = QuantizeConfig(bits=b, embedding_bits=ebits, reduce_range=reduce, steps=steps, batch_size=batch_size,
+                         max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight,
+                         checkpoint_every=checkpoint_every, seed=seed)
     with training_progress(f"quantizing ({b}-bit)") as update:
         report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print)
     lo, hi = report["weight_levels"]
@@ -87,6 +94,8 @@ def quantize_cmd(
         rows[f"{name} accuracy"] = s["accuracy"]
         if s.get("probability_loyalty") is not None:
             rows[f"{name} prob. loyalty"] = s["probability_loyalty"]
+    emb = report.get("embedding") or {}
+    rows["word embeddings"] = f"{emb['bits']}-bit per row" if emb.get("module") else "float"
     for rt, c in report["checks"].items():
         rows[f"{rt} vs torch max |diff|"] = c["max_abs_diff"]
     if report["simulated_only"]:

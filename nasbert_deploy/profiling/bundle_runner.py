@@ -155,9 +155,9 @@ def main(argv=None):
         state = {"bundle_id": m["bundle_id"], "results": {}, "wall_s": 0.0}
     results, start, before = state["results"], time.perf_counter(), state["wall_s"]
     kw = {k: st[k] for k in ("warmup", "runs", "min_time_s", "max_cv", "retries")}
-    model_kw = {**kw, "min_time_s": st.get("model_min_time_s", st["min_time_s"])}
-
-    ref_kw = {**kw, "min_time_s": st.get("reference_min_time_s", st["min_time_s"])}
+    whole = {"warmup": st.get("model_warmup", kw["warmup"]), "runs": st.get("model_runs", kw["runs"])}
+    model_kw = {**kw, **whole, "min_time_s": st.get("model_min_time_s", st["min_time_s"])}
+    ref_kw = {**kw, **whole, "min_time_s": st.get("reference_min_time_s", st["min_time_s"])}
     every = st.get("reference_every", 0)
 
     def rounds_of(it):  # whole models have their own rounds (as nasbert_deploy.profiling.profiler.ProfileSettings)

@@ -118,7 +118,7 @@ def _probe(spec: DeviceSpec, space: SearchSpace, table: LatencyTable, batch: int
     c = compiled[item.key]
     st = {**ProfileSettings().to_dict(), **table.manifest.get("settings", {})}
     min_time = st["reference_min_time_s"] if kind == "reference" else st["model_min_time_s"]
-    kw = {"warmup": st["warmup"], "runs": st["runs"], "min_time_s": min_time}
+    kw = {"warmup": st["model_warmup"], "runs": st["model_runs"], "min_time_s": min_time}
     fn = c.bind(make_inputs(item.inputs, batch, seq_len, space.vocab_size, seed=st["seed"]))
     return lambda: measure(fn, sync=c.sync, **kw).median_ms
 

@@ -12,8 +12,10 @@ EXECUTION_ONLY = ("export_workers", "cache_dir")  # settings that change how fas
 class ProfileSettings:
     """How to measure (docs/profiling.md has the reasons for the defaults).
 
-    Every operation is timed in `rounds` shuffled passes, every whole model in `model_rounds` rounds of
-    `model_min_time_s` (an even number: the noise ceiling compares two halves), spread over the same passes.
+    Every operation is timed in `rounds` shuffled passes (each `warmup` calls, then at least `runs` calls and
+    `min_time_s`), every whole model in `model_rounds` rounds of `model_min_time_s` (an even number: the noise
+    ceiling compares two halves), spread over the same passes; whole models and the reference take
+    `model_warmup` and at least `model_runs` calls (a 30 ms model in 20 runs would be 0.6 s a round).
     The reference model is timed for `reference_min_time_s` at the start of each pass and after every
     `reference_every` items (0: never; no drift normalisation). `drift` ('auto', 'raw', 'normalised') and
     `statistic` ('auto' or a name in `timing.STATISTICS`) fix the measurement mode or leave it to
@@ -26,21 +28,23 @@ class ProfileSettings:
 
     warmup: int = 5
     runs: int = 20
-    min_time_s: float = 0.3
+    min_time_s: float = 0.2
     max_cv: float | None = 0.1
     retries: int = 1
     rounds: int = 3
     model_rounds: int = 4
     model_min_time_s: float = 0.2
+    model_runs: int = 5  # whole models and the reference: at least this many timed runs (runs: operations)
+    model_warmup: int = 2
     validate: int = 30
     seed: int = 0
     holdout: int = 0  # whole models timed in the same passes but never fitted: a true held-out error
     holdout_seed: int | None = None  # seed of the held-out architectures (None: `seed`); a new one draws new models
-    reference_every: int = 12
+    reference_every: int = 24
     reference_min_time_s: float = 0.1
     drift: str = "auto"
     statistic: str = "auto"
-    adaptive_budget: float = 0.15
+    adaptive_budget: float = 0.08
     adaptive_spread_pct: float = 5.0
     max_rounds: int = 8
     host_check_rounds: int = 10
@@ -52,7 +56,9 @@ class ProfileSettings:
     def measure_kwargs(self, model: bool = False, kind: str | None = None) -> dict[str, Any]:
         kind = kind or ("model" if model else "op")
         t = {"model": self.model_min_time_s, "reference": self.reference_min_time_s}.get(kind, self.min_time_s)
-        return {"warmup": self.warmup, "runs": self.runs, "min_time_s": t, "max_cv": self.max_cv, "retries": self.retries}
+        whole = kind in ("model", "reference")  # 1-50 ms a call: `min_time_s`, not 20 runs, should set the cost
+        return {"warmup": self.model_warmup if whole else self.warmup, "runs": self.model_runs if whole else self.runs,
+                "min_time_s": t, "max_cv": self.max_cv, "retries": self.retries}
 
     def rounds_of(self, kind: str) -> int:
         return self.model_rounds if kind == "model" else self.rounds

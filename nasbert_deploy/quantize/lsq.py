@@ -295,6 +295,8 @@ def step_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 @torch.no_grad()
 def bake_weights(model: nn.Module) -> None:
-    """Overwrite every QuantLinear's float weight by its fake-quantized value (idempotent: already on the grid)."""
-    for _, m in quant_linears(model):
-        m.weight.copy_(m.quantized_weight())
+    """Overwrite every fake-quantized weight (QuantLinear, quantized embedding table) by its fake-quantized value
+    (idempotent: already on the grid)."""
+    for m in model.modules():
+        if isinstance(getattr(m, "w_quant", None), LsqQuantizer) and isinstance(getattr(m, "weight", None), nn.Parameter):
+            m.weight.copy_(m.quantized_weight())

@@ -37,6 +37,7 @@ from torch import nn
 
 from nasbert_deploy.errors import ExportError
 from nasbert_deploy.fileio import atomic_path
+from nasbert_deploy.quantize.embedding import plain_embeddings, quant_embeddings, rewrite_gather
 from nasbert_deploy.quantize.lsq import QuantLinear, quant_linears
 from nasbert_deploy.runtimes.convert import FirstOutput, export_onnx, gemm_to_matmul
 
@@ -61,6 +62,7 @@ def float_copy(model: nn.Module) -> nn.Module:
                 lin.bias.copy_(q.bias)
         parent_name, _, child = name.rpartition(".")
         setattr(plain.get_submodule(parent_name) if parent_name else plain, child, lin)
+    plain_embeddings(plain)
     return plain
 
 
@@ -186,6 +188,7 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
     for name, q in quant_linears(model):
         w = q.quantized_weight().detach().numpy().T  # (K, N): how MatMul holds it
         by_key.setdefault(_key(w), (name, q))
+    tables = {_key(q.quantized_weight().detach().numpy()): (name, q) for name, q in quant_embeddings(model)}
     inits = {i.name: i for i in g.initializer}
     found: set[str] = set()
     nodes, cache = [], {}
@@ -198,6 +201,12 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
         if id(node) in skip:
             continue
         hit, trans_b = None, False
+        if node.op_type == "Gather" and node.input[0] in inits and tables:
+            table = tables.get(_key(numpy_helper.to_array(inits[node.input[0]])))
+            if table is not None and _attrs(node).get("axis", 0) == 0:
+                found.add(table[0])
+                rewrite_gather(g, node, table[1], f"q{i}.{table[0]}", nodes)
+                continue
         if node.op_type == "MatMul" and node.input[1] in inits:
             hit = by_key.get(_key(numpy_helper.to_array(inits[node.input[1]])))
         elif node.op_type == "Gemm" and node.input[1] in inits and _plain_gemm(node):
@@ -251,10 +260,11 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
             nodes.append(helper.make_node("MatMulNBits", [x, f"{prefix}.w_uint4", f"{prefix}.w_scales"], list(node.output),
                                           name=node.name, domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=block,
                                           accuracy_level=accuracy_level))
-    missing = [name for name, _ in quant_linears(model) if name not in found]
+    wanted = [name for name, _ in [*quant_linears(model), *quant_embeddings(model)]]
+    missing = [name for name in wanted if name not in found]
     if missing:
-        raise ExportError(f"quantized Linears not found in the ONNX graph: {', '.join(missing[:5])} "
-                          f"({len(missing)} of {len(list(quant_linears(model)))}); the exporter changed their weights")
+        raise ExportError(f"quantized Linears or embeddings not found in the ONNX graph: {', '.join(missing[:5])} "
+                          f"({len(missing)} of {len(wanted)}); the exporter changed their weights")
     del g.node[:]
     g.node.extend(nodes)
     used = {i for nd in g.node for i in nd.input}

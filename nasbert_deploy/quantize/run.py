@@ -6,7 +6,8 @@ The output folder (written atomically):
     config.json, model.safetensors, tokenizer files   the classifier, weights already on their quantization grid
                                                       (loads anywhere as a plain model: weight-quantized, float activations)
     quantization.json, quantization.safetensors       bits, weight levels (reduce_range: [-63, 63]), every
-                                                      quantizer's step size and zero point
+                                                      quantizer's step size and zero point (the word-embedding
+                                                      table's too: one step size per row, `embedding`)
     onnx/model_q8.onnx | onnx/model_q4.onnx           QDQ (8 bit) or MatMulNBits (4 bit) ONNX, the learned scales
     openvino/openvino_model_q8.xml | _q4.xml (+ .bin) the same as OpenVINO IR: FakeQuantize, runs in INT8; 4 bit:
                                                       u4 weight compression with the learned scales
@@ -38,6 +39,7 @@ from nasbert_deploy.quantize.check import (
     task_logits,
     torch_runner,
 )
+from nasbert_deploy.quantize.embedding import quantize_embeddings
 from nasbert_deploy.quantize.lsq import (
     bake_weights,
     quantize_linears,
@@ -58,10 +60,17 @@ def onnx_name(bits: int) -> str:
     return f"onnx/model_q{bits}.onnx"
 
 
-def check_request(bits: int, formats: Sequence[str]) -> None:
+def embedding_bits(cfg: QuantizeConfig) -> int:
+    """Bits of the word-embedding table (0: float): `cfg.embedding_bits`, or the weights' when None."""
+    return cfg.bits if cfg.embedding_bits is None else cfg.embedding_bits
+
+
+def check_request(bits: int, formats: Sequence[str], embedding: int | None = None) -> None:
     """Bits the chosen runtimes have kernels for (`KERNELS`), and the runtimes importable: one-line errors."""
     if bits not in BITS:
         raise ExportError(f"--bits {bits} is not supported; valid: {', '.join(map(str, BITS))}")
+    if embedding is not None and embedding not in (0, *BITS):
+        raise ExportError(f"--embedding-bits {embedding} is not supported; valid: {', '.join(map(str, BITS))}, or 0 (float)")
     bad = [f for f in formats if f not in KERNELS[bits]]
     if bad:
         have = ", ".join(KERNELS[bits]) or "none (simulated in PyTorch only: pass --format none)"
@@ -111,6 +120,8 @@ def load_quantized(folder: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     quantize_linears(model, meta["bits"], meta["act_bits"], reduce_range=bool(meta.get("reduce_range", False)))
     # folders written before sharing existed have no groups: every Linear keeps its own input quantizer, as trained
     share_input_quantizers(model, meta.get("shared_input_quantizers", []))
+    if meta.get("embedding_bits"):  # folders written before embeddings were quantized have none: float table
+        quantize_embeddings(model, int(meta["embedding_bits"]))
     state = load_file(str(p / QUANT_WEIGHTS))
     missing = [k for k in model.state_dict() if ".w_quant." in k or ".a_quant." in k]
     model.load_state_dict({**model.state_dict(), **state})
@@ -144,7 +155,7 @@ def quantize(
 ) -> dict[str, Any]:
     """KDLSQ: fake-quantize every Linear of the classifier in `model_dir`, train it with distillation from the
     full-precision model (or `teacher_model`), export it for `formats`, check and score; returns the report."""
-    check_request(cfg.bits, formats)
+    check_request(cfg.bits, formats, cfg.embedding_bits)
     labels = check_inputs(Path(model_dir), train, valid, None if teacher_model is None else Path(teacher_model))
     fp_model, tokenizer = load_classifier(model_dir)
     fp_model.eval()
@@ -152,6 +163,7 @@ def quantize(
     student = copy.deepcopy(fp_model)
     # Linears reading one tensor (query/key/value) share one input quantizer: one QuantizeLinear per tensor in the export
     names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None), cfg.reduce_range)
+    embedding = quantize_embeddings(student, embedding_bits(cfg)) if embedding_bits(cfg) else None
     cfg = QuantizeConfig(**{**cfg.to_dict(), "max_len": fit_max_len(fp_model, cfg.max_len)})
     label2id = {n: i for i, n in enumerate(labels)}
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model),
@@ -159,6 +171,7 @@ def quantize(
     summary = train_quantized(student, teacher, tokenizer, train, train.label_ids(label2id), out_dir, cfg, key, progress, note)
     bake_weights(student)
     report = _score_and_export(fp_model, student, tokenizer, valid, labels, cfg, formats, out_dir, names)
+    report["embedding"] = {"module": embedding, "bits": embedding_bits(cfg) if embedding else None}
     report.update({"model": str(model_dir), "teacher_model": key["teacher_model"], "task": train.source,
                    "train_rows": len(train), "valid_rows": len(valid), "config": cfg.to_dict(), "training": summary})
     out = Path(out_dir)
@@ -258,6 +271,8 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
     meta = {"method": "KDLSQ (LSQ step sizes + distillation)", "bits": cfg.bits, "act_bits": cfg.act_bits,
             "reduce_range": cfg.reduce_range, "weight_levels": list(weight_levels(student)),
             "weights": "symmetric per output channel", "activations": "asymmetric uint8 per tensor", "linears": names,
-            "shared_input_quantizers": shared_input_groups(student), "files": files}
+            "shared_input_quantizers": shared_input_groups(student), "files": files,
+            "embedding_bits": report.get("embedding", {}).get("bits") or 0,
+            "embedding": report.get("embedding", {}).get("module")}
     write_json_atomic(tmp / QUANT_JSON, meta)
     write_json_atomic(tmp / REPORT_NAME, report)

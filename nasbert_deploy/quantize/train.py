@@ -45,6 +45,7 @@ class QuantizeConfig:
     bits: int = 8
     act_bits: int = 8
     reduce_range: bool = False  # 8-bit weights on [-63, 63]: no int16 saturation on x86 without VNNI (`grid`)
+    embedding_bits: int | None = None  # the word-embedding table, per row (`embedding`): None as the weights, 0 float
     steps: int = 300
     batch_size: int = 16
     max_len: int = 128
