@@ -167,7 +167,8 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=50, help="held-out whole models per device")
     ap.add_argument("--fresh", action="store_true", help="profile each device now, held-out models in the same passes")
     ap.add_argument("--smoke", action="store_true", help="--fresh on the tiny space with tiny timings (a quick run-through)")
-    ap.add_argument("--validate", type=int, default=40, help="--fresh: whole models the correction is fitted on")
+    ap.add_argument("--validate", type=int, default=ProfileSettings.validate,
+                    help="--fresh: whole models the correction is fitted on")
     ap.add_argument("--out-dir", default=None, help="--fresh: keep the tables here (e.g. profiles)")
     ap.add_argument("--model-rounds", type=int, default=ProfileSettings.model_rounds, help="--fresh: rounds per whole model")
     ap.add_argument("--model-min-time", type=float, default=ProfileSettings.model_min_time_s,
