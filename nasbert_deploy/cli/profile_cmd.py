@@ -93,7 +93,7 @@ def profile(
     holdout_seed: Annotated[int | None, _opt("--holdout-seed", help="Seed of the held-out models (new seed: new "
                                              "models).")] = None,
     max_cv: Annotated[float, _opt("--max-cv", min=0.0, help="Re-measure above this coefficient of variation "
-                                  "(0: never).")] = _D.max_cv,
+                                  "(0: never; the rounds are the repeats).")] = _D.max_cv or 0.0,
     seed: Annotated[int, _opt("--seed", help="Seed for the validation architectures and the timing order.")] = 0,
     force: Annotated[bool, _opt("--force", help="Replace an existing --out table or --bundle folder.")] = False,
     fast: Annotated[bool, _opt("--fast", help="Quick-start preset: fewer, shorter rounds and 12 fitting models, for the "

@@ -29,7 +29,7 @@ class ProfileSettings:
     warmup: int = 5
     runs: int = 20
     min_time_s: float = 0.2
-    max_cv: float | None = 0.1
+    max_cv: float | None = None  # no re-measuring: the rounds are the repeats (docs/profiling.md)
     retries: int = 1
     rounds: int = 3
     model_rounds: int = 4
