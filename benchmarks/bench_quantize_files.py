@@ -1,0 +1,125 @@
+"""File size and latency of one architecture's quantized exports, side by side (issue #14's size and latency targets).
+
+File sizes depend on the shapes only and latency hardly on the weights' values, so this needs no training: the
+architecture is built with random weights (non-zero biases, as trained models have), its step sizes initialised as
+`quantize` does (LSQ weights, activation ranges from one batch of random tokens), and exported the way `quantize`
+and `export` export:
+
+    fp32 ONNX / IR | ORT dynamic INT8 (`export --int8`) | NNCF INT8 (OpenVINO) | KDLSQ 8-bit QDQ (ORT; OpenVINO IR)
+    | KDLSQ 4-bit MatMulNBits with and without the 4-bit word-embedding table (ORT; OpenVINO reads it as u4)
+
+    taskset -c 1 python benchmarks/bench_quantize_files.py --arch '256:mha,ffn,id,id|256:mha,ffn,id,id|256:mha,ffn,id,id' \
+        --space minilm-wide --rounds 7 [--no-latency]
+
+Latency: 1 thread, batch 1 x --seq random tokens, interleaved rounds in alternating order, min over rounds of the
+round medians (as bench_quantize.py). Run it on an otherwise idle core, or with `--clock cpu`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_quantize import _open, _size, cpu_model
+
+from nasbert_deploy.devices import load_device
+from nasbert_deploy.model.modeling import NasBertForSequenceClassification
+from nasbert_deploy.quantize.embedding import quantize_embeddings
+from nasbert_deploy.quantize.lsq import quantize_linears
+from nasbert_deploy.quantize.onnx_qdq import export_quantized_onnx
+from nasbert_deploy.runtimes.base import get_runtime, time_compiled
+from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput, onnx_to_openvino
+from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic
+from nasbert_deploy.space import get_space
+from nasbert_deploy.student.distill import build_student
+
+
+def classifier(arch: str, space: str, labels: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    enc = build_student(arch, init="random", space=get_space(space)).model
+    cfg = enc.config
+    cfg.num_labels = labels
+    m = NasBertForSequenceClassification(cfg)
+    m.nasbert.load_state_dict(enc.state_dict())
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Linear) and mod.bias is not None:
+                mod.bias.normal_(0, 0.02)
+    return m.eval()
+
+
+def build(a: argparse.Namespace, work: Path) -> dict[str, tuple[Path, bool]]:
+    """name -> (file, opened by OpenVINO)"""
+    vocab = get_space(a.space).vocab_size
+    g = torch.Generator().manual_seed(0)
+    ex = {"input_ids": torch.randint(5, vocab, (EXAMPLE_BATCH, EXAMPLE_SEQ), generator=g),
+          "attention_mask": torch.ones(EXAMPLE_BATCH, EXAMPLE_SEQ, dtype=torch.long)}
+    calib = [{"input_ids": np.random.default_rng(i).integers(5, vocab, (1, a.seq)),
+              "attention_mask": np.ones((1, a.seq), np.int64)} for i in range(32)]
+    fp = classifier(a.arch, a.space, a.labels)
+    files = {}
+    for name, dev, stem in (("fp32", "cpu-ort", "model.onnx"), ("ORT dynamic INT8", "cpu-ort-int8", "model.int8.onnx"),
+                            ("fp32 IR", "cpu-openvino", "openvino_model.xml"),
+                            ("NNCF INT8", "cpu-openvino-int8", "openvino_model.int8.xml")):
+        spec = load_device(dev)
+        d = work / dev
+        d.mkdir(parents=True, exist_ok=True)
+        get_runtime(spec.runtime).compile(FirstOutput(fp), ex, ["logits"], spec, d, calibration=calib if "int8" in dev else None)
+        files[name] = (d / stem, spec.runtime == "openvino")
+    first = {k: torch.tensor(v) for k, v in calib[0].items()}
+    for bits, emb in ((8, 8), (4, 0), (4, 4)):
+        m = classifier(a.arch, a.space, a.labels)
+        quantize_linears(m, bits, 8, ex)
+        if emb:
+            quantize_embeddings(m, emb)
+        with torch.no_grad():
+            m(**first)  # activation step sizes from one batch
+        label = f"KDLSQ {bits}-bit, {'float' if not emb else f'{emb}-bit'} embeddings"
+        path = export_quantized_onnx(m, work / f"q{bits}e{emb}.onnx", ex, bits)
+        files[label] = (path, False)
+        if bits == 8 or emb:
+            xml = onnx_to_openvino(path, work / f"q{bits}e{emb}.xml", fp16=False, convert=False)
+            files[f"{label} (OpenVINO)"] = (Path(xml), True)
+    return files
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="256:mha,ffn,id,id|256:mha,ffn,id,id|256:mha,ffn,id,id")
+    p.add_argument("--space", default="minilm-wide")
+    p.add_argument("--labels", type=int, default=12)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall")
+    p.add_argument("--no-latency", action="store_true", help="file sizes only")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="bench-qfiles-") as tmp:
+        files = build(a, Path(tmp))
+        fp32_mb = _size(files["fp32"][0]) / 2**20
+        ms: dict[str, float] = {}
+        if not a.no_latency:
+            rng = np.random.default_rng(1)
+            inputs = {"input_ids": rng.integers(5, get_space(a.space).vocab_size, (1, a.seq)),
+                      "attention_mask": np.ones((1, a.seq), np.int64)}
+            compiled = {n: _open(path, ov, int8=n == "NNCF INT8") for n, (path, ov) in files.items()}
+            rounds: dict[str, list[float]] = {n: [] for n in compiled}
+            for r in range(a.rounds):
+                for n in (list(compiled) if r % 2 == 0 else list(reversed(compiled))):
+                    rounds[n].append(time_compiled(compiled[n], inputs, warmup=5, runs=20, min_time_s=0.3,
+                                                   clock=CLOCKS[a.clock]).median_ms)
+            ms = {n: round_statistic(v, "min") for n, v in rounds.items()}
+        print(f"{a.arch} ({a.space}), {cpu_model()}, 1 thread, batch 1 x {a.seq}, {a.rounds} rounds, clock {a.clock}, "
+              f"load average {os.getloadavg()[0]:.2f}")
+        print(f"{'export':52s} {'MB':>7s} {'x smaller':>9s} {'ms':>8s}")
+        for n, (path, _) in files.items():
+            mb = _size(path) / 2**20
+            print(f"{n:52s} {mb:7.2f} {fp32_mb / mb:9.2f} {ms.get(n, float('nan')):8.3f}")
+
+
+if __name__ == "__main__":
+    main()
