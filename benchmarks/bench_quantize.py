@@ -56,7 +56,7 @@ def train_phase(a: argparse.Namespace, out: Path) -> None:
         if (target / "quantize_report.json").is_file():
             continue
         cfg = QuantizeConfig(bits=bits, steps=a.steps, batch_size=16, max_len=a.train_len, ce_weight=a.ce_weight,
-                             checkpoint_every=50)
+                             checkpoint_every=50, embedding_bits=a.embedding_bits)
         t0 = time.perf_counter()
 
         def progress(s: int, t: int, v: dict[str, float], bits: int = bits) -> None:
@@ -191,6 +191,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--train-len", type=int, default=64)
     p.add_argument("--ce-weight", type=float, default=1.0, help="gold-label CE weight (0: distillation only)")
+    p.add_argument("--embedding-bits", type=int, default=None, help="word-embedding table bits (0: float; default: as --bits)")
     p.add_argument("--eval-len", type=int, default=128)
     p.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2])
     p.add_argument("--rounds", type=int, default=6)
