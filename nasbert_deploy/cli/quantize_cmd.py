@@ -79,8 +79,8 @@ def quantize_cmd(
     reduce, reduce_why = resolve_reduce_range(reduce_range.value, b)
     set_threads(threads)
     train, val = task_splits(task, valid)
-    ebits = {"weights": None, "float": 0}.get(embedding_bits.value)
-    ebits = int(embedding_bits.value) if embedding_bits.value.isdigit() else ebits
+    e = embedding_bits.value
+    ebits = None if e == "weights" else 0 if e == "float" else int(e)
     cfg = QuantizeConfig(bits=b, embedding_bits=ebits, reduce_range=reduce, steps=steps, batch_size=batch_size,
                          max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight,
                          checkpoint_every=checkpoint_every, seed=seed)

@@ -62,8 +62,7 @@ def float_copy(model: nn.Module) -> nn.Module:
             lin.weight.copy_(q.quantized_weight())
             if q.bias is not None:
                 lin.bias.copy_(q.bias)
-        parent_name, _, child = name.rpartition(".")
-        setattr(plain.get_submodule(parent_name) if parent_name else plain, child, lin)
+        plain.set_submodule(name, lin)
     plain_embeddings(plain)
     return plain
 
