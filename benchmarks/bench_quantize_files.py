@@ -27,10 +27,10 @@ import torch
 from bench_quantize import _open, _size, cpu_model
 
 from nasbert_deploy.devices import load_device
+from nasbert_deploy.lowbit.embedding import quantize_embeddings
+from nasbert_deploy.lowbit.lsq import quantize_linears
+from nasbert_deploy.lowbit.qdq import export_quantized_onnx
 from nasbert_deploy.model.modeling import NasBertForSequenceClassification
-from nasbert_deploy.quantize.embedding import quantize_embeddings
-from nasbert_deploy.quantize.lsq import quantize_linears
-from nasbert_deploy.quantize.onnx_qdq import export_quantized_onnx
 from nasbert_deploy.runtimes.base import get_runtime, time_compiled
 from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput, onnx_to_openvino
 from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic

@@ -1,7 +1,7 @@
 """Full vs reduced 8-bit weight grid on an existing KDLSQ folder, *not retrained*: the same learned step sizes,
 weights clipped to [-63, 63] for the reduced grid; each variant exported to QDQ ONNX and compared on ONNX Runtime
 (1 thread) with its own fake-quantized PyTorch model on the first --rows valid rows. On x86 CPUs without VNNI the
-full-range export saturates int16 in ORT's u8 x s8 kernels (`quantize.grid`); the reduced one cannot.
+full-range export saturates int16 in ORT's u8 x s8 kernels (`lowbit.grid`); the reduced one cannot.
 
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/bench_reduce_range.py --folder /tmp/kdlsq/bench/q8 \
         --valid /work/shared/tasks/debian-sections/valid.jsonl --rows 200 --max-len 64
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nasbert_deploy.lowbit.grid import cpu_flags, saturates_int16
+from nasbert_deploy.lowbit.lsq import quant_linears, weight_spec
+from nasbert_deploy.lowbit.qdq import export_quantized_onnx
 from nasbert_deploy.quantize.check import onnx_weight_range, task_logits, torch_runner
-from nasbert_deploy.quantize.grid import cpu_flags, saturates_int16
-from nasbert_deploy.quantize.lsq import quant_linears, weight_spec
-from nasbert_deploy.quantize.onnx_qdq import export_quantized_onnx
 from nasbert_deploy.quantize.run import _example, load_quantized
 from nasbert_deploy.student.tasks import load_task
 

@@ -16,9 +16,12 @@ from nasbert_deploy.resources import shipped_dir
 
 RUNTIME_NAMES = ("torch", "onnxruntime", "openvino")
 TARGETS = {"torch": ("cpu", "cuda"), "onnxruntime": ("cpu", "cuda"), "openvino": ("cpu", "gpu", "npu")}
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+# how the int8/int4 model is made: "ptq" post-training (ORT dynamic INT8, NNCF), "kdlsq" the integer export
+# `nasbert-deploy quantize` writes (QDQ / MatMulNBits ONNX, OpenVINO reading it; `lowbit.item`)
+QUANTIZERS = ("ptq", "kdlsq")
 _KEYS = {
-    "name", "description", "runtime", "target", "precision", "threads",
+    "name", "description", "runtime", "target", "precision", "quantizer", "threads",
     "batch_sizes", "seq_lens", "providers", "provider_options", "runtime_options",
 }
 
@@ -31,6 +34,7 @@ class DeviceSpec:
     runtime: str
     target: str
     precision: str = "fp32"
+    quantizer: str = "ptq"
     threads: int = 1
     batch_sizes: tuple[int, ...] = (1,)
     seq_lens: tuple[int, ...] = (32, 64, 128)
@@ -39,6 +43,11 @@ class DeviceSpec:
     provider_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     runtime_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     source: str = field(default="", compare=False)
+
+    @property
+    def kdlsq_bits(self) -> int | None:
+        """Weight bits of the `quantize` export this device runs (8 or 4), or None for any other device."""
+        return {"int8": 8, "int4": 4}.get(self.precision) if self.quantizer == "kdlsq" else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,6 +71,15 @@ class DeviceSpec:
         precision = data.get("precision", "fp32")
         if precision not in PRECISIONS:
             raise DeviceError(f"{where}: precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        quantizer = data.get("quantizer", "ptq")
+        if quantizer not in QUANTIZERS:
+            raise DeviceError(f"{where}: quantizer {quantizer!r} is not one of {', '.join(QUANTIZERS)}")
+        if quantizer == "kdlsq" and (precision not in ("int8", "int4") or rt == "torch" or target != "cpu"):
+            raise DeviceError(f"{where}: quantizer 'kdlsq' runs the integer exports of `nasbert-deploy quantize`: precision "
+                              f"int8 or int4, runtime onnxruntime or openvino, target cpu (got {precision}, {rt}, {target})")
+        if precision == "int4" and quantizer != "kdlsq":
+            raise DeviceError(f"{where}: precision int4 exists only as 4-bit KDLSQ weights (`nasbert-deploy quantize --bits 4`): "
+                              "add quantizer = \"kdlsq\"")
         threads = data.get("threads", 1)
         if not isinstance(threads, int) or threads < 0:
             raise DeviceError(f"{where}: threads must be an integer >= 0 (0 = runtime default), got {threads!r}")
@@ -86,6 +104,7 @@ class DeviceSpec:
             runtime=rt,
             target=target,
             precision=precision,
+            quantizer=quantizer,
             threads=threads,
             batch_sizes=ints("batch_sizes", (1,), 1),
             seq_lens=ints("seq_lens", (32, 64, 128), 2),

@@ -40,7 +40,7 @@ def test_choices_are_the_registries():
         (["--bogus"], ["No such option", "--bogus"]),
         (["bogus"], ["No such command 'bogus'"]),
         (["evaluate", "--model", "m", "--runtime", "tensorrt"], ["'tensorrt' is not one of 'torch', 'onnxruntime', 'openvino'"]),
-        (["search", "--max-latency-ms", "3", "--precision", "int4"], ["'int4' is not one of 'fp32', 'fp16', 'int8'"]),
+        (["search", "--max-latency-ms", "3", "--precision", "int2"], ["'int2' is not one of 'fp32', 'fp16', 'int8', 'int4'"]),
         (["export", "--out", "o", "--init", "pretrained"], ["'pretrained' is not one of 'supernet', 'random'"]),
         (["supernet", "train", "--corpus", "c", "--out", "o", "--device", "tpu"], ["is not one of 'auto', 'cpu', 'cuda'"]),
         (["finetune", "--model", "m", "--out", "o", "--lambda", "1.5"], ["less than or equal to 1"]),

@@ -16,7 +16,7 @@ SHIPPED = sorted(p.stem for p in shipped_dir("devices").glob("*.toml"))
 
 
 def test_every_shipped_spec_loads_and_is_registered():
-    assert len(SHIPPED) == 9
+    assert len(SHIPPED) == 13
     assert [s.name for s in list_devices()] == SHIPPED
     for name in SHIPPED:
         spec = load_device(name)
@@ -26,7 +26,8 @@ def test_every_shipped_spec_loads_and_is_registered():
 
 
 def test_cpu_specs_usable_here():
-    for name in ("cpu-torch", "cpu-ort", "cpu-openvino", "cpu-ort-int8", "cpu-openvino-int8"):
+    for name in ("cpu-torch", "cpu-ort", "cpu-openvino", "cpu-ort-int8", "cpu-openvino-int8", "cpu-ort-kdlsq8", "cpu-ort-kdlsq4",
+                 "cpu-openvino-kdlsq8", "cpu-openvino-kdlsq4"):
         assert availability(load_device(name)) is None
 
 
@@ -45,6 +46,10 @@ def test_user_spec_by_path(tmp_path):
         ('name = "x"\nruntime = "torch"\ntarget = "cpu"\ncolour = 1\n', "unknown key"),
         ('name = "x"\nruntime = "torch"\ntarget = "cpu"\nseq_lens = []\n', "seq_lens must be a non-empty list"),
         ("name = [", "is not valid TOML"),
+        ('name = "x"\nruntime = "onnxruntime"\ntarget = "cpu"\nquantizer = "gptq"\n', "quantizer 'gptq' is not one of ptq, kdlsq"),
+        ('name = "x"\nruntime = "onnxruntime"\ntarget = "cpu"\nquantizer = "kdlsq"\n', "precision int8 or int4, runtime onnxr"),
+        ('name = "x"\nruntime = "torch"\ntarget = "cpu"\nprecision = "int8"\nquantizer = "kdlsq"\n', "(got int8, torch, cpu)"),
+        ('name = "x"\nruntime = "onnxruntime"\ntarget = "cpu"\nprecision = "int4"\n', "add quantizer = \"kdlsq\""),
     ],
 )
 def test_malformed_specs(tmp_path, text, match):

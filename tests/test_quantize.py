@@ -12,8 +12,7 @@ from helpers import make_tiny_teacher
 from torch import nn
 
 from nasbert_deploy.export.validate import padded_inputs
-from nasbert_deploy.quantize.check import check_logits, torch_runner
-from nasbert_deploy.quantize.lsq import (
+from nasbert_deploy.lowbit.lsq import (
     LsqQuantizer,
     QuantLinear,
     activation_spec,
@@ -23,7 +22,8 @@ from nasbert_deploy.quantize.lsq import (
     quantize_linears,
     weight_spec,
 )
-from nasbert_deploy.quantize.onnx_qdq import export_quantized_onnx, pack_nbits
+from nasbert_deploy.lowbit.qdq import export_quantized_onnx, pack_nbits
+from nasbert_deploy.quantize.check import check_logits, torch_runner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EXAMPLE = {"input_ids": torch.randint(5, 1000, (2, 37), generator=torch.Generator().manual_seed(0)),

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from nasbert_deploy.cli.app import app
 from nasbert_deploy.errors import CheckpointError
 from nasbert_deploy.export.validate import padded_inputs
+from nasbert_deploy.lowbit.grid import saturates_int16
 from nasbert_deploy.quantize.check import torch_runner
-from nasbert_deploy.quantize.grid import saturates_int16
 from nasbert_deploy.quantize.run import load_quantized, onnx_name, quantize
 from nasbert_deploy.quantize.train import QuantizeConfig
 from nasbert_deploy.student.tasks import load_task
@@ -75,6 +75,13 @@ def test_quantize_8bit_end_to_end(tiny):
         assert report["scores"][f"kdlsq-8bit-{rt}"]["agreement_vs_torch"] == 1.0
     assert (out / onnx_name(8)).is_file() and (out / "openvino" / "openvino_model_q8.xml").is_file()
     assert not (tiny["root"] / "q8.ckpt").exists()
+    # measured by default on the shipped kdlsq8 devices; a BERT model is outside every search space: not predicted
+    lat = {x["device"]: x for x in report["latency"]}
+    assert sorted(lat) == ["cpu-openvino-kdlsq8", "cpu-ort-kdlsq8"]
+    for x in lat.values():
+        assert x["measured"]["median_ms"] > 0 and x["predicted_ms"] is None and "not an architecture" in x["predicted_note"]
+        assert x["seq_len"] == 64  # the tiny model's positions
+    assert "cpu-ort-kdlsq8 ms (b1 x 64)" in r.output
     # the folder reloads as the same fake-quantized model, and its ONNX file runs it on integer kernels
     import onnxruntime as ort
 

@@ -10,10 +10,10 @@ from test_quantize import EXAMPLE, _openvino_checks, _ort, bert_classifier, fake
 from torch import nn
 
 from nasbert_deploy.export.validate import padded_inputs
+from nasbert_deploy.lowbit.embedding import QuantEmbedding, pack_rows, quant_embeddings, quantize_embeddings
+from nasbert_deploy.lowbit.lsq import bake_weights
+from nasbert_deploy.lowbit.qdq import export_quantized_onnx, float_copy
 from nasbert_deploy.quantize.check import check_logits, torch_runner
-from nasbert_deploy.quantize.embedding import QuantEmbedding, pack_rows, quant_embeddings, quantize_embeddings
-from nasbert_deploy.quantize.lsq import bake_weights
-from nasbert_deploy.quantize.onnx_qdq import export_quantized_onnx, float_copy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

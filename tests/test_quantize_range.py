@@ -11,9 +11,8 @@ import torch
 from test_quantize import EXAMPLE, _openvino_checks, _ort, bert_classifier, nasbert_classifier, tiny_dir  # noqa: F401
 
 from nasbert_deploy.errors import ExportError
-from nasbert_deploy.quantize.check import check_logits, check_weight_range, onnx_weight_range, torch_runner
-from nasbert_deploy.quantize.grid import cpu_flags, resolve_reduce_range, saturates_int16
-from nasbert_deploy.quantize.lsq import (
+from nasbert_deploy.lowbit.grid import cpu_flags, resolve_reduce_range, saturates_int16
+from nasbert_deploy.lowbit.lsq import (
     LsqQuantizer,
     mse_weight_steps,
     quant_linears,
@@ -21,7 +20,8 @@ from nasbert_deploy.quantize.lsq import (
     weight_levels,
     weight_spec,
 )
-from nasbert_deploy.quantize.onnx_qdq import export_quantized_onnx
+from nasbert_deploy.lowbit.qdq import export_quantized_onnx
+from nasbert_deploy.quantize.check import check_logits, check_weight_range, onnx_weight_range, torch_runner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 AVX2 = frozenset({"sse4_1", "avx", "avx2", "fma"})

@@ -13,8 +13,7 @@ from helpers import make_tiny_teacher
 from test_quantize import EXAMPLE, bert_classifier, nasbert_classifier
 
 from nasbert_deploy.export.validate import padded_inputs
-from nasbert_deploy.quantize.check import check_logits, torch_runner
-from nasbert_deploy.quantize.lsq import (
+from nasbert_deploy.lowbit.lsq import (
     LsqQuantizer,
     QuantLinear,
     activation_spec,
@@ -24,7 +23,8 @@ from nasbert_deploy.quantize.lsq import (
     shared_input_groups,
     step_parameters,
 )
-from nasbert_deploy.quantize.onnx_qdq import export_quantized_onnx
+from nasbert_deploy.lowbit.qdq import export_quantized_onnx
+from nasbert_deploy.quantize.check import check_logits, torch_runner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,7 +140,7 @@ def _folder(model, tiny_dir, out, meta):
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
-    from nasbert_deploy.quantize.onnx_qdq import float_copy
+    from nasbert_deploy.lowbit.qdq import float_copy
 
     float_copy(model).save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(out)

@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 
 from nasbert_deploy.cli.common import SeedOpt, ThreadsOpt, choice, console, print_report, set_threads, training_progress
+from nasbert_deploy.lowbit.grid import REDUCE_RANGE_MODES
 from nasbert_deploy.quantize import BITS, KERNELS
-from nasbert_deploy.quantize.grid import REDUCE_RANGE_MODES
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
 app = typer.Typer()
@@ -61,13 +61,18 @@ def quantize_cmd(
     ce_weight: Annotated[float, typer.Option("--ce-weight", min=0.0, help="Weight of the gold-label cross-entropy beside "
                                              "the distillation terms (0: distillation only).")] = 1.0,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 100,
+    devices: Annotated[list[str] | None, typer.Option("--device", help="Measure the exports on this kdlsq device and predict "
+                                                      "them with its latency table (repeatable; default: every shipped "
+                                                      "kdlsq device of --bits and --format, e.g. cpu-ort-kdlsq8).")] = None,
+    no_timing: Annotated[bool, typer.Option("--no-timing", help="Do not measure the exports' latency.")] = False,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing, non-empty --out folder.")] = False,
 ) -> None:
     """Quantize a classifier with learned step sizes, trained by distillation from its fp32 self (resumable)."""
     from nasbert_deploy.fileio import check_output
-    from nasbert_deploy.quantize.grid import resolve_reduce_range
+    from nasbert_deploy.lowbit.grid import resolve_reduce_range
+    from nasbert_deploy.quantize.latency import check_devices, default_devices
     from nasbert_deploy.quantize.run import check_request, quantize
     from nasbert_deploy.quantize.train import QuantizeConfig
     from nasbert_deploy.student.tasks import task_splits
@@ -76,6 +81,7 @@ def quantize_cmd(
     b = int(bits.value)
     chosen = parse_formats(formats if formats is not None else DEFAULT_FORMATS[b])
     check_request(b, chosen)
+    specs = [] if no_timing else check_devices(devices if devices else default_devices(b, chosen), b, chosen)
     reduce, reduce_why = resolve_reduce_range(reduce_range.value, b)
     set_threads(threads)
     train, val = task_splits(task, valid)
@@ -85,7 +91,7 @@ def quantize_cmd(
                          max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight,
                          checkpoint_every=checkpoint_every, seed=seed)
     with training_progress(f"quantizing ({b}-bit)") as update:
-        report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print)
+        report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print, devices=specs)
     lo, hi = report["weight_levels"]
     rows: dict[str, object] = {"weight grid": f"[{lo}, {hi}], reduce range {reduce_why}",
                                "train rows": report["train_rows"], "valid rows": report["valid_rows"],
@@ -98,6 +104,12 @@ def quantize_cmd(
     rows["word embeddings"] = f"{emb['bits']}-bit per row" if emb.get("module") else "float"
     for rt, c in report["checks"].items():
         rows[f"{rt} vs torch max |diff|"] = c["max_abs_diff"]
+    for lat in report.get("latency", []):
+        m = (lat.get("measured") or {}).get("median_ms")
+        pred = lat.get("predicted_ms")
+        rows[f"{lat['device']} ms (b1 x {lat['seq_len']})"] = (
+            f"measured {m:.3f}" if m else lat.get("measured_note", "not measured")) + (
+            f", predicted {pred:.3f} ({m / pred - 1:+.1%})" if pred and m else f"; {lat.get('predicted_note', '')}")
     if report["simulated_only"]:
         rows["exports"] = "none (simulated: no runtime has these kernels)"
     print_report(f"quantized -> {out}", rows)

@@ -41,8 +41,8 @@ def load_latency_table(spec: DeviceSpec, space: SearchSpace | None = None) -> An
 def measure_latency(
     folder: Path,
     spec: DeviceSpec,
-    space: SearchSpace,
-    arch: Arch,
+    space: SearchSpace | None,
+    arch: Arch | None,
     batch: int,
     seq_len: int,
     vocab: int,
@@ -57,7 +57,8 @@ def measure_latency(
     entries and models were). With `rescale` and a table that has a reference model, the reference is timed
     before, between and after the rounds: `host_factor` (its median now over the table's) and the prediction
     rescaled to the host's state now (`predicted_rescaled_ms`). `factor`: a `--calibrate` factor (`host.calibrate`)
-    the table's predictions are scaled by (`calibration_factor`)."""
+    the table's predictions are scaled by (`calibration_factor`). Without `arch` (a model outside every search
+    space: BERT, a pruned model) the latency is measured only."""
     import statistics
 
     import numpy as np
@@ -78,6 +79,8 @@ def measure_latency(
     }
     table = None
     try:
+        if arch is None or space is None:
+            raise TableError("the model is not an architecture of a search space, which latency tables cover")
         table = load_latency_table(spec, space)
         if factor is not None:
             table = table.rescaled(factor)

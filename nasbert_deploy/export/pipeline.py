@@ -89,6 +89,10 @@ def check_device_formats(spec: DeviceSpec, options: ExportOptions) -> None:
     need = {"onnxruntime": "onnx", "openvino": "openvino"}.get(spec.runtime)
     if need and need not in options.formats:
         raise ExportError(f"device {spec.name!r} runs {spec.runtime}: add {need} to --format (now {','.join(options.formats)})")
+    if spec.quantizer == "kdlsq":
+        raise ExportError(f"device {spec.name!r} runs the integer exports of `nasbert-deploy quantize` (KDLSQ): quantize a "
+                          f"fine-tuned model with `nasbert-deploy quantize --bits {spec.kdlsq_bits} --device {spec.name}`, "
+                          "or export for a float or PTQ device (cpu-ort, cpu-ort-int8, ...)")
     if spec.precision == "int8" and not options.int8:
         raise ExportError(f"device {spec.name!r} runs INT8 models: add --int8")
     if spec.precision == "fp16" and spec.runtime == "openvino" and not options.fp16:

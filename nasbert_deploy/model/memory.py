@@ -9,7 +9,11 @@
   element of every `Linear` weight matrix (MHA q/k/v/out, FFN fc1/fc2, SepConv pointwise,
   embedding projection, boundaries, head) and 4 bytes for everything else (biases, LayerNorms,
   depthwise conv kernels, the embedding tables, which are gathers, not matmuls). Per-tensor scales
-  and zero points (a few bytes per matrix) are ignored.
+  and zero points (a few bytes per matrix) are ignored. (KDLSQ 8-bit, `quantize --bits 8`, also stores the word
+  table in int8: this is an upper bound for it.)
+- `int4`: KDLSQ 4-bit weights (`quantize --bits 4`, the only int4 path): half a byte per element of every Linear
+  weight matrix and of the word-embedding table, 4 bytes per output channel (its scale) or table row, 4 bytes
+  for everything else.
 
 **Activations** are a *maximum*, not a sum: inference frees a layer's temporaries before the next
 layer runs, so the peak is the largest set of tensors alive at one time in any single part
@@ -35,7 +39,8 @@ from dataclasses import dataclass
 from nasbert_deploy.errors import ArchError
 from nasbert_deploy.space import Arch, BlockArch, Op, SearchSpace
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+LOW_BIT = ("int8", "int4")
 MIB = 2**20
 
 
@@ -52,13 +57,15 @@ def _linear_bytes(d_in: int, d_out: int, precision: str) -> int:
     """One Linear(d_in, d_out): weight matrix + bias."""
     if precision == "int8":
         return d_in * d_out + 4 * d_out
+    if precision == "int4":
+        return (d_in * d_out + 1) // 2 + 8 * d_out  # packed weights + per-channel scale + bias
     return (d_in * d_out + d_out) * (2 if precision == "fp16" else 4)
 
 
 def op_weight_bytes(space: SearchSpace, op: Op, hidden: int, precision: str = "fp32") -> int:
     """Weight bytes of one layer operation at `hidden` (see the module docstring for int8)."""
     _check(precision)
-    if precision != "int8":
+    if precision not in LOW_BIT:
         return space.op_params(op, hidden) * (2 if precision == "fp16" else 4)
     h = hidden
     ln = 4 * 2 * h
@@ -103,6 +110,8 @@ def fixed_weight_bytes(space: SearchSpace, hiddens: tuple[int, ...], precision: 
     tables = (space.vocab_size + space.max_positions + space.type_vocab_size) * e + 2 * e
     if precision == "fp16":
         n = 2 * tables
+    elif precision == "int4":  # the word table at 4 bits with a scale per row; the rest float
+        n = (space.vocab_size * e + 1) // 2 + 4 * space.vocab_size + 4 * (tables - space.vocab_size * e)
     else:
         n = 4 * tables
     n += _linear_bytes(e, hiddens[0], precision)

@@ -45,6 +45,7 @@ CONVERTERS = ("torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf")
 # the code that decides what an export contains: a change to any of it must miss the cache
 _CODE = ("model/ops.py", "model/modeling.py", "profiling/items.py", "profiling/assemble.py", "profiling/cache.py",
          "runtimes/convert.py", "runtimes/onnxruntime_rt.py", "runtimes/openvino_rt.py")
+_KDLSQ_CODE = ("lowbit/lsq.py", "lowbit/embedding.py", "lowbit/qdq.py", "lowbit/item.py")  # kdlsq devices' exports too
 META = "meta.json"
 
 Progress = Callable[[str, int, int], None]
@@ -57,7 +58,7 @@ def default_cache_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _fingerprint() -> dict[str, Any]:
+def _fingerprint(kdlsq: bool = False) -> dict[str, Any]:
     import importlib.metadata as md
 
     versions = {}
@@ -67,7 +68,8 @@ def _fingerprint() -> dict[str, Any]:
         except md.PackageNotFoundError:
             versions[dist] = None
     pkg = Path(__file__).resolve().parent.parent
-    code = hashlib.sha256(b"".join((pkg / f).read_bytes() for f in _CODE if (pkg / f).is_file())).hexdigest()[:16]
+    files = _CODE + (_KDLSQ_CODE if kdlsq else ())
+    code = hashlib.sha256(b"".join((pkg / f).read_bytes() for f in files if (pkg / f).is_file())).hexdigest()[:16]
     return {"format": CACHE_FORMAT, "versions": versions, "code": code}
 
 
@@ -83,9 +85,12 @@ class ExportCache:
 
     def folder(self, item: Item, spec: DeviceSpec, space: SearchSpace) -> Path:
         ident = {"item": item.to_dict(), "space_hash": space.space_hash(), "runtime": spec.runtime, "target": spec.target,
-                 "precision": spec.precision, **_fingerprint()}
+                 "precision": spec.precision, **_fingerprint(bool(spec.kdlsq_bits))}
+        if spec.kdlsq_bits:  # only then: the keys of every other device stay what they were
+            ident["quantizer"] = spec.quantizer
         key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
-        return self.root / f"{spec.runtime}-{spec.target}-{spec.precision}" / key
+        kind = f"-{spec.quantizer}" if spec.kdlsq_bits else ""
+        return self.root / f"{spec.runtime}-{spec.target}-{spec.precision}{kind}" / key
 
     def lookup(self, item: Item, spec: DeviceSpec, space: SearchSpace) -> Path | None:
         """The cached artefact (the file `runtime.load` opens) of `item`, or None."""
@@ -135,13 +140,18 @@ def _convert(job: dict[str, Any]) -> tuple[str, float, str]:
             except AssemblyError as exc:
                 how = f"exported (not assembled: {exc})"
         example = item.example_inputs(space)
-        if how != "assembled":
+        if spec.kdlsq_bits:  # the integer graph `quantize` writes, from the item's module (`lowbit.item`)
+            from nasbert_deploy.lowbit.item import kdlsq_onnx
+
+            kdlsq_onnx(item.build(space), example, item.output_names[0], onnx, spec.kdlsq_bits)
+        elif how != "assembled":
             export_onnx(item.build(space), onnx, example, item.output_names)
         calib = random_calibration(example) if spec.precision == "int8" else None
         art = get_runtime(spec.runtime).from_onnx(onnx, spec, work, calib)
         if job.get("drop_onnx") and art.resolve() != onnx.resolve():
             onnx.unlink()  # whole models are never assembled from: keep only what is loaded
-        meta = {"item": item.to_dict(), "device": {"runtime": spec.runtime, "target": spec.target, "precision": spec.precision},
+        meta = {"item": item.to_dict(), "device": {"runtime": spec.runtime, "target": spec.target, "precision": spec.precision,
+                                                   "quantizer": spec.quantizer},
                 "space_hash": space.space_hash(), "artefact": art.name, "how": how,
                 "seconds": round(time.perf_counter() - t0, 2), **_fingerprint()}
         (work / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
@@ -267,7 +277,7 @@ def prepare_exports(
             for it in todo:
                 job: dict[str, Any] = {"item": it, "space": space, "spec": spec,
                                        "dest": str(where[it.key].folder(it, spec, space))}
-                if it.is_model:
+                if it.is_model and not spec.kdlsq_bits:  # kdlsq parts hold integer graphs: export whole models
                     parts = {k: cache.onnx(ops[k], spec, space) for k in part_keys([space.parse(it.arch)])}
                     job["parts"] = {k: str(p) for k, p in parts.items() if p is not None}
                     job["drop_onnx"] = True

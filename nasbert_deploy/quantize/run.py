@@ -26,8 +26,18 @@ from typing import Any
 
 import torch
 
+from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import ExportError, RuntimeUnavailableError, TaskError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.lowbit.embedding import quantize_embeddings
+from nasbert_deploy.lowbit.lsq import (
+    bake_weights,
+    quantize_linears,
+    share_input_quantizers,
+    shared_input_groups,
+    weight_levels,
+)
+from nasbert_deploy.lowbit.qdq import export_quantized_onnx
 from nasbert_deploy.model.loop import NoteFn, ProgressFn, checkpoint_dir
 from nasbert_deploy.quantize import BITS, KERNELS
 from nasbert_deploy.quantize.check import (
@@ -39,15 +49,7 @@ from nasbert_deploy.quantize.check import (
     task_logits,
     torch_runner,
 )
-from nasbert_deploy.quantize.embedding import quantize_embeddings
-from nasbert_deploy.quantize.lsq import (
-    bake_weights,
-    quantize_linears,
-    share_input_quantizers,
-    shared_input_groups,
-    weight_levels,
-)
-from nasbert_deploy.quantize.onnx_qdq import export_quantized_onnx
+from nasbert_deploy.quantize.latency import measure_exports
 from nasbert_deploy.quantize.train import QuantizeConfig, train_quantized
 from nasbert_deploy.student.finetune import check_model_folder, fit_max_len, load_classifier
 from nasbert_deploy.student.metrics import evaluate_logits
@@ -152,9 +154,13 @@ def quantize(
     teacher_model: str | Path | None = None,
     progress: ProgressFn | None = None,
     note: NoteFn | None = None,
+    devices: Sequence[DeviceSpec] = (),
+    latency_seq_len: int = 128,
 ) -> dict[str, Any]:
     """KDLSQ: fake-quantize every Linear of the classifier in `model_dir`, train it with distillation from the
-    full-precision model (or `teacher_model`), export it for `formats`, check and score; returns the report."""
+    full-precision model (or `teacher_model`), export it for `formats`, check and score; returns the report.
+    `devices` (kdlsq devices, `quantize.latency.check_devices`): the exports measured on each, and predicted by
+    its latency table where one covers the model (`report["latency"]`), at batch 1 x `latency_seq_len`."""
     check_request(cfg.bits, formats, cfg.embedding_bits)
     labels = check_inputs(Path(model_dir), train, valid, None if teacher_model is None else Path(teacher_model))
     fp_model, tokenizer = load_classifier(model_dir)
@@ -177,6 +183,12 @@ def quantize(
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
         _write_folder(tmp, student, tokenizer, cfg, names, formats, report)
+        if devices:
+            if note:
+                note(f"measuring the exports on {', '.join(d.name for d in devices)}")
+            seq = min(latency_seq_len, int(getattr(student.config, "max_position_embeddings", 512) or 512))
+            report["latency"] = measure_exports(tmp, devices, student.config, seq)
+            write_json_atomic(tmp / REPORT_NAME, report)
     shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
     return report
 
@@ -240,8 +252,8 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
                   report: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
+    from nasbert_deploy.lowbit.qdq import float_copy
     from nasbert_deploy.model.remote_code import write_remote_code
-    from nasbert_deploy.quantize.onnx_qdq import float_copy
 
     # clone: a shared input quantizer appears under every reader's name, and safetensors refuses shared memory
     quant_state = {k: v.detach().clone().contiguous() for k, v in student.state_dict().items()

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasbert_deploy.lowbit.lsq import step_parameters
 from nasbert_deploy.model.loop import (
     NoteFn,
     ProgressFn,
@@ -34,7 +35,6 @@ from nasbert_deploy.model.loop import (
     warmup_decay,
 )
 from nasbert_deploy.model.losses import kd_loss, masked_mse
-from nasbert_deploy.quantize.lsq import step_parameters
 from nasbert_deploy.student.tasks import TaskData, iter_batches
 
 

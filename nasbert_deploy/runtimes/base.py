@@ -49,6 +49,24 @@ LEGACY_ARTEFACTS: dict[str, str] = {
 }
 
 
+# what `nasbert-deploy quantize --bits B` writes (`quantize.run`), by runtime and bits: kdlsq devices load these
+QUANTIZE_ARTEFACTS: dict[str, str] = {
+    "onnxruntime-8": "onnx/model_q8.onnx",
+    "onnxruntime-4": "onnx/model_q4.onnx",
+    "openvino-8": "openvino/openvino_model_q8.xml",
+    "openvino-4": "openvino/openvino_model_q4.xml",
+}
+
+
+def device_artefact(folder: str | Path, spec: DeviceSpec) -> Path:
+    """The file of an export (or `quantize`) folder that device `spec` runs: the fp32 ONNX / IR, its PTQ INT8
+    version for int8 devices, the KDLSQ export for kdlsq devices."""
+    if spec.kdlsq_bits:
+        return Path(folder) / QUANTIZE_ARTEFACTS[f"{spec.runtime}-{spec.kdlsq_bits}"]
+    kind = "onnx" if spec.runtime == "onnxruntime" else "openvino"
+    return export_artefact(folder, f"{kind}-int8" if spec.precision == "int8" else kind)
+
+
 def export_artefact(folder: str | Path, kind: str) -> Path:
     """The path of artefact `kind` (a key of `EXPORT_ARTEFACTS`) in an export folder: the current layout's file,
     else the legacy top-level one if only that exists (the current path when neither does)."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import DeviceError, RuntimeUnavailableError
-from nasbert_deploy.runtimes.base import Compiled, export_artefact
+from nasbert_deploy.runtimes.base import Compiled, device_artefact
 
 # ORT fuses residual Add + LayerNormalization into SkipLayerNormalization; on the x86 CPUs measured here
 # (AVX-512, 1 thread) that kernel is slower than the unfused pair: a 12x384 model ran 12% faster without it
@@ -36,7 +36,7 @@ def availability(spec: DeviceSpec) -> str | None:
         return f"onnxruntime here offers {', '.join(have)}, not {', '.join(missing)}{extra}"
     if spec.precision == "fp16":
         return "fp16 is not offered for onnxruntime specs; use fp32 or int8"
-    if spec.precision == "int8" and spec.target != "cpu":
+    if spec.precision in ("int8", "int4") and spec.target != "cpu":
         return "dynamic INT8 quantization is a CPU path; use target cpu"
     return None
 
@@ -108,6 +108,9 @@ def compile(
     reason = availability(spec)
     if reason:
         raise RuntimeUnavailableError(f"device {spec.name!r}: {reason}")
+    if spec.kdlsq_bits:
+        raise DeviceError(f"device {spec.name!r} runs `nasbert-deploy quantize` exports: time a quantize folder "
+                          "(`load`), or profile the device (its items are quantized as `quantize` does)")
     workdir = Path(workdir)
     onnx_path = export_onnx(module, workdir / "model.onnx", example_inputs, output_names)
     return OrtCompiled(from_onnx(onnx_path, spec, workdir), spec)
@@ -118,16 +121,19 @@ def from_onnx(onnx_path: Path, spec: DeviceSpec, workdir: Path, calibration: Any
     returns the file `load` opens. The profiler's export cache converts through this too."""
     from nasbert_deploy.runtimes.convert import quantize_onnx_int8
 
+    if spec.kdlsq_bits:  # already the integer graph (`lowbit.item`, `quantize`)
+        return Path(onnx_path)
     if spec.precision == "int8":
         return quantize_onnx_int8(onnx_path, Path(workdir) / "model.int8.onnx")
     return Path(onnx_path)
 
 
 def load(path: str | Path, spec: DeviceSpec) -> OrtCompiled:
-    """Open an ONNX file, or an export folder's `onnx/model.onnx` (`onnx/model_qint8.onnx` for int8 specs)."""
+    """Open an ONNX file, or an export folder's `onnx/model.onnx` (`onnx/model_qint8.onnx` for int8 specs; a `quantize`
+    folder's `onnx/model_q8.onnx` / `model_q4.onnx` for kdlsq specs)."""
     p = Path(path)
     if p.is_dir():
-        p = export_artefact(p, "onnx-int8" if spec.precision == "int8" else "onnx")
+        p = device_artefact(p, spec)
     if not p.is_file():
         raise DeviceError(f"no ONNX model at {p}")
     return OrtCompiled(p, spec)

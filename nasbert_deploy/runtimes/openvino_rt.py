@@ -10,7 +10,7 @@ import numpy as np
 
 from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import DeviceError, RuntimeUnavailableError
-from nasbert_deploy.runtimes.base import Compiled, export_artefact, random_calibration
+from nasbert_deploy.runtimes.base import Compiled, device_artefact, random_calibration
 from nasbert_deploy.telemetry import openvino_telemetry_off
 
 
@@ -109,6 +109,9 @@ def compile(
     reason = availability(spec)
     if reason:
         raise RuntimeUnavailableError(f"device {spec.name!r}: {reason}")
+    if spec.kdlsq_bits:
+        raise DeviceError(f"device {spec.name!r} runs `nasbert-deploy quantize` exports: time a quantize folder "
+                          "(`load`), or profile the device (its items are quantized as `quantize` does)")
     workdir = Path(workdir)
     onnx_path = export_onnx(module, workdir / "model.onnx", example_inputs, output_names)
     calib = (list(calibration) if calibration else random_calibration(example_inputs)) if spec.precision == "int8" else None
@@ -123,6 +126,8 @@ def from_onnx(
     from nasbert_deploy.runtimes.convert import onnx_to_openvino, quantize_openvino_int8
 
     workdir = Path(workdir)
+    if spec.kdlsq_bits:  # the integer ONNX graph as OpenVINO's reader gives it (FakeQuantize / u4), as `quantize` writes it
+        return onnx_to_openvino(onnx_path, workdir / "openvino_model.xml", fp16=False, convert=False)
     xml = onnx_to_openvino(onnx_path, workdir / "openvino_model.xml", fp16=spec.precision == "fp16")
     if spec.precision == "int8":
         if not calibration:
@@ -135,7 +140,7 @@ def load(path: str | Path, spec: DeviceSpec) -> OvCompiled:
     """Open an IR `.xml`, or an export folder's `openvino/openvino_model.xml` (`..._qint8_quantized.xml` for int8)."""
     p = Path(path)
     if p.is_dir():
-        p = export_artefact(p, "openvino-int8" if spec.precision == "int8" else "openvino")
+        p = device_artefact(p, spec)
     if not p.is_file():
         raise DeviceError(f"no OpenVINO IR at {p}")
     return OvCompiled(p, spec)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasbert_deploy.quantize.lsq import LsqQuantizer, weight_spec
+from nasbert_deploy.lowbit.lsq import LsqQuantizer, weight_spec
 
 
 class QuantEmbedding(nn.Embedding):

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasbert_deploy.quantize.grid import REDUCED_QP
+from nasbert_deploy.lowbit.grid import REDUCED_QP
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ class QuantLinear(nn.Linear):
 
 def quantize_linears(
     model: nn.Module, weight_bits: int, act_bits: int | None = 8, example_inputs: Mapping[str, torch.Tensor] | None = None,
-    reduce_range: bool = False,
+    reduce_range: bool = False, positional: bool = False,
 ) -> list[str]:
     """Replace every `nn.Linear` of `model` in place by a `QuantLinear`; returns their qualified names, in order.
 
@@ -208,8 +208,9 @@ def quantize_linears(
     With `example_inputs` (keyword arguments of one forward call), Linears that read the same tensor share one
     activation quantizer (`input_groups`, `share_input_quantizers`); without, every Linear has its own (as
     quantized checkpoints written before sharing existed). `reduce_range`: 8-bit weights on [-63, 63] (`weight_spec`).
+    `positional`: `model` takes `example_inputs` as positional arguments, in order (any module, not a transformers one).
     """
-    groups = input_groups(model, example_inputs) if example_inputs is not None and act_bits else []
+    groups = input_groups(model, example_inputs, positional) if example_inputs is not None and act_bits else []
     names = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
@@ -221,7 +222,7 @@ def quantize_linears(
 
 
 @torch.no_grad()
-def input_groups(model: nn.Module, example_inputs: Mapping[str, torch.Tensor]) -> list[list[str]]:
+def input_groups(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], positional: bool = False) -> list[list[str]]:
     """Qualified names of the `nn.Linear`s that read one and the same tensor in a forward call of `model` on
     `example_inputs` (groups of two or more, in call order; e.g. [[...query, ...value, ...key], ...]).
 
@@ -245,7 +246,7 @@ def input_groups(model: nn.Module, example_inputs: Mapping[str, torch.Tensor]) -
     try:
         was_training = model.training
         model.eval()
-        model(**example_inputs)
+        model(*example_inputs.values()) if positional else model(**example_inputs)
         model.train(was_training)
     finally:
         for h in handles:

@@ -39,8 +39,8 @@ from torch import nn
 
 from nasbert_deploy.errors import ExportError
 from nasbert_deploy.fileio import atomic_path
-from nasbert_deploy.quantize.embedding import plain_embeddings, quant_embeddings, rewrite_gather
-from nasbert_deploy.quantize.lsq import QuantLinear, quant_linears
+from nasbert_deploy.lowbit.embedding import plain_embeddings, quant_embeddings, rewrite_gather
+from nasbert_deploy.lowbit.lsq import QuantLinear, quant_linears
 from nasbert_deploy.runtimes.convert import FirstOutput, export_onnx, gemm_to_matmul
 
 MS_DOMAIN = "com.microsoft"
@@ -302,17 +302,20 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
 
 def export_quantized_onnx(
     model: nn.Module, path: str | Path, example_inputs: Mapping[str, torch.Tensor], bits: int, output_name: str = "logits",
-    accuracy_level: int = 4, gemm: bool = False,
+    accuracy_level: int = 4, gemm: bool = False, first_output: bool = True,
 ) -> Path:
     """Export the fake-quantized classifier `model` to one ONNX file at `path` (QDQ for 8 bit, MatMulNBits for 4).
 
     `accuracy_level` of MatMulNBits: 4 quantizes its input to int8 per block and runs integer dot products
-    (fast); 0 dequantizes the weights and multiplies in float (exactly the fake-quantized model)."""
+    (fast); 0 dequantizes the weights and multiplies in float (exactly the fake-quantized model).
+    `first_output`: `model` is a transformers model (called with input_ids, attention_mask[, token_type_ids],
+    its first output exported); False: any module, called with `example_inputs` as positional arguments."""
     import onnx
 
     target = Path(path)
+    plain = float_copy(model)
     with tempfile.TemporaryDirectory(prefix="nasbert-quant-") as work:
-        fp = export_onnx(FirstOutput(float_copy(model)), Path(work) / "float.onnx", example_inputs, [output_name])
+        fp = export_onnx(FirstOutput(plain) if first_output else plain, Path(work) / "float.onnx", example_inputs, [output_name])
         graph = rewrite(onnx.load(str(fp)), model, bits, accuracy_level, gemm)
         with atomic_path(target) as tmp:
             onnx.save(graph, str(tmp))
