@@ -46,7 +46,7 @@ def test_user_spec_by_path(tmp_path):
         ('name = "x"\nruntime = "torch"\ntarget = "cpu"\ncolour = 1\n', "unknown key"),
         ('name = "x"\nruntime = "torch"\ntarget = "cpu"\nseq_lens = []\n', "seq_lens must be a non-empty list"),
         ("name = [", "is not valid TOML"),
-        ('name = "x"\nruntime = "onnxruntime"\ntarget = "cpu"\nquantizer = "gptq"\n', "quantizer 'gptq' is not one of ptq, kdlsq"),
+        ('name = "x"\nruntime = "onnxruntime"\ntarget = "cpu"\nquantizer = "gptq"\n', "quantizer 'gptq' is not one of ptq"),
         ('name = "x"\nruntime = "onnxruntime"\ntarget = "cpu"\nquantizer = "kdlsq"\n', "precision int8 or int4, runtime onnxr"),
         ('name = "x"\nruntime = "torch"\ntarget = "cpu"\nprecision = "int8"\nquantizer = "kdlsq"\n', "(got int8, torch, cpu)"),
         ('name = "x"\nruntime = "onnxruntime"\ntarget = "cpu"\nprecision = "int4"\n', "add quantizer = \"kdlsq\""),
