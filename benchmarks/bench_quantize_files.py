@@ -6,6 +6,7 @@ architecture is built with random weights (non-zero biases, as trained models ha
 and `export` export:
 
     fp32 ONNX / IR | ORT dynamic INT8 (`export --int8`) | NNCF INT8 (OpenVINO) | KDLSQ 8-bit QDQ (ORT; OpenVINO IR)
+    | the same with attention's two products in 8 bits (`lowbit.attention`)
     | KDLSQ 4-bit MatMulNBits with and without the 4-bit word-embedding table (ORT; OpenVINO reads it as u4)
 
     taskset -c 1 python benchmarks/bench_quantize_files.py --arch '256:mha,ffn,id,id|256:mha,ffn,id,id|256:mha,ffn,id,id' \
@@ -27,6 +28,7 @@ import torch
 from bench_quantize import _open, _size, cpu_model
 
 from nasbert_deploy.devices import load_device
+from nasbert_deploy.lowbit.attention import quantize_attention
 from nasbert_deploy.lowbit.embedding import quantize_embeddings
 from nasbert_deploy.lowbit.lsq import quantize_linears
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
@@ -71,18 +73,20 @@ def build(a: argparse.Namespace, work: Path) -> dict[str, tuple[Path, bool]]:
         get_runtime(spec.runtime).compile(FirstOutput(fp), ex, ["logits"], spec, d, calibration=calib if "int8" in dev else None)
         files[name] = (d / stem, spec.runtime == "openvino")
     first = {k: torch.tensor(v) for k, v in calib[0].items()}
-    for bits, emb in ((8, 8), (4, 0), (4, 4)):
+    for bits, emb, att in ((8, 8, False), (8, 8, True), (4, 0, False), (4, 4, False)):
         m = classifier(a.arch, a.space, a.labels)
         quantize_linears(m, bits, 8, ex)
         if emb:
             quantize_embeddings(m, emb)
+        if att:
+            quantize_attention(m)
         with torch.no_grad():
             m(**first)  # activation step sizes from one batch
-        label = f"KDLSQ {bits}-bit, {'float' if not emb else f'{emb}-bit'} embeddings"
-        path = export_quantized_onnx(m, work / f"q{bits}e{emb}.onnx", ex, bits)
+        label = f"KDLSQ {bits}-bit, {'float' if not emb else f'{emb}-bit'} embeddings" + (", 8-bit attention" if att else "")
+        path = export_quantized_onnx(m, work / f"q{bits}e{emb}a{int(att)}.onnx", ex, bits)
         files[label] = (path, False)
         if bits == 8 or emb:
-            xml = onnx_to_openvino(path, work / f"q{bits}e{emb}.xml", fp16=False, convert=False)
+            xml = onnx_to_openvino(path, work / f"q{bits}e{emb}a{int(att)}.xml", fp16=False, convert=False)
             files[f"{label} (OpenVINO)"] = (Path(xml), True)
     return files
 

@@ -19,6 +19,7 @@ app = typer.Typer()
 BitsName = choice("BitsName", [str(b) for b in BITS])
 ReduceRange = choice("ReduceRange", REDUCE_RANGE_MODES)
 EmbeddingBits = choice("EmbeddingBits", ["weights", *[str(b) for b in BITS], "float"])
+AttentionBits = choice("AttentionBits", ["8", "float"])
 DEFAULT_FORMATS = {b: ",".join(KERNELS[b]) or "none" for b in BITS}
 
 
@@ -53,6 +54,9 @@ def quantize_cmd(
     embedding_bits: Annotated[EmbeddingBits, typer.Option(
         "--embedding-bits", help="Bits of the word-embedding table (one step size per row, dequantized on lookup): "
         "weights (as --bits), 8, 4, 2, or float.")] = EmbeddingBits("weights"),
+    attention_bits: Annotated[AttentionBits, typer.Option(
+        "--attention-bits", help="Attention's products Q·Kᵀ and softmax·V of NAS-BERT models: 8 (their four inputs "
+        "fake-quantized, Q/DQ in the export, as NNCF does for OpenVINO) or float.")] = AttentionBits("float"),
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps (raise it and rerun to continue).")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples per step.")] = 16,
     max_len: Annotated[int, typer.Option("--max-len", min=2, help="Tokens per example.")] = 128,
@@ -87,7 +91,8 @@ def quantize_cmd(
     train, val = task_splits(task, valid)
     e = embedding_bits.value
     ebits = None if e == "weights" else 0 if e == "float" else int(e)
-    cfg = QuantizeConfig(bits=b, embedding_bits=ebits, reduce_range=reduce, steps=steps, batch_size=batch_size,
+    cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=0 if attention_bits.value == "float" else 8,
+                         reduce_range=reduce, steps=steps, batch_size=batch_size,
                          max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight,
                          checkpoint_every=checkpoint_every, seed=seed)
     with training_progress(f"quantizing ({b}-bit)") as update:
@@ -102,6 +107,8 @@ def quantize_cmd(
             rows[f"{name} prob. loyalty"] = s["probability_loyalty"]
     emb = report.get("embedding") or {}
     rows["word embeddings"] = f"{emb['bits']}-bit per row" if emb.get("module") else "float"
+    att = report.get("attention") or {}
+    rows["attention products"] = f"{att['bits']}-bit ({att['quantized']} attentions)" if att.get("quantized") else "float"
     for rt, c in report["checks"].items():
         rows[f"{rt} vs torch max |diff|"] = c["max_abs_diff"]
     for lat in report.get("latency", []):

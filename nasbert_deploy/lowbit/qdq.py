@@ -39,6 +39,7 @@ from torch import nn
 
 from nasbert_deploy.errors import ExportError
 from nasbert_deploy.fileio import atomic_path
+from nasbert_deploy.lowbit.attention import insert_attention_qdq, plain_attention
 from nasbert_deploy.lowbit.embedding import plain_embeddings, quant_embeddings, rewrite_gather
 from nasbert_deploy.lowbit.lsq import QuantLinear, quant_linears
 from nasbert_deploy.runtimes.convert import FirstOutput, export_onnx, gemm_to_matmul
@@ -52,7 +53,8 @@ def _key(a: np.ndarray) -> str:
 
 
 def float_copy(model: nn.Module) -> nn.Module:
-    """A plain-Linear copy of a fake-quantized model whose weights are the dequantized ones (what gets exported)."""
+    """A plain-Linear copy of a fake-quantized model whose weights are the dequantized ones (what gets exported);
+    attention's quantizers (`lowbit.attention`) removed."""
     import copy
 
     plain = copy.deepcopy(model).eval()
@@ -64,6 +66,7 @@ def float_copy(model: nn.Module) -> nn.Module:
                 lin.bias.copy_(q.bias)
         plain.set_submodule(name, lin)
     plain_embeddings(plain)
+    plain_attention(plain)  # float attention: `rewrite` puts its Q/DQ pairs back (`attention.insert_attention_qdq`)
     return plain
 
 
@@ -198,6 +201,7 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
     if bits not in (8, 4):
         raise ExportError(f"{bits}-bit weights have no ONNX Runtime kernel; valid: 8 (QDQ), 4 (MatMulNBits)")
     g = (onnx_model if bits == 8 else gemm_to_matmul(onnx_model)).graph
+    insert_attention_qdq(g, model)
     by_key = {}
     for name, q in quant_linears(model):
         w = q.quantized_weight().detach().numpy().T  # (K, N): how MatMul holds it

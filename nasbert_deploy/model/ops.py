@@ -52,6 +52,9 @@ class MultiHeadAttention(nn.Module):
         self.out = nn.Linear(hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=LN_EPS)
         self.dropout = dropout
+        # optional fake quantizers of the two activation-by-activation products (`lowbit.attention`): "q", "k"
+        # (the scores' inputs), "p" (softmax probabilities), "v" (values); None: attention stays float
+        self.attn_quant: nn.ModuleDict | None = None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x2, b, t = _tokens(x, mask)
@@ -61,10 +64,15 @@ class MultiHeadAttention(nn.Module):
         v = self.value(x2).view(b, t, self.heads, d).transpose(1, 2)
         bias = key_bias(mask, x2.dtype)
         p = self.dropout if self.training else 0.0
-        if torch.compiler.is_exporting():
+        aq = self.attn_quant
+        if aq is not None or torch.compiler.is_exporting():
             k = self.key(x2).view(b, t, self.heads, d).permute(0, 2, 3, 1)  # (b, heads, d, t)
-            scores = torch.matmul(q, k) * (d**-0.5) + bias
-            ctx = torch.matmul(F.dropout(torch.softmax(scores, dim=-1), p, self.training), v)
+            if aq is not None:
+                q, k, v = aq["q"](q), aq["k"](k), aq["v"](v)
+            probs = torch.softmax(torch.matmul(q, k) * (d**-0.5) + bias, dim=-1)
+            if aq is not None:
+                probs = aq["p"](probs)
+            ctx = torch.matmul(F.dropout(probs, p, self.training), v)
         else:
             k = self.key(x2).view(b, t, self.heads, d).transpose(1, 2)
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)

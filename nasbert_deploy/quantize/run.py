@@ -29,6 +29,7 @@ import torch
 from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import ExportError, RuntimeUnavailableError, TaskError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.lowbit.attention import quantize_attention
 from nasbert_deploy.lowbit.embedding import quantize_embeddings
 from nasbert_deploy.lowbit.lsq import (
     bake_weights,
@@ -56,6 +57,11 @@ from nasbert_deploy.student.metrics import evaluate_logits
 from nasbert_deploy.student.tasks import TaskData
 
 QUANT_JSON, QUANT_WEIGHTS, REPORT_NAME = "quantization.json", "quantization.safetensors", "quantize_report.json"
+
+
+def _is_quantizer_state(key: str) -> bool:
+    """A state-dict entry of a quantizer (step size, zero point, ...): weights', inputs' or attention's."""
+    return ".w_quant." in key or ".a_quant." in key or ".attn_quant." in key
 
 
 def onnx_name(bits: int) -> str:
@@ -125,7 +131,9 @@ def load_quantized(folder: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     if meta.get("embedding_bits"):  # folders written before embeddings were quantized have none: float table
         quantize_embeddings(model, int(meta["embedding_bits"]))
     state = load_file(str(p / QUANT_WEIGHTS))
-    missing = [k for k in model.state_dict() if ".w_quant." in k or ".a_quant." in k]
+    if meta.get("attention_bits"):  # folders written before attention was quantized have none: float attention
+        quantize_attention(model, int(meta["attention_bits"]))
+    missing = [k for k in model.state_dict() if _is_quantizer_state(k)]
     model.load_state_dict({**model.state_dict(), **state})
     if sorted(missing) != sorted(state):
         raise ExportError(f"{p / QUANT_WEIGHTS} does not match the model's quantizers")
@@ -170,6 +178,7 @@ def quantize(
     # Linears reading one tensor (query/key/value) share one input quantizer: one QuantizeLinear per tensor in the export
     names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None), cfg.reduce_range)
     embedding = quantize_embeddings(student, embedding_bits(cfg)) if embedding_bits(cfg) else None
+    attention = quantize_attention(student, cfg.attention_bits) if cfg.attention_bits else 0
     cfg = QuantizeConfig(**{**cfg.to_dict(), "max_len": fit_max_len(fp_model, cfg.max_len)})
     label2id = {n: i for i, n in enumerate(labels)}
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model),
@@ -178,6 +187,7 @@ def quantize(
     bake_weights(student)
     report = _score_and_export(fp_model, student, tokenizer, valid, labels, cfg, formats, out_dir, names)
     report["embedding"] = {"module": embedding, "bits": embedding_bits(cfg) if embedding else None}
+    report["attention"] = {"quantized": attention, "bits": cfg.attention_bits if attention else None}
     report.update({"model": str(model_dir), "teacher_model": key["teacher_model"], "task": train.source,
                    "train_rows": len(train), "valid_rows": len(valid), "config": cfg.to_dict(), "training": summary})
     out = Path(out_dir)
@@ -257,7 +267,7 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
 
     # clone: a shared input quantizer appears under every reader's name, and safetensors refuses shared memory
     quant_state = {k: v.detach().clone().contiguous() for k, v in student.state_dict().items()
-                   if ".w_quant." in k or ".a_quant." in k}
+                   if _is_quantizer_state(k)}
     float_copy(student).save_pretrained(tmp)  # plain Linears holding the dequantized (on-grid) weights
     tokenizer.save_pretrained(tmp)
     if getattr(student.config, "model_type", "") == "nasbert":
@@ -285,6 +295,7 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
             "weights": "symmetric per output channel", "activations": "asymmetric uint8 per tensor", "linears": names,
             "shared_input_quantizers": shared_input_groups(student), "files": files,
             "embedding_bits": report.get("embedding", {}).get("bits") or 0,
-            "embedding": report.get("embedding", {}).get("module")}
+            "embedding": report.get("embedding", {}).get("module"),
+            "attention_bits": report.get("attention", {}).get("bits") or 0}
     write_json_atomic(tmp / QUANT_JSON, meta)
     write_json_atomic(tmp / REPORT_NAME, report)

@@ -46,6 +46,7 @@ class QuantizeConfig:
     act_bits: int = 8
     reduce_range: bool = False  # 8-bit weights on [-63, 63]: no int16 saturation on x86 without VNNI (`grid`)
     embedding_bits: int | None = None  # the word-embedding table, per row (`embedding`): None as the weights, 0 float
+    attention_bits: int = 0  # Q·Kᵀ and softmax·V inputs of NAS-BERT attention (`lowbit.attention`): 8, or 0 float
     steps: int = 300
     batch_size: int = 16
     max_len: int = 128

@@ -1,0 +1,118 @@
+"""Attention's two products in 8 bits (`lowbit.attention`): fake quantizers on Q, K, softmax and V of NAS-BERT
+attention, Q/DQ pairs on the two weightless MatMuls of the export, and `quantize --attention-bits 8` end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from helpers import TINY, make_tokenizer_dir, tiny_vocab
+
+from nasbert_deploy.errors import ExportError
+from nasbert_deploy.export.validate import padded_inputs
+from nasbert_deploy.lowbit.attention import insert_attention_qdq, quantize_attention, quantized_attentions
+from nasbert_deploy.lowbit.lsq import quantize_linears
+from nasbert_deploy.lowbit.qdq import export_quantized_onnx, float_copy
+from nasbert_deploy.model.modeling import NasBertConfig, NasBertForSequenceClassification
+from nasbert_deploy.quantize.check import torch_runner
+from nasbert_deploy.quantize.run import load_quantized, quantize
+from nasbert_deploy.quantize.train import QuantizeConfig
+from nasbert_deploy.student.tasks import load_task
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ARCH = f"{TINY.hidden_sizes[0]}:mha,ffn|{TINY.hidden_sizes[-1]}:sep3,mha"  # two attentions, a convolution between
+WORDS = [w for w in tiny_vocab() if w.isalpha() and len(w) > 3]
+
+
+def _classifier(seed: int = 0) -> NasBertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = NasBertConfig.from_arch(ARCH, TINY, num_labels=3, id2label=dict(enumerate("xyz")),
+                                  label2id={c: i for i, c in enumerate("xyz")})
+    return NasBertForSequenceClassification(cfg).eval()
+
+
+def _example() -> dict[str, torch.Tensor]:
+    ids = torch.randint(5, 50, (2, 37), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_quantized_attention_exports_to_integer_matmuls(tmp_path):
+    import onnxruntime as ort
+
+    from nasbert_deploy.quantize.check import runtime_runners
+
+    m, ex = _classifier(), _example()
+    linears = quantize_linears(m, 8, 8, ex)
+    assert quantize_attention(m) == 2 and len(quantized_attentions(m)) == 2
+    with torch.no_grad():
+        want = m(**ex).logits.numpy()  # the first call sets every activation range, attention's included
+    for _, aq in quantized_attentions(m):
+        assert sorted(aq) == ["k", "p", "q", "v"] and all(bool(q.initialized) for q in aq.values())
+        assert float(aq["p"].zero_point) == 0  # probabilities are >= 0: the range starts at 0
+    path = export_quantized_onnx(m, tmp_path / "m.onnx", ex, 8)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    groups = len(linears) - 2 * 2  # query/key/value share one input quantizer per attention
+    assert ops.count("QuantizeLinear") == groups + 4 * 2
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {k: v.numpy() for k, v in ex.items()})[0]
+    np.testing.assert_allclose(got, want, atol=0.03 * np.abs(want).max())
+    ov = runtime_runners({"openvino": path})["openvino"]
+    np.testing.assert_allclose(ov.run({k: v.numpy() for k, v in ex.items()})[0], want, atol=0.03 * np.abs(want).max())
+    # the float copy that is exported first has no attention quantizers left
+    assert not quantized_attentions(float_copy(m)) and len(quantized_attentions(m)) == 2
+
+
+def test_a_graph_whose_attention_changed_is_refused(tmp_path):
+    from nasbert_deploy.runtimes.convert import FirstOutput, export_onnx
+
+    m, ex = _classifier(), _example()
+    path = export_onnx(FirstOutput(float_copy(m)), tmp_path / "f.onnx", ex, ["logits"])
+    graph = onnx.load(str(path)).graph
+    quantize_attention(m)
+    with torch.no_grad():
+        m(**ex)
+    # NAS-BERT's Linears export as Gemm on flattened tokens: every MatMul is attention's; drop one
+    del graph.node[[n.op_type for n in graph.node].index("MatMul")]
+    with pytest.raises(ExportError, match="2 attention MatMuls per quantized attention"):
+        insert_attention_qdq(graph, m)
+
+
+def _task(path, n, seed):
+    r = random.Random(seed)
+    with path.open("w") as f:
+        for _ in range(n):
+            a = r.randrange(3)
+            f.write(json.dumps({"text": " ".join(r.sample(WORDS[5:40], 4) + [WORDS[a]]), "label": "xyz"[a]}) + "\n")
+    return path
+
+
+def test_quantize_with_attention_bits_trains_checks_and_reloads(tmp_path):
+    from transformers import AutoTokenizer
+
+    from nasbert_deploy.model.remote_code import write_remote_code
+
+    tok = AutoTokenizer.from_pretrained(str(make_tokenizer_dir(tmp_path / "tok")))
+    clf = _classifier()
+    clf.save_pretrained(tmp_path / "clf")
+    tok.save_pretrained(tmp_path / "clf")
+    write_remote_code(tmp_path / "clf")
+    train, valid = load_task(_task(tmp_path / "train.jsonl", 24, 0)), load_task(_task(tmp_path / "valid.jsonl", 8, 1))
+    cfg = QuantizeConfig(bits=8, attention_bits=8, steps=3, batch_size=8, max_len=16)
+    rep = quantize(tmp_path / "clf", train, valid, tmp_path / "q", cfg, ("onnx", "openvino"))
+    assert rep["attention"] == {"quantized": 2, "bits": 8}
+    for rt in ("onnxruntime", "openvino"):
+        assert rep["checks"][rt]["passed"] == rep["checks"][rt]["checks"]
+    model, _, meta = load_quantized(tmp_path / "q")
+    assert meta["attention_bits"] == 8 and len(quantized_attentions(model)) == 2
+    steps = [float(aq["q"].step.detach()) for _, aq in quantized_attentions(model)]
+    assert any(s != 1.0 for s in steps)  # learned (relative step sizes start at 1)
+    inputs = padded_inputs(2, 12, 50)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "q" / "onnx" / "model_q8.onnx"), providers=["CPUExecutionProvider"])
+    want = torch_runner(model)(inputs)
+    np.testing.assert_allclose(sess.run(None, inputs)[0], want, atol=0.03 * np.abs(want).max())
