@@ -23,6 +23,7 @@ from nasbert_deploy.lowbit.lsq import LsqQuantizer, activation_spec
 from nasbert_deploy.model.ops import MultiHeadAttention
 
 ROLES = ("q", "k", "p", "v")  # scores = q @ k (k already transposed), context = p @ v
+DEFAULT_BITS = 0  # `quantize --attention-bits` default (0: float); kdlsq latency tables are profiled with it
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:

@@ -4,7 +4,8 @@ profiler times for a `quantizer = "kdlsq"` device (a block, an operation, a whol
 Latency depends on the graph, not on the values: the step sizes keep their LSQ start (least-error weight steps per
 output channel, activation ranges from the example inputs) instead of trained ones, and every other choice is
 `quantize`'s: every `nn.Linear` quantized (8-bit activations; Linears reading one tensor share one input quantizer),
-the word-embedding table per row at the weights' bits, QDQ (8 bit) or MatMulNBits (4 bit) ONNX.
+the word-embedding table per row at the weights' bits, attention at `--attention-bits`' default
+(`attention.DEFAULT_BITS`), QDQ (8 bit) or MatMulNBits (4 bit) ONNX.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nasbert_deploy.lowbit.attention import DEFAULT_BITS, quantize_attention
 from nasbert_deploy.lowbit.embedding import QuantEmbedding
 from nasbert_deploy.lowbit.lsq import quantize_linears
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
@@ -31,7 +33,7 @@ def word_table(module: nn.Module) -> str | None:
 
 def kdlsq_onnx(
     module: nn.Module, example_inputs: Mapping[str, torch.Tensor], output_name: str, path: str | Path, bits: int,
-    reduce_range: bool = False,
+    reduce_range: bool = False, attention_bits: int = DEFAULT_BITS,
 ) -> Path:
     """Fake-quantize `module` in place at `bits` (8 or 4) and write its integer ONNX graph to `path` (atomic).
 
@@ -40,6 +42,8 @@ def kdlsq_onnx(
     name = word_table(module)
     if name is not None:
         module.set_submodule(name, QuantEmbedding.from_embedding(module.get_submodule(name), bits))  # type: ignore[arg-type]
+    if attention_bits:
+        quantize_attention(module, attention_bits)
     module.eval()
     with torch.no_grad():  # the activation quantizers take their ranges from this first call
         module(*example_inputs.values())

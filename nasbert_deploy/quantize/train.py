@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasbert_deploy.lowbit.attention import DEFAULT_BITS as DEFAULT_ATTENTION_BITS
 from nasbert_deploy.lowbit.lsq import step_parameters
 from nasbert_deploy.model.loop import (
     NoteFn,
@@ -46,7 +47,7 @@ class QuantizeConfig:
     act_bits: int = 8
     reduce_range: bool = False  # 8-bit weights on [-63, 63]: no int16 saturation on x86 without VNNI (`grid`)
     embedding_bits: int | None = None  # the word-embedding table, per row (`embedding`): None as the weights, 0 float
-    attention_bits: int = 0  # Q·Kᵀ and softmax·V inputs of NAS-BERT attention (`lowbit.attention`): 8, or 0 float
+    attention_bits: int = DEFAULT_ATTENTION_BITS  # Q·Kᵀ, softmax·V of NAS-BERT attention (`lowbit.attention`): 8, 0 float
     steps: int = 300
     batch_size: int = 16
     max_len: int = 128
