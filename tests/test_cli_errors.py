@@ -102,6 +102,8 @@ ROWS = [  # (issue table row, args, what the one line says)
     ("finetune-teacher: --out an existing file", ["finetune-teacher", "--out", "afile"], "exists and is not a folder"),
     ("distill: --out an existing file", ["distill", "--arch", MINILM_ARCH, "--corpus", "text.txt", "--out", "afile"],
      "exists and is not a folder"),
+    ("distill: --heldout-every without held-out text", ["distill", "--arch", MINILM_ARCH, "--corpus", "text.txt",
+                                                        "--heldout-every", "50", "--out", "d"], "give --valid-corpus too"),
     ("export: neither --arch nor a budget", ["export", "--out", "o"], "nothing to export: give --arch ARCH, or a budget"),
     ("evaluate: an encoder folder without a classifier", ["evaluate", "--model", "{encoder}"],
      "is not a classifier (it holds a BertModel"),

@@ -149,6 +149,34 @@ def test_interrupted_run_resumes_to_the_same_weights(teacher, texts, tmp_path):
         assert torch.allclose(a, b, atol=1e-6), k
 
 
+def test_heldout_curve_is_kept_across_a_resume_and_does_not_change_training(teacher, texts, tmp_path):
+    cfg = _cfg(steps=10, checkpoint_every=4)
+    plain = build_student(ARCH, init="random", space=TINY)
+    distill(plain, teacher, texts, tmp_path / "plain", cfg)
+    ref = build_student(ARCH, init="random", space=TINY)
+    report = distill(ref, teacher, texts, tmp_path / "ref", cfg, texts[:16], heldout_every=3)
+    curve = report["heldout_curve"]
+    assert [p["step"] for p in curve] == [0, 3, 6, 9] and report["heldout_curve_batches"] == 20
+    assert curve[-1]["hidden"] < curve[0]["hidden"] and all("hidden_fvu" in p for p in curve)
+    for (k, a), b in zip(plain.model.state_dict().items(), ref.model.state_dict().values()):
+        assert torch.equal(a, b), k  # scoring held-out text in between changes nothing in the run
+
+    def stop_at_7(step, total, values):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(build_student(ARCH, init="random", space=TINY), teacher, texts, tmp_path / "run", cfg, texts[:16],
+                progress=stop_at_7, heldout_every=3)
+    state = json.loads((checkpoint_dir(tmp_path / "run") / "state.json").read_text())
+    assert [p["step"] for p in state["heldout_curve"]] == [0, 3, 6]
+    resumed = distill(build_student(ARCH, init="random", space=TINY), teacher, texts, tmp_path / "run", cfg, texts[:16],
+                      heldout_every=3)
+    assert [p["step"] for p in resumed["heldout_curve"]] == [0, 3, 6, 9]
+    for a, b in zip(curve, resumed["heldout_curve"]):
+        assert a["hidden"] == pytest.approx(b["hidden"], rel=1e-5)
+
+
 def test_checkpoint_of_another_run_is_refused(teacher, texts, tmp_path):
     student = build_student(ARCH, init="random", space=TINY)
     def interrupt(step, total, values):

@@ -106,6 +106,8 @@ def distill_cmd(
     = StudentInitName("supernet"),
     space: Annotated[SpaceName, _opt("--space", help="Search space for --init random / etd-*.")] = SpaceName("minilm"),
     valid_corpus: Annotated[Path | None, _opt("--valid-corpus", help="Held-out text for the reported losses.")] = None,
+    heldout_every: Annotated[int, _opt("--heldout-every", min=0, help="Also score --valid-corpus at step 0 and every N "
+                                       "steps: the report's heldout_curve (0 = only at the end).")] = 0,
     steps: Annotated[int, _opt("--steps", min=1, help="Optimizer steps (raise it and rerun to continue training).")] = 2000,
     batch_size: BatchOpt = 16,
     seq_len: Annotated[int, _opt("--seq-len", min=2, help="Tokens per paragraph (longer ones are truncated).")] = 64,
@@ -133,6 +135,10 @@ def distill_cmd(
     from nasbert_deploy.teacher import load_teacher, resolve_teacher_path
 
     check_output(out, "dir", force)
+    if heldout_every and valid_corpus is None:
+        from nasbert_deploy.errors import CorpusError
+
+        raise CorpusError("--heldout-every scores held-out text: give --valid-corpus too")
     set_threads(threads)
     mapped = _layer_map(layer_map, arch, from_export, teacher) if layer_map is not None else None
     cfg = DistillConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, hidden_weight=hidden_weight,
@@ -167,7 +173,8 @@ def distill_cmd(
             student = build_student(arch, from_export, supernet, init.value, random_space)
             t, meta = load_teacher(teacher), {}
         with run.progress("distilling") as update:
-            report = distill(student, t, texts, out, cfg, held_out, update, metadata=meta, note=run.note, device=run.device)
+            report = distill(student, t, texts, out, cfg, held_out, update, metadata=meta, note=run.note, device=run.device,
+                             heldout_every=heldout_every)
     if run.rank:
         return
     rows = {k: report[k] for k in ("arch", "params", "init", "steps", "train_s", "train_loss_last")}

@@ -58,6 +58,8 @@ REPORT_NAME = "distill_report.json"
 LAYER_MAP_BLOCK_WEIGHT = 1.0  # the block-boundary weight a layer map turns an intermediate_weight of 0 into
 
 
+CURVE_BATCHES = 20  # held-out batches per point of `heldout_curve` (the final `heldout` uses up to 50)
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Hyper-parameters. Loss weights of 0 switch a loss off; `steps` may grow on resume.
@@ -231,8 +233,13 @@ def distill(
     metadata: dict[str, Any] | None = None,
     note: NoteFn | None = None,
     device: str = "cpu",
+    heldout_every: int = 0,
 ) -> dict[str, Any]:
     """Distil `student` from `teacher` on `corpus` and write an HF folder (model, tokenizer, report) to `out_dir`.
+
+    `heldout_every` N > 0 (needs `valid_corpus`): the held-out losses at step 0 and every N steps, on the first
+    `CURVE_BATCHES` batches of `valid_corpus`, kept in the checkpoint and reported as `heldout_curve` (a convergence
+    curve; evaluation only: the training run is the same with or without it).
 
     Resumes from `<out_dir>.ckpt/` when it holds a checkpoint of the same run (and says so through
     `note`). Returns the report dict. `device`: where teacher, student and batches go ('cpu', 'cuda:0').
@@ -266,12 +273,20 @@ def distill(
     arch = student.model.config.arch
     key = {"kind": "distill", "arch": arch, "config": cfg.resume_key(), "teacher": str(teacher.path),
            **({"world_size": world} if world > 1 else {})}  # one process keeps the key it had before torchrun support
-    start, history, elapsed = 0, [], 0.0
+    start, history, elapsed, curve = 0, [], 0.0, []
     loaded = load_checkpoint_on_every_rank(ckpt, key)
     if loaded is not None:
         student.load_state(loaded.tensors)
         restore_optimizer_state(opt, sched, loaded.saved)
         start, history, elapsed = loaded.state["step"], loaded.state["history"], loaded.state["elapsed_s"]
+        curve = loaded.state.get("heldout_curve", [])
+    track = bool(heldout_every and valid_corpus and rank == 0)
+
+    def point(step: int) -> None:
+        if track and step % heldout_every == 0 and not any(p["step"] == step for p in curve):
+            curve.append({"step": step, **heldout_losses(student, teacher, valid_corpus or (), cfg, CURVE_BATCHES)})
+
+    point(start)
     batches = CorpusBatches(corpus, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed, rank, world)
     student.model.train()
     t0 = time.perf_counter() - elapsed
@@ -293,10 +308,11 @@ def distill(
 
     def save(step: int) -> None:  # rank 0 only, and no collective: Ctrl-C may reach the ranks at different moments
         if rank == 0:
-            state = {"step": step, "history": history, "elapsed_s": time.perf_counter() - t0}
+            state = {"step": step, "history": history, "elapsed_s": time.perf_counter() - t0, "heldout_curve": curve}
             save_checkpoint(ckpt, key, student.state(), optimizer_state(opt, sched), state)
 
-    step = run_steps(start, cfg.steps, train_step, save, checkpoint_every=cfg.checkpoint_every, progress=progress, note=note)
+    step = run_steps(start, cfg.steps, train_step, save, checkpoint_every=cfg.checkpoint_every, after_step=point,
+                     progress=progress, note=note)
     elapsed = time.perf_counter() - t0
     student.model.eval()
     report: dict[str, Any] = {
@@ -312,6 +328,7 @@ def distill(
         "train_s": round(elapsed, 2),
         "train_loss_last": float(sum(v for _, v in history[-20:]) / max(1, len(history[-20:]))),
         "history": history[:: max(1, len(history) // 200)],
+        **({"heldout_curve": curve, "heldout_curve_batches": CURVE_BATCHES} if track else {}),
         **(metadata or {}),
     }
 
