@@ -36,6 +36,14 @@ def test_int8_weights_match_the_torch_model():
         matrices = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
         expected = sum(p.numel() * (1 if id(p) in matrices else 4) for p in model.parameters())
         assert weight_bytes(TINY, arch, "int8") == expected
+        # int4 (KDLSQ 4-bit): packed Linear weights + a float scale per output channel, the word table packed with
+        # a scale per row, everything else float
+        word = model.get_input_embeddings().weight
+        lin = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        rest = sum(p.numel() for p in model.parameters() if id(p) not in matrices and p is not word)
+        expected4 = (sum((m.weight.numel() + 1) // 2 + 4 * m.out_features for m in lin) + 4 * rest
+                     + (word.numel() + 1) // 2 + 4 * word.shape[0])
+        assert weight_bytes(TINY, arch, "int4") == expected4
 
 
 def test_activation_formulas_by_hand():
@@ -45,8 +53,8 @@ def test_activation_formulas_by_hand():
     assert op_activation_bytes(TINY, Op("ffn"), 32, b, t) == 4 * (b * t * 32 + 2 * b * t * 128)
     assert op_activation_bytes(TINY, Op("sep", 3), 32, b, t, "fp16") == 2 * 3 * b * t * 32
     assert op_activation_bytes(TINY, Op("id"), 32, b, t) == 4 * b * t * 32
-    with pytest.raises(ArchError, match="valid: fp32, fp16, int8"):
-        op_activation_bytes(TINY, Op("id"), 32, b, t, "int4")
+    with pytest.raises(ArchError, match="valid: fp32, fp16, int8, int4"):
+        op_activation_bytes(TINY, Op("id"), 32, b, t, "int2")
 
 
 def test_peak_is_a_max_not_a_sum():
