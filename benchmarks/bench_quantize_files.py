@@ -6,7 +6,7 @@ architecture is built with random weights (non-zero biases, as trained models ha
 and `export` export:
 
     fp32 ONNX / IR | ORT dynamic INT8 (`export --int8`) | NNCF INT8 (OpenVINO) | KDLSQ 8-bit QDQ (ORT; OpenVINO IR)
-    | the same with attention's two products in 8 bits (`lowbit.attention`)
+    | the same with attention's score product Q·Kᵀ in 8 bits (`lowbit.attention`, as NNCF places it)
     | KDLSQ 4-bit MatMulNBits with and without the 4-bit word-embedding table (ORT; OpenVINO reads it as u4)
 
     taskset -c 1 python benchmarks/bench_quantize_files.py --arch '256:mha,ffn,id,id|256:mha,ffn,id,id|256:mha,ffn,id,id' \

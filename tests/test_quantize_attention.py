@@ -1,5 +1,6 @@
-"""Attention's two products in 8 bits (`lowbit.attention`): fake quantizers on Q, K, softmax and V of NAS-BERT
-attention, Q/DQ pairs on the two weightless MatMuls of the export, and `quantize --attention-bits 8` end to end."""
+"""Attention's score product in 8 bits (`lowbit.attention`): symmetric int8 quantizers on the query and key of
+NAS-BERT attention, Q/DQ pairs on the projections' outputs in the export (before the heads' reshapes), and
+`quantize --attention-bits 8` end to end."""
 
 from __future__ import annotations
 
@@ -51,12 +52,19 @@ def test_quantized_attention_exports_to_integer_matmuls(tmp_path):
     with torch.no_grad():
         want = m(**ex).logits.numpy()  # the first call sets every activation range, attention's included
     for _, aq in quantized_attentions(m):
-        assert sorted(aq) == ["k", "p", "q", "v"] and all(bool(q.initialized) for q in aq.values())
-        assert float(aq["p"].zero_point) == 0  # probabilities are >= 0: the range starts at 0
+        assert sorted(aq) == ["k", "q"] and all(bool(q.initialized) for q in aq.values())
+        assert all(float(q.zero_point) == 0 and q.spec.lo == -127 for q in aq.values())  # symmetric int8, as NNCF's
     path = export_quantized_onnx(m, tmp_path / "m.onnx", ex, 8)
-    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
     groups = len(linears) - 2 * 2  # query/key/value share one input quantizer per attention
-    assert ops.count("QuantizeLinear") == groups + 4 * 2
+    assert ops.count("QuantizeLinear") == groups + 2 * 2
+    # each sits on a projection's output, before the reshape to heads, on an int8 grid
+    producer = {o: n for n in graph.node for o in n.output}
+    att_q = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.name.endswith((".q.q", ".k.q"))]
+    assert len(att_q) == 4 and all(producer[n.input[0]].op_type in ("Gemm", "Add", "MatMul") for n in att_q)
+    zero = {i.name: i for i in graph.initializer}[att_q[0].input[2]]
+    assert zero.data_type == onnx.TensorProto.INT8
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {k: v.numpy() for k, v in ex.items()})[0]
     np.testing.assert_allclose(got, want, atol=0.03 * np.abs(want).max())

@@ -79,6 +79,11 @@ def activation_spec(bits: int = 8) -> QuantSpec:
     return QuantSpec(bits, 0, 2**bits - 1, False, False)
 
 
+def signed_activation_spec(bits: int = 8) -> QuantSpec:
+    """Signed symmetric per-tensor activations, narrow range [-(2^(b-1) - 1), 2^(b-1) - 1], zero point 0."""
+    return QuantSpec(bits, -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1, False, True)
+
+
 def _grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
     """Forward: exactly x (bit for bit, so the exported scale equals the simulated one); backward: gradient x `scale`."""
     y = x * scale
@@ -137,6 +142,9 @@ class LsqQuantizer(nn.Module):
         if spec.per_channel:
             s0 = mse_weight_steps(x.reshape(x.shape[0], -1).float(), spec)
             z = torch.zeros_like(s0)
+        elif spec.symmetric:  # a signed activation on a symmetric grid (attention's query and key): its largest |x|
+            s0 = torch.tensor([max(float(x.detach().abs().max()), 1e-8) / spec.hi])
+            z = torch.zeros(1)
         else:  # activations: the calibration batch's range (0 included), see the module docstring
             v = x.reshape(-1).float()
             lo, hi = min(float(v.min()), 0.0), max(float(v.max()), 0.0)

@@ -52,8 +52,7 @@ class MultiHeadAttention(nn.Module):
         self.out = nn.Linear(hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=LN_EPS)
         self.dropout = dropout
-        # optional fake quantizers of the two activation-by-activation products (`lowbit.attention`): "q", "k"
-        # (the scores' inputs), "p" (softmax probabilities), "v" (values); None: attention stays float
+        # optional fake quantizers of the score product's inputs (`lowbit.attention`): "q", "k"; None: float
         self.attn_quant: nn.ModuleDict | None = None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -67,11 +66,9 @@ class MultiHeadAttention(nn.Module):
         aq = self.attn_quant
         if aq is not None or torch.compiler.is_exporting():
             k = self.key(x2).view(b, t, self.heads, d).permute(0, 2, 3, 1)  # (b, heads, d, t)
-            if aq is not None:
-                q, k, v = aq["q"](q), aq["k"](k), aq["v"](v)
+            if aq is not None:  # per tensor: the same as quantizing the projections' outputs (the export does)
+                q, k = aq["q"](q), aq["k"](k)
             probs = torch.softmax(torch.matmul(q, k) * (d**-0.5) + bias, dim=-1)
-            if aq is not None:
-                probs = aq["p"](probs)
             ctx = torch.matmul(F.dropout(probs, p, self.training), v)
         else:
             k = self.key(x2).view(b, t, self.heads, d).transpose(1, 2)
