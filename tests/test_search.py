@@ -218,8 +218,8 @@ def test_sample_is_feasible():
 def test_problem_arguments_are_checked():
     table = random_table(TINY, 4, 0)
     lat = SyntheticLatency(TINY, 0)
-    with pytest.raises(InfeasibleBudgetError, match="valid: fp32, fp16, int8"):
-        SearchProblem(table, lat, 1, 16, "int4")
+    with pytest.raises(InfeasibleBudgetError, match="valid: fp32, fp16, int8, int4"):
+        SearchProblem(table, lat, 1, 16, "int2")
     with pytest.raises(InfeasibleBudgetError, match="exceeds the space's 64 positions"):
         SearchProblem(table, lat, 1, 65)
     with pytest.raises(InfeasibleBudgetError, match="top_k"):

@@ -60,7 +60,7 @@ def test_table_output_and_plot(setup):
     [
         (["--max-params", "10Q"], "--max-params: '10Q' is not a count"),
         (["--max-memory-mb", "-3"], "--max-memory-mb must be a positive number"),
-        (["--precision", "int4"], "int4"),
+        (["--precision", "int2"], "int2"),
     ],
 )
 def test_bad_budget_strings_exit_2(setup, extra, fragment):

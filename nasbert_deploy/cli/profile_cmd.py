@@ -36,13 +36,15 @@ def devices(
     from nasbert_deploy.runtimes.base import availability
 
     t = Table(title="device specs (shipped in devices/; any spec file works by path)", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("name", "runtime", "threads", "batch x seq", "usable"):
+    for col in ("name", "runtime", "thr", "batch x seq", "usable"):
         t.add_column(col, no_wrap=True)
     why_not = []
     for s in list_devices() + list(spec or []):
         why = availability(s)
         shapes = f"{','.join(map(str, s.batch_sizes))} x {','.join(map(str, s.seq_lens))}"
-        t.add_row(s.name, f"{s.runtime} {s.target} {s.precision}", str(s.threads or "all"), shapes,
+        rt = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(s.runtime, s.runtime)
+        how = f"{rt} {s.target} {s.precision}" + (f" {s.quantizer}" if s.kdlsq_bits else "")
+        t.add_row(s.name, how, str(s.threads or "all"), shapes,
                   "[green]yes[/]" if why is None else "[red]no[/]")
         if why is not None:
             why_not.append(f"{s.name}: {why}")
