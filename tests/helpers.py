@@ -46,6 +46,21 @@ def tiny_vocab(size: int = 1000) -> list[str]:
     return vocab[:size]
 
 
+def write_word_task(path: Path, n: int, seed: int, labels: str = "xyz") -> Path:
+    """A small classification task file: each row four random words of the tiny vocabulary plus the word that
+    names its label (label i <-> the i-th long word), so a model can learn it in a few steps."""
+    import json
+    import random
+
+    words = [w for w in tiny_vocab() if w.isalpha() and len(w) > 3]
+    r = random.Random(seed)
+    with path.open("w") as f:
+        for _ in range(n):
+            a = r.randrange(len(labels))
+            f.write(json.dumps({"text": " ".join(r.sample(words[5:40], 4) + [words[a]]), "label": labels[a]}) + "\n")
+    return path
+
+
 def make_tiny_teacher(directory: Path, mlm: bool = False, seed: int = 0) -> Path:
     """Write a random tiny BERT (hidden 48, 2 layers, 4 heads, FFN 96, vocab 1000) and its tokenizer."""
     from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast

@@ -4,14 +4,11 @@ NAS-BERT attention, Q/DQ pairs on the projections' outputs in the export (before
 
 from __future__ import annotations
 
-import json
-import random
-
 import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import TINY, make_tokenizer_dir, tiny_vocab
+from helpers import TINY, make_tokenizer_dir, write_word_task
 
 from nasbert_deploy.errors import ExportError
 from nasbert_deploy.export.validate import padded_inputs
@@ -26,7 +23,6 @@ from nasbert_deploy.student.tasks import load_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCH = f"{TINY.hidden_sizes[0]}:mha,ffn|{TINY.hidden_sizes[-1]}:sep3,mha"  # two attentions, a convolution between
-WORDS = [w for w in tiny_vocab() if w.isalpha() and len(w) > 3]
 
 
 def _classifier(seed: int = 0) -> NasBertForSequenceClassification:
@@ -89,14 +85,6 @@ def test_a_graph_whose_attention_changed_is_refused(tmp_path):
         insert_attention_qdq(graph, m)
 
 
-def _task(path, n, seed):
-    r = random.Random(seed)
-    with path.open("w") as f:
-        for _ in range(n):
-            a = r.randrange(3)
-            f.write(json.dumps({"text": " ".join(r.sample(WORDS[5:40], 4) + [WORDS[a]]), "label": "xyz"[a]}) + "\n")
-    return path
-
 
 def test_quantize_with_attention_bits_trains_checks_and_reloads(tmp_path):
     from transformers import AutoTokenizer
@@ -108,7 +96,8 @@ def test_quantize_with_attention_bits_trains_checks_and_reloads(tmp_path):
     clf.save_pretrained(tmp_path / "clf")
     tok.save_pretrained(tmp_path / "clf")
     write_remote_code(tmp_path / "clf")
-    train, valid = load_task(_task(tmp_path / "train.jsonl", 24, 0)), load_task(_task(tmp_path / "valid.jsonl", 8, 1))
+    train = load_task(write_word_task(tmp_path / "train.jsonl", 24, 0))
+    valid = load_task(write_word_task(tmp_path / "valid.jsonl", 8, 1))
     cfg = QuantizeConfig(bits=8, attention_bits=8, steps=3, batch_size=8, max_len=16)
     rep = quantize(tmp_path / "clf", train, valid, tmp_path / "q", cfg, ("onnx", "openvino"))
     assert rep["attention"] == {"quantized": 2, "bits": 8}

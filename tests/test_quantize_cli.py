@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_teacher, tiny_vocab
+from helpers import make_tiny_teacher, write_word_task
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
@@ -22,16 +21,7 @@ from nasbert_deploy.student.tasks import load_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-WORDS = [w for w in tiny_vocab() if w.isalpha() and len(w) > 3]
 
-
-def _task(path, n, seed, labels="xyz"):
-    r = random.Random(seed)
-    with path.open("w") as f:
-        for _ in range(n):
-            a = r.randrange(len(labels))
-            f.write(json.dumps({"text": " ".join(r.sample(WORDS[5:40], 4) + [WORDS[a]]), "label": labels[a]}) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +35,8 @@ def tiny(tmp_path_factory, one_thread):
                                                         label2id={c: i for i, c in enumerate("xyz")})
     clf.save_pretrained(root / "clf")
     AutoTokenizer.from_pretrained(encoder).save_pretrained(root / "clf")
-    return {"root": root, "encoder": encoder, "clf": root / "clf", "train": _task(root / "train.jsonl", 48, 0),
-            "valid": _task(root / "valid.jsonl", 16, 1), "other": _task(root / "other.jsonl", 20, 2, "xw")}
+    return {"root": root, "encoder": encoder, "clf": root / "clf", "train": write_word_task(root / "train.jsonl", 48, 0),
+            "valid": write_word_task(root / "valid.jsonl", 16, 1), "other": write_word_task(root / "other.jsonl", 20, 2, "xw")}
 
 
 def _run(*args):

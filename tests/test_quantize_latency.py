@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from dataclasses import replace
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import TINY, make_tokenizer_dir, tiny_table, tiny_vocab
+from helpers import TINY, make_tokenizer_dir, tiny_table, write_word_task
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
@@ -28,7 +27,6 @@ from nasbert_deploy.student.tasks import load_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-WORDS = [w for w in tiny_vocab() if w.isalpha() and len(w) > 3]
 
 
 def _ops(path: str) -> set[str]:
@@ -92,14 +90,6 @@ def test_export_refuses_a_kdlsq_device(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def _task(path, n, seed):
-    r = random.Random(seed)
-    with path.open("w") as f:
-        for _ in range(n):
-            a = r.randrange(3)
-            f.write(json.dumps({"text": " ".join(r.sample(WORDS[5:40], 4) + [WORDS[a]]), "label": "xyz"[a]}) + "\n")
-    return path
-
 
 def test_quantize_predicts_a_nasbert_classifier_with_the_device_table(tmp_path, monkeypatch):
     """A NAS-BERT classifier's export is measured on the device and predicted by the device's table (here a made-up
@@ -121,7 +111,8 @@ def test_quantize_predicts_a_nasbert_classifier_with_the_device_table(tmp_path, 
     monkeypatch.chdir(tmp_path)
     table = tiny_table(tmp_path / "profiles" / "local" / "cpu-ort-kdlsq8.json")
     assert table.is_file()
-    train, valid = load_task(_task(tmp_path / "train.jsonl", 24, 0)), load_task(_task(tmp_path / "valid.jsonl", 8, 1))
+    train = load_task(write_word_task(tmp_path / "train.jsonl", 24, 0))
+    valid = load_task(write_word_task(tmp_path / "valid.jsonl", 8, 1))
     spec = replace(load_device("cpu-ort-kdlsq8"), seq_lens=(32, 64))
     rep = quantize(tmp_path / "clf", train, valid, tmp_path / "q", QuantizeConfig(bits=8, steps=1, batch_size=8, max_len=16),
                    ("onnx",), devices=[spec], latency_seq_len=32)
