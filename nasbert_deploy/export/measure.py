@@ -22,6 +22,7 @@ from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import ExportError, SpaceError, TableError
 from nasbert_deploy.space import Arch, SearchSpace
 
+DEFAULT_TIMING: dict[str, Any] = {"warmup": 5, "runs": 30, "min_time_s": 1.0, "max_cv": 0.1}  # `timing.measure` kwargs
 MEASURE_ROUNDS = 3  # passes of the latency measurement; the lowest median is kept, as in the latency tables
 
 

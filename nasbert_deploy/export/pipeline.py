@@ -65,7 +65,7 @@ class ExportOptions:
     validation_batches: tuple[int, ...] = VALIDATION_BATCHES
     validation_seq_lens: tuple[int, ...] = VALIDATION_SEQ_LENS
     calibration_texts: tuple[str, ...] = field(default=(), repr=False)
-    timing_kwargs: dict[str, Any] = field(default_factory=lambda: {"warmup": 5, "runs": 30, "min_time_s": 1.0, "max_cv": 0.1})
+    timing_kwargs: dict[str, Any] = field(default_factory=lambda: dict(measure.DEFAULT_TIMING))
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in FORMATS]

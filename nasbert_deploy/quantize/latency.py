@@ -50,11 +50,11 @@ def measure_exports(
     timing_kwargs: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One `measure_latency` record per device for the quantized exports in `folder` (batch 1 x `seq_len`)."""
-    from nasbert_deploy.export.measure import measure_latency
+    from nasbert_deploy.export.measure import DEFAULT_TIMING, measure_latency
 
     space, arch = _arch(config)
     vocab = int(config.vocab_size)
-    kwargs = timing_kwargs or {"warmup": 5, "runs": 30, "min_time_s": 1.0, "max_cv": 0.1}
+    kwargs = timing_kwargs or DEFAULT_TIMING
     out = []
     for spec in specs:
         if not spec.kdlsq_bits:
