@@ -56,7 +56,8 @@ def train_phase(a: argparse.Namespace, out: Path) -> None:
         if (target / "quantize_report.json").is_file():
             continue
         cfg = QuantizeConfig(bits=bits, steps=a.steps, batch_size=16, max_len=a.train_len, ce_weight=a.ce_weight,
-                             checkpoint_every=50, embedding_bits=a.embedding_bits)
+                             checkpoint_every=50, embedding_bits=a.embedding_bits, attention_bits=a.attention_bits,
+                             hidden_weight=a.hidden_weight)
         t0 = time.perf_counter()
 
         def progress(s: int, t: int, v: dict[str, float], bits: int = bits) -> None:
@@ -192,6 +193,8 @@ def main() -> None:
     p.add_argument("--train-len", type=int, default=64)
     p.add_argument("--ce-weight", type=float, default=1.0, help="gold-label CE weight (0: distillation only)")
     p.add_argument("--embedding-bits", type=int, default=None, help="word-embedding table bits (0: float; default: as --bits)")
+    p.add_argument("--attention-bits", type=int, default=0, choices=(0, 8), help="attention products' bits (0: float)")
+    p.add_argument("--hidden-weight", type=float, default=1.0, help="hidden-state MSE weight (0: logits and labels only)")
     p.add_argument("--eval-len", type=int, default=128)
     p.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2])
     p.add_argument("--rounds", type=int, default=6)

@@ -110,3 +110,30 @@ def test_supernet_block_params_cover_exactly_the_path():
     arch = TINY.parse("32:mha,id|64:sep3,ffn")
     n0 = sum(p.numel() for p in net.block_params(0, arch.blocks[0]))
     assert n0 == TINY.op_params(Op("mha"), 32) + 2 * (TINY.output_dim * 32) + 32 + TINY.output_dim
+
+
+def test_hidden_states_are_every_operation_output():
+    """`output_hidden_states`: the embedding projection and each non-identity operation's output, (b, t, h) each;
+    the default forward is unchanged (what is traced and exported)."""
+    arch = TINY.parse("64:mha,id|32:sep3,ffn")
+    cfg = NasBertConfig.from_arch(arch, TINY)
+    cfg.num_labels = 3
+    torch.manual_seed(0)
+    clf = NasBertForSequenceClassification(cfg).eval()
+    ids, mask = _inputs()
+    with torch.no_grad():
+        plain = clf(ids, mask)
+        out = clf(ids, mask, output_hidden_states=True)
+        enc = clf.nasbert(ids, mask, output_hidden_states=True)
+        tup = clf.nasbert(ids, mask, output_hidden_states=True, return_dict=False)
+    assert plain.hidden_states is None and torch.equal(plain.logits, out.logits)
+    assert [tuple(h.shape) for h in out.hidden_states] == [(3, 11, 64)] * 2 + [(3, 11, 32)] * 2
+    # the last operation's output is what the head reads
+    assert torch.allclose(clf.nasbert.head(out.hidden_states[-1]), enc.last_hidden_state, atol=1e-6)
+    # the mha output: the mha layer applied to the embedding projection
+    mha = clf.nasbert.blocks[0].layers[0]
+    b, t = ids.shape
+    with torch.no_grad():
+        ref = mha(out.hidden_states[0].reshape(b * t, -1), mask).view(b, t, -1)
+    assert torch.allclose(out.hidden_states[1], ref, atol=1e-6)
+    assert len(tup) == 2 and len(tup[1]) == 4

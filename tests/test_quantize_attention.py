@@ -101,6 +101,8 @@ def test_quantize_with_attention_bits_trains_checks_and_reloads(tmp_path):
     cfg = QuantizeConfig(bits=8, attention_bits=8, steps=3, batch_size=8, max_len=16)
     rep = quantize(tmp_path / "clf", train, valid, tmp_path / "q", cfg, ("onnx", "openvino"))
     assert rep["attention"] == {"quantized": 2, "bits": 8}
+    # NAS-BERT returns every operation's output: KDLSQ matches them to the fp32 model's, as for HF BERT
+    assert rep["training"]["hidden_state_loss"] is True and rep["training"]["last"]["hidden"] > 0
     for rt in ("onnxruntime", "openvino"):
         assert rep["checks"][rt]["passed"] == rep["checks"][rt]["checks"]
     model, _, meta = load_quantized(tmp_path / "q")

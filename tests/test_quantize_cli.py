@@ -54,10 +54,11 @@ def _one_line_error(r, *needles):
 def test_quantize_8bit_end_to_end(tiny):
     out = tiny["root"] / "q8"
     r = _run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--valid", tiny["valid"], "--bits", "8",
-             "--steps", "3", "--batch-size", "8", "--max-len", "16", "--ce-weight", "0.5", "--out", out)
+             "--steps", "3", "--batch-size", "8", "--max-len", "16", "--ce-weight", "0.5", "--hidden-weight", "0.25",
+             "--out", out)
     assert r.exit_code == 0, r.output
     report = json.loads((out / "quantize_report.json").read_text())
-    assert report["config"]["ce_weight"] == 0.5
+    assert report["config"]["ce_weight"] == 0.5 and report["config"]["hidden_weight"] == 0.25
     assert report["quantized_linears"] == 14  # 2 layers x 6 + pooler + classifier
     for rt in ("onnxruntime", "openvino"):
         c = report["checks"][rt]

@@ -64,6 +64,8 @@ def quantize_cmd(
     step_lr: Annotated[float, typer.Option("--step-lr", min=0.0, help="Learning rate of the relative step sizes.")] = 2e-3,
     ce_weight: Annotated[float, typer.Option("--ce-weight", min=0.0, help="Weight of the gold-label cross-entropy beside "
                                              "the distillation terms (0: distillation only).")] = 1.0,
+    hidden_weight: Annotated[float, typer.Option("--hidden-weight", min=0.0, help="Weight of the hidden-state MSE to the "
+                                                 "fp32 model's layer outputs (0: logits and labels only).")] = 1.0,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 100,
     devices: Annotated[list[str] | None, typer.Option("--device", help="Measure the exports on this kdlsq device and predict "
                                                       "them with its latency table (repeatable; default: every shipped "
@@ -93,7 +95,7 @@ def quantize_cmd(
     ebits = None if e == "weights" else 0 if e == "float" else int(e)
     cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=0 if attention_bits.value == "float" else 8,
                          reduce_range=reduce, steps=steps, batch_size=batch_size,
-                         max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight,
+                         max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight, hidden_weight=hidden_weight,
                          checkpoint_every=checkpoint_every, seed=seed)
     with training_progress(f"quantizing ({b}-bit)") as update:
         report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print, devices=specs)

@@ -6,6 +6,9 @@ fine-tuned. Layout (shapes for batch b, sequence t):
     input_ids (b, t) -> Embeddings (b, t, E) -> embed_proj (b, t, h1)
       -> block 1 layers (b, t, h1) -> boundary 1 (b, t, h2) -> block 2 ... -> block N (b, t, hN)
       -> head (b, t, output_dim)          = last_hidden_state
+
+`output_hidden_states=True` also returns the embedding projection's output and every non-identity operation's
+output, each (b, t, h) (what KD-aware quantization matches between the fp32 and the quantized copy).
 """
 
 from __future__ import annotations
@@ -79,20 +82,29 @@ class NasBertModel(NasBertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutput | tuple[torch.Tensor]:
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         b, t = input_ids.shape[0], input_ids.shape[1]
         # tokens flattened to (b * t, hidden) from the embedding to the head (see `ops`: Gemm with bias on ORT)
         x = self.embed_proj(self.embeddings(input_ids, token_type_ids).reshape(b * t, -1))
+        states = [x.view(b, t, -1)] if output_hidden_states else None
+        arch = self.config.arch_obj if states is not None else None
         for i, block in enumerate(self.blocks):
             if i:
                 x = self.boundaries[i - 1](x)
-            x = block(x, mask)
+            if states is None:
+                x = block(x, mask)
+                continue
+            for op, layer in zip(arch.blocks[i].ops, block.layers):
+                x = layer(x, mask)
+                if not op.is_identity:
+                    states.append(x.view(b, t, -1))
         out = self.head(x).view(b, t, -1)
         if return_dict is False:
-            return (out,)
-        return BaseModelOutput(last_hidden_state=out)
+            return (out,) if states is None else (out, tuple(states))
+        return BaseModelOutput(last_hidden_state=out, hidden_states=None if states is None else tuple(states))
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -119,15 +131,17 @@ class NasBertForSequenceClassification(NasBertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs: Any,
     ) -> SequenceClassifierOutput | tuple[torch.Tensor, ...]:
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        hidden = self.nasbert(input_ids, mask, token_type_ids).last_hidden_state
-        logits = self.classifier(self.dropout(mean_pool(hidden, mask)))
+        enc = self.nasbert(input_ids, mask, token_type_ids, output_hidden_states=output_hidden_states)
+        logits = self.classifier(self.dropout(mean_pool(enc.last_hidden_state, mask)))
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         if return_dict is False:
-            return (logits,) if loss is None else (loss, logits)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+            out = (logits,) if loss is None else (loss, logits)
+            return out if enc.hidden_states is None else (*out, enc.hidden_states)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=enc.hidden_states)
 
 
 AutoConfig.register("nasbert", NasBertConfig, exist_ok=True)
