@@ -24,8 +24,11 @@ def check_supported(config: dict[str, Any], path: Any) -> None:
     """`TaskError` unless the saved config is a BERT sequence classifier (the encoders this pruner handles)."""
     mt = config.get("model_type")
     if mt not in SUPPORTED_TYPES:
+        hint = ("; a mean-pooled teacher (finetune-teacher's default for BERT encoders) cannot be pruned yet: "
+                "fine-tune one with `finetune-teacher --pooling cls`") if mt == "nasbert" else \
+            " (e.g. from `nasbert-deploy finetune-teacher --pooling cls`)"
         raise TaskError(f"--model {path} is a {mt!r} model; prune handles BERT-family classifiers of model type "
-                        f"{', '.join(SUPPORTED_TYPES)} (e.g. from `nasbert-deploy finetune-teacher`)")
+                        f"{', '.join(SUPPORTED_TYPES)}{hint}")
     if config.get("pruned_heads") or len(set(config.get("intermediate_sizes") or [0])) > 1:
         raise TaskError(f"--model {path} is already pruned (per-layer heads or FFN widths differ); "
                         "prune the unpruned fine-tuned model instead")
