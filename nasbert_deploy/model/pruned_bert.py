@@ -5,6 +5,12 @@ transformers' `BertConfig` records removed heads (`pruned_heads`, applied by `po
 `intermediate_sizes` (one FFN width per layer); the model classes are BERT's own, with each layer's
 two FFN matrices built at that width. Weights, tokenizer and ONNX/OpenVINO exports are BERT's.
 
+Three options carry a mean-pooled NAS-BERT classifier of uniform width (the teachers `finetune-teacher` converts,
+students of `D:mha,ffn` blocks) over exactly (`prune.from_nasbert`): `embedding_projection` (a Linear after the
+embedding LayerNorm, NAS-BERT's `embed_proj`), `layer_projections` (layers that start with a Linear of the
+layer's width: NAS-BERT's block boundaries) and `pooling = "mean"` (the classifier reads the masked mean of the
+last layer's tokens instead of BERT's [CLS] pooler).
+
 This file imports only torch and transformers: `write_pruned_remote_code` copies it verbatim into a
 saved folder and adds `auto_map`, so the folder loads with `AutoModel...from_pretrained(folder,
 trust_remote_code=True)` where nasbert-deploy is not installed. Here `register()` makes the Auto classes
@@ -16,9 +22,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers import BertConfig
-from transformers.models.bert.modeling_bert import BertForSequenceClassification, BertModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.models.bert.modeling_bert import BertEmbeddings, BertForSequenceClassification, BertLayer, BertModel
 
 PRUNED_MODEL_TYPE = "pruned_bert"
 REMOTE_FILE = "modeling_pruned_bert.py"
@@ -29,13 +37,41 @@ class PrunedBertConfig(BertConfig):
 
     model_type = PRUNED_MODEL_TYPE
 
-    def __init__(self, intermediate_sizes: list[int] | None = None, **kwargs):
+    def __init__(self, intermediate_sizes: list[int] | None = None, pooling: str = "cls",
+                 embedding_projection: bool = False, layer_projections: list[int] | None = None, **kwargs):
         super().__init__(**kwargs)
         n = self.num_hidden_layers
         sizes = [int(w) for w in intermediate_sizes] if intermediate_sizes else [int(self.intermediate_size)] * n
-        if len(sizes) != n or min(sizes) < 1:
+        if len(sizes) != n or min(sizes, default=1) < 1:
             raise ValueError(f"intermediate_sizes needs {n} widths >= 1, got {sizes}")
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.intermediate_sizes = sizes
+        self.pooling = pooling
+        self.embedding_projection = bool(embedding_projection)
+        self.layer_projections = sorted(int(i) for i in layer_projections or [] if int(i) < n)
+
+
+class ProjectedEmbeddings(BertEmbeddings):
+    """BERT's embeddings followed by a Linear of the same width (NAS-BERT's `embed_proj`)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.projection = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, *args, **kwargs):
+        return self.projection(super().forward(*args, **kwargs))
+
+
+class ProjectedBertLayer(BertLayer):
+    """A BERT layer whose input first goes through a Linear of the same width (a NAS-BERT block boundary)."""
+
+    def __init__(self, config: BertConfig, layer_idx: int | None = None):
+        super().__init__(config, layer_idx)
+        self.projection = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return super().forward(self.projection(hidden_states), *args, **kwargs)
 
 
 def resize_ffn(encoder: nn.Module, sizes: list[int]) -> None:
@@ -52,7 +88,11 @@ class PrunedBertModel(BertModel):
     config_class = PrunedBertConfig
 
     def __init__(self, config: PrunedBertConfig, add_pooling_layer: bool = True):
-        super().__init__(config, add_pooling_layer=add_pooling_layer)
+        super().__init__(config, add_pooling_layer=add_pooling_layer and config.pooling == "cls")
+        if config.embedding_projection:
+            self.embeddings = ProjectedEmbeddings(config)
+        for i in config.layer_projections:
+            self.encoder.layer[i] = ProjectedBertLayer(config, layer_idx=i)
         resize_ffn(self.encoder, config.intermediate_sizes)
 
 
@@ -63,6 +103,25 @@ class PrunedBertForSequenceClassification(BertForSequenceClassification):
         super().__init__(config)
         self.bert = PrunedBertModel(config)  # BertModel with the per-layer FFN widths and pruned heads
         self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        if self.config.pooling == "cls":
+            return super().forward(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                                   labels, output_attentions, output_hidden_states, return_dict)
+        out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
+                        head_mask=head_mask, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                        output_hidden_states=output_hidden_states, return_dict=True)
+        hidden = out.last_hidden_state  # (b, t, hidden)
+        mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device) if attention_mask is None \
+            else attention_mask.to(hidden.dtype)
+        pooled = (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        if return_dict is False:
+            rest = tuple(x for x in (out.hidden_states, out.attentions) if x is not None)
+            return ((loss,) if loss is not None else ()) + (logits,) + rest
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
 AUTO_MAP = {

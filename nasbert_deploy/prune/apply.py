@@ -15,6 +15,7 @@ import torch
 
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.model.pruned_bert import PrunedBertConfig, PrunedBertForSequenceClassification, register
+from nasbert_deploy.prune.from_nasbert import NASBERT_TYPE, check_convertible
 from nasbert_deploy.prune.gates import Selection, encoder_of
 
 SUPPORTED_TYPES = ("bert", "pruned_bert")
@@ -23,12 +24,13 @@ SUPPORTED_TYPES = ("bert", "pruned_bert")
 def check_supported(config: dict[str, Any], path: Any) -> None:
     """`TaskError` unless the saved config is a BERT sequence classifier (the encoders this pruner handles)."""
     mt = config.get("model_type")
+    if mt == NASBERT_TYPE:
+        check_convertible(config, path)
+        return
     if mt not in SUPPORTED_TYPES:
-        hint = ("; a mean-pooled teacher (finetune-teacher's default for BERT encoders) cannot be pruned yet: "
-                "fine-tune one with `finetune-teacher --pooling cls`") if mt == "nasbert" else \
-            " (e.g. from `nasbert-deploy finetune-teacher --pooling cls`)"
         raise TaskError(f"--model {path} is a {mt!r} model; prune handles BERT-family classifiers of model type "
-                        f"{', '.join(SUPPORTED_TYPES)}{hint}")
+                        f"{', '.join(SUPPORTED_TYPES)} and NAS-BERT ones of mha,ffn layers (e.g. from "
+                        "`nasbert-deploy finetune-teacher`)")
     if config.get("pruned_heads") or len(set(config.get("intermediate_sizes") or [0])) > 1:
         raise TaskError(f"--model {path} is already pruned (per-layer heads or FFN widths differ); "
                         "prune the unpruned fine-tuned model instead")
@@ -61,7 +63,8 @@ def prune_model(model: Any, sel: Selection) -> PrunedBertForSequenceClassificati
         layer.output.dense.weight = torch.nn.Parameter(ffn_out[:, keep].clone())  # (hidden, w)
         layer.output.dense.in_features = len(keep)
     cfg = src.config.to_dict()
-    for k in ("model_type", "architectures", "auto_map", "_name_or_path", "transformers_version", "pruned_heads"):
+    for k in ("model_type", "architectures", "auto_map", "_name_or_path", "transformers_version", "pruned_heads",
+              "intermediate_sizes"):
         cfg.pop(k, None)
     config = PrunedBertConfig(intermediate_sizes=sel.widths, pruned_heads=pruned, architectures=[
         "PrunedBertForSequenceClassification"], **cfg)

@@ -32,9 +32,12 @@ SCHEMA = "nasbert-deploy/prune-latency-table"
 SCHEMA_VERSION = 1
 
 
-def table_name(device: str, hidden: int, heads: int, ffn: int, batch: int, seq_len: int, clock: str = "wall") -> str:
-    """The canonical file stem of a table: device, the shape it was measured at, and the clock unless wall time."""
-    return f"{device}-h{hidden}-a{heads}-f{ffn}-b{batch}-s{seq_len}" + ("" if clock == "wall" else f"-{clock}")
+def table_name(device: str, hidden: int, heads: int, ffn: int, batch: int, seq_len: int, clock: str = "wall",
+               pooling: str = "cls") -> str:
+    """The canonical file stem of a table: device, the shape it was measured at, the clock unless wall time, and
+    "-mean" for mean-pooled models with an embedding projection (carried over from NAS-BERT: another "rest")."""
+    return (f"{device}-h{hidden}-a{heads}-f{ffn}-b{batch}-s{seq_len}" + ("" if clock == "wall" else f"-{clock}")
+            + ("" if pooling == "cls" else f"-{pooling}"))
 
 
 def default_table_path(name: str) -> Path:

@@ -110,6 +110,29 @@ class _Logits(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
+class _MeanPooledRest(nn.Module):
+    """What a mean-pooled `pruned_bert` classifier computes besides its layers: the embeddings (with their
+    projection), one Linear per `layer_projections` entry (these stay whole when units are pruned), mean pooling
+    and the classifier. Called with (input_ids, attention_mask), returns logits (b, c)."""
+
+    def __init__(self, config: Any) -> None:
+        from nasbert_deploy.model.pruned_bert import PrunedBertConfig, PrunedBertForSequenceClassification
+
+        super().__init__()
+        cfg = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "auto_map", "architectures")}
+        cfg.update(num_hidden_layers=0, intermediate_sizes=None, layer_projections=None, pruned_heads={})
+        self.model = PrunedBertForSequenceClassification(PrunedBertConfig(**cfg))
+        h = int(config.hidden_size)
+        self.projections = nn.ModuleList(nn.Linear(h, h) for _ in getattr(config, "layer_projections", []) or [])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.model.bert.embeddings(input_ids=input_ids)
+        for proj in self.projections:
+            x = proj(x)
+        m = attention_mask.to(x.dtype)[:, :, None]
+        return self.model.classifier((x * m).sum(1) / m.sum(1).clamp(min=1.0))
+
+
 def pruned_classifier(config: Any, heads: list[int], widths: list[int], seed: int = 0) -> nn.Module:
     """A random-weight `PrunedBertForSequenceClassification` with heads[l] heads and widths[l] neurons per layer."""
     from nasbert_deploy.model.pruned_bert import PrunedBertConfig, PrunedBertForSequenceClassification
@@ -138,8 +161,11 @@ def _items(config: Any, s: PruneProfileSettings) -> list[tuple[str, nn.Module, s
     heads, width = int(config.num_attention_heads), int(config.intermediate_size)
     torch.manual_seed(s.seed)
     items: list[tuple[str, nn.Module, str]] = [("call", _Call(), "x+mask")]
-    rest_cfg = config.__class__(**{**config.to_dict(), "num_hidden_layers": 0})
-    items.append(("rest", _Logits(BertForSequenceClassification(rest_cfg).eval()), "ids"))
+    if getattr(config, "pooling", "cls") == "mean":  # carried over from NAS-BERT (`prune.from_nasbert`)
+        rest: nn.Module = _MeanPooledRest(config)
+    else:
+        rest = _Logits(BertForSequenceClassification(config.__class__(**{**config.to_dict(), "num_hidden_layers": 0})))
+    items.append(("rest", rest.eval(), "ids"))
     items += [(f"attention:{k}", _Attention(config, k).eval(), "x+mask") for k in range(1, heads + 1)]
     items += [(f"ffn:{w}", _FFN(config, w).eval(), "x") for w in ffn_grid(width, s.ffn_points)]
     return items
@@ -196,7 +222,8 @@ def profile_table(config: Any, spec: DeviceSpec, s: PruneProfileSettings, progre
         rounds = _time_all(compiled, s, progress, "time")
     fig = {k: round_statistic(v, "min") for k, v in rounds.items()}
     manifest = {
-        "name": table_name(spec.name, hidden, heads, width, s.batch, s.seq_len, s.clock), "clock": s.clock,
+        "name": table_name(spec.name, hidden, heads, width, s.batch, s.seq_len, s.clock, getattr(config, "pooling", "cls")),
+        "clock": s.clock,
         "device": spec.name, "device_spec": spec.to_dict(), "hidden": hidden, "heads": heads, "ffn": width,
         "layers": int(config.num_hidden_layers), "vocab_size": vocab, "batch": s.batch, "seq_len": s.seq_len,
         "statistic": "min", "settings": s.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

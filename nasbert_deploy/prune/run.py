@@ -22,6 +22,7 @@ from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
 from nasbert_deploy.model.loop import NoteFn, ProgressFn
+from nasbert_deploy.prune.from_nasbert import NASBERT_TYPE, bert_view, to_pruned_bert
 from nasbert_deploy.prune.gates import Selection, ffn_widths, head_counts
 from nasbert_deploy.prune.latency import PruneLatencyTable, default_table_path, table_name
 from nasbert_deploy.prune.profile import PruneProfileSettings, holdout_summary, profile_table
@@ -60,6 +61,8 @@ def check_request(req: PruneRequest) -> dict[str, Any]:
     check_model_folder(req.model, classifier=True)
     config = read_model_config(req.model, "--model", TaskError)
     check_supported(config, req.model)
+    if config.get("model_type") == NASBERT_TYPE:  # gated and pruned in its BERT form (`prune.from_nasbert`)
+        config = {**config, **bert_view(config), "pooling": "mean"}
     if req.teacher_model is not None:
         check_model_folder(req.teacher_model, classifier=True, option="--teacher-model")
     label2id = {str(v): int(k) for k, v in (config.get("id2label") or {}).items()}
@@ -81,7 +84,7 @@ def table_path(req: PruneRequest, config: dict[str, Any]) -> Path:
     """`req.table_path`, else the default place of the device's table for this model's width."""
     s = req.profile
     name = table_name(req.spec.name, int(config["hidden_size"]), int(config["num_attention_heads"]),
-                      int(config["intermediate_size"]), s.batch, s.seq_len, s.clock)
+                      int(config["intermediate_size"]), s.batch, s.seq_len, s.clock, config.get("pooling") or "cls")
     return req.table_path or default_table_path(name)
 
 
@@ -122,6 +125,10 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
     check_request(req)
     register()
     model, tokenizer = load_classifier(req.model)
+    if model.config.model_type == NASBERT_TYPE:
+        model = to_pruned_bert(model)
+        if note:
+            note("NAS-BERT classifier carried over into its BERT form (mean pooling, embedding projection) for pruning")
     labels = model_labels(model)
     label2id = {n: i for i, n in enumerate(labels)}
     heads0, width0 = head_counts(model)[0], ffn_widths(model)[0]
