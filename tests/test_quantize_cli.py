@@ -138,6 +138,25 @@ def test_2bit_is_simulated_and_resumes(tiny):
     assert set(levels.tolist()) <= {-2.0, -1.0, 0.0, 1.0}
 
 
+def test_an_export_that_fails_its_checks_reruns_without_training(tiny, monkeypatch):
+    """The trained state outlives a failed numeric check: the error names the --format that passed (here none), and
+    the rerun writes the folder from the saved state (training resumed at its last step: nothing retrained)."""
+    import nasbert_deploy.quantize.check as check
+    from nasbert_deploy.errors import ExportError
+
+    train, valid = load_task(tiny["train"]), load_task(tiny["valid"])
+    out = tiny["root"] / "q8-failed-check"
+    cfg = QuantizeConfig(bits=8, steps=3, batch_size=8, max_len=16, checkpoint_every=100)
+    monkeypatch.setattr(check, "INT8_MIN_COSINE", 1.01)  # no export can pass
+    with pytest.raises(ExportError, match="rerun with --format none"):
+        quantize(tiny["clf"], train, valid, out, cfg, ("onnx",))
+    assert not out.exists() and (tiny["root"] / "q8-failed-check.ckpt").is_dir()
+    notes = []
+    report = quantize(tiny["clf"], train, valid, out, cfg, (), note=notes.append)
+    assert report["training"]["resumed_from"] == 3 and notes == ["resuming from step 3 of 3"]
+    assert (out / "quantization.json").is_file() and not (tiny["root"] / "q8-failed-check.ckpt").exists()
+
+
 @pytest.mark.parametrize("args,needles", [
     (["--bits", "2", "--format", "onnx"], ["--bits 2 has no kernel in onnx", "--format none"]),
     (["--bits", "2", "--format", "openvino"], ["--bits 2 has no kernel in openvino"]),

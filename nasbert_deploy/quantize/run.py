@@ -232,8 +232,12 @@ def _score_and_export(
         report["checks"] = summarize(checks)
         bad = [c for c in checks if not c.passed]
         if bad:
+            ok = sorted({c.runtime for c in checks} - {c.runtime for c in bad})
+            rerun = {"onnxruntime": "onnx", "openvino": "openvino"}
+            hint = (f"--format {','.join(rerun[r] for r in ok)}" if ok else "--format none") + " (or none)" * bool(ok)
             raise ExportError(f"the quantized export differs from the fake-quantized model in {len(bad)} of {len(checks)} "
-                              "checks: " + "; ".join(c.describe() for c in bad[:4]))
+                              "checks: " + "; ".join(c.describe() for c in bad[:4]) + f"; the trained state is kept beside "
+                              f"the output: rerun with {hint} to write the folder without training again")
         for rt, run in runners.items():
             logits = task_logits(run, tokenizer, valid, cfg.max_len)
             scores[f"kdlsq-{cfg.bits}bit-{rt}"] = {**evaluate_logits(y, logits, fp_logits).to_dict(),

@@ -144,6 +144,8 @@ def train_quantized(
 
     student.eval()  # dropout off: the student imitates the deterministic teacher (BERT has no batch norm to update)
     run_steps(start, cfg.steps, step_fn, save, checkpoint_every=cfg.checkpoint_every, progress=progress, note=note)
+    if start < cfg.steps:  # the trained state, so that an export that fails its checks reruns without training
+        save(cfg.steps)
     student.eval()
     return {"steps": cfg.steps, "train_s": round(time.perf_counter() - t0, 2), "last": last,
             "hidden_state_loss": bool(used_hidden), "resumed_from": start}
