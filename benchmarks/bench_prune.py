@@ -26,6 +26,7 @@ import torch
 from nasbert_deploy.devices import load_device
 from nasbert_deploy.profiling.host import cpu_model
 from nasbert_deploy.prune.artefacts import measure_side_by_side
+from nasbert_deploy.prune.from_nasbert import NASBERT_TYPE, to_pruned_bert
 from nasbert_deploy.prune.profile import PruneProfileSettings
 from nasbert_deploy.prune.run import PruneRequest, get_table, prune
 from nasbert_deploy.prune.train import GateConfig
@@ -64,6 +65,8 @@ def main() -> None:
         done = {(r["device"], r["speedup"], r["model"]) for r in map(json.loads, args.results.read_text().splitlines())}
     profile = PruneProfileSettings(validate=args.validate, holdout=args.holdout, clock=args.clock)
     model, _ = load_classifier(args.model)
+    if model.config.model_type == NASBERT_TYPE:  # a mean-pooled NAS-BERT classifier: pruned in its BERT form
+        model = to_pruned_bert(model)
     base = PruneRequest(model=args.model, train=train, valid=valid, out=args.work / "x", spec=spec, max_latency_ms=1.0,
                         table_path=args.table, profile=profile)
     table, table_path = get_table(base, model.config, lambda p, d, n: log(f"profiling {p} {d}/{n}") if d == n else None, log)
