@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -79,12 +80,16 @@ def points(a: argparse.Namespace, work: Path) -> dict[str, dict[str, Path]]:
              for _, b in iter_batches(tok, load_task(Path(a.task_dir) / "train.jsonl").subset(range(64)), 1, a.eval_len)]
     out = {"teacher fp32": exported(teacher, work / "teacher"),
            "teacher PTQ INT8": exported(teacher, work / "teacher", calib, ptq=True)}
-    for spec in a.point:
-        name, _, path = spec.partition("=")
-        if not path or not (Path(path) / "config.json").is_file():
-            raise SystemExit(f"error: --point {spec!r} is not NAME=FOLDER with a classifier's config.json")
-        out[name] = exported(Path(path), work / name.replace(" ", "_").replace("/", "_"))
+    for name, path in a.folders.items():
+        out[name] = exported(path, work / name.replace(" ", "_").replace("/", "_"))
     return out
+
+
+def label_order(folder: Path, labels: list[str]) -> list[int]:
+    """Column of each of `labels` in the logits of the classifier saved in `folder` (its config's id2label)."""
+    id2label = json.loads((folder / "config.json").read_text())["id2label"]
+    names = [id2label[str(i)] for i in range(len(id2label))]
+    return [names.index(n) for n in labels]
 
 
 def score(a: argparse.Namespace, pts: dict[str, dict[str, Path]], res: dict[str, Any], save: Any) -> None:
@@ -94,12 +99,11 @@ def score(a: argparse.Namespace, pts: dict[str, dict[str, Path]], res: dict[str,
     y = valid.label_ids({n: i for i, n in enumerate(labels)})
     ref = None
     for name, files in pts.items():
+        order = label_order(a.folders.get(name, Path(a.teacher)), labels)  # columns in the teacher's order
         for dev, path in files.items():
             key = f"score/{name}/{dev}"
             if key in res:
                 continue
-            folder = Path(a.teacher) if name.startswith("teacher") else Path(dict(p.split("=", 1) for p in a.point)[name])
-            order = [model_labels(load_classifier(folder)[0]).index(n) for n in labels]  # columns in the teacher's order
             c = _open(path, dev == "cpu-openvino", int8=name == "teacher PTQ INT8")
             t0 = time.perf_counter()
             logits = task_logits(lambda x, c=c: c.run(x)[0], tok, valid, a.eval_len)[:, order]
@@ -169,6 +173,12 @@ def report(a: argparse.Namespace, pts: dict[str, dict[str, Path]], res: dict[str
         console.print(f"plot -> {a.plot}")
 
 
+def die(msg: str) -> None:
+    """Bad input: one line on stderr, exit 2, before any work."""
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task-dir", required=True, help="folder with train.jsonl and valid.jsonl")
@@ -184,7 +194,17 @@ def main() -> None:
     a.devices = [d for d in a.devices.split(",") if d]
     bad = [d for d in a.devices if d not in RUNTIME]
     if bad:
-        raise SystemExit(f"error: --devices {', '.join(bad)}; valid: {', '.join(RUNTIME)}")
+        die(f"--devices {', '.join(bad)}; valid: {', '.join(RUNTIME)}")
+    a.folders = {}
+    for spec in a.point:
+        name, _, path = spec.partition("=")
+        if not name or not (Path(path) / "config.json").is_file():
+            die(f"--point {spec!r} is not NAME=FOLDER with a classifier's config.json")
+        a.folders[name] = Path(path)
+    for what, folder in (("--teacher", Path(a.teacher)), ("--task-dir", Path(a.task_dir))):
+        want = "config.json" if what == "--teacher" else "valid.jsonl"
+        if not (folder / want).is_file():
+            die(f"{what} {folder} has no {want}")
     torch.set_num_threads(1)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -67,4 +67,4 @@ def test_plane_scores_and_times_every_point(tmp_path):
     assert r2.returncode == 0 and ": accuracy" not in r2.stdout and ": accuracy" in r.stdout
     bad = subprocess.run([*cmd[:2], "--task-dir", str(task), "--teacher", str(teacher), "--point", "nope"],
                          capture_output=True, text=True, env=env, timeout=600)
-    assert bad.returncode != 0 and "NAME=FOLDER" in bad.stderr
+    assert bad.returncode == 2 and "NAME=FOLDER" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

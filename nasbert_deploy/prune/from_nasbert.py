@@ -24,46 +24,44 @@ from nasbert_deploy.model.pruned_bert import PrunedBertConfig, PrunedBertForSequ
 NASBERT_TYPE = "nasbert"
 
 
-def _layer_ops(arch: str) -> tuple[set[int], list[str]]:
-    """(block widths, the non-identity operations in order) of an arch string."""
-    widths, ops = set(), []
+def _blocks(arch: str) -> list[tuple[int, list[str]]]:
+    """(width, non-identity operation names) per block of an arch string (read leniently: the reasons below say
+    what does not fit, rather than the space's parser)."""
+    out = []
     for block in arch.split("|"):
         hidden, _, names = block.partition(":")
-        widths.add(int(hidden))
-        ops += [o.strip() for o in names.split(",") if o.strip() != "id"]
-    return widths, ops
+        out.append((int(hidden), [o.strip() for o in names.split(",") if o.strip() != "id"]))
+    return out
 
 
 def unsupported_reason(config: dict[str, Any]) -> str | None:
     """Why a saved NAS-BERT config cannot be carried over (None when it can)."""
     arch = str(config.get("arch") or "")
     try:
-        widths, ops = _layer_ops(arch)
+        blocks = _blocks(arch)
     except ValueError:
         return f"its arch {arch!r} is not readable"
+    widths = {h for h, _ in blocks}
+    ops = [op for _, names in blocks for op in names]
     if len(widths) != 1:
         return f"its blocks have different widths ({', '.join(map(str, sorted(widths)))})"
     if not ops or len(ops) % 2 or any(op != want for op, want in zip(ops, ["mha", "ffn"] * len(ops))):
         return "its operations are not attention/FFN pairs (mha,ffn per layer; no convolutions)"
     embed = int((config.get("space") or {}).get("embed_dim", 0))
-    if embed != next(iter(widths)):
-        return f"its embeddings are {embed} wide and its layers {next(iter(widths))} (BERT's tables have the layers' width)"
+    if embed != blocks[0][0]:
+        return f"its embeddings are {embed} wide and its layers {blocks[0][0]} (BERT's tables have the layers' width)"
     return None
 
 
 def bert_view(config: dict[str, Any]) -> dict[str, Any]:
     """The BERT geometry of a convertible NAS-BERT config: hidden size, heads, FFN width, layers, and the layers
     that start a block after the first (where a boundary Linear sits)."""
-    space = config["space"]
-    widths, ops = _layer_ops(str(config["arch"]))
-    hidden = widths.pop()
-    starts, layer = [], 0
-    for i, block in enumerate(str(config["arch"]).split("|")):
-        if i:
-            starts.append(layer)
-        layer += sum(o.strip() == "mha" for o in block.partition(":")[2].split(","))
+    space, blocks = config["space"], _blocks(str(config["arch"]))
+    hidden = blocks[0][0]
+    layers = [names.count("mha") for _, names in blocks]  # one BERT layer per mha,ffn pair
+    starts = [sum(layers[:i]) for i in range(1, len(blocks))]
     return {"hidden_size": hidden, "num_attention_heads": hidden // int(space["head_dim"]),
-            "intermediate_size": hidden * int(space["ffn_ratio"]), "num_hidden_layers": len(ops) // 2,
+            "intermediate_size": hidden * int(space["ffn_ratio"]), "num_hidden_layers": sum(layers),
             "layer_projections": starts}
 
 

@@ -232,9 +232,9 @@ def _score_and_export(
         report["checks"] = summarize(checks)
         bad = [c for c in checks if not c.passed]
         if bad:
-            ok = sorted({c.runtime for c in checks} - {c.runtime for c in bad})
-            rerun = {"onnxruntime": "onnx", "openvino": "openvino"}
-            hint = (f"--format {','.join(rerun[r] for r in ok)}" if ok else "--format none") + " (or none)" * bool(ok)
+            passed = sorted({c.runtime for c in checks} - {c.runtime for c in bad})
+            fmt = {"onnxruntime": "onnx", "openvino": "openvino"}
+            hint = f"--format {','.join(fmt[r] for r in passed)} (or none)" if passed else "--format none"
             raise ExportError(f"the quantized export differs from the fake-quantized model in {len(bad)} of {len(checks)} "
                               "checks: " + "; ".join(c.describe() for c in bad[:4]) + f"; the trained state is kept beside "
                               f"the output: rerun with {hint} to write the folder without training again")
