@@ -26,7 +26,13 @@ import torch
 from torch import nn
 from transformers import BertConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.models.bert.modeling_bert import BertEmbeddings, BertForSequenceClassification, BertLayer, BertModel
+from transformers.models.bert.modeling_bert import (
+    BertEmbeddings,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertLayer,
+    BertModel,
+)
 
 PRUNED_MODEL_TYPE = "pruned_bert"
 REMOTE_FILE = "modeling_pruned_bert.py"
@@ -124,21 +130,35 @@ class PrunedBertForSequenceClassification(BertForSequenceClassification):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
+class PrunedBertForQuestionAnswering(BertForQuestionAnswering):
+    """BERT's extractive QA head (start/end logits per token) on a pruned encoder."""
+
+    config_class = PrunedBertConfig
+
+    def __init__(self, config: PrunedBertConfig):
+        super().__init__(config)
+        self.bert = PrunedBertModel(config, add_pooling_layer=False)
+        self.post_init()
+
+
 AUTO_MAP = {
     "AutoConfig": f"{REMOTE_FILE[:-3]}.PrunedBertConfig",
     "AutoModel": f"{REMOTE_FILE[:-3]}.PrunedBertModel",
     "AutoModelForSequenceClassification": f"{REMOTE_FILE[:-3]}.PrunedBertForSequenceClassification",
+    "AutoModelForQuestionAnswering": f"{REMOTE_FILE[:-3]}.PrunedBertForQuestionAnswering",
 }
 
 
 def register() -> None:
-    """Make `AutoConfig` / `AutoModel` / `AutoModelForSequenceClassification` know `pruned_bert` (idempotent)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    """Make `AutoConfig` / `AutoModel` / `AutoModelFor{SequenceClassification,QuestionAnswering}` know `pruned_bert`
+    (idempotent)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
     try:
         AutoConfig.register(PRUNED_MODEL_TYPE, PrunedBertConfig)
         AutoModel.register(PrunedBertConfig, PrunedBertModel)
         AutoModelForSequenceClassification.register(PrunedBertConfig, PrunedBertForSequenceClassification)
+        AutoModelForQuestionAnswering.register(PrunedBertConfig, PrunedBertForQuestionAnswering)
     except ValueError:  # already registered in this process
         pass
 
