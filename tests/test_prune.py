@@ -152,7 +152,7 @@ def test_table_interpolates_round_trips_and_checks_budgets(tmp_path):
 
 
 def test_gate_training_drives_expected_latency_to_the_budget(tmp_path):
-    from nasbert_deploy.prune.train import GateConfig, fit_selection, train_gates
+    from nasbert_deploy.prune.train import ClassifierGateData, GateConfig, fit_selection, train_gates
     from nasbert_deploy.student.finetune import predict_logits
     from nasbert_deploy.student.tasks import TaskData
 
@@ -170,8 +170,8 @@ def test_gate_training_drives_expected_latency_to_the_budget(tmp_path):
     budget = low + 0.4 * (full - low)
     gated = GatedModel(model, init=2.0)
     cfg = GateConfig(steps=60, batch_size=16, max_len=16, gate_lr=0.2, lambda_lr=0.2, target_warmup=0.3, checkpoint_every=20)
-    rep = train_gates(gated, tok, data, [i % 2 for i in range(64)], t_logits, table, budget, cfg, tmp_path / "ckpt",
-                      {"test": 1})
+    rows = ClassifierGateData(tok, data, torch.tensor([i % 2 for i in range(64)]), torch.as_tensor(t_logits), cfg.max_len)
+    rep = train_gates(gated, rows, table, budget, cfg, tmp_path / "ckpt", {"test": 1})
     assert rep["history"][0]["exp_ms"] > rep["expected_ms_end"]
     assert rep["expected_ms_end"] < full - 0.3 * (full - budget)  # moved most of the way from the full model
     sel = fit_selection(gated, table, budget)

@@ -51,8 +51,10 @@ def _progress() -> Iterator[tuple[Callable[[int, int, dict[str, float]], None], 
 
 @app.command("prune")
 def prune_cmd(
-    model: Annotated[Path, _opt("--model", help="Fine-tuned BERT classifier folder (e.g. from `finetune-teacher`).")],
-    task: Annotated[Path, _opt("--task", help="Training task file (.jsonl/.csv/.tsv with text, optional text_pair, label).")],
+    model: Annotated[Path, _opt("--model", help="Fine-tuned BERT classifier or extractive QA folder (e.g. from "
+                                "`finetune-teacher`).")],
+    task: Annotated[Path, _opt("--task", help="Training task file (.jsonl/.csv/.tsv with text, optional text_pair, label; "
+                               "or a SQuAD v1.1/v2.0 .json file for a QA model).")],
     device: DeviceOpt,
     max_latency_ms: Annotated[float, _opt("--max-latency-ms", help="Latency budget (ms) on --device at --batch x --seq-len.")],
     out: Annotated[Path, _opt("--out", help="Output folder: pruned HF model, onnx/, openvino/, prune_report.json.")],
@@ -87,12 +89,14 @@ def prune_cmd(
     threads: ThreadsOpt = 0,
     force: Annotated[bool, _opt("--force", help="Replace a non-empty --out folder.")] = False,
 ) -> None:
-    """Prune attention heads and FFN neurons with learned L0 gates until the model meets --max-latency-ms on --device
+    """Prune attention heads and FFN neurons of a classifier or an extractive QA model with learned L0 gates until it
+    meets --max-latency-ms on --device
     (distilling from the unpruned model), fine-tune, export (ONNX, OpenVINO), validate, and measure (resumable)."""
     from nasbert_deploy.fileio import check_output
     from nasbert_deploy.prune.profile import PruneProfileSettings
     from nasbert_deploy.prune.run import PruneRequest, check_request, prune
     from nasbert_deploy.prune.train import GateConfig
+    from nasbert_deploy.qa.squad import is_squad_path, squad_splits
     from nasbert_deploy.student.tasks import task_splits
 
     if device is None:
@@ -102,7 +106,10 @@ def prune_cmd(
     check_output(out, "dir", force)
     if table is not None:
         check_output(table, "file", force=True, option="--table")
-    train, val = task_splits(str(task), valid, 0.1)
+    if is_squad_path(task):  # extractive QA: SQuAD v1.1 / v2.0 files
+        train, val = squad_splits(task, valid, 0.1)
+    else:
+        train, val = task_splits(str(task), valid, 0.1)
     gates = GateConfig(steps=steps, batch_size=batch_size, max_len=max_len, lr=lr, gate_lr=gate_lr, lambda_lr=lambda_lr,
                        target_warmup=target_warmup, distill_weight=distill_weight, temperature=temperature,
                        hidden_weight=hidden_weight, checkpoint_every=checkpoint_every, seed=seed)

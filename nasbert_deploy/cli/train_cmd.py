@@ -233,10 +233,15 @@ def finetune_cmd(
     if transfer is not None and teacher_model is None:
         raise TaskError("--transfer needs --teacher-model: the teacher labels the transfer set")
     set_threads(threads)
-    train, val = task_splits(task, valid, valid_fraction)
-    extra = None if transfer is None else transfer_texts(transfer, train, val, transfer_rows, seed)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, lam=lam, temperature=temperature,
                          seed=seed)
+    if _squad_task(task):
+        if transfer is not None:
+            raise TaskError("--transfer is for single-text classification; a SQuAD task trains on its questions only")
+        _finetune_qa(model, task, valid, valid_fraction, out, cfg, teacher_model, device.value, fresh=None)
+        return
+    train, val = task_splits(task, valid, valid_fraction)
+    extra = None if transfer is None else transfer_texts(transfer, train, val, transfer_rows, seed)
     with _processes(device.value) as run, run.progress("fine-tuning") as update:
         report = finetune(model, train, val, out, cfg, teacher_model, update, note=run.note, device=run.device,
                           transfer=extra)
@@ -271,8 +276,13 @@ def finetune_teacher_cmd(
 
     check_output(out, "dir", force)
     set_threads(threads)
-    train, val = task_splits(task, valid, valid_fraction)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, seed=seed)
+    if _squad_task(task):
+        from nasbert_deploy.teacher import resolve_teacher_path
+
+        _finetune_qa(resolve_teacher_path(teacher), task, valid, valid_fraction, out, cfg, None, device.value, fresh=True)
+        return
+    train, val = task_splits(task, valid, valid_fraction)
     with _processes(device.value) as run, run.progress("fine-tuning teacher") as update:
         report = finetune_teacher(teacher, train, val, out, cfg, update, note=run.note, pooling=pooling.value,
                                   device=run.device)
@@ -314,6 +324,15 @@ def evaluate_cmd(
             write_json_atomic(json_out, report)
         _record(model, report, task, runtime.value, train)
         return
+    if _squad_task(task):
+        from nasbert_deploy.qa.squad import load_squad
+        from nasbert_deploy.qa.train import evaluate_qa
+
+        report = evaluate_qa(model, load_squad(task), teacher_model, max_len, runtime.value)
+        print_report(f"{model} on {task} ({runtime.value}, SQuAD {'v2.0' if report['squad_v2'] else 'v1.1'})", report)
+        if json_out is not None:
+            write_json_atomic(json_out, report)
+        return
     data = eval_task(task)
     report = evaluate(model, data, teacher_model, runtime.value, batch_size, max_len)
     rows = {k: v for k, v in report.items() if v is not None and k != "labels"}
@@ -321,6 +340,31 @@ def evaluate_cmd(
     if json_out is not None:
         write_json_atomic(json_out, report)
     _record(model, {**report, "teacher": str(teacher_model) if teacher_model else None}, data.source or task, runtime.value)
+
+
+def _squad_task(task: str | Path) -> bool:
+    from nasbert_deploy.qa.squad import is_squad_path
+
+    return is_squad_path(task)
+
+
+def _finetune_qa(model: Path, task: str, valid: Path | None, valid_fraction: float, out: Path, cfg: Any,
+                 teacher_model: Path | None, device: str, fresh: bool | None) -> None:
+    """Extractive QA (a SQuAD `--task`): fine-tune a QA model, or an encoder under a fresh start/end head
+    (`fresh` None: fresh unless `model` already is a QA model). One process; `--device` cpu or cuda."""
+    from nasbert_deploy.model.distributed import world_info
+    from nasbert_deploy.qa.squad import squad_splits
+    from nasbert_deploy.qa.train import check_qa_folder, finetune_qa, is_qa_config
+
+    if world_info()[1] > 1:
+        raise TaskError("question answering trains in one process; run it without torchrun")
+    if fresh is None:
+        fresh = not is_qa_config(check_qa_folder(model, trained=False))
+    train, val = squad_splits(task, valid, valid_fraction)
+    with _processes(device) as run, run.progress("fine-tuning (extractive QA)") as update:
+        report = finetune_qa(model, train, val, out, cfg, teacher_model, update, run.note, fresh_head=fresh,
+                             device=run.device)
+    _print_finetune(f"fine-tuned QA model -> {out}", report)
 
 
 def _record(model: Path, report: dict[str, Any], task: str, runtime: str, train: Path | None = None) -> None:

@@ -14,7 +14,12 @@ from typing import Any
 import torch
 
 from nasbert_deploy.errors import TaskError
-from nasbert_deploy.model.pruned_bert import PrunedBertConfig, PrunedBertForSequenceClassification, register
+from nasbert_deploy.model.pruned_bert import (
+    PrunedBertConfig,
+    PrunedBertForQuestionAnswering,
+    PrunedBertForSequenceClassification,
+    register,
+)
 from nasbert_deploy.prune.from_nasbert import NASBERT_TYPE, check_convertible
 from nasbert_deploy.prune.gates import Selection, encoder_of
 
@@ -22,7 +27,7 @@ SUPPORTED_TYPES = ("bert", "pruned_bert")
 
 
 def check_supported(config: dict[str, Any], path: Any) -> None:
-    """`TaskError` unless the saved config is a BERT sequence classifier (the encoders this pruner handles)."""
+    """`TaskError` unless the saved config is a BERT-family model this pruner handles (classifier or QA)."""
     mt = config.get("model_type")
     if mt == NASBERT_TYPE:
         check_convertible(config, path)
@@ -37,8 +42,9 @@ def check_supported(config: dict[str, Any], path: Any) -> None:
 
 
 @torch.no_grad()
-def prune_model(model: Any, sel: Selection) -> PrunedBertForSequenceClassification:
-    """A `PrunedBertForSequenceClassification` keeping `sel`'s heads and neurons of `model` (left unchanged)."""
+def prune_model(model: Any, sel: Selection) -> PrunedBertForSequenceClassification | PrunedBertForQuestionAnswering:
+    """A `PrunedBertForSequenceClassification` (or `...ForQuestionAnswering`, for a QA model) keeping `sel`'s heads
+    and neurons of `model` (left unchanged)."""
     register()
     src = copy.deepcopy(model).eval()
     layers = encoder_of(src).encoder.layer
@@ -66,9 +72,9 @@ def prune_model(model: Any, sel: Selection) -> PrunedBertForSequenceClassificati
     for k in ("model_type", "architectures", "auto_map", "_name_or_path", "transformers_version", "pruned_heads",
               "intermediate_sizes"):
         cfg.pop(k, None)
-    config = PrunedBertConfig(intermediate_sizes=sel.widths, pruned_heads=pruned, architectures=[
-        "PrunedBertForSequenceClassification"], **cfg)
-    new = PrunedBertForSequenceClassification(config).eval()
+    cls = PrunedBertForQuestionAnswering if hasattr(src, "qa_outputs") else PrunedBertForSequenceClassification
+    config = PrunedBertConfig(intermediate_sizes=sel.widths, pruned_heads=pruned, architectures=[cls.__name__], **cfg)
+    new = cls(config).eval()
     missing, unexpected = new.load_state_dict(src.state_dict(), strict=False)
     bad = [k for k in missing if not k.endswith("position_ids")] + list(unexpected)
     if bad:

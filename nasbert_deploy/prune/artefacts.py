@@ -53,7 +53,14 @@ def _example() -> dict[str, torch.Tensor]:
             "attention_mask": torch.ones(shape, dtype=torch.long), "token_type_ids": torch.zeros(shape, dtype=torch.long)}
 
 
-def write_artefacts(model: Any, tokenizer: Any, folder: Path) -> list[str]:
+def wrapped(model: Any, qa: bool) -> tuple[torch.nn.Module, list[str]]:
+    """The module the runtimes carry and its output names: logits (b, c), or start/end logits (b, t) for QA."""
+    from nasbert_deploy.qa.export import OUTPUT_NAMES, SpanLogits
+
+    return (SpanLogits(model.eval()), OUTPUT_NAMES) if qa else (Logits(model.eval()), ["logits"])
+
+
+def write_artefacts(model: Any, tokenizer: Any, folder: Path, qa: bool = False) -> list[str]:
     """HF folder (+ remote code) and ONNX + OpenVINO IR of `model` into `folder`; the relative paths written."""
     from nasbert_deploy.runtimes.base import EXPORT_ARTEFACTS
     from nasbert_deploy.runtimes.convert import export_onnx, onnx_to_openvino
@@ -62,14 +69,16 @@ def write_artefacts(model: Any, tokenizer: Any, folder: Path) -> list[str]:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     write_pruned_remote_code(folder)
-    onnx = export_onnx(Logits(model), folder / EXPORT_ARTEFACTS["onnx"], _example(), ["logits"])
+    onnx = export_onnx(*wrapped(model, qa)[:1], folder / EXPORT_ARTEFACTS["onnx"], _example(), wrapped(model, qa)[1])
     onnx_to_openvino(onnx, folder / EXPORT_ARTEFACTS["openvino"])
     return ["config.json", "model.safetensors", EXPORT_ARTEFACTS["onnx"], EXPORT_ARTEFACTS["openvino"]]
 
 
-def validate_artefacts(model: Any, folder: Path, on_check: Callable[[Check], None] | None = None) -> list[Check]:
-    """Logits of the reloaded folder, ONNX Runtime and OpenVINO (f32) vs PyTorch; `ExportError` on any failure."""
-    from transformers import AutoModelForSequenceClassification
+def validate_artefacts(model: Any, folder: Path, on_check: Callable[[Check], None] | None = None,
+                       qa: bool = False) -> list[Check]:
+    """Logits of the reloaded folder, ONNX Runtime and OpenVINO (f32) vs PyTorch; `ExportError` on any failure.
+    QA models: start and end logits of every real token."""
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
     from nasbert_deploy.runtimes.base import export_artefact
     from nasbert_deploy.runtimes.onnxruntime_rt import OrtCompiled
@@ -77,26 +86,34 @@ def validate_artefacts(model: Any, folder: Path, on_check: Callable[[Check], Non
 
     ort_spec = DeviceSpec(name="validate-ort", runtime="onnxruntime", target="cpu", threads=0)
     ov_spec = DeviceSpec(name="validate-openvino", runtime="openvino", target="cpu", threads=0, precision="fp32")
-    reloaded = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    auto = AutoModelForQuestionAnswering if qa else AutoModelForSequenceClassification
+    reloaded = auto.from_pretrained(str(folder)).eval()
 
     def torch_run(m: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
             with torch.inference_mode():
-                return Logits(m)(*(torch.from_numpy(inputs[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
-                                 ).float().numpy()
+                out = wrapped(m, qa)[0](*(torch.from_numpy(inputs[k]) for k in ("input_ids", "attention_mask",
+                                                                                  "token_type_ids")))
+            return np.stack([o.float().numpy() for o in out], -1) if qa else out.float().numpy()
         return run
+
+    def stacked(outputs: list[np.ndarray]) -> np.ndarray:  # QA: (b, t, 2); classifier: (b, c)
+        return np.stack(outputs[:2], -1) if qa else outputs[0]
 
     ort = OrtCompiled(export_artefact(folder, "onnx"), ort_spec)
     ov = OvCompiled(export_artefact(folder, "openvino"), ov_spec)
-    targets = [("transformers", torch_run(reloaded), RELOAD_RTOL), ("onnxruntime", lambda x: ort.run(x)[0], FP32_RTOL),
-               ("openvino", lambda x: ov.run(x)[0], FP32_RTOL)]
+    targets = [("transformers", torch_run(reloaded), RELOAD_RTOL), ("onnxruntime", lambda x: stacked(ort.run(x)), FP32_RTOL),
+               ("openvino", lambda x: stacked(ov.run(x)), FP32_RTOL)]
     reference = torch_run(model)
     checks = []
     for b, t in shape_grid(int(model.config.max_position_embeddings)):
         inputs = padded_inputs(b, t, int(model.config.vocab_size), token_type_ids=True)
-        ref = reference(inputs)[:, None, :]  # (b, 1, c): one "token" per row for `compare`
+        ref = reference(inputs)
+        mask = inputs["attention_mask"] if qa else np.ones((b, 1), np.int64)
         for name, run, rtol in targets:
-            diff, scale, cmean, cmin = compare(ref, run(inputs)[:, None, :], np.ones((b, 1), np.int64))
+            got = run(inputs)
+            # classifier: (b, 1, c), one "token" per row for `compare`; QA: (b, t, 2) over the real tokens
+            diff, scale, cmean, cmin = compare(ref if qa else ref[:, None, :], got if qa else got[:, None, :], mask)
             tol = rtol * max(1.0, scale)
             c = Check(name, "logits", b, t, diff, tol, cmean, cmin, "fp32", diff <= tol)
             checks.append(c)
@@ -108,7 +125,7 @@ def validate_artefacts(model: Any, folder: Path, on_check: Callable[[Check], Non
 
 def measure_side_by_side(
     models: dict[str, Any], spec: DeviceSpec, batch: int, seq_len: int, timing_kwargs: dict[str, Any],
-    folders: dict[str, Path] | None = None,
+    folders: dict[str, Path] | None = None, qa: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Latency (ms) of each named classifier on `spec`'s runtime at (batch, seq_len): `MEASURE_ROUNDS` rounds
     interleaved across the models, each model's figure the lowest round median (as the table's entries).
@@ -127,7 +144,7 @@ def measure_side_by_side(
             if folder is not None and spec.runtime != "torch":
                 compiled[name] = rt.load(folder, spec)
             else:
-                compiled[name] = rt.compile(Logits(m.eval()), _example(), ["logits"], spec, Path(tmp) / name)
+                compiled[name] = rt.compile(*wrapped(m, qa)[:1], _example(), wrapped(m, qa)[1], spec, Path(tmp) / name)
         for _ in range(MEASURE_ROUNDS):
             for name, c in compiled.items():
                 rounds[name].append(time_compiled(c, inputs, **timing_kwargs).median_ms)

@@ -35,9 +35,18 @@ SCHEMA_VERSION = 1
 def table_name(device: str, hidden: int, heads: int, ffn: int, batch: int, seq_len: int, clock: str = "wall",
                pooling: str = "cls") -> str:
     """The canonical file stem of a table: device, the shape it was measured at, the clock unless wall time, and
-    "-mean" for mean-pooled models with an embedding projection (carried over from NAS-BERT: another "rest")."""
+    "-mean" for mean-pooled models with an embedding projection (carried over from NAS-BERT: another "rest"), "-qa"
+    for extractive QA models (`head_kind`)."""
     return (f"{device}-h{hidden}-a{heads}-f{ffn}-b{batch}-s{seq_len}" + ("" if clock == "wall" else f"-{clock}")
             + ("" if pooling == "cls" else f"-{pooling}"))
+
+
+def head_kind(config: dict[str, Any]) -> str:
+    """What the table's "rest" holds besides embeddings: "qa" (a start/end head on every token) for extractive QA
+    models, else the classifier's pooling ("cls": BERT's pooler; "mean": carried over from NAS-BERT)."""
+    if any(str(a).endswith("ForQuestionAnswering") for a in config.get("architectures") or []):
+        return "qa"
+    return str(config.get("pooling") or "cls")
 
 
 def default_table_path(name: str) -> Path:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from nasbert_deploy.devices import DeviceSpec
-from nasbert_deploy.prune.latency import PruneLatencyTable, table_name
+from nasbert_deploy.prune.latency import PruneLatencyTable, head_kind, table_name
 from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -110,6 +110,18 @@ class _Logits(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
+class _StartLogits(nn.Module):
+    """A QA model called with (input_ids, attention_mask), returning its start logits (b, t)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return out.start_logits + out.end_logits
+
+
 class _MeanPooledRest(nn.Module):
     """What a mean-pooled `pruned_bert` classifier computes besides its layers: the embeddings (with their
     projection), one Linear per `layer_projections` entry (these stay whole when units are pruned), mean pooling
@@ -134,15 +146,21 @@ class _MeanPooledRest(nn.Module):
 
 
 def pruned_classifier(config: Any, heads: list[int], widths: list[int], seed: int = 0) -> nn.Module:
-    """A random-weight `PrunedBertForSequenceClassification` with heads[l] heads and widths[l] neurons per layer."""
-    from nasbert_deploy.model.pruned_bert import PrunedBertConfig, PrunedBertForSequenceClassification
+    """A random-weight `PrunedBertForSequenceClassification` (`...ForQuestionAnswering` for a QA config) with
+    heads[l] heads and widths[l] neurons per layer."""
+    from nasbert_deploy.model.pruned_bert import (
+        PrunedBertConfig,
+        PrunedBertForQuestionAnswering,
+        PrunedBertForSequenceClassification,
+    )
 
     n = int(config.num_attention_heads)
     cfg = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "auto_map", "pruned_heads", "architectures")}
     cfg.update(num_hidden_layers=len(heads), intermediate_sizes=list(widths),
                pruned_heads={i: list(range(k, n)) for i, k in enumerate(heads) if k < n})
     torch.manual_seed(seed)
-    return PrunedBertForSequenceClassification(PrunedBertConfig(**cfg)).eval()
+    qa = head_kind(config.to_dict()) == "qa"
+    return (PrunedBertForQuestionAnswering if qa else PrunedBertForSequenceClassification)(PrunedBertConfig(**cfg)).eval()
 
 
 def _inputs(kind: str, b: int, t: int, hidden: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
@@ -161,8 +179,13 @@ def _items(config: Any, s: PruneProfileSettings) -> list[tuple[str, nn.Module, s
     heads, width = int(config.num_attention_heads), int(config.intermediate_size)
     torch.manual_seed(s.seed)
     items: list[tuple[str, nn.Module, str]] = [("call", _Call(), "x+mask")]
-    if getattr(config, "pooling", "cls") == "mean":  # carried over from NAS-BERT (`prune.from_nasbert`)
+    kind = head_kind(config.to_dict())
+    if kind == "mean":  # carried over from NAS-BERT (`prune.from_nasbert`)
         rest: nn.Module = _MeanPooledRest(config)
+    elif kind == "qa":  # embeddings and the start/end head on every token
+        from transformers import BertForQuestionAnswering
+
+        rest = _StartLogits(BertForQuestionAnswering(config.__class__(**{**config.to_dict(), "num_hidden_layers": 0})))
     else:
         rest = _Logits(BertForSequenceClassification(config.__class__(**{**config.to_dict(), "num_hidden_layers": 0})))
     items.append(("rest", rest.eval(), "ids"))
@@ -222,7 +245,7 @@ def profile_table(config: Any, spec: DeviceSpec, s: PruneProfileSettings, progre
         rounds = _time_all(compiled, s, progress, "time")
     fig = {k: round_statistic(v, "min") for k, v in rounds.items()}
     manifest = {
-        "name": table_name(spec.name, hidden, heads, width, s.batch, s.seq_len, s.clock, getattr(config, "pooling", "cls")),
+        "name": table_name(spec.name, hidden, heads, width, s.batch, s.seq_len, s.clock, head_kind(config.to_dict())),
         "clock": s.clock,
         "device": spec.name, "device_spec": spec.to_dict(), "hidden": hidden, "heads": heads, "ffn": width,
         "layers": int(config.num_hidden_layers), "vocab_size": vocab, "batch": s.batch, "seq_len": s.seq_len,
@@ -264,7 +287,8 @@ def validate_table(table: PruneLatencyTable, config: Any, spec: DeviceSpec, s: P
         compiled = []
         for i, (hs, ws) in enumerate(models):
             inputs = _inputs("ids", s.batch, s.seq_len, 0, int(config.vocab_size), s.seed)
-            module = _Logits(pruned_classifier(config, hs, ws, s.seed))
+            model = pruned_classifier(config, hs, ws, s.seed)
+            module = _StartLogits(model) if head_kind(config.to_dict()) == "qa" else _Logits(model)
             compiled.append((f"model:{i}", _compile(spec, module, inputs, Path(tmp) / f"m{i}", "logits"), inputs))
             if progress:
                 progress("export models", i + 1, len(models))

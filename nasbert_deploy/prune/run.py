@@ -24,9 +24,10 @@ from nasbert_deploy.fileio import atomic_dir, write_json_atomic
 from nasbert_deploy.model.loop import NoteFn, ProgressFn
 from nasbert_deploy.prune.from_nasbert import NASBERT_TYPE, bert_view, to_pruned_bert
 from nasbert_deploy.prune.gates import Selection, ffn_widths, head_counts
-from nasbert_deploy.prune.latency import PruneLatencyTable, default_table_path, table_name
+from nasbert_deploy.prune.latency import PruneLatencyTable, default_table_path, head_kind, table_name
 from nasbert_deploy.prune.profile import PruneProfileSettings, holdout_summary, profile_table
 from nasbert_deploy.prune.train import GateConfig, fit_selection, train_gates
+from nasbert_deploy.qa.squad import QAData
 from nasbert_deploy.student.tasks import TaskData
 
 REPORT_NAME = "prune_report.json"
@@ -37,8 +38,8 @@ Step = Callable[[str], None]
 @dataclass(frozen=True)
 class PruneRequest:
     model: Path
-    train: TaskData
-    valid: TaskData
+    train: TaskData | QAData
+    valid: TaskData | QAData
     out: Path
     spec: DeviceSpec
     max_latency_ms: float
@@ -54,20 +55,32 @@ class PruneRequest:
 def check_request(req: PruneRequest) -> dict[str, Any]:
     """Cheap checks before any work (model folder is a BERT classifier, teacher too, task labels known); the config."""
     from nasbert_deploy.prune.apply import check_supported
+    from nasbert_deploy.prune.tasks import task_adapter
+    from nasbert_deploy.qa.train import check_qa_folder, is_qa_config
     from nasbert_deploy.runtimes.base import require_available
     from nasbert_deploy.student.finetune import check_model_folder
     from nasbert_deploy.teacher import read_model_config
 
-    check_model_folder(req.model, classifier=True)
+    qa = task_adapter(req.train, req.valid).kind == "extractive-qa"
     config = read_model_config(req.model, "--model", TaskError)
+    if qa or is_qa_config(config):
+        if not qa:
+            raise TaskError(f"--model {req.model} is an extractive question-answering model; give it a SQuAD task file "
+                            "(.json) or prune a sequence classifier instead")
+        check_qa_folder(req.model)
+        if req.teacher_model is not None:
+            check_qa_folder(req.teacher_model, option="--teacher-model")
+    else:
+        check_model_folder(req.model, classifier=True)
+        if req.teacher_model is not None:
+            check_model_folder(req.teacher_model, classifier=True, option="--teacher-model")
     check_supported(config, req.model)
     if config.get("model_type") == NASBERT_TYPE:  # gated and pruned in its BERT form (`prune.from_nasbert`)
         config = {**config, **bert_view(config), "pooling": "mean"}
-    if req.teacher_model is not None:
-        check_model_folder(req.teacher_model, classifier=True, option="--teacher-model")
-    label2id = {str(v): int(k) for k, v in (config.get("id2label") or {}).items()}
-    for data in (req.train, req.valid):
-        data.label_ids(label2id)  # TaskError naming the labels the model's head does not know
+    if not qa:
+        label2id = {str(v): int(k) for k, v in (config.get("id2label") or {}).items()}
+        for data in (req.train, req.valid):
+            data.label_ids(label2id)  # TaskError naming the labels the model's head does not know
     if req.max_latency_ms <= 0:
         raise TaskError(f"--max-latency-ms must be > 0, got {req.max_latency_ms:g}")
     require_available(req.spec)
@@ -84,7 +97,7 @@ def table_path(req: PruneRequest, config: dict[str, Any]) -> Path:
     """`req.table_path`, else the default place of the device's table for this model's width."""
     s = req.profile
     name = table_name(req.spec.name, int(config["hidden_size"]), int(config["num_attention_heads"]),
-                      int(config["intermediate_size"]), s.batch, s.seq_len, s.clock, config.get("pooling") or "cls")
+                      int(config["intermediate_size"]), s.batch, s.seq_len, s.clock, head_kind(config))
     return req.table_path or default_table_path(name)
 
 
@@ -118,35 +131,32 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
     from nasbert_deploy.model.pruned_bert import register
     from nasbert_deploy.prune.apply import kept_summary, prune_model
     from nasbert_deploy.prune.gates import GatedModel
-    from nasbert_deploy.student.finetune import FinetuneConfig, load_classifier, model_labels, predict_logits, train_classifier
-    from nasbert_deploy.student.metrics import evaluate_logits
+    from nasbert_deploy.prune.tasks import task_adapter
+    from nasbert_deploy.student.task_training import FinetuneConfig
 
     say = step or (lambda _s: None)
     check_request(req)
     register()
-    model, tokenizer = load_classifier(req.model)
+    task = task_adapter(req.train, req.valid)
+    model, tokenizer = task.load(req.model)
     if model.config.model_type == NASBERT_TYPE:
         model = to_pruned_bert(model)
         if note:
             note("NAS-BERT classifier carried over into its BERT form (mean pooling, embedding projection) for pruning")
-    labels = model_labels(model)
-    label2id = {n: i for i, n in enumerate(labels)}
     heads0, width0 = head_counts(model)[0], ffn_widths(model)[0]
     layers = len(head_counts(model))
     table, table_path = get_table(req, model.config, profile_progress, note)
     table.check_budget(req.max_latency_ms, layers, req.spec.name)
     gcfg = req.gates
-    teacher, t_tok = (model, tokenizer) if req.teacher_model is None else load_classifier(req.teacher_model)
-    if req.teacher_model is not None and sorted(model_labels(teacher)) != sorted(labels):
-        raise TaskError(f"--teacher-model labels {model_labels(teacher)} differ from the model's {labels}")
-    perm = [model_labels(teacher).index(n) for n in labels]
+    teacher, t_tok = (model, tokenizer) if req.teacher_model is None else task.load(req.teacher_model)
+    task.bind(model, tokenizer, teacher, t_tok)
     say("unpruned model on the valid split")
-    unpruned_valid = predict_logits(model, tokenizer, req.valid, max_len=gcfg.max_len)  # loyalty is against the input model
+    unpruned_valid = task.logits(model, tokenizer, "valid", gcfg.max_len)  # loyalty is against the input model
 
     @functools.cache
     def teacher_train_logits() -> Any:  # only when gates or fine-tuning still have to train
         say("teacher logits on the training rows")
-        return predict_logits(teacher, t_tok, req.train, max_len=gcfg.max_len)[:, perm]
+        return task.logits(teacher, t_tok if task.kind != "extractive-qa" else tokenizer, "train", gcfg.max_len, teacher=True)
 
     work = req.out.with_name(req.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -165,9 +175,9 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
 
         teacher_copy = copy.deepcopy(teacher).eval() if gcfg.hidden_weight > 0 else None
         gated = GatedModel(copy.deepcopy(model), init=gcfg.gate_init)
-        y_train = req.train.label_ids(label2id)
-        gate_report = train_gates(gated, tokenizer, req.train, y_train, teacher_train_logits(), table, req.max_latency_ms, gcfg,
-                                  checkpoint_dir(work / "gates"), key, teacher_copy, progress, note)
+        data = task.gate_data(tokenizer, teacher_train_logits(), gcfg)
+        gate_report = train_gates(gated, data, table, req.max_latency_ms, gcfg, checkpoint_dir(work / "gates"), key,
+                                  teacher_copy, progress, note)
         sel = fit_selection(gated, table, req.max_latency_ms)
         gated.remove_hooks()
         pruned = prune_model(gated.model, sel)
@@ -176,30 +186,30 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
             tokenizer.save_pretrained(tmp)
             write_json_atomic(tmp / SELECTION_NAME, {"selection": sel.to_dict(), "gates": gate_report})
         shutil.rmtree(checkpoint_dir(work / "gates"), ignore_errors=True)
-    pruned, _ = load_classifier(pruned_dir)
-    y_valid = req.valid.label_ids(label2id)
-    after_gates = evaluate_logits(y_valid, predict_logits(pruned, tokenizer, req.valid, max_len=gcfg.max_len), unpruned_valid)
+    pruned, _ = task.load(pruned_dir)
+    after_gates = task.score(task.logits(pruned, tokenizer, "valid", gcfg.max_len), unpruned_valid)
     ft_report = None
     if req.finetune_epochs > 0:
         if not (tuned_dir / "config.json").is_file():
             say("fine-tuning the pruned model")
             fcfg = FinetuneConfig(epochs=req.finetune_epochs, batch_size=gcfg.batch_size, max_len=gcfg.max_len,
                                   lr=req.finetune_lr, lam=gcfg.distill_weight, temperature=gcfg.temperature, seed=gcfg.seed)
-            train_classifier(pruned, tokenizer, req.train, req.valid, tuned_dir, fcfg, teacher_train_logits(), progress,
-                             {**key, "phase": "prune-finetune"}, note)
-        pruned, _ = load_classifier(tuned_dir)
+            task.finetune(pruned, tokenizer, tuned_dir, fcfg, teacher_train_logits(), progress,
+                          {**key, "phase": "prune-finetune"}, note)
+        pruned, _ = task.load(tuned_dir)
         ft_report = json_or_none(tuned_dir / "finetune_report.json")
     final = after_gates
     if req.finetune_epochs > 0:
-        final = evaluate_logits(y_valid, predict_logits(pruned, tokenizer, req.valid, max_len=gcfg.max_len), unpruned_valid)
-    unpruned_eval = evaluate_logits(y_valid, unpruned_valid)
-    report = _finish(req, model, pruned, tokenizer, table, table_path, sel, layers, say)
+        final = task.score(task.logits(pruned, tokenizer, "valid", gcfg.max_len), unpruned_valid)
+    unpruned_eval = task.score(unpruned_valid)
+    report = _finish(req, model, pruned, tokenizer, table, table_path, sel, layers, say, task.kind == "extractive-qa")
     report.update({
-        "model": str(req.model), "task": req.train.source, "valid": req.valid.source, "labels": labels,
+        "model": str(req.model), "task": req.train.source, "valid": req.valid.source, "task_kind": task.kind,
+        "labels": task.labels,
         "teacher_model": key["teacher_model"], "gates": gate_report, "gate_config": gcfg.to_dict(),
         "finetune": ft_report, "finetune_epochs": req.finetune_epochs,
         "kept": kept_summary(sel, heads0, width0), "selection": sel.to_dict(),
-        "quality": {"unpruned": unpruned_eval.to_dict(), "after_gates": after_gates.to_dict(), "pruned": final.to_dict()},
+        "quality": {"unpruned": unpruned_eval, "after_gates": after_gates, "pruned": final},
     })
     with atomic_dir(req.out) as tmp:
         for f in Path(report.pop("_staging")).iterdir():
@@ -216,7 +226,7 @@ def json_or_none(path: Path) -> Any:
 
 
 def _finish(req: PruneRequest, model: Any, pruned: Any, tokenizer: Any, table: PruneLatencyTable, table_path: Path,
-            sel: Selection, layers: int, say: Step) -> dict[str, Any]:
+            sel: Selection, layers: int, say: Step, qa: bool = False) -> dict[str, Any]:
     """Artefacts into a staging folder beside `out`, validation, side-by-side latency; the report's deployment part."""
     from nasbert_deploy.export.report import machine
     from nasbert_deploy.prune.artefacts import latency_rows, measure_side_by_side, validate_artefacts, write_artefacts
@@ -225,14 +235,14 @@ def _finish(req: PruneRequest, model: Any, pruned: Any, tokenizer: Any, table: P
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     say("ONNX and OpenVINO export")
-    write_artefacts(pruned, tokenizer, staging)
+    write_artefacts(pruned, tokenizer, staging, qa)
     say("numeric validation")
-    checks = validate_artefacts(pruned, staging)
+    checks = validate_artefacts(pruned, staging, qa=qa)
     say(f"latency on {req.spec.name}")
     s = req.profile
     kwargs = {**req.timing_kwargs, "clock": s.timing_kwargs()["clock"]}
     measured = measure_side_by_side({"unpruned": model, "pruned": pruned}, req.spec, s.batch, s.seq_len, kwargs,
-                                    {"pruned": staging})
+                                    {"pruned": staging}, qa)
     shapes = {"unpruned": ([table.heads] * layers, [table.ffn] * layers), "pruned": (sel.head_counts, sel.widths)}
     params = {"unpruned": sum(p.numel() for p in model.parameters()), "pruned": sum(p.numel() for p in pruned.parameters())}
     return {
@@ -266,8 +276,15 @@ def summary_rows(report: dict[str, Any]) -> dict[str, Any]:
     rows["FFN neurons per layer"] = " ".join(map(str, report["kept"]["ffn_per_layer"]))
     rows["params (unpruned -> pruned)"] = f"{report['params']['unpruned']:,} -> {report['params']['pruned']:,}"
     for name in ("unpruned", "after_gates", "pruned"):
-        rows[f"valid accuracy ({name.replace('_', ' ')})"] = f"{q[name]['accuracy']:.4f}"
-    rows["label loyalty / probability loyalty"] = f"{q['pruned']['label_loyalty']:.4f} / {q['pruned']['probability_loyalty']:.4f}"
+        if report.get("task_kind") == "extractive-qa":
+            rows[f"valid EM / F1 ({name.replace('_', ' ')})"] = f"{q[name]['exact']:.2f} / {q[name]['f1']:.2f}"
+        else:
+            rows[f"valid accuracy ({name.replace('_', ' ')})"] = f"{q[name]['accuracy']:.4f}"
+    if report.get("task_kind") == "extractive-qa":
+        rows["answer loyalty / F1 to unpruned"] = f"{q['pruned']['answer_loyalty']:.4f} / {q['pruned']['f1_to_teacher']:.4f}"
+    else:
+        rows["label loyalty / probability loyalty"] = (f"{q['pruned']['label_loyalty']:.4f} / "
+                                                       f"{q['pruned']['probability_loyalty']:.4f}")
     rows["validation"] = f"{report['validation']['passed']}/{report['validation']['checks']} checks passed"
     for flag in lat["flags"]:
         rows["flag"] = flag

@@ -21,9 +21,8 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -41,6 +40,39 @@ from nasbert_deploy.model.losses import kd_loss, masked_mse
 from nasbert_deploy.prune.gates import GatedModel, Selection, select
 from nasbert_deploy.prune.latency import PruneLatencyTable
 from nasbert_deploy.student.tasks import TaskData, iter_batches
+
+
+class GateData(Protocol):
+    """The training rows of gate training: batches and the task loss (with distillation) of a model output."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, rows: list[int]) -> tuple[list[int], dict[str, torch.Tensor]]: ...
+
+    def loss(self, out: Any, rows: list[int], batch: dict[str, torch.Tensor], cfg: GateConfig) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ClassifierGateData:
+    """Sequence classification: `(1 - a) CE(y, s) + a tau^2 KL(t / tau || s / tau)` on the logits."""
+
+    tokenizer: Any
+    train: TaskData
+    labels: torch.Tensor  # (n,) class ids
+    teacher_logits: torch.Tensor  # (n, c)
+    max_len: int
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def batch(self, rows: list[int]) -> tuple[list[int], dict[str, torch.Tensor]]:
+        idx, batch = next(iter_batches(self.tokenizer, self.train, len(rows), self.max_len, rows))
+        return list(idx), batch
+
+    def loss(self, out: Any, rows: list[int], batch: dict[str, torch.Tensor], cfg: GateConfig) -> torch.Tensor:
+        a = cfg.distill_weight
+        ce = nn.functional.cross_entropy(out.logits, self.labels[rows])
+        return (1 - a) * ce + a * kd_loss(out.logits, self.teacher_logits[rows], cfg.temperature)
 
 
 @dataclass(frozen=True)
@@ -67,10 +99,7 @@ class GateConfig:
 
 def train_gates(
     gated: GatedModel,
-    tokenizer: Any,
-    train: TaskData,
-    y_train: list[int],
-    teacher_logits: np.ndarray,
+    data: GateData,
     table: PruneLatencyTable,
     budget_ms: float,
     cfg: GateConfig,
@@ -82,8 +111,6 @@ def train_gates(
 ) -> dict[str, Any]:
     """Train the gates (and weights) of `gated` for `cfg.steps` steps; returns the training summary."""
     torch.manual_seed(cfg.seed)
-    y = torch.tensor(y_train)
-    t_logits = torch.as_tensor(teacher_logits, dtype=torch.float32)
     layers = gated.layers
     full_ms = table.predict_ms([table.heads] * layers, [table.ffn] * layers)
     lambdas = nn.Parameter(torch.zeros(2))
@@ -93,7 +120,7 @@ def train_gates(
     ])
     lam_opt = torch.optim.Adam([lambdas], lr=cfg.lambda_lr)
     sched = warmup_decay(opt, 0.05, cfg.steps)
-    key = {"kind": "prune-gates", "config": cfg.to_dict(), "budget_ms": budget_ms, "rows": len(train), **run_key}
+    key = {"kind": "prune-gates", "config": cfg.to_dict(), "budget_ms": budget_ms, "rows": len(data), **run_key}
     start, elapsed, history = 0, 0.0, []
     loaded = load_checkpoint(ckpt, key)
     if loaded is not None:
@@ -103,12 +130,12 @@ def train_gates(
         lam_opt.load_state_dict(loaded.saved["lambda_optimizer"])
         start, elapsed, history = loaded.state["done"], loaded.state["elapsed_s"], loaded.state["history"]
     t0 = time.perf_counter() - elapsed
-    spe = -(-len(train) // cfg.batch_size)
+    spe = -(-len(data) // cfg.batch_size)
     warm = max(1, int(cfg.target_warmup * cfg.steps))
 
     @functools.lru_cache(maxsize=1)
     def epoch_order(epoch: int) -> list[int]:
-        order = list(range(len(train)))
+        order = list(range(len(data)))
         random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
         return order
 
@@ -118,11 +145,9 @@ def train_gates(
     def step_fn(step: int) -> dict[str, float]:
         epoch, pos = divmod(step, spe)
         rows = epoch_order(epoch)[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
-        idx, batch = next(iter_batches(tokenizer, train, cfg.batch_size, cfg.max_len, rows))
+        idx, batch = data.batch(rows)
         out = gated(output_hidden_states=cfg.hidden_weight > 0, **batch)
-        a = cfg.distill_weight
-        task = (1 - a) * nn.functional.cross_entropy(out.logits, y[idx]) + a * kd_loss(out.logits, t_logits[idx],
-                                                                                         cfg.temperature)
+        task = data.loss(out, idx, batch, cfg)
         if cfg.hidden_weight > 0 and teacher is not None:
             with torch.no_grad():
                 t_hidden = teacher(**batch, output_hidden_states=True).hidden_states[-1]

@@ -1,9 +1,9 @@
 """Question + context -> model windows, and start/end logits -> answer texts (the usual BERT recipe).
 
 Each example becomes one or more windows `[CLS] question [SEP] context-slice [SEP]` of at most `max_len` tokens;
-a long context is cut into slices that overlap by `stride` tokens (the question is limited to
-`max_query_len` tokens, at most half a window). A window's target is the token span of the first gold answer when the span lies wholly
-inside it, else [CLS] (index 0): "no answer in this window", which is also the target of an unanswerable
+a long context is cut into slices that overlap by `stride` tokens (the question is limited to `max_query_len`
+tokens, at most half a window). A window's target is the token span of the first gold answer when the span lies
+wholly inside it, else [CLS] (index 0): "no answer in this window", which is also the target of an unanswerable
 question. Character offsets come from a fast tokenizer (`return_offsets_mapping`).
 
 Answers: for each example, over its windows, the `n_best` start and end tokens by logit, every span of context

@@ -70,6 +70,16 @@ def is_squad_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() == SQUAD_SUFFIX
 
 
+def squad_splits(task: str | Path, valid: str | Path | None, valid_fraction: float = 0.1) -> tuple[QAData, QAData]:
+    """(train, valid) for a SQuAD `--task`: `valid` if given, else `valid_fraction` of its contexts held out."""
+    train = load_squad(task)
+    if valid is not None:
+        if not is_squad_path(valid):
+            raise TaskError(f"--valid {valid} is not a SQuAD file (.json) like --task {task}")
+        return train, load_squad(valid)
+    return train.split(valid_fraction)
+
+
 def load_squad(path: str | Path) -> QAData:
     """The questions of a SQuAD file; `TaskError` (one line: which question, what is wrong) on any defect."""
     text = read_input_text(path, "SQuAD file", TaskError, FORMAT_HINT)

@@ -86,16 +86,17 @@ def predict_spans(model: Any, feats: QAFeatures, batch_size: int = 32) -> tuple[
     """(start, end) logits (n, max_len) float32 of every window, padding set to `MASKED`."""
     was = model.training
     model.eval()
+    device = next(model.parameters()).device
     n, t = feats.input_ids.shape
     start, end = np.full((n, t), MASKED, np.float32), np.full((n, t), MASKED, np.float32)
     for i in range(0, n, batch_size):
         rows = np.arange(i, min(n, i + batch_size))
-        batch = {k: torch.from_numpy(v) for k, v in feats.batch(rows).items()}
+        batch = {k: torch.from_numpy(v).to(device) for k, v in feats.batch(rows).items()}
         out = model(**batch)
         w = batch["input_ids"].shape[1]
         m = feats.attention_mask[rows, :w].astype(bool)
-        start[rows, :w] = np.where(m, out.start_logits.float().numpy(), MASKED)
-        end[rows, :w] = np.where(m, out.end_logits.float().numpy(), MASKED)
+        start[rows, :w] = np.where(m, out.start_logits.float().cpu().numpy(), MASKED)
+        end[rows, :w] = np.where(m, out.end_logits.float().cpu().numpy(), MASKED)
     model.train(was)
     return start, end
 
@@ -111,7 +112,7 @@ def score(data: QAData, feats: QAFeatures, logits: tuple[np.ndarray, np.ndarray]
     return report
 
 
-def _masked_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
+def span_kd(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
     s = student.masked_fill(~mask, MASKED)
     t = teacher[:, : s.shape[1]].masked_fill(~mask, MASKED)
     return soft_kl(s, t, tau).mean()  # soft_kl carries tau^2
@@ -119,8 +120,10 @@ def _masked_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
 
 def train_qa(model: Any, tokenizer: Any, train: QAData, valid: QAData, out_dir: str | Path, cfg: FinetuneConfig,
              teacher_logits: tuple[np.ndarray, np.ndarray] | None = None, progress: ProgressFn | None = None,
-             run_key: dict[str, Any] | None = None, note: NoteFn | None = None, stride: int = 64) -> dict[str, Any]:
-    """Train `model` on `train`'s windows, keep the best validation F1, write `out_dir` (HF folder + report)."""
+             run_key: dict[str, Any] | None = None, note: NoteFn | None = None, stride: int = 64,
+             device: str = "cpu") -> dict[str, Any]:
+    """Train `model` on `train`'s windows (on `device`), keep the best validation F1, write `out_dir` (HF folder +
+    report)."""
     feats = featurize(tokenizer, train, cfg.max_len, stride)
     v_feats = featurize(tokenizer, valid, cfg.max_len, stride)
     t_start = t_end = None
@@ -131,6 +134,7 @@ def train_qa(model: Any, tokenizer: Any, train: QAData, valid: QAData, out_dir: 
     lam = cfg.lam if t_start is not None else 0.0
     spe = -(-len(feats) // cfg.batch_size)
     total = cfg.epochs * spe
+    model.to(device)
     torch.manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -152,15 +156,16 @@ def train_qa(model: Any, tokenizer: Any, train: QAData, valid: QAData, out_dir: 
     def step_fn(step: int) -> dict[str, float]:
         epoch, pos = divmod(step, spe)
         rows = np.asarray(epoch_order(len(feats), cfg.seed, epoch)[pos * cfg.batch_size : (pos + 1) * cfg.batch_size])
-        batch = {k: torch.from_numpy(v) for k, v in feats.batch(rows).items()}
+        batch = {k: torch.from_numpy(v).to(device) for k, v in feats.batch(rows).items()}
         o = model(**batch)
-        sp, ep = torch.from_numpy(feats.start_positions[rows]), torch.from_numpy(feats.end_positions[rows])
+        sp = torch.from_numpy(feats.start_positions[rows]).to(device)
+        ep = torch.from_numpy(feats.end_positions[rows]).to(device)
         loss = (nn.functional.cross_entropy(o.start_logits, sp) + nn.functional.cross_entropy(o.end_logits, ep)) / 2
         if lam > 0:
             m = batch["attention_mask"].bool()
             r = torch.from_numpy(rows)
-            kd = (_masked_kl(o.start_logits, t_start[r], m, cfg.temperature)
-                  + _masked_kl(o.end_logits, t_end[r], m, cfg.temperature)) / 2
+            kd = (span_kd(o.start_logits, t_start[r].to(device), m, cfg.temperature)
+                  + span_kd(o.end_logits, t_end[r].to(device), m, cfg.temperature)) / 2
             loss = (1 - lam) * loss + lam * kd
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -192,10 +197,10 @@ def train_qa(model: Any, tokenizer: Any, train: QAData, valid: QAData, out_dir: 
     run_steps(start, total, step_fn, save, checkpoint_every=min(spe, 200), after_step=end_epoch, progress=progress,
               note=note)
     model.load_state_dict(best_state)
-    model.eval()
-    report = {"task": "extractive-qa", "squad_v2": train.version2, "train_questions": len(train),
-              "train_windows": len(feats), "valid_questions": len(valid), "config": cfg.to_dict(),
-              "distilled_from_teacher": t_start is not None, "train_s": round(time.perf_counter() - t0, 2),
+    model.eval().to("cpu")
+    report = {"task_kind": "extractive-qa", "squad_v2": train.version2, "train_rows": len(train),
+              "train_windows": len(feats), "valid_rows": len(valid), "config": cfg.to_dict(),
+              "distilled_from_teacher": t_start is not None, "device": device, "train_s": round(time.perf_counter() - t0, 2),
               "best": best, "history": history, **(run_key or {})}
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
@@ -211,19 +216,24 @@ def train_qa(model: Any, tokenizer: Any, train: QAData, valid: QAData, out_dir: 
 
 def finetune_qa(model_dir: str | Path, train: QAData, valid: QAData, out_dir: str | Path, cfg: FinetuneConfig,
                 teacher_model: str | Path | None = None, progress: ProgressFn | None = None, note: NoteFn | None = None,
-                fresh_head: bool = False) -> dict[str, Any]:
+                fresh_head: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Fine-tune the QA model (or, with `fresh_head`, the encoder) in `model_dir`; with `teacher_model` (a QA model
     of the same vocabulary) distil its start/end distributions too."""
-    t_logits = None
+    check_qa_folder(model_dir, trained=not fresh_head)
     if teacher_model is not None:
         check_qa_folder(teacher_model, option="--teacher-model")
-        teacher, t_tok = load_qa(teacher_model)
-        t_logits = predict_spans(teacher, featurize(t_tok, train, cfg.max_len))
-        del teacher
     torch.manual_seed(cfg.seed)  # a fresh head is drawn from the seeded generator
     model, tokenizer = load_qa(model_dir, fresh_head=fresh_head)
+    t_logits = None
+    if teacher_model is not None:
+        teacher, t_tok = load_qa(teacher_model)
+        if t_tok.get_vocab() != tokenizer.get_vocab():
+            raise TaskError(f"--teacher-model {teacher_model} has another vocabulary than --model {model_dir}; QA "
+                            "distillation compares start/end logits token by token, so both need one tokenizer")
+        t_logits = predict_spans(teacher.to(device), featurize(t_tok, train, cfg.max_len))
+        del teacher
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model)}
-    return train_qa(model, tokenizer, train, valid, out_dir, cfg, t_logits, progress, key, note)
+    return train_qa(model, tokenizer, train, valid, out_dir, cfg, t_logits, progress, key, note, device=device)
 
 
 def evaluate_qa(model_dir: str | Path, data: QAData, teacher_model: str | Path | None = None, max_len: int = 256,
@@ -236,7 +246,7 @@ def evaluate_qa(model_dir: str | Path, data: QAData, teacher_model: str | Path |
     model, tokenizer = load_qa(model_dir)
     feats = featurize(tokenizer, data, max_len)
     logits = predict_spans(model, feats)
-    extra: dict[str, Any] = {"runtime": runtime, "task": "extractive-qa", "squad_v2": data.version2, "windows": len(feats)}
+    extra: dict[str, Any] = {"runtime": runtime, "task_kind": "extractive-qa", "squad_v2": data.version2, "windows": len(feats)}
     if runtime != "torch":
         from nasbert_deploy.qa.export import runtime_spans
 
