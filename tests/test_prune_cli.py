@@ -70,12 +70,12 @@ def test_errors_are_one_line_before_any_work(tiny, tmp_path):
     low, _ = tiny["t"].bounds_ms(2)
     _one_line_error(_run(*_base(tiny, out, **{"--max-latency-ms": round(low * 0.5, 3)})), f"give at least {low:.2f}")
     _one_line_error(_run(*_base(tiny, out, **{"--max-latency-ms": 0})), "--max-latency-ms")
-    roberta = tmp_path / "roberta"
-    roberta.mkdir()
+    other = tmp_path / "distilbert"  # BERT and RoBERTa are pruned (tests/test_prune_roberta.py); DistilBERT is not
+    other.mkdir()
     cfg = json.loads((tiny["cls"] / "config.json").read_text())
-    (roberta / "config.json").write_text(json.dumps({**cfg, "model_type": "roberta",
-                                                     "architectures": ["RobertaForSequenceClassification"]}))
-    _one_line_error(_run(*_base(tiny, out, **{"--model": roberta})), "'roberta'", "bert")
+    (other / "config.json").write_text(json.dumps({**cfg, "model_type": "distilbert",
+                                                   "architectures": ["DistilBertForSequenceClassification"]}))
+    _one_line_error(_run(*_base(tiny, out, **{"--model": other})), "'distilbert'", "bert", "roberta")
     assert not out.exists() and not (tmp_path / "out.work").exists()
 
 

@@ -1,9 +1,10 @@
-"""A BERT whose layers keep different numbers of attention heads and FFN neurons (structured pruning).
+"""A BERT (or RoBERTa) whose layers keep different numbers of attention heads and FFN neurons (structured pruning).
 
 transformers' `BertConfig` records removed heads (`pruned_heads`, applied by `post_init`) but has one
 `intermediate_size` for every layer. `PrunedBertConfig` (model type `pruned_bert`) adds
 `intermediate_sizes` (one FFN width per layer); the model classes are BERT's own, with each layer's
-two FFN matrices built at that width. Weights, tokenizer and ONNX/OpenVINO exports are BERT's.
+two FFN matrices built at that width. Weights, tokenizer and ONNX/OpenVINO exports are BERT's. RoBERTa models
+get the same treatment under model type `pruned_roberta` (`PrunedRobertaConfig` and RoBERTa's own classes).
 
 Three options carry a mean-pooled NAS-BERT classifier of uniform width (the teachers `finetune-teacher` converts,
 students of `D:mha,ffn` blocks) over exactly (`prune.from_nasbert`): `embedding_projection` (a Linear after the
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import BertConfig
+from transformers import BertConfig, RobertaConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import (
     BertEmbeddings,
@@ -33,8 +34,14 @@ from transformers.models.bert.modeling_bert import (
     BertLayer,
     BertModel,
 )
+from transformers.models.roberta.modeling_roberta import (
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaModel,
+)
 
 PRUNED_MODEL_TYPE = "pruned_bert"
+PRUNED_ROBERTA_TYPE = "pruned_roberta"
 REMOTE_FILE = "modeling_pruned_bert.py"
 
 
@@ -46,16 +53,22 @@ class PrunedBertConfig(BertConfig):
     def __init__(self, intermediate_sizes: list[int] | None = None, pooling: str = "cls",
                  embedding_projection: bool = False, layer_projections: list[int] | None = None, **kwargs):
         super().__init__(**kwargs)
-        n = self.num_hidden_layers
-        sizes = [int(w) for w in intermediate_sizes] if intermediate_sizes else [int(self.intermediate_size)] * n
-        if len(sizes) != n or min(sizes, default=1) < 1:
-            raise ValueError(f"intermediate_sizes needs {n} widths >= 1, got {sizes}")
+        sizes = ffn_sizes(self, intermediate_sizes)
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.intermediate_sizes = sizes
         self.pooling = pooling
         self.embedding_projection = bool(embedding_projection)
-        self.layer_projections = sorted(int(i) for i in layer_projections or [] if int(i) < n)
+        self.layer_projections = sorted(int(i) for i in layer_projections or [] if int(i) < self.num_hidden_layers)
+
+
+def ffn_sizes(config: BertConfig, intermediate_sizes: list[int] | None) -> list[int]:
+    """The FFN width of every layer (`intermediate_size` everywhere when None); ValueError if malformed."""
+    n = config.num_hidden_layers
+    sizes = [int(w) for w in intermediate_sizes] if intermediate_sizes else [int(config.intermediate_size)] * n
+    if len(sizes) != n or min(sizes, default=1) < 1:
+        raise ValueError(f"intermediate_sizes needs {n} widths >= 1, got {sizes}")
+    return sizes
 
 
 class ProjectedEmbeddings(BertEmbeddings):
@@ -141,12 +154,51 @@ class PrunedBertForQuestionAnswering(BertForQuestionAnswering):
         self.post_init()
 
 
-AUTO_MAP = {
-    "AutoConfig": f"{REMOTE_FILE[:-3]}.PrunedBertConfig",
-    "AutoModel": f"{REMOTE_FILE[:-3]}.PrunedBertModel",
-    "AutoModelForSequenceClassification": f"{REMOTE_FILE[:-3]}.PrunedBertForSequenceClassification",
-    "AutoModelForQuestionAnswering": f"{REMOTE_FILE[:-3]}.PrunedBertForQuestionAnswering",
-}
+class PrunedRobertaConfig(RobertaConfig):
+    """`RobertaConfig` plus `intermediate_sizes` (FFN width per layer), as `PrunedBertConfig`."""
+
+    model_type = PRUNED_ROBERTA_TYPE
+
+    def __init__(self, intermediate_sizes: list[int] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.intermediate_sizes = ffn_sizes(self, intermediate_sizes)
+
+
+class PrunedRobertaModel(RobertaModel):
+    config_class = PrunedRobertaConfig
+
+    def __init__(self, config: PrunedRobertaConfig, add_pooling_layer: bool = True):
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+        resize_ffn(self.encoder, config.intermediate_sizes)
+
+
+class PrunedRobertaForSequenceClassification(RobertaForSequenceClassification):
+    config_class = PrunedRobertaConfig
+
+    def __init__(self, config: PrunedRobertaConfig):
+        super().__init__(config)
+        self.roberta = PrunedRobertaModel(config, add_pooling_layer=False)
+        self.post_init()
+
+
+class PrunedRobertaForQuestionAnswering(RobertaForQuestionAnswering):
+    config_class = PrunedRobertaConfig
+
+    def __init__(self, config: PrunedRobertaConfig):
+        super().__init__(config)
+        self.roberta = PrunedRobertaModel(config, add_pooling_layer=False)
+        self.post_init()
+
+
+def _auto_map(prefix: str) -> dict[str, str]:
+    m = REMOTE_FILE[:-3]
+    return {"AutoConfig": f"{m}.{prefix}Config", "AutoModel": f"{m}.{prefix}Model",
+            "AutoModelForSequenceClassification": f"{m}.{prefix}ForSequenceClassification",
+            "AutoModelForQuestionAnswering": f"{m}.{prefix}ForQuestionAnswering"}
+
+
+AUTO_MAP = _auto_map("PrunedBert")
+AUTO_MAPS = {PRUNED_MODEL_TYPE: AUTO_MAP, PRUNED_ROBERTA_TYPE: _auto_map("PrunedRoberta")}
 
 
 def register() -> None:
@@ -154,13 +206,18 @@ def register() -> None:
     (idempotent)."""
     from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-    try:
-        AutoConfig.register(PRUNED_MODEL_TYPE, PrunedBertConfig)
-        AutoModel.register(PrunedBertConfig, PrunedBertModel)
-        AutoModelForSequenceClassification.register(PrunedBertConfig, PrunedBertForSequenceClassification)
-        AutoModelForQuestionAnswering.register(PrunedBertConfig, PrunedBertForQuestionAnswering)
-    except ValueError:  # already registered in this process
-        pass
+    families = ((PRUNED_MODEL_TYPE, PrunedBertConfig, PrunedBertModel, PrunedBertForSequenceClassification,
+                 PrunedBertForQuestionAnswering),
+                (PRUNED_ROBERTA_TYPE, PrunedRobertaConfig, PrunedRobertaModel, PrunedRobertaForSequenceClassification,
+                 PrunedRobertaForQuestionAnswering))
+    for name, config, model, classifier, qa in families:
+        try:
+            AutoConfig.register(name, config)
+            AutoModel.register(config, model)
+            AutoModelForSequenceClassification.register(config, classifier)
+            AutoModelForQuestionAnswering.register(config, qa)
+        except ValueError:  # already registered in this process
+            pass
 
 
 def write_pruned_remote_code(folder: str | Path) -> Path:
@@ -170,6 +227,6 @@ def write_pruned_remote_code(folder: str | Path) -> Path:
     target.write_text(Path(__file__).read_text(encoding="utf-8"), encoding="utf-8")
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg["auto_map"] = dict(AUTO_MAP)
+    cfg["auto_map"] = dict(AUTO_MAPS.get(cfg.get("model_type"), AUTO_MAP))
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return target

@@ -18,12 +18,15 @@ from nasbert_deploy.model.pruned_bert import (
     PrunedBertConfig,
     PrunedBertForQuestionAnswering,
     PrunedBertForSequenceClassification,
+    PrunedRobertaConfig,
+    PrunedRobertaForQuestionAnswering,
+    PrunedRobertaForSequenceClassification,
     register,
 )
 from nasbert_deploy.prune.from_nasbert import NASBERT_TYPE, check_convertible
 from nasbert_deploy.prune.gates import Selection, encoder_of
 
-SUPPORTED_TYPES = ("bert", "pruned_bert")
+SUPPORTED_TYPES = ("bert", "pruned_bert", "roberta", "pruned_roberta")  # MiniLM checkpoints are model type bert
 
 
 def check_supported(config: dict[str, Any], path: Any) -> None:
@@ -41,10 +44,17 @@ def check_supported(config: dict[str, Any], path: Any) -> None:
                         "prune the unpruned fine-tuned model instead")
 
 
+def pruned_classes(model_type: str, qa: bool) -> tuple[type, type]:
+    """(config class, model class) of the pruned form of a `model_type` classifier (or QA model)."""
+    if model_type in ("roberta", "pruned_roberta"):
+        return PrunedRobertaConfig, PrunedRobertaForQuestionAnswering if qa else PrunedRobertaForSequenceClassification
+    return PrunedBertConfig, PrunedBertForQuestionAnswering if qa else PrunedBertForSequenceClassification
+
+
 @torch.no_grad()
-def prune_model(model: Any, sel: Selection) -> PrunedBertForSequenceClassification | PrunedBertForQuestionAnswering:
-    """A `PrunedBertForSequenceClassification` (or `...ForQuestionAnswering`, for a QA model) keeping `sel`'s heads
-    and neurons of `model` (left unchanged)."""
+def prune_model(model: Any, sel: Selection) -> Any:
+    """A `PrunedBertForSequenceClassification` (`...ForQuestionAnswering` for a QA model, `PrunedRoberta...` for
+    RoBERTa) keeping `sel`'s heads and neurons of `model` (left unchanged)."""
     register()
     src = copy.deepcopy(model).eval()
     layers = encoder_of(src).encoder.layer
@@ -72,8 +82,8 @@ def prune_model(model: Any, sel: Selection) -> PrunedBertForSequenceClassificati
     for k in ("model_type", "architectures", "auto_map", "_name_or_path", "transformers_version", "pruned_heads",
               "intermediate_sizes"):
         cfg.pop(k, None)
-    cls = PrunedBertForQuestionAnswering if hasattr(src, "qa_outputs") else PrunedBertForSequenceClassification
-    config = PrunedBertConfig(intermediate_sizes=sel.widths, pruned_heads=pruned, architectures=[cls.__name__], **cfg)
+    config_cls, cls = pruned_classes(str(src.config.model_type), hasattr(src, "qa_outputs"))
+    config = config_cls(intermediate_sizes=sel.widths, pruned_heads=pruned, architectures=[cls.__name__], **cfg)
     new = cls(config).eval()
     missing, unexpected = new.load_state_dict(src.state_dict(), strict=False)
     bad = [k for k in missing if not k.endswith("position_ids")] + list(unexpected)

@@ -30,6 +30,7 @@ from nasbert_deploy.export.validate import (
 from nasbert_deploy.model.pruned_bert import write_pruned_remote_code
 from nasbert_deploy.prune.latency import PruneLatencyTable
 from nasbert_deploy.runtimes.timing import round_statistic
+from nasbert_deploy.student.task_training import usable_positions
 
 MEASURE_ROUNDS = 3
 
@@ -106,7 +107,7 @@ def validate_artefacts(model: Any, folder: Path, on_check: Callable[[Check], Non
                ("openvino", lambda x: stacked(ov.run(x)), FP32_RTOL)]
     reference = torch_run(model)
     checks = []
-    for b, t in shape_grid(int(model.config.max_position_embeddings)):
+    for b, t in shape_grid(usable_positions(model.config)):
         inputs = padded_inputs(b, t, int(model.config.vocab_size), token_type_ids=True)
         ref = reference(inputs)
         mask = inputs["attention_mask"] if qa else np.ones((b, 1), np.int64)

@@ -146,21 +146,17 @@ class _MeanPooledRest(nn.Module):
 
 
 def pruned_classifier(config: Any, heads: list[int], widths: list[int], seed: int = 0) -> nn.Module:
-    """A random-weight `PrunedBertForSequenceClassification` (`...ForQuestionAnswering` for a QA config) with
-    heads[l] heads and widths[l] neurons per layer."""
-    from nasbert_deploy.model.pruned_bert import (
-        PrunedBertConfig,
-        PrunedBertForQuestionAnswering,
-        PrunedBertForSequenceClassification,
-    )
+    """A random-weight `PrunedBertForSequenceClassification` (`...ForQuestionAnswering` for a QA config,
+    `PrunedRoberta...` for RoBERTa) with heads[l] heads and widths[l] neurons per layer."""
+    from nasbert_deploy.prune.apply import pruned_classes
 
     n = int(config.num_attention_heads)
     cfg = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "auto_map", "pruned_heads", "architectures")}
     cfg.update(num_hidden_layers=len(heads), intermediate_sizes=list(widths),
                pruned_heads={i: list(range(k, n)) for i, k in enumerate(heads) if k < n})
     torch.manual_seed(seed)
-    qa = head_kind(config.to_dict()) == "qa"
-    return (PrunedBertForQuestionAnswering if qa else PrunedBertForSequenceClassification)(PrunedBertConfig(**cfg)).eval()
+    config_cls, cls = pruned_classes(str(config.model_type), head_kind(config.to_dict()) == "qa")
+    return cls(config_cls(**cfg)).eval()
 
 
 def _inputs(kind: str, b: int, t: int, hidden: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
@@ -172,10 +168,20 @@ def _inputs(kind: str, b: int, t: int, hidden: int, vocab: int, seed: int) -> di
     return {"x": x, "mask": np.ones((b, t), np.int64)} if kind == "x+mask" else {"x": x}
 
 
+def _no_layers(config: Any) -> Any:
+    """`config` with no layers (the table's "rest"), as the plain model type (pruned_* types are not in Auto maps
+    until `register()`; the rest is the same)."""
+    from transformers import AutoConfig
+
+    d = {k: v for k, v in config.to_dict().items() if k not in ("auto_map", "architectures", "pruned_heads",
+                                                                  "intermediate_sizes", "layer_projections")}
+    d["num_hidden_layers"] = 0
+    model_type = str(d.pop("model_type")).removeprefix("pruned_")
+    return AutoConfig.for_model(model_type, **d)
+
+
 def _items(config: Any, s: PruneProfileSettings) -> list[tuple[str, nn.Module, str]]:
     """(key, module, input kind) of every table entry."""
-    from transformers import BertForSequenceClassification
-
     heads, width = int(config.num_attention_heads), int(config.intermediate_size)
     torch.manual_seed(s.seed)
     items: list[tuple[str, nn.Module, str]] = [("call", _Call(), "x+mask")]
@@ -183,11 +189,13 @@ def _items(config: Any, s: PruneProfileSettings) -> list[tuple[str, nn.Module, s
     if kind == "mean":  # carried over from NAS-BERT (`prune.from_nasbert`)
         rest: nn.Module = _MeanPooledRest(config)
     elif kind == "qa":  # embeddings and the start/end head on every token
-        from transformers import BertForQuestionAnswering
+        from transformers import AutoModelForQuestionAnswering
 
-        rest = _StartLogits(BertForQuestionAnswering(config.__class__(**{**config.to_dict(), "num_hidden_layers": 0})))
-    else:
-        rest = _Logits(BertForSequenceClassification(config.__class__(**{**config.to_dict(), "num_hidden_layers": 0})))
+        rest = _StartLogits(AutoModelForQuestionAnswering.from_config(_no_layers(config)))
+    else:  # embeddings, the encoder's own pooler and classifier head (BERT, RoBERTa)
+        from transformers import AutoModelForSequenceClassification
+
+        rest = _Logits(AutoModelForSequenceClassification.from_config(_no_layers(config)))
     items.append(("rest", rest.eval(), "ids"))
     items += [(f"attention:{k}", _Attention(config, k).eval(), "x+mask") for k in range(1, heads + 1)]
     items += [(f"ffn:{w}", _FFN(config, w).eval(), "x") for w in ffn_grid(width, s.ffn_points)]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nasbert_deploy.qa.features import QAFeatures
+from nasbert_deploy.qa.features import MASKED, QAFeatures
 
 OUTPUT_NAMES = ["start_logits", "end_logits"]
 
@@ -37,9 +37,8 @@ def example_inputs(vocab: int) -> dict[str, torch.Tensor]:
 
 def runtime_spans(model: Any, feats: QAFeatures, runtime: str, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """(start, end) logits of every window from `model` exported to ONNX and run on `runtime` (fp32, CPU),
-    padding set to `train.MASKED` as `predict_spans` does."""
+    padding set to `MASKED` as `train.predict_spans` does."""
     from nasbert_deploy.devices import load_device
-    from nasbert_deploy.qa.train import MASKED
     from nasbert_deploy.runtimes.base import get_runtime
 
     spec = load_device({"onnxruntime": "cpu-ort", "openvino": "cpu-openvino"}[runtime])

@@ -21,6 +21,8 @@ import numpy as np
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.qa.squad import QAData
 
+MASKED = -1e4  # the logit given to padding positions (probability 0 in float32)
+
 
 @dataclass(frozen=True)
 class QAFeatures:

@@ -32,14 +32,13 @@ from nasbert_deploy.model.loop import (
     warmup_decay,
 )
 from nasbert_deploy.model.losses import soft_kl
-from nasbert_deploy.qa.features import QAFeatures, answers_from_logits, featurize
+from nasbert_deploy.qa.features import MASKED, QAFeatures, answers_from_logits, featurize
 from nasbert_deploy.qa.metrics import answer_loyalty, span_probability_loyalty, squad_scores
 from nasbert_deploy.qa.squad import QAData
 from nasbert_deploy.student.task_training import FinetuneConfig
 
 REPORT_NAME = "finetune_report.json"
 QA_SUFFIX = "ForQuestionAnswering"
-MASKED = -1e4  # logit of a padding position (its probability is 0 in float32)
 
 
 def is_qa_config(config: dict[str, Any]) -> bool:

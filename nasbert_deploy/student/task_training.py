@@ -142,9 +142,17 @@ def with_transfer(
     return both, y_all, torch.cat([t_logits, torch.as_tensor(rows_logits, dtype=torch.float32)])
 
 
+def usable_positions(config: Any, default: int = 512) -> int:
+    """Tokens a model can take: its position table, less RoBERTa's offset (positions start after the pad id)."""
+    n = int(getattr(config, "max_position_embeddings", default) or default)
+    if "roberta" in str(getattr(config, "model_type", "")):
+        n -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    return n
+
+
 def fit_max_len(model: Any, max_len: int) -> int:
     """`max_len` capped at the model's position table (tokens beyond it have no position embedding)."""
-    return min(max_len, int(getattr(model.config, "max_position_embeddings", max_len) or max_len))
+    return min(max_len, usable_positions(model.config, max_len))
 
 
 def train_classifier(
