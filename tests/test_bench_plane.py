@@ -68,3 +68,20 @@ def test_plane_scores_and_times_every_point(tmp_path):
     bad = subprocess.run([*cmd[:2], "--task-dir", str(task), "--teacher", str(teacher), "--point", "nope"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 2 and "NAME=FOLDER" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_quantized_openvino_irs_open_under_the_int8_precision_policy(tmp_path, monkeypatch):
+    """NNCF and KDLSQ IRs (FakeQuantize nodes) open as the int8 device specs run them (precision unpinned); float IRs
+    pinned to f32. Opening KDLSQ pinned beside NNCF unpinned once made KDLSQ look up to 1.21x slower."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_quantize
+
+    opened = []
+    monkeypatch.setattr(bench_quantize, "OvCompiled", lambda path, spec: opened.append(spec.precision))
+    quantized, plain = tmp_path / "q.xml", tmp_path / "f.xml"
+    quantized.write_text('<net><layers><layer id="3" name="fq" type="FakeQuantize" version="opset1"/></layers></net>')
+    plain.write_text('<net><layers><layer id="3" name="mm" type="MatMul" version="opset1"/></layers></net>')
+    bench_quantize._open(quantized, True)
+    bench_quantize._open(plain, True)
+    bench_quantize._open(plain, True, int8=True)
+    assert opened == ["int8", "fp32", "int8"]
