@@ -143,3 +143,12 @@ def make_supernet_dir(root):
     torch.manual_seed(0)
     net = Supernet(TINY).eval()
     return net.save(root / "supernet", {"note": "random test supernet"}), net
+
+
+def one_line_error(result, *needles: str) -> None:
+    """A CLI result that is a user error: exit code 2 and one line `error: ...` holding every needle."""
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    for n in needles:
+        assert n in result.output, result.output

@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from helpers import make_tiny_teacher
+from helpers import make_tiny_teacher, one_line_error
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
@@ -51,31 +51,23 @@ def _base(tiny, out, **kw):
     return [x for k, v in opts.items() for x in (k, v)]
 
 
-def _one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
-    for n in needles:
-        assert n in r.output, r.output
-
-
 def test_errors_are_one_line_before_any_work(tiny, tmp_path):
     out = tmp_path / "out"
-    _one_line_error(_run(*_base(tiny, out, **{"--model": tiny["encoder"]})), "is not a classifier")
+    one_line_error(_run(*_base(tiny, out, **{"--model": tiny["encoder"]})), "is not a classifier")
     task = tmp_path / "task.jsonl"
     task.write_text("".join(json.dumps({"text": f"row {i}", "label": ["nope", "howto"][i % 2]}) + "\n" for i in range(20)))
-    _one_line_error(_run(*_base(tiny, out, **{"--task": task, "--valid": task})), "labels the model does not know", "nope")
-    _one_line_error(_run(*_base(tiny, out, **{"--device": "tpu-9000"})), "unknown device", "cpu-ort")
-    _one_line_error(_run(*_base(tiny, "/proc/nasbert-prune/out")), "cannot write")
+    one_line_error(_run(*_base(tiny, out, **{"--task": task, "--valid": task})), "labels the model does not know", "nope")
+    one_line_error(_run(*_base(tiny, out, **{"--device": "tpu-9000"})), "unknown device", "cpu-ort")
+    one_line_error(_run(*_base(tiny, "/proc/nasbert-prune/out")), "cannot write")
     low, _ = tiny["t"].bounds_ms(2)
-    _one_line_error(_run(*_base(tiny, out, **{"--max-latency-ms": round(low * 0.5, 3)})), f"give at least {low:.2f}")
-    _one_line_error(_run(*_base(tiny, out, **{"--max-latency-ms": 0})), "--max-latency-ms")
+    one_line_error(_run(*_base(tiny, out, **{"--max-latency-ms": round(low * 0.5, 3)})), f"give at least {low:.2f}")
+    one_line_error(_run(*_base(tiny, out, **{"--max-latency-ms": 0})), "--max-latency-ms")
     other = tmp_path / "distilbert"  # BERT and RoBERTa are pruned (tests/test_prune_roberta.py); DistilBERT is not
     other.mkdir()
     cfg = json.loads((tiny["cls"] / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**cfg, "model_type": "distilbert",
                                                    "architectures": ["DistilBertForSequenceClassification"]}))
-    _one_line_error(_run(*_base(tiny, out, **{"--model": other})), "'distilbert'", "bert", "roberta")
+    one_line_error(_run(*_base(tiny, out, **{"--model": other})), "'distilbert'", "bert", "roberta")
     assert not out.exists() and not (tmp_path / "out.work").exists()
 
 
@@ -129,4 +121,4 @@ def test_prune_end_to_end_and_resume(tiny, tmp_path):
     assert [int(ly.intermediate.dense.out_features) for ly in layers] == kept["ffn_per_layer"]
     assert "measured speed-up" in r.output and "heads per layer" in r.output
     # a second run into the same folder needs --force
-    _one_line_error(_run(*_base(tiny, out, **{"--max-latency-ms": budget})), "--force")
+    one_line_error(_run(*_base(tiny, out, **{"--max-latency-ms": budget})), "--force")

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import make_tiny_teacher
+from helpers import make_tiny_teacher, one_line_error
 from qa_helpers import squad_doc, write_squad
 from typer.testing import CliRunner
 
@@ -19,14 +19,6 @@ from nasbert_deploy.qa.squad import QAData, QAExample, load_squad
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-
-
-def _one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
-    for n in needles:
-        assert n in r.output, r.output
 
 
 def test_official_normalisation_exact_match_and_f1():
@@ -147,14 +139,14 @@ def test_qa_head_and_task_must_match(qa, tmp_path):
     base = ["--device", "cpu-ort", "--max-latency-ms", "1.0", "--table", str(table), "--steps", "2"]
     r = runner.invoke(app, ["prune", "--model", str(qa["teacher"]), "--task", str(classifier_task), "--valid",
                             str(classifier_task), "--out", str(tmp_path / "o1"), *base])
-    _one_line_error(r, "question-answering model", "SQuAD")
+    one_line_error(r, "question-answering model", "SQuAD")
     r = runner.invoke(app, ["prune", "--model", str(qa["encoder"]), "--task", str(qa["train"]), "--out",
                             str(tmp_path / "o2"), *base])
-    _one_line_error(r, "not an extractive question-answering model")
+    one_line_error(r, "not an extractive question-answering model")
     bad = tmp_path / "bad.json"
     doc = squad_doc()
     doc["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] += 1
     bad.write_text(json.dumps(doc))
     r = runner.invoke(app, ["evaluate", "--model", str(qa["teacher"]), "--task", str(bad)])
-    _one_line_error(r, "does not match its context")
+    one_line_error(r, "does not match its context")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_teacher, write_word_task
+from helpers import make_tiny_teacher, one_line_error, write_word_task
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
@@ -41,14 +41,6 @@ def tiny(tmp_path_factory, one_thread):
 
 def _run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
-    for n in needles:
-        assert n in r.output, r.output
 
 
 def test_quantize_8bit_end_to_end(tiny):
@@ -112,7 +104,7 @@ def test_quantize_8bit_end_to_end(tiny):
     w = plain.bert.encoder.layer[0].intermediate.dense.weight
     s = model.bert.encoder.layer[0].intermediate.dense.w_quant.scale()[:, None]
     assert torch.allclose(w / s, (w / s).round(), atol=1e-3)
-    _one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--out", out), "--force")
+    one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--out", out), "--force")
 
 
 def test_2bit_is_simulated_and_resumes(tiny):
@@ -169,22 +161,22 @@ def test_an_export_that_fails_its_checks_reruns_without_training(tiny, monkeypat
 def test_bits_without_kernels_are_refused(tiny, args, needles):
     out = tiny["root"] / "never"
     r = _run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--out", out, *args)
-    _one_line_error(r, *needles)
+    one_line_error(r, *needles)
     assert not out.exists()
 
 
 def test_inputs_are_checked_before_any_work(tiny):
     out = tiny["root"] / "never"
     base = ["quantize", "--task", tiny["train"], "--out", out]
-    _one_line_error(_run(*base, "--model", tiny["encoder"]), "not a classifier")
-    _one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["other"], "--out", out),
+    one_line_error(_run(*base, "--model", tiny["encoder"]), "not a classifier")
+    one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["other"], "--out", out),
                     "labels the model does not know: w")
-    _one_line_error(_run(*base, "--model", tiny["clf"], "--teacher-model", tiny["encoder"]),
+    one_line_error(_run(*base, "--model", tiny["clf"], "--teacher-model", tiny["encoder"]),
                     "--teacher-model", "not a classifier")
-    _one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--out", "/proc/nasbert-q/out"), "/proc")
+    one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--out", "/proc/nasbert-q/out"), "/proc")
     empty = tiny["root"] / "empty.jsonl"
     empty.write_text("")
-    _one_line_error(_run("quantize", "--model", tiny["clf"], "--task", empty, "--out", out), "empty.jsonl")
+    one_line_error(_run("quantize", "--model", tiny["clf"], "--task", empty, "--out", out), "empty.jsonl")
     assert not out.exists() and not (tiny["root"] / "never.ckpt").exists()
 
 
@@ -218,7 +210,7 @@ def test_reduce_range_is_part_of_the_resume_key(tiny):
     assert (spec.lo, spec.hi) == (-127, 127)
 
 
-def test_an_ir_openvino_cannot_compile_is_a_one_line_error(tmp_path):
+def test_an_ir_openvino_cannot_compile_is_aone_line_error(tmp_path):
     from nasbert_deploy.errors import ExportError
     from nasbert_deploy.quantize.run import _check_ir_compiles
 
