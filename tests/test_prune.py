@@ -151,6 +151,27 @@ def test_table_interpolates_round_trips_and_checks_budgets(tmp_path):
         t.check_model(384, 12, 1536)
 
 
+def test_correction_is_affine_when_enough_models_fit(tmp_path):
+    from nasbert_deploy.prune.profile import fit_correction
+
+    raw = [5.0, 12.0, 20.0, 30.0]
+    assert fit_correction(raw, [0.9 * r + 1.5 for r in raw]) == pytest.approx((0.9, 1.5))
+    assert fit_correction(raw[:2], [6.0, 13.0]) == pytest.approx(((6 / 5 + 13 / 12) / 2, 0.0))  # 2 models: ratio only
+    assert fit_correction(raw, [r - 2.0 for r in raw])[1] == 0.0  # a negative offset is not plausible: ratio only
+    assert fit_correction([], []) == (1.0, 0.0)
+    t = synthetic_table()
+    t.scale, t.offset_ms = 0.9, 1.5
+    pred = t.predict_ms([4, 2], [96, 10])
+    assert pred == pytest.approx(0.9 * t.raw_ms([4, 2], [96, 10]) + 1.5)
+    assert float(t.expected_ms(torch.tensor([4.0, 2.0]), torch.tensor([96.0, 10.0]))) == pytest.approx(pred)
+    again = PruneLatencyTable.load(t.save(tmp_path / "t.json"))
+    assert again.offset_ms == 1.5 and again.predict_ms([4, 2], [96, 10]) == pytest.approx(pred)
+    old = json.loads((tmp_path / "t.json").read_text())
+    del old["correction"]["offset_ms"]  # tables written before the offset existed read as offset 0
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert PruneLatencyTable.load(tmp_path / "old.json").offset_ms == 0.0
+
+
 def test_gate_training_drives_expected_latency_to_the_budget(tmp_path):
     from nasbert_deploy.prune.train import ClassifierGateData, GateConfig, fit_selection, train_gates
     from nasbert_deploy.student.finetune import predict_logits

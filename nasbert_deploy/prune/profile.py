@@ -285,8 +285,9 @@ def validation_models(layers: int, heads: int, width: int, n: int, seed: int) ->
 
 def validate_table(table: PruneLatencyTable, config: Any, spec: DeviceSpec, s: PruneProfileSettings,
                    progress: Progress | None = None, workdir: Path | None = None) -> None:
-    """Time `s.validate` whole pruned models; fit `table.scale` on those not held out (median of
-    measured / raw sum), record predicted vs measured for all (`table.validation`, role fit | holdout)."""
+    """Time `s.validate` whole pruned models; fit `table.scale` and `table.offset_ms` on those not held out (least
+    squares measured ~ scale * raw + offset with >= 3 of them, else the median of measured / raw and no offset),
+    record predicted vs measured for all (`table.validation`, role fit | holdout)."""
     if s.validate <= 0:
         return
     layers = int(config.num_hidden_layers)
@@ -305,13 +306,26 @@ def validate_table(table: PruneLatencyTable, config: Any, spec: DeviceSpec, s: P
     raw = [table.raw_ms(hs, ws) for hs, ws in models]
     held = holdout_indices(s.validate, s.holdout)
     fit = [i for i in range(len(models)) if i not in held]
-    if fit:
-        table.scale = float(np.median([measured[i] / raw[i] for i in fit]))
+    table.scale, table.offset_ms = fit_correction([raw[i] for i in fit], [measured[i] for i in fit])
     table.validation = []
     for i, ((hs, ws), m, r) in enumerate(zip(models, measured, raw)):
-        pred = table.scale * r
+        pred = table.scale * r + table.offset_ms
         table.validation.append({"heads": hs, "widths": ws, "raw_ms": r, "predicted_ms": pred, "measured_ms": m,
                                  "error_pct": 100 * (pred - m) / m, "role": "holdout" if i in held else "fit"})
+
+
+def fit_correction(raw: list[float], measured: list[float]) -> tuple[float, float]:
+    """(scale, offset_ms) mapping the per-item sums to whole-model latencies: an affine least-squares fit with at
+    least 3 models whose sums differ, kept only if both terms are plausible (scale > 0, offset >= 0: a model
+    costs what its parts cost plus a fixed amount); else the median ratio and no offset; (1, 0) without models."""
+    if not raw:
+        return 1.0, 0.0
+    ratio = float(np.median([m / r for m, r in zip(measured, raw)]))
+    if len(raw) >= 3 and float(np.ptp(raw)) > 0:
+        a, b = np.polyfit(np.asarray(raw), np.asarray(measured), 1)
+        if a > 0 and b >= 0:
+            return float(a), float(b)
+    return ratio, 0.0
 
 
 def holdout_indices(n: int, holdout: int) -> set[int]:

@@ -253,7 +253,7 @@ def _finish(req: PruneRequest, model: Any, pruned: Any, tokenizer: Any, table: P
         "seq_len": s.seq_len,
         "clock": s.clock,
         "latency": latency_rows(table, measured, shapes, req.max_latency_ms),
-        "table": {"path": str(table_path), "name": table.manifest["name"], "scale": table.scale,
+        "table": {"path": str(table_path), "name": table.manifest["name"], "scale": table.scale, "offset_ms": table.offset_ms,
                   "holdout": holdout_summary(table)},
         "validation": {"checks": len(checks), "passed": sum(c.passed for c in checks),
                        "max_abs_diff": {n: max(c.max_abs_diff for c in checks if c.runtime == n)
