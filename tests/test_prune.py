@@ -263,3 +263,36 @@ def test_measure_takes_a_clock_and_tables_record_it():
     table.check_model(48, 4, 96, "cpu")
     with pytest.raises(TableError, match="--clock cpu"):
         table.check_model(48, 4, 96)
+
+
+def test_calibration_selects_again_while_the_measured_model_is_over_budget(monkeypatch):
+    """The table under-predicts by 30% (a fake device): the first selection measures over the budget, the next one
+    is chosen under a target scaled by budget / measured and measures within it."""
+    import nasbert_deploy.prune.artefacts as artefacts
+    from nasbert_deploy.devices import load_device
+    from nasbert_deploy.prune.run import PruneRequest, calibrated_selection
+    from nasbert_deploy.prune.train import fit_selection
+    from nasbert_deploy.student.tasks import TaskData
+
+    table = synthetic_table()
+    gated = GatedModel(tiny_classifier(labels=2), init=2.0)
+    with torch.no_grad():
+        gated.heads.log_alpha.copy_(torch.linspace(3, -1, gated.heads.log_alpha.numel()).view_as(gated.heads.log_alpha))
+        gated.neurons.log_alpha.copy_(torch.linspace(3, -1, gated.neurons.log_alpha.numel()).view_as(gated.neurons.log_alpha))
+    low, full = table.bounds_ms(2)
+    budget = low + 0.6 * (full - low)
+
+    def fake_measure(models, *args, **kwargs):
+        from nasbert_deploy.prune.gates import ffn_widths, head_counts
+
+        (m,) = models.values()
+        return {"pruned": {"median_ms": 1.3 * table.predict_ms(head_counts(m), ffn_widths(m))}}
+
+    monkeypatch.setattr(artefacts, "measure_side_by_side", fake_measure)
+    rows = TaskData(("a",), ("x",))
+    req = PruneRequest(model=None, train=rows, valid=rows, out=None, spec=load_device("cpu-ort"), max_latency_ms=budget)
+    first = fit_selection(gated, table, budget)
+    sel, rounds = calibrated_selection(gated, first, table, req, False, lambda _s: None)
+    assert rounds[0]["measured_ms"] > budget and len(rounds) >= 2
+    assert rounds[-1]["measured_ms"] <= 1.02 * budget
+    assert table.predict_ms(sel.head_counts, sel.widths) <= budget / 1.3 + 1e-9

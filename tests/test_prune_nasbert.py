@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from helpers import make_tiny_teacher
-from test_prune_cli import TRAIN, VALID, _one_line_error, _run, synthetic_table
+from helpers import make_tiny_teacher, one_line_error
+from test_prune_cli import TRAIN, VALID, _run, synthetic_table
 
 from nasbert_deploy.model.modeling import NasBertConfig, NasBertForSequenceClassification
 from nasbert_deploy.model.pruned_bert import register
@@ -123,7 +123,7 @@ def test_a_nasbert_model_with_convolutions_is_a_one_line_error(saved, tmp_path):
     bad.mkdir()
     cfg = json.loads((saved["cls"] / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps({**cfg, "arch": "48:mha,sep3,id,id|48:mha,ffn,id,id"}))
-    _one_line_error(_run(*_args(saved, tmp_path / "out", **{"--model": bad, "--max-latency-ms": 1.0})),
+    one_line_error(_run(*_args(saved, tmp_path / "out", **{"--model": bad, "--max-latency-ms": 1.0})),
                     "NAS-BERT model that prune cannot carry over", "convolutions")
     assert not (tmp_path / "out").exists()
 

@@ -84,6 +84,9 @@ def prune_cmd(
                                      "shared, oversubscribed host).")] = ClockName("wall"),
     validate: Annotated[int, _opt("--validate", min=0, help="Whole pruned models timed when a table is profiled.")] = 8,
     holdout: Annotated[int, _opt("--holdout", min=0, help="Of those, held out of the table's scale fit.")] = 5,
+    calibrate: Annotated[bool, _opt("--calibrate/--no-calibrate", help="Time the selected model on --device and, while "
+                                    "it is over the budget, select again under a tighter target (up to 3 timings).")
+                         ] = True,
     checkpoint_every: Annotated[int, _opt("--checkpoint-every", min=1, help="Steps between resumable checkpoints.")] = 50,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
@@ -117,7 +120,7 @@ def prune_cmd(
                                    clock=clock.value, seed=seed)
     req = PruneRequest(model=model, train=train, valid=val, out=out, spec=device, max_latency_ms=max_latency_ms,
                        gates=gates, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, teacher_model=teacher_model,
-                       table_path=table, profile=profile)
+                       table_path=table, profile=profile, calibrate=calibrate)
     check_request(req)
     set_threads(threads)
     with _progress() as (train_progress, profile_progress):
