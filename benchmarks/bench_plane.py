@@ -28,15 +28,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_quantize import _open, _size, cpu_model
+from bench_quantize import _open, _size, build_exports, cpu_model
 from rich.console import Console
 from rich.table import Table
 
-from nasbert_deploy.devices import load_device
 from nasbert_deploy.fileio import write_json_atomic
 from nasbert_deploy.quantize.check import task_logits
-from nasbert_deploy.runtimes.base import get_runtime, time_compiled
-from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput
+from nasbert_deploy.runtimes.base import time_compiled
 from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic
 from nasbert_deploy.student.finetune import load_classifier, model_labels
 from nasbert_deploy.student.metrics import evaluate_logits
@@ -61,14 +59,7 @@ def exported(folder: Path, work: Path, calib: list[dict[str, np.ndarray]] | None
     if all(p.is_file() for p in out.values()):
         return out
     model, _ = load_classifier(folder)
-    model.eval()
-    g = torch.Generator().manual_seed(0)
-    ex = {"input_ids": torch.randint(5, int(model.config.vocab_size), (EXAMPLE_BATCH, EXAMPLE_SEQ), generator=g),
-          "attention_mask": torch.ones(EXAMPLE_BATCH, EXAMPLE_SEQ, dtype=torch.long)}
-    for spec_name, _ in names.values():
-        spec = load_device(spec_name)
-        (work / spec_name).mkdir(parents=True, exist_ok=True)
-        get_runtime(spec.runtime).compile(FirstOutput(model), ex, ["logits"], spec, work / spec_name, calibration=calib)
+    build_exports(model, [(spec, work / spec) for spec, _ in names.values()], calib)
     return out
 
 

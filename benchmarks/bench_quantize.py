@@ -76,20 +76,26 @@ def baselines(a: argparse.Namespace, out: Path) -> dict[str, Path]:
     if all(p.is_file() for p in files.values()):
         return files
     model, tok = load_classifier(a.model)
+    calib = [{k: v.numpy() for k, v in b.items()}
+             for _, b in iter_batches(tok, load_task(a.train).subset(range(64)), 1, a.eval_len)]
+    build_exports(model, [("cpu-ort", base / "ort"), ("cpu-ort-int8", base / "ort-int8"), ("cpu-openvino", base / "ov"),
+                          ("cpu-openvino-int8", base / "ov-int8")], calib)
+    return files
+
+
+def build_exports(model: Any, targets: list[tuple[str, Path]], calib: list[dict[str, np.ndarray]] | None = None) -> None:
+    """The classifier's logits exported for each (device spec, folder) through the project's runtime path: fp32, or
+    post-training INT8 (ORT dynamic, NNCF with `calib`) where the spec's precision says int8."""
     model.eval()
     g = torch.Generator().manual_seed(0)
     ex = {"input_ids": torch.randint(5, int(model.config.vocab_size), (EXAMPLE_BATCH, EXAMPLE_SEQ), generator=g),
           "attention_mask": torch.ones(EXAMPLE_BATCH, EXAMPLE_SEQ, dtype=torch.long)}
-    calib = [{k: v.numpy() for k, v in b.items()}
-             for _, b in iter_batches(tok, load_task(a.train).subset(range(64)), 1, a.eval_len)]
-    for name, dev, sub in (("ort", "cpu-ort", "ort"), ("ort-int8", "cpu-ort-int8", "ort-int8"),
-                           ("ov", "cpu-openvino", "ov"), ("ov-int8", "cpu-openvino-int8", "ov-int8")):
-        spec = load_device(dev)
-        (base / sub).mkdir(parents=True, exist_ok=True)
-        get_runtime(spec.runtime).compile(FirstOutput(model), ex, ["logits"], spec, base / sub,
-                                          calibration=calib if "int8" in dev else None)
-        print("built", name, flush=True)
-    return files
+    for spec_name, folder in targets:
+        spec = load_device(spec_name)
+        folder.mkdir(parents=True, exist_ok=True)
+        get_runtime(spec.runtime).compile(FirstOutput(model), ex, ["logits"], spec, folder,
+                                          calibration=calib if spec.precision == "int8" else None)
+        print("built", spec_name, "->", folder, flush=True)
 
 
 def _open(path: Path, ov: bool, int8: bool = False) -> Any:
