@@ -224,7 +224,8 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
 
 
 CALIBRATION_ROUNDS = 3
-CALIBRATION_SLACK = 1.02  # a measured latency this far over the budget is accepted (timing noise)
+CALIBRATION_SLACK = 1.05  # a measured latency this far over the budget is accepted (half the ±10% a user allows;
+# single timings on a shared host move by ±5%, and chasing them shrinks the model for nothing)
 
 
 def calibrated_selection(gated: Any, sel: Selection, table: PruneLatencyTable, req: PruneRequest, qa: bool,
