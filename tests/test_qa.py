@@ -150,3 +150,26 @@ def test_qa_head_and_task_must_match(qa, tmp_path):
     r = runner.invoke(app, ["evaluate", "--model", str(qa["teacher"]), "--task", str(bad)])
     one_line_error(r, "does not match its context")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_qa_training_resumes_after_an_interrupt(tmp_path):
+    from nasbert_deploy.qa.train import finetune_qa
+    from nasbert_deploy.student.task_training import FinetuneConfig
+
+    enc = make_tiny_teacher(tmp_path / "enc")
+    data = load_squad(write_squad(tmp_path / "t.json", n_contexts=6, seed=3))
+    train, valid = data.split(0.3)
+    cfg = FinetuneConfig(epochs=2, batch_size=4, max_len=48, lr=1e-3)
+
+    def stop_at_3(done, total, values):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune_qa(enc, train, valid, tmp_path / "qa", cfg, progress=stop_at_3, fresh_head=True)
+    assert (tmp_path / "qa.ckpt").is_dir() and not (tmp_path / "qa").exists()
+    notes = []
+    report = finetune_qa(enc, train, valid, tmp_path / "qa", cfg, note=notes.append, fresh_head=True)
+    assert any("resuming from step 3" in n for n in notes), notes
+    assert len(report["history"]) == 2 and (tmp_path / "qa" / "model.safetensors").is_file()
+    assert not (tmp_path / "qa.ckpt").exists()
