@@ -157,7 +157,7 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
     @functools.cache
     def teacher_train_logits() -> Any:  # only when gates or fine-tuning still have to train
         say("teacher logits on the training rows")
-        return task.logits(teacher, t_tok if task.kind != "extractive-qa" else tokenizer, "train", gcfg.max_len, teacher=True)
+        return task.logits(teacher, t_tok, "train", gcfg.max_len, teacher=True)
 
     work = req.out.with_name(req.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
