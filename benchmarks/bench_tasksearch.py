@@ -1,6 +1,8 @@
 """KD-NAS task search on a real task: REINFORCE vs regularised evolution at equal evaluations, and the searched
-student vs a hand-designed uniform student (`student.baselines.uniform_arch`) at similar predicted latency, both
-after the same final distillation from the same teacher; latencies measured side by side in one run.
+student vs the task-agnostic NAS-BERT pick (least supernet loss within the same budget on the same table; supernet
+starts only) vs a hand-designed uniform student (`student.baselines.uniform_arch`) at similar predicted latency, all
+after the same final distillation from the same teacher for each of `--seeds`; latencies measured side by side in one
+run (`--clock cpu` on a shared host).
 
     taskset -c 0 python benchmarks/bench_tasksearch.py --task-dir /work/shared/tasks/debian-sections \
         --teacher-model /tmp/work/ft/teacher-debian --table /tmp/tasksearch/cpu-ort-minilm.json \
@@ -9,6 +11,8 @@ after the same final distillation from the same teacher; latencies measured side
 `--init etd-impt|etd-rand` (with `--space`, `--encoder`) starts every student from the encoder instead of the
 supernet, as `search-task --init` does (the importance is scored once, in the first search's folder, and reused);
 give each init its own `--work`.
+
+`--report WORK [WORK ...]` prints one table (mean and spread over the seeds) from finished `--work` folders.
 
 Resumable: the searches resume from their state, the final distillations from their checkpoints, and finished
 steps are read back from `--work`/rows.jsonl. Prints one table; writes `--work`/summary.json.
@@ -50,25 +54,72 @@ def best_curve(history: list[dict[str, Any]]) -> list[float]:
     return out
 
 
+def _mean_sd(xs: list[float]) -> str:
+    import statistics
+
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.3f} ± {sd:.3f}"
+
+
+def print_students(done: dict[str, Any], task: str, budget_ms: float) -> None:
+    """One line per student kind: arch, predicted / measured latency (speed-up to the first kind), accuracy, macro-F1
+    and label loyalty as mean ± sample standard deviation over the final distillation seeds."""
+    finals = [r for k, r in done.items() if k.startswith("final:")]
+    kinds = list(dict.fromkeys(r["kind"] for r in finals))
+    lat = done["measure"]["latency"]
+    print(f"\n{task}, budget {budget_ms} ms ({done['measure'].get('clock', 'wall')} clock, "
+          f"{done['measure']['machine']['cpu_model']})")
+    print(f"  {'student':<9} {'arch':<48} {'pred ms':>7} {'meas ms':>7} {'seeds':>5} {'accuracy':>14} {'macro-F1':>14} "
+          f"{'loyalty':>14}")
+    for kind in kinds:
+        rows = [r for r in finals if r["kind"] == kind]
+        v = [r["valid"] for r in rows]
+        print(f"  {kind:<9} {rows[0]['arch']:<48} {rows[0]['predicted_ms']:7.2f} {lat[kind]['median_ms']:7.2f} "
+              f"{len(rows):5d} {_mean_sd([x['accuracy'] for x in v]):>14} {_mean_sd([x['macro_f1'] for x in v]):>14} "
+              f"{_mean_sd([x['label_loyalty'] for x in v]):>14}")
+    print(f"  teacher valid accuracy {finals[0]['valid']['teacher_accuracy']:.3f}")
+
+
+def report(works: list[Path]) -> None:
+    for w in works:
+        done = _rows(w / "rows.jsonl")
+        budget = next((r.get("budget_ms") for r in done.values() if r.get("budget_ms")), float("nan"))
+        for name in ("reinforce", "evolution"):
+            r = done.get(f"search:{name}")
+            if r:
+                print(f"{w.name}: {name:<10} best {r['best_arch']}  reward {r['best']['reward']:.3f}  "
+                      f"{r['evaluations']} evaluations, proxy time {r['proxy_s_alone']:.0f} s")
+        if "measure" in done:
+            print_students(done, w.name, budget)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task-dir", type=Path, required=True, help="folder with train.jsonl and valid.jsonl")
-    ap.add_argument("--teacher-model", type=Path, required=True)
+    ap.add_argument("--task-dir", type=Path, default=None, help="folder with train.jsonl and valid.jsonl")
+    ap.add_argument("--teacher-model", type=Path, default=None)
     ap.add_argument("--table", type=Path, default=None, help="latency table (default: the device's)")
     ap.add_argument("--device", default="cpu-ort")
-    ap.add_argument("--budget-ms", type=float, required=True)
+    ap.add_argument("--budget-ms", type=float, default=None)
     ap.add_argument("--evaluations", type=int, default=12)
     ap.add_argument("--proxy-rows", type=int, default=256)
     ap.add_argument("--proxy-heldout", type=int, default=200)
     ap.add_argument("--proxy-epochs", type=int, default=2)
     ap.add_argument("--final-epochs", type=int, default=2)
     ap.add_argument("--final-max-len", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the searches")
+    ap.add_argument("--seeds", default="0,1", help="seeds of the final distillations (every student gets each)")
+    ap.add_argument("--clock", default="wall", choices=("wall", "cpu"), help="timer of the side-by-side measurement")
+    ap.add_argument("--report", type=Path, nargs="+", default=None, help="print the table of finished --work folders")
     ap.add_argument("--init", default="supernet", help="supernet, etd-impt or etd-rand (as search-task --init)")
     ap.add_argument("--space", default=None, help="space of an etd-* search (default minilm-wide)")
     ap.add_argument("--encoder", type=Path, default=None, help="encoder of an etd-* search (default: the offline MiniLM-L6)")
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
+    if args.report:
+        return report(args.report)
+    if args.work is None or args.task_dir is None or args.teacher_model is None or args.budget_ms is None:
+        ap.error("--task-dir, --teacher-model, --budget-ms and --work are required unless --report is given")
+    seeds = [int(x) for x in args.seeds.split(",")]
 
     import torch
 
@@ -108,7 +159,7 @@ def main() -> None:
         searches[name] = outcome
         if f"search:{name}" not in done:
             done[f"search:{name}"] = _add(rows_path, {
-                "step": f"search:{name}", "best_arch": outcome.best_arch, "best": outcome.best,
+                "step": f"search:{name}", "budget_ms": args.budget_ms, "best_arch": outcome.best_arch, "best": outcome.best,
                 "evaluations": outcome.evaluations, "episodes": outcome.episodes, "proxy_s_alone": outcome.proxy_s,
                 "wall_s_this_run": time.perf_counter() - t0, "rejected": outcome.rejected, "curve": best_curve(outcome.history)})
 
@@ -127,25 +178,36 @@ def main() -> None:
                 uniforms.append((abs(check.costs(a).latency_ms - s_lat), str(a)))
     u_arch = min(uniforms)[1]  # the uniform student within the budget whose predicted latency is nearest
     students = {"searched": s_arch, "uniform": u_arch}
+    if args.init == "supernet":  # NAS-BERT's own pick: least supernet loss within the same budget, same table
+        from nasbert_deploy.search.problem import SearchProblem
+        from nasbert_deploy.supernet.candidates import CandidateTable
+
+        cands = CandidateTable.load(prepared.supernet_dir / "candidates.json")
+        problem = SearchProblem(cands, [prepared.table], base.batch, base.seq_len, spec.precision, [spec.name])
+        students["agnostic"] = str(problem.search(Budget(args.budget_ms), 1).best[0].arch)
     for kind, arch in students.items():
-        if f"final:{kind}" in done:
-            continue
-        t0 = time.perf_counter()
-        rep = distill_final(arch, net, prepared.tokenizer, prepared.train, prepared.valid, prepared.labels,
-                            args.teacher_model, work / f"student-{kind}", final_cfg, work / "logits", None, print,
-                            prepared.start_key)
-        rep.pop("model")
-        done[f"final:{kind}"] = _add(rows_path, {
-            "step": f"final:{kind}", "arch": arch, "start": net.record(arch),
-            "predicted_ms": check.costs(prepared.space.parse(arch)).latency_ms,
-            "params": check.costs(prepared.space.parse(arch)).params, "valid": rep["valid"], "train_s": time.perf_counter() - t0})
+        for seed in seeds:
+            key = f"final:{kind}:s{seed}"
+            if key in done:
+                continue
+            t0 = time.perf_counter()
+            rep = distill_final(arch, net, prepared.tokenizer, prepared.train, prepared.valid, prepared.labels,
+                                args.teacher_model, work / f"student-{kind}-s{seed}", replace(final_cfg, seed=seed),
+                                work / "logits", None, print, prepared.start_key)
+            rep.pop("model")
+            done[key] = _add(rows_path, {
+                "step": key, "kind": kind, "seed": seed, "arch": arch, "start": net.record(arch),
+                "predicted_ms": check.costs(prepared.space.parse(arch)).latency_ms,
+                "params": check.costs(prepared.space.parse(arch)).params, "valid": rep["valid"],
+                "train_s": time.perf_counter() - t0})
     if "measure" not in done:
-        lat = measure_encoders({k: work / f"student-{k}" for k in students}, spec, seq_len=base.seq_len, rounds=5)
-        done["measure"] = _add(rows_path, {"step": "measure", "latency": lat, "machine": machine()})
+        lat = measure_encoders({k: work / f"student-{k}-s{seeds[0]}" for k in students}, spec, seq_len=base.seq_len,
+                               rounds=5, clock=args.clock)
+        done["measure"] = _add(rows_path, {"step": "measure", "latency": lat, "clock": args.clock, "machine": machine()})
     if "export" not in done:
         from nasbert_deploy.student.finetune import load_classifier
 
-        model, _ = load_classifier(work / "student-searched")
+        model, _ = load_classifier(work / f"student-searched-s{seeds[0]}")
         rep = export_student(model, prepared.tokenizer, work / "export-searched", spec, args.budget_ms, base.batch,
                              base.seq_len, {"init": "tasksearch", "start": net.record(s_arch), "note": "bench_tasksearch"})
         pred = check.costs(prepared.space.parse(s_arch)).latency_ms
@@ -158,13 +220,9 @@ def main() -> None:
         print(f"  {name:<10} best {r['best_arch']}  proxy acc {r['best']['accuracy']:.3f}  "
               f"{r['best']['latency_ms']:.2f} ms  reward {r['best']['reward']:.3f}  proxy time alone {r['proxy_s_alone']:.0f} s")
         print(f"             best reward after each evaluation: {r['curve']}")
-    print(f"  {'student':<9} {'arch':<48} {'pred ms':>7} {'meas ms':>7} {'acc':>6} {'F1':>6} {'loyal':>6}")
-    for kind in students:
-        r, m = done[f"final:{kind}"], done["measure"]["latency"][kind]
-        print(f"  {kind:<9} {r['arch']:<48} {r['predicted_ms']:7.2f} {m['median_ms']:7.2f} {r['valid']['accuracy']:6.3f} "
-              f"{r['valid']['macro_f1']:6.3f} {r['valid']['label_loyalty']:6.3f}")
-    print(f"  teacher valid accuracy {done['final:searched']['valid']['teacher_accuracy']:.3f}; export of the searched "
-          f"student: predicted {done['export']['predicted_ms']:.2f} ms, measured {done['export']['measured_ms']:.2f} ms")
+    print_students(done, args.task_dir.name, args.budget_ms)
+    print(f"  export of the searched student: predicted {done['export']['predicted_ms']:.2f} ms, measured "
+          f"{done['export']['measured_ms']:.2f} ms")
     (work / "summary.json").write_text(json.dumps(done, indent=1))
 
 
