@@ -89,7 +89,7 @@ def test_quantized_table_exports_exactly_and_smaller(tiny_dir, tmp_path, which, 
     # per row: 4 bytes a value -> 1 byte (8 bit) or half a byte (4 bit), plus its float step size
     assert saved >= 0.95 * 1000 * (4 * d - (d if bits == 8 else -(-d // 2)) - 4)
     # the lookup is the fake quantization's own float product: ORT at float compute matches to float summation
-    checks = check_logits(torch_runner(model), {"ort": _ort(path)}, 64, 1000, rtol=1e-5)
+    checks = check_logits(torch_runner(model), {"ort": _ort(path)}, 64, 1000, rtol=3e-5)
     checks += _openvino_checks(model, path)
     assert all(c.passed for c in checks), [c.describe() for c in checks if not c.passed]
     inputs = padded_inputs(2, 20, 1000)
