@@ -62,8 +62,8 @@ def _mean_sd(xs: list[float]) -> str:
 
 
 def print_students(done: dict[str, Any], task: str, budget_ms: float) -> None:
-    """One line per student kind: arch, predicted / measured latency (speed-up to the first kind), accuracy, macro-F1
-    and label loyalty as mean ± sample standard deviation over the final distillation seeds."""
+    """One line per student kind: arch, predicted / measured latency, accuracy, macro-F1 and label loyalty as
+    mean ± sample standard deviation over the final distillation seeds."""
     finals = [r for k, r in done.items() if k.startswith("final:")]
     kinds = list(dict.fromkeys(r["kind"] for r in finals))
     lat = done["measure"]["latency"]
@@ -116,6 +116,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
     if args.report:
+        missing = [str(w) for w in args.report if not (w / "rows.jsonl").is_file()]
+        if missing:
+            ap.error(f"--report: no rows.jsonl in {', '.join(missing)} (give --work folders of finished runs)")
         return report(args.report)
     if args.work is None or args.task_dir is None or args.teacher_model is None or args.budget_ms is None:
         ap.error("--task-dir, --teacher-model, --budget-ms and --work are required unless --report is given")
@@ -179,16 +182,15 @@ def main() -> None:
     u_arch = min(uniforms)[1]  # the uniform student within the budget whose predicted latency is nearest
     students = {"searched": s_arch, "uniform": u_arch}
     if args.init == "supernet":  # NAS-BERT's own pick: least supernet loss within the same budget, same table
-        from nasbert_deploy.search.problem import SearchProblem
-        from nasbert_deploy.supernet.candidates import CandidateTable
+        from nasbert_deploy.export.pipeline import select_arch
 
-        cands = CandidateTable.load(prepared.supernet_dir / "candidates.json")
-        problem = SearchProblem(cands, [prepared.table], base.batch, base.seq_len, spec.precision, [spec.name])
-        students["agnostic"] = str(problem.search(Budget(args.budget_ms), 1).best[0].arch)
+        def agnostic(ms: float) -> str:
+            return str(select_arch(spec, Budget(ms), base.batch, base.seq_len, prepared.supernet_dir, [prepared.table]).arch)
+
+        students["agnostic"] = agnostic(args.budget_ms)
         # and at the searched student's own predicted latency: the reward's latency term often picks a student well
         # under the budget, and the comparison the issue asks for is at equal latency
-        students["agnostic@eq"] = str(problem.search(Budget(check.costs(prepared.space.parse(s_arch)).latency_ms), 1)
-                                      .best[0].arch)
+        students["agnostic@eq"] = agnostic(check.costs(prepared.space.parse(s_arch)).latency_ms)
     for kind, arch in students.items():
         for seed in seeds:
             key = f"final:{kind}:s{seed}"
@@ -199,10 +201,10 @@ def main() -> None:
                                 args.teacher_model, work / f"student-{kind}-s{seed}", replace(final_cfg, seed=seed),
                                 work / "logits", None, print, prepared.start_key)
             rep.pop("model")
+            costs = check.costs(prepared.space.parse(arch))
             done[key] = _add(rows_path, {
                 "step": key, "kind": kind, "seed": seed, "arch": arch, "start": net.record(arch),
-                "predicted_ms": check.costs(prepared.space.parse(arch)).latency_ms,
-                "params": check.costs(prepared.space.parse(arch)).params, "valid": rep["valid"],
+                "predicted_ms": costs.latency_ms, "params": costs.params, "valid": rep["valid"],
                 "train_s": time.perf_counter() - t0})
     if "measure" not in done or set(done["measure"]["latency"]) != set(students):  # every student, side by side
         lat = measure_encoders({k: work / f"student-{k}-s{seeds[0]}" for k in students}, spec, seq_len=base.seq_len,
