@@ -108,8 +108,12 @@ def main() -> None:
     ap.add_argument("--final-max-len", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0, help="seed of the searches")
     ap.add_argument("--seeds", default="0,1", help="seeds of the final distillations (every student gets each)")
+    ap.add_argument("--rerank-top", type=int, default=0, help="score both searches' best K archs again (search-task "
+                    "--rerank-top); the searched student is the rerank's pick")
+    ap.add_argument("--rerank-seeds", type=int, default=3, help="proxy seeds of the rerank")
     ap.add_argument("--clock", default="wall", choices=("wall", "cpu"), help="timer of the side-by-side measurement")
     ap.add_argument("--report", type=Path, nargs="+", default=None, help="print the table of finished --work folders")
+    ap.add_argument("--supernet", type=Path, default=None, help="supernet of a supernet search (default: the shipped one)")
     ap.add_argument("--init", default="supernet", help="supernet, etd-impt or etd-rand (as search-task --init)")
     ap.add_argument("--space", default=None, help="space of an etd-* search (default minilm-wide)")
     ap.add_argument("--encoder", type=Path, default=None, help="encoder of an etd-* search (default: the offline MiniLM-L6)")
@@ -145,7 +149,7 @@ def main() -> None:
     proxy = ProxyConfig(rows=args.proxy_rows, heldout=args.proxy_heldout, epochs=args.proxy_epochs, seed=args.seed)
     final_cfg = replace(DEFAULT_FINAL, epochs=args.final_epochs, max_len=args.final_max_len, seed=args.seed)
     base = TaskSearchRequest(str(args.task_dir / "train.jsonl"), args.teacher_model, spec, Budget(args.budget_ms),
-                             work / "reinforce", args.task_dir / "valid.jsonl", args.table, None, "reinforce",
+                             work / "reinforce", args.task_dir / "valid.jsonl", args.table, args.supernet, "reinforce",
                              args.evaluations, proxy=proxy, final=final_cfg, search_only=True, seed=args.seed,
                              cache=work / "cache.json", init=args.init, space=args.space, encoder=args.encoder)
     prepared = prepare(base)
@@ -169,6 +173,17 @@ def main() -> None:
     # the searched student: the best reward over both searches (the comparison above is per controller)
     searched = max(searches.values(), key=lambda o: o.best["reward"])
     s_arch, s_lat = searched.best_arch, searched.best["latency_ms"]
+    if args.rerank_top > 0 and args.rerank_seeds > 1:  # KD-NAS's last stage: the top candidates scored again
+        from nasbert_deploy.tasksearch.rerank import agnostic_archs, rerank, top_archs
+
+        t0 = time.perf_counter()
+        cands = top_archs([o.history for o in searches.values()], args.rerank_top)
+        if args.init == "supernet":  # NAS-BERT's picks within 1, 0.85, 0.7 x the budget join the candidates
+            cands += [a for a in agnostic_archs(base, prepared, note=print) if a not in cands]
+        rr = rerank(base, prepared, net, cands, args.rerank_seeds, print)
+        if "rerank" not in done or done["rerank"]["best_arch"] != rr["best_arch"]:
+            done["rerank"] = _add(rows_path, {"step": "rerank", **rr, "wall_s_this_run": time.perf_counter() - t0})
+        s_arch, s_lat = rr["best_arch"], rr["candidates"][0]["latency_ms"]
     check = prepared.check
     uniforms = []
     for h in prepared.space.hidden_sizes:
@@ -194,7 +209,7 @@ def main() -> None:
     for kind, arch in students.items():
         for seed in seeds:
             key = f"final:{kind}:s{seed}"
-            if key in done:
+            if key in done and done[key]["arch"] == arch:
                 continue
             t0 = time.perf_counter()
             rep = distill_final(arch, net, prepared.tokenizer, prepared.train, prepared.valid, prepared.labels,
@@ -206,18 +221,19 @@ def main() -> None:
                 "step": key, "kind": kind, "seed": seed, "arch": arch, "start": net.record(arch),
                 "predicted_ms": costs.latency_ms, "params": costs.params, "valid": rep["valid"],
                 "train_s": time.perf_counter() - t0})
-    if "measure" not in done or set(done["measure"]["latency"]) != set(students):  # every student, side by side
+    if "measure" not in done or done["measure"].get("archs", students) != students:  # every student, side by side
         lat = measure_encoders({k: work / f"student-{k}-s{seeds[0]}" for k in students}, spec, seq_len=base.seq_len,
                                rounds=5, clock=args.clock)
-        done["measure"] = _add(rows_path, {"step": "measure", "latency": lat, "clock": args.clock, "machine": machine()})
-    if "export" not in done:
+        done["measure"] = _add(rows_path, {"step": "measure", "latency": lat, "archs": students, "clock": args.clock,
+                                            "machine": machine()})
+    if "export" not in done or done["export"].get("arch", s_arch) != s_arch:
         from nasbert_deploy.student.finetune import load_classifier
 
         model, _ = load_classifier(work / f"student-searched-s{seeds[0]}")
         rep = export_student(model, prepared.tokenizer, work / "export-searched", spec, args.budget_ms, base.batch,
                              base.seq_len, {"init": "tasksearch", "start": net.record(s_arch), "note": "bench_tasksearch"})
         pred = check.costs(prepared.space.parse(s_arch)).latency_ms
-        done["export"] = _add(rows_path, {"step": "export", **summary(rep, pred)})
+        done["export"] = _add(rows_path, {"step": "export", "arch": s_arch, **summary(rep, pred)})
 
     print(f"\nKD-NAS task search on {args.task_dir.name}, budget {args.budget_ms} ms on {spec.name}, "
           f"{args.evaluations} evaluations per controller, students start from {args.init}")

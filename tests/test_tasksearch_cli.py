@@ -127,3 +127,60 @@ def test_errors_are_one_line_before_any_work(setup, case, message, tmp_path):
     assert not out.exists() or case == "not ours"
     if case == "not ours":
         assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_top_archs_takes_the_best_rewarded_distinct_archs():
+    from nasbert_deploy.tasksearch.rerank import top_archs
+
+    a = [{"arch": "x", "reward": 0.5}, {"arch": "y", "reward": 0.7}, {"arch": "x", "reward": 0.5}, {"arch": "z", "reward": 0.0}]
+    b = [{"arch": "w", "reward": 0.6}, {"arch": "x", "reward": 0.8}]
+    assert top_archs([a, b], 3) == ["x", "y", "w"]  # x's best reward over both searches; z was over budget
+    assert top_archs([a], 10) == ["y", "x"]
+
+
+def test_rerank_scores_the_top_under_more_seeds_and_resumes(setup, tmp_path):
+    # a supernet with a candidate table, so NAS-BERT's task-agnostic picks join the rerank
+    import shutil
+
+    from nasbert_deploy.search.problem import Budget
+    from nasbert_deploy.supernet.candidates import CandidateTable
+
+    supernet = tmp_path / "supernet"
+    shutil.copytree(setup["supernet"], supernet)
+    losses = [{b: float(i + len(str(b))) / 10 for i, b in enumerate(TINY.enumerate_blocks())} for _ in range(TINY.num_blocks)]
+    CandidateTable.from_losses(TINY, losses, {"kind": "test"}).save(supernet / "candidates.json")
+    s = {**setup, "supernet": supernet}
+    out = tmp_path / "r"
+    args = _args(s, out, "--evaluations", "3", "--search-only", "--rerank-top", "2", "--rerank-seeds", "2")
+    r = _run(args)
+    assert r.exit_code == 0, r.output
+    assert "rerank: proxy seed 1 (2/2)" in r.output and "task-agnostic picks" in r.output
+    result = json.loads((out / "result.json").read_text())
+    rr, search = result["rerank"], result["search"]
+    cands = [c["arch"] for c in rr["candidates"]]
+    top = sorted({h["arch"]: h["reward"] for h in search["history"] if h["reward"] > 0}.items(), key=lambda kv: -kv[1])
+    assert {a for a, _ in top[:2]} <= set(cands)  # the search's two best, plus the agnostic picks
+    from nasbert_deploy.export.pipeline import select_arch
+    from nasbert_deploy.profiling.table import LatencyTable
+
+    table = LatencyTable.load(setup["table"], TINY)
+    from nasbert_deploy.devices import load_device
+
+    agnostic = str(select_arch(load_device("cpu-ort"), Budget(1.6), 1, 32, supernet, [table]).arch)
+    assert agnostic in cands
+    cache0 = json.loads((out / "search" / "cache.json").read_text())["archs"]
+    cache1 = json.loads((out / "search" / "cache.seed1.json").read_text())["archs"]
+    for c in rr["candidates"]:  # the search's own seed first, then seed 1; the mean decides; all within budget
+        assert c["accuracies"] == [cache0[c["arch"]]["accuracy"], cache1[c["arch"]]["accuracy"]]
+        assert c["mean"] == pytest.approx(sum(c["accuracies"]) / 2) and c["latency_ms"] <= 1.6
+    assert [c["reward"] for c in rr["candidates"]] == sorted((c["reward"] for c in rr["candidates"]), reverse=True)
+    assert result["pick"] == rr["best_arch"] == cands[0]
+    r = _run(args)  # again: everything cached, nothing evaluated
+    assert r.exit_code == 0, r.output
+    assert "candidates to evaluate" not in r.output
+    assert json.loads((out / "result.json").read_text())["rerank"] == rr
+
+
+def test_rerank_options_are_checked(setup, tmp_path):
+    r = _run(_args(setup, tmp_path / "x", "--rerank-top", "-1"))
+    assert r.exit_code == 2

@@ -47,6 +47,14 @@ def search_task(
     proxy_heldout: Annotated[int, _opt("--proxy-heldout", min=4, help="Held-out training rows scoring each proxy.")]
     = 256,
     proxy_epochs: Annotated[int, _opt("--proxy-epochs", min=1, max=50, help="Passes of each proxy distillation.")] = 2,
+    rerank_top: Annotated[int, _opt("--rerank-top", min=0, max=100, help="Score the search's best K archs again "
+                                    "under --rerank-seeds proxy seeds; the best mean goes to the final distillation "
+                                    "(0: the search's best as it is).")] = 0,
+    rerank_seeds: Annotated[int, _opt("--rerank-seeds", min=1, max=20, help="Proxy seeds of the rerank (the "
+                                      "search's own included).")] = 3,
+    rerank_agnostic: Annotated[bool, _opt("--rerank-agnostic/--no-rerank-agnostic", help="With a supernet start, "
+                                          "the rerank also weighs NAS-BERT's task-agnostic picks within 1, 0.85 and "
+                                          "0.7 x the budget.")] = True,
     final_epochs: Annotated[int, _opt("--final-epochs", min=1, max=100, help="Passes of the final distillation.")] = 3,
     seq_len: Annotated[int, _opt("--seq-len", min=2, help="Sequence length of the latency budget.")] = 128,
     table: Annotated[Path | None, _opt("--table", help="Latency table (default: the device's, "
@@ -81,7 +89,9 @@ def search_task(
     request = TaskSearchRequest(task, teacher_model, spec, budget, out, valid, table, supernet, controller.value,
                                 evaluations, latency_weight, proxy, replace(DEFAULT_FINAL, epochs=final_epochs, seed=seed),
                                 spec.batch_sizes[0], seq_len, search_only, force, seed, init=init.value,
-                                space=None if space is None else space.value, encoder=encoder)
+                                space=None if space is None else space.value, encoder=encoder,
+                                rerank_top=rerank_top, rerank_seeds=rerank_seeds,
+                                rerank_agnostic=rerank_agnostic)
     prepared = prepare(request)  # every check before any work
     set_threads(threads)
     _run(request, prepared)

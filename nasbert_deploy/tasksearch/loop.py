@@ -26,7 +26,7 @@ import numpy as np
 from nasbert_deploy.fileio import atomic_path, write_json_atomic
 from nasbert_deploy.student.tasks import TaskData
 from nasbert_deploy.tasksearch.controllers import make_controller, reward
-from nasbert_deploy.tasksearch.proxy import ProxyEvaluator, split_proxy
+from nasbert_deploy.tasksearch.proxy import ProxyConfig, ProxyEvaluator, split_proxy
 from nasbert_deploy.tasksearch.request import STATE_DIR, Prepared, TaskSearchRequest, read_json, resumed_state
 
 Note = Callable[[str], None]
@@ -79,6 +79,40 @@ def teacher_logits(teacher_model: Path, rows: TaskData, labels: list[str], path:
     return logits
 
 
+class ProxySetup:
+    """One proxy setting's evaluator and its cache: the split of the training file (`cfg.seed`), the teacher's logits
+    for it (computed once, kept in `state_dir`; the file names carry the seed unless it is the search's own), and the
+    cache of evaluated architectures at `cache_path` when it holds results of this very setting and start."""
+
+    def __init__(self, request: TaskSearchRequest, prepared: Prepared, net: Any, cfg: ProxyConfig, cache_path: Path,
+                 state_dir: Path) -> None:
+        self.cfg, self.cache_path = cfg, cache_path
+        self.train, self.heldout = split_proxy(prepared.train, cfg)
+        self.key = _digest({"proxy": cfg.to_dict(), "task": str(request.task), "teacher": str(request.teacher_model),
+                            "supernet": str(prepared.supernet_dir), "labels": prepared.labels, **prepared.start_key})
+        tag = "" if cfg.seed == request.proxy.seed else f"_seed{cfg.seed}"
+        t_train = teacher_logits(request.teacher_model, self.train, prepared.labels,
+                                 state_dir / f"teacher_logits{tag}.safetensors", "proxy_" + self.key, cfg.max_len)
+        t_held = teacher_logits(request.teacher_model, self.heldout, prepared.labels,
+                                state_dir / f"teacher_heldout{tag}.safetensors", "heldout_" + self.key, cfg.max_len)
+        self.evaluator = ProxyEvaluator(net, prepared.tokenizer, self.train, self.heldout, prepared.labels, t_train, cfg,
+                                        t_held)
+        self.cache: dict[str, Any] = {}
+        if cache_path.is_file():
+            data = read_json(cache_path)
+            if isinstance(data, dict) and data.get("proxy_key") == self.key:
+                self.cache = dict(data.get("archs", {}))
+
+    def accuracy(self, arch: str, costs: Any) -> dict[str, Any]:
+        """The proxy record of `arch` (evaluated now unless cached; the cache is written at once)."""
+        if arch not in self.cache:
+            r = self.evaluator.evaluate(arch)
+            self.cache[arch] = {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "label_loyalty": r.label_loyalty,
+                                "latency_ms": costs.latency_ms, "params": costs.params, "proxy_s": round(r.seconds, 2)}
+            write_json_atomic(self.cache_path, {"proxy_key": self.key, "proxy": self.cfg.to_dict(), "archs": self.cache})
+        return dict(self.cache[arch])
+
+
 def run_search(request: TaskSearchRequest, prepared: Prepared, net: Any, note: Note = print) -> SearchOutcome:
     """Search within the budget: at most `request.evaluations` distinct architectures; resumable. `net`: where the
     students start (a `Supernet`, or a `tasksearch.start` start: `.space`, `.extract(arch, **config)`)."""
@@ -86,22 +120,11 @@ def run_search(request: TaskSearchRequest, prepared: Prepared, net: Any, note: N
     state_dir.mkdir(parents=True, exist_ok=True)
     state_path, cache_path = state_dir / "state.json", request.cache or state_dir / "cache.json"
     cfg = request.proxy
-    proxy_train, heldout = split_proxy(prepared.train, cfg)
-    proxy_key = _digest({"proxy": cfg.to_dict(), "task": str(request.task), "teacher": str(request.teacher_model),
-                         "supernet": str(prepared.supernet_dir), "labels": prepared.labels, **prepared.start_key})
-    t_path = state_dir / "teacher_logits.safetensors"
-    t_train = teacher_logits(request.teacher_model, proxy_train, prepared.labels, t_path, "proxy_" + proxy_key, cfg.max_len)
-    t_held = teacher_logits(request.teacher_model, heldout, prepared.labels, state_dir / "teacher_heldout.safetensors",
-                            "heldout_" + proxy_key, cfg.max_len)
-    evaluator = ProxyEvaluator(net, prepared.tokenizer, proxy_train, heldout, prepared.labels, t_train, cfg, t_held)
+    proxy = ProxySetup(request, prepared, net, cfg, cache_path, state_dir)
+    cache = proxy.cache
 
     check, target = prepared.check, request.budget.max_latency_ms
     ctrl = make_controller(request.controller, prepared.space, check.fits, prepared.fastest, request.seed)
-    cache: dict[str, Any] = {}
-    if cache_path.is_file():
-        data = read_json(cache_path)
-        if isinstance(data, dict) and data.get("proxy_key") == proxy_key:
-            cache = dict(data.get("archs", {}))
     key = request.key()
     episode, history, seen, wall = 0, [], [], 0.0
     st = resumed_state(request)  # OutputError: a search with other settings (`prepare` said so before any work)
@@ -116,13 +139,7 @@ def run_search(request: TaskSearchRequest, prepared: Prepared, net: Any, note: N
     while len(seen) < request.evaluations and episode < max_episodes:
         arch = ctrl.propose()
         a = str(arch)
-        if a not in cache:
-            costs = check.costs(arch)
-            r = evaluator.evaluate(a)
-            cache[a] = {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "label_loyalty": r.label_loyalty,
-                        "latency_ms": costs.latency_ms, "params": costs.params, "proxy_s": round(r.seconds, 2)}
-            write_json_atomic(cache_path, {"proxy_key": proxy_key, "proxy": cfg.to_dict(), "archs": cache})
-        rec = cache[a]
+        rec = proxy.accuracy(a, check.costs(arch))
         lat = check.costs(arch).latency_ms  # this run's table (a shared cache may come from another)
         rew = reward(rec["accuracy"], lat, target, request.latency_weight)
         ctrl.observe(arch, rew)
@@ -143,4 +160,4 @@ def run_search(request: TaskSearchRequest, prepared: Prepared, net: Any, note: N
     proxy_s = sum(cache[a].get("proxy_s", 0.0) for a in seen if a in cache)
     return SearchOutcome(best["arch"], {**best, **{k: v for k, v in cache[best["arch"]].items() if k != "latency_ms"}},
                          history, len(seen), episode, wall, ctrl.state()["rejected"], ctrl.state()["fallbacks"], proxy_s,
-                         {"controller": request.controller, "proxy_rows": len(proxy_train), "heldout_rows": len(heldout)})
+                         {"controller": request.controller, "proxy_rows": len(proxy.train), "heldout_rows": len(proxy.heldout)})

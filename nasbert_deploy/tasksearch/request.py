@@ -39,6 +39,10 @@ class TaskSearchRequest:
     w in the reward accuracy * (latency / target) ** w; `cache`: a proxy-result cache file shared between runs
     (default `out`/search/cache.json).
 
+    `rerank_top`, `rerank_seeds`: the best `rerank_top` archs of the search are evaluated again under `rerank_seeds`
+    proxy seeds and the best mean reward is distilled (0: the search's best as it is); `rerank_agnostic`: with a supernet
+    start, NAS-BERT's task-agnostic picks within the budget join the rerank's candidates.
+
     `init`: where every student's weights start (`tasksearch.start`): `supernet` (the supernet at `supernet`, in
     its space), or `etd-impt` / `etd-rand`: extracted from the pre-trained `encoder` (None: the offline default
     teacher) in the space named `space` (None: `DEFAULT_ETD_SPACE`)."""
@@ -65,6 +69,15 @@ class TaskSearchRequest:
     init: str = "supernet"
     space: str | None = None
     encoder: Path | None = None
+    rerank_top: int = 0
+    rerank_seeds: int = 3
+    rerank_agnostic: bool = True
+
+    @property
+    def reranks(self) -> bool:
+        """Whether the search's top `rerank_top` archs are scored again under `rerank_seeds` proxy seeds
+        (`tasksearch.rerank`) before the final distillation."""
+        return self.rerank_top > 0 and self.rerank_seeds > 1
 
     @property
     def extracts(self) -> bool:
@@ -242,6 +255,9 @@ def prepare(request: TaskSearchRequest) -> Prepared:
         raise TaskError(f"unknown controller {request.controller!r}; valid: {', '.join(CONTROLLERS)}")
     if request.evaluations < 1:
         raise TaskError(f"--evaluations must be >= 1, got {request.evaluations}")
+    if request.rerank_top < 0 or request.rerank_seeds < 1:
+        raise TaskError(f"--rerank-top must be >= 0 and --rerank-seeds >= 1, got {request.rerank_top} and "
+                        f"{request.rerank_seeds}")
     check_start(request)
     check_out(request.out, False)  # --force removes our old outputs only after every other check passed
     train, valid = task_splits(request.task, request.valid, 0.1)

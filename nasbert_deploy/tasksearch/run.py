@@ -41,16 +41,28 @@ def run_task_search(request: TaskSearchRequest, note: Note = print, progress: An
     best = outcome.best
     note(f"best: {outcome.best_arch} (proxy acc {best['accuracy']:.3f}, {best['latency_ms']:.2f} ms predicted, "
          f"reward {best['reward']:.3f}); {outcome.evaluations} evaluations in {outcome.wall_s:.0f} s")
-    record = start.record(outcome.best_arch)
+    best_arch, best_ms, reranked = outcome.best_arch, best["latency_ms"], None
+    if request.reranks:
+        from nasbert_deploy.tasksearch.rerank import agnostic_archs, rerank, top_archs
+
+        cands = top_archs([outcome.history], request.rerank_top)
+        if request.rerank_agnostic:
+            cands += [a for a in agnostic_archs(request, prepared, note=note) if a not in cands]
+        reranked = rerank(request, prepared, start, cands, request.rerank_seeds, note)
+        best_arch, best_ms = reranked["best_arch"], reranked["candidates"][0]["latency_ms"]
+        note(f"pick after the rerank: {best_arch} ({best_ms:.2f} ms predicted)")
+    record = start.record(best_arch)
     if "layer_map" in record:
         note(f"layer map of the best (student op < encoder layer): {record['layer_map']}")
     result: dict[str, Any] = {"request": request_dict(request), "labels": prepared.labels,
                               "train_rows": len(prepared.train), "valid_rows": len(prepared.valid),
                               "latency_table": str(prepared.table_path), "table_cpu": _cpu(prepared.table),
-                              "start": record, "search": outcome.to_dict()}
+                              "start": record, "search": outcome.to_dict(), "pick": best_arch}
+    if reranked is not None:
+        result["rerank"] = reranked
     if not request.search_only:
         final_key = {**prepared.start_key, **({"layer_map": record["layer_map"]} if "layer_map" in record else {})}
-        final = distill_final(outcome.best_arch, start, prepared.tokenizer, prepared.train, prepared.valid,
+        final = distill_final(best_arch, start, prepared.tokenizer, prepared.train, prepared.valid,
                               prepared.labels, request.teacher_model, request.out / "student", request.final,
                               request.out / STATE_DIR, progress, note, final_key)
         model = final.pop("model")
@@ -63,7 +75,7 @@ def run_task_search(request: TaskSearchRequest, note: Note = print, progress: An
             weights["supernet"] = str(prepared.supernet_dir)
         report = export_student(model, prepared.tokenizer, request.out / "export", request.spec,
                                 request.budget.max_latency_ms, request.batch, request.seq_len, weights, on_step)
-        result["export"] = summary(report, outcome.best["latency_ms"])
+        result["export"] = summary(report, best_ms)
     write_json_atomic(request.out / "result.json", result)
     return result
 
