@@ -174,13 +174,13 @@ def main() -> None:
     searched = max(searches.values(), key=lambda o: o.best["reward"])
     s_arch, s_lat = searched.best_arch, searched.best["latency_ms"]
     if args.rerank_top > 0 and args.rerank_seeds > 1:  # KD-NAS's last stage: the top candidates scored again
-        from nasbert_deploy.tasksearch.rerank import agnostic_archs, rerank, top_archs
+        from nasbert_deploy.tasksearch.rerank import rerank, rerank_candidates
 
         t0 = time.perf_counter()
-        cands = top_archs([o.history for o in searches.values()], args.rerank_top)
-        if args.init == "supernet":  # NAS-BERT's picks within 1, 0.85, 0.7 x the budget join the candidates
-            cands += [a for a in agnostic_archs(base, prepared, note=print) if a not in cands]
-        rr = rerank(base, prepared, net, cands, args.rerank_seeds, print)
+        rr_req = replace(base, rerank_top=args.rerank_top, rerank_seeds=args.rerank_seeds)
+        # with a supernet start, NAS-BERT's picks within 1, 0.85, 0.7 x the budget join the candidates
+        cands = rerank_candidates(rr_req, prepared, [o.history for o in searches.values()], print)
+        rr = rerank(rr_req, prepared, net, cands, args.rerank_seeds, print)
         if "rerank" not in done or done["rerank"]["best_arch"] != rr["best_arch"]:
             done["rerank"] = _add(rows_path, {"step": "rerank", **rr, "wall_s_this_run": time.perf_counter() - t0})
         s_arch, s_lat = rr["best_arch"], rr["candidates"][0]["latency_ms"]

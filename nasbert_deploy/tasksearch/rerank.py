@@ -71,6 +71,16 @@ def agnostic_archs(request: TaskSearchRequest, prepared: Prepared, fractions: It
     return out
 
 
+def rerank_candidates(request: TaskSearchRequest, prepared: Prepared, histories: Iterable[list[dict[str, Any]]],
+                      note: Note = print) -> list[str]:
+    """The rerank's candidates: the `request.rerank_top` best archs of the searches' `histories`, then (with
+    `request.rerank_agnostic`) NAS-BERT's picks not already among them."""
+    cands = top_archs(histories, request.rerank_top)
+    if request.rerank_agnostic:
+        cands += [a for a in agnostic_archs(request, prepared, note=note) if a not in cands]
+    return cands
+
+
 def rerank(request: TaskSearchRequest, prepared: Prepared, net: Any, candidates: list[str], seeds: int,
            note: Note = print) -> dict[str, Any]:
     """Score `candidates` under `seeds` proxy seeds (request.proxy.seed, +1, ...); returns the pick and every score:

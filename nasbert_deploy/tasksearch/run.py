@@ -43,11 +43,9 @@ def run_task_search(request: TaskSearchRequest, note: Note = print, progress: An
          f"reward {best['reward']:.3f}); {outcome.evaluations} evaluations in {outcome.wall_s:.0f} s")
     best_arch, best_ms, reranked = outcome.best_arch, best["latency_ms"], None
     if request.reranks:
-        from nasbert_deploy.tasksearch.rerank import agnostic_archs, rerank, top_archs
+        from nasbert_deploy.tasksearch.rerank import rerank, rerank_candidates
 
-        cands = top_archs([outcome.history], request.rerank_top)
-        if request.rerank_agnostic:
-            cands += [a for a in agnostic_archs(request, prepared, note=note) if a not in cands]
+        cands = rerank_candidates(request, prepared, [outcome.history], note)
         reranked = rerank(request, prepared, start, cands, request.rerank_seeds, note)
         best_arch, best_ms = reranked["best_arch"], reranked["candidates"][0]["latency_ms"]
         note(f"pick after the rerank: {best_arch} ({best_ms:.2f} ms predicted)")
