@@ -221,12 +221,12 @@ def main() -> None:
                 "step": key, "kind": kind, "seed": seed, "arch": arch, "start": net.record(arch),
                 "predicted_ms": costs.latency_ms, "params": costs.params, "valid": rep["valid"],
                 "train_s": time.perf_counter() - t0})
-    if "measure" not in done or done["measure"].get("archs", students) != students:  # every student, side by side
+    if "measure" not in done or done["measure"].get("archs") != students:  # every student, side by side
         lat = measure_encoders({k: work / f"student-{k}-s{seeds[0]}" for k in students}, spec, seq_len=base.seq_len,
                                rounds=5, clock=args.clock)
         done["measure"] = _add(rows_path, {"step": "measure", "latency": lat, "archs": students, "clock": args.clock,
                                             "machine": machine()})
-    if "export" not in done or done["export"].get("arch", s_arch) != s_arch:
+    if "export" not in done or done["export"].get("arch") != s_arch:
         from nasbert_deploy.student.finetune import load_classifier
 
         model, _ = load_classifier(work / f"student-searched-s{seeds[0]}")

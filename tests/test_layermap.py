@@ -299,3 +299,41 @@ def test_an_exported_student_starts_the_same_every_time(deep_teacher, tmp_path):
     teacher = load_teacher(deep_teacher)
     a, b = build_start(request, prepared, teacher), build_start(request, prepared, teacher)
     assert a.init == "export" and all(torch.equal(x, y) for x, y in zip(a.state().values(), b.state().values()))
+
+
+def test_refine_candidates_are_the_fittest_then_the_uniform_map():
+    from nasbert_deploy.layermap.refine import refine_candidates
+
+    ev = [("2,4,6", 0.60), ("6,2,6", 0.62), ("1,2,6", 0.61), ("3,2,6", 0.61)]
+    assert refine_candidates(ev, "2,4,6", 2) == ["6,2,6", "1,2,6", "2,4,6"]  # equal fitness: the earlier one
+    assert refine_candidates(ev, "2,4,6", 4) == ["6,2,6", "1,2,6", "3,2,6", "2,4,6"]  # uniform already in: once
+    assert refine_candidates(ev, "4,5,6", 1) == ["6,2,6", "4,5,6"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"top": 65}, "refine-top 65: give 0"),
+        ({"top": 2, "steps": 100}, "give more than the search's --steps 100"),
+        ({"top": 2, "steps": 200, "seeds": ()}, "one or more distinct seeds"),
+        ({"top": 2, "steps": 200, "seeds": (0, 0)}, "one or more distinct seeds"),
+        ({"top": 2, "steps": 200, "seeds": (-1,)}, "one or more distinct seeds"),
+    ],
+)
+def test_refine_settings_errors_say_what_is_valid(settings, fragment):
+    from nasbert_deploy.errors import LayerMapError
+    from nasbert_deploy.layermap.refine import RefineSettings
+
+    with pytest.raises(LayerMapError, match=fragment):
+        RefineSettings(**settings).check(100)
+    RefineSettings(top=0, steps=1).check(100)  # no stage: nothing else is checked
+
+
+def test_refine_seeds_parse():
+    from nasbert_deploy.errors import LayerMapError
+    from nasbert_deploy.layermap.refine import parse_seeds
+
+    assert parse_seeds("0, 1,2") == (0, 1, 2)
+    for bad in ("", "a", "1;2"):
+        with pytest.raises(LayerMapError, match="comma-separated integers"):
+            parse_seeds(bad)

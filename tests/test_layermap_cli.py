@@ -138,6 +138,33 @@ def test_search_then_distill_with_the_found_map(teacher, tmp_path):
     assert r.exit_code == 2 and "has 2 entries (one per block)" in " ".join(r.stderr.split()), r.output
 
 
+def test_refine_stage_scores_the_best_maps_longer_and_resumes(teacher, tmp_path):
+    out = tmp_path / "map.json"
+    refine = ["--refine-top", "1", "--refine-steps", "5", "--refine-seeds", "0,1"]
+    r = _run(_args(teacher, out, "--population", "3", "--generations", "0", *refine))
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    rr = res["refine"]
+    ga_best, uniform = res["ga_best"]["layer_map"], res["heuristics"]["uniform"]["map"]
+    assert ga_best == max(res["evaluated"], key=lambda e: e["fitness"])["map"]
+    assert sorted(map(tuple, (c["map"] for c in rr["candidates"]))) == sorted({tuple(ga_best), tuple(uniform)})
+    assert rr["settings"] == {"top": 1, "steps": 5, "seeds": [0, 1]}
+    assert rr["new_evaluations"] == 2 * len(rr["candidates"]) and res["layer_map"] == rr["pick"]
+    best = rr["candidates"][0]
+    assert best["map"] == rr["pick"] and best["fitness"] == max(c["fitness"] for c in rr["candidates"])
+    assert best["fitness"] == pytest.approx(sum(best["per_seed"].values()) / 2) and set(best["per_seed"]) == {"0", "1"}
+    assert res["fitness"] == next(e["fitness"] for e in res["evaluated"] if e["map"] == res["layer_map"])
+    assert f"refine 1/{rr['new_evaluations']}: map" in r.output and "refined " in r.output
+    cache = json.loads((tmp_path / "map.json.cache.json").read_text())
+    assert set(cache["refined"]) == {"steps=5,seed=0", "steps=5,seed=1"}
+
+    r = _run(_args(teacher, out, "--population", "3", "--generations", "0", *refine, "--force"))
+    assert r.exit_code == 0, r.output
+    again = json.loads(out.read_text())
+    assert "refine: resuming" in r.output and again["refine"]["new_evaluations"] == 0
+    assert again["refine"]["candidates"] == rr["candidates"] and again["layer_map"] == res["layer_map"]
+
+
 @pytest.fixture
 def tripwires(monkeypatch):
     """A command that loads the teacher's weights or starts a search/distillation fails the test."""
@@ -174,6 +201,9 @@ LAYER_MAP_ERRORS = [
     ("too many generations", {"generations": "1000"}, "less than or equal to 100"),
     ("out is a folder", {"out": "adir"}, "is a folder"),
     ("cache of other settings", {}, "other settings (proxy differ)"),
+    ("refine not longer", {"refine-top": "2", "refine-steps": "3"}, "give more than the search's --steps 3"),
+    ("refine seeds not integers", {"refine-top": "2", "refine-seeds": "a,b"}, "refine-seeds 'a,b'"),
+    ("refine seeds repeated", {"refine-top": "2", "refine-seeds": "1,1"}, "distinct seeds"),
 ]  # fmt: skip
 
 

@@ -17,6 +17,7 @@ app = typer.Typer()
 CrossoverName = choice("CrossoverName", ("uniform", "one-point"))  # layermap.ga.CROSSOVERS (torch-free here)
 MAX_GENERATIONS = 100  # layermap.ga.MAX_GENERATIONS
 MAX_POPULATION = 256  # layermap.ga.MAX_POPULATION
+MAX_REFINE_TOP = 64  # layermap.refine.MAX_REFINE_TOP
 
 
 def _opt(*names: str, help: str, **kw: Any) -> Any:
@@ -84,6 +85,20 @@ def layer_map_cmd(
     max_len: Annotated[int, _opt("--max-len", min=2, help="Tokens per task text when scoring embeddings.")] = 128,
     lr: Annotated[float, _opt("--lr", min=1e-8, help="AdamW learning rate.")] = 3e-4,
     block_weight: Annotated[float, _opt("--block-weight", min=1e-6, help="Weight of the mapped block losses.")] = 1.0,
+    refine_top: Annotated[
+        int,
+        _opt(
+            "--refine-top",
+            min=0,
+            max=MAX_REFINE_TOP,
+            help="Score the search's N best maps and the uniform one again with --refine-steps under each "
+            "--refine-seeds; the best mean is the result (0: no refine stage).",
+        ),
+    ] = 0,
+    refine_steps: Annotated[
+        int, _opt("--refine-steps", min=2, max=100_000, help="Distillation steps per map in the refine stage.")
+    ] = 400,
+    refine_seeds: Annotated[str, _opt("--refine-seeds", help="Comma-separated seeds of the refine stage.")] = "0,1",
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
     force: Annotated[bool, _opt("--force", help="Replace an existing --out, and a cache of other settings.")] = False,
@@ -91,6 +106,7 @@ def layer_map_cmd(
     """Search which teacher layer supervises each student block (genetic algorithm, resumable, cached)."""
     from nasbert_deploy.layermap.ga import GASettings
     from nasbert_deploy.layermap.proxy import ProxySettings
+    from nasbert_deploy.layermap.refine import RefineSettings, parse_seeds
     from nasbert_deploy.layermap.request import LayerMapRequest, prepare
 
     ga = GASettings(
@@ -114,8 +130,9 @@ def layer_map_cmd(
         max_len=max_len,
         seed=seed,
     )
+    refine = RefineSettings(top=refine_top, steps=refine_steps, seeds=parse_seeds(refine_seeds) if refine_top else (0,))
     request = LayerMapRequest(
-        student, corpus, out, tuple(tasks or ()), teacher, init.value, space.value, supernet, proxy, ga, force
+        student, corpus, out, tuple(tasks or ()), teacher, init.value, space.value, supernet, proxy, ga, force, refine
     )
     prepared = prepare(request)  # every check before any work
     set_threads(threads)
@@ -134,6 +151,9 @@ def _run(request: Any, prepared: Any) -> None:
         result = search_layer_map(request, note, update, prepared=prepared)
     h = result["heuristics"]
     heur = ", ".join(f"{name} {format_layer_map(r['map'])}: {r['fitness']:.4f}" for name, r in h.items())
+    if "refine" in result:
+        for r in result["refine"]["candidates"]:
+            note(f"  refined {format_layer_map(r['map']):<12} {r['fitness']:.4f} +- {r['sd']:.4f}")
     note(
         f"best map {format_layer_map(result['layer_map'])}: fitness {result['fitness']:.4f} ({heur}); "
         f"{len(result['evaluated'])} maps, {result['wall_s']:.0f} s, {result['cpu_hours']:.3f} CPU-hours"

@@ -17,6 +17,7 @@ from typing import Any
 from nasbert_deploy.errors import ArchError, CheckpointError, OutputError
 from nasbert_deploy.layermap.ga import GASettings
 from nasbert_deploy.layermap.proxy import DEFAULT_TASKS, ProxySettings, ProxyTask, load_proxy_tasks, sample_corpus, task_digest
+from nasbert_deploy.layermap.refine import RefineSettings
 from nasbert_deploy.space import SearchSpace
 
 CACHE_KIND = "nasbert-layer-map-cache"
@@ -27,7 +28,8 @@ RESULT_KIND = "nasbert-layer-map"
 class LayerMapRequest:
     """Search the distillation layer map of `student` (an arch string, or a NAS-BERT folder made by `export` or
     `distill`) under `teacher` (None: the offline default), on `corpus` and the proxy `tasks` (empty: the shipped
-    samples); write the result to `out` and cache every evaluated map in `<out>.cache.json`. `init`/`space`/`supernet`
+    samples); write the result to `out` and cache every evaluated map in `<out>.cache.json`; `refine` (top > 0) scores
+    the search's best maps again with a longer proxy (`layermap.refine`). `init`/`space`/`supernet`
     say where an arch's weights start, as for `distill`."""
 
     student: str
@@ -41,6 +43,7 @@ class LayerMapRequest:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     ga: GASettings = field(default_factory=GASettings)
     force: bool = False
+    refine: RefineSettings = field(default_factory=RefineSettings)
 
     @property
     def cache_path(self) -> Path:
@@ -138,6 +141,7 @@ def prepare(request: LayerMapRequest) -> Prepared:
 
     request.ga.check()
     request.proxy.check()
+    request.refine.check(request.proxy.steps)
     check_output(request.out, "file", request.force)
     check_output(request.cache_path, "file", True, option="the cache")  # a file beside --out, rewritten as maps come
     texts = read_paragraphs(request.corpus)

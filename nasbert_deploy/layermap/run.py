@@ -21,7 +21,8 @@ from typing import Any
 from nasbert_deploy.fileio import write_json_atomic
 from nasbert_deploy.layermap.ga import GAResult, run_ga
 from nasbert_deploy.layermap.maps import LayerMap, heuristic_maps, is_monotone, space_size
-from nasbert_deploy.layermap.proxy import ProxyEvaluator
+from nasbert_deploy.layermap.proxy import ProxyEvaluator, ProxySettings
+from nasbert_deploy.layermap.refine import refine, refine_candidates
 from nasbert_deploy.layermap.request import CACHE_KIND, RESULT_KIND, LayerMapRequest, Prepared, build_start, prepare
 from nasbert_deploy.model.loop import ProgressFn
 from nasbert_deploy.teacher import format_layer_map
@@ -43,6 +44,7 @@ class CachedFitness:
     def __init__(self, request: LayerMapRequest, prepared: Prepared, evaluator: ProxyEvaluator, note: Note) -> None:
         self.request, self.prepared, self.evaluator, self.note = request, prepared, evaluator, note
         self.maps: dict[str, Any] = dict(prepared.cache.get("maps", {}))
+        self.refined: dict[str, dict[str, Any]] = dict(prepared.cache.get("refined", {}))  # the refine stage's records
         self.teacher: dict[str, float] | None = prepared.cache.get("teacher_scores")
         self.used: dict[str, int] = {}  # map -> generation first asked, in order
         self.new = 0
@@ -51,7 +53,13 @@ class CachedFitness:
     def save(self) -> None:
         write_json_atomic(
             self.request.cache_path,
-            {"kind": CACHE_KIND, "key": self.prepared.key, "teacher_scores": self.teacher, "maps": self.maps},
+            {
+                "kind": CACHE_KIND,
+                "key": self.prepared.key,
+                "teacher_scores": self.teacher,
+                "maps": self.maps,
+                "refined": self.refined,
+            },
         )
 
     def teacher_scores(self) -> dict[str, float]:
@@ -114,6 +122,8 @@ def search_layer_map(
     ga = run_ga(n, L, fitness, request.ga, on_generation)
     result = _result(request, prepared, fitness, ga, heuristics, teacher_scores)
     used_cpu = sum(fitness.maps[k]["cpu_s"] for k in fitness.used)
+    if request.refine.top:
+        used_cpu += _refine(request, result, fitness, start, teacher, prepared, progress, note)
     result.update(
         wall_s=round(time.perf_counter() - t0, 1),
         cpu_hours=round((used_cpu + setup_cpu) / 3600, 4),
@@ -126,6 +136,38 @@ def search_layer_map(
     )
     write_json_atomic(request.out, result)
     return result
+
+
+def _refine(
+    request: LayerMapRequest,
+    result: dict[str, Any],
+    fitness: CachedFitness,
+    start: Any,
+    teacher: Any,
+    prepared: Prepared,
+    progress: ProgressFn | None,
+    note: Note,
+) -> float:
+    """The refine stage (`layermap.refine`): the search's top maps and the uniform one scored with a longer proxy;
+    its pick becomes the result's `layer_map` (the search's own best stays as `ga_best`). Returns its CPU seconds."""
+    uniform = format_layer_map(result["heuristics"]["uniform"]["map"])
+    evaluated = [(format_layer_map(r["map"]), r["fitness"]) for r in result["evaluated"]]
+    candidates = refine_candidates(evaluated, uniform, request.refine.top)
+
+    def make(settings: ProxySettings) -> ProxyEvaluator:
+        return ProxyEvaluator(start, teacher, prepared.corpus, prepared.tasks, settings, progress)
+
+    rr = refine(candidates, request.refine, request.proxy, make, fitness.refined, fitness.save, note)
+    pick = format_layer_map(rr["pick"])
+    result["ga_best"] = {k: result[k] for k in ("layer_map", "fitness", "scores")}
+    result.update(layer_map=rr["pick"], fitness=fitness.maps[pick]["fitness"], scores=fitness.maps[pick]["scores"])
+    result["refine"] = rr
+    best = rr["candidates"][0]
+    note(
+        f"refine: pick {pick} fitness {best['fitness']:.4f} +- {best['sd']:.4f} over {len(request.refine.seeds)} seeds "
+        f"at {request.refine.steps} steps (search's best {format_layer_map(result['ga_best']['layer_map'])}, uniform {uniform})"
+    )
+    return float(rr["cpu_s"])
 
 
 def _result(
