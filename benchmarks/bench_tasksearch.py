@@ -12,7 +12,8 @@ the same teacher for each of `--seeds`; latencies measured side by side in one r
 supernet, as `search-task --init` does (the importance is scored once, in the first search's folder, and reused);
 give each init its own `--work`.
 
-`--report WORK [WORK ...]` prints one table (mean and spread over the seeds) from finished `--work` folders.
+`--report WORK [WORK ...]` prints one table (mean and spread over the seeds) from finished `--work` folders;
+`--plot FILE.png` with it draws accuracy against measured latency, one panel per task.
 
 Resumable: the searches resume from their state, the final distillations from their checkpoints, and finished
 steps are read back from `--work`/rows.jsonl. Prints one table; writes `--work`/summary.json.
@@ -80,6 +81,49 @@ def print_students(done: dict[str, Any], task: str, budget_ms: float) -> None:
     print(f"  teacher valid accuracy {finals[0]['valid']['teacher_accuracy']:.3f}")
 
 
+KIND_STYLE = {"searched": ("*", "KD-NAS searched"), "uniform": ("s", "uniform"), "agnostic": ("o", "NAS-BERT at the budget"),
+              "agnostic@eq": ("D", "NAS-BERT at the searched one's latency")}
+
+
+def plot(works: list[Path], path: Path) -> None:
+    """Accuracy (mean ± sd over the final seeds) against the side-by-side measured latency: one panel per task (the
+    work folder's name up to its budget), one colour per budget, one marker per student kind."""
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(w.name.rsplit("-", 1)[0], _rows(w / "rows.jsonl")) for w in works]
+    tasks = list(dict.fromkeys(t for t, _ in runs))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.5), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    budgets = sorted({next(r["budget_ms"] for r in d.values() if r.get("budget_ms")) for _, d in runs})
+    for task, done in runs:
+        ax = axes[0][tasks.index(task)]
+        budget = next(r["budget_ms"] for r in done.values() if r.get("budget_ms"))
+        colour = colours[budgets.index(budget) % len(colours)]
+        finals = [r for k, r in done.items() if k.startswith("final:")]
+        for kind in dict.fromkeys(r["kind"] for r in finals):
+            acc = [r["valid"]["accuracy"] for r in finals if r["kind"] == kind]
+            marker, label = KIND_STYLE.get(kind, ("x", kind))
+            ax.errorbar(done["measure"]["latency"][kind]["median_ms"], statistics.mean(acc),
+                        yerr=statistics.stdev(acc) if len(acc) > 1 else 0.0, fmt=marker, color=colour, capsize=3,
+                        markersize=10 if kind == "searched" else 6, label=f"{label}, {budget:g} ms budget")
+        ax.axvline(budget, color=colour, ls=":", lw=1)
+        ax.set_title(task)
+        ax.set_xlabel(f"measured ms ({done['measure'].get('clock', 'wall')} clock, {done['measure']['machine']['cpu_model']})")
+        ax.set_ylabel("valid accuracy (mean ± sd over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    print(f"plot -> {path}")
+
+
 def report(works: list[Path]) -> None:
     for w in works:
         done = _rows(w / "rows.jsonl")
@@ -113,6 +157,7 @@ def main() -> None:
     ap.add_argument("--rerank-seeds", type=int, default=3, help="proxy seeds of the rerank")
     ap.add_argument("--clock", default="wall", choices=("wall", "cpu"), help="timer of the side-by-side measurement")
     ap.add_argument("--report", type=Path, nargs="+", default=None, help="print the table of finished --work folders")
+    ap.add_argument("--plot", type=Path, default=None, help="with --report: accuracy vs measured latency as a PNG")
     ap.add_argument("--supernet", type=Path, default=None, help="supernet of a supernet search (default: the shipped one)")
     ap.add_argument("--init", default="supernet", help="supernet, etd-impt or etd-rand (as search-task --init)")
     ap.add_argument("--space", default=None, help="space of an etd-* search (default minilm-wide)")
@@ -123,7 +168,8 @@ def main() -> None:
         missing = [str(w) for w in args.report if not (w / "rows.jsonl").is_file()]
         if missing:
             ap.error(f"--report: no rows.jsonl in {', '.join(missing)} (give --work folders of finished runs)")
-        return report(args.report)
+        report(args.report)
+        return plot(args.report, args.plot) if args.plot else None
     if args.work is None or args.task_dir is None or args.teacher_model is None or args.budget_ms is None:
         ap.error("--task-dir, --teacher-model, --budget-ms and --work are required unless --report is given")
     seeds = [int(x) for x in args.seeds.split(",")]
