@@ -31,10 +31,12 @@ def setup(tmp_path_factory, one_thread):
     return {"root": root, "teacher": root / "teacher", "supernet": supernet, "table": tiny_table(root / "t.json")}
 
 
-def _args(s: dict, out: Path, *extra: str, latency: str = "1.6") -> list[str]:
+def _args(s: dict, out: Path, *extra: str, latency: str = "1.6", rerank: bool = False) -> list[str]:
+    """The tiny search; without the rerank unless `rerank` (the default search reranks) or `extra` sets it."""
+    off = () if rerank or "--rerank-top" in extra else ("--rerank-top", "0")
     return ["search-task", "--task", "pydoc-sample", "--teacher-model", str(s["teacher"]), "--device", "cpu-ort",
             "--table", str(s["table"]), "--supernet", str(s["supernet"]), "--max-latency-ms", latency,
-            "--out", str(out), *FAST, *extra]
+            "--out", str(out), *FAST, *off, *extra]
 
 
 def _run(args: list[str]):
@@ -67,13 +69,15 @@ def test_search_resume_is_exact_and_shares_the_cache(setup):
 
 def test_final_distillation_and_export(setup):
     out = setup["root"] / "full"
-    r = _run(_args(setup, out, "--evaluations", "2", "--controller", "evolution", "--final-epochs", "1"))
+    r = _run(_args(setup, out, "--evaluations", "2", "--controller", "evolution", "--final-epochs", "1", rerank=True))
     assert r.exit_code == 0, r.output
     result = json.loads((out / "result.json").read_text())
-    arch = result["search"]["best_arch"]
+    arch, rr = result["pick"], result["rerank"]  # the default search reranks its top 4 under 3 proxy seeds
+    assert rr["best_arch"] == arch and "pick after the rerank" in r.output
+    assert result["request"]["rerank_top"] == 4 and result["request"]["rerank_seeds"] == 3
     report = json.loads((out / "export" / "report.json").read_text())
     assert report["arch"] == arch and report["validation"]["passed"]
-    assert result["export"]["predicted_ms"] == pytest.approx(result["search"]["best"]["latency_ms"])
+    assert result["export"]["predicted_ms"] == pytest.approx(rr["candidates"][0]["latency_ms"])
     assert result["export"]["measured_ms"] == report["latency"]["measured"]["median_ms"] > 0
     assert result["export"]["validation_passed"] is True
     assert 0.0 <= result["final"]["valid"]["accuracy"] <= 1.0 and result["final"]["valid"]["label_loyalty"] is not None

@@ -49,7 +49,7 @@ def _request(s: dict, out: Path, **kw):
     from nasbert_deploy.devices import load_device
     from nasbert_deploy.tasksearch.request import TaskSearchRequest
 
-    base = dict(table=s["table"], evaluations=3, proxy=FAST, seq_len=32, search_only=True, init="etd-impt",
+    base = dict(table=s["table"], evaluations=3, proxy=FAST, seq_len=32, search_only=True, init="etd-impt", rerank_top=0,
                 space=SPACE.name, encoder=s["encoder"])
     return TaskSearchRequest("pydoc-sample", s["teacher"], load_device("cpu-ort"), Budget(1.6), out, **{**base, **kw})
 

@@ -49,7 +49,7 @@ def search_task(
     proxy_epochs: Annotated[int, _opt("--proxy-epochs", min=1, max=50, help="Passes of each proxy distillation.")] = 2,
     rerank_top: Annotated[int, _opt("--rerank-top", min=0, max=100, help="Score the search's best K archs again "
                                     "under --rerank-seeds proxy seeds; the best mean goes to the final distillation "
-                                    "(0: the search's best as it is).")] = 0,
+                                    "(0: the search's best as it is).")] = 4,
     rerank_seeds: Annotated[int, _opt("--rerank-seeds", min=1, max=20, help="Proxy seeds of the rerank (the "
                                       "search's own included).")] = 3,
     rerank_agnostic: Annotated[bool, _opt("--rerank-agnostic/--no-rerank-agnostic", help="With a supernet start, "

@@ -40,8 +40,8 @@ class TaskSearchRequest:
     (default `out`/search/cache.json).
 
     `rerank_top`, `rerank_seeds`: the best `rerank_top` archs of the search are evaluated again under `rerank_seeds`
-    proxy seeds and the best mean reward is distilled (0: the search's best as it is); `rerank_agnostic`: with a supernet
-    start, NAS-BERT's task-agnostic picks within the budget join the rerank's candidates.
+    proxy seeds and the best mean reward is distilled (default 4; 0: the search's best as it is); `rerank_agnostic`:
+    with a supernet start, NAS-BERT's task-agnostic picks within the budget join the rerank's candidates.
 
     `init`: where every student's weights start (`tasksearch.start`): `supernet` (the supernet at `supernet`, in
     its space), or `etd-impt` / `etd-rand`: extracted from the pre-trained `encoder` (None: the offline default
@@ -69,7 +69,7 @@ class TaskSearchRequest:
     init: str = "supernet"
     space: str | None = None
     encoder: Path | None = None
-    rerank_top: int = 0
+    rerank_top: int = 4
     rerank_seeds: int = 3
     rerank_agnostic: bool = True
 
