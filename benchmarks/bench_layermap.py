@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--refine-steps", type=int, default=400, help="proxy steps of the refine stage")
     ap.add_argument("--refine-seeds", default="0,1", help="seeds of the refine stage")
     ap.add_argument("--final-steps", type=int, default=1000)
+    ap.add_argument("--plot", type=Path, default=None, help="PNG: each compared map's proxy, refined and final score")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--final-train-limit", type=int, default=5000, help="train rows each final probe is fitted on")
     ap.add_argument("--final-valid-limit", type=int, default=None, help="valid rows scored (default: all)")
@@ -213,6 +214,8 @@ def main() -> None:
             done[tag] = row
             print(json.dumps(row))
     _table(candidates, set(search["heuristics"]), done, args, [int(s) for s in args.seeds.split(",")])
+    if args.plot:
+        plot(candidates, search, done, args, args.plot)
     t = done[f"teacher-{limits}"]["scores"]
     print("teacher on the same valid splits: " + ", ".join(f"{k} {v:.4f}" for k, v in t.items()))
 
@@ -246,6 +249,47 @@ def _table(
         f"\nGA best minus the best heuristic after {args.final_steps} steps: {margin:+.4f} (largest seed spread {spread:.4f}): "
         + ("beats every heuristic beyond the seed spread" if margin > spread else "not shown better than the heuristics")
     )
+
+
+def plot(
+    candidates: dict[str, tuple[int, ...]], search: dict[str, Any], done: dict[str, Any], args: argparse.Namespace, path: Path
+) -> None:
+    """Bars per compared map: proxy fitness, refined fitness (when the refine stage ran) and the final mean score
+    (mean over the seeds, error bar = max - min)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nasbert_deploy.teacher import format_layer_map
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    proxy = {format_layer_map(r["map"]): r["fitness"] for r in search["evaluated"]}
+    refined = {format_layer_map(r["map"]): r for r in search.get("refine", {}).get("candidates", [])}
+    keys = list(dict.fromkeys(format_layer_map(m) for m in candidates.values()))
+    names = {k: "/".join(n for n, m in candidates.items() if format_layer_map(m) == k) for k in keys}
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.27
+    for i, k in enumerate(keys):
+        finals = [done[f"{k}-s{s}-{args.final_steps}"]["mean"] for s in seeds]
+        bars = [
+            (proxy.get(k), 0.0, "tab:grey", f"proxy ({search['settings']['proxy']['steps']} steps)"),
+            (refined[k]["fitness"] if k in refined else None, refined[k]["sd"] if k in refined else 0.0, "tab:blue", "refined"),
+            (sum(finals) / len(finals), _spread(finals), "tab:orange", f"after {args.final_steps} steps"),
+        ]
+        for j, (v, err, colour, label) in enumerate(bars):
+            if v is not None:
+                ax.bar(i + (j - 1) * width, v, width, yerr=err, color=colour, capsize=3, label=label if i == 0 else None)
+    ax.set_xticks(range(len(keys)), [f"{k}\n{names[k]}" for k in keys], fontsize=8)
+    ax.set_ylabel("mean of probe accuracies and MRR")
+    ax.set_ylim(0.4, None)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    print(f"plot -> {path}")
 
 
 if __name__ == "__main__":
