@@ -285,10 +285,11 @@ def plot(
     ax.set_ylim(0.4, None)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
+    from nasbert_deploy.fileio import atomic_path
+
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     print(f"plot -> {path}")
 
 

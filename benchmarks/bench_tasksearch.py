@@ -117,10 +117,11 @@ def plot(works: list[Path], path: Path) -> None:
         ax.set_ylabel("valid accuracy (mean ± sd over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    from nasbert_deploy.fileio import atomic_path
+
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     print(f"plot -> {path}")
 
 
