@@ -165,6 +165,8 @@ def main() -> None:
     ap.add_argument("--encoder", type=Path, default=None, help="encoder of an etd-* search (default: the offline MiniLM-L6)")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
+    if args.plot and not args.report:
+        ap.error("--plot draws finished runs: give it with --report WORK [WORK ...]")
     if args.report:
         missing = [str(w) for w in args.report if not (w / "rows.jsonl").is_file()]
         if missing:
