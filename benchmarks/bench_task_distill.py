@@ -72,18 +72,20 @@ def slug(arch: str) -> str:
 def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str, dict[str, Path]]) -> dict[str, Any]:
     """Encoder, fine-tuned classifiers and their valid-split reports for one (arch, seed)."""
     work = Path(args.work)
-    enc = work / f"enc-{slug(arch)}-d{args.distill_steps}-s{seed}"
+    init = "" if args.init == "etd-impt" else f"-{args.init}"  # the ETD folders of earlier runs keep their names
+    enc = work / f"enc-{slug(arch)}{init}-d{args.distill_steps}-s{seed}"
     log = work / f"{enc.name}.log"
     if not (enc / "config.json").is_file():
         steps, lr = (args.distill_steps, args.distill_lr) if args.distill_steps else (1, 0.0)  # 1 step at lr 0: extraction only
-        cli("distill", "--arch", arch, "--init", "etd-impt", "--space", args.space, "--corpus", args.corpus,
+        start = ["--init", args.init, "--space", args.space] + (["--supernet", args.supernet] if args.supernet else [])
+        cli("distill", "--arch", arch, *start, "--corpus", args.corpus,
             "--valid-corpus", args.heldout, "--steps", steps, "--batch-size", args.distill_batch, "--seq-len", 64,
             "--lr", lr, "--seed", seed, "--out", enc, *args.teacher_opt, log=log)  # fmt: skip
     out: dict[str, Any] = {"encoder": str(enc), "tasks": {}}
     for task, files in tasks.items():
         rows = args.transfer_rows.get(task, 0)  # 0: the whole file
         tag = f"-transfer{rows or ''}" if task in args.transfer else ""
-        ft = work / f"ft-{task}-{slug(arch)}-d{args.distill_steps}-s{seed}{tag}"
+        ft = work / f"ft-{task}-{slug(arch)}{init}-d{args.distill_steps}-s{seed}{tag}"
         ml = MAX_LEN.get(task, 128) if not args.smoke else 32
         teacher_ft = ensure_teacher(args, task, files["train"], ml)
         if not (ft / "config.json").is_file():
@@ -154,6 +156,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="shipped samples, tiny budget: checks the wiring (a few minutes)")
     ap.add_argument("--archs", default="256:mha,ffn,id,id|256:mha,ffn,id,id|256:mha,ffn,id,id", help="';'-separated")
     ap.add_argument("--space", default="minilm-wide")
+    ap.add_argument("--init", choices=("etd-impt", "etd-rand", "supernet", "random"), default="etd-impt",
+                    help="the students' start (supernet: the shipped one, or --supernet DIR; use --space minilm)")
+    ap.add_argument("--supernet", default=None, help="supernet folder for --init supernet (default: the shipped one)")
     ap.add_argument("--teacher", default=None, help="teacher encoder (default: the offline MiniLM-L6)")
     ap.add_argument("--teacher-ft", action="append", default=[], help="TASK=DIR: fine-tuned teacher (made if missing)")
     ap.add_argument("--transfer", action="append", default=[], help="TASK=FILE: transfer set for that task")
@@ -198,7 +203,7 @@ def main() -> None:
     for (arch, seed), r in runs.items():
         for task, rep in r["tasks"].items():
             ftr = json.loads((Path(rep["folder"]) / "finetune_report.json").read_text())
-            rows.append({"task": task, "arch": arch, "seed": seed, "distill_steps": args.distill_steps,
+            rows.append({"task": task, "arch": arch, "init": args.init, "seed": seed, "distill_steps": args.distill_steps,
                          "transfer_rows": ftr.get("transfer_rows", 0), "epochs": args.epochs, "lr": args.lr,
                          "speedup": {d: round(v[f"{arch}#{seed}"], 3) for d, v in speed.items()},
                          "teacher_ms": {d: round(v["teacher_ms"], 3) for d, v in speed.items()},

@@ -204,6 +204,7 @@ LAYER_MAP_ERRORS = [
     ("refine not longer", {"refine-top": "2", "refine-steps": "3"}, "give more than the search's --steps 3"),
     ("refine seeds not integers", {"refine-top": "2", "refine-seeds": "a,b"}, "refine-seeds 'a,b'"),
     ("refine seeds repeated", {"refine-top": "2", "refine-seeds": "1,1"}, "distinct seeds"),
+    ("refine seeds bad without refine", {"refine-seeds": "x"}, "refine-seeds 'x'"),  # checked even when unused
 ]  # fmt: skip
 
 

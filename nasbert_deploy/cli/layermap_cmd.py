@@ -130,7 +130,7 @@ def layer_map_cmd(
         max_len=max_len,
         seed=seed,
     )
-    refine = RefineSettings(top=refine_top, steps=refine_steps, seeds=parse_seeds(refine_seeds) if refine_top else (0,))
+    refine = RefineSettings(top=refine_top, steps=refine_steps, seeds=parse_seeds(refine_seeds))
     request = LayerMapRequest(
         student, corpus, out, tuple(tasks or ()), teacher, init.value, space.value, supernet, proxy, ga, force, refine
     )

@@ -46,6 +46,8 @@ class RefineSettings:
         """`LayerMapError` (one line, saying what is valid) for settings the stage cannot run with."""
         if not 0 <= self.top <= MAX_REFINE_TOP:
             raise LayerMapError(f"refine-top {self.top}: give 0 (no refine stage) .. {MAX_REFINE_TOP} maps")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise LayerMapError(f"refine-seeds {list(self.seeds)}: give one or more distinct seeds >= 0, e.g. 0,1")
         if self.top == 0:
             return
         if self.steps <= proxy_steps:
@@ -53,8 +55,6 @@ class RefineSettings:
                 f"refine-steps {self.steps}: give more than the search's --steps {proxy_steps} (the stage exists to "
                 "look further than the search's proxy)"
             )
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise LayerMapError(f"refine-seeds {list(self.seeds)}: give one or more distinct seeds >= 0, e.g. 0,1")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
