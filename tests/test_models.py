@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -103,6 +104,39 @@ def test_supernet_checkpoint_round_trip(tmp_path):
     ids, mask = _inputs()
     with torch.no_grad():
         assert torch.equal(net.eval()(arch, ids, mask), loaded.eval()(arch, ids, mask))
+
+
+def test_supernet_checkpoint_splits_above_the_file_limit_and_reloads(tmp_path):
+    from nasbert_deploy.errors import CheckpointError
+    from nasbert_deploy.supernet.default import resolve_supernet_dir
+
+    torch.manual_seed(0)
+    net = Supernet(TINY)
+    total = sum(v.numel() * v.element_size() for v in net.state_dict().values())
+    d = net.save(tmp_path / "sn", metadata={"note": "x"})  # small: one file, as before
+    assert sorted(p.name for p in d.iterdir()) == ["supernet.json", "supernet.safetensors"]
+    net.save(d, metadata={"note": "y"}, max_file_bytes=total // 3)
+    files = sorted(p.name for p in d.glob("*.safetensors"))
+    assert len(files) >= 3 and "supernet.safetensors" not in files  # the single file is gone once the split one is named
+    largest = max(v.numel() * v.element_size() for v in net.state_dict().values())  # a tensor is never cut
+    assert all(p.stat().st_size <= max(total // 3, largest) + 8192 for p in d.glob("*.safetensors"))  # + the header
+    assert json.loads((d / "supernet.json").read_text())["weight_files"] == files
+    loaded, meta = Supernet.load(resolve_supernet_dir(d))
+    assert meta == {"note": "y"}
+    for (k, v), (k2, v2) in zip(net.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    net.save(d)  # back to one file: the split files go
+    assert sorted(p.name for p in d.glob("*.safetensors")) == ["supernet.safetensors"]
+    net.save(d, max_file_bytes=total // 2)
+    (d / sorted(d.glob("supernet-*"))[-1].name).unlink()
+    with pytest.raises(CheckpointError, match=r"lacks supernet-0000\d-of-0000\d.safetensors"):
+        resolve_supernet_dir(d)
+    with pytest.raises(CheckpointError, match="is not a supernet checkpoint"):
+        Supernet.load(d)
+    meta_file = d / "supernet.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "weight_files": ["../x.safetensors"]}))
+    with pytest.raises(CheckpointError, match="'weight_files' must list files named like"):
+        Supernet.load(d)
 
 
 def test_supernet_block_params_cover_exactly_the_path():

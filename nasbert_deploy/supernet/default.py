@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nasbert_deploy.errors import CheckpointError
+from nasbert_deploy.supernet.files import missing_files
 
 if TYPE_CHECKING:
     from nasbert_deploy.supernet.network import Supernet
 
-SUPERNET_FILES = ("supernet.json", "supernet.safetensors")
 CANDIDATES_FILE = "candidates.json"
-
-
 def default_supernet_dir() -> Path:
     """Folder of the shipped default supernet (may be absent in a build without it)."""
     return Path(str(resources.files("nasbert_deploy"))) / "data" / "supernet"
@@ -29,7 +27,7 @@ def default_supernet_dir() -> Path:
 def resolve_supernet_dir(path: str | os.PathLike[str] | None = None) -> Path:
     """`path`, or the shipped default when None; `CheckpointError` if it holds no trained supernet."""
     d = default_supernet_dir() if path is None else Path(path)
-    missing = [f for f in SUPERNET_FILES if not (d / f).is_file()]
+    missing = missing_files(d)
     if missing:
         if path is None:
             raise CheckpointError(

@@ -30,9 +30,9 @@ from nasbert_deploy.errors import CheckpointError
 from nasbert_deploy.model.modeling import NasBertConfig, NasBertModel
 from nasbert_deploy.model.ops import Embeddings, build_op
 from nasbert_deploy.space import Arch, BlockArch, SearchSpace
+from nasbert_deploy.supernet.files import MAX_FILE_BYTES, SUPERNET_FILES, listed_weight_files, missing_files
 
-WEIGHTS_NAME = "supernet.safetensors"
-META_NAME = "supernet.json"
+META_NAME, WEIGHTS_NAME = SUPERNET_FILES
 
 
 def _key(hidden: int, op_name: str) -> str:
@@ -108,8 +108,13 @@ class Supernet(nn.Module):
         return model
 
     # ---------------------------------------------------------------- checkpoints
-    def save(self, directory: str | Path, metadata: dict[str, Any] | None = None, fp16: bool = False) -> Path:
-        """Write weights (safetensors) and metadata (JSON) into `directory`."""
+    def save(
+        self, directory: str | Path, metadata: dict[str, Any] | None = None, fp16: bool = False,
+        max_file_bytes: int = MAX_FILE_BYTES,
+    ) -> Path:
+        """Write weights (safetensors; split into files of at most `max_file_bytes` when larger) and metadata
+        (JSON) into `directory`. The description is written last and names the weight files, so a kill leaves
+        the previous checkpoint readable; weight files it no longer names are removed after it."""
         from safetensors.torch import save_file
 
         from nasbert_deploy.fileio import atomic_path, write_json_atomic
@@ -117,9 +122,19 @@ class Supernet(nn.Module):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(d / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp))
-        write_json_atomic(d / META_NAME, {"space": self.space.to_dict(), "metadata": metadata or {}})
+        groups = _split(state, max_file_bytes)
+        names = [WEIGHTS_NAME] if len(groups) == 1 else [f"supernet-{i:05d}-of-{len(groups):05d}.safetensors"
+                                                         for i in range(1, len(groups) + 1)]  # fmt: skip
+        for name, group in zip(names, groups):
+            with atomic_path(d / name) as tmp:
+                save_file(group, str(tmp))
+        desc: dict[str, Any] = {"space": self.space.to_dict(), "metadata": metadata or {}}
+        if len(names) > 1:
+            desc["weight_files"] = names
+        write_json_atomic(d / META_NAME, desc)
+        for old in [d / WEIGHTS_NAME, *d.glob("supernet-*-of-*.safetensors")]:
+            if old.name not in names and old.is_file():
+                old.unlink()
         return d
 
     @classmethod
@@ -128,14 +143,15 @@ class Supernet(nn.Module):
         from safetensors.torch import load_file
 
         d = Path(directory)
-        if not (d / META_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
-            raise CheckpointError(f"{d} is not a supernet checkpoint (needs {META_NAME} and {WEIGHTS_NAME})")
+        files = weight_files(d)
         meta = read_meta(d)
         space = SearchSpace.from_dict(meta["space"])
-        try:
-            raw = load_file(str(d / WEIGHTS_NAME))
-        except Exception as exc:  # safetensors raises its own error types for a damaged file
-            raise CheckpointError(f"{d / WEIGHTS_NAME} is not a readable safetensors file ({exc}); train it again") from None
+        raw: dict[str, torch.Tensor] = {}
+        for f in files:
+            try:
+                raw.update(load_file(str(f)))
+            except Exception as exc:  # safetensors raises its own error types for a damaged file
+                raise CheckpointError(f"{f} is not a readable safetensors file ({exc}); train it again") from None
         net = cls(space)
         state = {k: v.float() for k, v in raw.items()}
         missing, unexpected = net.load_state_dict(state, strict=False)
@@ -156,6 +172,30 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or not isinstance(meta.get("space"), dict) or not isinstance(meta.get("metadata", {}), dict):
         raise CheckpointError(f"{path} is malformed: needs a 'space' object and a 'metadata' object")
     return meta
+
+
+def weight_files(directory: str | Path) -> list[Path]:
+    """The weight files of a supernet folder (several for a split checkpoint); `CheckpointError` naming what is
+    missing or malformed."""
+    d = Path(directory)
+    missing = missing_files(d)
+    if missing:
+        raise CheckpointError(f"{d} is not a supernet checkpoint (needs {', '.join(missing)})")
+    return [d / n for n in listed_weight_files(d)]
+
+
+def _split(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """`state` cut, in order, into groups of at most `max_bytes` (a single larger tensor gets a group of its own)."""
+    groups: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in state.items():
+        n = v.numel() * v.element_size()
+        if groups[-1] and size + n > max_bytes:
+            groups.append({})
+            size = 0
+        groups[-1][k] = v
+        size += n
+    return groups
 
 
 def _compose(outer: nn.Linear, inner: nn.Linear | None) -> tuple[torch.Tensor, torch.Tensor]:
