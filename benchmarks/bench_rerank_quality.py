@@ -9,13 +9,14 @@ embeddings: linear-probe accuracy on the classification tasks, MRR on retrieval,
 one row per architecture, Spearman's rho of each ranking against the quality, and the quality of the model each
 order would export (its first).
 
-    python benchmarks/bench_rerank_quality.py --tasks ../shared/tasks --top 30 --out rerank-quality.json
+    python benchmarks/bench_rerank_quality.py --tasks ../shared/tasks --top 12 --stride 8 --out rerank-quality.json
     python benchmarks/bench_rerank_quality.py --smoke      # shipped samples, 4 archs: checks the wiring
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -114,41 +115,61 @@ def main() -> None:
     ap.add_argument("--max-latency-ms", type=float, default=3.0, help="the README quick start's budget")
     ap.add_argument("--max-params", type=float, default=10e6)
     ap.add_argument("--table", default=None, help="latency table (default: the device's)")
-    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--top", type=int, default=30, help="architectures scored")
+    ap.add_argument("--stride", type=int, default=1, help="take every Kth of the top top*K by table loss (spread)")
     ap.add_argument("--out", default=None, help="JSON of every row and the summary")
     args = ap.parse_args()
     if args.smoke:
-        args.top = 4
+        args.top, args.stride = 3, 2
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tf = files(args)
 
+    from nasbert_deploy.search.rerank import read_heldout, rerank
     from nasbert_deploy.student.embeddings import Embedder
     from nasbert_deploy.supernet.default import resolve_supernet_dir
     from nasbert_deploy.supernet.network import Supernet
-    from nasbert_deploy.teacher import load_tokenizer, resolve_teacher_path
+    from nasbert_deploy.teacher import load_teacher, load_tokenizer, resolve_teacher_path
 
     t0 = time.perf_counter()
     request = SearchRequest(Budget(args.max_latency_ms, int(args.max_params)), load_device(args.device),
-                            table=Path(args.table) if args.table else None, top=args.top, rerank=args.top)  # fmt: skip
+                            table=Path(args.table) if args.table else None, top=args.top * args.stride)  # fmt: skip
     outcome = run_search(request)
-    best = outcome.result.best  # held-out MSE order
-    table_order = sorted(best, key=lambda s: s.loss)
-    console.print(f"{len(best)} architectures under {args.max_latency_ms} ms / {args.max_params / 1e6:.0f}M params "
-                  f"({outcome.latency_table}); re-ranked in {time.perf_counter() - t0:.0f} s")  # fmt: skip
+    table_order = sorted(outcome.result.best, key=lambda s: s.loss)[:: args.stride][: args.top]
     net, _ = Supernet.load(resolve_supernet_dir(None))
+    key = {"budget": [args.max_latency_ms, args.max_params, args.device], "table": str(outcome.latency_table),
+           "archs": [str(s.arch) for s in table_order]}  # fmt: skip
+    done = {}
+    if args.out and Path(args.out).is_file():
+        old = json.loads(Path(args.out).read_text())
+        if old.get("key") == key:
+            done = {r["arch"]: r for r in old["rows"]}
+            console.print(f"resuming: {len(done)} of {len(table_order)} architectures already scored in {args.out}")
+    mse = {r["arch"]: r["heldout_mse"] for r in done.values()}
+    todo = [s for s in table_order if str(s.arch) not in mse]
+    if todo:
+        ranked = rerank([s.arch for s in todo], [s.loss for s in todo], net, load_teacher(None), read_heldout(None), 128)
+        mse.update({str(r.arch): r.heldout_mse for r in ranked})
+    console.print(f"{len(table_order)} architectures (every {args.stride}th of the top {args.top * args.stride} by table "
+                  f"loss) under {args.max_latency_ms} ms / {args.max_params / 1e6:.0f}M params ({outcome.latency_table}); "
+                  f"held-out MSE in {time.perf_counter() - t0:.0f} s")  # fmt: skip
     tok = load_tokenizer(None)
     teacher = Cached(Embedder(resolve_teacher_path(None), "torch", max_len=128))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, s in enumerate(table_order):
+            if str(s.arch) in done:
+                rows.append(done[str(s.arch)])
+                continue
             folder = Path(tmp) / f"m{i}"
             net.extract(s.arch).save_pretrained(folder)
             tok.save_pretrained(folder)
             q = score(folder, tf, teacher)
-            rows.append({"arch": str(s.arch), "table_loss": s.loss, "heldout_mse": outcome.heldout_mse[str(s.arch)],
+            rows.append({"arch": str(s.arch), "table_loss": s.loss, "heldout_mse": mse[str(s.arch)],
                          "latency_ms": s.latency_ms, "params": s.params, **q})  # fmt: skip
             console.print(f"[dim]{i + 1}/{len(table_order)} {s.arch}: quality {q['quality']:.3f}[/dim]")
+            if args.out:  # after every architecture: an interrupted run resumes from here
+                write_json_atomic(Path(args.out), {"key": key, "rows": rows, "partial": True})
     t = Table(title="top architectures by table loss: frozen-embedding quality (valid splits)")
     for col in ("arch", "pred ms", "table loss", "held-out MSE", "debian", "wordnet", "MRR", "cosine", "quality"):
         t.add_column(col)
@@ -170,7 +191,7 @@ def main() -> None:
                   f"by held-out MSE: {by_mse['arch']} quality {by_mse['quality']:.3f}; best of the {len(rows)} "
                   f"{max(qual):.3f}, median {statistics.median(qual):.3f}")  # fmt: skip
     if args.out:
-        write_json_atomic(Path(args.out), {"rows": rows, "summary": summary})
+        write_json_atomic(Path(args.out), {"key": key, "rows": rows, "summary": summary})
 
 
 if __name__ == "__main__":
