@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_quality import machine
+from bench_quality import CLASSIFICATION, RETRIEVAL, machine, task_files
 from rich.console import Console
 from rich.table import Table
 
@@ -31,26 +31,8 @@ from nasbert_deploy.devices import load_device
 from nasbert_deploy.fileio import write_json_atomic
 from nasbert_deploy.search.problem import Budget
 from nasbert_deploy.search.run import SearchRequest, run_search
-from nasbert_deploy.student.tasks import SAMPLE_DIR
 
 console = Console(width=170)
-CLASSIFICATION = ("debian-sections", "wordnet-supersense")
-RETRIEVAL = "debian-retrieval"
-
-
-def files(args: argparse.Namespace) -> dict[str, dict[str, Path]]:
-    if args.smoke:
-        out = {t: {"train": SAMPLE_DIR / f"{t}-sample-train.jsonl", "valid": SAMPLE_DIR / f"{t}-sample-valid.jsonl"}
-               for t in CLASSIFICATION}  # fmt: skip
-        out[RETRIEVAL] = {"valid": SAMPLE_DIR / "debian-retrieval-sample.jsonl"}
-        return out
-    root = Path(args.tasks)
-    out = {t: {"train": root / t / "train.jsonl", "valid": root / t / "valid.jsonl"} for t in CLASSIFICATION}
-    out[RETRIEVAL] = {"valid": root / RETRIEVAL / "valid.jsonl"}
-    missing = [str(p) for d in out.values() for p in d.values() if not p.is_file()]
-    if missing:
-        raise SystemExit(f"error: missing task files: {', '.join(missing)}")
-    return out
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -123,7 +105,7 @@ def main() -> None:
         args.top, args.stride = 3, 2
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tf = files(args)
+    tf = task_files(args)
 
     from nasbert_deploy.search.rerank import read_heldout, rerank
     from nasbert_deploy.student.embeddings import Embedder
