@@ -108,7 +108,7 @@ def load_teacher(path: str | os.PathLike[str] | None = None) -> Teacher:
 
     p = resolve_teacher_path(path)
     try:
-        model = AutoModel.from_pretrained(str(p), local_files_only=True).eval()
+        model = AutoModel.from_pretrained(str(p), local_files_only=True).float().eval()  # fp32 math whatever the file holds
     except Exception as exc:  # a foreign folder: transformers raises many kinds; the user needs one line
         raise TeacherError(f"cannot load a teacher encoder from {p}: {type(exc).__name__}: {exc}") from exc
     if not hasattr(model.config, "hidden_size") or not hasattr(model.config, "num_hidden_layers"):
