@@ -17,6 +17,13 @@ whose output exists is skipped and an interrupted one resumes, so rerunning the 
     python benchmarks/bench_task_distill.py --smoke      # shipped samples and a tiny budget: checks the wiring
 
 Prints one table (mean and spread over seeds) and appends one JSON row per (task, arch, seed) to `--rows`.
+
+Training on a GPU host, timing on the deployment host (speed-ups belong to the machine they are measured on):
+`--stage distill` then `--stage task --no-timing` there (the training commands pick the GPU; several (arch, seed)
+runs can share one GPU in parallel, each with its own `--rows`), then here, with the same `--init`/`--space`:
+
+    python benchmarks/bench_task_distill.py --time-rows rows-from-gpu.jsonl --init supernet --space minilm \
+        --devices cpu-ort,cpu-openvino --rows rows-timed.jsonl    # rows keep `trained_on` and `train_machine`
 """
 
 from __future__ import annotations
@@ -76,12 +83,16 @@ def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str,
     enc = work / f"enc-{slug(arch)}{init}-d{args.distill_steps}-s{seed}"
     log = work / f"{enc.name}.log"
     if not (enc / "config.json").is_file():
+        if args.stage == "task":
+            raise SystemExit(f"error: --stage task: no encoder {enc}; run --stage distill first")
         steps, lr = (args.distill_steps, args.distill_lr) if args.distill_steps else (1, 0.0)  # 1 step at lr 0: extraction only
         start = ["--init", args.init, "--space", args.space] + (["--supernet", args.supernet] if args.supernet else [])
         cli("distill", "--arch", arch, *start, "--corpus", args.corpus,
             "--valid-corpus", args.heldout, "--steps", steps, "--batch-size", args.distill_batch, "--seq-len", 64,
             "--lr", lr, "--seed", seed, "--out", enc, *args.teacher_opt, log=log)  # fmt: skip
     out: dict[str, Any] = {"encoder": str(enc), "tasks": {}}
+    if args.stage == "distill":
+        return out
     for task, files in tasks.items():
         rows = args.transfer_rows.get(task, 0)  # 0: the whole file
         tag = f"-transfer{rows or ''}" if task in args.transfer else ""
@@ -129,8 +140,40 @@ def speedups(args: argparse.Namespace, encoders: dict[str, str]) -> dict[str, di
     return out
 
 
-def table(rows: list[dict[str, Any]], device: str) -> None:
-    t = Table(title=f"task distillation, valid splits (mean ± sd over seeds); speed-up on {device}")
+def trained_on() -> str:
+    """Where the training steps ran ('auto' picks a GPU when torch sees one): the GPU's name, or 'cpu'."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def time_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows of a `--no-timing` run (trained elsewhere, e.g. on a GPU host), timed on this machine: each arch is
+    extracted once (`distill --steps 1 --lr 0`, same `--init`; latency does not depend on the weights) and timed
+    side by side with the teacher. Returns the rows with `speedup`, `teacher_ms` and `machine` of this host."""
+    rows = [json.loads(line) for line in Path(args.time_rows).read_text().splitlines() if line.strip()]
+    if not rows:
+        raise SystemExit(f"error: --time-rows {args.time_rows}: no rows")
+    work, folders = Path(args.work), {}
+    corpus = args.corpus or str(SAMPLE_DIR / "pydoc-sections-sample-train.jsonl")
+    for arch, init in dict.fromkeys((r["arch"], r.get("init", "etd-impt")) for r in rows):
+        folder = work / f"time-{slug(arch)}-{init}"
+        if not (folder / "config.json").is_file():
+            start = ["--init", init, "--space", args.space] + (["--supernet", args.supernet] if args.supernet else [])
+            cli("distill", "--arch", arch, *start, "--corpus", corpus, "--steps", 1, "--lr", 0.0, "--batch-size", 2,
+                "--seq-len", 16, "--out", folder, *args.teacher_opt, log=work / "time.log")  # fmt: skip
+        folders[arch] = str(folder)
+    speed, host = speedups(args, folders), machine()
+    for r in rows:
+        r["train_machine"] = r.get("train_machine", r.get("machine"))
+        r["machine"] = host
+        r["speedup"] = {d: round(v[r["arch"]], 3) for d, v in speed.items()}
+        r["teacher_ms"] = {d: round(v["teacher_ms"], 3) for d, v in speed.items()}
+    return rows
+
+
+def table(rows: list[dict[str, Any]], device: str | None) -> None:
+    t = Table(title=f"task distillation, valid splits (mean ± sd over seeds); speed-up on {device or '(not timed)'}")
     for col in ("task", "arch", "d-steps", "transfer", "seeds", f"speed-up {device}", "acc", "macro-F1", "label loy.",
                 "prob. loy.", "teacher acc", "share"):
         t.add_column(col)
@@ -143,7 +186,8 @@ def table(rows: list[dict[str, Any]], device: str) -> None:
         return f"{statistics.mean(v):.3f}" + (f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "")
 
     for (task, arch, steps, transfer), rs in groups.items():
-        t.add_row(task, arch, str(steps), str(transfer), str(len(rs)), f"{rs[0]['speedup'][device]:.2f}x", ms(rs, "accuracy"),
+        speed = f"{rs[0]['speedup'][device]:.2f}x" if device else "-"
+        t.add_row(task, arch, str(steps), str(transfer), str(len(rs)), speed, ms(rs, "accuracy"),
                   ms(rs, "macro_f1"), ms(rs, "label_loyalty"), ms(rs, "probability_loyalty"),
                   f"{rs[0]['teacher_accuracy']:.3f}", ms(rs, "share_of_teacher"))
     console.print(t)
@@ -174,6 +218,10 @@ def main() -> None:
     ap.add_argument("--devices", default="cpu-ort")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="cpu: robust to other load on a shared host")
+    ap.add_argument("--stage", choices=("all", "distill", "task"), default="all",
+                    help="distill: the encoders only; task: fine-tune and evaluate distilled encoders (then time)")
+    ap.add_argument("--no-timing", action="store_true", help="write rows without speed-ups (train on one host ...)")
+    ap.add_argument("--time-rows", default=None, help="... then time the archs of those rows here, side by side")
     ap.add_argument("--work", default="runs/task-distill")
     ap.add_argument("--rows", default=None, help="JSONL to append rows to (default: WORK/rows.jsonl)")
     args = ap.parse_args()
@@ -188,7 +236,7 @@ def main() -> None:
         args.corpus = args.heldout = str(corpus)
         args.distill_steps, args.epochs, args.seeds, args.rounds = min(args.distill_steps, 2), 1, "0", 1
         args.archs = "128:mha,ffn,id,id|128:id,id,id,id|128:ffn,id,id,id"
-    else:
+    elif not args.time_rows:
         tasks = {t: {s: Path(args.tasks) / t / f"{s}.jsonl" for s in ("train", "valid")} for t in names}
         missing = [str(p) for d in tasks.values() for p in d.values() if not p.is_file()]
         if missing or not args.corpus or not args.heldout:
@@ -197,9 +245,16 @@ def main() -> None:
     args.teacher_ft = pairs(args.teacher_ft, "--teacher-ft")
     args.transfer = pairs(args.transfer, "--transfer")
     args.transfer_rows = {k: int(v) for k, v in pairs(args.transfer_rows, "--transfer-rows").items()}
+    if args.time_rows:
+        rows = time_rows(args)
+        write_rows(args, rows)
+        return
     runs = {(a, int(s)): run_student(args, a, int(s), tasks) for a in args.archs.split(";") for s in args.seeds.split(",")}
-    speed = speedups(args, {f"{a}#{s}": r["encoder"] for (a, s), r in runs.items()})
-    rows, host = [], machine()
+    if args.stage == "distill":
+        console.print(f"distilled {len(runs)} encoders; run --stage task next")
+        return
+    speed = {} if args.no_timing else speedups(args, {f"{a}#{s}": r["encoder"] for (a, s), r in runs.items()})
+    rows, host, where = [], machine(), trained_on()
     for (arch, seed), r in runs.items():
         for task, rep in r["tasks"].items():
             ftr = json.loads((Path(rep["folder"]) / "finetune_report.json").read_text())
@@ -208,14 +263,21 @@ def main() -> None:
                          "speedup": {d: round(v[f"{arch}#{seed}"], 3) for d, v in speed.items()},
                          "teacher_ms": {d: round(v["teacher_ms"], 3) for d, v in speed.items()},
                          "share_of_teacher": rep["accuracy"] / rep["teacher_accuracy"],
-                         "train_s": ftr.get("train_s"), "machine": host,
+                         "train_s": ftr.get("train_s"), "machine": host, "trained_on": where, "space": args.space,
                          **{k: rep[k] for k in ("examples", "accuracy", "macro_f1", "label_loyalty", "probability_loyalty",
                                                 "teacher_accuracy", "teacher_macro_f1")}})  # fmt: skip
-    with Path(args.rows or work / "rows.jsonl").open("a") as f:
+    write_rows(args, rows)
+
+
+def write_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    with Path(args.rows or Path(args.work) / "rows.jsonl").open("a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    for device in speed:
+    for device in rows[0]["speedup"] or [None]:
         table(rows, device)
-    console.print(f"machine: {host['cpu']}, {host['cores']} logical CPUs, {os.environ.get('OMP_NUM_THREADS', '?')} threads")
+    host = rows[0]["machine"]
+    threads = os.environ.get("OMP_NUM_THREADS", "?")
+    console.print(f"trained on {rows[0].get('trained_on', 'cpu')}; timed on {host['cpu']}, {host['cores']} logical CPUs, "
+                  f"{threads} threads")
 
 
 if __name__ == "__main__":
