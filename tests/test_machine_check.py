@@ -109,3 +109,26 @@ def test_export_warns_for_a_table_from_another_cpu(tmp_path, monkeypatch):
     prepared = prepare_export(request, lambda line, warning: notes.append((line, warning)))  # what the CLI prints
     assert len(notes) == 1 and notes[0][1] and "8488C" in notes[0][0] and "pass --calibrate" in notes[0][0]
     assert prepared.options == request.options and not (tmp_path / "m").exists()  # no calibration, nothing written
+
+
+def test_a_gpu_table_names_its_gpu_a_cpu_table_made_on_a_gpu_host_does_not():
+    from nasbert_deploy.profiling.host import gpu_model
+
+    here = _here()
+    gpu = dict(here, device={"name": "cuda-torch", "target": "cuda"}, gpu_model="NVIDIA H200")
+    note = machine_mismatch(gpu, "cuda-torch")
+    if gpu_model() == "NVIDIA H200":  # run on that GPU: the same machine
+        assert note is None
+    else:
+        assert note is not None and "GPU 'NVIDIA H200'" in note and "nasbert-deploy profile --device cuda-torch" in note
+    cpu_table = dict(here, device={"name": "cpu-ort", "target": "cpu"}, gpu_model="NVIDIA H200")
+    assert machine_mismatch(cpu_table, "cpu-ort") is None
+
+
+def test_only_the_tables_own_runtime_version_counts():
+    here = _here()
+    torch_table = dict(here, device={"name": "cpu-torch", "runtime": "torch"},
+                       runtime_versions={**here["runtime_versions"], "onnxruntime": "0.0.1"})
+    assert machine_mismatch(torch_table, "cpu-torch") is None
+    ort_table = dict(torch_table, device={"name": "cpu-ort", "runtime": "onnxruntime"})
+    assert "onnxruntime 0.0.1" in machine_mismatch(ort_table, "cpu-ort")

@@ -299,20 +299,28 @@ def _feature_diffs(made: Any, here: dict[str, Any]) -> list[str]:
 
 def machine_mismatch(manifest: dict[str, Any], device_name: str = "DEVICE", check: str = "check with --rescale") -> str | None:
     """One line when a table's manifest was made on another machine than this one (CPU model, L3 cache size and
-    kernel ISA (`cpu_features`), logical CPUs, runtime versions), saying what to do (`check`: the command's own
-    way to re-time, e.g. 'pass --calibrate'); None when they agree. Fields the manifest lacks (older tables) are
-    skipped."""
+    kernel ISA (`cpu_features`), the GPU of a CUDA device's table, logical CPUs, runtime versions), saying what to
+    do (`check`: the command's own way to re-time, e.g. 'pass --calibrate'); None when they agree. Fields the
+    manifest lacks (older tables) are skipped."""
     diffs = []
     made_on, here = manifest.get("cpu_model"), cpu_model()
     if made_on and made_on != here:
         diffs.append(f"CPU {made_on!r} (here {here!r})")
     diffs += _feature_diffs(manifest.get("cpu_features"), cpu_features())
+    device = manifest.get("device")
+    made_gpu = manifest.get("gpu_model")
+    if made_gpu and isinstance(device, dict) and device.get("target") == "cuda":  # a GPU table: the GPU decides
+        gpu_here = gpu_model()
+        if gpu_here != made_gpu:
+            diffs.append(f"GPU {made_gpu!r} (here {repr(gpu_here) if gpu_here else 'no GPU'})")
     cpus = manifest.get("logical_cpus") or (manifest.get("host_check") or {}).get("cpus")
     if isinstance(cpus, int) and not isinstance(cpus, bool) and cpus != os.cpu_count():
         diffs.append(f"{cpus} logical CPUs (here {os.cpu_count()})")
     now = environment()["runtime_versions"]
+    runtime = device.get("runtime") if isinstance(device, dict) else None  # its own runtime only, when known
+    timed = (runtime,) if runtime in ("onnxruntime", "openvino", "torch") else ("onnxruntime", "openvino", "torch")
     for dist, version in (manifest.get("runtime_versions") or {}).items():
-        if dist in ("onnxruntime", "openvino", "torch") and dist in now and now[dist] != version:
+        if dist in timed and dist in now and now[dist] != version:
             diffs.append(f"{dist} {version} (here {now[dist]})")
     if not diffs:
         return None
