@@ -34,7 +34,9 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +115,19 @@ def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str,
     return out
 
 
+_LOCKS: dict[str, threading.Lock] = {}  # --jobs: one run fine-tunes a missing teacher, the others wait for it
+_GUARD = threading.Lock()
+
+
 def ensure_teacher(args: argparse.Namespace, task: str, train: Path, max_len: int) -> str:
     """The fine-tuned teacher for `task`: `--teacher-ft TASK=DIR`, fine-tuned there first if missing."""
+    with _GUARD:
+        lock = _LOCKS.setdefault(task, threading.Lock())
+    with lock:
+        return _ensure_teacher(args, task, train, max_len)
+
+
+def _ensure_teacher(args: argparse.Namespace, task: str, train: Path, max_len: int) -> str:
     folder = Path(args.teacher_ft.setdefault(task, str(Path(args.work) / f"teacher-{task}")))
     if not (folder / "config.json").is_file():
         epochs = ["--epochs", "1"] if args.smoke else []
@@ -174,8 +187,9 @@ def time_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], device: str | None) -> None:
     t = Table(title=f"task distillation, valid splits (mean ± sd over seeds); speed-up on {device or '(not timed)'}")
-    for col in ("task", "arch", "d-steps", "transfer", "seeds", f"speed-up {device}", "acc", "macro-F1", "label loy.",
-                "prob. loy.", "teacher acc", "share"):
+    speed = f"speed-up {device}" if device else "speed-up"
+    for col in ("task", "arch", "d-steps", "transfer", "seeds", speed, "acc", "macro-F1", "label loy.", "prob. loy.",
+                "teacher acc", "share"):
         t.add_column(col)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
@@ -218,6 +232,8 @@ def main() -> None:
     ap.add_argument("--devices", default="cpu-ort")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="cpu: robust to other load on a shared host")
+    ap.add_argument("--jobs", type=int, default=1, help="(arch, seed) runs at once (a GPU host: small students share "
+                    "one GPU; timing still runs alone, after them)")
     ap.add_argument("--stage", choices=("all", "distill", "task"), default="all",
                     help="distill: the encoders only; task: fine-tune and evaluate distilled encoders (then time)")
     ap.add_argument("--no-timing", action="store_true", help="write rows without speed-ups (train on one host ...)")
@@ -249,7 +265,10 @@ def main() -> None:
         rows = time_rows(args)
         write_rows(args, rows)
         return
-    runs = {(a, int(s)): run_student(args, a, int(s), tasks) for a in args.archs.split(";") for s in args.seeds.split(",")}
+    keys = [(a, int(s)) for a in args.archs.split(";") for s in args.seeds.split(",")]
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each run is a chain of subprocesses: threads only wait
+        futures = {k: pool.submit(run_student, args, k[0], k[1], tasks) for k in keys}
+    runs = {k: f.result() for k, f in futures.items()}
     if args.stage == "distill":
         console.print(f"distilled {len(runs)} encoders; run --stage task next")
         return
