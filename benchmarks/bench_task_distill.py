@@ -19,8 +19,8 @@ whose output exists is skipped and an interrupted one resumes, so rerunning the 
 Prints one table (mean and spread over seeds) and appends one JSON row per (task, arch, seed) to `--rows`.
 
 Training on a GPU host, timing on the deployment host (speed-ups belong to the machine they are measured on):
-`--stage distill` then `--stage task --no-timing` there (the training commands pick the GPU; several (arch, seed)
-runs can share one GPU in parallel, each with its own `--rows`), then here, with the same `--init`/`--space`:
+`--no-timing --jobs N` there (the training commands pick the GPU; N (arch, seed) runs share it at once; `--stage
+distill` / `--stage task` split the two halves), then here, with the same `--init`/`--space`:
 
     python benchmarks/bench_task_distill.py --time-rows rows-from-gpu.jsonl --init supernet --space minilm \
         --devices cpu-ort,cpu-openvino --rows rows-timed.jsonl    # rows keep `trained_on` and `train_machine`
