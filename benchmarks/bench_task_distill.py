@@ -20,9 +20,10 @@ Prints one table (mean and spread over seeds) and appends one JSON row per (task
 
 Training on a GPU host, timing on the deployment host (speed-ups belong to the machine they are measured on):
 `--no-timing --jobs N` there (the training commands pick the GPU; N (arch, seed) runs share it at once; `--stage
-distill` / `--stage task` split the two halves), then here, with the same `--init`/`--space`:
+distill` / `--stage task` split the two halves), then here (each row's `init` and `space` are used; older rows
+without `space` take `--space`):
 
-    python benchmarks/bench_task_distill.py --time-rows rows-from-gpu.jsonl --init supernet --space minilm \
+    python benchmarks/bench_task_distill.py --time-rows rows-from-gpu.jsonl \
         --devices cpu-ort,cpu-openvino --rows rows-timed.jsonl    # rows keep `trained_on` and `train_machine`
 """
 
@@ -169,10 +170,10 @@ def time_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise SystemExit(f"error: --time-rows {args.time_rows}: no rows")
     work, folders = Path(args.work), {}
     corpus = args.corpus or str(SAMPLE_DIR / "pydoc-sections-sample-train.jsonl")
-    for arch, init in dict.fromkeys((r["arch"], r.get("init", "etd-impt")) for r in rows):
+    for arch, init, space in dict.fromkeys((r["arch"], r.get("init", "etd-impt"), r.get("space", args.space)) for r in rows):
         folder = work / f"time-{slug(arch)}-{init}"
         if not (folder / "config.json").is_file():
-            start = ["--init", init, "--space", args.space] + (["--supernet", args.supernet] if args.supernet else [])
+            start = ["--init", init, "--space", space] + (["--supernet", args.supernet] if args.supernet else [])
             cli("distill", "--arch", arch, *start, "--corpus", corpus, "--steps", 1, "--lr", 0.0, "--batch-size", 2,
                 "--seq-len", 16, "--out", folder, *args.teacher_opt, log=work / "time.log")  # fmt: skip
         folders[arch] = str(folder)
