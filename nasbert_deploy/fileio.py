@@ -135,7 +135,7 @@ def read_input_text(
     path: str | os.PathLike[str], what: str, error: type[NasBertDeployError] = InputError, hint: str = ""
 ) -> str:
     """The UTF-8 text of a file the user handed in; `error` (one line naming `what` and the path) when it is
-    missing, a folder, unreadable or not UTF-8. `hint` ends the message (what a valid file looks like)."""
+    missing, a folder, unreadable, binary (a NUL byte) or not UTF-8. `hint` ends the message (what a valid file looks like)."""
     p = Path(path)
     tail = f"; {hint}" if hint else ""
     try:
@@ -146,6 +146,9 @@ def read_input_text(
         raise error(f"{what} {p} is a folder, not a file{tail}") from None
     except OSError as exc:
         raise error(f"cannot read {what} {p}: {exc.strerror or exc}{tail}") from None
+    nul = data.find(b"\x00")  # valid UTF-8, yet no text file holds one: a binary file (an archive, weights)
+    if nul >= 0:
+        raise error(f"{what} {p} is binary, not text (a NUL byte at {nul}){tail}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

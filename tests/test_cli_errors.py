@@ -44,6 +44,7 @@ def folder(tmp_path, monkeypatch):
     """An empty working folder holding the rows' inputs (binary garbage, a file, a folder, a corpus)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "garbage.bin").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "nul.txt").write_bytes(b"PK\x03\x04\x00\x00 a zip header, then words that decode as UTF-8\n" * 3)
     (tmp_path / "afile").write_text("x")
     (tmp_path / "adir").mkdir()
     shutil.copyfile(SAMPLE, tmp_path / "text.txt")
@@ -78,10 +79,10 @@ def one_line_exit_2(args: list[str], fragment: str, root: Path) -> str:
 
 
 ROWS = [  # (issue table row, args, what the one line says)
-    ("devices: a binary file as the device spec", ["devices", "garbage.bin"], "device spec garbage.bin is not UTF-8 text"),
+    ("devices: a binary file as the device spec", ["devices", "garbage.bin"], "device spec garbage.bin is binary, not text"),
     ("predict: --table binary garbage", ["predict", "--table", "garbage.bin", MINILM_ARCH, "--space", "minilm"],
-     "latency table garbage.bin is not UTF-8 text"),
-    ("profile: --import binary garbage", ["profile", "--import", "garbage.bin"], "bundle results garbage.bin is not UTF-8"),
+     "latency table garbage.bin is binary, not text"),
+    ("profile: --import binary garbage", ["profile", "--import", "garbage.bin"], "bundle results garbage.bin is binary, not text"),
     ("profile: --out unwritable", ["profile", "--device", "cpu-ort", "--out", f"{UNWRITABLE}/t.json"],
      f"cannot write --out {UNWRITABLE}/t.json: /proc does not accept new files"),
     ("profile: --out an existing folder", ["profile", "--device", "cpu-ort", "--out", "adir"], "--out adir is a folder"),
@@ -93,6 +94,8 @@ ROWS = [  # (issue table row, args, what the one line says)
      f"cannot write --out {UNWRITABLE}"),
     ("supernet train: --out an existing file", ["supernet", "train", "--corpus", "text.txt", "--out", "afile"],
      "--out afile exists and is not a folder"),
+    ("distill: a binary corpus that decodes as UTF-8", ["distill", "--arch", MINILM_ARCH, "--corpus", "nul.txt", "--out", "d"],
+     "corpus nul.txt is binary, not text (a NUL byte at 4)"),
     ("distill: --out unwritable", ["distill", "--arch", MINILM_ARCH, "--corpus", "text.txt", "--out", UNWRITABLE],
      f"cannot write --out {UNWRITABLE}"),
     ("finetune-teacher: --out unwritable", ["finetune-teacher", "--out", UNWRITABLE], f"cannot write --out {UNWRITABLE}"),

@@ -63,7 +63,7 @@ def test_load_retrieval_pool_and_errors(tmp_path):
     with pytest.raises(TaskError, match="missing or empty query"):
         load_retrieval(bad)
     bad.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(TaskError, match="not UTF-8"):
+    with pytest.raises(TaskError, match="is binary, not text"):
         load_retrieval(bad)
 
 
