@@ -127,6 +127,15 @@ def test_encoder_quality_refuses_bad_input(tiny_encoder, tmp_path):
     other.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(TaskError, match="labels that"):
         encoder_quality(tiny_encoder, other, train=SAMPLE_DIR / "wordnet-supersense-sample-train.jsonl")
+    import shutil
+
+    head = shutil.copytree(tiny_encoder, tmp_path / "classifier")  # a fine-tuned classifier: logits, no token states
+    cfg = json.loads((head / "config.json").read_text())
+    (head / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertForSequenceClassification"]}))
+    with pytest.raises(TaskError, match="is a task model .BertForSequenceClassification., not an encoder"):
+        encoder_quality(head, RETRIEVAL_SAMPLE)
+    with pytest.raises(TaskError, match="is a task model"):
+        encoder_quality(tiny_encoder, RETRIEVAL_SAMPLE, teacher_dir=head)
 
 
 def test_evaluate_command_scores_frozen_encoders(tiny_encoder, tmp_path):
