@@ -1,0 +1,56 @@
+"""benchmarks/bench_task_distill.py --time-rows: rows trained on another host (a GPU) are timed here, side by side
+with the teacher, keeping where they were trained; benchmarks/plot_task_distill.py draws them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCH = "128:mha,ffn,id|128:mha,ffn,id|128:mha,ffn,id"
+
+
+def _row(seed: int, share: float) -> dict:
+    return {"task": "debian-sections", "arch": ARCH, "init": "supernet", "space": "minilm", "seed": seed,
+            "distill_steps": 1000, "transfer_rows": 30000, "epochs": 3, "lr": 1e-4, "speedup": {}, "teacher_ms": {},
+            "share_of_teacher": share, "train_s": 1.0, "trained_on": "NVIDIA H200",
+            "machine": {"cpu": "the GPU host's CPU", "cores": 16, "python": "3.12.3", "date": "2026-12-04 16:00"},
+            "examples": 10, "accuracy": 0.8 * share, "macro_f1": 0.7, "label_loyalty": 0.9, "probability_loyalty": 0.9,
+            "teacher_accuracy": 0.8, "teacher_macro_f1": 0.8}
+
+
+def _bench(script: str, *args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_rows_trained_elsewhere_are_timed_here_and_plotted(tmp_path):
+    rows = tmp_path / "gpu-rows.jsonl"
+    rows.write_text("".join(json.dumps(_row(s, share)) + "\n" for s, share in ((0, 0.99), (1, 0.97))))
+    out, work = tmp_path / "timed.jsonl", tmp_path / "work"
+    res = _bench("bench_task_distill.py", "--time-rows", rows, "--work", work, "--rows", out, "--devices", "cpu-ort",
+                 "--rounds", 1)
+    assert res.returncode == 0, res.stdout + res.stderr
+    timed = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["seed"] for r in timed] == [0, 1]
+    for r in timed:
+        assert r["speedup"]["cpu-ort"] > 1.0 and r["teacher_ms"]["cpu-ort"] > 0  # a 3-block 128 student vs MiniLM-L6
+        assert r["trained_on"] == "NVIDIA H200" and r["train_machine"]["cpu"] == "the GPU host's CPU"
+        assert r["machine"]["cpu"] != "the GPU host's CPU" and r["machine"]["cores"] >= 1
+    assert timed[0]["speedup"] == timed[1]["speedup"]  # one arch: extracted once, timed once
+    assert (work / "time.log").read_text().count("cli.app distill --arch") == 1
+
+    png = tmp_path / "plane.png"
+    res = _bench("plot_task_distill.py", out, "--device", "cpu-ort", "--out", png)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "0.980 ± 0.014" in res.stdout and ARCH in res.stdout  # mean ± sd over the two seeds
+
+    res = _bench("plot_task_distill.py", rows, "--device", "cpu-ort", "--out", tmp_path / "none.png")
+    assert res.returncode != 0 and "no rows with a cpu-ort speed-up" in res.stderr
+    assert not (tmp_path / "none.png").exists()
