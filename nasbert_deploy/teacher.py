@@ -47,10 +47,20 @@ def read_model_config(
     return cfg
 
 
+TASK_HEADS = ("ForSequenceClassification", "ForQuestionAnswering")  # architecture-name suffixes of task models
+
+
+def task_head(config: dict[str, Any]) -> str | None:
+    """The architecture of a model config (`read_model_config`) that carries a task head (a classifier, an extractive
+    QA head), or None for a bare encoder."""
+    archs = config.get("architectures") or []
+    return next((str(a) for a in archs if str(a).endswith(TASK_HEADS)), None) if isinstance(archs, list) else None
+
+
 def is_classifier(config: dict[str, Any]) -> bool:
     """Whether a model config (`read_model_config`) describes a sequence classifier (it has a trained head)."""
     archs = config.get("architectures") or []
-    return isinstance(archs, list) and any(str(a).endswith("ForSequenceClassification") for a in archs)
+    return isinstance(archs, list) and any(str(a).endswith(TASK_HEADS[0]) for a in archs)
 
 
 def teacher_layers(path: str | os.PathLike[str] | None) -> int:

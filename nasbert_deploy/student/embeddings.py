@@ -46,13 +46,11 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool = True) -> n
 def _check_encoder_folder(path: Path) -> None:
     """The one model-folder check (`teacher.read_model_config`): a folder whose config.json is a HF config, of an
     encoder: a task model (a classifier or QA head) outputs logits, not token states to pool."""
-    from nasbert_deploy.teacher import read_model_config
+    from nasbert_deploy.teacher import read_model_config, task_head
 
-    cfg = read_model_config(path, "encoder", TeacherError)
-    heads = [str(a) for a in cfg.get("architectures") or [] if str(a).endswith(("ForSequenceClassification",
-                                                                                 "ForQuestionAnswering"))]
-    if heads:
-        raise TaskError(f"{path} is a task model ({heads[0]}), not an encoder: frozen-embedding and retrieval scores "
+    head = task_head(read_model_config(path, "encoder", TeacherError))
+    if head:
+        raise TaskError(f"{path} is a task model ({head}), not an encoder: frozen-embedding and retrieval scores "
                         "need an encoder folder (a `distill` output, the teacher); score a classifier on a labelled "
                         "task file instead")
 
