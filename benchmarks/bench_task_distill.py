@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_quality import machine
+from plot_task_distill import bad_input, read_rows
 from rich.console import Console
 from rich.table import Table
 
@@ -65,14 +66,25 @@ def cli(*args: Any, log: Path) -> None:
     console.print(f"[dim]  done in {time.perf_counter() - t0:.0f} s[/dim]")
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def pairs(values: list[str], what: str) -> dict[str, str]:
     out = {}
     for v in values:
         if "=" not in v:
-            raise SystemExit(f"error: {what} {v!r}: expected TASK=VALUE")
+            bad_input(f"{what} {v!r}: expected TASK=VALUE")
         k, val = v.split("=", 1)
         out[k] = val
     return out
+
+
+def start_options(args: argparse.Namespace, init: str, space: str) -> list[str]:
+    """The students' start for `distill` (`--supernet` only when given)."""
+    return ["--init", init, "--space", space] + (["--supernet", args.supernet] if args.supernet else [])
 
 
 def slug(arch: str) -> str:
@@ -87,10 +99,9 @@ def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str,
     log = work / f"{enc.name}.log"
     if not (enc / "config.json").is_file():
         if args.stage == "task":
-            raise SystemExit(f"error: --stage task: no encoder {enc}; run --stage distill first")
+            bad_input(f"--stage task: no encoder {enc}; run --stage distill first")
         steps, lr = (args.distill_steps, args.distill_lr) if args.distill_steps else (1, 0.0)  # 1 step at lr 0: extraction only
-        start = ["--init", args.init, "--space", args.space] + (["--supernet", args.supernet] if args.supernet else [])
-        cli("distill", "--arch", arch, *start, "--corpus", args.corpus,
+        cli("distill", "--arch", arch, *start_options(args, args.init, args.space), "--corpus", args.corpus,
             "--valid-corpus", args.heldout, "--steps", steps, "--batch-size", args.distill_batch, "--seq-len", 64,
             "--lr", lr, "--seed", seed, "--out", enc, *args.teacher_opt, log=log)  # fmt: skip
     out: dict[str, Any] = {"encoder": str(enc), "tasks": {}}
@@ -165,17 +176,15 @@ def time_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Rows of a `--no-timing` run (trained elsewhere, e.g. on a GPU host), timed on this machine: each arch is
     extracted once (`distill --steps 1 --lr 0`, same `--init`; latency does not depend on the weights) and timed
     side by side with the teacher. Returns the rows with `speedup`, `teacher_ms` and `machine` of this host."""
-    rows = [json.loads(line) for line in Path(args.time_rows).read_text().splitlines() if line.strip()]
-    if not rows:
-        raise SystemExit(f"error: --time-rows {args.time_rows}: no rows")
+    rows = args.rows_to_time
     work, folders = Path(args.work), {}
     corpus = args.corpus or str(SAMPLE_DIR / "pydoc-sections-sample-train.jsonl")
     for arch, init, space in dict.fromkeys((r["arch"], r.get("init", "etd-impt"), r.get("space", args.space)) for r in rows):
         folder = work / f"time-{slug(arch)}-{init}"
         if not (folder / "config.json").is_file():
-            start = ["--init", init, "--space", space] + (["--supernet", args.supernet] if args.supernet else [])
-            cli("distill", "--arch", arch, *start, "--corpus", corpus, "--steps", 1, "--lr", 0.0, "--batch-size", 2,
-                "--seq-len", 16, "--out", folder, *args.teacher_opt, log=work / "time.log")  # fmt: skip
+            cli("distill", "--arch", arch, *start_options(args, init, space), "--corpus", corpus, "--steps", 1,
+                "--lr", 0.0, "--batch-size", 2, "--seq-len", 16, "--out", folder, *args.teacher_opt,
+                log=work / "time.log")  # fmt: skip
         folders[arch] = str(folder)
     speed, host = speedups(args, folders), machine()
     for r in rows:
@@ -233,7 +242,7 @@ def main() -> None:
     ap.add_argument("--devices", default="cpu-ort")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="cpu: robust to other load on a shared host")
-    ap.add_argument("--jobs", type=int, default=1, help="(arch, seed) runs at once (a GPU host: small students share "
+    ap.add_argument("--jobs", type=positive, default=1, help="(arch, seed) runs at once (a GPU host: small students share "
                     "one GPU; timing still runs alone, after them)")
     ap.add_argument("--stage", choices=("all", "distill", "task"), default="all",
                     help="distill: the encoders only; task: fine-tune and evaluate distilled encoders (then time)")
@@ -242,10 +251,11 @@ def main() -> None:
     ap.add_argument("--work", default="runs/task-distill")
     ap.add_argument("--rows", default=None, help="JSONL to append rows to (default: WORK/rows.jsonl)")
     args = ap.parse_args()
+    args.rows_to_time = read_rows(args.time_rows, "--time-rows") if args.time_rows else None
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
     names = args.task_names.split(",")
     if args.smoke:
+        work.mkdir(parents=True, exist_ok=True)
         tasks = {"pydoc-sections": {"train": SAMPLE_DIR / "pydoc-sections-sample-train.jsonl",
                                     "valid": SAMPLE_DIR / "pydoc-sections-sample-valid.jsonl"}}
         corpus = work / "corpus.txt"
@@ -257,17 +267,19 @@ def main() -> None:
         tasks = {t: {s: Path(args.tasks) / t / f"{s}.jsonl" for s in ("train", "valid")} for t in names}
         missing = [str(p) for d in tasks.values() for p in d.values() if not p.is_file()]
         if missing or not args.corpus or not args.heldout:
-            raise SystemExit(f"error: missing {', '.join(missing) or '--corpus/--heldout'}")
+            bad_input(f"missing {', '.join(missing) or '--corpus/--heldout'}")
     args.teacher_opt = ["--teacher", args.teacher] if args.teacher else []
     args.teacher_ft = pairs(args.teacher_ft, "--teacher-ft")
     args.transfer = pairs(args.transfer, "--transfer")
-    args.transfer_rows = {k: int(v) for k, v in pairs(args.transfer_rows, "--transfer-rows").items()}
+    args.transfer_rows = {k: int(v) if v.isdigit() else bad_input(f"--transfer-rows {k}={v!r}: expected a whole number")
+                          for k, v in pairs(args.transfer_rows, "--transfer-rows").items()}
+    work.mkdir(parents=True, exist_ok=True)  # after every input check: a bad one leaves nothing behind
     if args.time_rows:
         rows = time_rows(args)
         write_rows(args, rows)
         return
     keys = [(a, int(s)) for a in args.archs.split(";") for s in args.seeds.split(",")]
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each run is a chain of subprocesses: threads only wait
+    with ThreadPoolExecutor(args.jobs) as pool:  # each run is a chain of subprocesses: threads only wait
         futures = {k: pool.submit(run_student, args, k[0], k[1], tasks) for k in keys}
     runs = {k: f.result() for k, f in futures.items()}
     if args.stage == "distill":

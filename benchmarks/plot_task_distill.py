@@ -13,21 +13,51 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 TARGETS = ((4.0, 0.97), (10.0, 0.93))  # issue #12: (speed-up, share of the teacher's accuracy)
+ROW_KEYS = ("task", "arch", "seed", "distill_steps", "transfer_rows", "accuracy", "macro_f1", "label_loyalty",
+            "probability_loyalty", "teacher_accuracy", "share_of_teacher", "machine")  # every bench_task_distill row
+
+
+def bad_input(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def read_rows(path: str | Path, what: str) -> list[dict[str, Any]]:
+    """The rows of a `bench_task_distill.py` rows file; one line and exit 2 when it is missing, binary, not JSON
+    lines, a row lacks a field, or it holds no row (checked before any work)."""
+    from nasbert_deploy.errors import NasBertDeployError
+    from nasbert_deploy.fileio import read_input_text
+
+    try:
+        text = read_input_text(path, what)
+    except NasBertDeployError as exc:
+        bad_input(str(exc))
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad_input(f"{what} {path}:{n} is not a JSON row of bench_task_distill.py")
+        missing = [k for k in ROW_KEYS if k not in row] if isinstance(row, dict) else list(ROW_KEYS)
+        if missing:
+            bad_input(f"{what} {path}:{n} lacks {', '.join(missing)} (fields of a bench_task_distill.py row)")
+        rows.append(row)
+    if not rows:
+        bad_input(f"{what} {path} holds no rows")
+    return rows
 
 
 def load(paths: list[Path], device: str) -> list[dict[str, Any]]:
-    rows = []
-    for path in paths:
-        for line in path.read_text().splitlines():
-            r = json.loads(line) if line.strip() else None
-            if r and device in (r.get("speedup") or {}):
-                rows.append({**r, "source": path.name})
+    rows = [{**r, "source": p.name} for p in paths for r in read_rows(p, "rows file") if device in (r.get("speedup") or {})]
     if not rows:
-        raise SystemExit(f"error: no rows with a {device} speed-up in {', '.join(map(str, paths))}")
+        bad_input(f"no rows with a {device} speed-up in {', '.join(map(str, paths))}")
     return rows
 
 
@@ -93,9 +123,6 @@ def main() -> None:
     ap.add_argument("--device", default="cpu-ort")
     ap.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = ap.parse_args()
-    missing = [str(p) for p in args.rows if not p.is_file()]
-    if missing:
-        raise SystemExit(f"error: no such rows file: {', '.join(missing)}")
     pts = points(load(args.rows, args.device), args.device)
     for p in sorted(pts, key=lambda p: (p["task"], p["speedup"])):
         print(f"{p['task']:<20} {p['speedup']:6.2f}x  {p['share']:.3f} ± {p['share_sd']:.3f}  {p['arch']}  "

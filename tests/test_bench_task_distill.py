@@ -54,3 +54,14 @@ def test_rows_trained_elsewhere_are_timed_here_and_plotted(tmp_path):
     res = _bench("plot_task_distill.py", rows, "--device", "cpu-ort", "--out", tmp_path / "none.png")
     assert res.returncode != 0 and "no rows with a cpu-ort speed-up" in res.stderr
     assert not (tmp_path / "none.png").exists()
+
+
+def test_bad_rows_are_one_line_exit_2_before_any_work(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"task": "debian-sections", "arch": ARCH}) + "\n")
+    work = tmp_path / "work"
+    res = _bench("bench_task_distill.py", "--time-rows", bad, "--work", work)
+    assert res.returncode == 2 and res.stderr.startswith("error: --time-rows") and "lacks seed" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not work.exists()  # nothing made, not even the folder
+    res = _bench("plot_task_distill.py", tmp_path / "missing.jsonl", "--out", tmp_path / "p.png")
+    assert res.returncode == 2 and "does not exist" in res.stderr and not (tmp_path / "p.png").exists()
