@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from make_corpus import corpus
 
 from nasbert_deploy.space import get_space
 from nasbert_deploy.student.distill import DistillConfig, Student, build_student, distill
@@ -41,17 +41,6 @@ VARIANTS: dict[str, dict[str, float]] = {
     "hidden+emb": {"hidden_weight": 1.0, "embedding_weight": 1.0, "similarity_weight": 1.0},
     "emb": {"hidden_weight": 0.0, "embedding_weight": 1.0, "similarity_weight": 1.0},
 }
-CORPUS_FILES = ("debian-descriptions.txt", "wordnet-glosses.txt", "pydoc-train.txt", "manpages.txt")
-
-
-def corpus(shared: Path, n: int, seed: int = 0) -> list[str]:
-    lines: list[str] = []
-    for f in CORPUS_FILES:
-        lines += [ln.strip() for ln in (shared / "corpus" / f).read_text().splitlines() if len(ln.split()) >= 4]
-    random.Random(seed).shuffle(lines)
-    return lines[:n]
-
-
 class CachedEncoder:
     """The teacher's embeddings of each text list, computed once and kept in `folder` (every variant and every
     later run compares with the same ones)."""

@@ -33,21 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from make_corpus import write_corpus
+
 ARCH = "256:mha,ffn,id|256:mha,ffn,id|256:sep5,mha,id"
-CORPUS_FILES = ("debian-descriptions.txt", "wordnet-glosses.txt", "pydoc-train.txt", "manpages.txt")
 TASKS = ("debian-sections", "wordnet-supersense", "debian-retrieval")
-
-
-def write_corpus(shared: Path, path: Path, n: int, seed: int = 0) -> Path:
-    """`n` paragraphs (>= 4 words) drawn from the shared corpus files, written once to `path`."""
-    if not path.is_file():
-        lines: list[str] = []
-        for f in CORPUS_FILES:
-            lines += [ln.strip() for ln in (shared / "corpus" / f).read_text().splitlines() if len(ln.split()) >= 4]
-        random.Random(seed).shuffle(lines)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines[:n]) + "\n")
-    return path
 
 
 def final_tasks(shared: Path, train_limit: int, valid_limit: int | None) -> list[Any]:
