@@ -19,7 +19,7 @@ from nasbert_deploy.errors import SpaceError
 from nasbert_deploy.space import MINILM, SearchSpace
 from nasbert_deploy.supernet.shrinking import shrink_schedule
 
-# the shipped default supernet (docs/supernet.md): 4,000 steps, batch 32 x 64 tokens, minilm space, one CPU core,
+# the default supernet of 2026-11-21 (docs/supernet.md): 4,000 steps, batch 32 x 64 tokens, minilm space, one CPU core,
 # 1,139 s of training, shrinking and final scoring
 REFERENCE = {"space": MINILM, "batch": 32, "seq_len": 64, "step_s": 1139.0 / 4000}
 
