@@ -72,8 +72,8 @@ class Results:
         if self.data:
             console.print(f"resuming: {len(self.data)} measurements already in {path}")
 
-    def get(self, key: str) -> Any:
-        return self.data.get(key)
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
 
     def put(self, key: str, value: Any) -> None:
         self.data[key] = value
