@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ def task_files(args: argparse.Namespace) -> dict[str, dict[str, Path]]:
     out[RETRIEVAL] = {"valid": root / RETRIEVAL / "valid.jsonl"}
     missing = [str(p) for d in out.values() for p in d.values() if not p.is_file()]
     if missing:
-        raise SystemExit(f"error: task files missing: {', '.join(missing)} (pass --tasks DIR with the three task folders)")
+        print(f"error: task files missing: {', '.join(missing)} (pass --tasks DIR with the three task folders)", file=sys.stderr)
+        raise SystemExit(2)
     return out
 
 
