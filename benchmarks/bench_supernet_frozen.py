@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from bench_quality import CLASSIFICATION, RETRIEVAL, machine, task_files
 from bench_rerank_quality import Cached, score
@@ -36,27 +36,26 @@ console = Console(width=170)
 FIXED = ("256:sep7,sep5,ffn|256:mha,ffn,id|256:sep5,mha,id", "256:mha,ffn,id|256:mha,ffn,id|256:mha,ffn,id")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def parse_supernets(items: list[str]) -> dict[str, Path | None]:
-    """NAME=DIR pairs (`DIR` = `default`: the shipped supernet); exits 2 with one line on a bad one."""
+def parse_supernets(items: list[str]) -> dict[str, Path]:
+    """NAME=DIR pairs (`DIR` = `default`: the shipped supernet) -> resolved supernet folders; exits 2 with one line
+    on a bad one."""
     from nasbert_deploy.errors import CheckpointError
     from nasbert_deploy.supernet.default import resolve_supernet_dir
 
-    out: dict[str, Path | None] = {}
+    out: dict[str, Path] = {}
     for item in items or ["shipped=default"]:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder or name in out:
             fail(f"--supernet {item!r}: use NAME=DIR (a new NAME each time; DIR 'default' = the shipped one)")
-        path = None if folder == "default" else Path(folder)
         try:
-            resolve_supernet_dir(path)
+            out[name] = resolve_supernet_dir(None if folder == "default" else Path(folder))
         except CheckpointError as exc:  # no trained supernet there
             fail(f"--supernet {item!r}: {exc}")
-        out[name] = path
     return out
 
 
@@ -88,7 +87,7 @@ def main() -> None:
     from nasbert_deploy.search.problem import Budget
     from nasbert_deploy.search.run import SearchRequest, run_search
     from nasbert_deploy.student.embeddings import Embedder
-    from nasbert_deploy.supernet.default import CANDIDATES_FILE, resolve_supernet_dir
+    from nasbert_deploy.supernet.default import CANDIDATES_FILE
     from nasbert_deploy.supernet.network import Supernet
     from nasbert_deploy.teacher import load_tokenizer, resolve_teacher_path
 
@@ -101,8 +100,7 @@ def main() -> None:
     teacher = Cached(Embedder(resolve_teacher_path(None), "torch", max_len=128))
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, path in supernets.items():
-            folder = resolve_supernet_dir(path)
+        for name, folder in supernets.items():
             net, meta = Supernet.load(folder)
             todo: list[tuple[str, str, float | None]] = []
             for ms in budgets:

@@ -54,6 +54,17 @@ def test_distill_finetune_evaluate_end_to_end(tiny):
     assert len(report["labels"]) == 6
 
 
+def test_distill_sentence_embedding_terms_are_options(tiny):
+    root = tiny["root"]
+    r = _run("distill", "--arch", ARCH, "--init", "random", "--space", "tiny", "--teacher", tiny["teacher"],
+             "--corpus", tiny["corpus"], "--out", root / "sent", "--steps", "2", "--batch-size", "4", "--seq-len", "16",
+             "--embedding-weight", "0.5", "--similarity-weight", "2", "--similarity-temperature", "0.1")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "embedding" in r.output and "similarity" in r.output  # both terms are trained and shown
+    cfg = json.loads((root / "sent" / "distill_report.json").read_text())["config"]
+    assert (cfg["embedding_weight"], cfg["similarity_weight"], cfg["similarity_temperature"]) == (0.5, 2.0, 0.1)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

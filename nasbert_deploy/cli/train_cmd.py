@@ -118,6 +118,12 @@ def distill_cmd(
     prediction_weight: Annotated[float, _opt("--prediction-weight", min=0.0,
                                              help="Weight of the MLM-head KL loss (teachers with an MLM head).")] = 0.0,
     temperature: Annotated[float, _opt("--temperature", min=0.01, help="Temperature of the prediction-layer loss.")] = 1.0,
+    embedding_weight: Annotated[float, _opt("--embedding-weight", min=0.0, help="Weight of 1 - cosine between the "
+                                            "student's and the teacher's mean-pooled sentence embeddings.")] = 0.0,
+    similarity_weight: Annotated[float, _opt("--similarity-weight", min=0.0, help="Weight of the in-batch similarity "
+                                             "KL of sentence embeddings (what retrieval ranks by).")] = 0.0,
+    similarity_temperature: Annotated[float, _opt("--similarity-temperature", min=0.001,
+                                                  help="Temperature of the similarity KL.")] = 0.05,
     checkpoint_every: Annotated[int, _opt("--checkpoint-every", min=1, help="Steps between resumable checkpoints.")] = 200,
     layer_map: Annotated[str | None, _opt("--layer-map", help="Teacher layer per block (3,5,6; 0 = no block loss; the "
                                           "last is what the output regresses) or the file `layer-map` writes; turns "
@@ -143,7 +149,9 @@ def distill_cmd(
     mapped = _layer_map(layer_map, arch, from_export, teacher) if layer_map is not None else None
     cfg = DistillConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, hidden_weight=hidden_weight,
                         intermediate_weight=block_weight, prediction_weight=prediction_weight, temperature=temperature,
-                        checkpoint_every=checkpoint_every, seed=seed, layer_map=mapped)
+                        embedding_weight=embedding_weight, similarity_weight=similarity_weight,
+                        similarity_temperature=similarity_temperature, checkpoint_every=checkpoint_every, seed=seed,
+                        layer_map=mapped)
     texts = read_paragraphs(corpus)
     held_out = read_paragraphs(valid_corpus) if valid_corpus else None
     resolve_teacher_path(teacher)  # a bad --teacher folder fails before the student is built
