@@ -40,6 +40,11 @@ VARIANTS: dict[str, dict[str, float]] = {
     "hidden": {"hidden_weight": 1.0},
     "hidden+emb": {"hidden_weight": 1.0, "embedding_weight": 1.0, "similarity_weight": 1.0},
     "emb": {"hidden_weight": 0.0, "embedding_weight": 1.0, "similarity_weight": 1.0},
+    # docs/quality.md s10 (2026-12-04): a softer similarity KL, weighted 1 and 4
+    "hidden+emb+sim-t0.1": {"hidden_weight": 1.0, "embedding_weight": 1.0, "similarity_weight": 1.0,
+                            "similarity_temperature": 0.1},
+    "hidden+emb+sim4-t0.1": {"hidden_weight": 1.0, "embedding_weight": 1.0, "similarity_weight": 4.0,
+                             "similarity_temperature": 0.1},
 }
 class CachedEncoder:
     """The teacher's embeddings of each text list, computed once and kept in `folder` (every variant and every
@@ -99,6 +104,9 @@ def main() -> None:
     ap.add_argument("--work", default="runs/distill-losses")
     ap.add_argument("--results", default="runs/distill-losses/results.jsonl")
     args = ap.parse_args()
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        ap.error(f"--variants: unknown {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")  # one line, exit 2
     torch.set_num_threads(args.threads)
     shared, work, results = Path(args.shared), Path(args.work), Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
