@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,8 @@ def main() -> None:
     args = ap.parse_args()
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
-        ap.error(f"--variants: unknown {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")  # one line, exit 2
+        print(f"error: --variants: unknown {', '.join(unknown)}; valid: {', '.join(VARIANTS)}", file=sys.stderr)
+        raise SystemExit(2)
     torch.set_num_threads(args.threads)
     shared, work, results = Path(args.shared), Path(args.work), Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
