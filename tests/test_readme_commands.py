@@ -55,6 +55,7 @@ QUICK_EXPORT = ("nasbert-deploy export --device cpu-ort --max-latency-ms 3 --max
 DISTILL = "nasbert-deploy distill --arch ARCH --corpus text.txt --out student/"
 FT_TEACHER = "nasbert-deploy finetune-teacher --task task.jsonl --out teacher-ft/"
 FINETUNE = "nasbert-deploy finetune --model student/ --task task.jsonl --teacher-model teacher-ft/ --out student-ft/"
+EXPORT_TRAINED = "nasbert-deploy export --model student-ft/ --int8 --out student-ft-export/"
 SHRINK: dict[str, Shrink] = {
     QUICK_PROFILE: Shrink("timing stubbed (the preset takes minutes; its wall time and error are in docs/profiling.md): the "
                           "stub checks the device, the shipped supernet's space and the --fast preset and writes the shipped "
@@ -91,6 +92,11 @@ SHRINK: dict[str, Shrink] = {
     "nasbert-deploy evaluate --model student-ft/ --task valid.jsonl --teacher-model teacher-ft/ [--runtime onnxruntime]":
         Shrink("as written (exports the tiny classifier to ONNX)", "label_loyalty", add=("--max-len", "32"),
                needs=(FINETUNE, FT_TEACHER), slow=True),
+    EXPORT_TRAINED: Shrink("as written, untimed (test_export_trained times one)", "trained classifier student-ft",
+                           add=("--no-timing", "--no-memory"), needs=(FINETUNE,), slow=True),
+    "nasbert-deploy evaluate --model student-ft-export/ --task valid.jsonl --runtime onnxruntime-int8":
+        Shrink("as written: the export's ONNX Runtime INT8 file", "onnxruntime-int8", add=("--max-len", "32"),
+               needs=(EXPORT_TRAINED,), slow=True),
 }  # fmt: skip
 
 

@@ -36,6 +36,7 @@ def choice(name: str, values: Iterable[str]) -> type[Enum]:
 
 SpaceName = choice("SpaceName", SPACES)
 RuntimeName = choice("RuntimeName", RUNTIMES)
+EvalRuntimeName = choice("EvalRuntimeName", (*RUNTIMES, "onnxruntime-int8", "openvino-int8"))  # + an export's INT8 files
 PrecisionName = choice("PrecisionName", PRECISIONS)
 InitName = choice("InitName", INITS)
 StudentInitName = choice("StudentInitName", STUDENT_INITS)

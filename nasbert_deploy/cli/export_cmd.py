@@ -46,13 +46,21 @@ def export(
     calibrate: Annotated[bool, _opt("--calibrate", help="First time one whole model per device here and scale its "
                                     "table's predictions (search and report) by measured / predicted.")] = False,
     force: Annotated[bool, _opt("--force", help="Replace a non-empty --out folder.")] = False,
+    model: Annotated[Path | None, _opt("--model", help="Export this trained folder instead (a `distill` encoder, a "
+                                       "`finetune` / `finetune-teacher` classifier): no --arch, budget, --supernet, "
+                                       "--init.")] = None,
 ) -> None:
-    """Export a model with weights inherited from the supernet; validate every artefact against PyTorch; report."""
+    """Export a model (weights inherited from the supernet, or a trained folder with --model); validate every
+    artefact against PyTorch; report."""
     from nasbert_deploy.devices import load_device
     from nasbert_deploy.export.pipeline import ExportOptions, parse_formats
     from nasbert_deploy.export.run import DEFAULT_DEVICE, ExportRequest, budget_or_arch, prepare_export, read_calibration
 
-    budget = budget_or_arch(arch, len(device or []), max_latency_ms, max_params, max_memory_mb)
+    if model is not None:
+        _check_model_options(arch, max_latency_ms, max_params, max_memory_mb, supernet, init, space)
+        budget = None
+    else:
+        budget = budget_or_arch(arch, len(device or []), max_latency_ms, max_params, max_memory_mb)
     spec = device[0] if device else load_device(DEFAULT_DEVICE)
     options = ExportOptions(formats=parse_formats(formats), int8=int8, fp16=fp16, token_type_ids=token_type_ids,
                             batch=batch or spec.batch_sizes[0], seq_len=seq_len or max(spec.seq_lens),
@@ -60,13 +68,30 @@ def export(
                             calibration_texts=read_calibration(calibration),
                             budget_ms=tuple(budget.latencies_ms) if budget is not None else ())
     request = ExportRequest(out, options, spec, arch, budget, supernet, init.value, space.value if space else None, seed,
-                            tokenizer, force, tuple((device or [])[1:]), calibrate)
+                            tokenizer, force, tuple((device or [])[1:]), calibrate, model)
     prepared = prepare_export(request, print_note)
+    if prepared.weights.get("init") == "trained":
+        console.print(f"trained {prepared.weights['kind']} {model}: {prepared.model.config.arch}", highlight=False)
     if prepared.chosen is not None:
         c = prepared.chosen
         ms = ", ".join(f"{m:.3f} ms on {d.name}" for m, d in zip(c.latencies_ms or (c.latency_ms,), device or [spec]))
         console.print(f"searched: {c.arch} (predicted {ms}, loss {c.loss:.4f})", highlight=False)
     _export(request, prepared)
+
+
+def _check_model_options(arch: str | None, max_latency_ms: list[float] | None, max_params: str | None,
+                         max_memory_mb: float | None, supernet: Path | None, init: Any, space: Any) -> None:
+    """--model fixes the architecture and the weights: the options that choose them are errors beside it."""
+    from nasbert_deploy.errors import ArchError
+
+    given = [name for name, value in (("--arch", arch), ("--max-latency-ms", max_latency_ms or None),
+                                      ("--max-params", max_params), ("--max-memory-mb", max_memory_mb),
+                                      ("--supernet", supernet), ("--space", space)) if value is not None]
+    if init.value != "supernet":
+        given.append("--init")
+    if given:
+        raise ArchError(f"--model exports a trained folder as it is: drop {', '.join(given)} (they choose an "
+                        "architecture and weights from the supernet)")
 
 
 class _Checks:

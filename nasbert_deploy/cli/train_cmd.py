@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from nasbert_deploy.cli.common import (
-    RuntimeName,
+    EvalRuntimeName,
     SeedOpt,
     SpaceName,
     StudentInitName,
@@ -303,7 +303,8 @@ def evaluate_cmd(
     model: Annotated[Path, _opt("--model", help="Fine-tuned classifier folder.")],
     task: Annotated[str, _opt("--task", help=f"Labelled task file, or {SAMPLE_TASK} (its valid split).")] = SAMPLE_TASK,
     teacher_model: Annotated[Path | None, _opt("--teacher-model", help="Fine-tuned teacher: adds loyalty scores.")] = None,
-    runtime: Annotated[RuntimeName, _opt("--runtime", help="PyTorch, or the ONNX/OpenVINO export.")] = RuntimeName("torch"),
+    runtime: Annotated[EvalRuntimeName, _opt("--runtime", help="PyTorch, the ONNX/OpenVINO export, or an export "
+                                             "folder's INT8 files (*-int8).")] = EvalRuntimeName("torch"),
     batch_size: Annotated[int, _opt("--batch-size", min=1, help="Examples per forward pass.")] = 64,
     max_len: MaxLenOpt = 128,
     json_out: Annotated[Path | None, _opt("--json", help="Also write the report as JSON.")] = None,
@@ -334,6 +335,10 @@ def evaluate_cmd(
         return
     if _squad_task(task):
         from nasbert_deploy.qa.squad import load_squad
+
+        if runtime.value.endswith("-int8"):
+            raise TaskError(f"--runtime {runtime.value} scores classifiers and encoders; extractive QA runs on torch, "
+                            "onnxruntime or openvino")
         from nasbert_deploy.qa.train import evaluate_qa
 
         report = evaluate_qa(model, load_squad(task), teacher_model, max_len, runtime.value)

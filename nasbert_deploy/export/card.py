@@ -20,12 +20,15 @@ from nasbert_deploy.space import format_params
 CARD = "README.md"
 QUALITY_START = "<!-- nasbert-deploy:quality:start -->"
 QUALITY_END = "<!-- nasbert-deploy:quality:end -->"
-NO_QUALITY = ("_Not evaluated yet._ `nasbert-deploy evaluate --model THIS_FOLDER --task valid.jsonl --train train.jsonl` "
-              "(or a retrieval file) adds its scores here.")
+NO_QUALITY = ("_Not evaluated yet._ `nasbert-deploy evaluate --model THIS_FOLDER --task valid.jsonl` (an encoder: with "
+              "`--train train.jsonl` for a linear probe, or a retrieval file) adds its scores here.")
+PLACEHOLDERS = (NO_QUALITY, "_Not evaluated yet._ `nasbert-deploy evaluate --model THIS_FOLDER --task valid.jsonl --train "
+                "train.jsonl` (or a retrieval file) adds its scores here.")  # this one, and the cards of earlier versions
 SHIPPED_TEXT = (
-    "plain English prose from the reStructuredText sources of the Python 3.11 documentation (Debian "
-    "`python3.11-doc` 3.11.2), Copyright (c) 2001-2023 Python Software Foundation, under the PSF documentation "
-    "licence (https://docs.python.org/3.11/license.html); see `nasbert_deploy/data/README.md`"
+    "24,128 paragraphs of a mixed English corpus (docs/supernet.md): Debian 12 package long descriptions (each under "
+    "its source package's free licence), WordNet 3.0 definitions (Princeton WordNet licence), the Python 3.11 "
+    "documentation's prose (PSF documentation licence) and man pages (GPL-2+, BSD, Linux man-pages copyleft, "
+    "Artistic)"
 )
 
 
@@ -41,9 +44,36 @@ def _arch_rows(report: Mapping[str, Any]) -> list[str]:
     return rows
 
 
+LICENCES = ("- licences: the model code (`*.py` here, nasbert-deploy) is Apache-2.0; the default teacher "
+            "sentence-transformers/all-MiniLM-L6-v2 is Apache-2.0; the training text's licence is above. Check all of "
+            "them before redistributing the weights.")
+
+
+def _trained_provenance(weights: Mapping[str, Any]) -> list[str]:
+    """`export --model DIR`: what the folder's training reports say (`trained.training_summary`)."""
+    lines = [f"- weights: the trained {weights.get('kind')} `{weights.get('model')}`"]
+    training = weights.get("training") or {}
+    d, f = training.get("distill_report.json"), training.get("finetune_report.json")
+    if d:
+        corpus = (d.get("config") or {}).get("corpus") or d.get("corpus")
+        lines.append(f"- distilled (`distill`, {d.get('init', '?')} start) from the teacher `{d.get('teacher', '?')}`, "
+                     f"{d.get('steps', '?')} steps" + (f", on `{corpus}`" if corpus else ""))
+    if f:
+        kd = f" with task distillation from `{f['teacher_model']}`" if f.get("teacher_model") else ""
+        lines.append(f"- fine-tuned on `{f.get('task', '?')}` ({f.get('train_rows', '?')} rows, "
+                     f"{f.get('transfer_rows') or 0} transfer rows){kd}")
+    if not (d or f):
+        lines.append("- training: not recorded (no distill_report.json or finetune_report.json in the folder)")
+    if weights.get("labels"):
+        lines.append(f"- labels (logit order): {', '.join(map(str, weights['labels']))}")
+    return [*lines, "- training text and teacher: see the training reports named above for their provenance", LICENCES]
+
+
 def _provenance(weights: Mapping[str, Any]) -> list[str]:
     if weights.get("init") == "random":
         return ["**The weights are RANDOM** (`--init random`): this export is for latency studies only."]
+    if weights.get("init") == "trained":
+        return _trained_provenance(weights)
     meta = weights.get("supernet_metadata") or {}
     teacher = meta.get("teacher", "not recorded in the supernet's metadata")
     corpus = meta.get("corpus")
@@ -58,12 +88,7 @@ def _provenance(weights: Mapping[str, Any]) -> list[str]:
     for key in ("paragraphs", "steps", "seq_len"):
         if key in meta:
             lines.append(f"- {key.replace('_', ' ')}: {meta[key]}")
-    lines += [
-        "- licences: the model code (`*.py` here, nasbert-deploy) is Apache-2.0; the default teacher "
-        "sentence-transformers/all-MiniLM-L6-v2 is Apache-2.0; the training text's licence is above. Check all of them "
-        "before redistributing the weights.",
-    ]
-    return lines
+    return [*lines, LICENCES]
 
 
 def _latency_rows(report: Mapping[str, Any]) -> list[str]:
@@ -111,9 +136,33 @@ def _validation_rows(report: Mapping[str, Any]) -> list[str]:
     return rows
 
 
+def _classifier_usage(feed: str) -> list[str]:
+    return [
+        "`PATH` is this folder. nasbert-deploy need not be installed: the model code ships here (`trust_remote_code=True`).",
+        "",
+        "```python",
+        "# transformers",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+        "model = AutoModelForSequenceClassification.from_pretrained(PATH, trust_remote_code=True)",
+        'logits = model(**tokenizer(["a text"], return_tensors="pt")).logits',
+        "label = model.config.id2label[int(logits.argmax(-1))]",
+        "",
+        "# plain onnxruntime / OpenVINO: logits (batch, labels), labels in config.json's id2label order",
+        "import onnxruntime as ort, openvino as ov",
+        'enc = tokenizer(["a text"], return_tensors="np")',
+        f'logits = ort.InferenceSession(f"{{PATH}}/onnx/model.onnx").run(None, {feed})[0]',
+        'compiled = ov.Core().compile_model(f"{PATH}/openvino/openvino_model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})',
+        f"logits = compiled({feed})[0]",
+        "```",
+    ]
+
+
 def _usage(report: Mapping[str, Any]) -> list[str]:
     tt = "token_type_ids" in report.get("inputs", [])
     feed = '{k: enc[k] for k in ("input_ids", "attention_mask"' + (', "token_type_ids"' if tt else "") + ")}"
+    if report.get("output") == "logits":
+        return _classifier_usage(feed)
     return [
         "`PATH` is this folder. nasbert-deploy need not be installed: the model code ships here (`trust_remote_code=True`).",
         "",
@@ -150,19 +199,37 @@ def model_card(report: Mapping[str, Any]) -> str:
     """The card's Markdown for an export `report` (with an empty quality section)."""
     lat = report["latency"]
     files = "\n".join(f"- `{name}` ({size:.2f} MiB)" for name, size in report["files_mb"].items())
+    version = report["versions"].get("nasbert-deploy", "")
+    if report.get("output") == "logits":
+        labels = (report.get("weights") or {}).get("labels") or []
+        head = [
+            "library_name: transformers",
+            "pipeline_tag: text-classification",
+            "tags: [text-classification, nas-bert, nasbert-deploy, onnx, openvino]",
+            "---",
+            "",
+            f"# NAS-BERT classifier `{report['arch']}`",
+            "",
+            f"A {format_params(report['params'])}-parameter text classifier on a NAS-BERT encoder (search space "
+            f"`{report['space']}`), exported by nasbert-deploy {version}: output `logits` (batch, {len(labels)}), "
+            "mean pooling over real tokens, then a linear layer.",
+        ]
+    else:
+        head = [
+            "library_name: sentence-transformers",
+            "pipeline_tag: sentence-similarity",
+            "tags: [sentence-transformers, feature-extraction, nas-bert, nasbert-deploy, onnx, openvino]",
+            "---",
+            "",
+            f"# NAS-BERT encoder `{report['arch']}`",
+            "",
+            f"A {format_params(report['params'])}-parameter sentence encoder (search space `{report['space']}`), exported "
+            f"by nasbert-deploy {version}: output `last_hidden_state` (batch, seq, {report.get('output_dim', '?')}); "
+            "sentence embeddings = mean over real tokens, L2-normalised.",
+        ]
     lines = [
         "---",
-        "library_name: sentence-transformers",
-        "pipeline_tag: sentence-similarity",
-        "tags: [sentence-transformers, feature-extraction, nas-bert, nasbert-deploy, onnx, openvino]",
-        "---",
-        "",
-        f"# NAS-BERT encoder `{report['arch']}`",
-        "",
-        f"A {format_params(report['params'])}-parameter sentence encoder from a NAS-BERT supernet (search space "
-        f"`{report['space']}`), exported by nasbert-deploy {report['versions'].get('nasbert-deploy', '')}: output "
-        f"`last_hidden_state` (batch, seq, {report.get('output_dim', '?')}); sentence embeddings = mean over real tokens, "
-        "L2-normalised.",
+        *head,
         "",
         "## Architecture",
         "",
@@ -235,7 +302,7 @@ def append_quality(folder: str | os.PathLike[str], results: Mapping[str, Any]) -
     if start < 0 or end < start:
         raise ExportError(f"{path} has no quality section ({QUALITY_START} ... {QUALITY_END}); re-export to get one")
     body = text[start + len(QUALITY_START) : end].strip()
-    body = "" if body == NO_QUALITY else body
+    body = "" if body in PLACEHOLDERS else body
     new = "\n\n".join(p for p in (body, _quality_entry(results)) if p)
     return write_text_atomic(path, text[: start + len(QUALITY_START)] + "\n" + new + "\n" + text[end:])
 

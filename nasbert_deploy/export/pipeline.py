@@ -38,7 +38,13 @@ import torch
 from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import CheckpointError, ExportError, TableError
 from nasbert_deploy.export import measure
-from nasbert_deploy.export.validate import VALIDATION_BATCHES, VALIDATION_SEQ_LENS, raise_failures
+from nasbert_deploy.export.validate import (
+    VALIDATION_BATCHES,
+    VALIDATION_SEQ_LENS,
+    is_classifier_model,
+    output_name,
+    raise_failures,
+)
 from nasbert_deploy.runtimes.base import EXPORT_ARTEFACTS
 from nasbert_deploy.space import Arch, SearchSpace
 
@@ -243,9 +249,6 @@ def _nncf_quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-
-
-
 def export_model(
     model: Any,
     out_dir: str | os.PathLike[str],
@@ -257,8 +260,8 @@ def export_model(
     on_check: Callable[[Any], None] | None = None,
     more_specs: Sequence[DeviceSpec] = (),
 ) -> dict[str, Any]:
-    """Write every artefact of `model` (a `NasBertModel`) into `out_dir`, validate, measure on `spec` (and on each
-    of `more_specs`); return the report.
+    """Write every artefact of `model` (a `NasBertModel`, or a `NasBertForSequenceClassification`: its output is
+    `logits`) into `out_dir`, validate, measure on `spec` (and on each of `more_specs`); return the report.
 
     Raises `ExportError` (one, listing every failed check) if validation fails; then nothing is written.
     """
@@ -267,6 +270,7 @@ def export_model(
     from nasbert_deploy.export.report import build_report, write_report
     from nasbert_deploy.export.targets import validate_export
     from nasbert_deploy.fileio import atomic_dir
+    from nasbert_deploy.model.remote_code import write_remote_code
     from nasbert_deploy.runtimes.convert import (
         EXAMPLE_BATCH,
         EXAMPLE_SEQ,
@@ -293,7 +297,10 @@ def export_model(
             step("transformers folder")
             model.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
-            write_ecosystem_files(tmp, tokenizer, space.output_dim, seq_len)  # ST truncates where latency is reported
+            if is_classifier_model(model):  # custom code + auto_map; sentence-transformers is for encoders
+                write_remote_code(tmp)
+            else:
+                write_ecosystem_files(tmp, tokenizer, space.output_dim, seq_len)  # ST truncates where latency is reported
             path = {kind: tmp / rel for kind, rel in EXPORT_ARTEFACTS.items()}
             for p in path.values():
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -303,7 +310,7 @@ def export_model(
             example = {"input_ids": ex_ids, "attention_mask": torch.ones_like(ex_ids)}
             if options.token_type_ids:
                 example["token_type_ids"] = torch.zeros_like(ex_ids)
-            onnx_path = export_onnx(FirstOutput(model), path["onnx"], example, ["last_hidden_state"])
+            onnx_path = export_onnx(FirstOutput(model), path["onnx"], example, [output_name(model)])
             if "openvino" in options.formats:
                 step("OpenVINO IR" + (" (fp16 weights)" if options.fp16 else ""))
                 onnx_to_openvino(onnx_path, path["openvino"], fp16=options.fp16)

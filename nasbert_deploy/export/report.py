@@ -109,6 +109,7 @@ def build_report(
         "params": space.params(arch),
         "flops": space.flops(arch, seq_len),
         "output_dim": space.output_dim,
+        "output": "logits" if weights.get("kind") == "classifier" else "last_hidden_state",
         "weights": weights,
         "device": spec.to_dict(),
         "formats": list(options.formats),
@@ -166,6 +167,9 @@ def report_markdown(r: dict[str, Any]) -> str:
     start = w.get("start") if isinstance(w.get("start"), dict) else {}
     if w.get("init") == "random":
         lines += ["**WARNING: the weights are RANDOM** (`--init random`): use this export for latency studies only.", ""]
+    elif w.get("init") == "trained":  # export --model DIR
+        lines += [f"Weights of the trained {w.get('kind')} `{w.get('model')}` (training reports: "
+                  f"{', '.join(w.get('training') or {}) or 'none in the folder'}).", ""]
     elif start.get("encoder"):  # search-task --init etd-*: Extract Then Distill
         lines += [f"Weights extracted from the encoder `{start['encoder']}` ({start.get('init')}; layer map "
                   f"{start.get('layer_map')}), then distilled.", ""]
@@ -174,7 +178,7 @@ def report_markdown(r: dict[str, Any]) -> str:
     lines += [
         f"- space: {r['space']} ({r['space_hash']}), params: {format_params(r['params'])} ({r['params']:,}), "
         f"FLOPs at seq {lat['seq_len']}: {r['flops']:,}",
-        f"- inputs: {', '.join(r['inputs'])}; output: last_hidden_state; formats: {', '.join(r['formats'])}"
+        f"- inputs: {', '.join(r['inputs'])}; output: {r.get('output', 'last_hidden_state')}; formats: {', '.join(r['formats'])}"
         + (", int8" if r["int8"] else "")
         + (", OpenVINO fp16 weights" if r["fp16"] else ""),
         "",

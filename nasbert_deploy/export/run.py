@@ -115,6 +115,7 @@ class ExportRequest:
     force: bool = False
     more_specs: tuple[DeviceSpec, ...] = ()  # further devices: the budget has one latency per device, `spec`'s first
     calibrate: bool = False  # time one whole model per device first; scale the search and the report (`check_tables`)
+    model: Path | None = None  # a trained folder (`distill`, `finetune`, `finetune-teacher`) instead of arch + weights
 
 
 @dataclass
@@ -165,6 +166,8 @@ def prepare_export(request: ExportRequest, on_note: Any = None) -> PreparedExpor
         raise ExportError(f"unknown initialisation {request.init!r}; valid: supernet, random")
     for spec in (request.spec, *request.more_specs):
         check_device_formats(spec, request.options)
+    if request.model is not None:
+        return _prepare_trained(request, on_note)
     check_out(request.out, request.force)
     sp = export_space(request.space, request.init, request.supernet)
     chosen = None
@@ -184,3 +187,21 @@ def prepare_export(request: ExportRequest, on_note: Any = None) -> PreparedExpor
         model, weights = model_from_supernet(arch, request.supernet)
     options = replace(request.options, latency_factors={c.device: c.factor for c in cals}) if cals else request.options
     return PreparedExport(model, weights, tok, chosen, options, cals)
+
+
+def _prepare_trained(request: ExportRequest, on_note: Any = None) -> PreparedExport:
+    """`export --model DIR`: the folder checked and loaded (`trained.load_trained`), `out` checked; latency predicted
+    where a device has a table for the model's space (none needed: the export is measured either way)."""
+    from nasbert_deploy.export.trained import check_trained_folder, load_trained
+
+    model_dir = Path(request.model)  # type: ignore[arg-type]
+    check_trained_folder(model_dir)
+    if request.out.resolve() == model_dir.resolve():
+        raise ExportError(f"--out {request.out} is the --model folder; write the export to a new folder")
+    check_out(request.out, request.force)
+    model, weights, tok = load_trained(model_dir, request.tokenizer)
+    sp = model.config.search_space
+    seq_len = min(request.options.seq_len, sp.max_positions)
+    _, cals = device_tables(request, sp, seq_len, on_note)
+    options = replace(request.options, latency_factors={c.device: c.factor for c in cals}) if cals else request.options
+    return PreparedExport(model, weights, tok, None, options, cals)

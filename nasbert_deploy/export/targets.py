@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from nasbert_deploy.devices import DeviceSpec
-from nasbert_deploy.export.validate import RELOAD_RTOL, Check, Target, precision_rtol, shape_grid, validate
+from nasbert_deploy.export.validate import (
+    RELOAD_RTOL,
+    Check,
+    Target,
+    is_classifier_model,
+    output_name,
+    precision_rtol,
+    shape_grid,
+    validate,
+)
 from nasbert_deploy.space import SearchSpace
 
 PIN_PRECISION = (
@@ -55,13 +64,14 @@ def openvino_precision(default: str, pinned: str, validated: list[str]) -> dict[
 
 
 def _torch_runner(model: Any) -> Callable[[Any], Any]:
+    """inputs -> the model's first output (last_hidden_state of an encoder, logits of a classifier) as numpy."""
     import torch
 
     def run(inputs: Any) -> Any:
         with torch.inference_mode():
             names = ("input_ids", "attention_mask", "token_type_ids")
-            args = [torch.from_numpy(inputs[k]) if k in inputs else None for k in names]
-            return model(*args).last_hidden_state.float().numpy()
+            kwargs = {k: torch.from_numpy(inputs[k]) if k in inputs else None for k in names}
+            return model(**kwargs, return_dict=False)[0].float().numpy()
 
     return run
 
@@ -74,7 +84,7 @@ def validation_targets(
     model: Any, folder: Path, fp16: bool, spec: DeviceSpec | Sequence[DeviceSpec]
 ) -> tuple[list[Target], dict[str, Any] | None]:
     """The targets for every artefact in `folder`, and the OpenVINO precision entry (None without an IR)."""
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     from nasbert_deploy.model import modeling  # noqa: F401  (registers the nasbert model type with AutoModel)
     from nasbert_deploy.runtimes.base import export_artefact
@@ -87,7 +97,8 @@ def validation_targets(
         return DeviceSpec(name="validate-openvino", runtime="openvino", target="cpu", threads=0,
                           runtime_options={PRECISION_HINT: hint})
 
-    reloaded = AutoModel.from_pretrained(str(folder)).eval()
+    auto = AutoModelForSequenceClassification if is_classifier_model(model) else AutoModel
+    reloaded = auto.from_pretrained(str(folder)).eval()
     targets = [
         Target("transformers", _torch_runner(reloaded), "fp32", RELOAD_RTOL),
         Target("onnxruntime", _first(OrtCompiled(export_artefact(folder, "onnx"), ort_spec))),
@@ -125,5 +136,5 @@ def validate_export(
     targets, precision = validation_targets(model, folder, options.fp16, spec)
     shapes = shape_grid(space.max_positions, options.validation_batches, options.validation_seq_lens)
     checks = validate(_torch_runner(model), targets, shapes, min(vocab, space.vocab_size), options.token_type_ids,
-                      on_check=on_check)
+                      output_name(model), on_check)
     return checks, precision

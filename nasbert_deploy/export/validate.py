@@ -11,7 +11,8 @@ shapes (batch x sequence length) with padding, and compares only real-token posi
   OpenVINO's bf16 output differed from PyTorch by 1.3e-2 to 2.0e-2 (outputs of scale ~1-3), so the
   bound is 5e-2 x max(1, scale): headroom of ~2.5x, while a broken conversion is off by ~scale;
 - INT8 artefacts: the deviation from fp32 is reported (mean and min cosine similarity over real
-  tokens, max abs difference); the check fails when the mean cosine is below `INT8_MIN_COSINE`.
+  tokens, max abs difference); the check fails when the mean cosine is below `INT8_MIN_COSINE` (a classifier's
+  logits: `INT8_MIN_COSINE_LOGITS`).
 
 Every failure is collected; `raise_failures` raises one `ExportError` listing all of them.
 """
@@ -31,6 +32,11 @@ FP16_RTOL = 1e-2
 BF16_RTOL = 5e-2
 RELOAD_RTOL = 1e-6
 INT8_MIN_COSINE = 0.98
+# A classifier's INT8 logits on the random-token grid: post-training INT8 (ORT dynamic) of the 6-layer MiniLM
+# wordnet-supersense classifier gave mean cosines of 0.79-0.95 per grid shape against fp32 (0.98 on real valid-split
+# text, 99% of the fp32 accuracy; 2026-12-05), where hidden states stay above 0.98: logits of nonsense input sit near
+# their decision ties. The bar catches a broken graph (cosine ~0); task quality is `evaluate --runtime *-int8`.
+INT8_MIN_COSINE_LOGITS = 0.5
 VALIDATION_BATCHES = (1, 2, 4)
 VALIDATION_SEQ_LENS = (8, 37, 128)
 
@@ -61,6 +67,7 @@ class Check:
     kind: str  # "fp32" (absolute tolerance) or "int8" (cosine threshold)
     passed: bool
     precision: str = ""  # the inference precision the runtime ran at, where it has a choice (OpenVINO: f32, bf16)
+    min_cosine: float = INT8_MIN_COSINE  # an "int8" check's bar on the mean cosine
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,8 +75,18 @@ class Check:
     def describe(self) -> str:
         what = f"max_abs_diff {self.max_abs_diff:.3g} > tol {self.tolerance:.3g}"
         if self.kind == "int8":
-            what = f"mean cosine {self.cosine_mean:.4f} < {INT8_MIN_COSINE} (max_abs_diff {self.max_abs_diff:.3g})"
+            what = f"mean cosine {self.cosine_mean:.4f} < {self.min_cosine} (max_abs_diff {self.max_abs_diff:.3g})"
         return f"({self.runtime}, {self.output}, batch {self.batch} x seq {self.seq_len}, {what})"
+
+
+def is_classifier_model(model: Any) -> bool:
+    """Whether `model` (in memory) is a sequence classifier: its ONNX output is `logits` (batch, labels)."""
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
+def output_name(model: Any) -> str:
+    """The name of the exported model's one output."""
+    return "logits" if is_classifier_model(model) else "last_hidden_state"
 
 
 def shape_grid(
@@ -101,11 +118,15 @@ def padded_inputs(
 
 
 def compare(ref: np.ndarray, out: np.ndarray, mask: np.ndarray) -> tuple[float, float, float, float]:
-    """(max_abs_diff, scale = max |ref|, mean cosine, min cosine) over real tokens; ref/out (b, t, d), mask (b, t)."""
+    """(max_abs_diff, scale = max |ref|, mean cosine, min cosine) over real tokens; ref/out (b, t, d), mask (b, t).
+    A classifier's logits (b, c) are compared row by row (the mask is not needed)."""
     if ref.shape != out.shape:
         raise ExportError(f"output shape {tuple(out.shape)} differs from the reference's {tuple(ref.shape)}")
-    keep = mask.astype(bool)
-    r, o = ref[keep].astype(np.float64), out[keep].astype(np.float64)  # (tokens, d)
+    if ref.ndim == 2:
+        r, o = ref.astype(np.float64), out.astype(np.float64)  # (b, c)
+    else:
+        keep = mask.astype(bool)
+        r, o = ref[keep].astype(np.float64), out[keep].astype(np.float64)  # (tokens, d)
     diff = float(np.abs(r - o).max()) if r.size else 0.0
     if not np.isfinite(o).all():
         diff = float("inf")
@@ -143,12 +164,13 @@ def validate(
         for tg in targets:
             diff, scale, cmean, cmin = compare(ref, tg.run(inputs), inputs["attention_mask"])
             tol = tg.rtol * max(1.0, scale)
+            bar = INT8_MIN_COSINE_LOGITS if output == "logits" else INT8_MIN_COSINE
             if tg.kind == "int8":
-                ok = bool(np.isfinite(diff)) and cmean >= INT8_MIN_COSINE
+                ok = bool(np.isfinite(diff)) and cmean >= bar
             else:
                 ok = diff <= tol
             kind = "int8" if tg.kind == "int8" else "fp32"
-            c = Check(tg.runtime, output, b, t, diff, tol, cmean, cmin, kind, ok, tg.precision)
+            c = Check(tg.runtime, output, b, t, diff, tol, cmean, cmin, kind, ok, tg.precision, bar)
             checks.append(c)
             if on_check:
                 on_check(c)

@@ -19,6 +19,7 @@ import torch
 
 from nasbert_deploy.errors import CorpusError, TaskError, TeacherError
 from nasbert_deploy.model.loop import NoteFn, ProgressFn
+from nasbert_deploy.student.embeddings import RUNTIME_DEVICES
 from nasbert_deploy.student.metrics import EvalReport, evaluate_logits
 from nasbert_deploy.student.task_training import (
     FinetuneConfig,
@@ -238,15 +239,34 @@ def mean_pooled_teacher(path: Path, labels: list[str], cfg: FinetuneConfig) -> t
     return model, t.tokenizer
 
 
+def int8_artefact(model_dir: str | Path | None, runtime: str) -> Path:
+    """The INT8 file of export folder `model_dir` that `runtime` ('onnxruntime-int8' | 'openvino-int8') runs;
+    `TaskError` saying how to make it when the folder has none."""
+    from nasbert_deploy.runtimes.base import export_artefact
+
+    kind = "onnx-int8" if runtime.startswith("onnxruntime") else "openvino-int8"
+    path = export_artefact(model_dir or ".", kind)
+    if model_dir is None or not path.is_file():
+        raise TaskError(f"--runtime {runtime} runs the INT8 file of an export folder and {model_dir} has none ({path.name}); "
+                        "write it with `nasbert-deploy export --model DIR --int8 --out EXPORT` and evaluate EXPORT")
+    return path
+
+
 def runtime_logits(
-    model: Any, tokenizer: Any, task: TaskData, runtime: str, workdir: str | Path, batch_size: int = 64, max_len: int = 128
+    model: Any, tokenizer: Any, task: TaskData, runtime: str, workdir: str | Path, batch_size: int = 64, max_len: int = 128,
+    model_dir: str | Path | None = None,
 ) -> np.ndarray:
-    """Logits (n, c) from the model exported to ONNX and run on `runtime` ('onnxruntime' | 'openvino'), fp32, CPU."""
+    """Logits (n, c) from the model exported to ONNX and run on `runtime` ('onnxruntime' | 'openvino'), fp32, CPU;
+    'onnxruntime-int8' | 'openvino-int8' run the INT8 file of the export folder `model_dir` (`export --int8`)."""
     from nasbert_deploy.devices import load_device
     from nasbert_deploy.runtimes.base import get_runtime
     from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput
 
-    spec = load_device({"onnxruntime": "cpu-ort", "openvino": "cpu-openvino"}[runtime])
+    spec = load_device(RUNTIME_DEVICES[runtime])
+    if runtime.endswith("-int8"):
+        compiled = get_runtime(spec.runtime).load(int8_artefact(model_dir, runtime), spec)
+        return np.concatenate([compiled.run({k: v.numpy() for k, v in batch.items()})[0]
+                               for _, batch in iter_batches(tokenizer, task, batch_size, fit_max_len(model, max_len))])
     g = torch.Generator().manual_seed(0)
     shape = (EXAMPLE_BATCH, EXAMPLE_SEQ)
     example = {
@@ -272,12 +292,17 @@ def evaluate(
 ) -> dict[str, Any]:
     """Accuracy, macro-F1 and (with a teacher classifier) label/probability loyalty of `model_dir` on `task`.
 
-    With `runtime` 'onnxruntime' or 'openvino' the scores come from the exported model; the report
+    With `runtime` 'onnxruntime' or 'openvino' the scores come from the exported model ('onnxruntime-int8' /
+    'openvino-int8': the INT8 file of the export folder `model_dir`, `export --model DIR --int8`); the report
     then also holds the largest absolute logit difference and the prediction agreement vs PyTorch.
     """
     check_model_folder(model_dir, classifier=True)
     if teacher_model is not None:
         check_model_folder(teacher_model, classifier=True, option="--teacher-model")
+    if runtime not in RUNTIME_DEVICES:
+        raise TaskError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIME_DEVICES)}")
+    if runtime.endswith("-int8"):
+        int8_artefact(model_dir, runtime)  # before any work
     model, tokenizer = load_classifier(model_dir)
     labels = model_labels(model)
     y = task.label_ids({n: i for i, n in enumerate(labels)})
@@ -285,7 +310,7 @@ def evaluate(
     extra: dict[str, Any] = {"runtime": runtime, "labels": labels}
     if runtime != "torch":
         with tempfile.TemporaryDirectory(prefix="nasbert-eval-") as work:
-            rt_logits = runtime_logits(model, tokenizer, task, runtime, work, batch_size, max_len)
+            rt_logits = runtime_logits(model, tokenizer, task, runtime, work, batch_size, max_len, model_dir)
         extra["max_abs_logit_diff_vs_torch"] = float(np.abs(rt_logits - logits).max())
         extra["prediction_agreement_vs_torch"] = float((rt_logits.argmax(1) == logits.argmax(1)).mean())
         logits = rt_logits
