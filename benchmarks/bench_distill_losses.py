@@ -46,6 +46,8 @@ VARIANTS: dict[str, dict[str, float]] = {
                             "similarity_temperature": 0.1},
     "hidden+emb+sim4-t0.1": {"hidden_weight": 1.0, "embedding_weight": 1.0, "similarity_weight": 4.0,
                              "similarity_temperature": 0.1},
+    "hidden+emb+sim+query-t0.1": {"hidden_weight": 1.0, "embedding_weight": 1.0, "similarity_weight": 1.0,
+                                  "query_weight": 1.0, "similarity_temperature": 0.1},
 }
 class CachedEncoder:
     """The teacher's embeddings of each text list, computed once and kept in `folder` (every variant and every

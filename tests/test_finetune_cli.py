@@ -63,6 +63,16 @@ def test_distill_sentence_embedding_terms_are_options(tiny):
     assert "embedding" in r.output and "similarity" in r.output  # both terms are trained and shown
     cfg = json.loads((root / "sent" / "distill_report.json").read_text())["config"]
     assert (cfg["embedding_weight"], cfg["similarity_weight"], cfg["similarity_temperature"]) == (0.5, 2.0, 0.1)
+    varied = root / "varied.txt"  # held-out rows that differ: identical rows have nothing to rank
+    words = tiny["corpus"].read_text().split()
+    varied.write_text("\n".join(" ".join(words[i % 7 :: 1 + i % 3][: 4 + i % 9]) for i in range(16)) + "\n")
+    r = _run("distill", "--arch", ARCH, "--init", "random", "--space", "tiny", "--teacher", tiny["teacher"],
+             "--corpus", tiny["corpus"], "--out", root / "query", "--steps", "2", "--batch-size", "4", "--seq-len", "16",
+             "--query-weight", "1", "--query-len", "6", "--valid-corpus", varied)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    report = json.loads((root / "query" / "distill_report.json").read_text())
+    assert (report["config"]["query_weight"], report["config"]["query_len"]) == (1.0, 6)
+    assert report["heldout"]["query"] > 0 and "query" in r.output  # trained, shown, and scored on held-out text
 
 
 @pytest.mark.parametrize(

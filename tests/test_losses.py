@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from nasbert_deploy.model.losses import (
+    cross_similarity_kl,
     embedding_cosine_loss,
     kd_loss,
     masked_mean_pool,
+    query_views,
     similarity_kl,
     soft_kl,
 )
@@ -32,6 +34,29 @@ def test_similarity_kl_matches_relations_not_coordinates():
     assert similarity_kl(t @ q, t).item() == pytest.approx(0.0, abs=1e-5)  # a rotation keeps every similarity
     assert similarity_kl(torch.randn(8, 16), t).item() > 0.1
     assert similarity_kl(t[:2], t[:2]).item() == 0.0  # too few rows for relations
+
+
+def test_cross_similarity_kl_ranks_documents_for_each_query():
+    torch.manual_seed(0)
+    tq, td = torch.randn(6, 16), torch.randn(6, 16)
+    q, _ = torch.linalg.qr(torch.randn(16, 16))
+    assert cross_similarity_kl(tq @ q, td @ q, tq, td).item() == pytest.approx(0.0, abs=1e-5)  # same relations
+    swapped = cross_similarity_kl(tq, td.flip(0), tq, td).item()  # each query now prefers another document
+    assert swapped > 0.1 and cross_similarity_kl(torch.randn(6, 16), td, tq, td).item() > 0.1
+    sq = tq.clone().requires_grad_()
+    cross_similarity_kl(sq, td, torch.randn(6, 16), td).backward()
+    assert sq.grad is not None and sq.grad.abs().sum() > 0  # the student's query side learns
+
+
+def test_query_views_cut_long_rows_and_close_them():
+    ids = torch.tensor([[101, 5, 6, 7, 8, 9, 102], [101, 5, 6, 102, 0, 0, 0], [101, 5, 6, 7, 102, 0, 0]])
+    mask = (ids != 0).long()
+    q_ids, q_mask = query_views(ids, mask, 5, 102)
+    assert q_ids.tolist() == [[101, 5, 6, 7, 102], [101, 5, 6, 102, 0], [101, 5, 6, 7, 102]]
+    assert q_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    assert ids[0, 4] == 8  # the input is not changed
+    same, _ = query_views(ids, mask, 10, 102)
+    assert torch.equal(same, ids)  # views longer than the batch: the rows themselves
 
 
 def test_kd_loss_is_temperature_scaled_kl():

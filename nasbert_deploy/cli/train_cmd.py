@@ -123,7 +123,11 @@ def distill_cmd(
     similarity_weight: Annotated[float, _opt("--similarity-weight", min=0.0, help="Weight of the in-batch similarity "
                                              "KL of sentence embeddings (what retrieval ranks by).")] = 0.0,
     similarity_temperature: Annotated[float, _opt("--similarity-temperature", min=0.001,
-                                                  help="Temperature of the similarity KL.")] = 0.05,
+                                                  help="Temperature of the similarity KLs.")] = 0.05,
+    query_weight: Annotated[float, _opt("--query-weight", min=0.0, help="Weight of the query-to-document similarity "
+                                        "KL: each paragraph's first --query-len tokens against the batch's paragraphs "
+                                        "(short query, long document, as retrieval).")] = 0.0,
+    query_len: Annotated[int, _opt("--query-len", min=3, help="Tokens of the query view ([CLS] ... [SEP]).")] = 12,
     checkpoint_every: Annotated[int, _opt("--checkpoint-every", min=1, help="Steps between resumable checkpoints.")] = 200,
     layer_map: Annotated[str | None, _opt("--layer-map", help="Teacher layer per block (3,5,6; 0 = no block loss; the "
                                           "last is what the output regresses) or the file `layer-map` writes; turns "
@@ -150,7 +154,8 @@ def distill_cmd(
     cfg = DistillConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, hidden_weight=hidden_weight,
                         intermediate_weight=block_weight, prediction_weight=prediction_weight, temperature=temperature,
                         embedding_weight=embedding_weight, similarity_weight=similarity_weight,
-                        similarity_temperature=similarity_temperature, checkpoint_every=checkpoint_every, seed=seed,
+                        similarity_temperature=similarity_temperature, query_weight=query_weight, query_len=query_len,
+                        checkpoint_every=checkpoint_every, seed=seed,
                         layer_map=mapped)
     texts = read_paragraphs(corpus)
     held_out = read_paragraphs(valid_corpus) if valid_corpus else None

@@ -60,3 +60,26 @@ def similarity_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float = 0.0
     s_sim = (s @ s.T)[off].view(b, b - 1)  # (b, b-1): similarities to the other rows
     t_sim = (t @ t.T)[off].view(b, b - 1)
     return soft_kl(s_sim / tau, t_sim / tau, 1.0).mean()
+
+
+def cross_similarity_kl(
+    s_query: torch.Tensor, s_doc: torch.Tensor, t_query: torch.Tensor, t_doc: torch.Tensor, tau: float = 0.05
+) -> torch.Tensor:
+    """Query-to-document relational distillation: for each query row, KL between the teacher's and the student's
+    softmax over cosine similarities to every document row of the batch (its own document included), temperature
+    `tau`; (b, d) x 4 -> scalar. Retrieval ranks documents for a short query by exactly these similarities."""
+    if s_query.shape[0] < 2:
+        return s_query.sum() * 0.0
+    norm = torch.nn.functional.normalize
+    s_sim = norm(s_query, dim=-1) @ norm(s_doc, dim=-1).T  # (b, b)
+    t_sim = norm(t_query, dim=-1) @ norm(t_doc, dim=-1).T
+    return soft_kl(s_sim / tau, t_sim / tau, 1.0).mean()
+
+
+def query_views(ids: torch.Tensor, mask: torch.Tensor, length: int, sep_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's first `length` tokens as a short text of its own (a query for its paragraph): (b, t) ids and mask ->
+    (b, min(t, length)); a row cut short ends in `sep_id` as a tokenized text does."""
+    q_ids, q_mask = ids[:, :length].clone(), mask[:, :length].clone()
+    cut = mask[:, length:].sum(1) > 0  # rows with real tokens beyond the view (none when t <= length)
+    q_ids[cut, -1] = sep_id
+    return q_ids, q_mask

@@ -48,7 +48,15 @@ from nasbert_deploy.model.loop import (
     save_checkpoint,
     warmup_decay,
 )
-from nasbert_deploy.model.losses import embedding_cosine_loss, masked_kl, masked_mean_pool, masked_mse, similarity_kl
+from nasbert_deploy.model.losses import (
+    cross_similarity_kl,
+    embedding_cosine_loss,
+    masked_kl,
+    masked_mean_pool,
+    masked_mse,
+    query_views,
+    similarity_kl,
+)
 from nasbert_deploy.model.remote_code import write_remote_code
 from nasbert_deploy.student.build import Student, build_student, make_student  # noqa: F401  (their former home)
 from nasbert_deploy.student.tasks import CorpusBatches
@@ -82,6 +90,8 @@ class DistillConfig:
     embedding_weight: float = 0.0
     similarity_weight: float = 0.0
     similarity_temperature: float = 0.05
+    query_weight: float = 0.0  # query-to-document similarity KL: each paragraph's first `query_len` tokens vs the batch
+    query_len: int = 12
     checkpoint_every: int = 200
     seed: int = 0
     layer_map: tuple[int, ...] | None = None
@@ -103,6 +113,9 @@ class DistillConfig:
             d.pop(k)
         if d["layer_map"] is None:
             d.pop("layer_map")
+        if not d["query_weight"]:  # runs without the query term keep the key they had before it existed
+            d.pop("query_weight")
+            d.pop("query_len")
         return d
 
 
@@ -174,14 +187,28 @@ def distill_losses(
         with torch.no_grad():
             t_logits = mlm_head(final)
         losses["prediction"] = cfg.prediction_weight * masked_kl(mlm_head(hidden), t_logits, mask, cfg.temperature)
-    if cfg.embedding_weight or cfg.similarity_weight:
+    if cfg.embedding_weight or cfg.similarity_weight or cfg.query_weight:
         s_emb, t_emb = masked_mean_pool(hidden, mask), masked_mean_pool(final, mask)  # (b, T) sentence embeddings
         if cfg.embedding_weight:
             losses["embedding"] = cfg.embedding_weight * embedding_cosine_loss(s_emb, t_emb)
         if cfg.similarity_weight:
             losses["similarity"] = cfg.similarity_weight * similarity_kl(s_emb, t_emb, cfg.similarity_temperature)
+        if cfg.query_weight:
+            losses["query"] = cfg.query_weight * query_loss(student, teacher, ids, mask, s_emb, t_emb, cfg)
     losses["total"] = torch.stack(list(losses.values())).sum()
     return losses
+
+
+def query_loss(student: Student, teacher: Teacher, ids: torch.Tensor, mask: torch.Tensor, s_doc: torch.Tensor,
+               t_doc: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
+    """The query-to-document similarity KL: each paragraph's first `cfg.query_len` tokens (`losses.query_views`),
+    embedded alone by student and teacher, against every paragraph's embedding of the batch (`s_doc`, `t_doc`)."""
+    sep = teacher.tokenizer.sep_token_id
+    q_ids, q_mask = query_views(ids, mask, cfg.query_len, 0 if sep is None else int(sep))
+    with torch.no_grad():
+        t_query = masked_mean_pool(teacher.model(input_ids=q_ids, attention_mask=q_mask).last_hidden_state, q_mask)
+    s_query = masked_mean_pool(student.model(q_ids, q_mask).last_hidden_state, q_mask)
+    return cross_similarity_kl(s_query, s_doc, t_query, t_doc, cfg.similarity_temperature)
 
 
 @torch.no_grad()
@@ -198,9 +225,8 @@ def heldout_losses(
     """
     was_training = student.model.training
     student.model.eval()
-    full = replace(
-        cfg, hidden_weight=1.0, intermediate_weight=1.0, prediction_weight=0.0, embedding_weight=1.0, similarity_weight=1.0
-    )
+    full = replace(cfg, hidden_weight=1.0, intermediate_weight=1.0, prediction_weight=0.0, embedding_weight=1.0,
+                   similarity_weight=1.0, query_weight=1.0 if cfg.query_weight else 0.0)
     sums: dict[str, float] = {}
     s1, s2, n = 0.0, 0.0, 0
     batches = CorpusBatches(texts, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed).sequential(max_batches)
