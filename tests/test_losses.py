@@ -8,9 +8,9 @@ import torch
 from nasbert_deploy.model.losses import (
     cross_similarity_kl,
     embedding_cosine_loss,
+    head_tail_views,
     kd_loss,
     masked_mean_pool,
-    query_views,
     similarity_kl,
     soft_kl,
 )
@@ -48,15 +48,21 @@ def test_cross_similarity_kl_ranks_documents_for_each_query():
     assert sq.grad is not None and sq.grad.abs().sum() > 0  # the student's query side learns
 
 
-def test_query_views_cut_long_rows_and_close_them():
-    ids = torch.tensor([[101, 5, 6, 7, 8, 9, 102], [101, 5, 6, 102, 0, 0, 0], [101, 5, 6, 7, 102, 0, 0]])
+def test_head_tail_views_cut_a_paragraph_into_query_and_document():
+    cls, sep = 101, 102
+    long = [cls, *range(10, 25), sep]  # 17 tokens: cut after 5 (cls + 3 + sep) into a head and a tail
+    short = [cls, 40, 41, 42, sep]  # under length + 4 = 9 tokens: not cut
+    ids = torch.tensor([long, short + [0] * 12])
     mask = (ids != 0).long()
-    q_ids, q_mask = query_views(ids, mask, 5, 102)
-    assert q_ids.tolist() == [[101, 5, 6, 7, 102], [101, 5, 6, 102, 0], [101, 5, 6, 7, 102]]
-    assert q_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
-    assert ids[0, 4] == 8  # the input is not changed
-    same, _ = query_views(ids, mask, 10, 102)
-    assert torch.equal(same, ids)  # views longer than the batch: the rows themselves
+    h_ids, h_mask, t_ids, t_mask = head_tail_views(ids, mask, 5, cls, sep)
+    assert h_ids.tolist() == [[cls, 10, 11, 12, sep], short]
+    assert h_mask.tolist() == [[1] * 5, [1] * 5]
+    assert t_ids[0].tolist() == [cls, *range(13, 25), sep] and t_mask[0].tolist() == [1] * 14  # the rest, opened by cls
+    assert t_ids[1].tolist() == short + [0] * 9 and t_mask[1].sum() == 5  # the whole short paragraph is its document
+    assert ids[0, 4] == 13  # the input is not changed
+    short_only = torch.tensor([short])
+    h, _, t, _ = head_tail_views(short_only, torch.ones_like(short_only), 5, cls, sep)
+    assert torch.equal(h, short_only) and torch.equal(t, short_only)  # nothing to cut
 
 
 def test_kd_loss_is_temperature_scaled_kl():

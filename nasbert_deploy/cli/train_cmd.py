@@ -125,9 +125,10 @@ def distill_cmd(
     similarity_temperature: Annotated[float, _opt("--similarity-temperature", min=0.001,
                                                   help="Temperature of the similarity KLs.")] = 0.05,
     query_weight: Annotated[float, _opt("--query-weight", min=0.0, help="Weight of the query-to-document similarity "
-                                        "KL: each paragraph's first --query-len tokens against the batch's paragraphs "
-                                        "(short query, long document, as retrieval).")] = 0.0,
-    query_len: Annotated[int, _opt("--query-len", min=3, help="Tokens of the query view ([CLS] ... [SEP]).")] = 12,
+                                        "KL: each paragraph's first --query-len tokens (a query) ranked against the "
+                                        "rest of every paragraph of the batch (documents), as retrieval ranks.")] = 0.0,
+    query_len: Annotated[int, _opt("--query-len", min=3, help="Tokens of the query head ([CLS] ... [SEP]); "
+                                   "paragraphs under this + 4 tokens are not cut.")] = 12,
     checkpoint_every: Annotated[int, _opt("--checkpoint-every", min=1, help="Steps between resumable checkpoints.")] = 200,
     layer_map: Annotated[str | None, _opt("--layer-map", help="Teacher layer per block (3,5,6; 0 = no block loss; the "
                                           "last is what the output regresses) or the file `layer-map` writes; turns "

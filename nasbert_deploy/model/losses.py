@@ -76,10 +76,26 @@ def cross_similarity_kl(
     return soft_kl(s_sim / tau, t_sim / tau, 1.0).mean()
 
 
-def query_views(ids: torch.Tensor, mask: torch.Tensor, length: int, sep_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's first `length` tokens as a short text of its own (a query for its paragraph): (b, t) ids and mask ->
-    (b, min(t, length)); a row cut short ends in `sep_id` as a tokenized text does."""
-    q_ids, q_mask = ids[:, :length].clone(), mask[:, :length].clone()
-    cut = mask[:, length:].sum(1) > 0  # rows with real tokens beyond the view (none when t <= length)
-    q_ids[cut, -1] = sep_id
-    return q_ids, q_mask
+def head_tail_views(
+    ids: torch.Tensor, mask: torch.Tensor, length: int, cls_id: int, sep_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each tokenized paragraph (b, t) cut into a short head (its first `length` tokens, closed by `sep_id`: a query)
+    and the rest (opened by `cls_id`: the document the query belongs to, as a one-line summary belongs to the text it
+    sums up). A paragraph of fewer than `length` + 4 tokens is not cut: its head is its first tokens and its
+    document the whole of it. Returns head ids, head mask (b, min(t, length)), tail ids, tail mask (b, w)."""
+    real = mask.sum(1)
+    cut = real >= length + 4
+    head_ids, head_mask = ids[:, :length].clone(), mask[:, :length].clone()
+    head_ids[cut, -1] = sep_id
+    if not bool(cut.any()):
+        return head_ids, head_mask, ids, mask
+    rest = length - 1  # the head's [CLS] + `length - 2` tokens; the tail takes [CLS] + everything from there on
+    tail_ids = torch.cat([torch.full_like(ids[:, :1], cls_id), ids[:, rest:]], 1)
+    tail_mask = torch.cat([mask[:, :1], mask[:, rest:]], 1)
+    w = tail_ids.shape[1]  # an uncut row (< length + 4 tokens) fits in w = t - length + 2 when t >= 2 length + 2
+    keep_ids, keep_mask = ids[:, :w], mask[:, :w]
+    if ids.shape[1] > w and bool((mask[~cut, w:] > 0).any()):
+        return head_ids, head_mask, ids, mask  # a short batch (t < 2 length + 2): no cut at all
+    tail_ids = torch.where(cut[:, None], tail_ids, keep_ids)
+    tail_mask = torch.where(cut[:, None], tail_mask, keep_mask)
+    return head_ids, head_mask, tail_ids, tail_mask

@@ -51,10 +51,10 @@ from nasbert_deploy.model.loop import (
 from nasbert_deploy.model.losses import (
     cross_similarity_kl,
     embedding_cosine_loss,
+    head_tail_views,
     masked_kl,
     masked_mean_pool,
     masked_mse,
-    query_views,
     similarity_kl,
 )
 from nasbert_deploy.model.remote_code import write_remote_code
@@ -90,7 +90,7 @@ class DistillConfig:
     embedding_weight: float = 0.0
     similarity_weight: float = 0.0
     similarity_temperature: float = 0.05
-    query_weight: float = 0.0  # query-to-document similarity KL: each paragraph's first `query_len` tokens vs the batch
+    query_weight: float = 0.0  # query-to-document similarity KL: each paragraph's head against the batch's tails
     query_len: int = 12
     checkpoint_every: int = 200
     seed: int = 0
@@ -150,6 +150,20 @@ def distill_layer_map(cfg: DistillConfig, num_blocks: int, num_layers: int) -> l
     return list(cfg.layer_map) if cfg.layer_map is not None else split_layers(num_layers, num_blocks)
 
 
+def split_batch(
+    batch: dict[str, torch.Tensor], cfg: DistillConfig, tokenizer: Any
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(the batch the losses see, the query batch or None). With the query term each paragraph is cut into a head
+    of `cfg.query_len` tokens (the query) and the rest (its document, what every other loss is computed on):
+    `losses.head_tail_views`."""
+    if not cfg.query_weight:
+        return batch, None
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    h_ids, h_mask, t_ids, t_mask = head_tail_views(batch["input_ids"], batch["attention_mask"], cfg.query_len,
+                                                   int(cls_id or 0), int(sep_id or 0))
+    return {"input_ids": t_ids, "attention_mask": t_mask}, {"input_ids": h_ids, "attention_mask": h_mask}
+
+
 def distill_losses(
     student: Student,
     teacher: Teacher,
@@ -157,11 +171,13 @@ def distill_losses(
     cfg: DistillConfig,
     mlm_head: nn.Module | None,
     targets: list[torch.Tensor | None] | None = None,
+    query: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Weighted losses for one batch, plus their sum under 'total'. Batch tensors are (b, t) int64.
 
     `targets` are the teacher's states when already computed (`teacher_targets`); a None entry (a block a layer
-    map sends to 0) gets no block loss, and 'blocks' is the mean over the blocks that have one.
+    map sends to 0) gets no block loss, and 'blocks' is the mean over the blocks that have one. `query`: the heads
+    of `split_batch` (the batch then holds their documents), for the query term.
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]
     n_blocks = len(student.model.blocks)
@@ -193,18 +209,17 @@ def distill_losses(
             losses["embedding"] = cfg.embedding_weight * embedding_cosine_loss(s_emb, t_emb)
         if cfg.similarity_weight:
             losses["similarity"] = cfg.similarity_weight * similarity_kl(s_emb, t_emb, cfg.similarity_temperature)
-        if cfg.query_weight:
-            losses["query"] = cfg.query_weight * query_loss(student, teacher, ids, mask, s_emb, t_emb, cfg)
+        if cfg.query_weight and query is not None:
+            losses["query"] = cfg.query_weight * query_loss(student, teacher, query, s_emb, t_emb, cfg)
     losses["total"] = torch.stack(list(losses.values())).sum()
     return losses
 
 
-def query_loss(student: Student, teacher: Teacher, ids: torch.Tensor, mask: torch.Tensor, s_doc: torch.Tensor,
+def query_loss(student: Student, teacher: Teacher, query: dict[str, torch.Tensor], s_doc: torch.Tensor,
                t_doc: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
-    """The query-to-document similarity KL: each paragraph's first `cfg.query_len` tokens (`losses.query_views`),
-    embedded alone by student and teacher, against every paragraph's embedding of the batch (`s_doc`, `t_doc`)."""
-    sep = teacher.tokenizer.sep_token_id
-    q_ids, q_mask = query_views(ids, mask, cfg.query_len, 0 if sep is None else int(sep))
+    """The query-to-document similarity KL: the heads (`split_batch`), embedded alone by student and teacher,
+    against every document embedding of the batch (`s_doc`, `t_doc`; `losses.cross_similarity_kl`)."""
+    q_ids, q_mask = query["input_ids"], query["attention_mask"]
     with torch.no_grad():
         t_query = masked_mean_pool(teacher.model(input_ids=q_ids, attention_mask=q_mask).last_hidden_state, q_mask)
     s_query = masked_mean_pool(student.model(q_ids, q_mask).last_hidden_state, q_mask)
@@ -232,9 +247,9 @@ def heldout_losses(
     batches = CorpusBatches(texts, teacher.tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed).sequential(max_batches)
     device = next(student.model.parameters()).device
     for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch, query = split_batch({k: v.to(device) for k, v in batch.items()}, full, teacher.tokenizer)
         targets = teacher_targets(teacher, batch["input_ids"], batch["attention_mask"], len(student.model.blocks), cfg)
-        for k, v in distill_losses(student, teacher, batch, full, None, targets).items():
+        for k, v in distill_losses(student, teacher, batch, full, None, targets, query).items():
             if k != "total":
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
         final = targets[-1]
@@ -318,8 +333,8 @@ def distill(
     t0 = time.perf_counter() - elapsed
 
     def train_step(step: int) -> dict[str, float]:
-        batch = {k: v.to(device) for k, v in batches.batch(step).items()}
-        losses = distill_losses(student, teacher, batch, cfg, mlm_head)
+        batch, query = split_batch({k: v.to(device) for k, v in batches.batch(step).items()}, cfg, teacher.tokenizer)
+        losses = distill_losses(student, teacher, batch, cfg, mlm_head, query=query)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         allreduce_grads(params, world)  # every rank has the same gradients (same model, full batches)
