@@ -219,3 +219,31 @@ def test_an_ir_openvino_cannot_compile_is_aone_line_error(tmp_path):
     with pytest.raises(ExportError, match="OpenVINO cannot compile the quantized IR openvino_model_q4.xml") as e:
         _check_ir_compiles(xml)
     assert "\n" not in str(e.value) and "--format onnx" in str(e.value)
+
+
+def test_a_transfer_set_joins_training_distilled_only(tiny):
+    """--transfer: unlabelled lines (those equal to a task text dropped) join the training rows; they carry no gold
+    label, so the cross-entropy is taken over the labelled rows of a batch only (0 for a batch of transfer rows)."""
+    from nasbert_deploy.quantize.train import labelled_ce
+
+    task_text = load_task(tiny["train"]).texts[0]
+    lines = [task_text] + [f"an unlabelled paragraph number {i} about words" for i in range(40)]
+    transfer = tiny["root"] / "transfer.txt"
+    transfer.write_text("\n".join(lines) + "\n")
+    out = tiny["root"] / "q8-transfer"
+    r = _run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--valid", tiny["valid"], "--format", "none",
+             "--no-timing", "--transfer", transfer, "--transfer-rows", "30", "--steps", "2", "--batch-size", "8",
+             "--max-len", "16", "--out", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "quantize_report.json").read_text())
+    assert report["transfer_rows"] == 30 and report["train_rows"] == 48
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]], requires_grad=True)
+    assert labelled_ce(logits, torch.tensor([-1, -1])).detach().item() == 0.0
+    one = torch.nn.functional.cross_entropy(logits[:1], torch.tensor([0]))
+    assert torch.isclose(labelled_ce(logits, torch.tensor([0, -1])), one)
+    empty = tiny["root"] / "empty-transfer.txt"
+    empty.write_text("")
+    never = tiny["root"] / "never"
+    one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--transfer", empty, "--out", never),
+                   "empty-transfer.txt")
+    assert not never.exists()

@@ -46,6 +46,10 @@ def quantize_cmd(
     teacher_model: Annotated[Path | None, typer.Option("--teacher-model",
                                                        help="Classifier to distil from (default: --model in fp32).")] = None,
     valid: Annotated[Path | None, typer.Option("--valid", help="Validation task file (default: split off 10%).")] = None,
+    transfer: Annotated[Path | None, typer.Option("--transfer", help="Unlabelled in-domain text, one paragraph per line, "
+                                                  "added to the training rows and distilled only (texts of the task "
+                                                  "are dropped from it).")] = None,
+    transfer_rows: Annotated[int, typer.Option("--transfer-rows", min=0, help="Use this many --transfer lines (0: all).")] = 0,
     formats: Annotated[str | None, typer.Option("--format", help="Exports: onnx, openvino, or none "
                                                 "(default: those with kernels: onnx,openvino for 8 and 4; none for 2).")] = None,
     reduce_range: Annotated[ReduceRange, typer.Option(
@@ -81,6 +85,7 @@ def quantize_cmd(
     from nasbert_deploy.quantize.latency import check_devices, default_devices
     from nasbert_deploy.quantize.run import check_request, quantize
     from nasbert_deploy.quantize.train import QuantizeConfig
+    from nasbert_deploy.student.finetune import transfer_texts
     from nasbert_deploy.student.tasks import task_splits
 
     check_output(out, "dir", force)
@@ -91,6 +96,11 @@ def quantize_cmd(
     reduce, reduce_why = resolve_reduce_range(reduce_range.value, b)
     set_threads(threads)
     train, val = task_splits(task, valid)
+    if transfer is not None and train.pairs is not None:
+        from nasbert_deploy.errors import TaskError
+
+        raise TaskError("--transfer is for single-text classification; this task has text pairs")
+    extra = None if transfer is None else transfer_texts(transfer, train, val, transfer_rows, seed)
     e = embedding_bits.value
     ebits = None if e == "weights" else 0 if e == "float" else int(e)
     cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=0 if attention_bits.value == "float" else 8,
@@ -98,10 +108,12 @@ def quantize_cmd(
                          max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight, hidden_weight=hidden_weight,
                          checkpoint_every=checkpoint_every, seed=seed)
     with training_progress(f"quantizing ({b}-bit)") as update:
-        report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print, devices=specs)
+        report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print, devices=specs,
+                          transfer=extra)
     lo, hi = report["weight_levels"]
     rows: dict[str, object] = {"weight grid": f"[{lo}, {hi}], reduce range {reduce_why}",
-                               "train rows": report["train_rows"], "valid rows": report["valid_rows"],
+                               "train rows": report["train_rows"], "transfer rows": report["transfer_rows"],
+                               "valid rows": report["valid_rows"],
                                "train_s": report["training"]["train_s"]}
     for name, s in report["scores"].items():
         rows[f"{name} accuracy"] = s["accuracy"]

@@ -164,12 +164,17 @@ def quantize(
     note: NoteFn | None = None,
     devices: Sequence[DeviceSpec] = (),
     latency_seq_len: int = 128,
+    transfer: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """KDLSQ: fake-quantize every Linear of the classifier in `model_dir`, train it with distillation from the
     full-precision model (or `teacher_model`), export it for `formats`, check and score; returns the report.
     `devices` (kdlsq devices, `quantize.latency.check_devices`): the exports measured on each, and predicted by
-    its latency table where one covers the model (`report["latency"]`), at batch 1 x `latency_seq_len`."""
+    its latency table where one covers the model (`report["latency"]`), at batch 1 x `latency_seq_len`.
+    `transfer`: unlabelled in-domain texts (`student.finetune.transfer_texts`) added to the training rows, distilled
+    only (the teacher's outputs on text like the validation rows', not just on the rows it was fine-tuned on)."""
     check_request(cfg.bits, formats, cfg.embedding_bits)
+    if transfer and train.pairs is not None:
+        raise TaskError("--transfer is for single-text classification; this task has text pairs")
     labels = check_inputs(Path(model_dir), train, valid, None if teacher_model is None else Path(teacher_model))
     fp_model, tokenizer = load_classifier(model_dir)
     fp_model.eval()
@@ -183,13 +188,19 @@ def quantize(
     label2id = {n: i for i, n in enumerate(labels)}
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model),
            "shared_input_quantizers": shared_input_groups(student)}  # a checkpoint from before sharing: refused
-    summary = train_quantized(student, teacher, tokenizer, train, train.label_ids(label2id), out_dir, cfg, key, progress, note)
+    rows, ids = train, train.label_ids(label2id)
+    if transfer:
+        key["transfer_rows"] = len(transfer)
+        rows = TaskData(train.texts + tuple(transfer), train.labels + ("",) * len(transfer), None, train.source)
+        ids = ids + [-1] * len(transfer)
+    summary = train_quantized(student, teacher, tokenizer, rows, ids, out_dir, cfg, key, progress, note)
     bake_weights(student)
     report = _score_and_export(fp_model, student, tokenizer, valid, labels, cfg, formats, out_dir, names)
     report["embedding"] = {"module": embedding, "bits": embedding_bits(cfg) if embedding else None}
     report["attention"] = {"quantized": attention, "bits": cfg.attention_bits if attention else None}
     report.update({"model": str(model_dir), "teacher_model": key["teacher_model"], "task": train.source,
-                   "train_rows": len(train), "valid_rows": len(valid), "config": cfg.to_dict(), "training": summary})
+                   "train_rows": len(train), "transfer_rows": len(transfer or ()), "valid_rows": len(valid),
+                   "config": cfg.to_dict(), "training": summary})
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
         _write_folder(tmp, student, tokenizer, cfg, names, formats, report)

@@ -4,6 +4,9 @@ sizes from its full-precision self (or another fine-tuned classifier with the sa
     loss = ce_weight * CE(student, gold) + kd_weight * tau^2 * KL(teacher / tau || student / tau)
            + hidden_weight * mean_l MSE(h_l(student), h_l(teacher))      (real tokens only)
 
+Rows with label id -1 (a transfer set: unlabelled in-domain text) take the distillation terms only; the
+cross-entropy is the mean over a batch's labelled rows (0 when it has none).
+
 The hidden-state term is used when both models return hidden states of the same shapes (HF BERT does;
 NAS-BERT students return none, so they learn from logits and labels only). Attention maps are not
 distilled (ONNX Runtime and OpenVINO keep attention scores in float here, so only Linear inputs are
@@ -72,6 +75,14 @@ def _hidden_loss(s_out: Any, t_out: Any, mask: torch.Tensor) -> torch.Tensor | N
     return torch.stack([masked_mse(a, b, mask) for a, b in zip(hs, ht)]).mean()
 
 
+def labelled_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the rows with a gold label (y >= 0); 0 (with a graph) when the batch has none."""
+    keep = y >= 0
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    return nn.functional.cross_entropy(logits[keep], y[keep])
+
+
 def train_quantized(
     student: nn.Module,
     teacher: nn.Module,
@@ -86,9 +97,9 @@ def train_quantized(
 ) -> dict[str, Any]:
     """Train the fake-quantized `student` in place for `cfg.steps` steps; returns the training summary.
 
-    `label_ids` are the gold class ids of `train` in the student's label order; `teacher` (eval mode, not
-    trained) must use the same order. The checkpoint lives beside `out_dir` and is left for the caller to
-    remove once the output is written.
+    `label_ids` are the gold class ids of `train` in the student's label order (-1: a transfer row, distilled
+    only); `teacher` (eval mode, not trained) must use the same order. The checkpoint lives beside `out_dir` and
+    is left for the caller to remove once the output is written.
     """
     y = torch.tensor(label_ids)
     spe = max(1, -(-len(train) // cfg.batch_size))
@@ -119,7 +130,7 @@ def train_quantized(
         with torch.no_grad():
             t_out = teacher(**batch, output_hidden_states=True)
         s_out = student(**batch, output_hidden_states=True)
-        ce = nn.functional.cross_entropy(s_out.logits, y[idx])
+        ce = labelled_ce(s_out.logits, y[idx])
         kd = kd_loss(s_out.logits, t_out.logits, cfg.temperature)
         loss = cfg.ce_weight * ce + cfg.kd_weight * kd
         values = {"loss": 0.0, "ce": float(ce.detach()), "kd": float(kd.detach())}
