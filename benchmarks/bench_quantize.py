@@ -3,7 +3,8 @@ and latency on cpu-ort and cpu-openvino (1 thread, batch 1, one run, interleaved
 
     taskset -c 0 .venv/bin/python benchmarks/bench_quantize.py --model /tmp/work/ft/teacher-debian \
         --train /work/shared/tasks/debian-sections/train.jsonl --valid /work/shared/tasks/debian-sections/valid.jsonl \
-        --out /tmp/kdlsq/bench --steps 200 --train-len 64 [--phase train|score|latency|all]
+        --out /tmp/kdlsq/bench --steps 200 --train-len 64 [--transfer corpus.txt --transfer-rows 30000] \
+        [--phase train|score|latency|all]
 
 Phases cache their results in --out (rerun to resume): `train` runs `quantize` for 8, 4 and 2 bits
 (training at --train-len tokens), `score` scores every artefact on the valid split at --eval-len tokens,
@@ -37,7 +38,7 @@ from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOut
 from nasbert_deploy.runtimes.onnxruntime_rt import OrtCompiled
 from nasbert_deploy.runtimes.openvino_rt import OvCompiled
 from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic
-from nasbert_deploy.student.finetune import load_classifier, model_labels
+from nasbert_deploy.student.finetune import load_classifier, model_labels, transfer_texts
 from nasbert_deploy.student.metrics import evaluate_logits
 from nasbert_deploy.student.tasks import iter_batches, load_task
 
@@ -51,6 +52,7 @@ def cpu_model() -> str:
 
 def train_phase(a: argparse.Namespace, out: Path) -> None:
     train, valid = load_task(a.train), load_task(a.valid)
+    extra = transfer_texts(a.transfer, train, valid, a.transfer_rows, 0) if a.transfer else None
     for bits in a.bits:
         target = out / f"q{bits}"
         if (target / "quantize_report.json").is_file():
@@ -64,7 +66,7 @@ def train_phase(a: argparse.Namespace, out: Path) -> None:
             if s % 25 == 0:
                 print(f"{bits}-bit step {s}/{t} " + " ".join(f"{k} {x:.4f}" for k, x in v.items()), flush=True)
 
-        quantize(a.model, train, valid, target, cfg, FORMATS[bits], progress=progress, note=print)
+        quantize(a.model, train, valid, target, cfg, FORMATS[bits], progress=progress, note=print, transfer=extra)
         print(f"{bits}-bit trained and exported in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -209,6 +211,8 @@ def main() -> None:
     p.add_argument("--embedding-bits", type=int, default=None, help="word-embedding table bits (0: float; default: as --bits)")
     p.add_argument("--attention-bits", type=int, default=0, choices=(0, 8), help="attention products' bits (0: float)")
     p.add_argument("--hidden-weight", type=float, default=1.0, help="hidden-state MSE weight (0: logits and labels only)")
+    p.add_argument("--transfer", default=None, help="unlabelled in-domain text (one paragraph per line), distilled only")
+    p.add_argument("--transfer-rows", type=int, default=0, help="use this many --transfer lines (0: all)")
     p.add_argument("--eval-len", type=int, default=128)
     p.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2])
     p.add_argument("--rounds", type=int, default=6)
