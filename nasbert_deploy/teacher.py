@@ -59,8 +59,12 @@ def task_head(config: dict[str, Any]) -> str | None:
 
 def is_classifier(config: dict[str, Any]) -> bool:
     """Whether a model config (`read_model_config`) describes a sequence classifier (it has a trained head)."""
-    archs = config.get("architectures") or []
-    return isinstance(archs, list) and any(str(a).endswith(TASK_HEADS[0]) for a in archs)
+    return (task_head(config) or "").endswith(TASK_HEADS[0])
+
+
+def is_qa(config: dict[str, Any]) -> bool:
+    """Whether a model config (`read_model_config`) describes an extractive QA model (a start/end head)."""
+    return (task_head(config) or "").endswith(TASK_HEADS[1])
 
 
 def teacher_layers(path: str | os.PathLike[str] | None) -> int:

@@ -32,3 +32,16 @@ def test_teacher_stored_in_fp16_loads_and_runs_in_fp32(tmp_path):
     assert {p.dtype for p in t.model.parameters()} == {torch.float32}
     ids = t.tokenizer("The os module provides functions.", return_tensors="pt")
     assert t.model(**ids).last_hidden_state.dtype == torch.float32
+
+
+def test_task_heads_are_read_from_the_config():
+    from nasbert_deploy.prune.latency import head_kind
+    from nasbert_deploy.teacher import is_classifier, is_qa, task_head
+
+    clf = {"architectures": ["BertForSequenceClassification"], "pooling": "mean"}
+    qa = {"architectures": ["NasBertForQuestionAnswering"]}
+    bare = {"architectures": ["BertModel"]}
+    assert (task_head(clf), is_classifier(clf), is_qa(clf), head_kind(clf)) == (clf["architectures"][0], True, False, "mean")
+    assert (is_classifier(qa), is_qa(qa), head_kind(qa)) == (False, True, "qa")
+    assert task_head(bare) is None and not is_classifier(bare) and not is_qa(bare) and head_kind(bare) == "cls"
+    assert not is_qa({"architectures": "BertForQuestionAnswering"})  # not a list: no head read from it

@@ -47,7 +47,9 @@ def table_name(device: str, hidden: int, heads: int, ffn: int, batch: int, seq_l
 def head_kind(config: dict[str, Any]) -> str:
     """What the table's "rest" holds besides embeddings: "qa" (a start/end head on every token) for extractive QA
     models, else the classifier's pooling ("cls": BERT's pooler; "mean": carried over from NAS-BERT)."""
-    if any(str(a).endswith("ForQuestionAnswering") for a in config.get("architectures") or []):
+    from nasbert_deploy.teacher import is_qa
+
+    if is_qa(config):
         return "qa"
     return str(config.get("pooling") or "cls")
 

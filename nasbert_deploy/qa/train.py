@@ -38,12 +38,13 @@ from nasbert_deploy.qa.squad import QAData
 from nasbert_deploy.student.task_training import FinetuneConfig
 
 REPORT_NAME = "finetune_report.json"
-QA_SUFFIX = "ForQuestionAnswering"
 
 
 def is_qa_config(config: dict[str, Any]) -> bool:
-    """Whether a saved config is an extractive QA model (a trained start/end head)."""
-    return any(str(a).endswith(QA_SUFFIX) for a in config.get("architectures") or [])
+    """Whether a saved config is an extractive QA model (a trained start/end head): `teacher.is_qa`."""
+    from nasbert_deploy.teacher import is_qa
+
+    return is_qa(config)
 
 
 def check_qa_folder(path: str | Path, trained: bool = True, option: str = "--model") -> dict[str, Any]:
