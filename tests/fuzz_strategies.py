@@ -221,7 +221,14 @@ COMMANDS: dict[str, tuple[dict, int]] = {  # name -> (arguments of `command`, ca
                  "--valid": task("valid.jsonl"), "--bits": choice(("8", "4", "2", "3")),
                  "--format": choice(("onnx", "onnx,openvino", "openvino", "none", "tflite")),
                  "--teacher-model": model_dir("tm", [ENCODER, CLASSIFIER]), "--steps": ints(1, 3), "--max-len": ints(2, 32),
-                 "--ce-weight": floats(0.0, 2.0), "--reduce-range": choice(("auto", "on", "off", "maybe")), "--force": flag()},
+                 "--ce-weight": floats(0.0, 2.0), "--reduce-range": choice(("auto", "on", "off", "maybe")), "--force": flag(),
+                 "--transfer": corpus("transfer.txt"), "--transfer-rows": ints(0, 5)},
         required=("--model", "--out"),
-        poisons={"--out": bad_out("dir"), "--model": BAD_MODEL}), 60),
+        poisons={"--out": bad_out("dir"), "--model": BAD_MODEL, "--transfer": bad_file("transfer.txt")}), 60),
+    "truncate": (dict(  # the teacher folders hold no weights: a case with --teacher ends at loading
+        prefix=["truncate"],
+        options={"--layers": ints(0, 8), "--out": out_path("dir"), "--force": flag(),
+                 "--teacher": model_dir("teacher", [ENCODER, {**ENCODER, "num_hidden_layers": "x"}])},
+        required=("--layers", "--out"),
+        poisons={"--out": bad_out("dir"), "--teacher": BAD_MODEL}), 40),
 }  # fmt: skip

@@ -40,6 +40,27 @@ def test_truncated_teacher_keeps_the_first_layers(tmp_path):
 
 
 @pytest.mark.slow
+def test_truncate_command_writes_a_folder_and_checks_its_inputs_first(tmp_path):
+    from helpers import one_line_error
+    from typer.testing import CliRunner
+
+    from nasbert_deploy.cli.app import app
+
+    run = CliRunner().invoke
+    src = make_tiny_teacher(tmp_path / "t")
+    out = tmp_path / "t1"
+    r = run(app, ["truncate", "--teacher", str(src), "--layers", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "1 of 2" in r.output and (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    one_line_error(run(app, ["truncate", "--teacher", str(src), "--layers", "1", "--out", str(out)]), "--force")
+    never = tmp_path / "never"
+    one_line_error(run(app, ["truncate", "--teacher", str(src), "--layers", "3", "--out", str(never)]), "valid: 1..2")
+    one_line_error(run(app, ["truncate", "--teacher", str(src), "--layers", "0", "--out", str(never)]), "valid: 1..2")
+    one_line_error(run(app, ["truncate", "--teacher", str(tmp_path / "nope"), "--layers", "1", "--out", str(never)]),
+                   "nope")
+    assert not never.exists()
+
+
 def test_measure_encoders_side_by_side(tmp_path):
     src = make_tiny_teacher(tmp_path / "t")
     one = truncate_encoder(src, 1, tmp_path / "t1")

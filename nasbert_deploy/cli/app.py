@@ -20,6 +20,7 @@ from typer.exceptions import Abort, Exit, TyperException
 
 from nasbert_deploy import __version__
 from nasbert_deploy.cli import (
+    baseline_cmd,
     export_cmd,
     layermap_cmd,
     profile_cmd,
@@ -158,6 +159,7 @@ app.add_typer(prune_cmd.app)  # prune
 app.add_typer(quantize_cmd.app)  # quantize
 app.add_typer(tasksearch_cmd.app)  # search-task
 app.add_typer(layermap_cmd.app)  # layer-map
+app.add_typer(baseline_cmd.app)  # truncate
 
 
 def main() -> None:

@@ -31,7 +31,10 @@ def truncate_encoder(src: PathLike, layers: int, out: PathLike) -> Path:
 
     from nasbert_deploy.fileio import atomic_dir
 
-    model = AutoModel.from_pretrained(str(src), local_files_only=True)
+    try:
+        model = AutoModel.from_pretrained(str(src), local_files_only=True)
+    except Exception as exc:  # no or damaged weights, a config transformers does not know: one line
+        raise TeacherError(f"cannot load the encoder in {src}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     encoder = getattr(model, "encoder", None)
     stack = getattr(encoder, "layer", None)
     if stack is None:
