@@ -185,8 +185,9 @@ def test_layer_map_changes_the_losses_and_none_is_the_old_loss(teacher, batch):
 
 
 def test_config_rule_and_resume_key():
-    old_fields = set(DistillConfig().to_dict()) - {"steps", "checkpoint_every", "layer_map"}
-    assert set(DistillConfig().resume_key()) == old_fields  # old checkpoints (no layer_map) still resume
+    old_fields = set(DistillConfig().to_dict()) - {"steps", "checkpoint_every", "layer_map", "query_weight", "query_len"}
+    assert set(DistillConfig().resume_key()) == old_fields  # old checkpoints (no layer_map, no query term) still resume
+    assert DistillConfig(query_weight=1.0).resume_key()["query_len"] == DistillConfig().query_len
     mapped = DistillConfig(layer_map=[3, 0, 6])
     assert mapped.layer_map == (3, 0, 6) and mapped.intermediate_weight == 1.0  # a map supervises inner blocks
     assert mapped.resume_key()["layer_map"] == (3, 0, 6)
