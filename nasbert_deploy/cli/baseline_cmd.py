@@ -26,6 +26,8 @@ def truncate_cmd(
 ) -> None:
     """The teacher's first --layers layers (embeddings and layers copied): a baseline to fine-tune, task-distil,
     evaluate and time beside a searched student (`finetune --model OUT`, `evaluate --model OUT`)."""
+    from safetensors import safe_open
+
     from nasbert_deploy.errors import TeacherError
     from nasbert_deploy.fileio import check_output
     from nasbert_deploy.student.baselines import truncate_encoder
@@ -38,8 +40,6 @@ def truncate_cmd(
         raise TeacherError(f"--layers {layers}: {src} has {total} layers; valid: 1..{total}")
     console.print(f"keeping {layers} of {total} layers of {src}")
     truncate_encoder(src, layers, out)
-    from safetensors import safe_open
-
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     print_report(f"truncated teacher -> {out}", {"teacher": str(src), "layers": f"{layers} of {total}",

@@ -96,10 +96,6 @@ def quantize_cmd(
     reduce, reduce_why = resolve_reduce_range(reduce_range.value, b)
     set_threads(threads)
     train, val = task_splits(task, valid)
-    if transfer is not None and train.pairs is not None:
-        from nasbert_deploy.errors import TaskError
-
-        raise TaskError("--transfer is for single-text classification; this task has text pairs")
     extra = None if transfer is None else transfer_texts(transfer, train, val, transfer_rows, seed)
     e = embedding_bits.value
     ebits = None if e == "weights" else 0 if e == "float" else int(e)
