@@ -70,3 +70,38 @@ def test_measure_encoders_side_by_side(tmp_path):
     # speed itself is the benchmark's business (benchmarks/bench_quality.py); here: the ratio is the medians'
     # (a median of per-round ratios, so it lies between the rounds' extreme ratios; a unit slip would break it)
     assert 0.1 < figs["one"]["ratio_to_first"] < 10
+
+
+@pytest.mark.slow
+def test_a_truncated_teacher_fine_tunes_mean_pooled_and_exports(tmp_path):
+    """`truncate` -> `finetune` -> `export --model`: the baseline trains under the students' mean-pooling head
+    (converted exactly, so a fair comparison) and goes through the same export; `--pooling cls` keeps BERT's own
+    [CLS] classifier; `--pooling mean` of a folder that is not a BERT encoder is one line, exit 2."""
+    import json
+
+    from helpers import one_line_error
+    from typer.testing import CliRunner
+
+    from nasbert_deploy.cli.app import app
+    from nasbert_deploy.export.trained import check_trained_folder
+    from nasbert_deploy.student.tasks import sample_task_path
+
+    run = CliRunner().invoke
+    one = truncate_encoder(make_tiny_teacher(tmp_path / "t"), 1, tmp_path / "t1")
+    common = ["finetune", "--model", str(one), "--task", str(sample_task_path("train")), "--valid",
+              str(sample_task_path("valid")), "--epochs", "1", "--batch-size", "16", "--max-len", "32"]
+    r = run(app, [*common, "--out", str(tmp_path / "mean")])
+    assert r.exit_code == 0, r.output
+    assert "pooling: mean (auto: a BERT encoder, converted exactly)" in r.output
+    assert json.loads((tmp_path / "mean" / "finetune_report.json").read_text())["pooling"] == "mean"
+    assert check_trained_folder(tmp_path / "mean") == "classifier"
+    r = run(app, ["export", "--model", str(tmp_path / "mean"), "--out", str(tmp_path / "x"), "--no-memory", "--no-timing"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "x" / "report.json").read_text())
+    assert report["output"] == "logits" and report["validation"]["passed"] and report["weights"]["kind"] == "classifier"
+    r = run(app, [*common, "--pooling", "cls", "--out", str(tmp_path / "cls")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "cls" / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
+    one_line_error(run(app, [*common, "--model", str(tmp_path / "mean"), "--pooling", "mean", "--out",
+                             str(tmp_path / "never")]), "valid for it: auto, cls")
+    assert not (tmp_path / "never").exists()

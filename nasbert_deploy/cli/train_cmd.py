@@ -229,6 +229,10 @@ def finetune_cmd(
     transfer_rows: Annotated[int, _opt("--transfer-rows", min=0, help="Use this many --transfer lines (0: all).")] = 0,
     lam: Annotated[float, _opt("--lambda", min=0.0, max=1.0, help="KD weight: (1-lambda) CE + lambda KL.")] = 0.5,
     temperature: Annotated[float, _opt("--temperature", min=0.01, help="KD temperature.")] = 1.0,
+    pooling: Annotated[PoolingName, _opt("--pooling", help="For a plain BERT encoder (e.g. `truncate`'s): mean "
+                                         "(auto's pick) converts it exactly under the students' mean-pooling head, so "
+                                         "it trains and exports as they do; cls: its own [CLS]-pooler classifier. "
+                                         "NAS-BERT and pruned models keep their own head.")] = PoolingName("auto"),
     epochs: EpochsOpt = 5,
     batch_size: BatchOpt = 16,
     max_len: MaxLenOpt = 128,
@@ -258,7 +262,7 @@ def finetune_cmd(
     extra = None if transfer is None else transfer_texts(transfer, train, val, transfer_rows, seed)
     with _processes(device.value) as run, run.progress("fine-tuning") as update:
         report = finetune(model, train, val, out, cfg, teacher_model, update, note=run.note, device=run.device,
-                          transfer=extra)
+                          transfer=extra, pooling=pooling.value)
     if run.rank == 0:
         _print_finetune(f"fine-tuned -> {out}", report)
 

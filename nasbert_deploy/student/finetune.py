@@ -94,6 +94,7 @@ def finetune(
     note: NoteFn | None = None,
     device: str = "cpu",
     transfer: Sequence[str] | None = None,
+    pooling: str = "auto",
 ) -> dict[str, Any]:
     """Fine-tune the encoder in `model_dir` (e.g. a distilled NAS-BERT folder); with `teacher_model`
     (a fine-tuned classifier folder) add the KL term and use the teacher's label order. `device`: where
@@ -101,8 +102,13 @@ def finetune(
     rows and all ranks gather them (`task_training.sharded_logits`).
 
     `transfer`: unlabelled texts (a transfer set, `transfer_texts`) the teacher labels; they join every epoch
-    with the KL term as their only loss. Needs `teacher_model` and a single-text task."""
+    with the KL term as their only loss. Needs `teacher_model` and a single-text task.
+
+    `pooling` (`fresh_classifier`): a plain BERT encoder (e.g. `truncate`'s baseline) is converted exactly under
+    the students' mean-pooling head by default, so it trains, scores and exports as the students do; NAS-BERT and
+    pruned models keep their own head."""
     check_model_folder(model_dir)
+    check_pooling(pooling, Path(model_dir))
     if teacher_model is not None:
         check_model_folder(teacher_model, classifier=True, option="--teacher-model")
     if transfer is not None and (teacher_model is None or train.pairs is not None):
@@ -121,8 +127,9 @@ def finetune(
             extra = (rows, teacher_logits(teacher_model, teacher, t_tok, rows, cfg.max_len, note))
         del teacher
     torch.manual_seed(cfg.seed)  # the fresh classifier head is drawn from the seeded generator
-    model, tokenizer = load_classifier(model_dir, labels)
-    key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model)}
+    model, tokenizer, pooling = fresh_classifier(Path(model_dir), labels, cfg, pooling, note, own_head_first=True)
+    key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model),
+           **({"pooling": pooling} if pooling == "mean" else {})}  # a student's key is the one it had before --pooling
     return train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_logits, progress, key, note, device, extra)
 
 
@@ -190,14 +197,52 @@ def finetune_teacher(
     `device` and torchrun: as `finetune`."""
     from nasbert_deploy.teacher import resolve_teacher_path
 
-    if pooling not in POOLINGS:
-        raise TaskError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
     path = resolve_teacher_path(teacher)
+    check_pooling(pooling, path)
     labels = sort_labels(set(train.labels) | set(valid.labels))
     torch.manual_seed(cfg.seed)
+    model, tokenizer, pooling = fresh_classifier(path, labels, cfg, pooling, note)
+    key = {"model": str(path), "task": train.source, "teacher_model": None, "pooling": pooling}
+    return train_classifier(model, tokenizer, train, valid, out_dir, cfg, None, progress, key, note, device)
+
+
+def check_pooling(pooling: str, path: Path) -> None:
+    """Cheap, before any work: `pooling` is one of `POOLINGS`, and "mean" is asked of a BERT encoder only."""
+    from nasbert_deploy.teacher import read_model_config
+
+    if pooling not in POOLINGS:
+        raise TaskError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+    model_type = read_model_config(path).get("model_type")
+    if pooling == "mean" and model_type != "bert":
+        raise TaskError(f"--pooling mean converts a BERT encoder; {path} holds a {model_type} (valid for it: auto, cls)")
+
+
+def resolve_pooling(path: Path) -> str:
+    """"mean" for a BERT encoder (`model_type` bert: converts exactly; measured ahead of the [CLS] pooler and of
+    the frozen probe on both classification tasks, docs/quality.md), "cls" for any other encoder."""
+    from nasbert_deploy.teacher import read_model_config
+
+    return "mean" if read_model_config(path).get("model_type") == "bert" else "cls"
+
+
+def fresh_classifier(path: Path, labels: list[str], cfg: FinetuneConfig, pooling: str, note: NoteFn | None = None,
+                     own_head_first: bool = False) -> tuple[Any, Any, str]:
+    """(classifier with a fresh head for `labels`, tokenizer, the pooling used) over the encoder at `path`.
+
+    "cls": the folder's own sequence-classification class (BERT: pooler over [CLS]; NAS-BERT and pruned models:
+    their mean-pooling head). "mean": the BERT encoder converted exactly under the students' mean-pooling head
+    (`mean_pooled_teacher`). "auto": `resolve_pooling`, falling back to "cls" (with a note saying why) for a BERT
+    geometry the conversion does not cover. `own_head_first`: with "auto", a folder that already holds a task
+    head keeps its own class (`finetune` of a fine-tuned BERT classifier trains the head it has)."""
+    from nasbert_deploy.teacher import read_model_config, task_head
+
     why = ""
     if pooling == "auto":
         pooling, why = resolve_pooling(path), "not a BERT encoder"
+        if pooling == "mean" and own_head_first and task_head(read_model_config(path)):
+            pooling, why = "cls", "the folder has its own task head"
+        elif pooling == "cls" and own_head_first:
+            why = ""  # a NAS-BERT or pruned student: its own head, as always
         if pooling == "mean":
             try:
                 model, tokenizer = mean_pooled_teacher(path, labels, cfg)
@@ -210,16 +255,7 @@ def finetune_teacher(
         model, tokenizer = load_classifier(path, labels)
     if why and note is not None:
         note(f"pooling: {pooling} (auto: {why})")
-    key = {"model": str(path), "task": train.source, "teacher_model": None, "pooling": pooling}
-    return train_classifier(model, tokenizer, train, valid, out_dir, cfg, None, progress, key, note, device)
-
-
-def resolve_pooling(path: Path) -> str:
-    """"mean" for a BERT encoder (`model_type` bert: converts exactly; measured ahead of the [CLS] pooler and of
-    the frozen probe on both classification tasks, docs/quality.md), "cls" for any other encoder."""
-    from nasbert_deploy.teacher import read_model_config
-
-    return "mean" if read_model_config(path).get("model_type") == "bert" else "cls"
+    return model, tokenizer, pooling
 
 
 def mean_pooled_teacher(path: Path, labels: list[str], cfg: FinetuneConfig) -> tuple[Any, Any]:
