@@ -123,8 +123,12 @@ def test_model_folder_checks(trained, tmp_path):
     _fails(["--model", str(tmp_path / "nope")], tmp_path / "o", "not a local Hugging Face model folder")
     bert = tmp_path / "bert"
     bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForSequenceClassification"]}))
+    _fails(["--model", str(bert)], tmp_path / "o", "[CLS] pooler", "`finetune`'s default pooling")
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
-    _fails(["--model", str(bert)], tmp_path / "o", "model_type 'bert'", "valid: a NAS-BERT folder")
+    _fails(["--model", str(bert)], tmp_path / "o", "no model.safetensors")
+    (bert / "config.json").write_text(json.dumps({"model_type": "roberta", "architectures": ["RobertaModel"]}))
+    _fails(["--model", str(bert)], tmp_path / "o", "model_type 'roberta'", "valid: a NAS-BERT folder")
     qa = tmp_path / "qa"
     qa.mkdir()
     (qa / "config.json").write_text(json.dumps({"model_type": "nasbert", "architectures": ["NasBertForQuestionAnswering"]}))
@@ -136,6 +140,32 @@ def test_model_folder_checks(trained, tmp_path):
     res = runner.invoke(app, ["export", "--model", str(enc_dir), "--out", str(enc_dir), "--force"])
     one_line_error(res, "is the --model folder")
     assert (enc_dir / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_plain_bert_encoder_is_converted_exactly_and_exported(tmp_path):
+    """The teacher or `truncate`'s baseline: a BERT encoder folder exports as the NAS-BERT model it converts to
+    exactly; the ONNX file's hidden states are the original BERT's."""
+    import onnxruntime as ort
+    from helpers import make_tiny_teacher
+    from transformers import BertModel
+
+    src = make_tiny_teacher(tmp_path / "bert")
+    out = tmp_path / "x"
+    report = _export(src, out, "--format", "onnx", "--no-timing")
+    assert report["validation"]["passed"] and report["output"] == "last_hidden_state"
+    assert report["weights"]["converted_from"] == "bert" and report["weights"]["kind"] == "encoder"
+    assert "converted exactly from that BERT encoder" in (out / "README.md").read_text()
+    ids = torch.randint(5, 900, (2, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.inference_mode():
+        want = BertModel.from_pretrained(str(src)).eval()(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
+    sess = ort.InferenceSession(str(out / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    got = sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})[0]
+    keep = mask.numpy().astype(bool)
+    assert np.abs(got[keep] - want[keep]).max() < 1e-3
 
 
 @pytest.mark.slow

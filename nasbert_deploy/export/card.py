@@ -52,6 +52,9 @@ LICENCES = ("- licences: the model code (`*.py` here, nasbert-deploy) is Apache-
 def _trained_provenance(weights: Mapping[str, Any]) -> list[str]:
     """`export --model DIR`: what the folder's training reports say (`trained.training_summary`)."""
     lines = [f"- weights: the trained {weights.get('kind')} `{weights.get('model')}`"]
+    if weights.get("converted_from") == "bert":
+        lines.append("- converted exactly from that BERT encoder (`model.etd.convert_teacher`: same outputs, up to "
+                     "LayerNorm epsilon), so it exports and is measured as a NAS-BERT model")
     training = weights.get("training") or {}
     d, f = training.get("distill_report.json"), training.get("finetune_report.json")
     if d:
