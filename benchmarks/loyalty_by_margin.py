@@ -42,7 +42,8 @@ def band_figures(t_probs: np.ndarray, gold: np.ndarray, preds: dict[str, np.ndar
     for lo, hi, name in [*bands, (0.0, 1.0001, "all")]:
         rows = (m >= lo) & (m < hi)
         n = int(rows.sum())
-        row = {"band": name, "rows": n, "share": n / len(m), "teacher_accuracy": float((t_pred[rows] == gold[rows]).mean()) if n else None}
+        t_acc = float((t_pred[rows] == gold[rows]).mean()) if n else None
+        row = {"band": name, "rows": n, "share": n / len(m), "teacher_accuracy": t_acc}
         row["loyalty"] = {k: float((p[rows] == t_pred[rows]).mean()) if n else None for k, p in preds.items()}
         out.append(row)
     return out
