@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from bench_quality import machine
 from rich.console import Console
 from rich.table import Table
 
@@ -99,7 +100,8 @@ def main() -> int:
                       "-" if r["teacher_accuracy"] is None else f"{r['teacher_accuracy']:.3f}",
                       *("-" if v is None else f"{v:.3f}" for v in r["loyalty"].values()))
     Console(width=160).print(table)
-    result = {"task": args.task, "teacher": args.teacher_model, "models": named, "max_len": args.max_len, "bands": figs}
+    result = {"task": args.task, "teacher": args.teacher_model, "models": named, "max_len": args.max_len, "bands": figs,
+              "machine": machine()}
     t_pred = t_probs.argmax(1)
     result["flips"] = {}
     for name, pred in preds.items():  # on the rows a model leaves the teacher: who has the gold label?
