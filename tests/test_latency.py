@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -107,8 +108,11 @@ def test_missing_entry_is_an_error_not_a_partial_sum():
 
 def test_other_space_and_schema_fail_clearly(tmp_path):
     p = _synthetic().save(tmp_path / "t.json")
-    with pytest.raises(SpaceError, match="does not cover space 'standard'"):
+    with pytest.raises(SpaceError, match="does not cover space 'standard'.*profile --space standard"):
         LatencyTable.load(p, space=STANDARD)
+    unnamed = dataclasses.replace(STANDARD, name="teacher")  # e.g. a converted teacher: no `profile --space` for it
+    with pytest.raises(SpaceError, match="is no named space .*measured, not predicted"):
+        LatencyTable.load(p, space=unnamed)
     data = json.loads(p.read_text())
     for old in (1, 99):  # version 1 tables (affine correction only) must be re-profiled
         data["schema_version"] = old

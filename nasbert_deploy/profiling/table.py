@@ -152,10 +152,12 @@ class LatencyTable:
         if not set(space.conv_kernels) <= set(mine.conv_kernels):
             diffs.append(f"conv kernels {list(space.conv_kernels)} not within {list(mine.conv_kernels)}")
         if diffs:
-            raise SpaceError(
-                f"latency table was profiled for space {mine.name!r} (hash {mine.space_hash()}), which does not cover "
-                f"space {space.name!r}: {'; '.join(diffs)}; profile it with `nasbert-deploy profile --space {space.name}`"
-            )
+            from nasbert_deploy.space import SPACES
+
+            advice = (f"profile it with `nasbert-deploy profile --space {space.name}`" if space.name in SPACES else
+                      "it is no named space (e.g. a converted teacher), so its latency is measured, not predicted")
+            raise SpaceError(f"latency table was profiled for space {mine.name!r} (hash {mine.space_hash()}), which does not "
+                             f"cover space {space.name!r}: {'; '.join(diffs)}; {advice}")
 
     # ------------------------------------------------------------------ lookups
     def _weights(self, batch: int, seq_len: int) -> list[tuple[str, float]]:
