@@ -67,11 +67,24 @@ def is_qa(config: dict[str, Any]) -> bool:
     return (task_head(config) or "").endswith(TASK_HEADS[1])
 
 
+def is_nasbert(config: dict[str, Any]) -> bool:
+    """Whether a model config (`read_model_config`) is one of ours (a NAS-BERT student, or a teacher `finetune`
+    converted): `distill` takes one as its teacher (`model.teacher_view`), one layer per block."""
+    return config.get("model_type") == "nasbert" and isinstance(config.get("arch"), str) and bool(config["arch"])
+
+
+NASBERT_TEACHER = ("it teaches only as `distill --teacher` of a student that does not start from it (not --init etd-*): "
+                   "task-specific distillation from a fine-tuned teacher; here pass a BERT-family encoder folder")
+
+
 def teacher_layers(path: str | os.PathLike[str] | None) -> int:
     """The number of layers of the teacher at `path` (`None`: the default teacher), from its config.json (no weights
-    read); `TeacherError` when the folder is not an encoder with `num_hidden_layers` and `hidden_size`."""
+    read; a NAS-BERT teacher: its blocks); `TeacherError` when the folder is not an encoder with `num_hidden_layers`
+    and `hidden_size`."""
     p = resolve_teacher_path(path)
     cfg = read_model_config(p, "teacher")
+    if is_nasbert(cfg):
+        return str(cfg["arch"]).count("|") + 1
     layers = cfg.get("num_hidden_layers")
     if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1 or not isinstance(cfg.get("hidden_size"), int):
         raise TeacherError(
@@ -121,6 +134,8 @@ def load_teacher(path: str | os.PathLike[str] | None = None) -> Teacher:
     from transformers import AutoModel
 
     p = resolve_teacher_path(path)
+    if is_nasbert(read_model_config(p, "teacher")):
+        raise TeacherError(f"teacher {p} is a NAS-BERT model: {NASBERT_TEACHER}")
     try:
         model = AutoModel.from_pretrained(str(p), local_files_only=True).float().eval()  # fp32 math whatever the file holds
     except Exception as exc:  # a foreign folder: transformers raises many kinds; the user needs one line

@@ -99,7 +99,8 @@ def distill_cmd(
     corpus: Annotated[Path, _opt("--corpus", help="Unlabelled text, one paragraph per line.")],
     arch: Annotated[str | None, _opt("--arch", help="Arch string of the student.")] = None,
     from_export: Annotated[Path | None, _opt("--from-export", help="Start from an exported NAS-BERT HF folder.")] = None,
-    teacher: Annotated[Path | None, _opt("--teacher", help="Teacher HF folder (default: offline MiniLM-L6).")] = None,
+    teacher: Annotated[Path | None, _opt("--teacher", help="Teacher HF folder (default: offline MiniLM-L6), or a "
+                                                "fine-tuned NAS-BERT teacher from `finetune` (task-specific stage).")] = None,
     supernet: Annotated[Path | None, _opt("--supernet", help="Supernet checkpoint (default: the shipped one).")] = None,
     init: Annotated[StudentInitName, _opt("--init", help="Start --arch from supernet weights, random ones, or the "
                                           "teacher's most important (etd-impt) or random (etd-rand) units.")]
@@ -140,6 +141,7 @@ def distill_cmd(
 ) -> None:
     """Distil a standalone student from the teacher on unlabelled text (resumable; torchrun for several processes)."""
     from nasbert_deploy.fileio import check_output
+    from nasbert_deploy.model.teacher_view import load_any_teacher
     from nasbert_deploy.space import get_space
     from nasbert_deploy.student.distill import DistillConfig, build_student, distill
     from nasbert_deploy.supernet.teacher_cache import read_paragraphs
@@ -185,7 +187,7 @@ def distill_cmd(
         else:
             random_space = get_space(space.value) if init.value == "random" else None
             student = build_student(arch, from_export, supernet, init.value, random_space)
-            t, meta = load_teacher(teacher), {}
+            t, meta = load_any_teacher(teacher), {}  # a NAS-BERT teacher too: task-specific distillation
         with run.progress("distilling") as update:
             report = distill(student, t, texts, out, cfg, held_out, update, metadata=meta, note=run.note, device=run.device,
                              heldout_every=heldout_every)
