@@ -4,7 +4,9 @@ For each student architecture and seed: Extract-Then-Distill (`--init etd-impt`)
 pre-training-stage distillation on a corpus (`distill --steps N`, N = 0 keeps the extracted weights), then,
 per task, fine-tuning with task distillation from the fine-tuned teacher (`finetune --teacher-model`),
 optionally with a transfer set (`--transfer`: unlabelled in-domain text the teacher labels), and
-`evaluate` on the valid split. Then the teacher and every student encoder are timed side by side
+`evaluate` on the valid split. `--task-steps N` puts TinyBERT's task-specific stage before the fine-tuning: the
+encoder's hidden states distilled N steps from the fine-tuned teacher (`distill --teacher <teacher-ft>`) on the task's
+train texts and transfer file, less every valid text (`task_corpus`). Then the teacher and every student encoder are timed side by side
 (batch 1, 128 tokens, interleaved rounds; speed-up = median per-round ratio to the teacher).
 
 Every step is a `nasbert-deploy` command run as a subprocess, exactly as docs/training.md gives it; a step
@@ -110,14 +112,24 @@ def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str,
     for task, files in tasks.items():
         rows = args.transfer_rows.get(task, 0)  # 0: the whole file
         tag = f"-transfer{rows or ''}" if task in args.transfer else ""
-        ft = work / f"ft-{task}-{slug(arch)}{init}-d{args.distill_steps}-s{seed}{tag}"
+        tsd = f"-tsd{args.task_steps}" if args.task_steps else ""
+        ft = work / f"ft-{task}-{slug(arch)}{init}-d{args.distill_steps}{tsd}-s{seed}{tag}"
         ml = MAX_LEN.get(task, 128) if not args.smoke else 32
         teacher_ft = ensure_teacher(args, task, files["train"], ml)
+        start = enc
+        if args.task_steps:  # task-specific distillation of hidden states from the fine-tuned teacher (TinyBERT 2a)
+            start = work / f"enc-{task}-{slug(arch)}{init}-d{args.distill_steps}{tsd}-s{seed}"
+            if not (start / "config.json").is_file():
+                corpus, held = task_corpus(args, task, files, work)
+                cli("distill", "--from-export", enc, "--teacher", teacher_ft, "--corpus", corpus,
+                    *(["--valid-corpus", held, "--heldout-every", max(1, args.task_steps // 2)] if held else []),
+                    "--steps", args.task_steps, "--batch-size", args.distill_batch, "--seq-len", ml, "--lr", args.lr,
+                    "--seed", seed, "--out", start, log=work / f"{start.name}.log")  # fmt: skip
         if not (ft / "config.json").is_file():
             extra = []
             if task in args.transfer:
                 extra = ["--transfer", args.transfer[task], "--transfer-rows", rows]
-            cli("finetune", "--model", enc, "--task", files["train"], "--teacher-model", teacher_ft, "--epochs", args.epochs,
+            cli("finetune", "--model", start, "--task", files["train"], "--teacher-model", teacher_ft, "--epochs", args.epochs,
                 "--lr", args.lr, "--batch-size", 16, "--max-len", ml, "--seed", seed, "--out", ft, *extra, log=log)  # fmt: skip
         report = ft.parent / f"{ft.name}.eval.json"
         if not report.is_file():
@@ -125,6 +137,31 @@ def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str,
                 "--json", report, log=log)  # fmt: skip
         out["tasks"][task] = {"folder": str(ft), **json.loads(report.read_text())}
     return out
+
+
+def task_corpus(args: argparse.Namespace, task: str, files: dict[str, Path], work: Path) -> tuple[Path, Path | None]:
+    """The text of `--task-steps`: the task's train texts and its whole transfer file less every text of train or
+    valid (`finetune`'s rule: the valid split is never seen), shuffled (seed 1); held out: the first 1,000 transfer
+    texts (seed 0 shuffle), or None without a transfer file. Written once (atomic), shared by every run."""
+    import random
+
+    from nasbert_deploy.fileio import atomic_path
+    from nasbert_deploy.student.finetune import transfer_texts
+    from nasbert_deploy.student.tasks import load_task
+
+    corpus, held = work / f"task-corpus-{task}.txt", work / f"task-heldout-{task}.txt"
+    with _GUARD:
+        if not corpus.is_file():
+            train, valid = load_task(files["train"]), load_task(files["valid"])
+            extra = transfer_texts(args.transfer[task], train, valid) if task in args.transfer else []
+            random.Random(0).shuffle(extra)
+            text = list(train.texts) + extra[1000:]
+            random.Random(1).shuffle(text)
+            for path, lines in ((held, extra[:1000]), (corpus, text)):  # the held-out file first: corpus marks done
+                if lines:
+                    with atomic_path(path) as tmp:
+                        tmp.write_text("\n".join(t.replace("\n", " ") for t in lines) + "\n", encoding="utf-8")
+    return corpus, held if held.is_file() else None
 
 
 _LOCKS: dict[str, threading.Lock] = {}  # --jobs: one run fine-tunes a missing teacher, the others wait for it
@@ -203,7 +240,8 @@ def table(rows: list[dict[str, Any]], device: str | None) -> None:
         t.add_column(col)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["task"], r["arch"], r["distill_steps"], r["transfer_rows"]), []).append(r)
+        steps = r["distill_steps"] if not r.get("task_steps") else f"{r['distill_steps']}+{r['task_steps']} task"
+        groups.setdefault((r["task"], r["arch"], steps, r["transfer_rows"]), []).append(r)
 
     def ms(rs: list[dict[str, Any]], k: str) -> str:
         v = [r[k] for r in rs]
@@ -236,6 +274,8 @@ def main() -> None:
     ap.add_argument("--distill-steps", type=int, default=1000)
     ap.add_argument("--distill-lr", type=float, default=3e-4)
     ap.add_argument("--distill-batch", type=int, default=32)
+    ap.add_argument("--task-steps", type=int, default=0, help="N > 0: before fine-tuning, distil the encoder's hidden "
+                    "states N steps from the fine-tuned teacher on the task's train texts + transfer file (less valid)")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-4)
@@ -291,7 +331,8 @@ def main() -> None:
         for task, rep in r["tasks"].items():
             ftr = json.loads((Path(rep["folder"]) / "finetune_report.json").read_text())
             rows.append({"task": task, "arch": arch, "init": args.init, "seed": seed, "distill_steps": args.distill_steps,
-                         "transfer_rows": ftr.get("transfer_rows", 0), "epochs": args.epochs, "lr": args.lr,
+                         "task_steps": args.task_steps, "transfer_rows": ftr.get("transfer_rows", 0), "epochs": args.epochs,
+                         "lr": args.lr,
                          "speedup": {d: round(v[f"{arch}#{seed}"], 3) for d, v in speed.items()},
                          "teacher_ms": {d: round(v["teacher_ms"], 3) for d, v in speed.items()},
                          "share_of_teacher": rep["accuracy"] / rep["teacher_accuracy"],

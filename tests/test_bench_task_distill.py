@@ -65,3 +65,30 @@ def test_bad_rows_are_one_line_exit_2_before_any_work(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1 and not work.exists()  # nothing made, not even the folder
     res = _bench("plot_task_distill.py", tmp_path / "missing.jsonl", "--out", tmp_path / "p.png")
     assert res.returncode == 2 and "does not exist" in res.stderr and not (tmp_path / "p.png").exists()
+
+
+def test_the_task_specific_corpus_keeps_the_valid_texts_out(tmp_path):
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_task_distill import task_corpus
+
+    from nasbert_deploy.student.tasks import SAMPLE_DIR, load_task
+
+    files = {s: SAMPLE_DIR / f"pydoc-sections-sample-{s}.jsonl" for s in ("train", "valid")}
+    train, valid = load_task(files["train"]), load_task(files["valid"])
+    others = [f"an unlabelled paragraph number {i} about the python standard library" for i in range(1200)]
+    transfer = tmp_path / "transfer.txt"
+    transfer.write_text("\n".join([*others[:600], valid.texts[0], valid.texts[1].upper(), *others[600:]]) + "\n")
+    args = argparse.Namespace(transfer={"pydoc": str(transfer)})
+    corpus, held = task_corpus(args, "pydoc", files, tmp_path / "w")
+    lines, held_lines = corpus.read_text().splitlines(), held.read_text().splitlines()
+    assert len(held_lines) == 1000 and len(lines) == len(train.texts) + 200
+    assert set(held_lines).isdisjoint(lines) and set(held_lines) | set(lines) >= set(others)
+    assert not {valid.texts[0], valid.texts[1].upper()} & set(lines + held_lines)  # valid texts never seen
+    assert set(train.texts) <= set(lines)
+    again = task_corpus(argparse.Namespace(transfer={"pydoc": str(transfer)}), "pydoc", files, tmp_path / "w2")
+    assert again[0].read_text() == corpus.read_text()  # seeded: the same corpus on a rerun elsewhere
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["task-corpus-pydoc.txt", "task-heldout-pydoc.txt"]
+    bare = task_corpus(argparse.Namespace(transfer={}), "pydoc", files, tmp_path / "w3")
+    assert bare[1] is None and sorted(bare[0].read_text().splitlines()) == sorted(train.texts)
