@@ -6,8 +6,8 @@ per task, fine-tuning with task distillation from the fine-tuned teacher (`finet
 optionally with a transfer set (`--transfer`: unlabelled in-domain text the teacher labels), and
 `evaluate` on the valid split. `--task-steps N` puts TinyBERT's task-specific stage before the fine-tuning: the
 encoder's hidden states distilled N steps from the fine-tuned teacher (`distill --teacher <teacher-ft>`) on the task's
-train texts and transfer file, less every valid text (`task_corpus`). Then the teacher and every student encoder are timed side by side
-(batch 1, 128 tokens, interleaved rounds; speed-up = median per-round ratio to the teacher).
+train texts and transfer file, less every valid text (`task_corpus`). Then the teacher and every student encoder
+are timed side by side (batch 1, 128 tokens, interleaved rounds; speed-up = median per-round ratio to the teacher).
 
 Every step is a `nasbert-deploy` command run as a subprocess, exactly as docs/training.md gives it; a step
 whose output exists is skipped and an interrupted one resumes, so rerunning the same command continues.

@@ -117,3 +117,30 @@ def test_cli_distils_a_student_from_the_fine_tuned_teacher_block_by_block(classi
     r = CliRunner().invoke(app, ["distill", "--arch", "32:mha,ffn|64:sep3,id", "--init", "etd-impt", "--space", "tiny",
                                  "--teacher", str(classifier), "--corpus", str(SAMPLE), "--out", str(tmp_path / "e")])
     assert r.exit_code == 2 and "not --init etd-*" in r.stderr, r.output
+
+
+def test_the_teachers_own_encoder_under_its_head_is_the_teacher(classifier, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from teacher_head_probe import probe
+
+    from nasbert_deploy.student.finetune import load_classifier
+    from nasbert_deploy.student.tasks import sample_task_path
+
+    clf, _ = load_classifier(classifier)
+    own, other = tmp_path / "own", tmp_path / "other"
+    clf.nasbert.save_pretrained(own)
+    with torch.no_grad():
+        for p in clf.nasbert.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    clf.nasbert.save_pretrained(other)
+    known = set(clf.config.label2id)
+    rows = [r for r in map(json.loads, sample_task_path("valid").read_text().splitlines()) if r["label"] in known]
+    task = tmp_path / "valid.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows[:24]))
+    res = probe(classifier, {"own": own, "other": other}, task, max_len=32)
+    assert res["examples"] == min(24, len(rows)) and 0 <= res["teacher_accuracy"] <= 1
+    assert res["models"]["own"]["label_loyalty"] == 1.0 and res["models"]["own"]["probability_loyalty"] > 0.999
+    assert res["models"]["other"]["probability_loyalty"] < 0.99
