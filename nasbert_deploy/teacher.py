@@ -77,13 +77,15 @@ NASBERT_TEACHER = ("it teaches only as `distill --teacher` of a student that doe
                    "task-specific distillation from a fine-tuned teacher; here pass a BERT-family encoder folder")
 
 
-def teacher_layers(path: str | os.PathLike[str] | None) -> int:
+def teacher_layers(path: str | os.PathLike[str] | None, nasbert: bool = False) -> int:
     """The number of layers of the teacher at `path` (`None`: the default teacher), from its config.json (no weights
-    read; a NAS-BERT teacher: its blocks); `TeacherError` when the folder is not an encoder with `num_hidden_layers`
-    and `hidden_size`."""
+    read; with `nasbert`, a NAS-BERT teacher's blocks: `distill` only); `TeacherError` when the folder is not an
+    encoder with `num_hidden_layers` and `hidden_size`."""
     p = resolve_teacher_path(path)
     cfg = read_model_config(p, "teacher")
     if is_nasbert(cfg):
+        if not nasbert:
+            raise TeacherError(f"teacher {p} is a NAS-BERT model: {NASBERT_TEACHER}")
         return str(cfg["arch"]).count("|") + 1
     layers = cfg.get("num_hidden_layers")
     if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1 or not isinstance(cfg.get("hidden_size"), int):

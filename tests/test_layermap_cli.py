@@ -195,7 +195,7 @@ LAYER_MAP_ERRORS = [
     ("task of one label", {"tasks": "onelabel.jsonl"}, "classification needs at least 2"),
     ("unknown arch", {"student": "999:mha,ffn|32:sep3,id"}, "hidden 999 not in"),
     ("not an arch or folder", {"student": "somewhere/model"}, "neither an existing folder nor an arch string"),
-    ("teacher not an encoder", {"teacher": "nb"}, "is not an encoder"),
+    ("teacher a NAS-BERT model", {"teacher": "nb"}, "is a NAS-BERT model: it teaches only as `distill"),
     ("population 1", {"population": "1"}, "'--population': Input should be greater than or equal to 2"),
     ("elite >= population", {"population": "3", "elite": "3"}, "elite 3: give 0..2"),
     ("too many generations", {"generations": "1000"}, "less than or equal to 100"),

@@ -60,7 +60,7 @@ def _inputs(tokenizer):
 
 def test_a_converted_teacher_gives_the_berts_hidden_state_at_every_layer(bert, converted):
     t = load_nasbert_teacher(converted)
-    assert (t.num_layers, t.hidden_size) == (2, 48) and teacher_layers(converted) == 2
+    assert (t.num_layers, t.hidden_size) == (2, 48) and teacher_layers(converted, nasbert=True) == 2
     ids, mask = _inputs(t.tokenizer)
     with torch.no_grad():
         want = bert.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
@@ -94,7 +94,7 @@ def test_only_distill_takes_a_nas_bert_teacher_and_a_narrow_one_is_refused(class
 
     narrow = tmp_path / "narrow"
     build_student("64:mha,ffn|32:sep3,id", init="random", space=TINY).model.save_pretrained(narrow)
-    with pytest.raises(TeacherError, match=r"blocks of width \[32, 64\] under its output width 48"):
+    with pytest.raises(TeacherError, match=r"blocks of width \[32, 64\], not its output width 48"):
         load_nasbert_teacher(narrow)
 
 
@@ -144,3 +144,35 @@ def test_the_teachers_own_encoder_under_its_head_is_the_teacher(classifier, tmp_
     assert res["examples"] == min(24, len(rows)) and 0 <= res["teacher_accuracy"] <= 1
     assert res["models"]["own"]["label_loyalty"] == 1.0 and res["models"]["own"]["probability_loyalty"] > 0.999
     assert res["models"]["other"]["probability_loyalty"] < 0.99
+
+
+def test_finetune_can_start_from_the_teachers_head(classifier, tmp_path):
+    from nasbert_deploy.errors import TaskError
+    from nasbert_deploy.space import TINY
+    from nasbert_deploy.student.build import build_student
+    from nasbert_deploy.student.finetune import FinetuneConfig, finetune, load_classifier
+    from nasbert_deploy.student.tasks import load_task, sample_task_path
+
+    start = tmp_path / "start"
+    student = build_student("48:mha,ffn|48:sep3,id", init="random", space=TINY.__class__(**{**TINY.to_dict(),
+                                                                                            "hidden_sizes": (48,)}))
+    student.model.save_pretrained(start)
+    load_classifier(classifier)[1].save_pretrained(start)
+    teacher, _ = load_classifier(classifier)
+    known = set(teacher.config.label2id)
+    train = load_task(sample_task_path("train"))
+    train = train.subset([i for i, label in enumerate(train.labels) if label in known][:16])
+    cfg = FinetuneConfig(epochs=1, batch_size=8, max_len=32, lr=0.0)
+    report = finetune(start, train, train, tmp_path / "ft", cfg, classifier, head_from_teacher=True)
+    got, _ = load_classifier(tmp_path / "ft")
+    assert torch.equal(got.classifier.weight, teacher.classifier.weight)  # lr 0: the head is the teacher's, as started
+    assert report["head"] == "teacher"
+    with pytest.raises(TaskError, match="give --teacher-model"):
+        finetune(start, train, train, tmp_path / "a", cfg, None, head_from_teacher=True)
+    narrow = tmp_path / "narrow"
+    build_student("64:mha,ffn|32:sep3,id", init="random",
+                  space=TINY.__class__(**{**TINY.to_dict(), "output_dim": 32})).model.save_pretrained(narrow)
+    load_classifier(classifier)[1].save_pretrained(narrow)
+    with pytest.raises(TaskError, match=r"output width 32 is not the teacher's 48"):
+        finetune(narrow, train, train, tmp_path / "b", cfg, classifier, head_from_teacher=True)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

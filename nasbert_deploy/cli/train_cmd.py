@@ -141,6 +141,7 @@ def distill_cmd(
 ) -> None:
     """Distil a standalone student from the teacher on unlabelled text (resumable; torchrun for several processes)."""
     from nasbert_deploy.fileio import check_output
+    from nasbert_deploy.layermap.maps import layer_map_for
     from nasbert_deploy.model.teacher_view import load_any_teacher
     from nasbert_deploy.space import get_space
     from nasbert_deploy.student.distill import DistillConfig, build_student, distill
@@ -153,7 +154,7 @@ def distill_cmd(
 
         raise CorpusError("--heldout-every scores held-out text: give --valid-corpus too")
     set_threads(threads)
-    mapped = _layer_map(layer_map, arch, from_export, teacher) if layer_map is not None else None
+    mapped = layer_map_for(layer_map, arch, from_export, teacher) if layer_map is not None else None
     cfg = DistillConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, hidden_weight=hidden_weight,
                         intermediate_weight=block_weight, prediction_weight=prediction_weight, temperature=temperature,
                         embedding_weight=embedding_weight, similarity_weight=similarity_weight,
@@ -203,21 +204,6 @@ def distill_cmd(
     print_report(f"distilled -> {out}", rows)
 
 
-def _layer_map(value: str, arch: str | None, from_export: Path | None, teacher: Path | None) -> tuple[int, ...]:
-    """`--layer-map`, read and checked against the student's blocks and the teacher's layers before any work."""
-    from nasbert_deploy.errors import CheckpointError, LayerMapError
-    from nasbert_deploy.layermap.maps import read_layer_map
-    from nasbert_deploy.teacher import check_layer_map, read_model_config, teacher_layers
-
-    if from_export is not None:
-        blocks = read_model_config(from_export, "--from-export", CheckpointError).get("arch")
-    else:
-        blocks = arch
-    if not isinstance(blocks, str) or not blocks:
-        raise LayerMapError("--layer-map needs the student's blocks: give --arch, or a NAS-BERT --from-export folder")
-    return check_layer_map(read_layer_map(value), blocks.count("|") + 1, teacher_layers(teacher))
-
-
 @app.command("finetune")
 def finetune_cmd(
     model: Annotated[Path, _opt("--model", help="Encoder HF folder (e.g. from `distill`).")],
@@ -235,6 +221,8 @@ def finetune_cmd(
                                          "(auto's pick) converts it exactly under the students' mean-pooling head, so "
                                          "it trains and exports as they do; cls: its own [CLS]-pooler classifier. "
                                          "NAS-BERT and pruned models keep their own head.")] = PoolingName("auto"),
+    head_from_teacher: Annotated[bool, _opt("--head-from-teacher", help="Start the classifier from --teacher-model's "
+                                            "(after `distill --teacher` from that fine-tuned teacher).")] = False,
     epochs: EpochsOpt = 5,
     batch_size: BatchOpt = 16,
     max_len: MaxLenOpt = 128,
@@ -264,7 +252,7 @@ def finetune_cmd(
     extra = None if transfer is None else transfer_texts(transfer, train, val, transfer_rows, seed)
     with _processes(device.value) as run, run.progress("fine-tuning") as update:
         report = finetune(model, train, val, out, cfg, teacher_model, update, note=run.note, device=run.device,
-                          transfer=extra, pooling=pooling.value)
+                          transfer=extra, pooling=pooling.value, head_from_teacher=head_from_teacher)
     if run.rank == 0:
         _print_finetune(f"fine-tuned -> {out}", report)
 

@@ -96,3 +96,17 @@ def read_layer_map(value: str | Path) -> LayerMap:
     if not p.exists() and "," in text:
         raise LayerMapError(f"--layer-map {text!r} is neither a file nor a list of layer indices; {MAP_HINT}")
     return _entries(read_input_json(p, "layer map", LayerMapError, MAP_HINT), f"layer map {p}")
+
+
+def layer_map_for(value: str, arch: str | None, from_export: Path | None, teacher: Path | None) -> tuple[int, ...]:
+    """`--layer-map`, read and checked against the student's blocks and the teacher's layers before any work."""
+    from nasbert_deploy.errors import CheckpointError
+    from nasbert_deploy.teacher import check_layer_map, read_model_config, teacher_layers
+
+    if from_export is not None:
+        blocks = read_model_config(from_export, "--from-export", CheckpointError).get("arch")
+    else:
+        blocks = arch
+    if not isinstance(blocks, str) or not blocks:
+        raise LayerMapError("--layer-map needs the student's blocks: give --arch, or a NAS-BERT --from-export folder")
+    return check_layer_map(read_layer_map(value), blocks.count("|") + 1, teacher_layers(teacher, nasbert=True))

@@ -66,7 +66,7 @@ class NasBertTeacher(nn.Module):
 
 def load_nasbert_teacher(path: str | os.PathLike[str]) -> Teacher:
     """The NAS-BERT folder at `path` (its encoder; a classifier's head is left out) as a `Teacher`, eval mode, fp32.
-    `TeacherError` (one line) when it does not load or a block is narrower than its output width."""
+    `TeacherError` (one line) when it does not load or a block's width is not its output width."""
     from nasbert_deploy.model.modeling import NasBertModel
 
     p = Path(path)
@@ -81,7 +81,7 @@ def load_nasbert_teacher(path: str | os.PathLike[str]) -> Teacher:
     narrow = sorted({h for h in model.config.arch_obj.hiddens if h != width})
     if narrow:
         raise TeacherError(
-            f"NAS-BERT teacher {p} has blocks of width {narrow} under its output width {width}; a NAS-BERT teacher's "
+            f"NAS-BERT teacher {p} has blocks of width {narrow}, not its output width {width}; a NAS-BERT teacher's "
             f"blocks must all run at its output width (a teacher converted by `finetune`, arch '{width}:mha,ffn|...')"
         )
     return Teacher(model=NasBertTeacher(model.float().eval()).eval(), tokenizer=load_tokenizer(p), path=p)

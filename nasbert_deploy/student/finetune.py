@@ -95,6 +95,7 @@ def finetune(
     device: str = "cpu",
     transfer: Sequence[str] | None = None,
     pooling: str = "auto",
+    head_from_teacher: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune the encoder in `model_dir` (e.g. a distilled NAS-BERT folder); with `teacher_model`
     (a fine-tuned classifier folder) add the KL term and use the teacher's label order. `device`: where
@@ -106,9 +107,14 @@ def finetune(
 
     `pooling` (`fresh_classifier`): a plain BERT encoder (e.g. `truncate`'s baseline) is converted exactly under
     the students' mean-pooling head by default, so it trains, scores and exports as the students do; NAS-BERT and
-    pruned models keep their own head."""
+    pruned models keep their own head.
+
+    `head_from_teacher`: start the classifier from the teacher's own (a mean-pooled NAS-BERT teacher of the
+    student's width: after task-specific distillation the student's pooled output approximates the teacher's)."""
     check_model_folder(model_dir)
     check_pooling(pooling, Path(model_dir))
+    if head_from_teacher and teacher_model is None:
+        raise TaskError("--head-from-teacher starts the classifier from the teacher's: give --teacher-model")
     if teacher_model is not None:
         check_model_folder(teacher_model, classifier=True, option="--teacher-model")
     if transfer is not None and (teacher_model is None or train.pairs is not None):
@@ -118,6 +124,7 @@ def finetune(
     t_logits, extra = None, None
     if teacher_model is not None:
         teacher, t_tok = load_classifier(teacher_model)
+        head = teacher_head(teacher, Path(teacher_model), Path(model_dir), pooling) if head_from_teacher else None
         labels = model_labels(teacher)
         train.label_ids({n: i for i, n in enumerate(labels)})  # raises if the teacher lacks a label
         teacher.to(device)
@@ -128,9 +135,34 @@ def finetune(
         del teacher
     torch.manual_seed(cfg.seed)  # the fresh classifier head is drawn from the seeded generator
     model, tokenizer, pooling = fresh_classifier(Path(model_dir), labels, cfg, pooling, note, own_head_first=True)
+    if head_from_teacher:
+        model.classifier.load_state_dict(head)
+        if note is not None:
+            note("classifier head: the teacher's (--head-from-teacher)")
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model),
-           **({"pooling": pooling} if pooling == "mean" else {})}  # a student's key is the one it had before --pooling
+           **({"pooling": pooling} if pooling == "mean" else {}),  # a student's key is the one it had before --pooling
+           **({"head": "teacher"} if head_from_teacher else {})}
     return train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_logits, progress, key, note, device, extra)
+
+
+def teacher_head(teacher: Any, teacher_dir: Path, model_dir: Path, pooling: str) -> dict[str, torch.Tensor]:
+    """The teacher's classifier weights for `--head-from-teacher`, checked before any long work: the teacher is a
+    mean-pooled NAS-BERT classifier (what `finetune-teacher` writes) and the student pools its output the same way
+    at the same width (a NAS-BERT student, or a BERT encoder under the mean-pooling head). `TaskError` otherwise."""
+    from nasbert_deploy.teacher import is_nasbert, read_model_config
+
+    student = read_model_config(model_dir)
+    lin = getattr(teacher, "classifier", None)
+    why = ""
+    if not is_nasbert(teacher.config.to_dict()) or not isinstance(lin, torch.nn.Linear):
+        why = f"the teacher {teacher_dir} is not a mean-pooled NAS-BERT classifier (`finetune-teacher` writes one)"
+    elif not (is_nasbert(student) or pooling == "mean" or (pooling == "auto" and resolve_pooling(model_dir) == "mean")):
+        why = f"the student {model_dir} does not mean-pool its output (a NAS-BERT student or a BERT encoder does)"
+    elif student.get("hidden_size") != lin.in_features:
+        why = f"the student's output width {student.get('hidden_size')} is not the teacher's {lin.in_features}"
+    if why:
+        raise TaskError(f"--head-from-teacher: {why}")
+    return {k: v.detach().clone() for k, v in lin.state_dict().items()}
 
 
 def teacher_logits(folder: str | Path, teacher: Any, tokenizer: Any, rows: TaskData, max_len: int,
