@@ -84,6 +84,19 @@ def make_tiny_teacher(directory: Path, mlm: bool = False, seed: int = 0) -> Path
     return directory
 
 
+def loud_tiny_teacher(directory: Path):
+    """`make_tiny_teacher` loaded, its layers' matrices scaled ×10: a random BERT is nearly all embeddings, so this
+    gives its layers a voice (extraction and conversion tests compare layer by layer)."""
+    from nasbert_deploy.teacher import load_teacher
+
+    t = load_teacher(make_tiny_teacher(directory))
+    with torch.no_grad():
+        for p in t.model.encoder.parameters():
+            if p.dim() == 2:
+                p.mul_(10.0)
+    return t
+
+
 def make_sample_teacher(path: Path, layers: int = 4, seed: int = 0) -> Path:
     """A BertModel (hidden 48, `layers` layers, vocab 1000) with a word-level vocab from the sample text."""
     from transformers import BertConfig, BertModel, BertTokenizerFast

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import SAMPLE, make_tiny_teacher
+from helpers import SAMPLE, loud_tiny_teacher, make_tiny_teacher
 
 from nasbert_deploy.errors import TeacherError
 from nasbert_deploy.model.etd import default_layer_map, describe_map, extract_student
 from nasbert_deploy.model.importance import importance_scores
 from nasbert_deploy.space import MINILM, TINY, SearchSpace
-from nasbert_deploy.teacher import load_teacher
 
 # the tiny teacher: hidden 48, 2 layers, 4 heads of 12, FFN 96 (ratio 2)
 SPACE = SearchSpace(name="etd", num_blocks=2, layers_per_block=2, hidden_sizes=(24, 48), conv_kernels=(3,), head_dim=12,
@@ -20,12 +19,7 @@ TEXTS = [t for t in SAMPLE.read_text().splitlines() if t.strip()][:24]
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    t = load_teacher(make_tiny_teacher(tmp_path_factory.mktemp("t")))
-    with torch.no_grad():  # a random BERT is nearly all embeddings: give its layers a voice
-        for p in t.model.encoder.parameters():
-            if p.dim() == 2:
-                p.mul_(10.0)
-    return t
+    return loud_tiny_teacher(tmp_path_factory.mktemp("t"))
 
 
 @pytest.fixture(scope="module")
