@@ -136,6 +136,9 @@ def finetune(
     torch.manual_seed(cfg.seed)  # the fresh classifier head is drawn from the seeded generator
     model, tokenizer, pooling = fresh_classifier(Path(model_dir), labels, cfg, pooling, note, own_head_first=True)
     if head_from_teacher:
+        if type(model).__name__ != "NasBertForSequenceClassification":  # e.g. a BERT folder with its own [CLS] head
+            raise TaskError(f"--head-from-teacher: {model_dir} keeps its own {type(model).__name__} head, not the "
+                            "students' mean-pooling one the teacher's head reads")
         model.classifier.load_state_dict(head)
         if note is not None:
             note("classifier head: the teacher's (--head-from-teacher)")
