@@ -68,6 +68,12 @@ def cli(*args: Any, log: Path) -> None:
     console.print(f"[dim]  done in {time.perf_counter() - t0:.0f} s[/dim]")
 
 
+def whole(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (0 or more)")
+    return int(text)
+
+
 def positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
@@ -274,7 +280,7 @@ def main() -> None:
     ap.add_argument("--distill-steps", type=int, default=1000)
     ap.add_argument("--distill-lr", type=float, default=3e-4)
     ap.add_argument("--distill-batch", type=int, default=32)
-    ap.add_argument("--task-steps", type=int, default=0, help="N > 0: before fine-tuning, distil the encoder's hidden "
+    ap.add_argument("--task-steps", type=whole, default=0, help="N > 0: before fine-tuning, distil the encoder's hidden "
                     "states N steps from the fine-tuned teacher on the task's train texts + transfer file (less valid)")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--epochs", type=int, default=3)

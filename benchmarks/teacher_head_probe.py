@@ -87,6 +87,20 @@ def main() -> None:
         bad_input("give at least one --model NAME=DIR")
     if not (args.teacher_model / "config.json").is_file() or not args.task.is_file():
         bad_input(f"need a --teacher-model folder with config.json and an existing --task file ({args.task})")
+    from nasbert_deploy.errors import NasBertDeployError
+    from nasbert_deploy.teacher import is_classifier, is_nasbert, read_model_config
+
+    try:
+        cfg = read_model_config(args.teacher_model, "--teacher-model")
+        students = {k: read_model_config(v, f"--model {k}") for k, v in encoders.items()}
+    except NasBertDeployError as exc:
+        bad_input(str(exc))
+    if not (is_nasbert(cfg) and is_classifier(cfg)):
+        bad_input(f"--teacher-model {args.teacher_model} is not a mean-pooled NAS-BERT classifier (`finetune-teacher` "
+                  "writes one)")
+    wrong = [k for k, c in students.items() if not is_nasbert(c) or c.get("hidden_size") != cfg.get("hidden_size")]
+    if wrong:
+        bad_input(f"--model {wrong[0]}: not a NAS-BERT encoder of the teacher's width {cfg.get('hidden_size')}")
     torch.set_num_threads(1)
     res = {**probe(args.teacher_model, encoders, args.task, args.max_len), "teacher": str(args.teacher_model),
            "task": str(args.task), "max_len": args.max_len, "encoders": {k: str(v) for k, v in encoders.items()},
