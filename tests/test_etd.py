@@ -137,6 +137,11 @@ def test_teacher_converts_exactly_and_fine_tunes_mean_pooled(tmp_path, teacher):
         want = teacher.model(input_ids=ids, attention_mask=mask).last_hidden_state
         got = model(input_ids=ids, attention_mask=mask).last_hidden_state
     assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-4)
+    # no square projections left: the converted encoder has the teacher's parameters (less its unused pooler)
+    assert model.config.identity_projections and not hasattr(model.embed_proj, "weight")
+    assert not any(hasattr(b, "weight") for b in model.boundaries) and not hasattr(model.head, "weight")
+    pooler = sum(p.numel() for n, p in teacher.model.named_parameters() if n.startswith("pooler."))
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in teacher.model.parameters()) - pooler
     src = tmp_path / "t"
     teacher.model.save_pretrained(src)
     teacher.tokenizer.save_pretrained(src)
@@ -146,6 +151,7 @@ def test_teacher_converts_exactly_and_fine_tunes_mean_pooled(tmp_path, teacher):
                               pooling="mean")
     clf, _ = load_classifier(tmp_path / "ft")
     assert type(clf).__name__ == "NasBertForSequenceClassification" and report["pooling"] == "mean"
+    assert clf.config.identity_projections and not hasattr(clf.nasbert.head, "weight")
     assert report["best"]["epoch"] == 1
 
 
@@ -187,3 +193,17 @@ def test_supernet_starts_from_the_teacher(teacher, impt):
     assert torch.isfinite(narrow).all()
     with pytest.raises(TeacherError, match="use --init random"):
         check_space_extractable(TINY, teacher.model)
+
+
+def test_a_projection_that_is_not_an_identity_is_not_dropped(teacher):
+    from nasbert_deploy.model.etd import convert_teacher, extract_student, teacher_space, without_projections
+    from nasbert_deploy.model.importance import Importance, teacher_shape
+
+    L, H, inner, D = teacher_shape(teacher.model)
+    keep_all = Importance(torch.ones(L, H), torch.ones(L, inner), torch.ones(D), "all", 0)
+    model, _ = extract_student("|".join([f"{D}:mha,ffn"] * L), teacher_space(teacher.model), teacher.model, keep_all)
+    with torch.no_grad():
+        model.boundaries[0].weight[0, 1] = 1e-3  # what fine-tuning does to an identity Linear
+    with pytest.raises(ValueError, match="boundaries.0 is not an identity projection"):
+        without_projections(model)
+    assert convert_teacher(teacher.model).config.to_dict()["identity_projections"] is True

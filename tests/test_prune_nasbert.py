@@ -67,6 +67,20 @@ def test_carried_over_exactly_and_reloads(arch, tmp_path):
         torch.testing.assert_close(again(**batch).logits, want.logits, atol=1e-5, rtol=1e-5)
 
 
+def test_a_converted_teacher_without_projections_carries_over_without_them():
+    """finetune-teacher's form (`identity_projections`): no embedding projection, no boundary, the classifier as is."""
+    space = SearchSpace.from_dict({**SPACE.to_dict(), "output_dim": 48})
+    cfg = NasBertConfig.from_arch("48:mha,ffn,mha,ffn|48:mha,ffn,id,id", space, num_labels=2, id2label={0: "a", 1: "b"},
+                                  label2id={"a": 0, "b": 1}, identity_projections=True)
+    torch.manual_seed(0)
+    model = NasBertForSequenceClassification(cfg).eval()
+    bert = to_pruned_bert(model)
+    assert not bert.config.embedding_projection and bert.config.layer_projections == []
+    batch = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(bert(**batch).logits, model(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_unsupported_shapes_say_why():
     base = nasbert_classifier("48:mha,ffn,id,id|48:mha,ffn,id,id", ["a", "b"]).config.to_dict()
     assert unsupported_reason(base) is None

@@ -22,9 +22,13 @@ class NasBertConfig(PretrainedConfig):
         space: dict[str, Any] | None = None,
         hidden_dropout_prob: float = 0.0,
         classifier_dropout: float = 0.1,
+        identity_projections: bool = False,
         **kwargs: Any,
     ) -> None:
         self.arch = arch
+        # square projections (embedding, block boundaries, head) are no-ops, not Linears: a teacher converted
+        # exactly (`etd.convert_teacher`), whose projections are identities that fine-tuning must not move
+        self.identity_projections = bool(identity_projections)
         self.space = space or SearchSpace().to_dict()
         self.hidden_dropout_prob = hidden_dropout_prob
         self.classifier_dropout = classifier_dropout

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from nasbert_deploy.errors import TeacherError
 from nasbert_deploy.model.importance import Importance, teacher_shape
@@ -267,7 +268,25 @@ def convert_teacher(teacher: Any) -> NasBertModel:
     arch = "|".join([f"{D}:mha,ffn"] * L)
     keep_all = Importance(torch.ones(L, H), torch.ones(L, inner), torch.ones(D), "all", 0)
     model, _ = extract_student(arch, space, teacher, keep_all)
-    return model
+    return without_projections(model)
+
+
+def without_projections(model: NasBertModel) -> NasBertModel:
+    """`model` with its square projections (embedding, boundaries, head) as `nn.Identity` (config
+    `identity_projections`): same outputs, ~10% less compute for a converted teacher. Each one must be an exact
+    identity (weight I, bias 0), as `extract_student` makes them when every dimension is kept."""
+
+    state = model.state_dict()
+    dropped = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.in_features == m.out_features
+               and (n in ("embed_proj", "head") or n.startswith("boundaries."))]
+    for name in dropped:
+        w, b = state.pop(f"{name}.weight"), state.pop(f"{name}.bias")
+        if not (torch.equal(w, torch.eye(w.shape[0], dtype=w.dtype)) and not b.any()):
+            raise ValueError(f"{name} is not an identity projection; it cannot be dropped")
+    config = NasBertConfig(**{**model.config.to_dict(), "identity_projections": True})
+    out = NasBertModel(config).eval()
+    out.load_state_dict(state)
+    return out
 
 
 def describe_map(report: dict[str, Any]) -> str:

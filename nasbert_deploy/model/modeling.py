@@ -23,7 +23,7 @@ from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOut
 from nasbert_deploy.model.configuration import NasBertConfig
 from nasbert_deploy.model.ops import Embeddings, build_op
 
-__all__ = ["NasBertConfig", "NasBertModel", "NasBertForSequenceClassification", "mean_pool"]
+__all__ = ["NasBertConfig", "NasBertModel", "NasBertForSequenceClassification", "mean_pool", "projection"]
 
 
 class NasBertPreTrainedModel(PreTrainedModel):
@@ -56,6 +56,15 @@ class Block(nn.Module):
         return x
 
 
+def projection(d_in: int, d_out: int, identity: bool = False) -> nn.Module:
+    """A width projection: `nn.Linear(d_in, d_out)`, or `nn.Identity()` when `identity` and the widths agree.
+
+    A teacher converted exactly has identity projections; as Linears they cost ~10% more compute than the
+    teacher itself, drift from the identity in fine-tuning, and sit on the residual stream where 8-bit
+    quantization of their weights and inputs perturbs every feature (docs/quantization.md)."""
+    return nn.Identity() if identity and d_in == d_out else nn.Linear(d_in, d_out)
+
+
 class NasBertModel(NasBertPreTrainedModel):
     def __init__(self, config: NasBertConfig) -> None:
         super().__init__(config)
@@ -64,10 +73,11 @@ class NasBertModel(NasBertPreTrainedModel):
         hs = arch.hiddens
         p = config.hidden_dropout_prob
         self.embeddings = Embeddings(space.vocab_size, space.max_positions, space.type_vocab_size, space.embed_dim)
-        self.embed_proj = nn.Linear(space.embed_dim, hs[0])
+        same = bool(getattr(config, "identity_projections", False))
+        self.embed_proj = projection(space.embed_dim, hs[0], same)
         self.blocks = nn.ModuleList(Block([build_op(op, b.hidden, space, p) for op in b.ops]) for b in arch.blocks)
-        self.boundaries = nn.ModuleList(nn.Linear(a, b) for a, b in zip(hs, hs[1:]))
-        self.head = nn.Linear(hs[-1], space.output_dim)
+        self.boundaries = nn.ModuleList(projection(a, b, same) for a, b in zip(hs, hs[1:]))
+        self.head = projection(hs[-1], space.output_dim, same)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:

@@ -80,6 +80,9 @@ def to_pruned_bert(model: Any) -> PrunedBertForSequenceClassification:
     cfg = model.config
     check_convertible(cfg.to_dict(), getattr(cfg, "_name_or_path", "model"))
     geo = bert_view(cfg.to_dict())
+    same = bool(getattr(cfg, "identity_projections", False))  # no projection modules at all (a converted teacher)
+    if same:
+        geo["layer_projections"] = []
     space = cfg.search_space
     enc = model.nasbert
     config = PrunedBertConfig(
@@ -87,14 +90,15 @@ def to_pruned_bert(model: Any) -> PrunedBertForSequenceClassification:
         hidden_act="gelu", layer_norm_eps=float(enc.embeddings.norm.eps), hidden_dropout_prob=float(cfg.hidden_dropout_prob),
         attention_probs_dropout_prob=float(cfg.hidden_dropout_prob), classifier_dropout=float(cfg.classifier_dropout),
         num_labels=int(cfg.num_labels), id2label=dict(cfg.id2label), label2id=dict(cfg.label2id),
-        pooling="mean", embedding_projection=True, architectures=["PrunedBertForSequenceClassification"], **geo)
+        pooling="mean", embedding_projection=not same, architectures=["PrunedBertForSequenceClassification"], **geo)
     out = PrunedBertForSequenceClassification(config).eval()
     emb, e = out.bert.embeddings, enc.embeddings
     emb.word_embeddings.weight.copy_(e.word.weight)
     emb.position_embeddings.weight.copy_(e.position.weight)
     emb.token_type_embeddings.weight.copy_(e.token_type.weight)
     _copy_linear(emb.LayerNorm, e.norm)
-    _copy_linear(emb.projection, enc.embed_proj)
+    if not same:
+        _copy_linear(emb.projection, enc.embed_proj)
     for i, boundary in zip(geo["layer_projections"], enc.boundaries):
         _copy_linear(out.bert.encoder.layer[i].projection, boundary)
     ops = [op for block in enc.blocks for op in block.layers if any(True for _ in op.parameters())]
@@ -105,8 +109,11 @@ def to_pruned_bert(model: Any) -> PrunedBertForSequenceClassification:
                          (layer.output.dense, ffn.fc2), (layer.output.LayerNorm, ffn.norm)):
             _copy_linear(dst, src)
     c, head = model.classifier, enc.head
-    out.classifier.weight.copy_(c.weight @ head.weight)  # (k, O) @ (O, D): the token head folded into the classifier
-    out.classifier.bias.copy_(c.weight @ head.bias + c.bias)
+    if same:
+        _copy_linear(out.classifier, c)
+    else:
+        out.classifier.weight.copy_(c.weight @ head.weight)  # (k, O) @ (O, D): the token head folded into the classifier
+        out.classifier.bias.copy_(c.weight @ head.bias + c.bias)
     return out
 
 

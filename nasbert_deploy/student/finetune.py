@@ -304,6 +304,7 @@ def mean_pooled_teacher(path: Path, labels: list[str], cfg: FinetuneConfig) -> t
     id2label, label2id = label_maps(labels)
     dropout = float(getattr(t.model.config, "hidden_dropout_prob", 0.1))
     config = NasBertConfig(arch=encoder.config.arch, space=encoder.config.space, hidden_dropout_prob=dropout,
+                           identity_projections=encoder.config.identity_projections,
                            num_labels=len(labels), id2label=id2label, label2id=label2id)
     model = NasBertForSequenceClassification(config)
     model.nasbert.load_state_dict(encoder.state_dict())
