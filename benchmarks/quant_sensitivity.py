@@ -1,0 +1,157 @@
+"""Where does a classifier lose its loyalty when quantized? Fake quantization of one part at a time, no training.
+
+Scores a fine-tuned classifier (any folder `quantize` takes) on a labelled task file in float, then with fake
+quantization (`lowbit.lsq`, the grids and initial step sizes `quantize` starts from) switched on for:
+
+- every Linear's weights; the same plus the word-embedding table; every Linear's input (activations) only;
+  everything at once (what `quantize` trains from);
+- the weights of one group of Linears at a time: a group is a Linear's name up to its first layer index
+  (`nasbert.blocks.3`, `nasbert.boundaries.0`, `bert.encoder.layer.2`) or the whole name (`nasbert.embed_proj`,
+  `classifier`).
+
+Each row gives accuracy and label / probability loyalty to the float model on the same rows. A group whose weights
+alone cost several points of loyalty is what to look at before training step sizes (docs/quantization.md: the
+identity projections of a converted teacher, on the residual stream, held most of the wordnet teacher's loss).
+
+    python benchmarks/quant_sensitivity.py --model checkpoints/teacher-wordnet-supersense \\
+        --task ../shared/tasks/wordnet-supersense/valid.jsonl --calibration ../shared/tasks/wordnet-supersense/train.jsonl \\
+        --max-len 64 --json sensitivity.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from bench_quality import machine
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from nasbert_deploy.student.metrics import label_loyalty, probability_loyalty, softmax
+
+BITS = (8, 4, 2)
+
+
+def bad_input(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def group_of(name: str) -> str:
+    """A Linear's group: its qualified name up to and including the first numeric part, else the whole name."""
+    parts = name.split(".")
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            return ".".join(parts[: i + 1])
+    return name
+
+
+def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor]) -> dict[str, Callable[[], nn.Module]]:
+    """Name -> builder of a fake-quantized copy of `model` (weights `bits`, activations 8 bit)."""
+    from nasbert_deploy.lowbit.embedding import quantize_embeddings
+    from nasbert_deploy.lowbit.lsq import QuantLinear, quant_linears, quantize_linears
+
+    def build(weights: str | None = "", acts: bool = False, table: bool = False) -> nn.Module:
+        """`weights`: "" all Linears, a group name: that group only, None: no weights."""
+        m = copy.deepcopy(model).eval()
+        quantize_linears(m, bits, 8 if acts else None, example_inputs=calib if acts else None)
+        for name, q in quant_linears(m):
+            if weights is None or (weights and group_of(name) != weights):
+                q.w_quant = nn.Identity()  # type: ignore[assignment]  (QuantLinear.quantized_weight: the float weight)
+        if table:
+            quantize_embeddings(m, bits)
+        if acts:
+            with torch.no_grad():
+                m(**calib)  # activation step sizes from the calibration batch, as `quantize` starts
+        return m
+
+    names = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear) and not isinstance(mod, QuantLinear)]
+    groups = list(dict.fromkeys(group_of(n) for n in names))
+    out: dict[str, Callable[[], nn.Module]] = {
+        "all weights": lambda: build(),
+        "all weights + word table": lambda: build(table=True),
+        "activations only": lambda: build(weights=None, acts=True),
+        "everything": lambda: build(acts=True, table=True),
+    }
+    for g in groups:
+        out[f"weights of {g}"] = lambda g=g: build(weights=g)
+    return out
+
+
+def run(model_dir: Path, task: Path, calibration: Path, max_len: int, bits: int, log: Callable[[str], None]) -> dict[str, Any]:
+    from nasbert_deploy.errors import NasBertDeployError
+    from nasbert_deploy.student.finetune import load_classifier
+    from nasbert_deploy.student.tasks import iter_batches, load_task
+
+    try:
+        model, tok = load_classifier(model_dir)
+        data, cal = load_task(task), load_task(calibration)
+        labels = {str(v): int(k) for k, v in model.config.id2label.items()}
+        gold = np.array(data.label_ids(labels))
+    except NasBertDeployError as exc:
+        bad_input(str(exc))
+    model.eval()
+    _, calib = next(iter_batches(tok, cal, 16, max_len))
+
+    @torch.no_grad()
+    def logits(m: nn.Module) -> np.ndarray:
+        return np.concatenate([m(**b).logits.double().numpy() for _, b in iter_batches(tok, data, 64, max_len)])
+
+    ref = logits(model)
+    p_ref, y_ref = softmax(ref), ref.argmax(1)
+    rows = {"float": {"accuracy": float((y_ref == gold).mean()), "label_loyalty": 1.0, "probability_loyalty": 1.0}}
+    log(f"float: accuracy {rows['float']['accuracy']:.4f} on {len(gold)} rows")
+    for name, build in variants(model, bits, calib).items():
+        lg = logits(build())
+        rows[name] = {"accuracy": float((lg.argmax(1) == gold).mean()), "label_loyalty": label_loyalty(y_ref, lg.argmax(1)),
+                      "probability_loyalty": probability_loyalty(p_ref, softmax(lg))}
+        log(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[name].items()))
+    return {"model": str(model_dir), "task": str(task), "calibration": str(calibration), "examples": len(gold),
+            "max_len": max_len, "bits": bits, "rows": rows, "machine": machine()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True, help="fine-tuned classifier folder")
+    ap.add_argument("--task", type=Path, required=True, help="labelled task file to score (the valid split)")
+    ap.add_argument("--calibration", type=Path, default=None, help="task file whose first 16 rows set the activation "
+                    "step sizes (default: --task; use the train split)")
+    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--bits", type=int, default=8, help="weight bits (activations 8): 8, 4 or 2")
+    ap.add_argument("--json", type=Path, default=None, help="write the figures and the machine here")
+    args = ap.parse_args()
+    calibration = args.calibration or args.task
+    if args.bits not in BITS:
+        bad_input(f"--bits {args.bits} is not supported; valid: {', '.join(map(str, BITS))}")
+    if args.max_len < 2:
+        bad_input(f"--max-len {args.max_len} is too short; give at least 2 tokens")
+    for opt, f in (("--task", args.task), ("--calibration", calibration)):
+        if not f.is_file():
+            bad_input(f"{opt} {f} is not a file; give a labelled task file (.jsonl/.csv/.tsv)")
+    if not (args.model / "config.json").is_file():
+        bad_input(f"--model {args.model} has no config.json; give a fine-tuned classifier folder")
+    torch.set_num_threads(1)
+    console = Console()
+    res = run(args.model, args.task, calibration, args.max_len, args.bits, lambda s: console.print(s, highlight=False))
+    t = Table(title=f"{args.bits}-bit fake quantization, one part at a time, no training: {args.model} on {args.task} "
+                    f"({res['examples']} rows)")
+    for col in ("quantized", "accuracy", "label loyalty", "prob. loyalty"):
+        t.add_column(col)
+    for k, v in res["rows"].items():
+        t.add_row(k, f"{v['accuracy']:.4f}", f"{v['label_loyalty']:.4f}", f"{v['probability_loyalty']:.4f}")
+    console.print(t)
+    if args.json:
+        from nasbert_deploy.fileio import write_json_atomic
+
+        write_json_atomic(args.json, res)
+
+
+if __name__ == "__main__":
+    main()
