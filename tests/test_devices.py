@@ -113,3 +113,20 @@ def _providers_here() -> list[str]:
     import onnxruntime as ort
 
     return [p.lower() for p in ort.get_available_providers()]
+
+
+def test_openvino_runs_fp32_and_kdlsq4_without_dynamic_activation_quantization():
+    """fp32 stays fp32 and a 4-bit KDLSQ IR runs its trained 8-bit activations, not the CPU plug-in's own int8 groups."""
+    pytest.importorskip("openvino")
+    import numpy as np
+    import openvino as ov
+
+    from nasbert_deploy.runtimes.openvino_rt import DYNAMIC_QUANT, compile_config
+
+    for name, want in (("cpu-openvino", 0), ("cpu-openvino-kdlsq4", 0), ("cpu-openvino-int8", None),
+                       ("cpu-openvino-kdlsq8", None)):
+        assert compile_config(load_device(name)).get(DYNAMIC_QUANT) == want, name
+    x = ov.opset13.parameter([1, 4], np.float32)
+    model = ov.Model([ov.opset13.relu(x)], [x])
+    compiled = ov.Core().compile_model(model, "CPU", compile_config(load_device("cpu-openvino-kdlsq4")))
+    assert compiled.get_property(DYNAMIC_QUANT) == 0
