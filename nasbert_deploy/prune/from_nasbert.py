@@ -80,11 +80,12 @@ def to_pruned_bert(model: Any) -> PrunedBertForSequenceClassification:
     cfg = model.config
     check_convertible(cfg.to_dict(), getattr(cfg, "_name_or_path", "model"))
     geo = bert_view(cfg.to_dict())
-    same = bool(getattr(cfg, "identity_projections", False))  # no projection modules at all (a converted teacher)
-    if same:
-        geo["layer_projections"] = []
     space = cfg.search_space
     enc = model.nasbert
+    # a converted teacher (`identity_projections`) has nn.Identity where other models have projection Linears
+    same = not isinstance(enc.embed_proj, torch.nn.Linear)
+    if any(not isinstance(b, torch.nn.Linear) for b in enc.boundaries):
+        geo["layer_projections"] = []
     config = PrunedBertConfig(
         vocab_size=space.vocab_size, max_position_embeddings=space.max_positions, type_vocab_size=space.type_vocab_size,
         hidden_act="gelu", layer_norm_eps=float(enc.embeddings.norm.eps), hidden_dropout_prob=float(cfg.hidden_dropout_prob),
@@ -109,7 +110,7 @@ def to_pruned_bert(model: Any) -> PrunedBertForSequenceClassification:
                          (layer.output.dense, ffn.fc2), (layer.output.LayerNorm, ffn.norm)):
             _copy_linear(dst, src)
     c, head = model.classifier, enc.head
-    if same:
+    if not isinstance(head, torch.nn.Linear):
         _copy_linear(out.classifier, c)
     else:
         out.classifier.weight.copy_(c.weight @ head.weight)  # (k, O) @ (O, D): the token head folded into the classifier
