@@ -7,7 +7,9 @@ quantization (`lowbit.lsq`, the grids and initial step sizes `quantize` starts f
   everything at once (what `quantize` trains from);
 - the weights of one group of Linears at a time: a group is a Linear's name up to its first layer index
   (`nasbert.blocks.3`, `nasbert.boundaries.0`, `bert.encoder.layer.2`) or the whole name (`nasbert.embed_proj`,
-  `classifier`).
+  `classifier`);
+- the inputs of one kind of Linear at a time (weights float): every Linear whose name ends in that kind (`fc2`,
+  `query`, ...), with the Linears that share its input quantizer (query, key and value read one tensor).
 
 Each row gives accuracy and label / probability loyalty to the float model on the same rows. A group whose weights
 alone cost several points of loyalty is what to look at before training step sizes (docs/quantization.md: the
@@ -56,15 +58,20 @@ def group_of(name: str) -> str:
 def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor]) -> dict[str, Callable[[], nn.Module]]:
     """Name -> builder of a fake-quantized copy of `model` (weights `bits`, activations 8 bit)."""
     from nasbert_deploy.lowbit.embedding import quantize_embeddings
-    from nasbert_deploy.lowbit.lsq import QuantLinear, quant_linears, quantize_linears
+    from nasbert_deploy.lowbit.lsq import QuantLinear, quant_linears, quantize_linears, shared_input_groups
 
-    def build(weights: str | None = "", acts: bool = False, table: bool = False) -> nn.Module:
-        """`weights`: "" all Linears, a group name: that group only, None: no weights."""
+    def build(weights: str | None = "", acts: bool = False, table: bool = False, kind: str | None = None) -> nn.Module:
+        """`weights`: "" all Linears, a group name: that group only, None: no weights. `kind`: only the inputs of
+        the Linears so named (last name part), with every Linear sharing their quantizer (query, key, value)."""
         m = copy.deepcopy(model).eval()
         quantize_linears(m, bits, 8 if acts else None, example_inputs=calib if acts else None)
+        keep = {n for n, _ in quant_linears(m) if n.rsplit(".", 1)[-1] == kind}
+        keep |= {n for g in shared_input_groups(m) if keep & set(g) for n in g}
         for name, q in quant_linears(m):
             if weights is None or (weights and group_of(name) != weights):
                 q.w_quant = nn.Identity()  # type: ignore[assignment]  (QuantLinear.quantized_weight: the float weight)
+            if kind is not None and name not in keep:
+                q.a_quant = None
         if table:
             quantize_embeddings(m, bits)
         if acts:
@@ -82,6 +89,8 @@ def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor]) -> dic
     }
     for g in groups:
         out[f"weights of {g}"] = lambda g=g: build(weights=g)
+    for k in dict.fromkeys(n.rsplit(".", 1)[-1] for n in names):
+        out[f"inputs of {k}"] = lambda k=k: build(weights=None, acts=True, kind=k)
     return out
 
 

@@ -51,6 +51,10 @@ def test_every_group_is_scored_against_the_float_model(classifier):
     # the converted teacher has no projections: its groups are its blocks and the classifier
     groups = sorted(k for k in rows if k.startswith("weights of "))
     assert groups == ["weights of classifier", "weights of nasbert.blocks.0", "weights of nasbert.blocks.1"]
+    # one row per kind of Linear input; query, key and value share one quantizer, so their rows are the same
+    kinds = sorted(k for k in rows if k.startswith("inputs of "))
+    assert kinds == sorted(f"inputs of {k}" for k in ("query", "key", "value", "out", "fc1", "fc2", "classifier"))
+    assert rows["inputs of query"] == rows["inputs of key"] == rows["inputs of value"]
     for v in rows.values():
         assert 0 <= v["accuracy"] <= 1 and 0 <= v["label_loyalty"] <= 1 and 0 < v["probability_loyalty"] <= 1
     assert rows["all weights"]["probability_loyalty"] < 0.9999  # 2-bit weights move the probabilities
