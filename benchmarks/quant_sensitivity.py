@@ -58,7 +58,7 @@ def group_of(name: str) -> str:
 def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor]) -> dict[str, Callable[[], nn.Module]]:
     """Name -> builder of a fake-quantized copy of `model` (weights `bits`, activations 8 bit)."""
     from nasbert_deploy.lowbit.embedding import quantize_embeddings
-    from nasbert_deploy.lowbit.lsq import QuantLinear, quant_linears, quantize_linears, shared_input_groups
+    from nasbert_deploy.lowbit.lsq import quant_linears, quantize_linears, shared_input_groups
 
     def build(weights: str | None = "", acts: bool = False, table: bool = False, kind: str | None = None) -> nn.Module:
         """`weights`: "" all Linears, a group name: that group only, None: no weights. `kind`: only the inputs of
@@ -79,7 +79,7 @@ def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor]) -> dic
                 m(**calib)  # activation step sizes from the calibration batch, as `quantize` starts
         return m
 
-    names = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear) and not isinstance(mod, QuantLinear)]
+    names = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear)]  # the float model's Linears
     groups = list(dict.fromkeys(group_of(n) for n in names))
     out: dict[str, Callable[[], nn.Module]] = {
         "all weights": lambda: build(),
