@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from torch import nn
 from nasbert_deploy.student.metrics import label_loyalty, probability_loyalty, softmax
 
 BITS = (8, 4, 2)
+SMOOTH_BATCHES = 16  # calibration batches of 16 rows: the first sets the activation step sizes, all of them SmoothQuant's
 
 
 def bad_input(message: str) -> None:
@@ -55,16 +58,25 @@ def group_of(name: str) -> str:
     return name
 
 
-def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor]) -> dict[str, Callable[[], nn.Module]]:
-    """Name -> builder of a fake-quantized copy of `model` (weights `bits`, activations 8 bit)."""
+def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor], smooth: Sequence[float] = (),
+             smooth_batches: Sequence[dict[str, torch.Tensor]] = ()) -> dict[str, Callable[[], nn.Module]]:
+    """Name -> builder of a fake-quantized copy of `model` (weights `bits`, activations 8 bit); for each alpha in
+    `smooth`, the activations-only and everything rows again with SmoothQuant (`lowbit.smooth`, max |x| over
+    `smooth_batches`), as `quantize --smooth` starts."""
     from nasbert_deploy.lowbit.embedding import quantize_embeddings
     from nasbert_deploy.lowbit.lsq import quant_linears, quantize_linears, shared_input_groups
+    from nasbert_deploy.lowbit.smooth import input_absmax, smooth_inputs
 
-    def build(weights: str | None = "", acts: bool = False, table: bool = False, kind: str | None = None) -> nn.Module:
+    absmax = input_absmax(model, smooth_batches) if smooth else {}
+
+    def build(weights: str | None = "", acts: bool = False, table: bool = False, kind: str | None = None,
+              alpha: float = 0.0) -> nn.Module:
         """`weights`: "" all Linears, a group name: that group only, None: no weights. `kind`: only the inputs of
         the Linears so named (last name part), with every Linear sharing their quantizer (query, key, value)."""
         m = copy.deepcopy(model).eval()
         quantize_linears(m, bits, 8 if acts else None, example_inputs=calib if acts else None)
+        if alpha:
+            smooth_inputs(m, absmax, alpha)
         keep = {n for n, _ in quant_linears(m) if n.rsplit(".", 1)[-1] == kind}
         keep |= {n for g in shared_input_groups(m) if keep & set(g) for n in g}
         for name, q in quant_linears(m):
@@ -87,6 +99,9 @@ def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor]) -> dic
         "activations only": lambda: build(weights=None, acts=True),
         "everything": lambda: build(acts=True, table=True),
     }
+    for a in smooth:
+        out[f"activations only, SmoothQuant {a}"] = lambda a=a: build(weights=None, acts=True, alpha=a)
+        out[f"everything, SmoothQuant {a}"] = lambda a=a: build(acts=True, table=True, alpha=a)
     for g in groups:
         out[f"weights of {g}"] = lambda g=g: build(weights=g)
     for k in dict.fromkeys(n.rsplit(".", 1)[-1] for n in names):
@@ -94,7 +109,8 @@ def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor]) -> dic
     return out
 
 
-def run(model_dir: Path, task: Path, calibration: Path, max_len: int, bits: int, log: Callable[[str], None]) -> dict[str, Any]:
+def run(model_dir: Path, task: Path, calibration: Path, max_len: int, bits: int, log: Callable[[str], None],
+        smooth: Sequence[float] = (), only: str | None = None) -> dict[str, Any]:
     from nasbert_deploy.errors import NasBertDeployError
     from nasbert_deploy.student.finetune import load_classifier
     from nasbert_deploy.student.tasks import iter_batches, load_task
@@ -107,7 +123,8 @@ def run(model_dir: Path, task: Path, calibration: Path, max_len: int, bits: int,
     except NasBertDeployError as exc:
         bad_input(str(exc))
     model.eval()
-    _, calib = next(iter_batches(tok, cal, 16, max_len))
+    batches = [b for _, b in itertools.islice(iter_batches(tok, cal, 16, max_len), SMOOTH_BATCHES)]
+    calib = batches[0]
 
     @torch.no_grad()
     def logits(m: nn.Module) -> np.ndarray:
@@ -117,13 +134,15 @@ def run(model_dir: Path, task: Path, calibration: Path, max_len: int, bits: int,
     p_ref, y_ref = softmax(ref), ref.argmax(1)
     rows = {"float": {"accuracy": float((y_ref == gold).mean()), "label_loyalty": 1.0, "probability_loyalty": 1.0}}
     log(f"float: accuracy {rows['float']['accuracy']:.4f} on {len(gold)} rows")
-    for name, build in variants(model, bits, calib).items():
+    for name, build in variants(model, bits, calib, smooth, batches).items():
+        if only and not re.search(only, name):
+            continue
         lg = logits(build())
         rows[name] = {"accuracy": float((lg.argmax(1) == gold).mean()), "label_loyalty": label_loyalty(y_ref, lg.argmax(1)),
                       "probability_loyalty": probability_loyalty(p_ref, softmax(lg))}
         log(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[name].items()))
     return {"model": str(model_dir), "task": str(task), "calibration": str(calibration), "examples": len(gold),
-            "max_len": max_len, "bits": bits, "rows": rows, "machine": machine()}
+            "max_len": max_len, "bits": bits, "smooth_alphas": list(smooth), "rows": rows, "machine": machine()}
 
 
 def main() -> None:
@@ -131,14 +150,24 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True, help="fine-tuned classifier folder")
     ap.add_argument("--task", type=Path, required=True, help="labelled task file to score (the valid split)")
     ap.add_argument("--calibration", type=Path, default=None, help="task file whose first 16 rows set the activation "
-                    "step sizes (default: --task; use the train split)")
+                    "step sizes (and first 256 rows SmoothQuant's scales; default: --task; use the train split)")
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--bits", type=int, default=8, help="weight bits (activations 8): 8, 4 or 2")
+    ap.add_argument("--smooth", type=float, nargs="*", default=[], help="SmoothQuant alphas in (0, 1): the activations-"
+                    "only and everything rows again with each (max |x| over the calibration file's first 256 rows)")
+    ap.add_argument("--only", default=None, help="score only the rows whose name matches this regular expression")
     ap.add_argument("--json", type=Path, default=None, help="write the figures and the machine here")
     args = ap.parse_args()
     calibration = args.calibration or args.task
     if args.bits not in BITS:
         bad_input(f"--bits {args.bits} is not supported; valid: {', '.join(map(str, BITS))}")
+    if any(not 0.0 < a < 1.0 for a in args.smooth):
+        bad_input(f"--smooth {args.smooth}: every alpha must lie strictly between 0 and 1")
+    if args.only is not None:
+        try:
+            re.compile(args.only)
+        except re.error as exc:
+            bad_input(f"--only {args.only!r} is not a regular expression ({exc})")
     if args.max_len < 2:
         bad_input(f"--max-len {args.max_len} is too short; give at least 2 tokens")
     for opt, f in (("--task", args.task), ("--calibration", calibration)):
@@ -148,7 +177,8 @@ def main() -> None:
         bad_input(f"--model {args.model} has no config.json; give a fine-tuned classifier folder")
     torch.set_num_threads(1)
     console = Console()
-    res = run(args.model, args.task, calibration, args.max_len, args.bits, lambda s: console.print(s, highlight=False))
+    res = run(args.model, args.task, calibration, args.max_len, args.bits, lambda s: console.print(s, highlight=False),
+              args.smooth, args.only)
     t = Table(title=f"{args.bits}-bit fake quantization, one part at a time, no training: {args.model} on {args.task} "
                     f"({res['examples']} rows)")
     for col in ("quantized", "accuracy", "label loyalty", "prob. loyalty"):

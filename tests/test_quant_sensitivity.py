@@ -61,8 +61,24 @@ def test_every_group_is_scored_against_the_float_model(classifier):
     assert res["examples"] == 24 and res["bits"] == 2 and "cpu" in res["machine"]
 
 
+def test_smoothquant_rows_and_the_row_filter(classifier):
+    from quant_sensitivity import run
+
+    model, task = classifier
+    res = run(model, task, task, max_len=32, bits=8, log=lambda s: None, smooth=[0.5, 0.9], only="^(float|activations|every)")
+    rows = res["rows"]
+    assert sorted(rows) == sorted(["float", "activations only", "everything", "activations only, SmoothQuant 0.5",
+                                   "everything, SmoothQuant 0.5", "activations only, SmoothQuant 0.9",
+                                   "everything, SmoothQuant 0.9"])
+    assert res["smooth_alphas"] == [0.5, 0.9]
+    # the smoothed activations are another model than the plain ones (the scales did reach the quantizers)
+    assert rows["activations only, SmoothQuant 0.9"] != rows["activations only"]
+
+
 @pytest.mark.parametrize("extra, needle", [(["--bits", "3"], "--bits 3 is not supported; valid: 8, 4, 2"),
-                                           (["--task", "missing.jsonl"], "--task missing.jsonl is not a file")])
+                                           (["--task", "missing.jsonl"], "--task missing.jsonl is not a file"),
+                                           (["--smooth", "1.0"], "every alpha must lie strictly between 0 and 1"),
+                                           (["--only", "("], "is not a regular expression")])
 def test_bad_input_is_one_line_exit_2(classifier, tmp_path, extra, needle):
     model, task = classifier
     args = ["--model", str(model), "--task", str(task), *extra]

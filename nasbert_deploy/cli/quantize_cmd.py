@@ -61,6 +61,10 @@ def quantize_cmd(
     attention_bits: Annotated[AttentionBits, typer.Option(
         "--attention-bits", help="Attention's products Q·Kᵀ and softmax·V of NAS-BERT models: 8 (their four inputs "
         "fake-quantized, Q/DQ in the export, as NNCF does for OpenVINO) or float.")] = AttentionBits("float"),
+    smooth: Annotated[float, typer.Option(
+        "--smooth", min=0.0, max=0.99, help="SmoothQuant's alpha: divide every quantized input by a per-channel scale "
+        "(from max |x| on 16 training batches) and multiply it into the weights first (a Mul before each QuantizeLinear "
+        "in the export); 0: off.")] = 0.0,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps (raise it and rerun to continue).")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples per step.")] = 16,
     max_len: Annotated[int, typer.Option("--max-len", min=2, help="Tokens per example.")] = 128,
@@ -100,7 +104,7 @@ def quantize_cmd(
     e = embedding_bits.value
     ebits = None if e == "weights" else 0 if e == "float" else int(e)
     cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=0 if attention_bits.value == "float" else 8,
-                         reduce_range=reduce, steps=steps, batch_size=batch_size,
+                         reduce_range=reduce, smooth=smooth, steps=steps, batch_size=batch_size,
                          max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight, hidden_weight=hidden_weight,
                          checkpoint_every=checkpoint_every, seed=seed)
     with training_progress(f"quantizing ({b}-bit)") as update:
@@ -119,6 +123,8 @@ def quantize_cmd(
     rows["word embeddings"] = f"{emb['bits']}-bit per row" if emb.get("module") else "float"
     att = report.get("attention") or {}
     rows["attention products"] = f"{att['bits']}-bit ({att['quantized']} attentions)" if att.get("quantized") else "float"
+    sm = report.get("smoothing") or {}
+    rows["SmoothQuant"] = f"alpha {sm['alpha']} on {len(sm['inputs'])} inputs" if sm.get("alpha") else "off"
     for rt, c in report["checks"].items():
         rows[f"{rt} vs torch max |diff|"] = c["max_abs_diff"]
     for lat in report.get("latency", []):

@@ -129,6 +129,17 @@ class LsqQuantizer(nn.Module):
         self.register_buffer("unit", torch.ones(n))  # s0, the LSQ initial step size
         self.register_buffer("zero_point", torch.zeros(n))  # integer-valued; 0 for symmetric specs
         self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("smooth", None)  # SmoothQuant's per-channel s: quantizes x / s (`set_smoothing`)
+
+    def set_smoothing(self, s: torch.Tensor) -> None:
+        """Quantize x * (1 / s) from now on (`lowbit.smooth`; the readers' weight columns are multiplied by s); a buffer,
+        so it is saved and loaded with the step sizes. The activation step size is initialised again on the next call."""
+        self.smooth = s.detach().float().clone().to(self.step.device)
+        self.initialized.fill_(False)
+
+    def smoothed(self, x: torch.Tensor) -> torch.Tensor:
+        """x * (1 / s) per channel (last dimension), as the export's Mul computes it; x itself without smoothing."""
+        return x if self.smooth is None else x * (1.0 / self.smooth)
 
     def scale(self) -> torch.Tensor:
         """The step sizes s (channels,) or (1,), float32, as exported."""
@@ -156,6 +167,7 @@ class LsqQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.smoothed(x)
         if not bool(self.initialized):
             self.initialize(x)
         spec = self.spec
@@ -196,13 +208,31 @@ class QuantLinear(nn.Linear):
         q.w_quant.initialize(q.weight)
         return q
 
+    def smoothing(self) -> torch.Tensor | None:
+        """SmoothQuant's s of this Linear's input (its activation quantizer's, shared with the tensor's other
+        readers), or None."""
+        return None if self.a_quant is None else self.a_quant.smooth
+
+    def scaled_weight(self) -> torch.Tensor:
+        """W * s (columns scaled by the input's smoothing s): the matrix the integer kernel holds; W without smoothing."""
+        s = self.smoothing()
+        return self.weight if s is None else self.weight * s
+
+    def weight_integers(self) -> torch.Tensor:
+        """The integer weights the export stores (of `scaled_weight`), int64 (out, in)."""
+        return self.w_quant.integers(self.scaled_weight())
+
     def quantized_weight(self) -> torch.Tensor:
-        return self.w_quant(self.weight)
+        """The fake-quantized weight in the Linear's own input space: fq(W * s) / s (fq(W) without smoothing), so that
+        a plain Linear holding it computes the weight-quantized model on float inputs."""
+        s = self.smoothing()
+        return self.w_quant(self.weight) if s is None else self.w_quant(self.weight * s) / s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.a_quant is not None:
-            x = self.a_quant(x)
-        return nn.functional.linear(x, self.quantized_weight(), self.bias)
+        if self.a_quant is None:
+            return nn.functional.linear(x, self.quantized_weight(), self.bias)
+        # fq_a(x / s) @ fq_w(W * s)^T + b  (s = 1 without smoothing)
+        return nn.functional.linear(self.a_quant(x), self.w_quant(self.scaled_weight()), self.bias)
 
 
 def quantize_linears(

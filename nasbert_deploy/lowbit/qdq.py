@@ -4,17 +4,18 @@ The model is exported once in float (`runtimes.convert.export_onnx`, weights alr
 and each MatMul / Gemm whose constant weight is a QuantLinear's (found by content: the exporter renames and
 transposes weights) is rewritten:
 
-- 8 bit (QDQ): input -> QuantizeLinear(s_a, z_a: uint8) -> DequantizeLinear -> MatMul <- DequantizeLinear(int8
-  weight, per-output-channel scales); ONNX Runtime runs it as MatMulIntegerToFloat (u8 x s8, int32 accumulation)
-  with the float bias Add after it. A Linear on 2-D tokens (NAS-BERT) is a Gemm, its bias DequantizeLinear(int32,
-  s_a * s_w): ORT's QGemm. A Gemm whose output also feeds the next Linears' QuantizeLinear and a float consumer
-  (a residual) is bias-less with a float Add after it, since ORT fuses DQ -> Gemm only when its output feeds
-  no Q or only Qs. With `gemm=True` 3-D Linears are flattened into that form too (Reshape (-1, K) -> QDQ
-  Gemm -> Reshape (..., N): one QGemm, bias in the kernel's output stage); on the MiniLM teacher it was no faster
-  on ORT (ratio to ORT dynamic INT8 0.988 vs 0.990), ~10% slower on OpenVINO and further from the fake-quantized
-  model (mean logit cosine 0.993 vs 0.999), so it is not the default. One QuantizeLinear per distinct input
-  tensor (Linears that read one tensor share a quantizer, `lsq.input_groups`); ORT gives each reader its own
-  DequantizeLinear when it fuses. OpenVINO reads Q/DQ as FakeQuantize and runs the FullyConnected layers in INT8.
+- 8 bit (QDQ): input [-> Mul(1 / s): SmoothQuant's per-channel divisor, `lowbit.smooth`] -> QuantizeLinear(s_a, z_a:
+  uint8) -> DequantizeLinear -> MatMul <- DequantizeLinear(int8 weight, per-output-channel scales); ONNX Runtime
+  runs it as MatMulIntegerToFloat (u8 x s8, int32 accumulation) with the float bias Add after it. A Linear on 2-D
+  tokens (NAS-BERT) is a Gemm, its bias DequantizeLinear(int32, s_a * s_w): ORT's QGemm. A Gemm whose output also
+  feeds the next Linears' QuantizeLinear and a float consumer (a residual) is bias-less with a float Add after it,
+  since ORT fuses DQ -> Gemm only when its output feeds no Q or only Qs. With `gemm=True` 3-D Linears are flattened
+  into that form too (Reshape (-1, K) -> QDQ Gemm -> Reshape (..., N): one QGemm, bias in the kernel's output
+  stage); on the MiniLM teacher it was no faster on ORT (ratio to ORT dynamic INT8 0.988 vs 0.990), ~10% slower on
+  OpenVINO and further from the fake-quantized model (mean logit cosine 0.993 vs 0.999), so it is not the default.
+  One QuantizeLinear per distinct input tensor (Linears that read one tensor share a quantizer, `lsq.input_groups`);
+  ORT gives each reader its own DequantizeLinear when it fuses. OpenVINO reads Q/DQ as FakeQuantize and runs the
+  FullyConnected layers in INT8.
 - 4 bit (Gemm first rewritten as MatMul + Add, `gemm_to_matmul`): input -> Q/DQ (8-bit activations as
   trained) -> MatMulNBits (com.microsoft; uint4 weights with zero
   point 8, i.e. the learned integers in [-8, 7], the per-channel step size repeated in every block of
@@ -89,16 +90,23 @@ def pack_nbits(q: np.ndarray, block_size: int) -> np.ndarray:
 
 
 def _add_act_qdq(g: Any, x: str, q: QuantLinear, prefix: str, new_nodes: list[Any], cache: dict[Any, str]) -> str:
-    """Q/DQ of tensor `x` with `q`'s activation scale and zero point; one pair per (tensor, scale, zero point)."""
+    """Q/DQ of tensor `x` with `q`'s activation scale and zero point, after a Mul by 1 / s where the input is smoothed
+    (`lowbit.smooth`); one chain per (tensor, scale, zero point, s)."""
     from onnx import helper, numpy_helper
 
     a = q.a_quant
     assert a is not None
     scale = np.float32(a.scale().reshape(()).item())
     zp = np.uint8(int(a.zero_point.reshape(()).item()))
-    key = (x, scale.tobytes(), int(zp))
+    inv = None if a.smooth is None else (1.0 / a.smooth).detach().numpy().astype(np.float32)  # as LsqQuantizer.smoothed
+    key = (x, scale.tobytes(), int(zp), None if inv is None else inv.tobytes())
     if key in cache:
         return cache[key]
+    if inv is not None:
+        g.initializer.append(numpy_helper.from_array(inv, f"{prefix}.a_inv_smooth"))
+        new_nodes.append(helper.make_node("Mul", [x, f"{prefix}.a_inv_smooth"], [f"{prefix}.a_smoothed"],
+                                          name=f"{prefix}.smooth"))
+        x = f"{prefix}.a_smoothed"
     g.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{prefix}.a_scale"),
                           numpy_helper.from_array(np.array(zp, dtype=np.uint8), f"{prefix}.a_zero")])
     new_nodes.append(helper.make_node("QuantizeLinear", [x, f"{prefix}.a_scale", f"{prefix}.a_zero"], [f"{prefix}.a_q"],
@@ -238,7 +246,7 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
         if add is not None:  # MatMul + Add(bias) on (..., K) tokens -> Reshape (-1, K) -> QDQ Gemm -> Reshape (..., N)
             x2d, lead = _flatten(g, node.input[0], q.in_features, prefix, nodes, cache)
             x = _add_act_qdq(g, x2d, q, prefix, nodes, cache)
-            ints = q.w_quant.integers(q.weight).numpy().T.astype(np.int8)  # (K, N)
+            ints = q.weight_integers().numpy().T.astype(np.int8)  # (K, N)
             scale = q.w_quant.scale().numpy().astype(np.float32)
             w_dq = _weight_dq(g, ints, scale, 1, prefix, nodes)
             bias = _int32_bias(g, add.input[1] if add.input[0] == node.output[0] else add.input[0], q, scale, inits,
@@ -253,7 +261,7 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
             skip.add(id(add))
             continue
         x = node.input[0] if q.a_quant is None else _add_act_qdq(g, node.input[0], q, prefix, nodes, cache)
-        ints = q.w_quant.integers(q.weight).numpy().T  # (K, N) int
+        ints = q.weight_integers().numpy().T  # (K, N) int
         scale = q.w_quant.scale().numpy().astype(np.float32)  # (N,)
         k, n = ints.shape
         if bits == 8:

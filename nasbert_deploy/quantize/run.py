@@ -39,7 +39,8 @@ from nasbert_deploy.lowbit.lsq import (
     weight_levels,
 )
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
-from nasbert_deploy.model.loop import NoteFn, ProgressFn, checkpoint_dir
+from nasbert_deploy.lowbit.smooth import add_smoothing, input_absmax, smooth_inputs
+from nasbert_deploy.model.loop import NoteFn, ProgressFn, checkpoint_dir, epoch_order
 from nasbert_deploy.quantize import BITS, KERNELS
 from nasbert_deploy.quantize.check import (
     check_logits,
@@ -54,7 +55,7 @@ from nasbert_deploy.quantize.latency import measure_exports
 from nasbert_deploy.quantize.train import QuantizeConfig, train_quantized
 from nasbert_deploy.student.finetune import check_model_folder, fit_max_len, load_classifier
 from nasbert_deploy.student.metrics import evaluate_logits
-from nasbert_deploy.student.tasks import TaskData
+from nasbert_deploy.student.tasks import TaskData, iter_batches
 
 QUANT_JSON, QUANT_WEIGHTS, REPORT_NAME = "quantization.json", "quantization.safetensors", "quantize_report.json"
 
@@ -128,6 +129,7 @@ def load_quantized(folder: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     quantize_linears(model, meta["bits"], meta["act_bits"], reduce_range=bool(meta.get("reduce_range", False)))
     # folders written before sharing existed have no groups: every Linear keeps its own input quantizer, as trained
     share_input_quantizers(model, meta.get("shared_input_quantizers", []))
+    add_smoothing(model, meta.get("smoothed_inputs", []))  # folders written before SmoothQuant existed have none
     if meta.get("embedding_bits"):  # folders written before embeddings were quantized have none: float table
         quantize_embeddings(model, int(meta["embedding_bits"]))
     state = load_file(str(p / QUANT_WEIGHTS))
@@ -150,6 +152,14 @@ def _example(model: Any, pairs: bool) -> dict[str, torch.Tensor]:
     if pairs:
         ex["token_type_ids"] = torch.zeros(shape, dtype=torch.long)
     return ex
+
+
+SMOOTH_BATCHES = 16  # calibration batches of the training rows (in the first epoch's order) for SmoothQuant's max |x|
+
+
+def _calibration(tokenizer: Any, rows: TaskData, cfg: QuantizeConfig) -> list[dict[str, torch.Tensor]]:
+    order = epoch_order(len(rows), cfg.seed, 0)[: SMOOTH_BATCHES * cfg.batch_size]
+    return [batch for _, batch in iter_batches(tokenizer, rows, cfg.batch_size, cfg.max_len, order)]
 
 
 def quantize(
@@ -180,24 +190,28 @@ def quantize(
     fp_model.eval()
     teacher = fp_model if teacher_model is None else load_classifier(teacher_model)[0].eval()
     student = copy.deepcopy(fp_model)
-    # Linears reading one tensor (query/key/value) share one input quantizer: one QuantizeLinear per tensor in the export
-    names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None), cfg.reduce_range)
-    embedding = quantize_embeddings(student, embedding_bits(cfg)) if embedding_bits(cfg) else None
-    attention = quantize_attention(student, cfg.attention_bits) if cfg.attention_bits else 0
     cfg = QuantizeConfig(**{**cfg.to_dict(), "max_len": fit_max_len(fp_model, cfg.max_len)})
     label2id = {n: i for i, n in enumerate(labels)}
-    key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model),
-           "shared_input_quantizers": shared_input_groups(student)}  # a checkpoint from before sharing: refused
     rows, ids = train, train.label_ids(label2id)
     if transfer:
-        key["transfer_rows"] = len(transfer)
         rows = TaskData(train.texts + tuple(transfer), train.labels + ("",) * len(transfer), None, train.source)
         ids = ids + [-1] * len(transfer)
+    absmax = input_absmax(student, _calibration(tokenizer, rows, cfg)) if cfg.smooth else None
+    # Linears reading one tensor (query/key/value) share one input quantizer: one QuantizeLinear per tensor in the export
+    names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None), cfg.reduce_range)
+    smoothed = smooth_inputs(student, absmax, cfg.smooth) if absmax is not None else []
+    embedding = quantize_embeddings(student, embedding_bits(cfg)) if embedding_bits(cfg) else None
+    attention = quantize_attention(student, cfg.attention_bits) if cfg.attention_bits else 0
+    key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model),
+           "shared_input_quantizers": shared_input_groups(student)}  # a checkpoint from before sharing: refused
+    if transfer:
+        key["transfer_rows"] = len(transfer)
     summary = train_quantized(student, teacher, tokenizer, rows, ids, out_dir, cfg, key, progress, note)
     bake_weights(student)
     report = _score_and_export(fp_model, student, tokenizer, valid, labels, cfg, formats, out_dir, names)
     report["embedding"] = {"module": embedding, "bits": embedding_bits(cfg) if embedding else None}
     report["attention"] = {"quantized": attention, "bits": cfg.attention_bits if attention else None}
+    report["smoothing"] = {"alpha": cfg.smooth or None, "inputs": smoothed}
     report.update({"model": str(model_dir), "teacher_model": key["teacher_model"], "task": train.source,
                    "train_rows": len(train), "transfer_rows": len(transfer or ()), "valid_rows": len(valid),
                    "config": cfg.to_dict(), "training": summary})
@@ -311,6 +325,8 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
             "shared_input_quantizers": shared_input_groups(student), "files": files,
             "embedding_bits": report.get("embedding", {}).get("bits") or 0,
             "embedding": report.get("embedding", {}).get("module"),
-            "attention_bits": report.get("attention", {}).get("bits") or 0}
+            "attention_bits": report.get("attention", {}).get("bits") or 0,
+            "smooth_alpha": report.get("smoothing", {}).get("alpha"),
+            "smoothed_inputs": report.get("smoothing", {}).get("inputs", [])}
     write_json_atomic(tmp / QUANT_JSON, meta)
     write_json_atomic(tmp / REPORT_NAME, report)

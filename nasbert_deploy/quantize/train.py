@@ -51,6 +51,7 @@ class QuantizeConfig:
     reduce_range: bool = False  # 8-bit weights on [-63, 63]: no int16 saturation on x86 without VNNI (`grid`)
     embedding_bits: int | None = None  # the word-embedding table, per row (`embedding`): None as the weights, 0 float
     attention_bits: int = DEFAULT_ATTENTION_BITS  # Q·Kᵀ, softmax·V of NAS-BERT attention (`lowbit.attention`): 8, 0 float
+    smooth: float = 0.0  # SmoothQuant's alpha in (0, 1) for every quantized input (`lowbit.smooth`); 0: off
     steps: int = 300
     batch_size: int = 16
     max_len: int = 128
@@ -65,7 +66,10 @@ class QuantizeConfig:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["smooth"]:  # runs without smoothing keep the settings (and checkpoint keys) of before it existed
+            del d["smooth"]
+        return d
 
 
 def _hidden_loss(s_out: Any, t_out: Any, mask: torch.Tensor) -> torch.Tensor | None:
