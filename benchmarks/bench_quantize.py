@@ -59,7 +59,7 @@ def train_phase(a: argparse.Namespace, out: Path) -> None:
             continue
         cfg = QuantizeConfig(bits=bits, steps=a.steps, batch_size=16, max_len=a.train_len, ce_weight=a.ce_weight,
                              checkpoint_every=50, embedding_bits=a.embedding_bits, attention_bits=a.attention_bits,
-                             hidden_weight=a.hidden_weight)
+                             hidden_weight=a.hidden_weight, smooth=a.smooth)
         t0 = time.perf_counter()
 
         def progress(s: int, t: int, v: dict[str, float], bits: int = bits) -> None:
@@ -210,6 +210,7 @@ def main() -> None:
     p.add_argument("--ce-weight", type=float, default=1.0, help="gold-label CE weight (0: distillation only)")
     p.add_argument("--embedding-bits", type=int, default=None, help="word-embedding table bits (0: float; default: as --bits)")
     p.add_argument("--attention-bits", type=int, default=0, choices=(0, 8), help="attention products' bits (0: float)")
+    p.add_argument("--smooth", type=float, default=0.0, help="SmoothQuant alpha in (0, 1) before training (0: off)")
     p.add_argument("--hidden-weight", type=float, default=1.0, help="hidden-state MSE weight (0: logits and labels only)")
     p.add_argument("--transfer", default=None, help="unlabelled in-domain text (one paragraph per line), distilled only")
     p.add_argument("--transfer-rows", type=int, default=0, help="use this many --transfer lines (0: all)")
@@ -225,6 +226,8 @@ def main() -> None:
                    help="Score fp32 and PTQ only (the KDLSQ rows are in each q*/quantize_report.json, at --train-len).")
     p.add_argument("--phase", choices=("train", "score", "latency", "all"), default="all")
     a = p.parse_args()
+    if not 0.0 <= a.smooth < 1.0:
+        p.error(f"--smooth {a.smooth}: give an alpha in (0, 1), or 0 for off")
     torch.set_num_threads(1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ and `export` export:
     fp32 ONNX / IR | ORT dynamic INT8 (`export --int8`) | NNCF INT8 (OpenVINO) | KDLSQ 8-bit QDQ (ORT; OpenVINO IR)
     | the same with attention's score product Q·Kᵀ in 8 bits (`lowbit.attention`, as NNCF places it)
     | KDLSQ 4-bit MatMulNBits with and without the 4-bit word-embedding table (ORT; OpenVINO reads it as u4)
+    | with --smooth ALPHA: KDLSQ 8-bit with a float word table, and with SmoothQuant's Mul before each
+      QuantizeLinear (`lowbit.smooth`, max |x| from 8 batches of random tokens) with either table
 
     taskset -c 1 python benchmarks/bench_quantize_files.py --arch '256:mha,ffn,id,id|256:mha,ffn,id,id|256:mha,ffn,id,id' \
         --space minilm-wide --rounds 7 [--no-latency]
@@ -32,6 +34,7 @@ from nasbert_deploy.lowbit.attention import quantize_attention
 from nasbert_deploy.lowbit.embedding import quantize_embeddings
 from nasbert_deploy.lowbit.lsq import quantize_linears
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
+from nasbert_deploy.lowbit.smooth import input_absmax, smooth_inputs
 from nasbert_deploy.model.modeling import NasBertForSequenceClassification
 from nasbert_deploy.runtimes.base import get_runtime, time_compiled
 from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput, onnx_to_openvino
@@ -73,20 +76,28 @@ def build(a: argparse.Namespace, work: Path) -> dict[str, tuple[Path, bool]]:
         get_runtime(spec.runtime).compile(FirstOutput(fp), ex, ["logits"], spec, d, calibration=calib if "int8" in dev else None)
         files[name] = (d / stem, spec.runtime == "openvino")
     first = {k: torch.tensor(v) for k, v in calib[0].items()}
-    for bits, emb, att in ((8, 8, False), (8, 8, True), (4, 0, False), (4, 4, False)):
+    absmax = input_absmax(fp, [{k: torch.tensor(v) for k, v in c.items()} for c in calib[:8]]) if a.smooth else {}
+    variants = [(8, 8, False, 0.0), (8, 8, True, 0.0), (4, 0, False, 0.0), (4, 4, False, 0.0)]
+    if a.smooth:  # the 8-bit table's cost, then SmoothQuant's Muls with either table
+        variants += [(8, 0, False, 0.0), (8, 8, False, a.smooth), (8, 0, False, a.smooth)]
+    for bits, emb, att, alpha in [v for v in variants if v[0] in a.bits]:
         m = classifier(a.arch, a.space, a.labels)
         quantize_linears(m, bits, 8, ex)
+        if alpha:
+            smooth_inputs(m, absmax, alpha)
         if emb:
             quantize_embeddings(m, emb)
         if att:
             quantize_attention(m)
         with torch.no_grad():
             m(**first)  # activation step sizes from one batch
-        label = f"KDLSQ {bits}-bit, {'float' if not emb else f'{emb}-bit'} embeddings" + (", 8-bit attention" if att else "")
-        path = export_quantized_onnx(m, work / f"q{bits}e{emb}a{int(att)}.onnx", ex, bits)
+        label = (f"KDLSQ {bits}-bit, {'float' if not emb else f'{emb}-bit'} embeddings" + (", 8-bit attention" if att else "")
+                 + (f", SmoothQuant {alpha}" if alpha else ""))
+        stem = f"q{bits}e{emb}a{int(att)}s{alpha}"
+        path = export_quantized_onnx(m, work / f"{stem}.onnx", ex, bits)
         files[label] = (path, False)
         if bits == 8 or emb:
-            xml = onnx_to_openvino(path, work / f"q{bits}e{emb}a{int(att)}.xml", fp16=False, convert=False)
+            xml = onnx_to_openvino(path, work / f"{stem}.xml", fp16=False, convert=False)
             files[f"{label} (OpenVINO)"] = (Path(xml), True)
     return files
 
@@ -100,7 +111,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--clock", choices=tuple(CLOCKS), default="wall")
     p.add_argument("--no-latency", action="store_true", help="file sizes only")
+    p.add_argument("--bits", type=int, nargs="+", default=[8, 4], choices=(8, 4), help="which KDLSQ exports to build")
+    p.add_argument("--smooth", type=float, default=0.0, help="SmoothQuant alpha in (0, 1): adds 8-bit rows with it (and "
+                   "with a float word table, without it); 0: off")
     a = p.parse_args()
+    if not 0.0 <= a.smooth < 1.0:
+        p.error(f"--smooth {a.smooth}: give an alpha in (0, 1), or 0 for off")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench-qfiles-") as tmp:
         files = build(a, Path(tmp))
