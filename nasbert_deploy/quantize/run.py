@@ -196,7 +196,11 @@ def quantize(
     if transfer:
         rows = TaskData(train.texts + tuple(transfer), train.labels + ("",) * len(transfer), None, train.source)
         ids = ids + [-1] * len(transfer)
-    absmax = input_absmax(student, _calibration(tokenizer, rows, cfg)) if cfg.smooth else None
+    absmax = None
+    if cfg.smooth:
+        if note:
+            note(f"SmoothQuant (alpha {cfg.smooth}): max |x| of every Linear input over {SMOOTH_BATCHES} training batches")
+        absmax = input_absmax(student, _calibration(tokenizer, rows, cfg))
     # Linears reading one tensor (query/key/value) share one input quantizer: one QuantizeLinear per tensor in the export
     names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None), cfg.reduce_range)
     smoothed = smooth_inputs(student, absmax, cfg.smooth) if absmax is not None else []
