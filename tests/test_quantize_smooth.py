@@ -159,3 +159,19 @@ def test_quantize_with_smooth_end_to_end(tiny):  # noqa: F811
     one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--smooth", "1.5", "--out", never),
                    "--smooth")
     assert not never.exists()
+
+
+def test_4bit_export_with_smoothing_matches_fake_quant(tiny_dir, tmp_path):
+    """MatMulNBits holds the integers of W * s; the Mul by 1 / s sits before the 8-bit input's Q/DQ, as at 8 bits."""
+    model = bert_classifier(tiny_dir)
+    absmax = input_absmax(model, _batches())
+    quantize_linears(model, 4, 8, EXAMPLE)
+    smooth_inputs(model, absmax, 0.9)
+    with torch.no_grad():
+        model(**EXAMPLE)
+    path = export_quantized_onnx(model, tmp_path / "q4.onnx", EXAMPLE, 4, accuracy_level=0)
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    checks = check_logits(torch_runner(model), {"ort": lambda x: s.run(None, dict(x))[0]}, 64, 1000, rtol=1e-4)
+    assert all(c.passed for c in checks), [c.describe() for c in checks if not c.passed]
