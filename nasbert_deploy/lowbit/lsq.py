@@ -29,6 +29,9 @@ Step sizes are learned relative to their initial value: s = s_hat * s0 with s_ha
 so one Adam learning rate suits step sizes whose magnitudes differ by 100x (weights vs activations); the LSQ
 gradient scale is applied to s as in the paper.
 
+With SmoothQuant (`lowbit.smooth`) an activation quantizer holds a per-channel s and quantizes x * (1 / s), and its
+readers quantize W * s; without it (the default) nothing changes.
+
 Linears that read the same tensor (attention's query, key and value) share one activation quantizer (`input_groups`,
 found by tracing a forward pass): the tensor is quantized once, as the integer kernels do, and the shared step size
 is trained jointly: its gradient is the sum over the readers, each scaled by g = 1 / sqrt(N * Qp) with N the
