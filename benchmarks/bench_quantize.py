@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -227,7 +228,8 @@ def main() -> None:
     p.add_argument("--phase", choices=("train", "score", "latency", "all"), default="all")
     a = p.parse_args()
     if not 0.0 <= a.smooth < 1.0:
-        p.error(f"--smooth {a.smooth}: give an alpha in (0, 1), or 0 for off")
+        print(f"error: --smooth {a.smooth}: give an alpha in (0, 1), or 0 for off", file=sys.stderr)
+        raise SystemExit(2)
     torch.set_num_threads(1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

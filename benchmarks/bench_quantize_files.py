@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -116,7 +117,8 @@ def main() -> None:
                    "with a float word table, without it); 0: off")
     a = p.parse_args()
     if not 0.0 <= a.smooth < 1.0:
-        p.error(f"--smooth {a.smooth}: give an alpha in (0, 1), or 0 for off")
+        print(f"error: --smooth {a.smooth}: give an alpha in (0, 1), or 0 for off", file=sys.stderr)
+        raise SystemExit(2)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench-qfiles-") as tmp:
         files = build(a, Path(tmp))

@@ -38,10 +38,10 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from nasbert_deploy.quantize.run import SMOOTH_BATCHES
 from nasbert_deploy.student.metrics import label_loyalty, probability_loyalty, softmax
 
 BITS = (8, 4, 2)
-SMOOTH_BATCHES = 16  # calibration batches of 16 rows: the first sets the activation step sizes, all of them SmoothQuant's
 
 
 def bad_input(message: str) -> None:
@@ -123,6 +123,7 @@ def run(model_dir: Path, task: Path, calibration: Path, max_len: int, bits: int,
     except NasBertDeployError as exc:
         bad_input(str(exc))
     model.eval()
+    # batches of 16 rows, as `quantize` calibrates: the first sets the activation step sizes, all of them SmoothQuant's
     batches = [b for _, b in itertools.islice(iter_batches(tok, cal, 16, max_len), SMOOTH_BATCHES)]
     calib = batches[0]
 
