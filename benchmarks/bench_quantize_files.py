@@ -35,7 +35,7 @@ from nasbert_deploy.lowbit.attention import quantize_attention
 from nasbert_deploy.lowbit.embedding import quantize_embeddings
 from nasbert_deploy.lowbit.lsq import quantize_linears
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
-from nasbert_deploy.lowbit.smooth import input_absmax, smooth_inputs
+from nasbert_deploy.lowbit.smooth import fold_into_value, input_absmax, smooth_inputs
 from nasbert_deploy.model.modeling import NasBertForSequenceClassification
 from nasbert_deploy.runtimes.base import get_runtime, time_compiled
 from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput, onnx_to_openvino
@@ -85,7 +85,7 @@ def build(a: argparse.Namespace, work: Path) -> dict[str, tuple[Path, bool]]:
         m = classifier(a.arch, a.space, a.labels)
         quantize_linears(m, bits, 8, ex)
         if alpha:
-            smooth_inputs(m, absmax, alpha)
+            smooth_inputs(m, absmax, alpha, skip=fold_into_value(m, absmax, alpha))  # as `quantize` does
         if emb:
             quantize_embeddings(m, emb)
         if att:

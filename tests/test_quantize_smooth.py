@@ -18,7 +18,7 @@ from test_quantize_shared import _folder, _project_optimized_ops
 from nasbert_deploy.export.validate import padded_inputs
 from nasbert_deploy.lowbit.lsq import QuantLinear, bake_weights, quant_linears, quantize_linears, shared_input_groups
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
-from nasbert_deploy.lowbit.smooth import input_absmax, smooth_inputs, smoothing_scales
+from nasbert_deploy.lowbit.smooth import fold_into_value, input_absmax, smooth_inputs, smoothing_scales, value_out_pairs
 from nasbert_deploy.quantize.check import check_logits, first_output, runtime_runners, torch_runner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,11 +35,12 @@ def _batches():
             for _ in range(3)]
 
 
-def _smoothed(which, tiny_dir, alpha=0.5):
+def _smoothed(which, tiny_dir, alpha=0.5, fold=False):
     model = bert_classifier(tiny_dir) if which == "bert" else nasbert_classifier()
     absmax = input_absmax(model, _batches())
     quantize_linears(model, 8, 8, EXAMPLE)
-    names = smooth_inputs(model, absmax, alpha)
+    folded = fold_into_value(model, absmax, alpha) if fold else []
+    names = smooth_inputs(model, absmax, alpha, skip=folded)
     with torch.no_grad():
         model(**EXAMPLE)  # activation step sizes, on x / s
     return model, names
@@ -101,6 +102,46 @@ def test_export_multiplies_before_quantizing_and_matches_fake_quant(tiny_dir, tm
     assert all(c.passed for c in checks), [c.describe() for c in checks if not c.passed]
 
 
+@pytest.mark.parametrize("which", ["bert", "nasbert"])
+def test_fold_into_value_is_exact_in_float_and_drops_a_mul_per_attention(tiny_dir, tmp_path, which):
+    import onnx
+
+    model = bert_classifier(tiny_dir) if which == "bert" else nasbert_classifier()
+    attentions = len(value_out_pairs(model))
+    assert attentions >= 1
+    inputs = padded_inputs(2, 20, 1000)
+    before = torch_runner(model)(inputs)
+    absmax = input_absmax(model, _batches())
+    values = [v.weight.detach().clone() for v, _, _ in value_out_pairs(model)]
+    quantize_linears(model, 8, 8, EXAMPLE)
+    folded = fold_into_value(model, absmax, 0.5)
+    assert folded == [name for _, _, name in value_out_pairs(model)]
+    for (v, o, _), w in zip(value_out_pairs(model), values, strict=True):
+        assert not torch.allclose(v.weight, w) and o.a_quant.smooth is None  # moved into the weights, no divisor left
+    float_now = {n: q.weight.detach().clone() for n, q in quant_linears(model)}
+    plain = bert_classifier(tiny_dir) if which == "bert" else nasbert_classifier()
+    state = plain.state_dict()
+    for n, w in float_now.items():
+        state[f"{n}.weight"] = w
+    for v, _, name in value_out_pairs(model):
+        prefix = name.rsplit(".", 1)[0] if which == "nasbert" else name.rsplit(".", 2)[0] + ".self"
+        state[f"{prefix}.value.bias"] = v.bias.detach().clone()
+    plain.load_state_dict(state)
+    np.testing.assert_allclose(torch_runner(plain)(inputs), before, atol=2e-5)  # an exact reparametrisation
+    names = smooth_inputs(model, absmax, 0.5, skip=folded)
+    distinct = len(list(quant_linears(model))) - sum(len(g) - 1 for g in shared_input_groups(model))
+    assert len(names) == distinct - attentions
+    with torch.no_grad():
+        model(**EXAMPLE)
+    path = export_quantized_onnx(model, tmp_path / "q8.onnx", EXAMPLE, 8)
+    nodes = onnx.load(str(path)).graph.node
+    assert sum(n.op_type == "Mul" and n.name.endswith(".smooth") for n in nodes) == distinct - attentions
+    ops, session = _project_optimized_ops(path, tmp_path)
+    assert ops["Gemm"] == 0 and ops["DequantizeLinear"] == 0
+    checks = check_logits(torch_runner(model), {"ort": lambda x: session.run(None, dict(x))[0]}, 64, 1000)
+    assert all(c.passed for c in checks), [c.describe() for c in checks if not c.passed]
+
+
 def test_smoothed_weights_load_as_a_plain_model_and_bake_is_idempotent(tiny_dir):
     model, _ = _smoothed("bert", tiny_dir)
     inputs = padded_inputs(2, 20, 1000)
@@ -117,7 +158,7 @@ def test_smoothed_weights_load_as_a_plain_model_and_bake_is_idempotent(tiny_dir)
 def test_folder_with_smoothing_loads_as_trained(tiny_dir, tmp_path):
     from nasbert_deploy.quantize.run import load_quantized
 
-    model, names = _smoothed("bert", tiny_dir)
+    model, names = _smoothed("bert", tiny_dir, fold=True)  # as `quantize` does: attention outputs folded, no buffer
     bake_weights(model)
     _folder(model, tiny_dir, tmp_path / "sq", {"shared_input_quantizers": shared_input_groups(model),
                                                "smoothed_inputs": names})
@@ -140,12 +181,14 @@ def test_quantize_with_smooth_end_to_end(tiny):  # noqa: F811
     assert r.exit_code == 0, r.output
     report = json.loads((out / "quantize_report.json").read_text())
     assert report["smoothing"]["alpha"] == 0.5 and report["config"]["smooth"] == 0.5
-    assert len(report["smoothing"]["inputs"]) == 14 - 2 * 2  # one s per distinct quantized input
-    assert "alpha 0.5 on 10 inputs" in r.output
+    # one s per distinct quantized input; the 2 attention outputs' folded into the value Linears (no Mul)
+    assert len(report["smoothing"]["inputs"]) == 14 - 2 * 2 - 2 and len(report["smoothing"]["folded_into_value"]) == 2
+    assert "alpha 0.5 on 10 inputs (2 folded" in r.output
     for rt in ("onnxruntime", "openvino"):
         assert report["checks"][rt]["passed"] == report["checks"][rt]["checks"]
     model, _, meta = load_quantized(out)
     assert meta["smoothed_inputs"] == report["smoothing"]["inputs"] and meta["smooth_alpha"] == 0.5
+    assert meta["smooth_folded_into_value"] == report["smoothing"]["folded_into_value"]
     import onnxruntime as ort
 
     inputs = padded_inputs(2, 20, 1000)

@@ -124,7 +124,9 @@ def quantize_cmd(
     att = report.get("attention") or {}
     rows["attention products"] = f"{att['bits']}-bit ({att['quantized']} attentions)" if att.get("quantized") else "float"
     sm = report.get("smoothing") or {}
-    rows["SmoothQuant"] = f"alpha {sm['alpha']} on {len(sm['inputs'])} inputs" if sm.get("alpha") else "off"
+    fold = len(sm.get("folded_into_value") or [])
+    rows["SmoothQuant"] = (f"alpha {sm['alpha']} on {len(sm['inputs']) + fold} inputs"
+                           + (f" ({fold} folded into value)" if fold else "")) if sm.get("alpha") else "off"
     for rt, c in report["checks"].items():
         rows[f"{rt} vs torch max |diff|"] = c["max_abs_diff"]
     for lat in report.get("latency", []):

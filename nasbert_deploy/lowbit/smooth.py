@@ -17,9 +17,13 @@ Here s is a per-channel buffer of the input's activation quantizer (`LsqQuantize
 readers like the step size) and the readers keep W as their parameter: `QuantLinear` quantizes W * s, and its
 `quantized_weight` is fq(W * s) / s, the weight-quantized Linear in its own input space, so the saved weights still
 load as a plain model. The export puts a Mul by 1 / s before the input's QuantizeLinear (`lowbit.qdq`); post-LN
-BERT has nowhere to fold it (the LayerNorm output is also the residual, GELU is not linear). s is computed once,
-from the float model on calibration batches, before the step sizes are initialised; training then learns the step
-sizes and weights as without it.
+BERT has nowhere to fold most of them (the LayerNorm output is also the residual, GELU is not linear). The one
+exception is the attention's output Linear: its input, softmax(QKᵀ)·V, is linear in each channel of V, so
+`fold_into_value` divides the value Linear's output rows (and bias) by that s and multiplies the output Linear's
+columns by it (an exact reparametrisation of the float model; per-output-channel weight grids follow the rows), and
+the output Linear's input needs no Mul: 6 fewer float passes of the 25 in MiniLM-L6 on ONNX Runtime. s is computed
+once, from the float model on calibration batches, before the step sizes are initialised; training then learns the
+step sizes and weights as without it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 from torch import nn
 
 from nasbert_deploy.lowbit.lsq import QuantLinear, quant_linears
+from nasbert_deploy.model.ops import MultiHeadAttention
 
 QUANTILE = 0.1  # s is clipped from below at this quantile of its channels (NNCF's rule)
 
@@ -75,14 +80,54 @@ def smoothing_scales(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alph
     return s.clamp(min=float(torch.quantile(s, QUANTILE)))
 
 
+def value_out_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module, str]]:
+    """(value Linear, output Linear, the output Linear's qualified name) of every attention of `model` whose output
+    Linear reads softmax(QKᵀ)·V: NAS-BERT's `MultiHeadAttention` (value, out) and Hugging Face BERT-style attention
+    (self.value, output.dense; pruned heads included)."""
+    pairs = []
+    for name, m in model.named_modules():
+        pre = f"{name}." if name else ""
+        if isinstance(m, MultiHeadAttention):
+            pairs.append((m.value, m.out, f"{pre}out"))
+        elif (type(m).__name__.endswith("Attention") and hasattr(getattr(m, "self", None), "value")
+              and hasattr(getattr(m, "output", None), "dense")):
+            pairs.append((m.self.value, m.output.dense, f"{pre}output.dense"))
+    return pairs
+
+
 @torch.no_grad()
-def smooth_inputs(model: nn.Module, act_absmax: Mapping[str, torch.Tensor], alpha: float) -> list[str]:
+def fold_into_value(model: nn.Module, act_absmax: Mapping[str, torch.Tensor], alpha: float) -> list[str]:
+    """SmoothQuant's s of each attention's output-Linear input moved into the value Linear (rows and bias / s) and the
+    output Linear (columns * s), both QuantLinears with their weight step sizes re-initialised; returns the output
+    Linears' names (their inputs are smoothed without a Mul). An attention whose output Linear was never called, or
+    whose value / output are not QuantLinears, is left to `smooth_inputs`."""
+    folded = []
+    for v, o, name in value_out_pairs(model):
+        x = act_absmax.get(name)
+        if x is None or not isinstance(v, QuantLinear) or not isinstance(o, QuantLinear) or o.a_quant is None:
+            continue
+        s = smoothing_scales(x, o.weight.detach().abs().amax(0), alpha)
+        v.weight.div_(s[:, None])
+        if v.bias is not None:
+            v.bias.div_(s)
+        o.weight.mul_(s[None, :])
+        for q in (v, o):
+            q.w_quant.initialize(q.scaled_weight())
+        folded.append(name)
+    return folded
+
+
+@torch.no_grad()
+def smooth_inputs(model: nn.Module, act_absmax: Mapping[str, torch.Tensor], alpha: float,
+                  skip: Iterable[str] = ()) -> list[str]:
     """Give every distinct activation quantizer of `model`'s QuantLinears its s and re-initialise its readers' weight
     step sizes on W * s; returns the first reader's name of each smoothed quantizer (what `add_smoothing` needs to
-    rebuild the buffers before loading a state dict). A Linear absent from `act_absmax` (never called) is left as is."""
+    rebuild the buffers before loading a state dict). A Linear absent from `act_absmax` (never called) or named in
+    `skip` (folded by `fold_into_value`) is left as is."""
+    skipped = set(skip)
     readers: dict[int, list[tuple[str, QuantLinear]]] = {}
     for name, q in quant_linears(model):
-        if q.a_quant is not None:
+        if q.a_quant is not None and name not in skipped:
             readers.setdefault(id(q.a_quant), []).append((name, q))
     smoothed = []
     for group in readers.values():

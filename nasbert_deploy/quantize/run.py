@@ -39,7 +39,7 @@ from nasbert_deploy.lowbit.lsq import (
     weight_levels,
 )
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
-from nasbert_deploy.lowbit.smooth import add_smoothing, input_absmax, smooth_inputs
+from nasbert_deploy.lowbit.smooth import add_smoothing, fold_into_value, input_absmax, smooth_inputs
 from nasbert_deploy.model.loop import NoteFn, ProgressFn, checkpoint_dir, epoch_order
 from nasbert_deploy.quantize import BITS, KERNELS
 from nasbert_deploy.quantize.check import (
@@ -203,19 +203,22 @@ def quantize(
         absmax = input_absmax(student, _calibration(tokenizer, rows, cfg))
     # Linears reading one tensor (query/key/value) share one input quantizer: one QuantizeLinear per tensor in the export
     names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None), cfg.reduce_range)
-    smoothed = smooth_inputs(student, absmax, cfg.smooth) if absmax is not None else []
+    folded = fold_into_value(student, absmax, cfg.smooth) if absmax is not None else []
+    smoothed = smooth_inputs(student, absmax, cfg.smooth, skip=folded) if absmax is not None else []
     embedding = quantize_embeddings(student, embedding_bits(cfg)) if embedding_bits(cfg) else None
     attention = quantize_attention(student, cfg.attention_bits) if cfg.attention_bits else 0
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model),
            "shared_input_quantizers": shared_input_groups(student)}  # a checkpoint from before sharing: refused
     if transfer:
         key["transfer_rows"] = len(transfer)
+    if folded:  # a checkpoint written before the fold (a Mul on these inputs) does not resume into this model
+        key["smooth_folded"] = folded
     summary = train_quantized(student, teacher, tokenizer, rows, ids, out_dir, cfg, key, progress, note)
     bake_weights(student)
     report = _score_and_export(fp_model, student, tokenizer, valid, labels, cfg, formats, out_dir, names)
     report["embedding"] = {"module": embedding, "bits": embedding_bits(cfg) if embedding else None}
     report["attention"] = {"quantized": attention, "bits": cfg.attention_bits if attention else None}
-    report["smoothing"] = {"alpha": cfg.smooth or None, "inputs": smoothed}
+    report["smoothing"] = {"alpha": cfg.smooth or None, "inputs": smoothed, "folded_into_value": folded}
     report.update({"model": str(model_dir), "teacher_model": key["teacher_model"], "task": train.source,
                    "train_rows": len(train), "transfer_rows": len(transfer or ()), "valid_rows": len(valid),
                    "config": cfg.to_dict(), "training": summary})
@@ -331,6 +334,7 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
             "embedding": report.get("embedding", {}).get("module"),
             "attention_bits": report.get("attention", {}).get("bits") or 0,
             "smooth_alpha": report.get("smoothing", {}).get("alpha"),
-            "smoothed_inputs": report.get("smoothing", {}).get("inputs", [])}
+            "smoothed_inputs": report.get("smoothing", {}).get("inputs", []),
+            "smooth_folded_into_value": report.get("smoothing", {}).get("folded_into_value", [])}
     write_json_atomic(tmp / QUANT_JSON, meta)
     write_json_atomic(tmp / REPORT_NAME, report)
