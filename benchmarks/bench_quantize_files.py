@@ -8,8 +8,9 @@ and `export` export:
     fp32 ONNX / IR | ORT dynamic INT8 (`export --int8`) | NNCF INT8 (OpenVINO) | KDLSQ 8-bit QDQ (ORT; OpenVINO IR)
     | the same with attention's score product Q·Kᵀ in 8 bits (`lowbit.attention`, as NNCF places it)
     | KDLSQ 4-bit MatMulNBits with and without the 4-bit word-embedding table (ORT; OpenVINO reads it as u4)
-    | with --smooth ALPHA: KDLSQ 8-bit with a float word table, and with SmoothQuant's Mul before each
-      QuantizeLinear (`lowbit.smooth`, max |x| from 8 batches of random tokens) with either table
+    | with --smooth ALPHA: KDLSQ 8-bit with a float word table, and with SmoothQuant (`lowbit.smooth`, max |x| from
+      8 batches of random tokens: a Mul before each QuantizeLinear, the attention outputs' folded into the value
+      Linears) with either table
 
     taskset -c 1 python benchmarks/bench_quantize_files.py --arch '256:mha,ffn,id,id|256:mha,ffn,id,id|256:mha,ffn,id,id' \
         --space minilm-wide --rounds 7 [--no-latency]
@@ -35,7 +36,7 @@ from nasbert_deploy.lowbit.attention import quantize_attention
 from nasbert_deploy.lowbit.embedding import quantize_embeddings
 from nasbert_deploy.lowbit.lsq import quantize_linears
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
-from nasbert_deploy.lowbit.smooth import fold_into_value, input_absmax, smooth_inputs
+from nasbert_deploy.lowbit.smooth import input_absmax, smooth_model
 from nasbert_deploy.model.modeling import NasBertForSequenceClassification
 from nasbert_deploy.runtimes.base import get_runtime, time_compiled
 from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput, onnx_to_openvino
@@ -85,7 +86,7 @@ def build(a: argparse.Namespace, work: Path) -> dict[str, tuple[Path, bool]]:
         m = classifier(a.arch, a.space, a.labels)
         quantize_linears(m, bits, 8, ex)
         if alpha:
-            smooth_inputs(m, absmax, alpha, skip=fold_into_value(m, absmax, alpha))  # as `quantize` does
+            smooth_model(m, absmax, alpha)
         if emb:
             quantize_embeddings(m, emb)
         if att:

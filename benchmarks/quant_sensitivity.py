@@ -65,7 +65,7 @@ def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor], smooth
     `smooth_batches`), as `quantize --smooth` starts."""
     from nasbert_deploy.lowbit.embedding import quantize_embeddings
     from nasbert_deploy.lowbit.lsq import quant_linears, quantize_linears, shared_input_groups
-    from nasbert_deploy.lowbit.smooth import fold_into_value, input_absmax, smooth_inputs
+    from nasbert_deploy.lowbit.smooth import input_absmax, smooth_model
 
     absmax = input_absmax(model, smooth_batches) if smooth else {}
 
@@ -76,7 +76,7 @@ def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor], smooth
         m = copy.deepcopy(model).eval()
         quantize_linears(m, bits, 8 if acts else None, example_inputs=calib if acts else None)
         if alpha:
-            smooth_inputs(m, absmax, alpha, skip=fold_into_value(m, absmax, alpha))  # as `quantize` does
+            smooth_model(m, absmax, alpha)
         keep = {n for n, _ in quant_linears(m) if n.rsplit(".", 1)[-1] == kind}
         keep |= {n for g in shared_input_groups(m) if keep & set(g) for n in g}
         for name, q in quant_linears(m):

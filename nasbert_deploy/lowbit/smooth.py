@@ -143,6 +143,13 @@ def smooth_inputs(model: nn.Module, act_absmax: Mapping[str, torch.Tensor], alph
     return smoothed
 
 
+def smooth_model(model: nn.Module, act_absmax: Mapping[str, torch.Tensor], alpha: float) -> tuple[list[str], list[str]]:
+    """SmoothQuant on a model after `quantize_linears`, as `quantize --smooth` applies it: the attention outputs'
+    divisors folded into the value Linears, every other distinct quantized input given its s; (smoothed, folded)."""
+    folded = fold_into_value(model, act_absmax, alpha)
+    return smooth_inputs(model, act_absmax, alpha, skip=folded), folded
+
+
 def add_smoothing(model: nn.Module, names: Iterable[str]) -> None:
     """Placeholder s (ones) on the activation quantizer of each named QuantLinear, so that a state dict saved after
     `smooth_inputs` loads (the saved s replaces them)."""

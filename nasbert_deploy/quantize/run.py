@@ -39,7 +39,7 @@ from nasbert_deploy.lowbit.lsq import (
     weight_levels,
 )
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
-from nasbert_deploy.lowbit.smooth import add_smoothing, fold_into_value, input_absmax, smooth_inputs
+from nasbert_deploy.lowbit.smooth import add_smoothing, input_absmax, smooth_model
 from nasbert_deploy.model.loop import NoteFn, ProgressFn, checkpoint_dir, epoch_order
 from nasbert_deploy.quantize import BITS, KERNELS
 from nasbert_deploy.quantize.check import (
@@ -203,8 +203,7 @@ def quantize(
         absmax = input_absmax(student, _calibration(tokenizer, rows, cfg))
     # Linears reading one tensor (query/key/value) share one input quantizer: one QuantizeLinear per tensor in the export
     names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None), cfg.reduce_range)
-    folded = fold_into_value(student, absmax, cfg.smooth) if absmax is not None else []
-    smoothed = smooth_inputs(student, absmax, cfg.smooth, skip=folded) if absmax is not None else []
+    smoothed, folded = smooth_model(student, absmax, cfg.smooth) if absmax is not None else ([], [])
     embedding = quantize_embeddings(student, embedding_bits(cfg)) if embedding_bits(cfg) else None
     attention = quantize_attention(student, cfg.attention_bits) if cfg.attention_bits else 0
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model),
