@@ -58,7 +58,7 @@ def test_quantized_attention_exports_to_integer_matmuls(tmp_path):
     # each sits on a projection's output, before the reshape to heads, on an int8 grid
     producer = {o: n for n in graph.node for o in n.output}
     att_q = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.name.endswith((".q.q", ".k.q"))]
-    assert len(att_q) == 4 and all(producer[n.input[0]].op_type in ("Gemm", "Add", "MatMul") for n in att_q)
+    assert len(att_q) == 4 and all(producer[n.input[0]].op_type == "MatMulIntegerToFloat" for n in att_q)
     zero = {i.name: i for i in graph.initializer}[att_q[0].input[2]]
     assert zero.data_type == onnx.TensorProto.INT8
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -87,8 +88,11 @@ def test_quantize_8bit_end_to_end(tiny):
     assert model.get_submodule(groups[0][1]).a_quant is model.get_submodule(groups[0][0]).a_quant
     import onnx
 
-    n_q = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(out / onnx_name(8))).graph.node)
-    assert n_q == 14 - 2 * 2
+    ops = Counter(n.op_type for n in onnx.load(str(out / onnx_name(8))).graph.node)
+    assert ops["QuantizeLinear"] == 14 - 2 * 2
+    # the integer form (default): every Linear one MatMulIntegerToFloat with its bias inside, no float bias Add
+    assert meta["onnx_form"] == report["onnx_form"] == "integer"
+    assert ops["MatMulIntegerToFloat"] == 14 and ops["DequantizeLinear"] == ops["Gemm"] == 0
     inputs = padded_inputs(2, 20, 1000)
     sess = ort.InferenceSession(str(out / onnx_name(8)), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, inputs)[0], torch_runner(model)(inputs), atol=1e-4)
@@ -105,6 +109,21 @@ def test_quantize_8bit_end_to_end(tiny):
     s = model.bert.encoder.layer[0].intermediate.dense.w_quant.scale()[:, None]
     assert torch.allclose(w / s, (w / s).round(), atol=1e-3)
     one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--out", out), "--force")
+
+
+def test_the_qdq_form_writes_standard_operators_only(tiny):
+    import onnx
+
+    out = tiny["root"] / "q8-qdq"
+    r = _run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--valid", tiny["valid"], "--steps", "1",
+             "--batch-size", "8", "--max-len", "16", "--onnx-form", "qdq", "--no-timing", "--out", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "quantize_report.json").read_text())
+    assert report["onnx_form"] == "qdq" == load_quantized(out)[2]["onnx_form"]
+    assert all(c["passed"] == c["checks"] for c in report["checks"].values())  # checked on ORT and OpenVINO alike
+    graph = onnx.load(str(out / onnx_name(8))).graph
+    assert all(n.domain in ("", "ai.onnx") for n in graph.node)
+    assert Counter(n.op_type for n in graph.node)["DequantizeLinear"] >= 14
 
 
 def test_2bit_is_simulated_and_resumes(tiny):
@@ -157,6 +176,9 @@ def test_an_export_that_fails_its_checks_reruns_without_training(tiny, monkeypat
     (["--bits", "4", "--reduce-range", "on"], ["--reduce-range on applies to 8-bit weights only"]),
     (["--reduce-range", "maybe"], ["--reduce-range"]),
     (["--embedding-bits", "3"], ["--embedding-bits"]),
+    (["--bits", "4", "--onnx-form", "qdq"], ["--onnx-form qdq", "8-bit exports", "leave it out"]),
+    (["--format", "none", "--onnx-form", "qdq"], ["--onnx-form qdq", "--format none"]),
+    (["--onnx-form", "qgemm"], ["--onnx-form"]),
 ])
 def test_bits_without_kernels_are_refused(tiny, args, needles):
     out = tiny["root"] / "never"

@@ -12,6 +12,7 @@ import torch
 from helpers import make_tiny_teacher
 from test_quantize import EXAMPLE, bert_classifier, nasbert_classifier
 
+from nasbert_deploy.errors import ExportError
 from nasbert_deploy.export.validate import padded_inputs
 from nasbert_deploy.lowbit.lsq import (
     LsqQuantizer,
@@ -24,7 +25,7 @@ from nasbert_deploy.lowbit.lsq import (
     step_parameters,
 )
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
-from nasbert_deploy.quantize.check import check_logits, torch_runner
+from nasbert_deploy.quantize.check import check_logits, first_output, runtime_runners, torch_runner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,32 +109,56 @@ def _project_optimized_ops(path, tmp_path):
     return Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node), s
 
 
-@pytest.mark.parametrize(("which", "gemm"), [("bert", True), ("bert", False), ("nasbert", True)])
-def test_export_quantizes_each_input_once_on_integer_kernels(tiny_dir, tmp_path, which, gemm):
+@pytest.mark.parametrize(("which", "form"), [("bert", "integer"), ("bert", "qdq"), ("nasbert", "integer"),
+                                            ("nasbert", "qdq")])
+def test_export_quantizes_each_input_once_on_integer_kernels(tiny_dir, tmp_path, which, form):
     import onnx
 
     model = _shared(which, tiny_dir)
     n_linear = len(list(quant_linears(model)))
     distinct = n_linear - 2 * _n_layers_with_attention(which)
-    path = export_quantized_onnx(model, tmp_path / "q8.onnx", EXAMPLE, 8, gemm=gemm)
+    path = export_quantized_onnx(model, tmp_path / "q8.onnx", EXAMPLE, 8, form=form)
     exported = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     assert exported["QuantizeLinear"] == distinct
+    if form == "integer":  # every Linear one MatMulIntegerToFloat with its bias inside; nothing dequantized
+        assert exported["MatMulIntegerToFloat"] == n_linear
+        assert exported["DequantizeLinear"] == exported["Gemm"] == 0
+        assert exported["MatMul"] == 2 * _n_layers_with_attention(which)  # attention's two float products
+    else:
+        assert exported["MatMulIntegerToFloat"] == 0  # standard operators: a DQ per weight and input (Gemms' biases)
+        assert exported["DequantizeLinear"] >= n_linear + distinct
     ops, session = _project_optimized_ops(path, tmp_path)
-    # what ORT runs: every Linear on a u8 x s8 integer kernel (NAS-BERT's embedding projection too: its output feeds
-    # the attention's Q and the residual, so it is a bias-less QGemm and an Add), one QuantizeLinear per distinct
-    # input, no float Linear left
+    # what ORT runs: every Linear on a u8 x s8 integer kernel, one QuantizeLinear per distinct input, no float Linear
     fused = ops["MatMulIntegerToFloat"] + ops["QGemm"]
     assert fused >= n_linear and ops["Gemm"] == 0
-    if which == "bert":  # 3-D tokens: QGemm with the bias in its output stage, or MatMulIntegerToFloat + a float Add
-        assert ops["QGemm"] == (n_linear if gemm else 2)  # pooler and classifier are 2-D Gemms either way
-        n_bias_adds = 0 if gemm else n_linear - 2 - 2  # 3-D Linears, less the FFN's first (its bias goes into BiasGelu)
-        assert ops["Add"] == 8 + n_bias_adds  # 8: the graph's own Adds (residuals, attention mask, embeddings)
+    adds = 8 if which == "bert" else 0  # BERT: the graph's own Adds (residuals, attention mask, embeddings)
+    if which == "bert":
+        # qdq, 3-D tokens: MatMulIntegerToFloat + a float bias Add each, less the FFN's first (its bias goes into
+        # BiasGelu); pooler and classifier are 2-D Gemms: QGemm
+        assert ops["QGemm"] == (0 if form == "integer" else 2)
+        assert ops["Add"] == adds + (0 if form == "integer" else n_linear - 2 - 2)
+    elif form == "integer":  # NAS-BERT: the bias-less Gemm + Add of the qdq form (residual readers) is gone too
+        assert ops["QGemm"] == 0 and ops["Add"] == exported["Add"]
     assert ops["QuantizeLinear"] <= distinct
     assert ops["DequantizeLinear"] == 0  # no weight dequantized at run time
     assert ops["MatMul"] + ops["FusedMatMul"] <= 2 * _n_layers_with_attention(which)  # attention's two float matmuls
     run = lambda inputs: session.run(None, dict(inputs))[0]  # noqa: E731
-    checks = check_logits(torch_runner(model), {"ort": run}, 64, 1000, rtol=1e-4)
+    ov = first_output(runtime_runners({"openvino": path})["openvino"])  # OpenVINO reads either form
+    checks = check_logits(torch_runner(model), {"ort": run, "openvino": ov}, 64, 1000, rtol=1e-4)
     assert all(c.passed for c in checks), [c.describe() for c in checks if not c.passed]
+
+
+def test_integer_and_qdq_forms_compute_the_same_logits(tiny_dir, tmp_path):
+    """The bias moved into MatMulIntegerToFloat is the Add ORT runs after the QDQ MatMul: the same numbers."""
+    model = _shared("bert", tiny_dir)
+    runs = {form: runtime_runners({"onnxruntime": export_quantized_onnx(model, tmp_path / f"{form}.onnx", EXAMPLE, 8,
+                                                                         form=form)})["onnxruntime"]
+            for form in ("integer", "qdq")}
+    inputs = padded_inputs(3, 24, 1000)
+    a, b = (first_output(r)(inputs) for r in runs.values())
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    with pytest.raises(ExportError, match="valid: integer, qdq"):
+        export_quantized_onnx(model, tmp_path / "x.onnx", EXAMPLE, 8, form="qgemm")
 
 
 def _folder(model, tiny_dir, out, meta):

@@ -12,12 +12,13 @@ import typer
 
 from nasbert_deploy.cli.common import SeedOpt, ThreadsOpt, choice, console, print_report, set_threads, training_progress
 from nasbert_deploy.lowbit.grid import REDUCE_RANGE_MODES
-from nasbert_deploy.quantize import BITS, KERNELS
+from nasbert_deploy.quantize import BITS, KERNELS, ONNX_FORMS
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
 app = typer.Typer()
 BitsName = choice("BitsName", [str(b) for b in BITS])
 ReduceRange = choice("ReduceRange", REDUCE_RANGE_MODES)
+OnnxForm = choice("OnnxForm", ONNX_FORMS)
 EmbeddingBits = choice("EmbeddingBits", ["weights", *[str(b) for b in BITS], "float"])
 AttentionBits = choice("AttentionBits", ["8", "float"])
 DEFAULT_FORMATS = {b: ",".join(KERNELS[b]) or "none" for b in BITS}
@@ -52,6 +53,10 @@ def quantize_cmd(
     transfer_rows: Annotated[int, typer.Option("--transfer-rows", min=0, help="Use this many --transfer lines (0: all).")] = 0,
     formats: Annotated[str | None, typer.Option("--format", help="Exports: onnx, openvino, or none "
                                                 "(default: those with kernels: onnx,openvino for 8 and 4; none for 2).")] = None,
+    onnx_form: Annotated[OnnxForm, typer.Option(
+        "--onnx-form", help="8-bit ONNX graph: integer (QuantizeLinear -> MatMulIntegerToFloat with the bias inside: "
+        "com.microsoft ops that ONNX Runtime and OpenVINO run) or qdq (standard Q/DQ operators only, for other "
+        "runtimes; slower on ONNX Runtime: a float bias Add per Linear).")] = OnnxForm(ONNX_FORMS[0]),
     reduce_range: Annotated[ReduceRange, typer.Option(
         "--reduce-range", help="8-bit weights on [-63, 63] (ORT's u8 x s8 kernels saturate int16 beyond |w| 64 on x86 "
         "without VNNI); auto: on when this CPU lacks VNNI/AMX.")] = ReduceRange("auto"),
@@ -95,7 +100,7 @@ def quantize_cmd(
     check_output(out, "dir", force)
     b = int(bits.value)
     chosen = parse_formats(formats if formats is not None else DEFAULT_FORMATS[b])
-    check_request(b, chosen)
+    check_request(b, chosen, onnx_form=onnx_form.value)
     specs = [] if no_timing else check_devices(devices if devices else default_devices(b, chosen), b, chosen)
     reduce, reduce_why = resolve_reduce_range(reduce_range.value, b)
     set_threads(threads)
@@ -109,7 +114,7 @@ def quantize_cmd(
                          checkpoint_every=checkpoint_every, seed=seed)
     with training_progress(f"quantizing ({b}-bit)") as update:
         report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print, devices=specs,
-                          transfer=extra)
+                          transfer=extra, onnx_form=onnx_form.value)
     lo, hi = report["weight_levels"]
     rows: dict[str, object] = {"weight grid": f"[{lo}, {hi}], reduce range {reduce_why}",
                                "train rows": report["train_rows"], "transfer rows": report["transfer_rows"],

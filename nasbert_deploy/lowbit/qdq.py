@@ -4,18 +4,21 @@ The model is exported once in float (`runtimes.convert.export_onnx`, weights alr
 and each MatMul / Gemm whose constant weight is a QuantLinear's (found by content: the exporter renames and
 transposes weights) is rewritten:
 
-- 8 bit (QDQ): input [-> Mul(1 / s): SmoothQuant's per-channel divisor, `lowbit.smooth`] -> QuantizeLinear(s_a, z_a:
-  uint8) -> DequantizeLinear -> MatMul <- DequantizeLinear(int8 weight, per-output-channel scales); ONNX Runtime
-  runs it as MatMulIntegerToFloat (u8 x s8, int32 accumulation) with the float bias Add after it. A Linear on 2-D
-  tokens (NAS-BERT) is a Gemm, its bias DequantizeLinear(int32, s_a * s_w): ORT's QGemm. A Gemm whose output also
-  feeds the next Linears' QuantizeLinear and a float consumer (a residual) is bias-less with a float Add after it,
-  since ORT fuses DQ -> Gemm only when its output feeds no Q or only Qs. With `gemm=True` 3-D Linears are flattened
-  into that form too (Reshape (-1, K) -> QDQ Gemm -> Reshape (..., N): one QGemm, bias in the kernel's output
-  stage); on the MiniLM teacher it was no faster on ORT (ratio to ORT dynamic INT8 0.988 vs 0.990), ~10% slower on
-  OpenVINO and further from the fake-quantized model (mean logit cosine 0.993 vs 0.999), so it is not the default.
-  One QuantizeLinear per distinct input tensor (Linears that read one tensor share a quantizer, `lsq.input_groups`);
-  ORT gives each reader its own DequantizeLinear when it fuses. OpenVINO reads Q/DQ as FakeQuantize and runs the
-  FullyConnected layers in INT8.
+- 8 bit, `form="integer"` (the default): input [-> Mul(1 / s): SmoothQuant's per-channel divisor, `lowbit.smooth`]
+  -> QuantizeLinear(s_a, z_a: uint8) -> MatMulIntegerToFloat (com.microsoft: u8 x s8, int32 accumulation, scaled by
+  s_a * s_w per output channel, the float bias added in the kernel) <- int8 weight (K, N). That is the node ONNX
+  Runtime makes of a QDQ MatMul anyway, but with the bias inside: a QDQ graph leaves one float Add per Linear after
+  it (ORT fuses only Gemm's int32 bias, into QGemm, and not when the output also feeds a residual). On MiniLM-L6's
+  geometry that Add was the whole difference to ORT's dynamic INT8 (1.05x -> 1.00x; docs/quantization.md).
+  OpenVINO's ONNX reader builds the same INT8 graph from either form (FakeQuantize + u8 FullyConnected).
+- 8 bit, `form="qdq"`: standard ONNX operators only, for runtimes without the com.microsoft domain: input [-> Mul]
+  -> QuantizeLinear -> DequantizeLinear -> MatMul / Gemm <- DequantizeLinear(int8 weight, per-output-channel scales).
+  ORT runs it as MatMulIntegerToFloat + a float bias Add (3-D tokens) or QGemm (2-D tokens: NAS-BERT's Gemms, their
+  bias DequantizeLinear(int32, s_a * s_w)). A Gemm whose output also feeds the next Linears' QuantizeLinear and a
+  float consumer (a residual) is bias-less with a float Add after it, since ORT fuses DQ -> Gemm only when its
+  output feeds no Q or only Qs.
+- Either 8-bit form: one QuantizeLinear per distinct input tensor (Linears that read one tensor share a quantizer,
+  `lsq.input_groups`).
 - 4 bit (Gemm first rewritten as MatMul + Add, `gemm_to_matmul`): input -> Q/DQ (8-bit activations as
   trained) -> MatMulNBits (com.microsoft; uint4 weights with zero
   point 8, i.e. the learned integers in [-8, 7], the per-channel step size repeated in every block of
@@ -40,6 +43,7 @@ from torch import nn
 
 from nasbert_deploy.errors import ExportError
 from nasbert_deploy.fileio import atomic_path
+from nasbert_deploy.lowbit import ONNX_FORMS
 from nasbert_deploy.lowbit.attention import insert_attention_qdq, plain_attention
 from nasbert_deploy.lowbit.embedding import plain_embeddings, quant_embeddings, rewrite_gather
 from nasbert_deploy.lowbit.lsq import QuantLinear, quant_linears
@@ -89,9 +93,11 @@ def pack_nbits(q: np.ndarray, block_size: int) -> np.ndarray:
     return (u[..., 0] | (u[..., 1] << 4)).astype(np.uint8)
 
 
-def _add_act_qdq(g: Any, x: str, q: QuantLinear, prefix: str, new_nodes: list[Any], cache: dict[Any, str]) -> str:
-    """Q/DQ of tensor `x` with `q`'s activation scale and zero point, after a Mul by 1 / s where the input is smoothed
-    (`lowbit.smooth`); one chain per (tensor, scale, zero point, s)."""
+def _act_quantize(g: Any, x: str, q: QuantLinear, prefix: str, new_nodes: list[Any], cache: dict[Any, Any]
+                  ) -> tuple[str, str, str]:
+    """[Mul(x, 1 / s) where the input is smoothed (`lowbit.smooth`) ->] QuantizeLinear of tensor `x` with `q`'s
+    activation scale and zero point: (the uint8 tensor, its scale, its zero point); one chain per (tensor, scale,
+    zero point, s)."""
     from onnx import helper, numpy_helper
 
     a = q.a_quant
@@ -111,10 +117,20 @@ def _add_act_qdq(g: Any, x: str, q: QuantLinear, prefix: str, new_nodes: list[An
                           numpy_helper.from_array(np.array(zp, dtype=np.uint8), f"{prefix}.a_zero")])
     new_nodes.append(helper.make_node("QuantizeLinear", [x, f"{prefix}.a_scale", f"{prefix}.a_zero"], [f"{prefix}.a_q"],
                                       name=f"{prefix}.quantize"))
-    new_nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}.a_q", f"{prefix}.a_scale", f"{prefix}.a_zero"],
-                                      [f"{prefix}.a_dq"], name=f"{prefix}.dequantize"))
-    cache[key] = f"{prefix}.a_dq"
+    cache[key] = (f"{prefix}.a_q", f"{prefix}.a_scale", f"{prefix}.a_zero")
     return cache[key]
+
+
+def _add_act_qdq(g: Any, x: str, q: QuantLinear, prefix: str, new_nodes: list[Any], cache: dict[Any, Any]) -> str:
+    """`_act_quantize` followed by its DequantizeLinear (the QDQ form); one pair per quantized tensor."""
+    from onnx import helper
+
+    xq, scale, zero = _act_quantize(g, x, q, prefix, new_nodes, cache)
+    if ("dq", xq) not in cache:
+        base = xq.removesuffix(".a_q")
+        new_nodes.append(helper.make_node("DequantizeLinear", [xq, scale, zero], [f"{base}.a_dq"], name=f"{base}.dequantize"))
+        cache[("dq", xq)] = f"{base}.a_dq"
+    return cache[("dq", xq)]
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -185,29 +201,42 @@ def _bias_add(node: Any, consumers: dict[str, list[Any]], inits: dict[str, Any],
     return users[0]
 
 
-def _flatten(g: Any, x: str, k: int, prefix: str, new_nodes: list[Any], cache: dict[Any, str]) -> tuple[str, str]:
-    """x (..., K) -> (x2d (prod(...), K), the leading dims of x as a 1-D int64 tensor); once per tensor `x`."""
+def _integer_linear(g: Any, node: Any, q: QuantLinear, prefix: str, consumers: dict[str, list[Any]], inits: dict[str, Any],
+                    new_nodes: list[Any], cache: dict[Any, Any], skip: set[int]) -> Any:
+    """The MatMulIntegerToFloat node that replaces the Linear `node` (MatMul, with its bias Add folded in and added
+    to `skip`, or Gemm with its bias input): u8 input from `_act_quantize`, the int8 weight (K, N) with zero points 0
+    and per-output-channel scales, the float bias."""
     from onnx import helper, numpy_helper
 
-    if ("flat", x) not in cache:
-        g.initializer.append(numpy_helper.from_array(np.array([-1, k], dtype=np.int64), f"{prefix}.flat_shape"))
-        new_nodes.append(helper.make_node("Reshape", [x, f"{prefix}.flat_shape"], [f"{prefix}.x2d"]))  # (b * t, K)
-        new_nodes.append(helper.make_node("Shape", [x], [f"{prefix}.lead"], end=-1))  # [b, t]
-        cache[("flat", x)] = f"{prefix}.x2d"
-        cache[("lead", x)] = f"{prefix}.lead"
-    return cache[("flat", x)], cache[("lead", x)]
+    xq, a_scale, a_zero = _act_quantize(g, node.input[0], q, prefix, new_nodes, cache)
+    ints = q.weight_integers().numpy().T.astype(np.int8)  # (K, N), whatever the Gemm's transB held
+    scale = q.w_quant.scale().numpy().astype(np.float32)  # (N,)
+    g.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(ints), f"{prefix}.w_int8"),
+                          numpy_helper.from_array(scale, f"{prefix}.w_scale"),
+                          numpy_helper.from_array(np.zeros(len(scale), dtype=np.int8), f"{prefix}.w_zero")])
+    out = node.output[0]
+    if node.op_type == "Gemm":
+        bias = [node.input[2]] if len(node.input) > 2 and node.input[2] else []
+    else:
+        add = _bias_add(node, consumers, inits, q.out_features)
+        bias = [] if add is None else [i for i in add.input if i != node.output[0]]
+        if add is not None:
+            out = add.output[0]
+            skip.add(id(add))
+    return helper.make_node("MatMulIntegerToFloat", [xq, f"{prefix}.w_int8", a_scale, f"{prefix}.w_scale", a_zero,
+                                                     f"{prefix}.w_zero", *bias], [out], name=node.name, domain=MS_DOMAIN)
 
 
-def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 4, gemm: bool = False) -> Any:
-    """Rewrite the float export of `model` (a fake-quantized module) in place as a QDQ (8 bit) or MatMulNBits
-    (4 bit) graph; `ExportError` if a QuantLinear's weight is not found among the MatMul weights.
-
-    8 bit: a MatMul followed by its bias Add (a Linear on 3-D tokens) stays MatMul (ORT: MatMulIntegerToFloat and a
-    float Add); with `gemm` it becomes Reshape -> QDQ Gemm with an int32 bias -> Reshape (ORT: one QGemm)."""
+def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 4, form: str = "integer") -> Any:
+    """Rewrite the float export of `model` (a fake-quantized module) in place as an integer graph: 8 bit in `form`
+    "integer" (QuantizeLinear -> MatMulIntegerToFloat with the bias inside) or "qdq" (standard operators only), 4 bit
+    as MatMulNBits; `ExportError` if a QuantLinear's weight is not found among the MatMul weights."""
     from onnx import helper, numpy_helper
 
     if bits not in (8, 4):
         raise ExportError(f"{bits}-bit weights have no ONNX Runtime kernel; valid: 8 (QDQ), 4 (MatMulNBits)")
+    if form not in ONNX_FORMS:
+        raise ExportError(f"ONNX form {form!r}: valid: {', '.join(ONNX_FORMS)}")
     g = (onnx_model if bits == 8 else gemm_to_matmul(onnx_model)).graph
     insert_attention_qdq(g, model)
     by_key = {}
@@ -242,23 +271,8 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
         name, q = hit
         found.add(name)
         prefix = f"q{i}.{name}"
-        add = _bias_add(node, consumers, inits, q.out_features) if bits == 8 and gemm and q.a_quant is not None else None
-        if add is not None:  # MatMul + Add(bias) on (..., K) tokens -> Reshape (-1, K) -> QDQ Gemm -> Reshape (..., N)
-            x2d, lead = _flatten(g, node.input[0], q.in_features, prefix, nodes, cache)
-            x = _add_act_qdq(g, x2d, q, prefix, nodes, cache)
-            ints = q.weight_integers().numpy().T.astype(np.int8)  # (K, N)
-            scale = q.w_quant.scale().numpy().astype(np.float32)
-            w_dq = _weight_dq(g, ints, scale, 1, prefix, nodes)
-            bias = _int32_bias(g, add.input[1] if add.input[0] == node.output[0] else add.input[0], q, scale, inits,
-                               prefix, nodes)
-            nodes.append(helper.make_node("Gemm", [x, w_dq, *bias], [f"{prefix}.y2d"], name=node.name))
-            if ("shape", lead, q.out_features) not in cache:  # (..., N): once per input and width (query/key/value)
-                g.initializer.append(numpy_helper.from_array(np.array([q.out_features], dtype=np.int64), f"{prefix}.n"))
-                nodes.append(helper.make_node("Concat", [lead, f"{prefix}.n"], [f"{prefix}.shape"], axis=0))
-                cache[("shape", lead, q.out_features)] = f"{prefix}.shape"
-            nodes.append(helper.make_node("Reshape", [f"{prefix}.y2d", cache[("shape", lead, q.out_features)]],
-                                          list(add.output)))
-            skip.add(id(add))
+        if bits == 8 and form == "integer" and q.a_quant is not None:
+            nodes.append(_integer_linear(g, node, q, prefix, consumers, inits, nodes, cache, skip))
             continue
         x = node.input[0] if q.a_quant is None else _add_act_qdq(g, node.input[0], q, prefix, nodes, cache)
         ints = q.weight_integers().numpy().T  # (K, N) int
@@ -307,14 +321,14 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
     keep = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
-    if bits == 4 and not any(o.domain == MS_DOMAIN for o in onnx_model.opset_import):
+    if any(n.domain == MS_DOMAIN for n in g.node) and not any(o.domain == MS_DOMAIN for o in onnx_model.opset_import):
         onnx_model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return onnx_model
 
 
 def export_quantized_onnx(
     model: nn.Module, path: str | Path, example_inputs: Mapping[str, torch.Tensor], bits: int, output_name: str = "logits",
-    accuracy_level: int = 4, gemm: bool = False, first_output: bool = True,
+    accuracy_level: int = 4, form: str = "integer", first_output: bool = True,
 ) -> Path:
     """Export the fake-quantized classifier `model` to one ONNX file at `path` (QDQ for 8 bit, MatMulNBits for 4).
 
@@ -328,7 +342,7 @@ def export_quantized_onnx(
     plain = float_copy(model)
     with tempfile.TemporaryDirectory(prefix="nasbert-quant-") as work:
         fp = export_onnx(FirstOutput(plain) if first_output else plain, Path(work) / "float.onnx", example_inputs, [output_name])
-        graph = rewrite(onnx.load(str(fp)), model, bits, accuracy_level, gemm)
+        graph = rewrite(onnx.load(str(fp)), model, bits, accuracy_level, form)
         with atomic_path(target) as tmp:
             onnx.save(graph, str(tmp))
     return target

@@ -38,7 +38,7 @@ from nasbert_deploy.lowbit.lsq import (
     shared_input_groups,
     weight_levels,
 )
-from nasbert_deploy.lowbit.qdq import export_quantized_onnx
+from nasbert_deploy.lowbit.qdq import ONNX_FORMS, export_quantized_onnx
 from nasbert_deploy.lowbit.smooth import add_smoothing, input_absmax, smooth_model
 from nasbert_deploy.model.loop import NoteFn, ProgressFn, checkpoint_dir, epoch_order
 from nasbert_deploy.quantize import BITS, KERNELS
@@ -74,10 +74,16 @@ def embedding_bits(cfg: QuantizeConfig) -> int:
     return cfg.bits if cfg.embedding_bits is None else cfg.embedding_bits
 
 
-def check_request(bits: int, formats: Sequence[str], embedding: int | None = None) -> None:
-    """Bits the chosen runtimes have kernels for (`KERNELS`), and the runtimes importable: one-line errors."""
+def check_request(bits: int, formats: Sequence[str], embedding: int | None = None, onnx_form: str = ONNX_FORMS[0]) -> None:
+    """Bits the chosen runtimes have kernels for (`KERNELS`), the 8-bit ONNX form (`lowbit.qdq.ONNX_FORMS`), and the
+    runtimes importable: one-line errors."""
     if bits not in BITS:
         raise ExportError(f"--bits {bits} is not supported; valid: {', '.join(map(str, BITS))}")
+    if onnx_form not in ONNX_FORMS:
+        raise ExportError(f"--onnx-form {onnx_form!r} is not supported; valid: {', '.join(ONNX_FORMS)}")
+    if onnx_form != ONNX_FORMS[0] and (bits != 8 or not formats):
+        raise ExportError(f"--onnx-form {onnx_form} chooses the graph of 8-bit exports; with --bits {bits} and "
+                          f"--format {','.join(formats) or 'none'} there is none: leave it out")
     if embedding is not None and embedding not in (0, *BITS):
         raise ExportError(f"--embedding-bits {embedding} is not supported; valid: {', '.join(map(str, BITS))}, or 0 (float)")
     bad = [f for f in formats if f not in KERNELS[bits]]
@@ -175,14 +181,17 @@ def quantize(
     devices: Sequence[DeviceSpec] = (),
     latency_seq_len: int = 128,
     transfer: Sequence[str] | None = None,
+    onnx_form: str = ONNX_FORMS[0],
 ) -> dict[str, Any]:
     """KDLSQ: fake-quantize every Linear of the classifier in `model_dir`, train it with distillation from the
     full-precision model (or `teacher_model`), export it for `formats`, check and score; returns the report.
     `devices` (kdlsq devices, `quantize.latency.check_devices`): the exports measured on each, and predicted by
     its latency table where one covers the model (`report["latency"]`), at batch 1 x `latency_seq_len`.
     `transfer`: unlabelled in-domain texts (`student.finetune.transfer_texts`) added to the training rows, distilled
-    only (the teacher's outputs on text like the validation rows', not just on the rows it was fine-tuned on)."""
-    check_request(cfg.bits, formats, cfg.embedding_bits)
+    only (the teacher's outputs on text like the validation rows', not just on the rows it was fine-tuned on).
+    `onnx_form`: the 8-bit ONNX graph, "integer" (MatMulIntegerToFloat, com.microsoft; ORT and OpenVINO) or "qdq"
+    (standard operators only); the latency tables are profiled with the first."""
+    check_request(cfg.bits, formats, cfg.embedding_bits, onnx_form)
     if transfer and train.pairs is not None:
         raise TaskError("--transfer is for single-text classification; this task has text pairs")
     labels = check_inputs(Path(model_dir), train, valid, None if teacher_model is None else Path(teacher_model))
@@ -214,7 +223,7 @@ def quantize(
         key["smooth_folded"] = folded
     summary = train_quantized(student, teacher, tokenizer, rows, ids, out_dir, cfg, key, progress, note)
     bake_weights(student)
-    report = _score_and_export(fp_model, student, tokenizer, valid, labels, cfg, formats, out_dir, names)
+    report = _score_and_export(fp_model, student, tokenizer, valid, labels, cfg, formats, out_dir, names, onnx_form)
     report["embedding"] = {"module": embedding, "bits": embedding_bits(cfg) if embedding else None}
     report["attention"] = {"quantized": attention, "bits": cfg.attention_bits if attention else None}
     report["smoothing"] = {"alpha": cfg.smooth or None, "inputs": smoothed, "folded_into_value": folded}
@@ -236,7 +245,7 @@ def quantize(
 
 def _score_and_export(
     fp_model: Any, student: Any, tokenizer: Any, valid: TaskData, labels: list[str], cfg: QuantizeConfig,
-    formats: Sequence[str], out_dir: str | Path, names: list[str],
+    formats: Sequence[str], out_dir: str | Path, names: list[str], onnx_form: str = ONNX_FORMS[0],
 ) -> dict[str, Any]:
     y = valid.label_ids({n: i for i, n in enumerate(labels)})
     fp_logits = task_logits(torch_runner(fp_model), tokenizer, valid, cfg.max_len)
@@ -250,7 +259,9 @@ def _score_and_export(
         return report
     work = Path(tempfile.mkdtemp(prefix="nasbert-quant-"))
     try:
-        onnx_path = export_quantized_onnx(student, work / "model.onnx", _example(student, valid.pairs is not None), cfg.bits)
+        onnx_path = export_quantized_onnx(student, work / "model.onnx", _example(student, valid.pairs is not None), cfg.bits,
+                                          form=onnx_form)
+        report["onnx_form"] = onnx_form if cfg.bits == 8 else "matmulnbits"
         if cfg.bits == 8:  # the int8 weights the kernels get lie on the trained grid (reduced: no int16 saturation)
             report["onnx_weight_range"] = check_weight_range(onnx_path, report["weight_levels"])
         paths = {"onnxruntime": onnx_path} if "onnx" in formats else {}
@@ -329,6 +340,7 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
             "reduce_range": cfg.reduce_range, "weight_levels": list(weight_levels(student)),
             "weights": "symmetric per output channel", "activations": "asymmetric uint8 per tensor", "linears": names,
             "shared_input_quantizers": shared_input_groups(student), "files": files,
+            "onnx_form": report.get("onnx_form"),
             "embedding_bits": report.get("embedding", {}).get("bits") or 0,
             "embedding": report.get("embedding", {}).get("module"),
             "attention_bits": report.get("attention", {}).get("bits") or 0,
