@@ -69,6 +69,20 @@ def test_space_validation_and_lookup():
     assert SearchSpace.from_dict({**STANDARD.to_dict(), "name": "renamed"}).space_hash() == STANDARD.space_hash()
 
 
+def test_the_four_block_minilm_space_differs_from_minilm_wide_only_in_depth():
+    from nasbert_deploy.layermap.maps import heuristic_maps
+    from nasbert_deploy.teacher import split_layers
+
+    wide, deep = get_space("minilm-wide"), get_space("minilm-wide4")
+    assert deep.num_blocks == 4 and {**deep.to_dict(), "name": "", "num_blocks": 3} == {**wide.to_dict(), "name": ""}
+    arch = deep.parse("|".join(["256:mha,ffn,id,id"] * 4))
+    assert len(arch.blocks) == 4 and deep.space_hash() != wide.space_hash()
+    assert split_layers(6, 4) == [2, 4, 5, 6]
+    # MiniLM-L6's 6 layers over 4 blocks: the layer-map heuristics are three different maps
+    maps = heuristic_maps(4, 6)
+    assert len({tuple(m) for m in maps.values()}) == 3, maps
+
+
 def test_op_params_formulas():
     h = 128
     assert STANDARD.op_params(Op("mha"), h) == 4 * (h * h + h) + 2 * h

@@ -7,7 +7,7 @@ import itertools
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from nasbert_deploy.errors import ArchError, SpaceError
@@ -309,7 +309,13 @@ MINILM_WIDE = SearchSpace(
     max_positions=512,
 )
 
-SPACES: dict[str, SearchSpace] = {"standard": STANDARD, "tiny": TINY, "minilm": MINILM, "minilm-wide": MINILM_WIDE}
+# The same geometry cut into 4 blocks (MiniLM-L6's 6 layers as 2, 2, 1, 1: `teacher.split_layers`): deeper students and
+# one more supervised boundary, so a distillation layer map (`layermap`) has 4 entries (7^3 x 6 maps) and the
+# paper's heuristics (uniform 2,4,5,6; last 3,4,5,6; first 1,2,3,4) are three different maps.
+MINILM_WIDE4 = replace(MINILM_WIDE, name="minilm-wide4", num_blocks=4)
+
+SPACES: dict[str, SearchSpace] = {"standard": STANDARD, "tiny": TINY, "minilm": MINILM, "minilm-wide": MINILM_WIDE,
+                                  "minilm-wide4": MINILM_WIDE4}
 
 
 def get_space(name: str) -> SearchSpace:
