@@ -1,11 +1,14 @@
-"""The two 8-bit ONNX forms of `quantize` side by side on trained folders (issue #14's ORT latency target).
+"""The 8-bit ONNX forms of `quantize` side by side on trained folders (issue #14's ORT latency target).
 
 `integer` (the default since 2026-12-06): QuantizeLinear -> MatMulIntegerToFloat with the bias inside; `qdq`: standard
-Q/DQ operators, which ONNX Runtime runs as MatMulIntegerToFloat / QGemm with a float bias Add after most of them. Each
-`quantize` folder is exported again in both forms from its saved state (`load_quantized`, no training), then:
+Q/DQ operators, which ONNX Runtime runs as MatMulIntegerToFloat / QGemm with a float bias Add after some of them;
+`dynamic`: DynamicQuantizeMatMul, the learned weights with the activations quantized at run time (ONNX Runtime only).
+Each `quantize` folder is exported again in every form from its saved state (`load_quantized`, no training), then:
 
 - numerics: max and mean |logit difference| to the fake-quantized PyTorch model on the first --rows valid rows, and the
   argmax agreement with it, on ONNX Runtime and OpenVINO;
+- with --score: accuracy, macro-F1 and label / probability loyalty on every valid row, loyalty to the fp32 model the
+  folder was quantized from (its report's `model`, in PyTorch), and the same for ORT dynamic INT8;
 - latency: every form on both runtimes beside the folder's float model quantized by ORT dynamic INT8 (`export --int8`),
   1 thread, batch 1 x --seq tokens, interleaved rounds in alternating order; the ratio is the median over rounds of
   the per-round ratio to ORT dynamic INT8 (ONNX Runtime rows) or to the integer IR (OpenVINO rows).
@@ -33,12 +36,14 @@ from bench_quantize import _open, cpu_model
 
 from nasbert_deploy.devices import load_device
 from nasbert_deploy.lowbit import ONNX_FORMS
-from nasbert_deploy.lowbit.qdq import export_quantized_onnx, float_copy
+from nasbert_deploy.lowbit.qdq import export_quantized_onnx
 from nasbert_deploy.quantize.check import first_output, runtime_runners, task_logits, torch_runner
 from nasbert_deploy.quantize.run import _example, load_quantized
 from nasbert_deploy.runtimes.base import get_runtime, time_compiled
 from nasbert_deploy.runtimes.convert import FirstOutput, onnx_to_openvino
 from nasbert_deploy.runtimes.timing import round_statistic
+from nasbert_deploy.student.finetune import load_classifier, model_labels
+from nasbert_deploy.student.metrics import evaluate_logits
 from nasbert_deploy.student.tasks import load_task
 
 
@@ -58,15 +63,21 @@ def check(a: argparse.Namespace) -> dict[str, Path]:
         if not meta.is_file() or json.loads(meta.read_text()).get("bits") != 8:
             _fail(f"--folder {spec}: not an 8-bit `nasbert-deploy quantize` output folder (no quantization.json with "
                   "bits 8); give NAME=DIR")
+        fp = Path(json.loads((p / "quantize_report.json").read_text())["model"])
+        if not (fp / "config.json").is_file():
+            _fail(f"--folder {spec}: the fp32 model it was quantized from ({fp}, its report's `model`) is not there; run "
+                  "this from the directory `quantize` ran in")
         folders[name or p.name] = p
     if not folders:
         _fail("give at least one --folder NAME=DIR")
     return folders
 
 
-def build(name: str, folder: Path, valid: Any, rows: int, work: Path) -> tuple[dict[str, Any], dict[str, tuple[Path, bool]]]:
-    """Both forms' files (+ IRs) and ORT dynamic INT8 of the float copy; the numerics against PyTorch."""
+def build(name: str, folder: Path, valid: Any, a: argparse.Namespace, work: Path
+          ) -> tuple[dict[str, Any], dict[str, tuple[Path, bool]]]:
+    """Every form's file (+ IRs of the static ones) and ORT dynamic INT8 of the float copy; numerics and scores."""
     model, tok, _ = load_quantized(folder)
+    rows = a.rows
     ex = _example(model, valid.pairs is not None)
     sub = valid.subset(list(range(min(rows, len(valid)))))
     ref = task_logits(torch_runner(model), tok, sub, 128)
@@ -74,17 +85,34 @@ def build(name: str, folder: Path, valid: Any, rows: int, work: Path) -> tuple[d
     numerics: dict[str, Any] = {}
     for form in ONNX_FORMS:
         path = export_quantized_onnx(model, work / f"{name}-{form}.onnx", ex, 8, form=form)
-        xml = Path(onnx_to_openvino(path, work / f"{name}-{form}.xml", fp16=False, convert=False))
-        files[f"{name} {form} (ORT)"], files[f"{name} {form} (OpenVINO)"] = (path, False), (xml, True)
-        for rt in ("onnxruntime", "openvino"):
+        files[f"{name} {form} (ORT)"] = (path, False)
+        runtimes = ("onnxruntime",) if form == "dynamic" else ("onnxruntime", "openvino")
+        if form != "dynamic":
+            xml = Path(onnx_to_openvino(path, work / f"{name}-{form}.xml", fp16=False, convert=False))
+            files[f"{name} {form} (OpenVINO)"] = (xml, True)
+        for rt in runtimes:
             got = task_logits(first_output(runtime_runners({rt: path})[rt]), tok, sub, 128)
             d = np.abs(got - ref)
             numerics[f"{form} {rt}"] = {"max_abs_diff": round(float(d.max()), 4), "mean_abs_diff": round(float(d.mean()), 5),
                                         "argmax_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4)}
     spec = load_device("cpu-ort-int8")
-    get_runtime(spec.runtime).compile(FirstOutput(float_copy(model)), ex, ["logits"], spec, work / f"{name}-dyn")
+    fp_dir = Path(json.loads((folder / "quantize_report.json").read_text())["model"])
+    fp_model = load_classifier(fp_dir)[0].eval()
+    get_runtime(spec.runtime).compile(FirstOutput(fp_model), ex, ["logits"], spec, work / f"{name}-dyn")
     files[f"{name} ORT dynamic INT8"] = (work / f"{name}-dyn" / "model.int8.onnx", False)
-    return {"rows": len(sub), "numerics_vs_pytorch": numerics}, files
+    out: dict[str, Any] = {"rows": len(sub), "numerics_vs_pytorch": numerics, "fp32_model": str(fp_dir)}
+    if a.score:
+        y = valid.label_ids({n: i for i, n in enumerate(model_labels(fp_model))})
+        ref = task_logits(torch_runner(fp_model), tok, valid, a.seq)
+        out["scores"] = {"fp32 (PyTorch)": evaluate_logits(y, ref).to_dict()}
+        for label, (path, ov) in files.items():
+            rt = "openvino" if ov else "onnxruntime"
+            runner = first_output(runtime_runners({rt: path})[rt])
+            out["scores"][label] = evaluate_logits(y, task_logits(runner, tok, valid, a.seq), ref).to_dict()
+            sc = out["scores"][label]
+            print(f"{label:40s} acc {sc['accuracy']:.4f} f1 {sc['macro_f1']:.4f} label / prob. loyalty "
+                  f"{sc['label_loyalty']:.4f} / {sc['probability_loyalty']:.4f}", flush=True)
+    return out, files
 
 
 def main() -> None:
@@ -94,6 +122,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=300, help="valid rows compared with the PyTorch model")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--score", action="store_true", help="score every export on all valid rows (accuracy, loyalty)")
     p.add_argument("--out", type=Path, default=None, help="JSON with every figure (written atomically)")
     a = p.parse_args()
     folders = check(a)
@@ -103,7 +132,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-forms-") as tmp:
         files: dict[str, tuple[Path, bool]] = {}
         for name, folder in folders.items():
-            result["folders"][name], f = build(name, folder, valid, a.rows, Path(tmp))
+            result["folders"][name], f = build(name, folder, valid, a, Path(tmp))
             files.update(f)
             print(f"{name}: " + "; ".join(f"{k} mean |d| {v['mean_abs_diff']} max {v['max_abs_diff']}"
                                           for k, v in result["folders"][name]["numerics_vs_pytorch"].items()), flush=True)
@@ -120,7 +149,7 @@ def main() -> None:
     print(f"{'export':40s} {'ms':>8s} {'ratio':>7s}  vs")
     for name in folders:
         for n in [k for k in rounds if k.startswith(f"{name} ")]:
-            ref = f"{name} ORT dynamic INT8" if "(ORT)" in n or "dynamic" in n else f"{name} integer (OpenVINO)"
+            ref = f"{name} ORT dynamic INT8" if "(ORT)" in n or n.endswith("dynamic INT8") else f"{name} integer (OpenVINO)"
             ratio = statistics.median(x / y for x, y in zip(rounds[n], rounds[ref]))
             result["folders"][name].setdefault("latency", {})[n] = {
                 "ms": round(round_statistic(rounds[n], "min"), 3), "rounds_ms": [round(x, 3) for x in rounds[n]],
