@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -221,11 +222,13 @@ def _bias_add(node: Any, consumers: dict[str, list[Any]], inits: dict[str, Any],
 
 
 def _integer_linear(g: Any, node: Any, q: QuantLinear, prefix: str, consumers: dict[str, list[Any]], inits: dict[str, Any],
-                    new_nodes: list[Any], cache: dict[Any, Any], skip: set[int], dynamic: bool = False) -> Any:
+                    new_nodes: list[Any], cache: dict[Any, Any], skip: set[int], dynamic: bool = False,
+                    shared: bool = False) -> Any:
     """The MatMulIntegerToFloat node that replaces the Linear `node` (MatMul, with its bias Add folded in and added
     to `skip`, or Gemm with its bias input): u8 input from `_act_quantize`, the int8 weight (K, N) with zero points 0
     and per-output-channel scales, the float bias. `dynamic`: a DynamicQuantizeMatMul on the float input instead
-    (the learned activation step size unused)."""
+    (the learned activation step size unused), or, where the input is `shared` with other Linears, one
+    DynamicQuantizeLinear of it feeding each reader's MatMulIntegerToFloat."""
     from onnx import helper, numpy_helper
 
     ints = q.weight_integers().numpy().T.astype(np.int8)  # (K, N), whatever the Gemm's transB held
@@ -245,8 +248,15 @@ def _integer_linear(g: Any, node: Any, q: QuantLinear, prefix: str, consumers: d
     w = [f"{prefix}.w_int8", f"{prefix}.w_scale", f"{prefix}.w_zero"]
     if dynamic:  # ORT quantizes the input itself, per tensor, every run (as its dynamic INT8)
         x = _smoothed(g, node.input[0], q, prefix, new_nodes, cache)
-        return helper.make_node("DynamicQuantizeMatMul", [x, *w, *bias], [out], name=node.name, domain=MS_DOMAIN)
-    xq, a_scale, a_zero = _act_quantize(g, node.input[0], q, prefix, new_nodes, cache)
+        if not shared:
+            return helper.make_node("DynamicQuantizeMatMul", [x, *w, *bias], [out], name=node.name, domain=MS_DOMAIN)
+        if ("dynamic", x) not in cache:  # query/key/value: quantized once, as ORT's quantize_dynamic does
+            new_nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [f"{prefix}.a_q", f"{prefix}.a_scale",
+                                                                         f"{prefix}.a_zero"], name=f"{prefix}.quantize"))
+            cache[("dynamic", x)] = (f"{prefix}.a_q", f"{prefix}.a_scale", f"{prefix}.a_zero")
+        xq, a_scale, a_zero = cache[("dynamic", x)]
+    else:
+        xq, a_scale, a_zero = _act_quantize(g, node.input[0], q, prefix, new_nodes, cache)
     return helper.make_node("MatMulIntegerToFloat", [xq, w[0], a_scale, w[1], a_zero, w[2], *bias], [out], name=node.name,
                             domain=MS_DOMAIN)
 
@@ -279,6 +289,7 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
     matches = [_match(node, inits, by_key) for node in g.node]
     # tensors that get a QuantizeLinear: ORT fuses DQ -> Gemm only when the Gemm's output feeds no Q or only Qs
     quantized_inputs = {node.input[0] for node, (hit, _) in zip(g.node, matches) if hit and hit[1].a_quant is not None}
+    readers = Counter(node.input[0] for node, (hit, _) in zip(g.node, matches) if hit)
     skip: set[int] = set()
     for i, node in enumerate(g.node):
         if id(node) in skip:
@@ -297,7 +308,8 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
         found.add(name)
         prefix = f"q{i}.{name}"
         if bits == 8 and form in ("integer", "dynamic") and q.a_quant is not None:
-            nodes.append(_integer_linear(g, node, q, prefix, consumers, inits, nodes, cache, skip, form == "dynamic"))
+            nodes.append(_integer_linear(g, node, q, prefix, consumers, inits, nodes, cache, skip, form == "dynamic",
+                                         readers[node.input[0]] > 1))
             continue
         x = node.input[0] if q.a_quant is None else _add_act_qdq(g, node.input[0], q, prefix, nodes, cache)
         ints = q.weight_integers().numpy().T  # (K, N) int
