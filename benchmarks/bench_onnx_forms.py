@@ -1,8 +1,7 @@
 """The 8-bit ONNX forms of `quantize` side by side on trained folders (issue #14's ORT latency target).
 
 `integer` (the default since 2026-12-06): QuantizeLinear -> MatMulIntegerToFloat with the bias inside; `qdq`: standard
-Q/DQ operators, which ONNX Runtime runs as MatMulIntegerToFloat / QGemm with a float bias Add after some of them;
-`dynamic`: DynamicQuantizeMatMul, the learned weights with the activations quantized at run time (ONNX Runtime only).
+Q/DQ operators, which ONNX Runtime runs as MatMulIntegerToFloat / QGemm with a float bias Add after some of them.
 Each `quantize` folder is exported again in every form from its saved state (`load_quantized`, no training), then:
 
 - numerics: max and mean |logit difference| to the fake-quantized PyTorch model on the first --rows valid rows, and the
@@ -75,7 +74,7 @@ def check(a: argparse.Namespace) -> dict[str, Path]:
 
 def build(name: str, folder: Path, valid: Any, a: argparse.Namespace, work: Path
           ) -> tuple[dict[str, Any], dict[str, tuple[Path, bool]]]:
-    """Every form's file (+ IRs of the static ones) and ORT dynamic INT8 of the float copy; numerics and scores."""
+    """Every form's file and IR, and ORT dynamic INT8 of the fp32 model; numerics and scores."""
     model, tok, _ = load_quantized(folder)
     rows = a.rows
     ex = _example(model, valid.pairs is not None)
@@ -85,12 +84,9 @@ def build(name: str, folder: Path, valid: Any, a: argparse.Namespace, work: Path
     numerics: dict[str, Any] = {}
     for form in ONNX_FORMS:
         path = export_quantized_onnx(model, work / f"{name}-{form}.onnx", ex, 8, form=form)
-        files[f"{name} {form} (ORT)"] = (path, False)
-        runtimes = ("onnxruntime",) if form == "dynamic" else ("onnxruntime", "openvino")
-        if form != "dynamic":
-            xml = Path(onnx_to_openvino(path, work / f"{name}-{form}.xml", fp16=False, convert=False))
-            files[f"{name} {form} (OpenVINO)"] = (xml, True)
-        for rt in runtimes:
+        xml = Path(onnx_to_openvino(path, work / f"{name}-{form}.xml", fp16=False, convert=False))
+        files[f"{name} {form} (ORT)"], files[f"{name} {form} (OpenVINO)"] = (path, False), (xml, True)
+        for rt in ("onnxruntime", "openvino"):
             got = task_logits(first_output(runtime_runners({rt: path})[rt]), tok, sub, 128)
             d = np.abs(got - ref)
             numerics[f"{form} {rt}"] = {"max_abs_diff": round(float(d.max()), 4), "mean_abs_diff": round(float(d.mean()), 5),

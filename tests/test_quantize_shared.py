@@ -148,37 +148,6 @@ def test_export_quantizes_each_input_once_on_integer_kernels(tiny_dir, tmp_path,
     assert all(c.passed for c in checks), [c.describe() for c in checks if not c.passed]
 
 
-@pytest.mark.parametrize("which", ["bert", "nasbert"])
-def test_the_dynamic_form_runs_the_learned_weights_on_ort_dynamic_int8_kernels(tiny_dir, tmp_path, which):
-    import onnx
-
-    from nasbert_deploy.lowbit.smooth import input_absmax, smooth_model
-
-    model = _shared(which, tiny_dir)
-    n_linear = len(list(quant_linears(model)))
-    path = export_quantized_onnx(model, tmp_path / "d.onnx", EXAMPLE, 8, form="dynamic")
-    exported = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
-    # as ORT's quantize_dynamic: query/key/value read one DynamicQuantizeLinear, every other Linear quantizes its input
-    n_shared = 3 * _n_layers_with_attention(which)
-    assert exported["DynamicQuantizeLinear"] == _n_layers_with_attention(which) and exported["QuantizeLinear"] == 0
-    assert exported["MatMulIntegerToFloat"] == n_shared and exported["DynamicQuantizeMatMul"] == n_linear - n_shared
-    ops, session = _project_optimized_ops(path, tmp_path)
-    assert ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] >= n_linear and ops["Gemm"] == 0
-    # the activations are quantized per run, not with the learned step: close to the fake-quantized model, not equal
-    run = lambda inputs: session.run(None, dict(inputs))[0]  # noqa: E731
-    checks = check_logits(torch_runner(model), {"ort": run}, 64, 1000)
-    assert all(c.passed for c in checks), [c.describe() for c in checks if not c.passed]
-    # a smoothed model keeps its Mul (x / s) in front of each DynamicQuantizeMatMul
-    fresh = _model(which, tiny_dir)
-    absmax = input_absmax(fresh, [EXAMPLE])
-    quantize_linears(fresh, 8, 8, EXAMPLE)
-    smooth_model(fresh, absmax, 0.5)
-    with torch.no_grad():
-        fresh(**EXAMPLE)
-    nodes = onnx.load(str(export_quantized_onnx(fresh, tmp_path / "ds.onnx", EXAMPLE, 8, form="dynamic"))).graph.node
-    assert any(n.op_type == "Mul" and n.name.endswith(".smooth") for n in nodes)
-
-
 def test_integer_and_qdq_forms_compute_the_same_logits(tiny_dir, tmp_path):
     """The bias moved into MatMulIntegerToFloat is the Add ORT runs after the QDQ MatMul: the same numbers."""
     model = _shared("bert", tiny_dir)
@@ -188,7 +157,7 @@ def test_integer_and_qdq_forms_compute_the_same_logits(tiny_dir, tmp_path):
     inputs = padded_inputs(3, 24, 1000)
     a, b = (first_output(r)(inputs) for r in runs.values())
     np.testing.assert_allclose(a, b, atol=1e-5)
-    with pytest.raises(ExportError, match="valid: integer, qdq, dynamic"):
+    with pytest.raises(ExportError, match="valid: integer, qdq"):
         export_quantized_onnx(model, tmp_path / "x.onnx", EXAMPLE, 8, form="qgemm")
 
 

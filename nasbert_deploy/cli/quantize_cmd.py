@@ -56,9 +56,7 @@ def quantize_cmd(
     onnx_form: Annotated[OnnxForm, typer.Option(
         "--onnx-form", help="8-bit ONNX graph: integer (QuantizeLinear -> MatMulIntegerToFloat with the bias inside: "
         "com.microsoft ops that ONNX Runtime and OpenVINO run) or qdq (standard Q/DQ operators only, for other "
-        "runtimes; on ONNX Runtime a float bias Add per Linear of a Hugging Face BERT graph) or dynamic (the ONNX Runtime "
-        "file as DynamicQuantizeMatMul: the learned weights, activations quantized at run time as ORT's dynamic INT8 "
-        "does, at its speed; the OpenVINO IR stays integer).")] = OnnxForm(ONNX_FORMS[0]),
+        "runtimes; on ONNX Runtime a float bias Add per Linear of a Hugging Face BERT graph).")] = OnnxForm(ONNX_FORMS[0]),
     reduce_range: Annotated[ReduceRange, typer.Option(
         "--reduce-range", help="8-bit weights on [-63, 63] (ORT's u8 x s8 kernels saturate int16 beyond |w| 64 on x86 "
         "without VNNI); auto: on when this CPU lacks VNNI/AMX.")] = ReduceRange("auto"),

@@ -7,7 +7,5 @@ exports (kdlsq devices).
 """
 
 # the 8-bit ONNX graph forms (`qdq`): "integer" QuantizeLinear -> MatMulIntegerToFloat (com.microsoft) with the bias
-# inside, the default; "qdq" standard Q/DQ operators only; "dynamic" DynamicQuantizeMatMul (com.microsoft: the learned
-# weights, the activations quantized per run as ORT's dynamic INT8 does; ONNX Runtime only). Here (no imports) so the
-# command line can list them.
-ONNX_FORMS: tuple[str, ...] = ("integer", "qdq", "dynamic")
+# inside, the default; "qdq" standard Q/DQ operators only. Here (no imports) so the command line can list them.
+ONNX_FORMS: tuple[str, ...] = ("integer", "qdq")

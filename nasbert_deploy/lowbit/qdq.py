@@ -19,12 +19,7 @@ transposes weights) is rewritten:
   bias DequantizeLinear(int32, s_a * s_w)). A Gemm whose output also feeds the next Linears' QuantizeLinear and a
   float consumer (a residual) is bias-less with a float Add after it, since ORT fuses DQ -> Gemm only when its
   output feeds no Q or only Qs.
-- 8 bit, `form="dynamic"` (ONNX Runtime only): input [-> Mul] -> DynamicQuantizeMatMul (com.microsoft) <- int8 weight
-  (K, N), per-channel scales, float bias: the learned weights on the kernel of ORT's own dynamic INT8, which quantizes
-  each input per tensor at run time (its min and max), so the learned activation step sizes are not used there.
-  Same nodes and speed as ORT's dynamic INT8; OpenVINO has no such node (`quantize` builds its IR from the integer
-  form).
-- The static 8-bit forms: one QuantizeLinear per distinct input tensor (Linears that read one tensor share a quantizer,
+- Either 8-bit form: one QuantizeLinear per distinct input tensor (Linears that read one tensor share a quantizer,
   `lsq.input_groups`).
 - 4 bit (Gemm first rewritten as MatMul + Add, `gemm_to_matmul`): input -> Q/DQ (8-bit activations as
   trained) -> MatMulNBits (com.microsoft; uint4 weights with zero
@@ -40,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -101,38 +95,26 @@ def pack_nbits(q: np.ndarray, block_size: int) -> np.ndarray:
     return (u[..., 0] | (u[..., 1] << 4)).astype(np.uint8)
 
 
-def _smoothed(g: Any, x: str, q: QuantLinear, prefix: str, new_nodes: list[Any], cache: dict[Any, Any]) -> str:
-    """`x`, or Mul(x, 1 / s) where the Linear's input is smoothed (`lowbit.smooth`); one Mul per (tensor, s)."""
-    from onnx import helper, numpy_helper
-
-    a = q.a_quant
-    assert a is not None
-    if a.smooth is None:
-        return x
-    inv = (1.0 / a.smooth).detach().numpy().astype(np.float32)  # as LsqQuantizer.smoothed
-    key = ("smooth", x, inv.tobytes())
-    if key not in cache:
-        g.initializer.append(numpy_helper.from_array(inv, f"{prefix}.a_inv_smooth"))
-        new_nodes.append(helper.make_node("Mul", [x, f"{prefix}.a_inv_smooth"], [f"{prefix}.a_smoothed"],
-                                          name=f"{prefix}.smooth"))
-        cache[key] = f"{prefix}.a_smoothed"
-    return cache[key]
-
-
 def _act_quantize(g: Any, x: str, q: QuantLinear, prefix: str, new_nodes: list[Any], cache: dict[Any, Any]
                   ) -> tuple[str, str, str]:
-    """[`_smoothed` ->] QuantizeLinear of tensor `x` with `q`'s activation scale and zero point: (the uint8 tensor,
-    its scale, its zero point); one chain per (tensor, scale, zero point, s)."""
+    """[Mul(x, 1 / s) where the input is smoothed (`lowbit.smooth`) ->] QuantizeLinear of tensor `x` with `q`'s
+    activation scale and zero point: (the uint8 tensor, its scale, its zero point); one chain per (tensor, scale,
+    zero point, s)."""
     from onnx import helper, numpy_helper
 
     a = q.a_quant
     assert a is not None
     scale = np.float32(a.scale().reshape(()).item())
     zp = np.uint8(int(a.zero_point.reshape(()).item()))
-    key = (x, scale.tobytes(), int(zp), None if a.smooth is None else a.smooth.detach().numpy().tobytes())
+    inv = None if a.smooth is None else (1.0 / a.smooth).detach().numpy().astype(np.float32)  # as LsqQuantizer.smoothed
+    key = (x, scale.tobytes(), int(zp), None if inv is None else inv.tobytes())
     if key in cache:
         return cache[key]
-    x = _smoothed(g, x, q, prefix, new_nodes, cache)
+    if inv is not None:
+        g.initializer.append(numpy_helper.from_array(inv, f"{prefix}.a_inv_smooth"))
+        new_nodes.append(helper.make_node("Mul", [x, f"{prefix}.a_inv_smooth"], [f"{prefix}.a_smoothed"],
+                                          name=f"{prefix}.smooth"))
+        x = f"{prefix}.a_smoothed"
     g.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{prefix}.a_scale"),
                           numpy_helper.from_array(np.array(zp, dtype=np.uint8), f"{prefix}.a_zero")])
     new_nodes.append(helper.make_node("QuantizeLinear", [x, f"{prefix}.a_scale", f"{prefix}.a_zero"], [f"{prefix}.a_q"],
@@ -222,15 +204,13 @@ def _bias_add(node: Any, consumers: dict[str, list[Any]], inits: dict[str, Any],
 
 
 def _integer_linear(g: Any, node: Any, q: QuantLinear, prefix: str, consumers: dict[str, list[Any]], inits: dict[str, Any],
-                    new_nodes: list[Any], cache: dict[Any, Any], skip: set[int], dynamic: bool = False,
-                    shared: bool = False) -> Any:
+                    new_nodes: list[Any], cache: dict[Any, Any], skip: set[int]) -> Any:
     """The MatMulIntegerToFloat node that replaces the Linear `node` (MatMul, with its bias Add folded in and added
     to `skip`, or Gemm with its bias input): u8 input from `_act_quantize`, the int8 weight (K, N) with zero points 0
-    and per-output-channel scales, the float bias. `dynamic`: a DynamicQuantizeMatMul on the float input instead
-    (the learned activation step size unused), or, where the input is `shared` with other Linears, one
-    DynamicQuantizeLinear of it feeding each reader's MatMulIntegerToFloat."""
+    and per-output-channel scales, the float bias."""
     from onnx import helper, numpy_helper
 
+    xq, a_scale, a_zero = _act_quantize(g, node.input[0], q, prefix, new_nodes, cache)
     ints = q.weight_integers().numpy().T.astype(np.int8)  # (K, N), whatever the Gemm's transB held
     scale = q.w_quant.scale().numpy().astype(np.float32)  # (N,)
     g.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(ints), f"{prefix}.w_int8"),
@@ -245,27 +225,14 @@ def _integer_linear(g: Any, node: Any, q: QuantLinear, prefix: str, consumers: d
         if add is not None:
             out = add.output[0]
             skip.add(id(add))
-    w = [f"{prefix}.w_int8", f"{prefix}.w_scale", f"{prefix}.w_zero"]
-    if dynamic:  # ORT quantizes the input itself, per tensor, every run (as its dynamic INT8)
-        x = _smoothed(g, node.input[0], q, prefix, new_nodes, cache)
-        if not shared:
-            return helper.make_node("DynamicQuantizeMatMul", [x, *w, *bias], [out], name=node.name, domain=MS_DOMAIN)
-        if ("dynamic", x) not in cache:  # query/key/value: quantized once, as ORT's quantize_dynamic does
-            new_nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [f"{prefix}.a_q", f"{prefix}.a_scale",
-                                                                         f"{prefix}.a_zero"], name=f"{prefix}.quantize"))
-            cache[("dynamic", x)] = (f"{prefix}.a_q", f"{prefix}.a_scale", f"{prefix}.a_zero")
-        xq, a_scale, a_zero = cache[("dynamic", x)]
-    else:
-        xq, a_scale, a_zero = _act_quantize(g, node.input[0], q, prefix, new_nodes, cache)
-    return helper.make_node("MatMulIntegerToFloat", [xq, w[0], a_scale, w[1], a_zero, w[2], *bias], [out], name=node.name,
-                            domain=MS_DOMAIN)
+    return helper.make_node("MatMulIntegerToFloat", [xq, f"{prefix}.w_int8", a_scale, f"{prefix}.w_scale", a_zero,
+                                                     f"{prefix}.w_zero", *bias], [out], name=node.name, domain=MS_DOMAIN)
 
 
 def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 4, form: str = "integer") -> Any:
     """Rewrite the float export of `model` (a fake-quantized module) in place as an integer graph: 8 bit in `form`
-    "integer" (QuantizeLinear -> MatMulIntegerToFloat with the bias inside), "qdq" (standard operators only) or
-    "dynamic" (DynamicQuantizeMatMul), 4 bit as MatMulNBits; `ExportError` if a QuantLinear's weight is not found among
-    the MatMul weights."""
+    "integer" (QuantizeLinear -> MatMulIntegerToFloat with the bias inside) or "qdq" (standard operators only), 4 bit
+    as MatMulNBits; `ExportError` if a QuantLinear's weight is not found among the MatMul weights."""
     from onnx import helper, numpy_helper
 
     if bits not in (8, 4):
@@ -289,7 +256,6 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
     matches = [_match(node, inits, by_key) for node in g.node]
     # tensors that get a QuantizeLinear: ORT fuses DQ -> Gemm only when the Gemm's output feeds no Q or only Qs
     quantized_inputs = {node.input[0] for node, (hit, _) in zip(g.node, matches) if hit and hit[1].a_quant is not None}
-    readers = Counter(node.input[0] for node, (hit, _) in zip(g.node, matches) if hit)
     skip: set[int] = set()
     for i, node in enumerate(g.node):
         if id(node) in skip:
@@ -307,9 +273,8 @@ def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 
         name, q = hit
         found.add(name)
         prefix = f"q{i}.{name}"
-        if bits == 8 and form in ("integer", "dynamic") and q.a_quant is not None:
-            nodes.append(_integer_linear(g, node, q, prefix, consumers, inits, nodes, cache, skip, form == "dynamic",
-                                         readers[node.input[0]] > 1))
+        if bits == 8 and form == "integer" and q.a_quant is not None:
+            nodes.append(_integer_linear(g, node, q, prefix, consumers, inits, nodes, cache, skip))
             continue
         x = node.input[0] if q.a_quant is None else _add_act_qdq(g, node.input[0], q, prefix, nodes, cache)
         ints = q.weight_integers().numpy().T  # (K, N) int

@@ -81,10 +81,9 @@ def check_request(bits: int, formats: Sequence[str], embedding: int | None = Non
         raise ExportError(f"--bits {bits} is not supported; valid: {', '.join(map(str, BITS))}")
     if onnx_form not in ONNX_FORMS:
         raise ExportError(f"--onnx-form {onnx_form!r} is not supported; valid: {', '.join(ONNX_FORMS)}")
-    if onnx_form != ONNX_FORMS[0] and (bits != 8 or not formats or (onnx_form == "dynamic" and "onnx" not in formats)):
-        which = "ONNX Runtime exports (--format onnx)" if onnx_form == "dynamic" else "exports"
-        raise ExportError(f"--onnx-form {onnx_form} chooses the graph of 8-bit {which}; with --bits {bits} and --format "
-                          f"{','.join(formats) or 'none'} there is none: leave it out")
+    if onnx_form != ONNX_FORMS[0] and (bits != 8 or not formats):
+        raise ExportError(f"--onnx-form {onnx_form} chooses the graph of 8-bit exports; with --bits {bits} and "
+                          f"--format {','.join(formats) or 'none'} there is none: leave it out")
     if embedding is not None and embedding not in (0, *BITS):
         raise ExportError(f"--embedding-bits {embedding} is not supported; valid: {', '.join(map(str, BITS))}, or 0 (float)")
     bad = [f for f in formats if f not in KERNELS[bits]]
@@ -190,9 +189,8 @@ def quantize(
     its latency table where one covers the model (`report["latency"]`), at batch 1 x `latency_seq_len`.
     `transfer`: unlabelled in-domain texts (`student.finetune.transfer_texts`) added to the training rows, distilled
     only (the teacher's outputs on text like the validation rows', not just on the rows it was fine-tuned on).
-    `onnx_form`: the 8-bit ONNX graph, "integer" (MatMulIntegerToFloat, com.microsoft; ORT and OpenVINO), "qdq"
-    (standard operators only) or "dynamic" (DynamicQuantizeMatMul: ORT quantizes the activations at run time; the
-    OpenVINO IR is then built from the integer form); the latency tables are profiled with the first."""
+    `onnx_form`: the 8-bit ONNX graph, "integer" (MatMulIntegerToFloat, com.microsoft; ORT and OpenVINO) or "qdq"
+    (standard operators only); the latency tables are profiled with the first."""
     check_request(cfg.bits, formats, cfg.embedding_bits, onnx_form)
     if transfer and train.pairs is not None:
         raise TaskError("--transfer is for single-text classification; this task has text pairs")
@@ -261,16 +259,14 @@ def _score_and_export(
         return report
     work = Path(tempfile.mkdtemp(prefix="nasbert-quant-"))
     try:
-        ex = _example(student, valid.pairs is not None)
-        onnx_path = ov_path = export_quantized_onnx(student, work / "model.onnx", ex, cfg.bits, form=onnx_form)
-        if onnx_form == "dynamic" and "openvino" in formats:  # no DynamicQuantizeMatMul in OpenVINO: its IR is static
-            ov_path = export_quantized_onnx(student, work / "openvino.onnx", ex, cfg.bits, form="integer")
+        onnx_path = export_quantized_onnx(student, work / "model.onnx", _example(student, valid.pairs is not None), cfg.bits,
+                                          form=onnx_form)
         report["onnx_form"] = onnx_form if cfg.bits == 8 else "matmulnbits"
         if cfg.bits == 8:  # the int8 weights the kernels get lie on the trained grid (reduced: no int16 saturation)
             report["onnx_weight_range"] = check_weight_range(onnx_path, report["weight_levels"])
         paths = {"onnxruntime": onnx_path} if "onnx" in formats else {}
         if "openvino" in formats:
-            paths["openvino"] = ov_path
+            paths["openvino"] = onnx_path
         compiled = runtime_runners(paths)
         runners = {rt: first_output(c) for rt, c in compiled.items()}
         pos = int(getattr(student.config, "max_position_embeddings", 512) or 512)
@@ -288,7 +284,7 @@ def _score_and_export(
             logits = task_logits(run, tokenizer, valid, cfg.max_len)
             scores[f"kdlsq-{cfg.bits}bit-{rt}"] = {**evaluate_logits(y, logits, fp_logits).to_dict(),
                                                    "agreement_vs_torch": float((logits.argmax(1) == q_logits.argmax(1)).mean())}
-        report["_onnx"], report["_onnx_openvino"] = str(onnx_path), str(ov_path)
+        report["_onnx"] = str(onnx_path)
     except Exception:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -323,23 +319,22 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
     if getattr(student.config, "model_type", "") == "nasbert":
         write_remote_code(tmp)
     save_file(quant_state, str(tmp / QUANT_WEIGHTS))
-    onnx_src, ov_src = report.pop("_onnx", None), report.pop("_onnx_openvino", None)
+    onnx_src = report.pop("_onnx", None)
     files = {}
     if onnx_src:
         target = tmp / onnx_name(cfg.bits)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(onnx_src, target)
+        shutil.rmtree(Path(onnx_src).parent, ignore_errors=True)
         files["onnx"] = onnx_name(cfg.bits)
         if "openvino" in formats:
             from nasbert_deploy.runtimes.convert import onnx_to_openvino
 
             xml = f"openvino/openvino_model_q{cfg.bits}.xml"
-            # the reader's graph: the one the checks ran (OpenVINO opening the ONNX file; the integer form's when the
-            # ONNX Runtime file is the dynamic form)
-            onnx_to_openvino(target if ov_src in (None, onnx_src) else ov_src, tmp / xml, fp16=False, convert=False)
+            # the reader's graph: the one the checks ran (OpenVINO opening the ONNX file)
+            onnx_to_openvino(target, tmp / xml, fp16=False, convert=False)
             _check_ir_compiles(tmp / xml)
             files["openvino"] = xml
-        shutil.rmtree(Path(onnx_src).parent, ignore_errors=True)
     report["files"] = files
     meta = {"method": "KDLSQ (LSQ step sizes + distillation)", "bits": cfg.bits, "act_bits": cfg.act_bits,
             "reduce_range": cfg.reduce_range, "weight_levels": list(weight_levels(student)),
