@@ -10,8 +10,8 @@ transposes weights) is rewritten:
   Runtime makes of a QDQ MatMul anyway, but with the bias inside: a QDQ graph leaves one float Add per Linear after
   it (ORT fuses only Gemm's int32 bias, into QGemm, and not when the output also feeds a residual). On MiniLM-L6 as
   a Hugging Face BERT graph that Add was the whole difference to ORT's dynamic INT8 (1.05x -> 1.00x); NAS-BERT's
-  Gemms mostly had it fused already (same speed), but the float bias keeps them closer to the fake-quantized model
-  than QGemm's int32 bias at s_a * s_w (docs/quantization.md).
+  Gemms mostly had it fused already as QGemm (the integer form ~1% faster there), and the float bias keeps them
+  closer to the fake-quantized model than QGemm's int32 bias at s_a * s_w (docs/quantization.md).
   OpenVINO's ONNX reader builds the same INT8 graph from either form (FakeQuantize + u8 FullyConnected).
 - 8 bit, `form="qdq"`: standard ONNX operators only, for runtimes without the com.microsoft domain: input [-> Mul]
   -> QuantizeLinear -> DequantizeLinear -> MatMul / Gemm <- DequantizeLinear(int8 weight, per-output-channel scales).
