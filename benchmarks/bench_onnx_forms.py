@@ -51,7 +51,10 @@ def _fail(msg: str) -> None:
     raise SystemExit(2)
 
 
-def check(a: argparse.Namespace) -> dict[str, Path]:
+def check(a: argparse.Namespace) -> dict[str, tuple[Path, Path]]:
+    """name -> (quantize folder, the fp32 model it was quantized from); one line and exit 2 on bad input."""
+    if a.rows < 1 or a.rounds < 1 or a.seq < 2:
+        _fail(f"--rows {a.rows}, --rounds {a.rounds}, --seq {a.seq}: give --rows and --rounds >= 1, --seq >= 2")
     if not a.valid.is_file():
         _fail(f"--valid {a.valid}: no such file; give a task file (.jsonl/.csv/.tsv with text, label)")
     folders = {}
@@ -66,13 +69,13 @@ def check(a: argparse.Namespace) -> dict[str, Path]:
         if not (fp / "config.json").is_file():
             _fail(f"--folder {spec}: the fp32 model it was quantized from ({fp}, its report's `model`) is not there; run "
                   "this from the directory `quantize` ran in")
-        folders[name or p.name] = p
+        folders[name or p.name] = (p, fp)
     if not folders:
         _fail("give at least one --folder NAME=DIR")
     return folders
 
 
-def build(name: str, folder: Path, valid: Any, a: argparse.Namespace, work: Path
+def build(name: str, folder: Path, fp_dir: Path, valid: Any, a: argparse.Namespace, work: Path
           ) -> tuple[dict[str, Any], dict[str, tuple[Path, bool]]]:
     """Every form's file and IR, and ORT dynamic INT8 of the fp32 model; numerics and scores."""
     model, tok, _ = load_quantized(folder)
@@ -92,7 +95,6 @@ def build(name: str, folder: Path, valid: Any, a: argparse.Namespace, work: Path
             numerics[f"{form} {rt}"] = {"max_abs_diff": round(float(d.max()), 4), "mean_abs_diff": round(float(d.mean()), 5),
                                         "argmax_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4)}
     spec = load_device("cpu-ort-int8")
-    fp_dir = Path(json.loads((folder / "quantize_report.json").read_text())["model"])
     fp_model = load_classifier(fp_dir)[0].eval()
     get_runtime(spec.runtime).compile(FirstOutput(fp_model), ex, ["logits"], spec, work / f"{name}-dyn")
     files[f"{name} ORT dynamic INT8"] = (work / f"{name}-dyn" / "model.int8.onnx", False)
@@ -127,13 +129,13 @@ def main() -> None:
                                           "pinned": sorted(os.sched_getaffinity(0))}, "folders": {}}
     with tempfile.TemporaryDirectory(prefix="bench-forms-") as tmp:
         files: dict[str, tuple[Path, bool]] = {}
-        for name, folder in folders.items():
-            result["folders"][name], f = build(name, folder, valid, a, Path(tmp))
+        for name, (folder, fp_dir) in folders.items():
+            result["folders"][name], f = build(name, folder, fp_dir, valid, a, Path(tmp))
             files.update(f)
             print(f"{name}: " + "; ".join(f"{k} mean |d| {v['mean_abs_diff']} max {v['max_abs_diff']}"
                                           for k, v in result["folders"][name]["numerics_vs_pytorch"].items()), flush=True)
         rng = np.random.default_rng(1)
-        vocab = int(json.loads((next(iter(folders.values())) / "config.json").read_text())["vocab_size"])
+        vocab = int(json.loads((next(iter(folders.values()))[0] / "config.json").read_text())["vocab_size"])
         inputs = {"input_ids": rng.integers(5, vocab, (1, a.seq)), "attention_mask": np.ones((1, a.seq), np.int64)}
         compiled = {n: _open(path, ov) for n, (path, ov) in files.items()}
         rounds: dict[str, list[float]] = {n: [] for n in compiled}

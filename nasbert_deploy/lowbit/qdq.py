@@ -180,14 +180,23 @@ def _int32_bias(g: Any, bias: str | None, q: QuantLinear, w_scale: np.ndarray, i
     return [f"{prefix}.b_dq"]
 
 
+def _weight_ints(g: Any, w_int: np.ndarray, scale: np.ndarray, prefix: str) -> list[str]:
+    """The int8 weight `w_int`, its per-output-channel `scale` and zero points 0 as initializers; their names."""
+    from onnx import numpy_helper
+
+    names = [f"{prefix}.w_int8", f"{prefix}.w_scale", f"{prefix}.w_zero"]
+    g.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(w_int), names[0]),
+                          numpy_helper.from_array(scale, names[1]),
+                          numpy_helper.from_array(np.zeros(len(scale), dtype=np.int8), names[2])])
+    return names
+
+
 def _weight_dq(g: Any, w_int: np.ndarray, scale: np.ndarray, axis: int, prefix: str, new_nodes: list[Any]) -> str:
     """DequantizeLinear of the int8 weight `w_int` with per-output-channel `scale` along `axis`, zero point 0."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
-    g.initializer.extend([numpy_helper.from_array(w_int, f"{prefix}.w_int8"), numpy_helper.from_array(scale, f"{prefix}.w_scale"),
-                          numpy_helper.from_array(np.zeros(len(scale), dtype=np.int8), f"{prefix}.w_zero")])
-    new_nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}.w_int8", f"{prefix}.w_scale", f"{prefix}.w_zero"],
-                                      [f"{prefix}.w_dq"], name=f"{prefix}.w_dequantize", axis=axis))
+    new_nodes.append(helper.make_node("DequantizeLinear", _weight_ints(g, w_int, scale, prefix), [f"{prefix}.w_dq"],
+                                      name=f"{prefix}.w_dequantize", axis=axis))
     return f"{prefix}.w_dq"
 
 
@@ -208,14 +217,11 @@ def _integer_linear(g: Any, node: Any, q: QuantLinear, prefix: str, consumers: d
     """The MatMulIntegerToFloat node that replaces the Linear `node` (MatMul, with its bias Add folded in and added
     to `skip`, or Gemm with its bias input): u8 input from `_act_quantize`, the int8 weight (K, N) with zero points 0
     and per-output-channel scales, the float bias."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     xq, a_scale, a_zero = _act_quantize(g, node.input[0], q, prefix, new_nodes, cache)
     ints = q.weight_integers().numpy().T.astype(np.int8)  # (K, N), whatever the Gemm's transB held
-    scale = q.w_quant.scale().numpy().astype(np.float32)  # (N,)
-    g.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(ints), f"{prefix}.w_int8"),
-                          numpy_helper.from_array(scale, f"{prefix}.w_scale"),
-                          numpy_helper.from_array(np.zeros(len(scale), dtype=np.int8), f"{prefix}.w_zero")])
+    w, w_scale, w_zero = _weight_ints(g, ints, q.w_quant.scale().numpy().astype(np.float32), prefix)
     out = node.output[0]
     if node.op_type == "Gemm":
         bias = [node.input[2]] if len(node.input) > 2 and node.input[2] else []
@@ -225,8 +231,8 @@ def _integer_linear(g: Any, node: Any, q: QuantLinear, prefix: str, consumers: d
         if add is not None:
             out = add.output[0]
             skip.add(id(add))
-    return helper.make_node("MatMulIntegerToFloat", [xq, f"{prefix}.w_int8", a_scale, f"{prefix}.w_scale", a_zero,
-                                                     f"{prefix}.w_zero", *bias], [out], name=node.name, domain=MS_DOMAIN)
+    return helper.make_node("MatMulIntegerToFloat", [xq, w, a_scale, w_scale, a_zero, w_zero, *bias], [out], name=node.name,
+                            domain=MS_DOMAIN)
 
 
 def rewrite(onnx_model: Any, model: nn.Module, bits: int, accuracy_level: int = 4, form: str = "integer") -> Any:
