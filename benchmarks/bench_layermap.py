@@ -29,6 +29,7 @@ import argparse
 import copy
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("runs/layermap"))
     ap.add_argument("--results", type=Path, default=None, help="default: --work/results.jsonl")
+    ap.add_argument("--maps", default=None, help="only distil and score these maps (e.g. '2,4,5,6;3,4,5,6'), no search: "
+                    "a second process running finals beside the search (same --work and settings)")
     args = ap.parse_args()
 
     import torch
@@ -121,7 +124,7 @@ def main() -> None:
     from nasbert_deploy.layermap.run import search_layer_map
     from nasbert_deploy.student.distill import distill
     from nasbert_deploy.supernet.teacher_cache import read_paragraphs
-    from nasbert_deploy.teacher import format_layer_map, load_teacher
+    from nasbert_deploy.teacher import check_layer_map, format_layer_map, load_teacher
 
     shared, work = args.shared, args.work
     results = args.results or work / "results.jsonl"
@@ -149,21 +152,30 @@ def main() -> None:
         force=True,
         refine=RefineSettings(args.refine_top, args.refine_steps, parse_seeds(args.refine_seeds)),
     )  # the result is rewritten; the cache (same settings) answers every known map
-    t0 = time.perf_counter()
-    search = search_layer_map(request, note=print)
-    print(
-        f"search: best {format_layer_map(search['layer_map'])} fitness {search['fitness']:.4f}, "
-        f"{len(search['evaluated'])} maps, {search['cpu_hours']:.3f} CPU-hours, {time.perf_counter() - t0:.0f} s"
-    )
-
-    candidates = {"ga-best": tuple(search["layer_map"])}  # after the refine stage when there is one
-    if "ga_best" in search:  # the search's own best before the refine stage
-        candidates["ga-proxy-best"] = tuple(search["ga_best"]["layer_map"])
-        for r in search["refine"]["candidates"]:
-            print(f"refined {format_layer_map(r['map']):<10} {r['fitness']:.4f} +- {r['sd']:.4f}  {r['per_seed']}")
-    candidates.update({name: tuple(r["map"]) for name, r in search["heuristics"].items()})
-    proxy_fitness = {format_layer_map(r["map"]): r["fitness"] for r in search["evaluated"]}
     prepared = prepare(request)
+    if args.maps:
+        try:
+            given = [check_layer_map([int(v) for v in m.split(",")], prepared.num_blocks, prepared.num_layers)
+                     for m in args.maps.split(";")]
+        except ValueError as e:  # LayerMapError is one
+            print(f"error: --maps {args.maps!r}: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        candidates = {f"given {format_layer_map(m)}": m for m in given}
+        search, proxy_fitness = None, {}
+    else:
+        t0 = time.perf_counter()
+        search = search_layer_map(request, note=print)
+        print(
+            f"search: best {format_layer_map(search['layer_map'])} fitness {search['fitness']:.4f}, "
+            f"{len(search['evaluated'])} maps, {search['cpu_hours']:.3f} CPU-hours, {time.perf_counter() - t0:.0f} s"
+        )
+        candidates = {"ga-best": tuple(search["layer_map"])}  # after the refine stage when there is one
+        if "ga_best" in search:  # the search's own best before the refine stage
+            candidates["ga-proxy-best"] = tuple(search["ga_best"]["layer_map"])
+            for r in search["refine"]["candidates"]:
+                print(f"refined {format_layer_map(r['map']):<10} {r['fitness']:.4f} +- {r['sd']:.4f}  {r['per_seed']}")
+        candidates.update({name: tuple(r["map"]) for name, r in search["heuristics"].items()})
+        proxy_fitness = {format_layer_map(r["map"]): r["fitness"] for r in search["evaluated"]}
     teacher = load_teacher(prepared.teacher_path)
     start = build_start(request, prepared, teacher)  # the start every map distilled from in the search
     texts = read_paragraphs(corpus)
@@ -202,7 +214,9 @@ def main() -> None:
                 f.write(json.dumps(row) + "\n")
             done[tag] = row
             print(json.dumps(row))
-    _table(candidates, set(search["heuristics"]), done, args, [int(s) for s in args.seeds.split(",")])
+    if search is None:
+        return  # the search's own run prints the comparison
+    _table(candidates, set(search["heuristics"]), done, args, [int(s) for s in args.seeds.split(",")], proxy_fitness)
     if args.plot:
         plot(candidates, search, done, args, args.plot)
     t = done[f"teacher-{limits}"]["scores"]
@@ -210,7 +224,8 @@ def main() -> None:
 
 
 def _table(
-    candidates: dict[str, tuple[int, ...]], heuristics: set[str], done: dict[str, Any], args: argparse.Namespace, seeds: list[int]
+    candidates: dict[str, tuple[int, ...]], heuristics: set[str], done: dict[str, Any], args: argparse.Namespace,
+    seeds: list[int], proxy_fitness: dict[str, float],
 ) -> None:
     from nasbert_deploy.teacher import format_layer_map
 
@@ -225,7 +240,7 @@ def _table(
             cells.append(f"{sum(vals) / len(vals):.4f} ±{_spread(vals):.4f}")
         vals = [r["mean"] for r in rows]
         means[name] = (sum(vals) / len(vals), _spread(vals))
-        proxy = rows[0]["proxy_fitness"]
+        proxy = proxy_fitness.get(key)  # rows a --maps process wrote have none
         print(
             f"{key:<14} {name:<26} {proxy if proxy is None else f'{proxy:.4f}':>7} "
             + " ".join(f"{c:>16}" for c in cells)
