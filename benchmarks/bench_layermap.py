@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--maps", default=None, help="only distil and score these maps (e.g. '2,4,5,6;3,4,5,6'), no search: "
                     "a second process running finals beside the search (same --work and settings)")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows in a log file as it happens (nohup ... > log)
 
     import torch
 
