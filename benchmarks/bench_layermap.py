@@ -21,6 +21,9 @@ The experiment (hours on one core):
 
 With `--refine-top 4 --refine-steps 300` the search's 4 best maps and the uniform one are scored again with a
 300-step proxy under 2 seeds (`layermap.refine`); its pick is "ga-best", the search's own best "ga-proxy-best".
+
+On a second core, `--maps '2,4,5,6;3,4,5,6;1,2,3,4'` with the same other arguments distils and scores those maps (the
+heuristics, known before the search ends) without searching; the search's own run then finds their rows done.
 """
 
 from __future__ import annotations
