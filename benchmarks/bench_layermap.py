@@ -115,6 +115,12 @@ def main() -> None:
                     "a second process running finals beside the search (same --work and settings)")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows in a log file as it happens (nohup ... > log)
+    try:  # the syntax before any work; each map's length and range once the student and teacher are known
+        maps = [[int(v) for v in m.split(",")] for m in args.maps.split(";")] if args.maps else []
+    except ValueError as e:
+        print(f"error: --maps {args.maps!r}: {e}; valid: teacher layers per block, ';' between maps, e.g. '2,4,5,6;3,4,5,6'",
+              file=sys.stderr)
+        raise SystemExit(2) from None
 
     import torch
 
@@ -157,10 +163,9 @@ def main() -> None:
         refine=RefineSettings(args.refine_top, args.refine_steps, parse_seeds(args.refine_seeds)),
     )  # the result is rewritten; the cache (same settings) answers every known map
     prepared = prepare(request)
-    if args.maps:
+    if maps:
         try:
-            given = [check_layer_map([int(v) for v in m.split(",")], prepared.num_blocks, prepared.num_layers)
-                     for m in args.maps.split(";")]
+            given = [check_layer_map(m, prepared.num_blocks, prepared.num_layers) for m in maps]
         except ValueError as e:  # LayerMapError is one
             print(f"error: --maps {args.maps!r}: {e}", file=sys.stderr)
             raise SystemExit(2) from None
