@@ -200,6 +200,7 @@ def main() -> None:
     for m in dict.fromkeys(candidates.values()):  # the GA's best may be a heuristic: distilled once
         for seed in (int(s) for s in args.seeds.split(",")):
             tag = f"{format_layer_map(m)}-s{seed}-{args.final_steps}"
+            done.update(_done(results))  # a second --maps process may have scored it meanwhile
             if tag in done:
                 continue
             out = work / "final" / tag

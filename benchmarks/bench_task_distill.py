@@ -119,7 +119,8 @@ def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str,
         rows = args.transfer_rows.get(task, 0)  # 0: the whole file
         tag = f"-transfer{rows or ''}" if task in args.transfer else ""
         tsd = f"-tsd{args.task_steps}" if args.task_steps else ""
-        ft = work / f"ft-{task}-{slug(arch)}{init}-d{args.distill_steps}{tsd}-s{seed}{tag}"
+        kd = "" if args.kd == "kl" else f"-kd{args.kd}"
+        ft = work / f"ft-{task}-{slug(arch)}{init}-d{args.distill_steps}{tsd}-s{seed}{tag}{kd}"
         ml = MAX_LEN.get(task, 128) if not args.smoke else 32
         teacher_ft = ensure_teacher(args, task, files["train"], ml)
         start = enc
@@ -136,7 +137,8 @@ def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str,
             if task in args.transfer:
                 extra = ["--transfer", args.transfer[task], "--transfer-rows", rows]
             cli("finetune", "--model", start, "--task", files["train"], "--teacher-model", teacher_ft, "--epochs", args.epochs,
-                "--lr", args.lr, "--batch-size", 16, "--max-len", ml, "--seed", seed, "--out", ft, *extra, log=log)  # fmt: skip
+                "--lr", args.lr, "--batch-size", 16, "--max-len", ml, "--seed", seed, "--kd", args.kd, "--out", ft, *extra,
+                log=log)  # fmt: skip
         report = ft.parent / f"{ft.name}.eval.json"
         if not report.is_file():
             cli("evaluate", "--model", ft, "--task", files["valid"], "--teacher-model", teacher_ft, "--max-len", ml,
@@ -285,6 +287,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--kd", choices=("kl", "mse"), default="kl", help="finetune --kd: the distillation term")
     ap.add_argument("--devices", default="cpu-ort")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="cpu: robust to other load on a shared host")
@@ -338,7 +341,7 @@ def main() -> None:
             ftr = json.loads((Path(rep["folder"]) / "finetune_report.json").read_text())
             rows.append({"task": task, "arch": arch, "init": args.init, "seed": seed, "distill_steps": args.distill_steps,
                          "task_steps": args.task_steps, "transfer_rows": ftr.get("transfer_rows", 0), "epochs": args.epochs,
-                         "lr": args.lr,
+                         "lr": args.lr, "kd": args.kd,
                          "speedup": {d: round(v[f"{arch}#{seed}"], 3) for d, v in speed.items()},
                          "teacher_ms": {d: round(v["teacher_ms"], 3) for d, v in speed.items()},
                          "share_of_teacher": rep["accuracy"] / rep["teacher_accuracy"],

@@ -46,7 +46,12 @@ def test_distill_finetune_evaluate_end_to_end(tiny):
     r = _run("finetune", "--model", root / "student", "--out", root / "sft", "--teacher-model", root / "tft",
              "--lambda", "0.7", "--epochs", "1", "--max-len", "32")  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert json.loads((root / "sft" / "finetune_report.json").read_text())["config"]["lam"] == 0.7
+    config = json.loads((root / "sft" / "finetune_report.json").read_text())["config"]
+    assert config["lam"] == 0.7 and "kd" not in config  # the default KL keeps the key reports had before --kd
+    r = _run("finetune", "--model", root / "student", "--out", root / "sft-mse", "--teacher-model", root / "tft",
+             "--kd", "mse", "--epochs", "1", "--max-len", "32")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((root / "sft-mse" / "finetune_report.json").read_text())["config"]["kd"] == "mse"
     r = _run("evaluate", "--model", root / "sft", "--teacher-model", root / "tft", "--json", root / "eval.json", "--max-len", 32)
     assert r.exit_code == 0, r.output
     report = json.loads((root / "eval.json").read_text())
@@ -89,6 +94,7 @@ def test_distill_sentence_embedding_terms_are_options(tiny):
         (("finetune", "--model", "{teacher}", "--out", "{root}/o1", "--transfer", "{corpus}"), "needs --teacher-model"),
         (("finetune", "--model", "{teacher}", "--out", "{root}/o2", "--teacher-model", "{teacher}",
           "--transfer", "{root}/empty.txt"), "transfer set"),  # fmt: skip
+        (("finetune", "--model", "{teacher}", "--out", "{root}/o3", "--kd", "mse"), "needs --teacher-model"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, args, message):
@@ -105,6 +111,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, args, message)
 def test_option_ranges_are_checked(tiny):
     r = _run("finetune", "--model", tiny["teacher"], "--out", tiny["root"] / "o", "--lambda", "1.5")
     assert r.exit_code == 2 and "less than or equal to 1" in r.output
+    r = _run("finetune", "--model", tiny["teacher"], "--out", tiny["root"] / "o", "--kd", "cosine")
+    assert r.exit_code == 2 and "cosine" in r.output and "mse" in r.output
     r = _run("evaluate", "--model", tiny["teacher"], "--runtime", "tensorrt")
     assert r.exit_code == 2 and "tensorrt" in r.output
 

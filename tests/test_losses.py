@@ -10,6 +10,7 @@ from nasbert_deploy.model.losses import (
     embedding_cosine_loss,
     head_tail_views,
     kd_loss,
+    logit_mse,
     masked_mean_pool,
     similarity_kl,
     soft_kl,
@@ -70,3 +71,21 @@ def test_kd_loss_is_temperature_scaled_kl():
     assert kd_loss(t, t, 2.0).item() == pytest.approx(0.0, abs=1e-6)
     assert kd_loss(s, t, 2.0).item() == pytest.approx(soft_kl(s, t, 2.0).mean().item())
     assert kd_loss(s, t, 2.0).item() > 0
+
+
+def test_logit_mse_and_the_task_loss_choice():
+    from nasbert_deploy.student.task_training import mixed_loss
+
+    s, t = torch.randn(4, 3), torch.randn(4, 3)
+    assert torch.allclose(logit_mse(s, t), ((s - t) ** 2).mean(-1))
+    assert logit_mse(t + 1.0, t).tolist() == pytest.approx([1.0] * 4)  # a shift the softmax would not see
+    assert kd_loss(t + 1.0, t, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    y = torch.tensor([0, 2, -1, -1])  # two labelled rows, two transfer rows
+    ce = torch.nn.functional.cross_entropy(s[:2], y[:2], reduction="none")
+    mse = logit_mse(s, t)
+    want = (torch.cat([0.5 * ce + 0.5 * mse[:2], mse[2:]])).mean()
+    assert mixed_loss(s, y, t, 0.5, 4.0, "mse").item() == pytest.approx(want.item())  # tau plays no part
+    kl = soft_kl(s, t, 2.0)
+    assert mixed_loss(s, y, t, 0.5, 2.0).item() == pytest.approx(torch.cat([0.5 * ce + 0.5 * kl[:2], kl[2:]]).mean().item())
+    with pytest.raises(ValueError, match="valid: kl, mse"):
+        mixed_loss(s, y, t, 0.5, 1.0, "l1")

@@ -45,6 +45,7 @@ BatchOpt = Annotated[int, _opt("--batch-size", min=1, help="Examples per step an
 MaxLenOpt = Annotated[int, _opt("--max-len", min=2, help="Tokens per example (longer ones are truncated).")]
 LrOpt = Annotated[float, _opt("--lr", min=0.0, help="AdamW learning rate.")]
 PoolingName = choice("PoolingName", ("auto", "cls", "mean"))  # student.finetune.POOLINGS (torch-free here)
+KdName = choice("KdName", ("kl", "mse"))  # student.task_training.KD_LOSSES
 EpochsOpt = Annotated[int, _opt("--epochs", min=1, help="Passes over the training rows.")]
 ForceOpt = Annotated[bool, _opt("--force", help="Replace an existing, non-empty --out folder.")]
 DeviceOpt = Annotated[TrainDevice, _opt("--device", help="Where to train: a GPU when torch sees one (auto), the CPU, "
@@ -217,6 +218,8 @@ def finetune_cmd(
     transfer_rows: Annotated[int, _opt("--transfer-rows", min=0, help="Use this many --transfer lines (0: all).")] = 0,
     lam: Annotated[float, _opt("--lambda", min=0.0, max=1.0, help="KD weight: (1-lambda) CE + lambda KL.")] = 0.5,
     temperature: Annotated[float, _opt("--temperature", min=0.01, help="KD temperature.")] = 1.0,
+    kd: Annotated[KdName, _opt("--kd", help="Distillation term: kl (tau^2 KL of the softened distributions) or mse "
+                               "(of the logits; --temperature unused).")] = KdName("kl"),
     pooling: Annotated[PoolingName, _opt("--pooling", help="For a plain BERT encoder (e.g. `truncate`'s): mean "
                                          "(auto's pick) converts it exactly under the students' mean-pooling head, so "
                                          "it trains and exports as they do; cls: its own [CLS]-pooler classifier. "
@@ -241,8 +244,10 @@ def finetune_cmd(
     if transfer is not None and teacher_model is None:
         raise TaskError("--transfer needs --teacher-model: the teacher labels the transfer set")
     set_threads(threads)
+    if kd.value != "kl" and teacher_model is None:
+        raise TaskError(f"--kd {kd.value} is the distillation term: it needs --teacher-model")
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, lam=lam, temperature=temperature,
-                         seed=seed)
+                         seed=seed, kd=kd.value)
     if _squad_task(task):
         if transfer is not None:
             raise TaskError("--transfer is for single-text classification; a SQuAD task trains on its questions only")

@@ -22,6 +22,13 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
     return tau * tau * (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Per-row mean squared difference of the logits; (..., c) -> (...). Matching the logits themselves rather than
+    their softmax (Kim et al. 2021, "Comparing Kullback-Leibler Divergence and Mean Squared Error Loss in Knowledge
+    Distillation": the tau -> infinity limit of tau^2 KL, which they found makes students agree with the teacher more)."""
+    return (student_logits - teacher_logits).pow(2).mean(-1)
+
+
 def masked_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
     """`soft_kl` averaged over real tokens; (b, t, c) logits, (b, t) mask -> scalar."""
     kl = soft_kl(student_logits, teacher_logits, tau)  # (b, t)

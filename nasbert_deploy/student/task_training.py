@@ -53,7 +53,7 @@ from nasbert_deploy.model.loop import (
     save_checkpoint,
     warmup_decay,
 )
-from nasbert_deploy.model.losses import soft_kl
+from nasbert_deploy.model.losses import logit_mse, soft_kl
 from nasbert_deploy.model.remote_code import write_remote_code
 from nasbert_deploy.student.metrics import evaluate_logits
 from nasbert_deploy.student.tasks import TaskData, iter_batches
@@ -74,9 +74,13 @@ class FinetuneConfig:
     lam: float = 0.5
     temperature: float = 1.0
     seed: int = 0
+    kd: str = "kl"  # the distillation term: "kl" (tau^2 KL of the softened distributions) or "mse" (of the logits)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["kd"] == "kl":
+            del d["kd"]  # the default: checkpoints and reports written before the option keep their key
+        return d
 
 
 def model_labels(model: Any) -> list[str]:
@@ -122,14 +126,22 @@ def sharded_logits(
     return np.concatenate(gather_objects(mine))
 
 
-def mixed_loss(logits: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor | None, lam: float, tau: float) -> torch.Tensor:
-    """The batch's mean per-row loss: labelled rows (y >= 0) (1 - lam) CE + lam KL, transfer rows (y = -1) KL alone;
+KD_LOSSES = ("kl", "mse")
+
+
+def mixed_loss(
+    logits: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor | None, lam: float, tau: float, kd: str = "kl",
+) -> torch.Tensor:
+    """The batch's mean per-row loss: labelled rows (y >= 0) (1 - lam) CE + lam KD, transfer rows (y = -1) KD alone;
+    KD = tau^2 KL of the softened distributions (`kd` "kl") or the logits' mean squared difference ("mse", no tau);
     without `t_logits`, plain CE."""
     if t_logits is None:
         return nn.functional.cross_entropy(logits, y)
+    if kd not in KD_LOSSES:
+        raise ValueError(f"kd {kd!r}: valid: {', '.join(KD_LOSSES)}")
     labelled = (y >= 0).to(logits.dtype)
     ce = nn.functional.cross_entropy(logits, y.clamp(min=0), reduction="none")
-    kl = soft_kl(logits, t_logits, tau)
+    kl = soft_kl(logits, t_logits, tau) if kd == "kl" else logit_mse(logits, t_logits)
     return ((1 - lam) * labelled * ce + (lam * labelled + (1 - labelled)) * kl).mean()
 
 
@@ -226,7 +238,7 @@ def train_classifier(
             idx, batch = next(iter_batches(tokenizer, train, cfg.batch_size, max_len, rows))
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
             loss = mixed_loss(logits, y_train[idx].to(device), None if t_logits is None else t_logits[idx].to(device),
-                              lam, cfg.temperature)
+                              lam, cfg.temperature, cfg.kd)
             weight = len(rows) / n_global  # this rank's share of the global batch's mean loss
             (loss * weight * world).backward()  # x world: allreduce_grads averages over the ranks
             share = float(loss.detach()) * weight
