@@ -104,9 +104,28 @@ def test_finetune_teacher_evaluate_and_distil_a_qa_model(qa):
     student = qa["root"] / "student"  # the encoder again, distilled from the QA teacher under a fresh head
     r = runner.invoke(app, ["finetune", "--model", str(qa["encoder"]), "--task", str(qa["train"]), "--valid",
                             str(qa["valid"]), "--teacher-model", str(qa["teacher"]), "--out", str(student), "--epochs", "1",
-                            "--batch-size", "8", "--max-len", "48"])
+                            "--batch-size", "8", "--max-len", "48", "--kd", "mse"])
     assert r.exit_code == 0, r.output
-    assert json.loads((student / "finetune_report.json").read_text())["distilled_from_teacher"] is True
+    rep = json.loads((student / "finetune_report.json").read_text())
+    assert rep["distilled_from_teacher"] is True and rep["config"]["kd"] == "mse"  # the span loss, not ignored
+
+
+def test_span_distillation_terms_see_only_real_tokens():
+    import torch
+
+    from nasbert_deploy.model.losses import soft_kl
+    from nasbert_deploy.qa.train import span_kd
+
+    s, t = torch.randn(2, 5), torch.randn(2, 6)  # the teacher's cached logits may be longer (its own padding)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
+    noisy = s.clone()
+    noisy[0, 3:] += 100.0  # padding logits must not count
+    want = (((s[0, :3] - t[0, :3]) ** 2).mean() + ((s[1] - t[1, :5]) ** 2).mean()) / 2
+    assert span_kd(noisy, t, mask, 3.0, "mse").item() == pytest.approx(want.item(), rel=1e-5)
+    kl0 = soft_kl(s[:1, :3], t[:1, :3], 2.0)
+    assert span_kd(noisy[:1], t[:1], mask[:1], 2.0).item() == pytest.approx(kl0.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="valid: kl, mse"):
+        span_kd(s, t, mask, 1.0, "l1")
 
 
 def test_prune_a_qa_model_end_to_end(qa):

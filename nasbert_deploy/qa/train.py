@@ -112,10 +112,16 @@ def score(data: QAData, feats: QAFeatures, logits: tuple[np.ndarray, np.ndarray]
     return report
 
 
-def span_kd(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
-    s = student.masked_fill(~mask, MASKED)
-    t = teacher[:, : s.shape[1]].masked_fill(~mask, MASKED)
-    return soft_kl(s, t, tau).mean()  # soft_kl carries tau^2
+def span_kd(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, tau: float, kd: str = "kl") -> torch.Tensor:
+    """Distillation of one span end's (b, t) logits over the real tokens: tau^2 KL of the softened distributions
+    (`kd` "kl") or the logits' mean squared difference ("mse", tau unused), averaged over the batch."""
+    t = teacher[:, : student.shape[1]]
+    if kd == "mse":
+        m = mask.to(student.dtype)
+        return ((student - t).pow(2) * m).sum(-1).div(m.sum(-1).clamp(min=1.0)).mean()
+    if kd != "kl":
+        raise ValueError(f"kd {kd!r}: valid: kl, mse")
+    return soft_kl(student.masked_fill(~mask, MASKED), t.masked_fill(~mask, MASKED), tau).mean()  # carries tau^2
 
 
 def train_qa(model: Any, tokenizer: Any, train: QAData, valid: QAData, out_dir: str | Path, cfg: FinetuneConfig,
@@ -164,8 +170,8 @@ def train_qa(model: Any, tokenizer: Any, train: QAData, valid: QAData, out_dir: 
         if lam > 0:
             m = batch["attention_mask"].bool()
             r = torch.from_numpy(rows)
-            kd = (span_kd(o.start_logits, t_start[r].to(device), m, cfg.temperature)
-                  + span_kd(o.end_logits, t_end[r].to(device), m, cfg.temperature)) / 2
+            kd = (span_kd(o.start_logits, t_start[r].to(device), m, cfg.temperature, cfg.kd)
+                  + span_kd(o.end_logits, t_end[r].to(device), m, cfg.temperature, cfg.kd)) / 2
             loss = (1 - lam) * loss + lam * kd
         opt.zero_grad(set_to_none=True)
         loss.backward()
