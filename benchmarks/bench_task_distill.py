@@ -217,20 +217,25 @@ def trained_on() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
+def extracted(args: argparse.Namespace, arch: str, init: str, space: str) -> str:
+    """`arch` extracted for timing under WORK (`distill --steps 1 --lr 0` from the `init` start; latency does not
+    depend on the weights); an existing folder is reused."""
+    work = Path(args.work)
+    folder = work / f"time-{slug(arch)}-{init}"
+    if not (folder / "config.json").is_file():
+        corpus = args.corpus or str(SAMPLE_DIR / "pydoc-sections-sample-train.jsonl")
+        cli("distill", "--arch", arch, *start_options(args, init, space), "--corpus", corpus, "--steps", 1, "--lr", 0.0,
+            "--batch-size", 2, "--seq-len", 16, "--out", folder, *args.teacher_opt, log=work / "time.log")  # fmt: skip
+    return str(folder)
+
+
 def time_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Rows of a `--no-timing` run (trained elsewhere, e.g. on a GPU host), timed on this machine: each arch is
     extracted once (`distill --steps 1 --lr 0`, same `--init`; latency does not depend on the weights) and timed
     side by side with the teacher. Returns the rows with `speedup`, `teacher_ms` and `machine` of this host."""
     rows = args.rows_to_time
-    work, folders = Path(args.work), {}
-    corpus = args.corpus or str(SAMPLE_DIR / "pydoc-sections-sample-train.jsonl")
-    for arch, init, space in dict.fromkeys((r["arch"], r.get("init", "etd-impt"), r.get("space", args.space)) for r in rows):
-        folder = work / f"time-{slug(arch)}-{init}"
-        if not (folder / "config.json").is_file():
-            cli("distill", "--arch", arch, *start_options(args, init, space), "--corpus", corpus, "--steps", 1,
-                "--lr", 0.0, "--batch-size", 2, "--seq-len", 16, "--out", folder, *args.teacher_opt,
-                log=work / "time.log")  # fmt: skip
-        folders[arch] = str(folder)
+    folders = {arch: extracted(args, arch, init, space) for arch, init, space in
+               dict.fromkeys((r["arch"], r.get("init", "etd-impt"), r.get("space", args.space)) for r in rows)}
     speed, host = speedups(args, folders), machine()
     for r in rows:
         r["train_machine"] = r.get("train_machine", r.get("machine"))

@@ -92,3 +92,24 @@ def test_the_task_specific_corpus_keeps_the_valid_texts_out(tmp_path):
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["task-corpus-pydoc.txt", "task-heldout-pydoc.txt"]
     bare = task_corpus(argparse.Namespace(transfer={}), "pydoc", files, tmp_path / "w3")
     assert bare[1] is None and sorted(bare[0].read_text().splitlines()) == sorted(train.texts)
+
+
+@pytest.mark.slow
+def test_candidate_students_are_timed_side_by_side_with_the_teacher(tmp_path):
+    out, work = tmp_path / "t.json", tmp_path / "work"
+    res = _bench("time_students.py", "--archs", f"{ARCH};{ARCH.replace('mha,ffn,id', 'ffn,id,id')}", "--space",
+                 "minilm", "--init", "supernet", "--devices", "cpu-ort", "--rounds", 1, "--work", work, "--json", out)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = json.loads(out.read_text())
+    ort = got["devices"]["cpu-ort"]
+    assert list(ort) == ["teacher", ARCH, ARCH.replace("mha,ffn,id", "ffn,id,id")]
+    assert ort["teacher"]["speedup"] == pytest.approx(1.0) and ort[ARCH]["speedup"] > 1.0
+    assert ort[ARCH]["median_ms"] > 0 and got["machine"]["cores"] >= 1 and "cpu-ort" in res.stdout
+
+
+def test_candidate_timing_refuses_a_bad_arch_or_device_before_any_work(tmp_path):
+    work = tmp_path / "work"
+    for args, needle in ((("--archs", "128:mha"), "block(s)"), (("--archs", ARCH, "--devices", "cpu-nope"), "unknown device")):
+        res = _bench("time_students.py", *args, "--space", "minilm", "--work", work)
+        assert res.returncode == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not work.exists()
