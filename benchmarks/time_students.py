@@ -55,6 +55,8 @@ def main() -> None:
         bad_input("--archs is empty; give ';'-separated architectures, e.g. 192:mha,ffn,id,id|192:mha,ffn,id,id|...")
     if args.rounds < 1:
         bad_input(f"--rounds {args.rounds}: give 1 or more")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        bad_input(f"--json {args.json}: its folder does not exist; give a file in an existing folder")
     from nasbert_deploy.student.baselines import measure_encoders
     from nasbert_deploy.teacher import resolve_teacher_path
 

@@ -109,7 +109,8 @@ def test_candidate_students_are_timed_side_by_side_with_the_teacher(tmp_path):
 
 def test_candidate_timing_refuses_a_bad_arch_or_device_before_any_work(tmp_path):
     work = tmp_path / "work"
-    for args, needle in ((("--archs", "128:mha"), "block(s)"), (("--archs", ARCH, "--devices", "cpu-nope"), "unknown device")):
+    for args, needle in ((("--archs", "128:mha"), "block(s)"), (("--archs", ARCH, "--devices", "cpu-nope"), "unknown device"),
+                         (("--archs", ARCH, "--json", tmp_path / "no" / "t.json"), "folder does not exist")):
         res = _bench("time_students.py", *args, "--space", "minilm", "--work", work)
         assert res.returncode == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not work.exists()
