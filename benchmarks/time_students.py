@@ -15,7 +15,6 @@ Prints one table per device and writes the figures with the machine to `--json`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -57,6 +56,7 @@ def main() -> None:
         bad_input(f"--rounds {args.rounds}: give 1 or more")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         bad_input(f"--json {args.json}: its folder does not exist; give a file in an existing folder")
+    from nasbert_deploy.fileio import write_json_atomic
     from nasbert_deploy.student.baselines import measure_encoders
     from nasbert_deploy.teacher import resolve_teacher_path
 
@@ -77,9 +77,7 @@ def main() -> None:
                                      for k, v in res.items()}
     console.print(f"timed on {out['machine']['cpu']}, {out['machine']['cores']} logical CPUs, {out['threads']} threads")
     if args.json:
-        tmp = Path(f"{args.json}.tmp")
-        tmp.write_text(json.dumps(out, indent=1) + "\n")
-        tmp.replace(args.json)
+        write_json_atomic(args.json, out)
 
 
 if __name__ == "__main__":

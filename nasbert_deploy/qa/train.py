@@ -35,7 +35,7 @@ from nasbert_deploy.model.losses import soft_kl
 from nasbert_deploy.qa.features import MASKED, QAFeatures, answers_from_logits, featurize
 from nasbert_deploy.qa.metrics import answer_loyalty, span_probability_loyalty, squad_scores
 from nasbert_deploy.qa.squad import QAData
-from nasbert_deploy.student.task_training import FinetuneConfig
+from nasbert_deploy.student.task_training import KD_LOSSES, FinetuneConfig
 
 REPORT_NAME = "finetune_report.json"
 
@@ -119,8 +119,8 @@ def span_kd(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, ta
     if kd == "mse":
         m = mask.to(student.dtype)
         return ((student - t).pow(2) * m).sum(-1).div(m.sum(-1).clamp(min=1.0)).mean()
-    if kd != "kl":
-        raise ValueError(f"kd {kd!r}: valid: kl, mse")
+    if kd not in KD_LOSSES:
+        raise ValueError(f"kd {kd!r}: valid: {', '.join(KD_LOSSES)}")
     return soft_kl(student.masked_fill(~mask, MASKED), t.masked_fill(~mask, MASKED), tau).mean()  # carries tau^2
 
 
