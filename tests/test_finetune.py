@@ -116,8 +116,14 @@ def test_finetune_learns_a_keyword_task(dirs, tmp_path):
     train = _keyword_task(tmp_path / "tr.jsonl", 120, 0)
     valid = _keyword_task(tmp_path / "va.jsonl", 60, 1)
     cfg = FinetuneConfig(epochs=10, batch_size=8, max_len=32, lr=3e-3)
-    report = finetune(dirs["student"], train, valid, tmp_path / "out", cfg)
+    notes: list[str] = []
+    report = finetune(dirs["student"], train, valid, tmp_path / "out", cfg, note=notes.append)
     assert report["best"]["accuracy"] >= 0.55, report["history"]  # chance is 1/3
+    scored = [n for n in notes if n.startswith("epoch ")]  # every epoch's validation scores are shown as it ends
+    assert [n.split(":")[0] for n in scored] == [f"epoch {e}/10" for e in range(1, 11)]
+    best = report["best"]["epoch"]
+    assert f"macro-F1 {report['history'][best - 1]['valid_macro_f1']:.4f} (the best so far, kept)" in scored[best - 1]
+    assert all(f"epoch {best} stays the best" in n for n in scored[best:])
     assert evaluate(tmp_path / "out", train)["accuracy"] >= 0.6
     cfg_json = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg_json["id2label"] == {"0": "x", "1": "y", "2": "z"} and cfg_json["model_type"] == "nasbert"

@@ -200,8 +200,12 @@ def test_finetune_two_processes_equal_one_process_with_the_global_batch_and_resu
     for r in ranks:
         assert r["seen"] == list(range(STOP["finetune"] + 1, 7))
         assert r["report"]["world_size"] == 2
-    assert ranks[0]["notes"][-1] == f"resuming from step {STOP['finetune']} of 6"
-    assert all("from the cache" in n for n in ranks[0]["notes"][:-1])  # the resumed run reads the teacher's logits back
+    notes = ranks[0]["notes"]
+    resumed = notes.index(f"resuming from step {STOP['finetune']} of 6")
+    assert all("from the cache" in n for n in notes[:resumed])  # the resumed run reads the teacher's logits back
+    scored = [n for n in notes[resumed + 1:] if n.startswith("epoch ")]  # the epochs that ended after the resume
+    assert [n.split(":")[0] for n in scored] == [f"epoch {h['epoch']}/2" for h in ranks[0]["report"]["history"]
+                                                 if h["epoch"] * 3 > STOP["finetune"]]
     assert ranks[0]["report"]["history"] == ranks[1]["report"]["history"]  # every rank scored every epoch alike
     assert not ranks[0]["ckpt_left"]
     f0, f1 = load_file(str(tmp_path / "final0.safetensors")), load_file(str(tmp_path / "final1.safetensors"))

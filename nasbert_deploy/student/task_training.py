@@ -185,8 +185,8 @@ def train_classifier(
 
     `teacher_logits` (len(train), num_labels) switch on task distillation; `transfer` = (unlabelled rows, the
     teacher's logits on them) adds KL-only rows to every epoch (needs `teacher_logits`). Resumes from `<out_dir>.ckpt/`
-    (saying so through `note`). `device`: where the model and batches go. Returns the report dict (rank 0's,
-    on every rank under torchrun).
+    (saying so through `note`, which also gets each epoch's validation scores). `device`: where the model and batches
+    go. Returns the report dict (rank 0's, on every rank under torchrun).
     """
     labels = model_labels(model)
     label2id = {n: i for i, n in enumerate(labels)}
@@ -253,10 +253,15 @@ def train_classifier(
         if done % spe or len(history) == done // spe:
             return
         scores = evaluate_logits(y_valid, sharded_logits(model, tokenizer, valid, max_len=max_len))
-        if scores.macro_f1 > best["macro_f1"]:
+        improved = scores.macro_f1 > best["macro_f1"]
+        if improved:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             best = {"macro_f1": scores.macro_f1, "accuracy": scores.accuracy, "epoch": done // spe}
         history.append({"epoch": done // spe, "valid_accuracy": scores.accuracy, "valid_macro_f1": scores.macro_f1})
+        if note is not None:
+            verdict = "the best so far, kept" if improved else f"epoch {best['epoch']} stays the best"
+            note(f"epoch {done // spe}/{cfg.epochs}: validation accuracy {scores.accuracy:.4f}, "
+                 f"macro-F1 {scores.macro_f1:.4f} ({verdict})")
 
     def save(done: int) -> None:  # rank 0 only, and no collective: Ctrl-C may reach the ranks at different moments
         if rank != 0:
