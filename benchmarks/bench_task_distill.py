@@ -99,6 +99,14 @@ def slug(arch: str) -> str:
     return arch.replace("|", "_").replace(":", "-").replace(",", ".")
 
 
+def recipe_tag(args: argparse.Namespace) -> str:
+    """The task-distillation settings a fine-tuned folder's name must carry to not be mistaken for another run's (a
+    finished folder is skipped): the loss, and the epochs and learning rate where they are not the defaults."""
+    kd = "" if args.kd == "kl" else f"-kd{args.kd}"
+    epochs = "" if args.epochs == 3 else f"-e{args.epochs}"
+    return kd + epochs + ("" if args.lr == 1e-4 else f"-lr{args.lr:g}")
+
+
 def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str, dict[str, Path]]) -> dict[str, Any]:
     """Encoder, fine-tuned classifiers and their valid-split reports for one (arch, seed)."""
     work = Path(args.work)
@@ -119,8 +127,7 @@ def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str,
         rows = args.transfer_rows.get(task, 0)  # 0: the whole file
         tag = f"-transfer{rows or ''}" if task in args.transfer else ""
         tsd = f"-tsd{args.task_steps}" if args.task_steps else ""
-        kd = "" if args.kd == "kl" else f"-kd{args.kd}"
-        ft = work / f"ft-{task}-{slug(arch)}{init}-d{args.distill_steps}{tsd}-s{seed}{tag}{kd}"
+        ft = work / f"ft-{task}-{slug(arch)}{init}-d{args.distill_steps}{tsd}-s{seed}{tag}{recipe_tag(args)}"
         ml = MAX_LEN.get(task, 128) if not args.smoke else 32
         teacher_ft = ensure_teacher(args, task, files["train"], ml)
         start = enc

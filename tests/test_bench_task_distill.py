@@ -94,6 +94,20 @@ def test_the_task_specific_corpus_keeps_the_valid_texts_out(tmp_path):
     assert bare[1] is None and sorted(bare[0].read_text().splitlines()) == sorted(train.texts)
 
 
+def test_a_finished_student_is_reused_only_by_the_same_recipe():
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_task_distill import recipe_tag
+
+    def tag(kd: str = "kl", epochs: int = 3, lr: float = 1e-4) -> str:
+        return recipe_tag(argparse.Namespace(kd=kd, epochs=epochs, lr=lr))
+
+    assert tag() == "" and tag("mse") == "-kdmse"  # the folders of runs made before the tag keep their names
+    tags = {tag("mse", 5), tag(epochs=5), tag(lr=5e-5), tag("mse", 5, 5e-5)}
+    assert tags == {"-kdmse-e5", "-e5", "-lr5e-05", "-kdmse-e5-lr5e-05"}
+
+
 @pytest.mark.slow
 def test_candidate_students_are_timed_side_by_side_with_the_teacher(tmp_path):
     out, work = tmp_path / "t.json", tmp_path / "work"
