@@ -52,6 +52,7 @@ from nasbert_deploy.student.tasks import SAMPLE_DIR
 
 console = Console(width=170)
 MAX_LEN = {"debian-sections": 128, "wordnet-supersense": 64}  # tokens: the tasks' texts (docs/quality.md)
+TASK_DEFAULTS = {"kd": "kl", "epochs": 3, "lr": 1e-4}  # the task distillation's defaults, left out of folder names
 
 
 def cli(*args: Any, log: Path) -> None:
@@ -102,9 +103,9 @@ def slug(arch: str) -> str:
 def recipe_tag(args: argparse.Namespace) -> str:
     """The task-distillation settings a fine-tuned folder's name must carry to not be mistaken for another run's (a
     finished folder is skipped): the loss, and the epochs and learning rate where they are not the defaults."""
-    kd = "" if args.kd == "kl" else f"-kd{args.kd}"
-    epochs = "" if args.epochs == 3 else f"-e{args.epochs}"
-    return kd + epochs + ("" if args.lr == 1e-4 else f"-lr{args.lr:g}")
+    kd = "" if args.kd == TASK_DEFAULTS["kd"] else f"-kd{args.kd}"
+    epochs = "" if args.epochs == TASK_DEFAULTS["epochs"] else f"-e{args.epochs}"
+    return kd + epochs + ("" if args.lr == TASK_DEFAULTS["lr"] else f"-lr{args.lr:g}")
 
 
 def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str, dict[str, Path]]) -> dict[str, Any]:
@@ -297,9 +298,9 @@ def main() -> None:
     ap.add_argument("--task-steps", type=whole, default=0, help="N > 0: before fine-tuning, distil the encoder's hidden "
                     "states N steps from the fine-tuned teacher on the task's train texts + transfer file (less valid)")
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--kd", choices=("kl", "mse"), default="kl", help="finetune --kd: the distillation term")
+    ap.add_argument("--epochs", type=int, default=TASK_DEFAULTS["epochs"])
+    ap.add_argument("--lr", type=float, default=TASK_DEFAULTS["lr"])
+    ap.add_argument("--kd", choices=("kl", "mse"), default=TASK_DEFAULTS["kd"], help="finetune --kd: the distillation term")
     ap.add_argument("--devices", default="cpu-ort")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="cpu: robust to other load on a shared host")
