@@ -52,7 +52,9 @@ from nasbert_deploy.student.tasks import SAMPLE_DIR
 
 console = Console(width=170)
 MAX_LEN = {"debian-sections": 128, "wordnet-supersense": 64}  # tokens: the tasks' texts (docs/quality.md)
-TASK_DEFAULTS = {"kd": "kl", "epochs": 3, "lr": 1e-4}  # the task distillation's defaults, left out of folder names
+TASK_DEFAULTS = {"kd": "mse", "epochs": 3, "lr": 1e-4}  # the task distillation's defaults (finetune's)
+UNNAMED = {"kd": "kl", "epochs": 3, "lr": 1e-4}  # the settings folder names leave out: the recipe before --kd, so
+# the folders of earlier runs keep their names
 
 
 def cli(*args: Any, log: Path) -> None:
@@ -102,10 +104,10 @@ def slug(arch: str) -> str:
 
 def recipe_tag(args: argparse.Namespace) -> str:
     """The task-distillation settings a fine-tuned folder's name must carry to not be mistaken for another run's (a
-    finished folder is skipped): the loss, and the epochs and learning rate where they are not the defaults."""
-    kd = "" if args.kd == TASK_DEFAULTS["kd"] else f"-kd{args.kd}"
-    epochs = "" if args.epochs == TASK_DEFAULTS["epochs"] else f"-e{args.epochs}"
-    return kd + epochs + ("" if args.lr == TASK_DEFAULTS["lr"] else f"-lr{args.lr:g}")
+    finished folder is skipped): the loss, epochs and learning rate where they differ from `UNNAMED`."""
+    kd = "" if args.kd == UNNAMED["kd"] else f"-kd{args.kd}"
+    epochs = "" if args.epochs == UNNAMED["epochs"] else f"-e{args.epochs}"
+    return kd + epochs + ("" if args.lr == UNNAMED["lr"] else f"-lr{args.lr:g}")
 
 
 def run_student(args: argparse.Namespace, arch: str, seed: int, tasks: dict[str, dict[str, Path]]) -> dict[str, Any]:

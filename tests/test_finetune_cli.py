@@ -47,11 +47,11 @@ def test_distill_finetune_evaluate_end_to_end(tiny):
              "--lambda", "0.7", "--epochs", "1", "--max-len", "32")  # fmt: skip
     assert r.exit_code == 0, r.output
     config = json.loads((root / "sft" / "finetune_report.json").read_text())["config"]
-    assert config["lam"] == 0.7 and "kd" not in config  # the default KL keeps the key reports had before --kd
-    r = _run("finetune", "--model", root / "student", "--out", root / "sft-mse", "--teacher-model", root / "tft",
-             "--kd", "mse", "--epochs", "1", "--max-len", "32")  # fmt: skip
+    assert config["lam"] == 0.7 and config["kd"] == "mse"  # --kd auto: the logits' MSE for a classification task
+    r = _run("finetune", "--model", root / "student", "--out", root / "sft-kl", "--teacher-model", root / "tft",
+             "--kd", "kl", "--epochs", "1", "--max-len", "32")  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert json.loads((root / "sft-mse" / "finetune_report.json").read_text())["config"]["kd"] == "mse"
+    assert "kd" not in json.loads((root / "sft-kl" / "finetune_report.json").read_text())["config"]  # KL: as before --kd
     r = _run("evaluate", "--model", root / "sft", "--teacher-model", root / "tft", "--json", root / "eval.json", "--max-len", 32)
     assert r.exit_code == 0, r.output
     report = json.loads((root / "eval.json").read_text())
@@ -95,6 +95,7 @@ def test_distill_sentence_embedding_terms_are_options(tiny):
         (("finetune", "--model", "{teacher}", "--out", "{root}/o2", "--teacher-model", "{teacher}",
           "--transfer", "{root}/empty.txt"), "transfer set"),  # fmt: skip
         (("finetune", "--model", "{teacher}", "--out", "{root}/o3", "--kd", "mse"), "needs --teacher-model"),
+        (("finetune", "--model", "{teacher}", "--out", "{root}/o4", "--kd", "kl"), "needs --teacher-model"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, args, message):

@@ -45,7 +45,7 @@ BatchOpt = Annotated[int, _opt("--batch-size", min=1, help="Examples per step an
 MaxLenOpt = Annotated[int, _opt("--max-len", min=2, help="Tokens per example (longer ones are truncated).")]
 LrOpt = Annotated[float, _opt("--lr", min=0.0, help="AdamW learning rate.")]
 PoolingName = choice("PoolingName", ("auto", "cls", "mean"))  # student.finetune.POOLINGS (torch-free here)
-KdName = choice("KdName", ("kl", "mse"))  # student.task_training.KD_LOSSES
+KdName = choice("KdName", ("auto", "kl", "mse"))  # auto, then student.task_training.KD_LOSSES
 EpochsOpt = Annotated[int, _opt("--epochs", min=1, help="Passes over the training rows.")]
 ForceOpt = Annotated[bool, _opt("--force", help="Replace an existing, non-empty --out folder.")]
 DeviceOpt = Annotated[TrainDevice, _opt("--device", help="Where to train: a GPU when torch sees one (auto), the CPU, "
@@ -214,12 +214,12 @@ def finetune_cmd(
     valid_fraction: ValidFractionOpt = 0.1,
     teacher_model: Annotated[Path | None, _opt("--teacher-model", help="Fine-tuned teacher classifier for task KD.")] = None,
     transfer: Annotated[Path | None, _opt("--transfer", help="Unlabelled in-domain text, one paragraph per line, "
-                                          "that the teacher labels for extra KL-only rows (needs --teacher-model).")] = None,
+                                          "that the teacher labels for extra KD-only rows (needs --teacher-model).")] = None,
     transfer_rows: Annotated[int, _opt("--transfer-rows", min=0, help="Use this many --transfer lines (0: all).")] = 0,
     lam: Annotated[float, _opt("--lambda", min=0.0, max=1.0, help="KD weight: (1-lambda) CE + lambda KL.")] = 0.5,
     temperature: Annotated[float, _opt("--temperature", min=0.01, help="KD temperature.")] = 1.0,
-    kd: Annotated[KdName, _opt("--kd", help="Distillation term: kl (tau^2 KL of the softened distributions) or mse "
-                               "(of the logits; --temperature unused).")] = KdName("kl"),
+    kd: Annotated[KdName, _opt("--kd", help="Distillation term: mse (of the logits; --temperature unused) or kl (tau^2 "
+                               "KL of the softened distributions); auto: mse, kl for SQuAD.")] = KdName("auto"),
     pooling: Annotated[PoolingName, _opt("--pooling", help="For a plain BERT encoder (e.g. `truncate`'s): mean "
                                          "(auto's pick) converts it exactly under the students' mean-pooling head, so "
                                          "it trains and exports as they do; cls: its own [CLS]-pooler classifier. "
@@ -244,10 +244,10 @@ def finetune_cmd(
     if transfer is not None and teacher_model is None:
         raise TaskError("--transfer needs --teacher-model: the teacher labels the transfer set")
     set_threads(threads)
-    if kd.value != "kl" and teacher_model is None:
+    if kd.value != "auto" and teacher_model is None:
         raise TaskError(f"--kd {kd.value} is the distillation term: it needs --teacher-model")
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, lam=lam, temperature=temperature,
-                         seed=seed, kd=kd.value)
+                         seed=seed, kd=_kd_term(kd.value, task, teacher_model))
     if _squad_task(task):
         if transfer is not None:
             raise TaskError("--transfer is for single-text classification; a SQuAD task trains on its questions only")
@@ -358,6 +358,14 @@ def evaluate_cmd(
     if json_out is not None:
         write_json_atomic(json_out, report)
     _record(model, {**report, "teacher": str(teacher_model) if teacher_model else None}, data.source or task, runtime.value)
+
+
+def _kd_term(kd: str, task: str | Path, teacher_model: Path | None) -> str:
+    """`--kd auto`: logit MSE for classification (measured: docs/quality.md §3, §6), KL for SQuAD (not measured);
+    without a teacher nothing is distilled ("kl", which reports leave out)."""
+    if kd != "auto":
+        return kd
+    return "mse" if teacher_model is not None and not _squad_task(task) else "kl"
 
 
 def _squad_task(task: str | Path) -> bool:

@@ -98,12 +98,12 @@ def finetune(
     head_from_teacher: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune the encoder in `model_dir` (e.g. a distilled NAS-BERT folder); with `teacher_model`
-    (a fine-tuned classifier folder) add the KL term and use the teacher's label order. `device`: where
+    (a fine-tuned classifier folder) add the KD term (`cfg.kd`) and use the teacher's label order. `device`: where
     teacher, student and batches go; under torchrun each rank computes the teacher logits of its share of the
     rows and all ranks gather them (`task_training.sharded_logits`).
 
     `transfer`: unlabelled texts (a transfer set, `transfer_texts`) the teacher labels; they join every epoch
-    with the KL term as their only loss. Needs `teacher_model` and a single-text task.
+    with the KD term as their only loss. Needs `teacher_model` and a single-text task.
 
     `pooling` (`fresh_classifier`): a plain BERT encoder (e.g. `truncate`'s baseline) is converted exactly under
     the students' mean-pooling head by default, so it trains, scores and exports as the students do; NAS-BERT and

@@ -2,10 +2,11 @@
 
 Loss with a teacher classifier (logits computed once per training row, teacher in eval mode):
 
-    loss = (1 - lambda) * CE(student, gold) + lambda * tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))
+    loss = (1 - lambda) * CE(student, gold) + lambda * KD
+    KD = tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))   (cfg.kd "kl")  or  MSE(student, teacher)  ("mse")
 
 Without a teacher the loss is plain cross-entropy. A *transfer set* (unlabelled in-domain text the teacher
-labels, Hinton et al.'s transfer set) adds rows whose loss is the KL term alone (weight 1); each row's loss is
+labels, Hinton et al.'s transfer set) adds rows whose loss is the KD term alone (weight 1); each row's loss is
 then its own mix and a batch's loss the mean over its rows (with no transfer rows: exactly the formula above).
 The weights with the best validation macro-F1 are kept.
 Runs resume from `<out>.ckpt/`, written at every epoch end and on Ctrl-C.
@@ -74,7 +75,7 @@ class FinetuneConfig:
     lam: float = 0.5
     temperature: float = 1.0
     seed: int = 0
-    kd: str = "kl"  # the distillation term: "kl" (tau^2 KL of the softened distributions) or "mse" (of the logits)
+    kd: str = "kl"  # the KD term: "kl" (tau^2 KL of the softened distributions) or "mse" (of the logits; `finetune`'s)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -184,7 +185,7 @@ def train_classifier(
     """Train `model` (labels from its config) on `train`, keep the best validation macro-F1, write `out_dir`.
 
     `teacher_logits` (len(train), num_labels) switch on task distillation; `transfer` = (unlabelled rows, the
-    teacher's logits on them) adds KL-only rows to every epoch (needs `teacher_logits`). Resumes from `<out_dir>.ckpt/`
+    teacher's logits on them) adds KD-only rows to every epoch (needs `teacher_logits`). Resumes from `<out_dir>.ckpt/`
     (saying so through `note`, which also gets each epoch's validation scores). `device`: where the model and batches
     go. Returns the report dict (rank 0's, on every rank under torchrun).
     """
