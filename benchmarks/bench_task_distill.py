@@ -258,21 +258,22 @@ def time_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]], device: str | None) -> None:
     t = Table(title=f"task distillation, valid splits (mean ± sd over seeds); speed-up on {device or '(not timed)'}")
     speed = f"speed-up {device}" if device else "speed-up"
-    for col in ("task", "arch", "d-steps", "transfer", "seeds", speed, "acc", "macro-F1", "label loy.", "prob. loy.",
-                "teacher acc", "share"):
+    for col in ("task", "arch", "d-steps", "transfer", "kd · ep", "seeds", speed, "acc", "macro-F1", "label loy.",
+                "prob. loy.", "teacher acc", "share"):
         t.add_column(col)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         steps = r["distill_steps"] if not r.get("task_steps") else f"{r['distill_steps']}+{r['task_steps']} task"
-        groups.setdefault((r["task"], r["arch"], steps, r["transfer_rows"]), []).append(r)
+        recipe = f"{r.get('kd', 'kl')} · {r.get('epochs', '?')}"  # rows from before --kd were KL
+        groups.setdefault((r["task"], r["arch"], steps, r["transfer_rows"], recipe), []).append(r)
 
     def ms(rs: list[dict[str, Any]], k: str) -> str:
         v = [r[k] for r in rs]
         return f"{statistics.mean(v):.3f}" + (f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "")
 
-    for (task, arch, steps, transfer), rs in groups.items():
+    for (task, arch, steps, transfer, recipe), rs in groups.items():
         speed = f"{rs[0]['speedup'][device]:.2f}x" if device else "-"
-        t.add_row(task, arch, str(steps), str(transfer), str(len(rs)), speed, ms(rs, "accuracy"),
+        t.add_row(task, arch, str(steps), str(transfer), recipe, str(len(rs)), speed, ms(rs, "accuracy"),
                   ms(rs, "macro_f1"), ms(rs, "label_loyalty"), ms(rs, "probability_loyalty"),
                   f"{rs[0]['teacher_accuracy']:.3f}", ms(rs, "share_of_teacher"))
     console.print(t)
