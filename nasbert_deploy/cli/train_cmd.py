@@ -216,7 +216,7 @@ def finetune_cmd(
     transfer: Annotated[Path | None, _opt("--transfer", help="Unlabelled in-domain text, one paragraph per line, "
                                           "that the teacher labels for extra KD-only rows (needs --teacher-model).")] = None,
     transfer_rows: Annotated[int, _opt("--transfer-rows", min=0, help="Use this many --transfer lines (0: all).")] = 0,
-    lam: Annotated[float, _opt("--lambda", min=0.0, max=1.0, help="KD weight: (1-lambda) CE + lambda KL.")] = 0.5,
+    lam: Annotated[float, _opt("--lambda", min=0.0, max=1.0, help="KD weight: (1-lambda) CE + lambda KD.")] = 0.5,
     temperature: Annotated[float, _opt("--temperature", min=0.01, help="KD temperature.")] = 1.0,
     kd: Annotated[KdName, _opt("--kd", help="Distillation term: mse (of the logits; --temperature unused) or kl (tau^2 "
                                "KL of the softened distributions); auto: mse, kl for SQuAD.")] = KdName("auto"),
