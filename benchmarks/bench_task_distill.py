@@ -53,8 +53,7 @@ from nasbert_deploy.student.tasks import SAMPLE_DIR
 console = Console(width=170)
 MAX_LEN = {"debian-sections": 128, "wordnet-supersense": 64}  # tokens: the tasks' texts (docs/quality.md)
 TASK_DEFAULTS = {"kd": "mse", "epochs": 3, "lr": 1e-4}  # the task distillation's defaults (finetune's)
-UNNAMED = {"kd": "kl", "epochs": 3, "lr": 1e-4}  # the settings folder names leave out: the recipe before --kd, so
-# the folders of earlier runs keep their names
+UNNAMED = {**TASK_DEFAULTS, "kd": "kl"}  # what folder names leave out: the recipe before --kd (old folders keep names)
 
 
 def cli(*args: Any, log: Path) -> None:

@@ -361,11 +361,8 @@ def evaluate_cmd(
 
 
 def _kd_term(kd: str, task: str | Path, teacher_model: Path | None) -> str:
-    """`--kd auto`: logit MSE for classification (measured: docs/quality.md §3, §6), KL for SQuAD (not measured);
-    without a teacher nothing is distilled ("kl", which reports leave out)."""
-    if kd != "auto":
-        return kd
-    return "mse" if teacher_model is not None and not _squad_task(task) else "kl"
+    """`--kd auto`: logit MSE for classification (docs/quality.md §6), KL for SQuAD and without a teacher."""
+    return kd if kd != "auto" else "mse" if teacher_model is not None and not _squad_task(task) else "kl"
 
 
 def _squad_task(task: str | Path) -> bool:
