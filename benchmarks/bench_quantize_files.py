@@ -5,7 +5,8 @@ architecture is built with random weights (non-zero biases, as trained models ha
 `quantize` does (LSQ weights, activation ranges from one batch of random tokens), and exported the way `quantize`
 and `export` export:
 
-    fp32 ONNX / IR | ORT dynamic INT8 (`export --int8`) | NNCF INT8 (OpenVINO) | KDLSQ 8-bit QDQ (ORT; OpenVINO IR)
+    fp32 ONNX / IR | ORT dynamic INT8 (`export --int8`) | NNCF INT8 (OpenVINO) | KDLSQ 8-bit QDQ (ORT; OpenVINO IR),
+      input grids centred as `quantize --signed-activations` (default auto; the asymmetric grids in a row beside)
     | the same with attention's score product Q·Kᵀ in 8 bits (`lowbit.attention`, as NNCF places it)
     | KDLSQ 4-bit MatMulNBits with and without the 4-bit word-embedding table (ORT; OpenVINO reads it as u4)
     | with --smooth ALPHA: KDLSQ 8-bit with a float word table, and with SmoothQuant (`lowbit.smooth`, max |x| from
@@ -34,12 +35,14 @@ from bench_quantize import _open, _size, cpu_model
 from nasbert_deploy.devices import load_device
 from nasbert_deploy.lowbit.attention import quantize_attention
 from nasbert_deploy.lowbit.embedding import quantize_embeddings
+from nasbert_deploy.lowbit.grid import DEFAULT_SIGNED_ACTIVATIONS, SIGNED_ACTIVATIONS
 from nasbert_deploy.lowbit.lsq import quantize_linears
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
 from nasbert_deploy.lowbit.smooth import input_absmax, smooth_model
 from nasbert_deploy.model.modeling import NasBertForSequenceClassification
 from nasbert_deploy.runtimes.base import get_runtime, time_compiled
 from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput, onnx_to_openvino
+from nasbert_deploy.runtimes.signed import openvino_onnx
 from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic
 from nasbert_deploy.space import get_space
 from nasbert_deploy.student.distill import build_student
@@ -79,12 +82,15 @@ def build(a: argparse.Namespace, work: Path) -> dict[str, tuple[Path, bool]]:
         files[name] = (d / stem, spec.runtime == "openvino")
     first = {k: torch.tensor(v) for k, v in calib[0].items()}
     absmax = input_absmax(fp, [{k: torch.tensor(v) for k, v in c.items()} for c in calib[:8]]) if a.smooth else {}
-    variants = [(8, 8, False, 0.0), (8, 8, True, 0.0), (4, 0, False, 0.0), (4, 4, False, 0.0)]
+    mode = a.signed_activations
+    variants = [(8, 8, False, 0.0, mode), (8, 8, True, 0.0, mode), (4, 0, False, 0.0, mode), (4, 4, False, 0.0, mode)]
+    if mode != "off":  # the asymmetric grids beside them
+        variants.insert(1, (8, 8, False, 0.0, "off"))
     if a.smooth:  # the 8-bit table's cost, then SmoothQuant's Muls with either table
-        variants += [(8, 0, False, 0.0), (8, 8, False, a.smooth), (8, 0, False, a.smooth)]
-    for bits, emb, att, alpha in [v for v in variants if v[0] in a.bits]:
+        variants += [(8, 0, False, 0.0, mode), (8, 8, False, a.smooth, mode), (8, 0, False, a.smooth, mode)]
+    for bits, emb, att, alpha, signed in [v for v in variants if v[0] in a.bits]:
         m = classifier(a.arch, a.space, a.labels)
-        quantize_linears(m, bits, 8, ex)
+        quantize_linears(m, bits, 8, ex, signed_activations=signed)
         if alpha:
             smooth_model(m, absmax, alpha)
         if emb:
@@ -94,12 +100,13 @@ def build(a: argparse.Namespace, work: Path) -> dict[str, tuple[Path, bool]]:
         with torch.no_grad():
             m(**first)  # activation step sizes from one batch
         label = (f"KDLSQ {bits}-bit, {'float' if not emb else f'{emb}-bit'} embeddings" + (", 8-bit attention" if att else "")
-                 + (f", SmoothQuant {alpha}" if alpha else ""))
-        stem = f"q{bits}e{emb}a{int(att)}s{alpha}"
+                 + (f", SmoothQuant {alpha}" if alpha else "") + (", asymmetric inputs" if signed != mode else ""))
+        stem = f"q{bits}e{emb}a{int(att)}s{alpha}{signed}"
         path = export_quantized_onnx(m, work / f"{stem}.onnx", ex, bits)
         files[label] = (path, False)
-        if bits == 8 or emb:
-            xml = onnx_to_openvino(path, work / f"{stem}.xml", fp16=False, convert=False)
+        if bits == 8 or emb:  # OpenVINO reads the graph with centred inputs as int8, as `quantize` converts it
+            ov_onnx, _ = openvino_onnx(path, work / f"{stem}.openvino.onnx")
+            xml = onnx_to_openvino(ov_onnx, work / f"{stem}.xml", fp16=False, convert=False)
             files[f"{label} (OpenVINO)"] = (Path(xml), True)
     return files
 
@@ -116,6 +123,8 @@ def main() -> None:
     p.add_argument("--bits", type=int, nargs="+", default=[8, 4], choices=(8, 4), help="which KDLSQ exports to build")
     p.add_argument("--smooth", type=float, default=0.0, help="SmoothQuant alpha in (0, 1): adds 8-bit rows with it (and "
                    "with a float word table, without it); 0: off")
+    p.add_argument("--signed-activations", choices=SIGNED_ACTIVATIONS, default=DEFAULT_SIGNED_ACTIVATIONS,
+                   help="`quantize --signed-activations` of the KDLSQ rows (not off: an asymmetric-input row is added)")
     a = p.parse_args()
     if not 0.0 <= a.smooth < 1.0:
         print(f"error: --smooth {a.smooth}: give an alpha in (0, 1), or 0 for off", file=sys.stderr)

@@ -96,6 +96,9 @@ def test_quantize_8bit_end_to_end(tiny):
     inputs = padded_inputs(2, 20, 1000)
     sess = ort.InferenceSession(str(out / onnx_name(8)), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, inputs)[0], torch_runner(model)(inputs), atol=1e-4)
+    # centred input grids (--signed-activations auto): int8 in the graph OpenVINO reads, the same numbers
+    assert report["openvino_signed_inputs"] > 0 and "centred on zero" in meta["activations"]
+    assert report["config"]["signed_activations"] == "auto"
     # the written IR is the graph OpenVINO builds from the ONNX file (what the checks ran), and it compiles here
     from nasbert_deploy.quantize.check import runtime_runners
 

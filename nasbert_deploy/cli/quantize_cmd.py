@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from nasbert_deploy.cli.common import SeedOpt, ThreadsOpt, choice, console, print_report, set_threads, training_progress
-from nasbert_deploy.lowbit.grid import REDUCE_RANGE_MODES
+from nasbert_deploy.lowbit.grid import DEFAULT_SIGNED_ACTIVATIONS, REDUCE_RANGE_MODES, SIGNED_ACTIVATIONS
 from nasbert_deploy.quantize import BITS, KERNELS, ONNX_FORMS
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
@@ -21,6 +21,7 @@ ReduceRange = choice("ReduceRange", REDUCE_RANGE_MODES)
 OnnxForm = choice("OnnxForm", ONNX_FORMS)
 EmbeddingBits = choice("EmbeddingBits", ["weights", *[str(b) for b in BITS], "float"])
 AttentionBits = choice("AttentionBits", ["8", "float"])
+SignedActivations = choice("SignedActivations", SIGNED_ACTIVATIONS)
 DEFAULT_FORMATS = {b: ",".join(KERNELS[b]) or "none" for b in BITS}
 
 
@@ -66,6 +67,11 @@ def quantize_cmd(
     attention_bits: Annotated[AttentionBits, typer.Option(
         "--attention-bits", help="Attention's products Q·Kᵀ and softmax·V of NAS-BERT models: 8 (their four inputs "
         "fake-quantized, Q/DQ in the export, as NNCF does for OpenVINO) or float.")] = AttentionBits("float"),
+    signed_activations: Annotated[SignedActivations, typer.Option(
+        "--signed-activations", help="Centre the 8-bit grid of a Linear's input on zero (signed int8 in the OpenVINO IR, "
+        "whose FullyConnected layers then run on s8 inputs; uint8 with zero point 128 in the ONNX file): auto (the "
+        "inputs whose calibration range is two-sided), on (all), off (asymmetric grids).")] = SignedActivations(
+        DEFAULT_SIGNED_ACTIVATIONS),
     smooth: Annotated[float, typer.Option(
         "--smooth", min=0.0, max=0.99, help="SmoothQuant's alpha: divide every quantized input by a per-channel scale "
         "(from max |x| on 16 training batches) and multiply it into the weights first (a Mul before each QuantizeLinear "
@@ -109,7 +115,8 @@ def quantize_cmd(
     e = embedding_bits.value
     ebits = None if e == "weights" else 0 if e == "float" else int(e)
     cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=0 if attention_bits.value == "float" else 8,
-                         reduce_range=reduce, smooth=smooth, steps=steps, batch_size=batch_size,
+                         reduce_range=reduce, smooth=smooth, signed_activations=signed_activations.value,
+                         steps=steps, batch_size=batch_size,
                          max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight, hidden_weight=hidden_weight,
                          checkpoint_every=checkpoint_every, seed=seed)
     with training_progress(f"quantizing ({b}-bit)") as update:

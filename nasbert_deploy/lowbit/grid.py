@@ -21,6 +21,8 @@ from nasbert_deploy.errors import ExportError
 
 REDUCED_QP = 63  # the reduced 8-bit weight grid [-63, 63]
 REDUCE_RANGE_MODES: tuple[str, ...] = ("auto", "on", "off")
+SIGNED_ACTIVATIONS: tuple[str, ...] = ("auto", "on", "off")  # which activation grids are centred (`lsq.centred`)
+DEFAULT_SIGNED_ACTIVATIONS = "auto"
 # /proc/cpuinfo flags of int8 dot products that accumulate in int32 (no int16 saturation)
 INT32_DOT_FLAGS: tuple[str, ...] = ("avx512_vnni", "avx_vnni", "amx_int8")
 X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})

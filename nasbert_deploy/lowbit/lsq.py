@@ -9,7 +9,10 @@ A quantizer maps x to  x_hat = s * (clamp(round(x / s), lo - z, hi - z))  (equiv
   (`grid.REDUCED_QP`: ONNX Runtime's u8 x s8 kernels on x86 CPUs without VNNI add two u8 x s8 products in a
   saturating int16, exact only while 2 * 255 * |w| <= 32767, so |w| <= 64; the grid stays symmetric like [-127, 127]);
 - activations (the input of every Linear): asymmetric uint8 [0, 255], one step size per tensor and an
-  integer zero point fixed at initialisation (ONNX Runtime's x86 integer kernels are u8 activations x s8 weights).
+  integer zero point fixed at initialisation (ONNX Runtime's x86 integer kernels are u8 activations x s8 weights);
+  with `signed_activations` ("auto": the tensors whose calibration range is two-sided; "on": all) the grid is
+  centred instead, zero point 128: the values of signed int8 [-128, 127] with zero point 0, which the OpenVINO
+  export uses (`runtimes.signed`; its FullyConnected layers then run on s8 inputs) while the ONNX file keeps uint8.
 
 Rounding is straight-through (the gradient of round is 1; outside the clamp range it is 0). The step size
 gets the LSQ gradient (d x_hat / d s = round(x/s) - x/s inside the range, the clamp bound outside), scaled by
@@ -48,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasbert_deploy.lowbit.grid import REDUCED_QP
+from nasbert_deploy.lowbit.grid import REDUCED_QP, SIGNED_ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,16 @@ def weight_spec(bits: int, reduce_range: bool = False) -> QuantSpec:
 def activation_spec(bits: int = 8) -> QuantSpec:
     """Unsigned asymmetric per-tensor activations [0, 2^b - 1]."""
     return QuantSpec(bits, 0, 2**bits - 1, False, False)
+
+
+TWO_SIDED = 0.5  # "auto" centres a tensor whose smaller side of the range is at least this share of the larger
+
+
+def centred(lo: float, hi: float, mode: str) -> bool:
+    """Whether an activation with calibration range [lo <= 0, hi >= 0] gets the grid centred on zero under `mode`."""
+    if mode not in SIGNED_ACTIVATIONS:
+        raise ValueError(f"signed activations {mode!r}: valid: {', '.join(SIGNED_ACTIVATIONS)}")
+    return mode == "on" or (mode == "auto" and min(-lo, hi) >= TWO_SIDED * max(-lo, hi) > 0)
 
 
 def signed_activation_spec(bits: int = 8) -> QuantSpec:
@@ -124,9 +137,11 @@ def mse_weight_steps(v: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 class LsqQuantizer(nn.Module):
     """Fake quantizer with a learned step size; `channels` step sizes along dim 0 (weights) or one (activations)."""
 
-    def __init__(self, spec: QuantSpec, channels: int = 1) -> None:
+    def __init__(self, spec: QuantSpec, channels: int = 1, signed_activations: str = "off") -> None:
         super().__init__()
         self.spec = spec
+        centred(0.0, 0.0, signed_activations)  # a valid mode; applied when an asymmetric activation is initialised
+        self.signed_activations = signed_activations
         n = channels if spec.per_channel else 1
         self.step = nn.Parameter(torch.ones(n))  # s_hat: s = step * unit
         self.register_buffer("unit", torch.ones(n))  # s0, the LSQ initial step size
@@ -162,8 +177,13 @@ class LsqQuantizer(nn.Module):
         else:  # activations: the calibration batch's range (0 included), see the module docstring
             v = x.reshape(-1).float()
             lo, hi = min(float(v.min()), 0.0), max(float(v.max()), 0.0)
-            s0 = torch.tensor([max(hi - lo, 1e-8) / (spec.hi - spec.lo)])
-            z = torch.clamp(torch.round(spec.lo - lo / s0), spec.lo, spec.hi)
+            if centred(lo, hi, self.signed_activations):  # zero point mid-grid: signed [-128, 127] at 8 bits
+                half = (spec.hi - spec.lo + 1) // 2
+                s0 = torch.tensor([max(-lo / half, hi / (half - 1), 1e-8)])
+                z = torch.tensor([float(spec.lo + half)])
+            else:
+                s0 = torch.tensor([max(hi - lo, 1e-8) / (spec.hi - spec.lo)])
+                z = torch.clamp(torch.round(spec.lo - lo / s0), spec.lo, spec.hi)
         self.unit.copy_(s0.clamp(min=1e-8))
         self.step.fill_(1.0)
         self.zero_point.copy_(z)
@@ -195,14 +215,16 @@ class QuantLinear(nn.Linear):
     """`nn.Linear` computing  fq_a(x) @ fq_w(W).T + b  (the bias stays float, as in the integer kernels)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, weight_bits: int, act_bits: int | None,
-                 reduce_range: bool = False) -> None:
+                 reduce_range: bool = False, signed_activations: str = "off") -> None:
         super().__init__(in_features, out_features, bias)
         self.w_quant = LsqQuantizer(weight_spec(weight_bits, reduce_range), out_features)
-        self.a_quant = LsqQuantizer(activation_spec(act_bits)) if act_bits else None
+        self.a_quant = LsqQuantizer(activation_spec(act_bits), signed_activations=signed_activations) if act_bits else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, weight_bits: int, act_bits: int | None, reduce_range: bool = False) -> QuantLinear:
-        q = cls(linear.in_features, linear.out_features, linear.bias is not None, weight_bits, act_bits, reduce_range)
+    def from_linear(cls, linear: nn.Linear, weight_bits: int, act_bits: int | None, reduce_range: bool = False,
+                    signed_activations: str = "off") -> QuantLinear:
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, weight_bits, act_bits, reduce_range,
+                signed_activations)
         q.to(linear.weight.device)
         with torch.no_grad():
             q.weight.copy_(linear.weight)
@@ -240,7 +262,7 @@ class QuantLinear(nn.Linear):
 
 def quantize_linears(
     model: nn.Module, weight_bits: int, act_bits: int | None = 8, example_inputs: Mapping[str, torch.Tensor] | None = None,
-    reduce_range: bool = False, positional: bool = False,
+    reduce_range: bool = False, positional: bool = False, signed_activations: str = "off",
 ) -> list[str]:
     """Replace every `nn.Linear` of `model` in place by a `QuantLinear`; returns their qualified names, in order.
 
@@ -250,13 +272,15 @@ def quantize_linears(
     activation quantizer (`input_groups`, `share_input_quantizers`); without, every Linear has its own (as
     quantized checkpoints written before sharing existed). `reduce_range`: 8-bit weights on [-63, 63] (`weight_spec`).
     `positional`: `model` takes `example_inputs` as positional arguments, in order (any module, not a transformers one).
+    `signed_activations`: which activation grids are centred on zero (`centred`; "off": none, as before it existed).
     """
     groups = input_groups(model, example_inputs, positional) if example_inputs is not None and act_bits else []
     names = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and not isinstance(child, QuantLinear):
-                setattr(module, child_name, QuantLinear.from_linear(child, weight_bits, act_bits, reduce_range))
+                setattr(module, child_name, QuantLinear.from_linear(child, weight_bits, act_bits, reduce_range,
+                                                                    signed_activations))
                 names.append(f"{name}.{child_name}" if name else child_name)
     share_input_quantizers(model, groups)
     return names

@@ -53,6 +53,7 @@ from nasbert_deploy.quantize.check import (
 )
 from nasbert_deploy.quantize.latency import measure_exports
 from nasbert_deploy.quantize.train import QuantizeConfig, train_quantized
+from nasbert_deploy.runtimes.signed import openvino_onnx
 from nasbert_deploy.student.finetune import check_model_folder, fit_max_len, load_classifier
 from nasbert_deploy.student.metrics import evaluate_logits
 from nasbert_deploy.student.tasks import TaskData, iter_batches
@@ -211,7 +212,8 @@ def quantize(
             note(f"SmoothQuant (alpha {cfg.smooth}): max |x| of every Linear input over {SMOOTH_BATCHES} training batches")
         absmax = input_absmax(student, _calibration(tokenizer, rows, cfg))
     # Linears reading one tensor (query/key/value) share one input quantizer: one QuantizeLinear per tensor in the export
-    names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None), cfg.reduce_range)
+    names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None), cfg.reduce_range,
+                             signed_activations=cfg.signed_activations)
     smoothed, folded = smooth_model(student, absmax, cfg.smooth) if absmax is not None else ([], [])
     embedding = quantize_embeddings(student, embedding_bits(cfg)) if embedding_bits(cfg) else None
     attention = quantize_attention(student, cfg.attention_bits) if cfg.attention_bits else 0
@@ -265,8 +267,9 @@ def _score_and_export(
         if cfg.bits == 8:  # the int8 weights the kernels get lie on the trained grid (reduced: no int16 saturation)
             report["onnx_weight_range"] = check_weight_range(onnx_path, report["weight_levels"])
         paths = {"onnxruntime": onnx_path} if "onnx" in formats else {}
-        if "openvino" in formats:
-            paths["openvino"] = onnx_path
+        if "openvino" in formats:  # centred activations as int8 (`runtimes.signed`): what the IR is converted from
+            paths["openvino"], report["openvino_signed_inputs"] = openvino_onnx(onnx_path, work / "model_openvino.onnx")
+            report["_onnx_openvino"] = str(paths["openvino"])
         compiled = runtime_runners(paths)
         runners = {rt: first_output(c) for rt, c in compiled.items()}
         pos = int(getattr(student.config, "max_position_embeddings", 512) or 512)
@@ -320,25 +323,28 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
         write_remote_code(tmp)
     save_file(quant_state, str(tmp / QUANT_WEIGHTS))
     onnx_src = report.pop("_onnx", None)
+    ov_src = report.pop("_onnx_openvino", None)
     files = {}
     if onnx_src:
         target = tmp / onnx_name(cfg.bits)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(onnx_src, target)
-        shutil.rmtree(Path(onnx_src).parent, ignore_errors=True)
         files["onnx"] = onnx_name(cfg.bits)
         if "openvino" in formats:
             from nasbert_deploy.runtimes.convert import onnx_to_openvino
 
             xml = f"openvino/openvino_model_q{cfg.bits}.xml"
-            # the reader's graph: the one the checks ran (OpenVINO opening the ONNX file)
-            onnx_to_openvino(target, tmp / xml, fp16=False, convert=False)
+            # the reader's graph: the one the checks ran (OpenVINO opening the ONNX file of `runtimes.signed`)
+            onnx_to_openvino(ov_src or target, tmp / xml, fp16=False, convert=False)
             _check_ir_compiles(tmp / xml)
             files["openvino"] = xml
+        shutil.rmtree(Path(onnx_src).parent, ignore_errors=True)
     report["files"] = files
     meta = {"method": "KDLSQ (LSQ step sizes + distillation)", "bits": cfg.bits, "act_bits": cfg.act_bits,
             "reduce_range": cfg.reduce_range, "weight_levels": list(weight_levels(student)),
-            "weights": "symmetric per output channel", "activations": "asymmetric uint8 per tensor", "linears": names,
+            "weights": "symmetric per output channel",
+            "activations": "uint8 per tensor" + (f", centred on zero (signed int8 in OpenVINO): {cfg.signed_activations}"
+                                                 if cfg.signed_activations != "off" else ", asymmetric"), "linears": names,
             "shared_input_quantizers": shared_input_groups(student), "files": files,
             "onnx_form": report.get("onnx_form"),
             "embedding_bits": report.get("embedding", {}).get("bits") or 0,

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from nasbert_deploy.lowbit.attention import DEFAULT_BITS as DEFAULT_ATTENTION_BITS
+from nasbert_deploy.lowbit.grid import DEFAULT_SIGNED_ACTIVATIONS
 from nasbert_deploy.lowbit.lsq import step_parameters
 from nasbert_deploy.model.loop import (
     NoteFn,
@@ -52,6 +53,7 @@ class QuantizeConfig:
     embedding_bits: int | None = None  # the word-embedding table, per row (`embedding`): None as the weights, 0 float
     attention_bits: int = DEFAULT_ATTENTION_BITS  # Q·Kᵀ, softmax·V of NAS-BERT attention (`lowbit.attention`): 8, 0 float
     smooth: float = 0.0  # SmoothQuant's alpha in (0, 1) for every quantized input (`lowbit.smooth`); 0: off
+    signed_activations: str = DEFAULT_SIGNED_ACTIVATIONS  # which input grids are centred on zero (`lsq.centred`)
     steps: int = 300
     batch_size: int = 16
     max_len: int = 128
@@ -69,6 +71,8 @@ class QuantizeConfig:
         d = asdict(self)
         if not d["smooth"]:  # runs without smoothing keep the settings (and checkpoint keys) of before it existed
             del d["smooth"]
+        if d["signed_activations"] == "off":  # as were all runs before centred grids existed
+            del d["signed_activations"]
         return d
 
 

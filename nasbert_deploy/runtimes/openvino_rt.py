@@ -133,7 +133,10 @@ def from_onnx(
 
     workdir = Path(workdir)
     if spec.kdlsq_bits:  # the integer ONNX graph as OpenVINO's reader gives it (FakeQuantize / u4), as `quantize` writes it
-        return onnx_to_openvino(onnx_path, workdir / "openvino_model.xml", fp16=False, convert=False)
+        from nasbert_deploy.runtimes.signed import openvino_onnx
+
+        signed, _ = openvino_onnx(onnx_path, workdir / "model_openvino.onnx")  # centred inputs as int8
+        return onnx_to_openvino(signed, workdir / "openvino_model.xml", fp16=False, convert=False)
     xml = onnx_to_openvino(onnx_path, workdir / "openvino_model.xml", fp16=spec.precision == "fp16")
     if spec.precision == "int8":
         if not calibration:
