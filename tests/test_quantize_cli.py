@@ -114,6 +114,20 @@ def test_quantize_8bit_end_to_end(tiny):
     one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--out", out), "--force")
 
 
+def test_signed_activations_off_keeps_asymmetric_grids(tiny):
+    out = tiny["root"] / "q8-asym"
+    r = _run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--valid", tiny["valid"], "--steps", "2",
+             "--batch-size", "8", "--max-len", "16", "--signed-activations", "off", "--format", "openvino", "--no-timing",
+             "--out", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "quantize_report.json").read_text())
+    assert "signed_activations" not in report["config"]  # "off": the settings of runs from before the option
+    _, _, meta = load_quantized(out)
+    assert meta["activations"] == "uint8 per tensor, asymmetric"
+    one_line_error(_run("quantize", "--model", tiny["clf"], "--signed-activations", "yes", "--out", out / "x"),
+                   "auto", "on", "off")
+
+
 def test_the_qdq_form_writes_standard_operators_only(tiny):
     import onnx
 

@@ -17,6 +17,7 @@ The output folder (written atomically):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -200,7 +201,7 @@ def quantize(
     fp_model.eval()
     teacher = fp_model if teacher_model is None else load_classifier(teacher_model)[0].eval()
     student = copy.deepcopy(fp_model)
-    cfg = QuantizeConfig(**{**cfg.to_dict(), "max_len": fit_max_len(fp_model, cfg.max_len)})
+    cfg = dataclasses.replace(cfg, max_len=fit_max_len(fp_model, cfg.max_len))
     label2id = {n: i for i, n in enumerate(labels)}
     rows, ids = train, train.label_ids(label2id)
     if transfer:
