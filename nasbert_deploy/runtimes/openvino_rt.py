@@ -136,7 +136,10 @@ def from_onnx(
         from nasbert_deploy.runtimes.signed import openvino_onnx
 
         signed, _ = openvino_onnx(onnx_path, workdir / "model_openvino.onnx")  # centred inputs as int8
-        return onnx_to_openvino(signed, workdir / "openvino_model.xml", fp16=False, convert=False)
+        try:
+            return onnx_to_openvino(signed, workdir / "openvino_model.xml", fp16=False, convert=False)
+        finally:
+            signed.unlink(missing_ok=True)  # the IR holds its own weights
     xml = onnx_to_openvino(onnx_path, workdir / "openvino_model.xml", fp16=spec.precision == "fp16")
     if spec.precision == "int8":
         if not calibration:
