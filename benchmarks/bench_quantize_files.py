@@ -41,8 +41,8 @@ from nasbert_deploy.lowbit.qdq import export_quantized_onnx
 from nasbert_deploy.lowbit.smooth import input_absmax, smooth_model
 from nasbert_deploy.model.modeling import NasBertForSequenceClassification
 from nasbert_deploy.runtimes.base import get_runtime, time_compiled
-from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput, onnx_to_openvino
-from nasbert_deploy.runtimes.signed import openvino_onnx
+from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput
+from nasbert_deploy.runtimes.signed import openvino_ir
 from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic
 from nasbert_deploy.space import get_space
 from nasbert_deploy.student.distill import build_student
@@ -105,8 +105,7 @@ def build(a: argparse.Namespace, work: Path) -> dict[str, tuple[Path, bool]]:
         path = export_quantized_onnx(m, work / f"{stem}.onnx", ex, bits)
         files[label] = (path, False)
         if bits == 8 or emb:  # OpenVINO reads the graph with centred inputs as int8, as `quantize` converts it
-            ov_onnx, _ = openvino_onnx(path, work / f"{stem}.openvino.onnx")
-            xml = onnx_to_openvino(ov_onnx, work / f"{stem}.xml", fp16=False, convert=False)
+            xml = openvino_ir(path, work / f"{stem}.xml")
             files[f"{label} (OpenVINO)"] = (Path(xml), True)
     return files
 

@@ -88,11 +88,15 @@ def activation_spec(bits: int = 8) -> QuantSpec:
 TWO_SIDED = 0.5  # "auto" centres a tensor whose smaller side of the range is at least this share of the larger
 
 
-def centred(lo: float, hi: float, mode: str) -> bool:
-    """Whether an activation with calibration range [lo <= 0, hi >= 0] gets the grid centred on zero under `mode`."""
+def _check_mode(mode: str) -> str:
     if mode not in SIGNED_ACTIVATIONS:
         raise ValueError(f"signed activations {mode!r}: valid: {', '.join(SIGNED_ACTIVATIONS)}")
-    return mode == "on" or (mode == "auto" and min(-lo, hi) >= TWO_SIDED * max(-lo, hi) > 0)
+    return mode
+
+
+def centred(lo: float, hi: float, mode: str) -> bool:
+    """Whether an activation with calibration range [lo <= 0, hi >= 0] gets the grid centred on zero under `mode`."""
+    return _check_mode(mode) == "on" or (mode == "auto" and min(-lo, hi) >= TWO_SIDED * max(-lo, hi) > 0)
 
 
 def signed_activation_spec(bits: int = 8) -> QuantSpec:
@@ -140,8 +144,7 @@ class LsqQuantizer(nn.Module):
     def __init__(self, spec: QuantSpec, channels: int = 1, signed_activations: str = "off") -> None:
         super().__init__()
         self.spec = spec
-        centred(0.0, 0.0, signed_activations)  # a valid mode; applied when an asymmetric activation is initialised
-        self.signed_activations = signed_activations
+        self.signed_activations = _check_mode(signed_activations)  # applied when an asymmetric activation is initialised
         n = channels if spec.per_channel else 1
         self.step = nn.Parameter(torch.ones(n))  # s_hat: s = step * unit
         self.register_buffer("unit", torch.ones(n))  # s0, the LSQ initial step size

@@ -133,13 +133,9 @@ def from_onnx(
 
     workdir = Path(workdir)
     if spec.kdlsq_bits:  # the integer ONNX graph as OpenVINO's reader gives it (FakeQuantize / u4), as `quantize` writes it
-        from nasbert_deploy.runtimes.signed import openvino_onnx
+        from nasbert_deploy.runtimes.signed import openvino_ir
 
-        signed, _ = openvino_onnx(onnx_path, workdir / "model_openvino.onnx")  # centred inputs as int8
-        try:
-            return onnx_to_openvino(signed, workdir / "openvino_model.xml", fp16=False, convert=False)
-        finally:
-            signed.unlink(missing_ok=True)  # the IR holds its own weights
+        return openvino_ir(onnx_path, workdir / "openvino_model.xml")  # centred inputs as int8
     xml = onnx_to_openvino(onnx_path, workdir / "openvino_model.xml", fp16=spec.precision == "fp16")
     if spec.precision == "int8":
         if not calibration:

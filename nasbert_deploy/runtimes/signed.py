@@ -7,7 +7,8 @@ keeps them; OpenVINO's low-precision transformations turn a FakeQuantize onto [-
 on s8 inputs, and one onto [0, 255] with a zero point into u8 ones with a zero-point correction (measured on the same
 Xeon, the `256:mha,ffn,id,id` x 3 student: 0.87-0.88x NNCF's latency with s8 inputs against 1.02x with u8 ones).
 So the file OpenVINO reads is the same graph with every centred activation's zero point stored as int8 0:
-`signed_zero_points` rewrites a loaded ONNX model in place, `openvino_onnx` writes such a copy of a file.
+`signed_zero_points` rewrites a loaded ONNX model in place, `openvino_onnx` writes such a copy of a file, and
+`openvino_ir` converts an export to the IR through such a copy (what the kdlsq devices and the benchmarks open).
 """
 
 from __future__ import annotations
@@ -64,3 +65,16 @@ def openvino_onnx(src: str | Path, dst: str | Path) -> tuple[Path, int]:
     with atomic_path(target) as tmp:
         onnx.save(model, str(tmp))
     return target, n
+
+
+def openvino_ir(onnx_path: str | Path, xml_path: str | Path) -> Path:
+    """The OpenVINO IR of an integer ONNX export, read with its centred activations as int8 (`openvino_onnx`; the
+    intermediate copy is removed: the IR holds its own weights)."""
+    from nasbert_deploy.runtimes.convert import onnx_to_openvino
+
+    xml = Path(xml_path)
+    signed, _ = openvino_onnx(onnx_path, xml.with_name(f"{xml.stem}.signed.onnx"))
+    try:
+        return onnx_to_openvino(signed, xml, fp16=False, convert=False)
+    finally:
+        signed.unlink(missing_ok=True)
