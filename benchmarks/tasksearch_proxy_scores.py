@@ -1,0 +1,60 @@
+"""Score given architectures under `search-task`'s proxy, the way its rerank does (same proxy seeds, same cache).
+
+Does the proxy rank a hand-designed student below the search's pick? Run it with the search's own folder, so the
+cached proxy results and the teacher's logits are reused and every arch sees the same splits:
+
+    python benchmarks/tasksearch_proxy_scores.py --task ../shared/tasks/debian-sections/train.jsonl \
+        --teacher-model checkpoints/teacher-debian-sections --out runs/x20/search --budget-ms 1.611 \
+        --arch "128:mha,ffn,id|128:mha,id,id|128:ffn,id,id" --arch "256:sep3,sep3,id|128:mha,id,id|192:sep7,id,id"
+
+Proxy settings are search-task's defaults except where given; prints one line per arch: the accuracy under each
+proxy seed, mean, spread, predicted latency (ms, the device's table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", required=True, help="training file of the search")
+    ap.add_argument("--teacher-model", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="the search's --out (its proxy cache is reused)")
+    ap.add_argument("--budget-ms", type=float, required=True, help="the search's --max-latency-ms")
+    ap.add_argument("--arch", action="append", required=True)
+    ap.add_argument("--device", default="cpu-ort")
+    ap.add_argument("--proxy-rows", type=int, default=1024)
+    ap.add_argument("--proxy-heldout", type=int, default=400)
+    ap.add_argument("--seeds", type=int, default=3, help="proxy seeds (the rerank's --rerank-seeds)")
+    args = ap.parse_args()
+    if not Path(args.task).is_file() or not (args.teacher_model / "config.json").is_file():
+        print("error: --task must be a task file and --teacher-model a fine-tuned classifier folder", file=sys.stderr)
+        sys.exit(2)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from nasbert_deploy.devices import load_device
+    from nasbert_deploy.search.problem import Budget
+    from nasbert_deploy.tasksearch.proxy import ProxyConfig
+    from nasbert_deploy.tasksearch.request import TaskSearchRequest, prepare
+    from nasbert_deploy.tasksearch.rerank import rerank
+    from nasbert_deploy.tasksearch.start import load_start
+
+    proxy = ProxyConfig(rows=args.proxy_rows, heldout=args.proxy_heldout, seed=0)
+    req = TaskSearchRequest(args.task, args.teacher_model, load_device(args.device), Budget(args.budget_ms), args.out,
+                            proxy=proxy, search_only=True, rerank_top=len(args.arch), rerank_seeds=args.seeds)
+    prepared = prepare(req)
+    net = load_start("supernet", prepared.supernet_dir, prepared.space, prepared.encoder_path, prepared.train.texts, 0,
+                     args.out / "search", print)
+    result = rerank(req, prepared, net, list(args.arch), args.seeds, print)
+    for c in result["candidates"]:
+        accs = " ".join(f"{a:.4f}" for a in c["accuracies"])
+        print(f"{c['arch']}  proxy {accs}  mean {c['mean']:.4f} +- {c['sd']:.4f}  {c['latency_ms']:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
