@@ -7,7 +7,8 @@ cached proxy results and the teacher's logits are reused and every arch sees the
         --teacher-model checkpoints/teacher-debian-sections --out runs/x20/search --budget-ms 1.611 \
         --arch "128:mha,ffn,id|128:mha,id,id|128:ffn,id,id" --arch "256:sep3,sep3,id|128:mha,id,id|192:sep7,id,id"
 
-Proxy settings are search-task's defaults except where given; prints one line per arch: the accuracy under each
+Proxy settings are search-task's defaults except where given (another proxy in a search's folder replaces its proxy
+cache: give it its own --out); prints one line per arch: the accuracy under each
 proxy seed, mean, spread, predicted latency (ms, the device's table).
 """
 
@@ -28,6 +29,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu-ort")
     ap.add_argument("--proxy-rows", type=int, default=1024)
     ap.add_argument("--proxy-heldout", type=int, default=400)
+    ap.add_argument("--proxy-epochs", type=int, default=2)
+    ap.add_argument("--proxy-len", type=int, default=64, help="proxy sequence length")
     ap.add_argument("--seeds", type=int, default=3, help="proxy seeds (the rerank's --rerank-seeds)")
     args = ap.parse_args()
     if not Path(args.task).is_file() or not (args.teacher_model / "config.json").is_file():
@@ -44,7 +47,8 @@ def main() -> None:
     from nasbert_deploy.tasksearch.rerank import rerank
     from nasbert_deploy.tasksearch.start import load_start
 
-    proxy = ProxyConfig(rows=args.proxy_rows, heldout=args.proxy_heldout, seed=0)
+    proxy = ProxyConfig(rows=args.proxy_rows, heldout=args.proxy_heldout, epochs=args.proxy_epochs, max_len=args.proxy_len,
+                        seed=0)
     req = TaskSearchRequest(args.task, args.teacher_model, load_device(args.device), Budget(args.budget_ms), args.out,
                             proxy=proxy, search_only=True, rerank_top=len(args.arch), rerank_seeds=args.seeds)
     prepared = prepare(req)
