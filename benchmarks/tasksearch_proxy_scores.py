@@ -17,6 +17,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+
+def bad_input(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main() -> None:
@@ -34,13 +40,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="proxy seeds (the rerank's --rerank-seeds)")
     args = ap.parse_args()
     if not Path(args.task).is_file() or not (args.teacher_model / "config.json").is_file():
-        print("error: --task must be a task file and --teacher-model a fine-tuned classifier folder", file=sys.stderr)
-        sys.exit(2)
+        bad_input("--task must be a task file and --teacher-model a fine-tuned classifier folder")
+    if args.seeds < 1 or args.budget_ms <= 0:
+        bad_input(f"--seeds must be >= 1 and --budget-ms > 0, got {args.seeds} and {args.budget_ms}")
 
     import torch
 
     torch.set_num_threads(1)
     from nasbert_deploy.devices import load_device
+    from nasbert_deploy.errors import NasBertDeployError
     from nasbert_deploy.search.problem import Budget
     from nasbert_deploy.tasksearch.proxy import ProxyConfig
     from nasbert_deploy.tasksearch.request import TaskSearchRequest, prepare
@@ -49,9 +57,14 @@ def main() -> None:
 
     proxy = ProxyConfig(rows=args.proxy_rows, heldout=args.proxy_heldout, epochs=args.proxy_epochs, max_len=args.proxy_len,
                         seed=0)
-    req = TaskSearchRequest(args.task, args.teacher_model, load_device(args.device), Budget(args.budget_ms), args.out,
-                            proxy=proxy, search_only=True, rerank_top=len(args.arch), rerank_seeds=args.seeds)
-    prepared = prepare(req)
+    try:  # every check before the supernet loads and anything is written
+        req = TaskSearchRequest(args.task, args.teacher_model, load_device(args.device), Budget(args.budget_ms),
+                                args.out, proxy=proxy, search_only=True)
+        prepared = prepare(req)
+        for arch in args.arch:
+            prepared.space.parse(arch)
+    except NasBertDeployError as e:
+        bad_input(str(e))
     net = load_start("supernet", prepared.supernet_dir, prepared.space, prepared.encoder_path, prepared.train.texts, 0,
                      args.out / "search", print)
     result = rerank(req, prepared, net, list(args.arch), args.seeds, print)
