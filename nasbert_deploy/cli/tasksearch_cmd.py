@@ -17,6 +17,7 @@ from nasbert_deploy.tasksearch import DEFAULT_ETD_SPACE, START_INITS
 
 app = typer.Typer()
 ControllerName = choice("ControllerName", ("reinforce", "evolution"))  # tasksearch.controllers.CONTROLLERS
+KdName = choice("KdName", ("auto", "kl", "mse"))  # auto, then student.task_training.KD_LOSSES
 StartName = choice("StartName", START_INITS)
 
 
@@ -56,6 +57,21 @@ def search_task(
                                           "the rerank also weighs NAS-BERT's task-agnostic picks within 1, 0.85 and "
                                           "0.7 x the budget.")] = True,
     final_epochs: Annotated[int, _opt("--final-epochs", min=1, max=100, help="Passes of the final distillation.")] = 3,
+    final_lr: Annotated[float | None, _opt("--final-lr", min=1e-7, help="Learning rate of the final distillation "
+                                           "(default 2e-4; 1e-4, finetune's, after --corpus).")] = None,
+    kd: Annotated[KdName, _opt("--kd", help="Distillation term of the final distillation: mse (of the logits) or kl "
+                               "(tau^2 KL of the softened distributions); auto: mse, as finetune's.")] = KdName("auto"),
+    corpus: Annotated[Path | None, _opt("--corpus", help="Unlabelled text, one paragraph per line: the pick is "
+                                        "distilled on it from --encoder (hidden states) before the final "
+                                        "distillation, the recipe of docs/quality.md.")] = None,
+    distill_steps: Annotated[int, _opt("--distill-steps", min=1, help="Steps of the --corpus distillation (32 "
+                                       "paragraphs of 64 tokens each).")] = 1000,
+    rerank_distilled: Annotated[bool, _opt("--rerank-distilled", help="Distil every rerank candidate on --corpus "
+                                           "too and start the rerank's proxies from those encoders (minutes per "
+                                           "candidate; ranks as the final recipe does).")] = False,
+    transfer: Annotated[Path | None, _opt("--transfer", help="Unlabelled in-domain text, one paragraph per line, "
+                                          "the teacher labels for the final distillation (KD-only rows).")] = None,
+    transfer_rows: Annotated[int, _opt("--transfer-rows", min=0, help="Use this many --transfer lines (0: all).")] = 0,
     seq_len: Annotated[int, _opt("--seq-len", min=2, help="Sequence length of the latency budget.")] = 128,
     table: Annotated[Path | None, _opt("--table", help="Latency table (default: the device's, "
                                        "./profiles/NAME.json or the shipped one).")] = None,
@@ -67,8 +83,8 @@ def search_task(
     space: Annotated[SpaceName | None, _opt("--space", help=f"Search space of an --init etd-* search (default "
                                             f"{DEFAULT_ETD_SPACE}: the MiniLM-L6 teacher's geometry); a supernet "
                                             "search runs in its supernet's.")] = None,
-    encoder: Annotated[Path | None, _opt("--encoder", help="Pre-trained encoder --init etd-* extracts from (default: "
-                                         "the offline MiniLM-L6 teacher).")] = None,
+    encoder: Annotated[Path | None, _opt("--encoder", help="Pre-trained encoder --init etd-* extracts from and "
+                                         "--corpus distils from (default: the offline MiniLM-L6 teacher).")] = None,
     search_only: Annotated[bool, _opt("--search-only", help="Stop after the search (no final distillation, no "
                                       "export).")] = False,
     seed: SeedOpt = 0,
@@ -76,25 +92,36 @@ def search_task(
     force: Annotated[bool, _opt("--force", help="Start over: remove a previous search in --out.")] = False,
 ) -> None:
     """Search the best student for one task within a device budget (KD-NAS), distil it on the task, export it."""
-    from dataclasses import replace
-
     from nasbert_deploy.devices import load_device
     from nasbert_deploy.search.run import parse_budget
     from nasbert_deploy.tasksearch.proxy import ProxyConfig
-    from nasbert_deploy.tasksearch.request import DEFAULT_FINAL, TaskSearchRequest, prepare
+    from nasbert_deploy.tasksearch.request import TaskSearchRequest, prepare
 
     spec = device or load_device("cpu-ort")
     budget = parse_budget(max_latency_ms, max_params)
     proxy = ProxyConfig(rows=proxy_rows, heldout=proxy_heldout, epochs=proxy_epochs, seed=seed)
     request = TaskSearchRequest(task, teacher_model, spec, budget, out, valid, table, supernet, controller.value,
-                                evaluations, latency_weight, proxy, replace(DEFAULT_FINAL, epochs=final_epochs, seed=seed),
+                                evaluations, latency_weight, proxy, final_config(final_epochs, final_lr, kd.value, seed,
+                                                                                 corpus is not None),
                                 spec.batch_sizes[0], seq_len, search_only, force, seed, init=init.value,
                                 space=None if space is None else space.value, encoder=encoder,
                                 rerank_top=rerank_top, rerank_seeds=rerank_seeds,
-                                rerank_agnostic=rerank_agnostic)
+                                rerank_agnostic=rerank_agnostic, corpus=corpus, distill_steps=distill_steps,
+                                rerank_distilled=rerank_distilled, transfer=transfer, transfer_rows=transfer_rows)
     prepared = prepare(request)  # every check before any work
     set_threads(threads)
     _run(request, prepared)
+
+
+def final_config(epochs: int, lr: float | None, kd: str, seed: int, distilled: bool) -> Any:
+    """The final distillation's settings: `DEFAULT_FINAL` with these; `--kd auto` is the logits' MSE (as `finetune
+    --teacher-model`'s, docs/quality.md §6); after a corpus distillation the learning rate is `finetune`'s 1e-4."""
+    from dataclasses import replace
+
+    from nasbert_deploy.tasksearch.request import DEFAULT_FINAL
+
+    rate = lr if lr is not None else 1e-4 if distilled else DEFAULT_FINAL.lr
+    return replace(DEFAULT_FINAL, epochs=epochs, seed=seed, lr=rate, kd="mse" if kd == "auto" else kd)
 
 
 def _run(request: Any, prepared: Any) -> None:
@@ -104,7 +131,7 @@ def _run(request: Any, prepared: Any) -> None:
     def note(line: str) -> None:
         console.print(line, highlight=False, markup=False)
 
-    with training_progress("final distillation") as update:
+    with training_progress("training") as update:
         result = run_task_search(request, note, update, prepared=prepared)
     s = result["search"]
     console.print(f"searched {s['best_arch']} with {s['controller']}: {s['evaluations']} evaluations, {s['episodes']} "

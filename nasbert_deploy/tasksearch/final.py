@@ -23,18 +23,27 @@ from nasbert_deploy.tasksearch.proxy import classifier_from_supernet
 
 def distill_final(arch: str, net: Any, tokenizer: Any, train: TaskData, valid: TaskData, labels: list[str],
                   teacher_model: Path, out_dir: Path, cfg: FinetuneConfig, logits_dir: Path, progress: Any = None,
-                  note: Any = None, start_key: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Distil `arch` (from `net`, a `Supernet` or a `tasksearch.start` start) on `train` with the teacher's logits
-    (cached in `logits_dir`); write `out_dir`; return the finetune report plus the valid-split scores against the
-    teacher. `start_key` (`Prepared.start_key`) joins the resume key of the distillation's checkpoint."""
+                  note: Any = None, start_key: dict[str, Any] | None = None,
+                  transfer: list[str] | None = None) -> dict[str, Any]:
+    """Distil `arch` (from `net`, a `Supernet` or a `tasksearch.start` / `tasksearch.distilled` start) on `train` with
+    the teacher's logits (cached in `logits_dir`); write `out_dir`; return the finetune report plus the valid-split
+    scores against the teacher. `start_key` (`Prepared.start_key`) joins the resume key of the distillation's
+    checkpoint; `transfer`: unlabelled texts the teacher labels, KD-only rows of every epoch."""
+    from nasbert_deploy.tasksearch.distilled import corpus_digest
     from nasbert_deploy.tasksearch.loop import teacher_logits
 
     logits_dir.mkdir(parents=True, exist_ok=True)
     t_train = teacher_logits(teacher_model, train, labels, logits_dir / "teacher_train.safetensors", "train", cfg.max_len)
     t_valid = teacher_logits(teacher_model, valid, labels, logits_dir / "teacher_valid.safetensors", "valid", cfg.max_len)
+    extra, key = None, {"arch": arch, "task": train.source, "teacher_model": str(teacher_model), **(start_key or {})}
+    if transfer:
+        rows = TaskData(tuple(transfer), ("",) * len(transfer), None, "transfer")
+        digest = corpus_digest(transfer)
+        extra = (rows, teacher_logits(teacher_model, rows, labels, logits_dir / "teacher_transfer.safetensors",
+                                      f"transfer_{digest}", cfg.max_len))
+        key["transfer"] = digest
     model = classifier_from_supernet(net, arch, labels, cfg.seed)
-    key = {"arch": arch, "task": train.source, "teacher_model": str(teacher_model), **(start_key or {})}
-    report = train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_train, progress, key, note)
+    report = train_classifier(model, tokenizer, train, valid, out_dir, cfg, t_train, progress, key, note, transfer=extra)
     y = valid.label_ids({n: i for i, n in enumerate(labels)})
     scores = evaluate_logits(y, predict_logits(model, tokenizer, valid, max_len=cfg.max_len), t_valid)
     return {**report, "valid": scores.to_dict(), "model": model}

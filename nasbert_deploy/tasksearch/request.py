@@ -43,6 +43,11 @@ class TaskSearchRequest:
     proxy seeds and the best mean reward is distilled (default 4; 0: the search's best as it is); `rerank_agnostic`:
     with a supernet start, NAS-BERT's task-agnostic picks within the budget join the rerank's candidates.
 
+    `corpus`: unlabelled text; the pick is distilled `distill_steps` steps on it from the pre-trained `encoder` (None:
+    the offline default teacher) before the final task distillation (`tasksearch.distilled`); with `rerank_distilled`
+    every rerank candidate is, and the rerank's proxies start from those encoders. `transfer`: unlabelled in-domain
+    text the teacher labels, KD-only rows of the final distillation (`transfer_rows` of them; 0: all).
+
     `init`: where every student's weights start (`tasksearch.start`): `supernet` (the supernet at `supernet`, in
     its space), or `etd-impt` / `etd-rand`: extracted from the pre-trained `encoder` (None: the offline default
     teacher) in the space named `space` (None: `DEFAULT_ETD_SPACE`)."""
@@ -72,6 +77,11 @@ class TaskSearchRequest:
     rerank_top: int = 4
     rerank_seeds: int = 3
     rerank_agnostic: bool = True
+    corpus: Path | None = None
+    distill_steps: int = 1000
+    rerank_distilled: bool = False
+    transfer: Path | None = None
+    transfer_rows: int = 0
 
     @property
     def reranks(self) -> bool:
@@ -118,6 +128,9 @@ class Prepared:
     init: str = "supernet"
     encoder_path: Path | None = None
     start_key: dict[str, Any] = field(default_factory=dict)
+    distill_teacher: Any = None  # the loaded pre-trained teacher of `corpus` (teacher.Teacher), with its paragraphs
+    corpus_texts: list[str] | None = None
+    transfer_texts: list[str] | None = None
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -208,9 +221,18 @@ def check_start(request: TaskSearchRequest) -> None:
     if request.extracts and request.supernet is not None:
         raise TaskError(f"--init {request.init} extracts every student from --encoder; --supernet is for --init "
                         "supernet: give one or the other")
-    if not request.extracts and request.encoder is not None:
-        raise TaskError("--encoder is the encoder --init etd-impt / etd-rand extracts from; a supernet search "
-                        "takes its students from --supernet")
+    if request.distill_steps < 1 or request.transfer_rows < 0:
+        raise TaskError(f"--distill-steps must be >= 1 and --transfer-rows >= 0, got {request.distill_steps} and "
+                        f"{request.transfer_rows}")
+    if request.rerank_distilled and (request.corpus is None or not request.reranks):
+        raise TaskError("--rerank-distilled distils every rerank candidate on --corpus: give --corpus, and a rerank "
+                        "(--rerank-top >= 1, --rerank-seeds >= 2)")
+    if request.search_only and (request.corpus is not None and not request.rerank_distilled
+                                or request.transfer is not None):
+        raise TaskError("--corpus and --transfer train the final student; --search-only stops before it")
+    if not request.extracts and request.encoder is not None and request.corpus is None:
+        raise TaskError("--encoder is the encoder --init etd-impt / etd-rand extracts from (and --corpus distils "
+                        "from); a supernet search takes its students from --supernet")
     if request.space is not None:
         get_space(request.space)  # SpaceError naming the valid spaces
 
@@ -278,6 +300,8 @@ def prepare(request: TaskSearchRequest) -> Prepared:
         check_same_vocabulary(encoder_path, tokenizer, request.teacher_model)
     check = BudgetCheck(space, table, request.budget, request.batch, request.seq_len)
     fastest = check.fastest()  # InfeasibleBudgetError with the smallest feasible value
+    transfer = None if request.transfer is None else final_transfer(request, train, valid)
+    corpus_texts, distill_teacher = corpus_stage(request, space, tokenizer) if request.corpus else (None, None)
     if not request.force:
         resumed_state(request)  # a search of other settings in --out: said now, not after the importance or logits
     check_out(request.out, request.force)
@@ -285,7 +309,32 @@ def prepare(request: TaskSearchRequest) -> Prepared:
     if encoder_path is not None:  # the folder the default stands for, and the space's shape, not only its name
         start_key.update(encoder=str(encoder_path), space_hash=space.space_hash())
     return Prepared(train, valid, labels, space, table, table_path, check, fastest, tokenizer, supernet_dir, request.init,
-                    encoder_path, start_key)
+                    encoder_path, start_key, distill_teacher, corpus_texts, transfer)
+
+
+def final_transfer(request: TaskSearchRequest, train: TaskData, valid: TaskData) -> list[str]:
+    """The transfer set of the final distillation (`student.finetune.transfer_texts`: the task's own texts left out);
+    `TaskError` for a text-pair task, `CorpusError` for an empty or binary file."""
+    from nasbert_deploy.student.finetune import transfer_texts
+
+    if train.pairs is not None:
+        raise TaskError(f"--transfer is for single-text classification; {request.task} has text pairs")
+    return transfer_texts(request.transfer or "", train, valid, request.transfer_rows, request.seed)
+
+
+def corpus_stage(request: TaskSearchRequest, space: SearchSpace, tokenizer: Any) -> tuple[list[str], Any]:
+    """(paragraphs of `request.corpus`, the loaded pre-trained teacher they are distilled from): `CorpusError` for an
+    empty or binary corpus, `TeacherError` for a teacher of another vocabulary or width than the students'."""
+    from nasbert_deploy.supernet.teacher_cache import read_paragraphs
+    from nasbert_deploy.tasksearch.start import check_same_vocabulary
+    from nasbert_deploy.teacher import check_compatible, load_teacher, resolve_teacher_path
+
+    texts = read_paragraphs(request.corpus or "")
+    path = resolve_teacher_path(request.encoder)
+    check_same_vocabulary(path, tokenizer, request.teacher_model)
+    teacher = load_teacher(path)
+    check_compatible(space, teacher)
+    return texts, teacher
 
 
 def request_dict(request: TaskSearchRequest) -> dict[str, Any]:

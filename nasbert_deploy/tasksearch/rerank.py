@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,17 +83,18 @@ def rerank_candidates(request: TaskSearchRequest, prepared: Prepared, histories:
 
 
 def rerank(request: TaskSearchRequest, prepared: Prepared, net: Any, candidates: list[str], seeds: int,
-           note: Note = print) -> dict[str, Any]:
+           note: Note = print, cache: Path | None = None) -> dict[str, Any]:
     """Score `candidates` under `seeds` proxy seeds (request.proxy.seed, +1, ...); returns the pick and every score:
     `{"best_arch", "seeds", "candidates": [{"arch", "accuracies", "mean", "sd", "latency_ms", "reward"}, ...]}`,
-    candidates sorted by reward on the mean accuracy."""
+    candidates sorted by reward on the mean accuracy. `cache`: the first seed's cache file (default the search's,
+    so its evaluations are reused; a rerank from other starts keeps its own)."""
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     if not candidates:
         raise ValueError("no candidates to rerank")
     state_dir = request.out / STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
-    base_cache = request.cache or state_dir / "cache.json"
+    base_cache = cache or request.cache or state_dir / "cache.json"
     target = request.budget.max_latency_ms
     space, check = prepared.space, prepared.check
     accs: dict[str, list[float]] = {a: [] for a in candidates}

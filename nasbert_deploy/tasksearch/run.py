@@ -13,6 +13,7 @@ layer mapping of the best architecture); the final student's report and the expo
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from nasbert_deploy.fileio import write_json_atomic
@@ -37,6 +38,7 @@ def run_task_search(request: TaskSearchRequest, note: Note = print, progress: An
         note(f"students extracted from {prepared.encoder_path} ({request.init}) in space {prepared.space.name}")
     start = load_start(request.init, prepared.supernet_dir, prepared.space, prepared.encoder_path, prepared.train.texts,
                        request.proxy.seed, request.out / STATE_DIR, note)
+    distilled = corpus_start(request, prepared, start, note, progress)
     outcome = run_search(request, prepared, start, note)
     best = outcome.best
     note(f"best: {outcome.best_arch} (proxy acc {best['accuracy']:.3f}, {best['latency_ms']:.2f} ms predicted, "
@@ -46,10 +48,16 @@ def run_task_search(request: TaskSearchRequest, note: Note = print, progress: An
         from nasbert_deploy.tasksearch.rerank import rerank, rerank_candidates
 
         cands = rerank_candidates(request, prepared, [outcome.history], note)
-        reranked = rerank(request, prepared, start, cands, request.rerank_seeds, note)
+        if request.rerank_distilled and distilled is not None:
+            note(f"rerank: proxies start from the candidates distilled {request.distill_steps} steps on {request.corpus}")
+            reranked = rerank(request, replace(prepared, start_key={**prepared.start_key, **distilled.key()}), distilled,
+                              cands, request.rerank_seeds, note, cache=request.out / STATE_DIR / "cache-distilled.json")
+        else:
+            reranked = rerank(request, prepared, start, cands, request.rerank_seeds, note)
         best_arch, best_ms = reranked["best_arch"], reranked["candidates"][0]["latency_ms"]
         note(f"pick after the rerank: {best_arch} ({best_ms:.2f} ms predicted)")
-    record = start.record(best_arch)
+    final_start = start if distilled is None else distilled
+    record = final_start.record(best_arch)
     if "layer_map" in record:
         note(f"layer map of the best (student op < encoder layer): {record['layer_map']}")
     result: dict[str, Any] = {"request": request_dict(request), "labels": prepared.labels,
@@ -59,10 +67,11 @@ def run_task_search(request: TaskSearchRequest, note: Note = print, progress: An
     if reranked is not None:
         result["rerank"] = reranked
     if not request.search_only:
-        final_key = {**prepared.start_key, **({"layer_map": record["layer_map"]} if "layer_map" in record else {})}
-        final = distill_final(best_arch, start, prepared.tokenizer, prepared.train, prepared.valid,
+        final_key = {**prepared.start_key, **({"layer_map": record["layer_map"]} if "layer_map" in record else {}),
+                     **({} if distilled is None else distilled.key())}
+        final = distill_final(best_arch, final_start, prepared.tokenizer, prepared.train, prepared.valid,
                               prepared.labels, request.teacher_model, request.out / "student", request.final,
-                              request.out / STATE_DIR, progress, note, final_key)
+                              request.out / STATE_DIR, progress, note, final_key, prepared.transfer_texts)
         model = final.pop("model")
         result["final"] = {**final, "start": record}
         note(f"final student: valid accuracy {final['valid']['accuracy']:.3f}, macro-F1 {final['valid']['macro_f1']:.3f}, "
@@ -76,6 +85,19 @@ def run_task_search(request: TaskSearchRequest, note: Note = print, progress: An
         result["export"] = summary(report, best_ms)
     write_json_atomic(request.out / "result.json", result)
     return result
+
+
+def corpus_start(request: TaskSearchRequest, prepared: Any, start: Any, note: Note, progress: Any) -> Any:
+    """With `request.corpus`: the start whose students are distilled on it first (`tasksearch.distilled`); else None."""
+    if request.corpus is None:
+        return None
+    from nasbert_deploy.tasksearch.distilled import CorpusDistillation, DistilledStart, corpus_digest
+
+    texts = prepared.corpus_texts or []
+    identity = {"start": {**prepared.start_key, "supernet": str(prepared.supernet_dir)}, "corpus_sha": corpus_digest(texts),
+                "teacher": str(prepared.distill_teacher.path)}
+    return DistilledStart(start, prepared.distill_teacher, texts, CorpusDistillation(request.corpus, request.distill_steps),
+                          request.out / STATE_DIR / "distilled", identity, request.seed, note, progress)
 
 
 def _cpu(table: Any) -> str:

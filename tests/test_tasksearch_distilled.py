@@ -1,0 +1,104 @@
+"""`search-task --corpus / --rerank-distilled / --transfer / --kd`: the student recipe of docs/quality.md inside the task
+search -- on a tiny supernet, teacher and latency table, with the shipped sample text as corpus and transfer set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import SAMPLE, make_supernet_dir, make_tiny_teacher, one_line_error, tiny_table
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from nasbert_deploy.cli.app import app
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+FAST = ("--proxy-rows", "24", "--proxy-heldout", "12", "--proxy-epochs", "1", "--seq-len", "32", "--evaluations", "2")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, one_thread):
+    from nasbert_deploy.student.finetune import FinetuneConfig, finetune_teacher
+    from nasbert_deploy.student.tasks import task_splits
+
+    root = tmp_path_factory.mktemp("tasksearch-distilled")
+    encoder = make_tiny_teacher(root / "encoder")
+    train, valid = task_splits("pydoc-sample")
+    finetune_teacher(encoder, train, valid, root / "teacher", FinetuneConfig(epochs=1, max_len=32))
+    supernet, net = make_supernet_dir(root)
+    return {"root": root, "encoder": encoder, "teacher": root / "teacher", "supernet": supernet, "net": net,
+            "table": tiny_table(root / "t.json")}
+
+
+def _args(s: dict, out: Path, *extra: str) -> list[str]:
+    return ["search-task", "--task", "pydoc-sample", "--teacher-model", str(s["teacher"]), "--device", "cpu-ort",
+            "--table", str(s["table"]), "--supernet", str(s["supernet"]), "--max-latency-ms", "1.6", "--out", str(out),
+            "--encoder", str(s["encoder"]), *FAST, *extra]
+
+
+def _run(args: list[str]):
+    return runner.invoke(app, args, env={"COLUMNS": "80"})
+
+
+def test_the_pick_is_distilled_on_the_corpus_before_the_final_and_reused(setup):
+    out = setup["root"] / "recipe"
+    args = _args(setup, out, "--corpus", str(SAMPLE), "--distill-steps", "3", "--rerank-top", "2", "--rerank-seeds", "2",
+                 "--no-rerank-agnostic", "--rerank-distilled", "--transfer", str(SAMPLE), "--transfer-rows", "40",
+                 "--final-epochs", "1")
+    r = _run(args)
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "result.json").read_text())
+    cands = [c["arch"] for c in result["rerank"]["candidates"]]
+    assert result["pick"] == result["rerank"]["best_arch"] and len(cands) == 2
+    assert r.output.count("steps of 32 paragraphs") == len(cands)  # each candidate distilled once, the pick reused
+    assert (out / "search" / "cache-distilled.json").is_file()
+    distilled = result["start"]["distilled"]
+    assert distilled["steps"] == 3 and distilled["corpus"] == str(SAMPLE) and distilled["teacher"] == str(setup["encoder"])
+    enc = Path(distilled["encoder"])
+    report = json.loads((enc / "distill_report.json").read_text())
+    assert report["arch"] == result["pick"] and report["steps"] == 3
+    assert result["final"]["config"]["kd"] == "mse" and result["final"]["config"]["lr"] == pytest.approx(1e-4)
+    assert result["request"]["transfer_rows"] == 40
+    # the final student started from the distilled encoder, not from the supernet's path
+    start = load_file(str(enc / "model.safetensors"))
+    path = setup["net"].extract(result["pick"]).state_dict()
+    moved = [k for k in start if not torch.equal(start[k], path[k])]
+    assert moved, "the corpus distillation changed no weight"
+    r = _run(args)  # everything is there: nothing is trained again
+    assert r.exit_code == 0, r.output
+    assert "reused from" in r.output and "steps of 32 paragraphs" not in r.output
+
+
+def test_kd_auto_is_mse_and_kl_stays_available(setup):
+    out = setup["root"] / "kl"
+    args = _args(setup, out, "--rerank-top", "0", "--final-epochs", "1", "--kd", "kl")
+    i = args.index("--encoder")
+    r = _run(args[:i] + args[i + 2:])
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "result.json").read_text())
+    assert "kd" not in result["final"]["config"] or result["final"]["config"]["kd"] == "kl"
+    assert result["final"]["config"]["lr"] == pytest.approx(2e-4) and "distilled" not in result["start"]
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "message"),
+    [
+        ("rerank without corpus", ("--rerank-distilled",), "--rerank-distilled distils every rerank candidate"),
+        ("rerank off", ("--corpus", "SAMPLE", "--rerank-distilled", "--rerank-top", "0"), "and a rerank"),
+        ("search only", ("--transfer", "SAMPLE", "--search-only"), "--search-only stops before it"),
+        ("empty corpus", ("--corpus", "EMPTY"), "corpus"),
+        ("binary transfer", ("--corpus", "SAMPLE", "--transfer", "BINARY"), "transfer set"),
+        ("encoder without corpus", (), "--encoder is the encoder --init etd-impt"),
+    ],
+)
+def test_errors_are_one_line_before_any_work(setup, case, extra, message, tmp_path):
+    files = {"SAMPLE": str(SAMPLE), "EMPTY": tmp_path / "empty.txt", "BINARY": tmp_path / "blob.bin"}
+    files["EMPTY"].write_text("\n\n")
+    files["BINARY"].write_bytes(bytes(range(256)) * 4)
+    out = tmp_path / "out"
+    r = _run(_args(setup, out, *(str(files.get(e, e)) for e in extra)))
+    one_line_error(r, message)
+    assert not out.exists()
