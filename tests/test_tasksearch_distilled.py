@@ -102,3 +102,26 @@ def test_errors_are_one_line_before_any_work(setup, case, extra, message, tmp_pa
     r = _run(_args(setup, out, *(str(files.get(e, e)) for e in extra)))
     one_line_error(r, message)
     assert not out.exists()
+
+
+def test_rerank_weighs_the_users_own_architectures(setup, tmp_path):
+    from nasbert_deploy.devices import load_device
+    from nasbert_deploy.search.problem import Budget
+    from nasbert_deploy.tasksearch.request import TaskSearchRequest, prepare
+
+    probe = TaskSearchRequest("pydoc-sample", setup["teacher"], load_device("cpu-ort"), Budget(1.6), tmp_path / "probe",
+                              table=setup["table"], supernet=setup["supernet"], seq_len=32, search_only=True)
+    prepared = prepare(probe)
+    mine = str(prepared.fastest)
+    out = setup["root"] / "own"
+    r = _run(_args(setup, out, "--search-only", "--rerank-top", "1", "--rerank-seeds", "2", "--no-rerank-agnostic",
+                   "--rerank-arch", mine, "--corpus", str(SAMPLE), "--rerank-distilled", "--distill-steps", "2"))
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "result.json").read_text())
+    assert mine in [c["arch"] for c in result["rerank"]["candidates"]]
+    assert "final" not in result and not (out / "student").exists()
+    over = next(str(a) for a in prepared.space.enumerate() if not prepared.check.fits(a))
+    for arch, message in ((over, "over the budget --max-latency-ms 1.6"), ("999:mha", "999")):
+        r = _run(_args(setup, tmp_path / "bad", "--rerank-arch", arch, "--corpus", str(SAMPLE)))
+        one_line_error(r, message)
+        assert not (tmp_path / "bad").exists()

@@ -56,6 +56,9 @@ def search_task(
     rerank_agnostic: Annotated[bool, _opt("--rerank-agnostic/--no-rerank-agnostic", help="With a supernet start, "
                                           "the rerank also weighs NAS-BERT's task-agnostic picks within 1, 0.85 and "
                                           "0.7 x the budget.")] = True,
+    rerank_arch: Annotated[list[str] | None, _opt("--rerank-arch", help="An architecture of your own (e.g. a "
+                                                  "hand-designed baseline) the rerank weighs beside the search's; "
+                                                  "repeatable.")] = None,
     final_epochs: Annotated[int, _opt("--final-epochs", min=1, max=100, help="Passes of the final distillation.")] = 3,
     final_lr: Annotated[float | None, _opt("--final-lr", min=1e-7, help="Learning rate of the final distillation "
                                            "(default 2e-4; 1e-4, finetune's, after --corpus).")] = None,
@@ -106,7 +109,8 @@ def search_task(
                                 spec.batch_sizes[0], seq_len, search_only, force, seed, init=init.value,
                                 space=None if space is None else space.value, encoder=encoder,
                                 rerank_top=rerank_top, rerank_seeds=rerank_seeds,
-                                rerank_agnostic=rerank_agnostic, corpus=corpus, distill_steps=distill_steps,
+                                rerank_agnostic=rerank_agnostic, rerank_archs=tuple(rerank_arch or ()), corpus=corpus,
+                                distill_steps=distill_steps,
                                 rerank_distilled=rerank_distilled, transfer=transfer, transfer_rows=transfer_rows)
     prepared = prepare(request)  # every check before any work
     set_threads(threads)

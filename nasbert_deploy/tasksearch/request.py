@@ -41,7 +41,8 @@ class TaskSearchRequest:
 
     `rerank_top`, `rerank_seeds`: the best `rerank_top` archs of the search are evaluated again under `rerank_seeds`
     proxy seeds and the best mean reward is distilled (default 4; 0: the search's best as it is); `rerank_agnostic`:
-    with a supernet start, NAS-BERT's task-agnostic picks within the budget join the rerank's candidates.
+    with a supernet start, NAS-BERT's task-agnostic picks within the budget join the rerank's candidates;
+    `rerank_archs`: architectures of the user's (a hand-designed baseline) that join them (each within the budget).
 
     `corpus`: unlabelled text; the pick is distilled `distill_steps` steps on it from the pre-trained `encoder` (None:
     the offline default teacher) before the final task distillation (`tasksearch.distilled`); with `rerank_distilled`
@@ -77,6 +78,7 @@ class TaskSearchRequest:
     rerank_top: int = 4
     rerank_seeds: int = 3
     rerank_agnostic: bool = True
+    rerank_archs: tuple[str, ...] = ()
     corpus: Path | None = None
     distill_steps: int = 1000
     rerank_distilled: bool = False
@@ -300,6 +302,7 @@ def prepare(request: TaskSearchRequest) -> Prepared:
         check_same_vocabulary(encoder_path, tokenizer, request.teacher_model)
     check = BudgetCheck(space, table, request.budget, request.batch, request.seq_len)
     fastest = check.fastest()  # InfeasibleBudgetError with the smallest feasible value
+    check_rerank_archs(request, space, check)
     transfer = None if request.transfer is None else final_transfer(request, train, valid)
     corpus_texts, distill_teacher = corpus_stage(request, space, tokenizer) if request.corpus else (None, None)
     if not request.force:
@@ -310,6 +313,18 @@ def prepare(request: TaskSearchRequest) -> Prepared:
         start_key.update(encoder=str(encoder_path), space_hash=space.space_hash())
     return Prepared(train, valid, labels, space, table, table_path, check, fastest, tokenizer, supernet_dir, request.init,
                     encoder_path, start_key, distill_teacher, corpus_texts, transfer)
+
+
+def check_rerank_archs(request: TaskSearchRequest, space: SearchSpace, check: Any) -> None:
+    """Every `--rerank-arch` is an architecture of the search's space within the budget (`ArchError`, `TaskError`)."""
+    if request.rerank_archs and not request.reranks:
+        raise TaskError("--rerank-arch joins the rerank's candidates: give a rerank too (--rerank-top >= 1, "
+                        "--rerank-seeds >= 2)")
+    for a in request.rerank_archs:
+        costs = check.costs(space.parse(a))
+        if not check.fits(space.parse(a)):
+            raise TaskError(f"--rerank-arch {a}: {costs.latency_ms:.3f} ms and {costs.params:,} params on this table, "
+                            f"over the budget {request.budget.flags()}")
 
 
 def final_transfer(request: TaskSearchRequest, train: TaskData, valid: TaskData) -> list[str]:

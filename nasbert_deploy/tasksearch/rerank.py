@@ -74,9 +74,11 @@ def agnostic_archs(request: TaskSearchRequest, prepared: Prepared, fractions: It
 
 def rerank_candidates(request: TaskSearchRequest, prepared: Prepared, histories: Iterable[list[dict[str, Any]]],
                       note: Note = print) -> list[str]:
-    """The rerank's candidates: the `request.rerank_top` best archs of the searches' `histories`, then (with
-    `request.rerank_agnostic`) NAS-BERT's picks not already among them."""
+    """The rerank's candidates: the `request.rerank_top` best archs of the searches' `histories`, the user's
+    `request.rerank_archs`, then (with `request.rerank_agnostic`) NAS-BERT's picks not already among them."""
     cands = top_archs(histories, request.rerank_top)
+    own = [str(prepared.space.parse(a)) for a in request.rerank_archs]  # the user's (e.g. hand-designed) students
+    cands += [a for a in dict.fromkeys(own) if a not in cands]
     if request.rerank_agnostic:
         cands += [a for a in agnostic_archs(request, prepared, note=note) if a not in cands]
     return cands
