@@ -165,3 +165,17 @@ def one_line_error(result, *needles: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     for n in needles:
         assert n in result.output, result.output
+
+
+def tasksearch_setup(root: Path) -> dict:
+    """A tiny task search's inputs in `root`: the tiny encoder, a teacher fine-tuned from it on the shipped sample task
+    (one epoch), a random TINY supernet and a tiny cpu-ort table."""
+    from nasbert_deploy.student.finetune import FinetuneConfig, finetune_teacher
+    from nasbert_deploy.student.tasks import task_splits
+
+    encoder = make_tiny_teacher(root / "encoder")
+    train, valid = task_splits("pydoc-sample")
+    finetune_teacher(encoder, train, valid, root / "teacher", FinetuneConfig(epochs=1, max_len=32))
+    supernet, net = make_supernet_dir(root)
+    return {"root": root, "encoder": encoder, "teacher": root / "teacher", "supernet": supernet, "net": net,
+            "table": tiny_table(root / "t.json")}

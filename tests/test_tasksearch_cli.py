@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import make_supernet_dir, make_tiny_teacher, tiny_table
+from helpers import tasksearch_setup
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
@@ -20,15 +20,7 @@ FAST = ("--proxy-rows", "24", "--proxy-heldout", "12", "--proxy-epochs", "1", "-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, one_thread):
-    from nasbert_deploy.student.finetune import FinetuneConfig, finetune_teacher
-    from nasbert_deploy.student.tasks import task_splits
-
-    root = tmp_path_factory.mktemp("tasksearch")
-    encoder = make_tiny_teacher(root / "encoder")
-    train, valid = task_splits("pydoc-sample")
-    finetune_teacher(encoder, train, valid, root / "teacher", FinetuneConfig(epochs=1, max_len=32))
-    supernet, _ = make_supernet_dir(root)
-    return {"root": root, "teacher": root / "teacher", "supernet": supernet, "table": tiny_table(root / "t.json")}
+    return tasksearch_setup(tmp_path_factory.mktemp("tasksearch"))
 
 
 def _args(s: dict, out: Path, *extra: str, latency: str = "1.6", rerank: bool = False) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SAMPLE, make_supernet_dir, make_tiny_teacher, one_line_error, tiny_table
+from helpers import SAMPLE, one_line_error, tasksearch_setup
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -21,16 +21,7 @@ FAST = ("--proxy-rows", "24", "--proxy-heldout", "12", "--proxy-epochs", "1", "-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, one_thread):
-    from nasbert_deploy.student.finetune import FinetuneConfig, finetune_teacher
-    from nasbert_deploy.student.tasks import task_splits
-
-    root = tmp_path_factory.mktemp("tasksearch-distilled")
-    encoder = make_tiny_teacher(root / "encoder")
-    train, valid = task_splits("pydoc-sample")
-    finetune_teacher(encoder, train, valid, root / "teacher", FinetuneConfig(epochs=1, max_len=32))
-    supernet, net = make_supernet_dir(root)
-    return {"root": root, "encoder": encoder, "teacher": root / "teacher", "supernet": supernet, "net": net,
-            "table": tiny_table(root / "t.json")}
+    return tasksearch_setup(tmp_path_factory.mktemp("tasksearch-distilled"))
 
 
 def _args(s: dict, out: Path, *extra: str) -> list[str]:

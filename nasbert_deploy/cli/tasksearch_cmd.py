@@ -61,7 +61,7 @@ def search_task(
                                                   "repeatable.")] = None,
     final_epochs: Annotated[int, _opt("--final-epochs", min=1, max=100, help="Passes of the final distillation.")] = 3,
     final_lr: Annotated[float | None, _opt("--final-lr", min=1e-7, help="Learning rate of the final distillation "
-                                           "(default 2e-4; 1e-4, finetune's, after --corpus).")] = None,
+                                           "(default 2e-4; after --corpus 1e-4, the recipe of docs/quality.md).")] = None,
     kd: Annotated[KdName, _opt("--kd", help="Distillation term of the final distillation: mse (of the logits) or kl "
                                "(tau^2 KL of the softened distributions); auto: mse, as finetune's.")] = KdName("auto"),
     corpus: Annotated[Path | None, _opt("--corpus", help="Unlabelled text, one paragraph per line: the pick is "
@@ -119,7 +119,8 @@ def search_task(
 
 def final_config(epochs: int, lr: float | None, kd: str, seed: int, distilled: bool) -> Any:
     """The final distillation's settings: `DEFAULT_FINAL` with these; `--kd auto` is the logits' MSE (as `finetune
-    --teacher-model`'s, docs/quality.md §6); after a corpus distillation the learning rate is `finetune`'s 1e-4."""
+    --teacher-model`'s, docs/quality.md §6); after a corpus distillation the learning rate is the recipe's 1e-4
+    (`benchmarks/bench_task_distill.py`)."""
     from dataclasses import replace
 
     from nasbert_deploy.tasksearch.request import DEFAULT_FINAL
