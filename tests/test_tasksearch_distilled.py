@@ -63,14 +63,18 @@ def test_the_pick_is_distilled_on_the_corpus_before_the_final_and_reused(setup):
     assert "reused from" in r.output and "steps of 32 paragraphs" not in r.output
 
 
-def test_kd_auto_is_mse_and_kl_stays_available(setup):
-    out = setup["root"] / "kl"
-    args = _args(setup, out, "--rerank-top", "0", "--final-epochs", "1", "--kd", "kl")
+@pytest.mark.parametrize(("extra", "term"), [((), "kl"), (("--kd", "mse"), "mse"), (("--transfer", str(SAMPLE)), "mse")])
+def test_kd_auto_is_kl_on_the_tasks_rows_alone_and_mse_with_the_recipe(setup, extra, term, tmp_path):
+    from nasbert_deploy.cli.tasksearch_cmd import final_config
+
+    assert final_config(3, None, "auto", 0, True, False).kd == "mse"  # after a corpus stage (the first test runs it)
+    out = tmp_path / "out"
+    args = _args(setup, out, "--rerank-top", "0", "--final-epochs", "1", *extra)
     i = args.index("--encoder")
     r = _run(args[:i] + args[i + 2:])
     assert r.exit_code == 0, r.output
     result = json.loads((out / "result.json").read_text())
-    assert "kd" not in result["final"]["config"] or result["final"]["config"]["kd"] == "kl"
+    assert result["final"]["config"].get("kd", "kl") == term  # a KL config leaves the key out (older checkpoints)
     assert result["final"]["config"]["lr"] == pytest.approx(2e-4) and "distilled" not in result["start"]
 
 

@@ -63,7 +63,8 @@ def search_task(
     final_lr: Annotated[float | None, _opt("--final-lr", min=1e-7, help="Learning rate of the final distillation "
                                            "(default 2e-4; after --corpus 1e-4, the recipe of docs/quality.md).")] = None,
     kd: Annotated[KdName, _opt("--kd", help="Distillation term of the final distillation: mse (of the logits) or kl "
-                               "(tau^2 KL of the softened distributions); auto: mse, as finetune's.")] = KdName("auto"),
+                               "(tau^2 KL of the softened distributions); auto: mse with --corpus or --transfer (the "
+                               "recipe of docs/quality.md), else kl (measured better there).")] = KdName("auto"),
     corpus: Annotated[Path | None, _opt("--corpus", help="Unlabelled text, one paragraph per line: the pick is "
                                         "distilled on it from --encoder (hidden states) before the final "
                                         "distillation, the recipe of docs/quality.md.")] = None,
@@ -104,8 +105,8 @@ def search_task(
     budget = parse_budget(max_latency_ms, max_params)
     proxy = ProxyConfig(rows=proxy_rows, heldout=proxy_heldout, epochs=proxy_epochs, seed=seed)
     request = TaskSearchRequest(task, teacher_model, spec, budget, out, valid, table, supernet, controller.value,
-                                evaluations, latency_weight, proxy, final_config(final_epochs, final_lr, kd.value, seed,
-                                                                                 corpus is not None),
+                                evaluations, latency_weight, proxy,
+                                final_config(final_epochs, final_lr, kd.value, seed, corpus is not None, transfer is not None),
                                 spec.batch_sizes[0], seq_len, search_only, force, seed, init=init.value,
                                 space=None if space is None else space.value, encoder=encoder,
                                 rerank_top=rerank_top, rerank_seeds=rerank_seeds,
@@ -117,16 +118,18 @@ def search_task(
     _run(request, prepared)
 
 
-def final_config(epochs: int, lr: float | None, kd: str, seed: int, distilled: bool) -> Any:
-    """The final distillation's settings: `DEFAULT_FINAL` with these; `--kd auto` is the logits' MSE (as `finetune
-    --teacher-model`'s, docs/quality.md §6); after a corpus distillation the learning rate is the recipe's 1e-4
-    (`benchmarks/bench_task_distill.py`)."""
+def final_config(epochs: int, lr: float | None, kd: str, seed: int, distilled: bool, transfer: bool) -> Any:
+    """The final distillation's settings: `DEFAULT_FINAL` with these. `--kd auto`: the logits' MSE for the recipe of
+    docs/quality.md (a corpus stage or a transfer set; `finetune --kd auto`'s, measured there), KL from the supernet's
+    weights on the task's rows alone (docs/task-search.md: MSE 0.45 point lower there); after a corpus stage the
+    learning rate is the recipe's 1e-4 (`benchmarks/bench_task_distill.py`)."""
     from dataclasses import replace
 
     from nasbert_deploy.tasksearch.request import DEFAULT_FINAL
 
     rate = lr if lr is not None else 1e-4 if distilled else DEFAULT_FINAL.lr
-    return replace(DEFAULT_FINAL, epochs=epochs, seed=seed, lr=rate, kd="mse" if kd == "auto" else kd)
+    term = kd if kd != "auto" else "mse" if distilled or transfer else "kl"
+    return replace(DEFAULT_FINAL, epochs=epochs, seed=seed, lr=rate, kd=term)
 
 
 def _run(request: Any, prepared: Any) -> None:
