@@ -66,6 +66,7 @@ def test_final_distillation_and_export(setup):
     result = json.loads((out / "result.json").read_text())
     arch, rr = result["pick"], result["rerank"]  # the default search reranks its top 4 under 3 proxy seeds
     assert rr["best_arch"] == arch and "pick after the rerank" in r.output
+    assert f"picked {arch} by the rerank of {len(rr['candidates'])} candidates" in " ".join(r.output.split())
     assert result["request"]["rerank_top"] == 4 and result["request"]["rerank_seeds"] == 3
     report = json.loads((out / "export" / "report.json").read_text())
     assert report["arch"] == arch and report["validation"]["passed"]

@@ -145,6 +145,10 @@ def _run(request: Any, prepared: Any) -> None:
     console.print(f"searched {s['best_arch']} with {s['controller']}: {s['evaluations']} evaluations, {s['episodes']} "
                   f"episodes, {s['rejected_over_budget']} over-budget samples rejected, {s['wall_s']:.0f} s",
                   highlight=False)
+    if "rerank" in result:
+        rr = result["rerank"]
+        console.print(f"picked {result['pick']} by the rerank of {len(rr['candidates'])} candidates under {rr['seeds']} "
+                      "proxy seeds", highlight=False)
     if "export" in result:
         e = result["export"]
         measured = "n/a" if e["measured_ms"] is None else f"{e['measured_ms']:.2f}"
