@@ -120,3 +120,36 @@ def test_rerank_weighs_the_users_own_architectures(setup, tmp_path):
         r = _run(_args(setup, tmp_path / "bad", "--rerank-arch", arch, "--corpus", str(SAMPLE)))
         one_line_error(r, message)
         assert not (tmp_path / "bad").exists()
+
+
+def test_an_interrupted_corpus_distillation_resumes_and_says_so(setup, tmp_path):
+    from nasbert_deploy.space import TINY
+    from nasbert_deploy.supernet.teacher_cache import read_paragraphs
+    from nasbert_deploy.tasksearch.distilled import CorpusDistillation, DistilledStart
+    from nasbert_deploy.tasksearch.start import SupernetStart
+    from nasbert_deploy.teacher import load_teacher
+
+    texts, teacher, notes = read_paragraphs(SAMPLE), load_teacher(setup["encoder"]), []
+    arch = str(next(iter(TINY.enumerate())))
+
+    def start(progress) -> DistilledStart:
+        return DistilledStart(SupernetStart(setup["net"], setup["supernet"]), teacher, texts,
+                              CorpusDistillation(SAMPLE, steps=4, batch_size=4, seq_len=16), tmp_path, {"test": 1}, 0,
+                              notes.append, progress)
+
+    def stop_at_2(step, total, values):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        start(stop_at_2).extract(arch)
+    assert not (start(None).encoder_dir(arch) / "config.json").exists()
+    seen: list[int] = []
+    model = start(lambda step, total, values: seen.append(step)).extract(arch, num_labels=3)
+    assert seen == [3, 4] and "resuming from step 2 of 4" in notes
+    assert model.config.num_labels == 3 and model.config.arch == arch
+    notes.clear()
+    again = start(None).extract(arch, num_labels=3)
+    assert any("reused from" in n for n in notes) and not any("steps of" in n for n in notes)
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
