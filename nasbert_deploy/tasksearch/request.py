@@ -130,7 +130,7 @@ class Prepared:
     init: str = "supernet"
     encoder_path: Path | None = None
     start_key: dict[str, Any] = field(default_factory=dict)
-    distill_teacher: Any = None  # the loaded pre-trained teacher of `corpus` (teacher.Teacher), with its paragraphs
+    distill_teacher: Any = None  # the loaded pre-trained teacher (teacher.Teacher) `corpus_texts` are distilled from
     corpus_texts: list[str] | None = None
     transfer_texts: list[str] | None = None
 
