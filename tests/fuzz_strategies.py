@@ -208,7 +208,7 @@ COMMANDS: dict[str, tuple[dict, int]] = {  # name -> (arguments of `command`, ca
                  "--distill-steps": ints(1, 3), "--rerank-distilled": flag(), "--transfer": corpus("transfer.txt"),
                  "--transfer-rows": ints(0, 5), "--kd": choice(("auto", "kl", "mse", "js")),
                  "--rerank-arch": choice(("128:mha,ffn,id|128:mha,id,id|128:ffn,id,id", "999:mha", "x")),
-                 "--rerank-top": ints(0, 3), "--final-lr": floats(1e-5, 1e-3)},
+                 "--rerank-top": ints(0, 3), "--final-lr": floats(1e-5, 1e-3), "--distilled-dir": out_path("dir", "enc")},
         required=("--task", "--teacher-model", "--max-latency-ms", "--out"),
         poisons={"--out": bad_out("dir"), "--teacher-model": BAD_MODEL, "--corpus": bad_file("corpus.txt"),
                  "--transfer": bad_file("transfer.txt")}), 60),

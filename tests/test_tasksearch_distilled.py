@@ -87,10 +87,12 @@ def test_kd_auto_is_kl_on_the_tasks_rows_alone_and_mse_with_the_recipe(setup, ex
         ("empty corpus", ("--corpus", "EMPTY"), "corpus"),
         ("binary transfer", ("--corpus", "SAMPLE", "--transfer", "BINARY"), "transfer set"),
         ("encoder without corpus", (), "--encoder is the encoder --init etd-impt"),
+        ("distilled dir without corpus", ("--distilled-dir", "DIR"), "--distilled-dir keeps the encoders"),
+        ("distilled dir a file", ("--corpus", "SAMPLE", "--distilled-dir", "EMPTY"), "exists and is not a folder"),
     ],
 )
 def test_errors_are_one_line_before_any_work(setup, case, extra, message, tmp_path):
-    files = {"SAMPLE": str(SAMPLE), "EMPTY": tmp_path / "empty.txt", "BINARY": tmp_path / "blob.bin"}
+    files = {"SAMPLE": str(SAMPLE), "EMPTY": tmp_path / "empty.txt", "BINARY": tmp_path / "blob.bin", "DIR": tmp_path / "d"}
     files["EMPTY"].write_text("\n\n")
     files["BINARY"].write_bytes(bytes(range(256)) * 4)
     out = tmp_path / "out"
@@ -153,3 +155,13 @@ def test_an_interrupted_corpus_distillation_resumes_and_says_so(setup, tmp_path)
     assert any("reused from" in n for n in notes) and not any("steps of" in n for n in notes)
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_searches_of_two_tasks_share_the_distilled_encoders(setup, tmp_path):
+    shared = tmp_path / "encoders"
+    for name in ("a", "b"):  # the same task twice stands for two tasks: the encoders' key has no task in it
+        r = _run(_args(setup, tmp_path / name, "--rerank-top", "0", "--final-epochs", "1", "--corpus", str(SAMPLE),
+                       "--distill-steps", "2", "--distilled-dir", str(shared)))
+        assert r.exit_code == 0, r.output
+        assert ("steps of 32 paragraphs" in r.output) == (name == "a") and ("reused from" in r.output) == (name == "b")
+    assert len(list(shared.glob("enc-*"))) == 1 and not (tmp_path / "a" / "search" / "distilled").exists()

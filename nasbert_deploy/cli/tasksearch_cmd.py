@@ -73,6 +73,9 @@ def search_task(
     rerank_distilled: Annotated[bool, _opt("--rerank-distilled", help="Distil every rerank candidate on --corpus "
                                            "too and start the rerank's proxies from those encoders (minutes per "
                                            "candidate; ranks as the final recipe does).")] = False,
+    distilled_dir: Annotated[Path | None, _opt("--distilled-dir", help="Folder for the --corpus encoders (default "
+                                               "OUT/search/distilled); they do not depend on the task: searches of "
+                                               "several tasks may share one, one at a time.")] = None,
     transfer: Annotated[Path | None, _opt("--transfer", help="Unlabelled in-domain text, one paragraph per line, "
                                           "the teacher labels for the final distillation (KD-only rows).")] = None,
     transfer_rows: Annotated[int, _opt("--transfer-rows", min=0, help="Use this many --transfer lines (0: all).")] = 0,
@@ -111,7 +114,7 @@ def search_task(
                                 space=None if space is None else space.value, encoder=encoder,
                                 rerank_top=rerank_top, rerank_seeds=rerank_seeds,
                                 rerank_agnostic=rerank_agnostic, rerank_archs=tuple(rerank_arch or ()), corpus=corpus,
-                                distill_steps=distill_steps,
+                                distill_steps=distill_steps, distilled_dir=distilled_dir,
                                 rerank_distilled=rerank_distilled, transfer=transfer, transfer_rows=transfer_rows)
     prepared = prepare(request)  # every check before any work
     set_threads(threads)

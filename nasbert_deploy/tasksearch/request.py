@@ -46,8 +46,10 @@ class TaskSearchRequest:
 
     `corpus`: unlabelled text; the pick is distilled `distill_steps` steps on it from the pre-trained `encoder` (None:
     the offline default teacher) before the final task distillation (`tasksearch.distilled`); with `rerank_distilled`
-    every rerank candidate is, and the rerank's proxies start from those encoders. `transfer`: unlabelled in-domain
-    text the teacher labels, KD-only rows of the final distillation (`transfer_rows` of them; 0: all).
+    every rerank candidate is, and the rerank's proxies start from those encoders; they are kept in `distilled_dir`
+    (None: `out`/search/distilled; they do not depend on the task, so searches of several tasks may share one folder,
+    one search at a time). `transfer`: unlabelled in-domain text the teacher labels, KD-only rows of the final
+    distillation (`transfer_rows` of them; 0: all).
 
     `init`: where every student's weights start (`tasksearch.start`): `supernet` (the supernet at `supernet`, in
     its space), or `etd-impt` / `etd-rand`: extracted from the pre-trained `encoder` (None: the offline default
@@ -84,6 +86,7 @@ class TaskSearchRequest:
     rerank_distilled: bool = False
     transfer: Path | None = None
     transfer_rows: int = 0
+    distilled_dir: Path | None = None
 
     @property
     def reranks(self) -> bool:
@@ -232,6 +235,8 @@ def check_start(request: TaskSearchRequest) -> None:
     if request.search_only and (request.corpus is not None and not request.rerank_distilled
                                 or request.transfer is not None):
         raise TaskError("--corpus and --transfer train the final student; --search-only stops before it")
+    if request.distilled_dir is not None and request.corpus is None:
+        raise TaskError("--distilled-dir keeps the encoders --corpus distils: give --corpus too")
     if not request.extracts and request.encoder is not None and request.corpus is None:
         raise TaskError("--encoder is the encoder --init etd-impt / etd-rand extracts from (and --corpus distils "
                         "from); a supernet search takes its students from --supernet")
@@ -305,6 +310,10 @@ def prepare(request: TaskSearchRequest) -> Prepared:
     check_rerank_archs(request, space, check)
     transfer = None if request.transfer is None else final_transfer(request, train, valid)
     corpus_texts, distill_teacher = corpus_stage(request, space, tokenizer) if request.corpus else (None, None)
+    if request.distilled_dir is not None:
+        from nasbert_deploy.fileio import check_output
+
+        check_output(request.distilled_dir, "dir", False, "--distilled-dir", reuse=True)  # earlier encoders are reused
     if not request.force:
         resumed_state(request)  # a search of other settings in --out: said now, not after the importance or logits
     check_out(request.out, request.force)

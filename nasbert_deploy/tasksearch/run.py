@@ -97,7 +97,8 @@ def corpus_start(request: TaskSearchRequest, prepared: Any, start: Any, note: No
     identity = {"start": {**prepared.start_key, "supernet": str(prepared.supernet_dir)}, "corpus_sha": corpus_digest(texts),
                 "teacher": str(prepared.distill_teacher.path)}
     return DistilledStart(start, prepared.distill_teacher, texts, CorpusDistillation(request.corpus, request.distill_steps),
-                          request.out / STATE_DIR / "distilled", identity, request.seed, note, progress)
+                          request.distilled_dir or request.out / STATE_DIR / "distilled", identity, request.seed, note,
+                          progress)
 
 
 def _cpu(table: Any) -> str:
