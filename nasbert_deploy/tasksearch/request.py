@@ -330,8 +330,9 @@ def check_rerank_archs(request: TaskSearchRequest, space: SearchSpace, check: An
         raise TaskError("--rerank-arch joins the rerank's candidates: give a rerank too (--rerank-top >= 1, "
                         "--rerank-seeds >= 2)")
     for a in request.rerank_archs:
-        costs = check.costs(space.parse(a))
-        if not check.fits(space.parse(a)):
+        arch = space.parse(a)
+        costs = check.costs(arch)
+        if not check.fits(arch):
             raise TaskError(f"--rerank-arch {a}: {costs.latency_ms:.3f} ms and {costs.params:,} params on this table, "
                             f"over the budget {request.budget.flags()}")
 
