@@ -105,3 +105,41 @@ def test_a_truncated_teacher_fine_tunes_mean_pooled_and_exports(tmp_path):
     one_line_error(run(app, [*common, "--model", str(tmp_path / "mean"), "--pooling", "mean", "--out",
                              str(tmp_path / "never")]), "valid for it: auto, cls")
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.slow
+def test_a_truncated_teacher_distils_on_a_corpus_like_a_student(tmp_path):
+    """`distill --from-export` takes `truncate`'s BERT folder (converted exactly): the truncated-teacher baseline gets
+    the students' corpus recipe (sentence-level terms too); a folder whose weights do not load is one line, exit 2."""
+    import json
+
+    import torch
+    from helpers import SAMPLE, one_line_error
+    from typer.testing import CliRunner
+
+    from nasbert_deploy.cli.app import app
+    from nasbert_deploy.student.build import build_student
+    from nasbert_deploy.teacher import load_teacher
+
+    src = make_tiny_teacher(tmp_path / "t")
+    one = truncate_encoder(src, 1, tmp_path / "t1")
+    student = build_student(from_export=one)
+    assert student.init == "encoder" and student.model.config.arch == "48:mha,ffn"
+    bert = load_teacher(one)
+    ids = torch.tensor([[2, 40, 41, 3]])
+    with torch.no_grad():
+        want = bert.model(input_ids=ids).last_hidden_state
+        got = student.model.eval()(input_ids=ids).last_hidden_state
+    assert torch.allclose(got, want, atol=1e-4)
+    run = CliRunner().invoke
+    args = ["distill", "--from-export", str(one), "--teacher", str(src), "--corpus", str(SAMPLE),
+            "--steps", "2", "--batch-size", "4", "--seq-len", "16", "--embedding-weight", "1", "--similarity-weight", "1"]
+    r = run(app, [*args, "--out", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "d" / "distill_report.json").read_text())["init"] == "encoder"
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["model_type"] == "nasbert"
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text((one / "config.json").read_text())  # no weights, no tokenizer
+    one_line_error(run(app, [*args[:1], "--from-export", str(tmp_path / "broken"), *args[3:], "--out",
+                             str(tmp_path / "never")]), "--from-export")
+    assert not (tmp_path / "never").exists()

@@ -99,7 +99,8 @@ def distill_cmd(
     out: Annotated[Path, _opt("--out", help="Output HF folder (model, tokenizer, distill_report.json).")],
     corpus: Annotated[Path, _opt("--corpus", help="Unlabelled text, one paragraph per line.")],
     arch: Annotated[str | None, _opt("--arch", help="Arch string of the student.")] = None,
-    from_export: Annotated[Path | None, _opt("--from-export", help="Start from an exported NAS-BERT HF folder.")] = None,
+    from_export: Annotated[Path | None, _opt("--from-export", help="Start from an exported NAS-BERT HF folder, or a "
+                                             "BERT-family encoder folder (e.g. `truncate`'s), converted exactly.")] = None,
     teacher: Annotated[Path | None, _opt("--teacher", help="Teacher HF folder (default: offline MiniLM-L6), or a "
                                                 "fine-tuned NAS-BERT teacher from `finetune` (task-specific stage).")] = None,
     supernet: Annotated[Path | None, _opt("--supernet", help="Supernet checkpoint (default: the shipped one).")] = None,

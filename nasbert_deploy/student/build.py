@@ -61,7 +61,8 @@ def build_student(
 ) -> Student:
     """The student to distil: `arch` initialised from a supernet (`init='supernet'`; the shipped default
     supernet when `supernet_dir` is None) or randomly (`init='random'`, in `space`), or an exported
-    NAS-BERT HF folder (`from_export`)."""
+    NAS-BERT HF folder (`from_export`), or a BERT-family encoder folder there (e.g. `truncate`'s
+    truncated teacher), converted exactly into NAS-BERT form (`init` 'encoder')."""
     from nasbert_deploy.model.modeling import NasBertConfig
     from nasbert_deploy.space import SearchSpace
     from nasbert_deploy.supernet.network import Supernet, read_meta
@@ -75,7 +76,7 @@ def build_student(
 
         p = Path(from_export)
         if read_model_config(p, "--from-export", CheckpointError)["model_type"] != "nasbert":
-            raise CheckpointError(f"{p} is not a NAS-BERT encoder (model_type 'nasbert'); pass a folder made by `export`")
+            return _from_encoder(p)
         try:
             model = AutoModel.from_pretrained(str(p), local_files_only=True)
         except Exception as exc:  # a damaged folder: transformers raises many kinds; the user needs one line
@@ -99,3 +100,17 @@ def build_student(
     SearchSpace.from_dict(read_meta(folder)["space"]).parse(str(arch))  # ArchError before the weights are read
     net, _ = Supernet.load(folder)
     return make_student(net.extract(str(arch)), net, "supernet")
+
+
+def _from_encoder(folder: Path) -> Student:
+    """A BERT-family encoder (the truncated-teacher baseline, any local HF encoder) as a NAS-BERT student: the same
+    function (`convert_teacher`), so it distils, exports and is timed like every other student."""
+    from nasbert_deploy.errors import TeacherError
+    from nasbert_deploy.model.etd import convert_teacher
+    from nasbert_deploy.teacher import load_teacher
+
+    try:
+        model = convert_teacher(load_teacher(folder).model)
+    except TeacherError as exc:
+        raise CheckpointError(f"--from-export {folder}: {exc}; pass a folder made by `export`, `distill` or `truncate`") from None
+    return make_student(model, None, "encoder")
