@@ -83,15 +83,18 @@ class Results:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
+    info: dict[str, str] = {}
+    try:  # lscpu's family / model too: two hosts with one marketing name differ (docs/profiling.md)
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            if not line.strip():
+                break  # the first CPU's block is enough
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "cpu family", "model"):
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    return {"cpu": info.get("model name", platform.processor()), "family": info.get("cpu family"), "model": info.get("model"),
+            "cores": os.cpu_count(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def build_models(args: argparse.Namespace, work: Path) -> dict[str, Path]:

@@ -71,13 +71,13 @@ class Cached:
         return self.memo[key]
 
 
-def score(folder: Path, tf: dict[str, dict[str, Path]], teacher: Any) -> dict[str, float]:
+def score(folder: Path, tf: dict[str, dict[str, Path]], teacher: Any, max_len: int = 128) -> dict[str, float]:
     """Frozen-embedding quality of one encoder folder: probe accuracy per task, MRR, cosine to the teacher."""
     from nasbert_deploy.student.embeddings import Embedder
     from nasbert_deploy.student.quality import probe_scores, retrieval_quality
     from nasbert_deploy.student.tasks import load_task
 
-    model = Embedder(folder, "torch", max_len=128)
+    model = Embedder(folder, "torch", max_len=max_len)
     out: dict[str, float] = {}
     for t in CLASSIFICATION:
         r = probe_scores(model, load_task(tf[t]["train"]), load_task(tf[t]["valid"]), teacher)
