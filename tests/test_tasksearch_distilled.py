@@ -165,3 +165,34 @@ def test_searches_of_two_tasks_share_the_distilled_encoders(setup, tmp_path):
         assert r.exit_code == 0, r.output
         assert ("steps of 32 paragraphs" in r.output) == (name == "a") and ("reused from" in r.output) == (name == "b")
     assert len(list(shared.glob("enc-*"))) == 1 and not (tmp_path / "a" / "search" / "distilled").exists()
+
+
+def test_a_search_waits_for_another_distilling_the_same_encoder(setup, tmp_path):
+    """Two searches sharing `--distilled-dir`: the second waits on the first's lock, then reuses its encoder."""
+    import fcntl
+    import threading
+
+    from nasbert_deploy.space import TINY
+    from nasbert_deploy.supernet.teacher_cache import read_paragraphs
+    from nasbert_deploy.tasksearch.distilled import CorpusDistillation, DistilledStart
+    from nasbert_deploy.tasksearch.start import SupernetStart
+    from nasbert_deploy.teacher import load_teacher
+
+    notes: list[str] = []
+    start = DistilledStart(SupernetStart(setup["net"], setup["supernet"]), load_teacher(setup["encoder"]),
+                           read_paragraphs(SAMPLE), CorpusDistillation(SAMPLE, steps=2, batch_size=4, seq_len=16), tmp_path,
+                           {"test": 2}, 0, notes.append)
+    arch = str(next(iter(TINY.enumerate())))
+    out = start.encoder_dir(arch)
+    got: list[Path] = []
+    with open(out.with_name(f".{out.name}.lock"), "a") as other:  # "another run" holds the encoder's lock
+        fcntl.flock(other, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: got.append(start.ensure(arch)))
+        waiter.start()
+        waiter.join(2.0)
+        assert waiter.is_alive() and any("another run is distilling it" in n for n in notes)
+        out.mkdir()
+        (out / "config.json").write_text("{}")  # what the other run leaves when it ends
+        fcntl.flock(other, fcntl.LOCK_UN)
+    waiter.join(30)
+    assert got == [out] and any("reused from" in n for n in notes) and not any("steps of" in n for n in notes)

@@ -75,7 +75,7 @@ def search_task(
                                            "candidate; ranks as the final recipe does).")] = False,
     distilled_dir: Annotated[Path | None, _opt("--distilled-dir", help="Folder for the --corpus encoders (default "
                                                "OUT/search/distilled); they do not depend on the task: searches of "
-                                               "several tasks may share one, one at a time.")] = None,
+                                               "several tasks may share one, at the same time too.")] = None,
     transfer: Annotated[Path | None, _opt("--transfer", help="Unlabelled in-domain text, one paragraph per line, "
                                           "the teacher labels for the final distillation (KD-only rows).")] = None,
     transfer_rows: Annotated[int, _opt("--transfer-rows", min=0, help="Use this many --transfer lines (0: all).")] = 0,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,27 @@ class CorpusDistillation:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@contextmanager
+def _exclusive(path: Path, on_wait: Callable[[], None]) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (POSIX `flock`; released when the process ends, even killed), calling
+    `on_wait` once when another process holds it. Without `fcntl` (Windows) runs are not coordinated."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def corpus_digest(texts: Sequence[str]) -> str:
@@ -79,21 +101,32 @@ class DistilledStart:
         return self.folder / f"enc-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
     def ensure(self, arch: str) -> Path:
-        """The folder of `arch`'s distilled encoder, distilled now unless it is there."""
+        """The folder of `arch`'s distilled encoder, distilled now unless it is there. Searches sharing a folder
+        (`--distilled-dir`) take turns on each encoder: a second one waits for the first and reuses its result."""
+        out = self.encoder_dir(arch)
+        if (out / "config.json").is_file():
+            return self._reused(arch, out)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with _exclusive(out.with_name(f".{out.name}.lock"), lambda: self.note(
+                f"corpus distillation of {arch}: another run is distilling it into {out}; waiting for it")):
+            if (out / "config.json").is_file():  # the other run finished it while this one waited
+                return self._reused(arch, out)
+            return self._distil(arch, out)
+
+    def _reused(self, arch: str, out: Path) -> Path:
+        if arch not in self.made:
+            self.note(f"corpus distillation of {arch}: reused from {out}")
+            self.made[arch] = out
+        return out
+
+    def _distil(self, arch: str, out: Path) -> Path:
         from nasbert_deploy.student.build import make_student
         from nasbert_deploy.student.distill import distill
 
-        out = self.encoder_dir(arch)
-        if (out / "config.json").is_file():
-            if arch not in self.made:
-                self.note(f"corpus distillation of {arch}: reused from {out}")
-                self.made[arch] = out
-            return out
         s = self.settings
         self.note(f"corpus distillation of {arch}: {s.steps} steps of {s.batch_size} paragraphs ({s.seq_len} tokens) "
                   f"from {self.teacher.path} on {s.corpus} -> {out}")
         student = make_student(self.base.extract(arch), getattr(self.base, "net", None), getattr(self.base, "init", "supernet"))
-        self.folder.mkdir(parents=True, exist_ok=True)
         report = distill(student, self.teacher, self.texts, out, self.settings.config(self.seed), progress=self.progress,
                          note=self.note)
         self.note(f"corpus distillation of {arch}: done in {report['train_s']:.0f} s, last loss "

@@ -48,8 +48,8 @@ class TaskSearchRequest:
     the offline default teacher) before the final task distillation (`tasksearch.distilled`); with `rerank_distilled`
     every rerank candidate is, and the rerank's proxies start from those encoders; they are kept in `distilled_dir`
     (None: `out`/search/distilled; they do not depend on the task, so searches of several tasks may share one folder,
-    one search at a time). `transfer`: unlabelled in-domain text the teacher labels, KD-only rows of the final
-    distillation (`transfer_rows` of them; 0: all).
+    running at the same time too: each encoder is distilled once, under a lock). `transfer`: unlabelled in-domain
+    text the teacher labels, KD-only rows of the final distillation (`transfer_rows` of them; 0: all).
 
     `init`: where every student's weights start (`tasksearch.start`): `supernet` (the supernet at `supernet`, in
     its space), or `etd-impt` / `etd-rand`: extracted from the pre-trained `encoder` (None: the offline default
