@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import re
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from nasbert_deploy.student.tasks import load_task, sample_task_path
 from nasbert_deploy.supernet.network import Supernet
 
 SAMPLE = Path(str(resources.files("nasbert_deploy") / "data" / "sample.txt"))
+ROOT = Path(__file__).resolve().parent.parent
 ARCH = "32:mha,ffn|64:sep3,ffn"
 WORDS = "the a of to and in is it that for on with as was by this be are from or at an python module".split()
 # smaller than TINY: one hidden size, one kernel -> 7 items (3 ops, 1 boundary, embedding, head, overhead)
@@ -179,3 +182,9 @@ def tasksearch_setup(root: Path) -> dict:
     supernet, net = make_supernet_dir(root)
     return {"root": root, "encoder": encoder, "teacher": root / "teacher", "supernet": supernet, "net": net,
             "table": tiny_table(root / "t.json")}
+
+
+def run_benchmark(script: str, *args: object, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python benchmarks/SCRIPT ARGS...` from the repository root, output captured (benchmarks are scripts, not modules)."""
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)

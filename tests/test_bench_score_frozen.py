@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from helpers import make_tiny_teacher
+from helpers import make_tiny_teacher, run_benchmark
 
 from nasbert_deploy.student.baselines import truncate_encoder
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _bench(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "score_frozen.py"), *map(str, args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    return run_benchmark("score_frozen.py", *args)
 
 
 @pytest.mark.parametrize(

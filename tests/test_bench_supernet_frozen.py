@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import run_benchmark
 
 
 def _bench(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_supernet_frozen.py"), *map(str, args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    return run_benchmark("bench_supernet_frozen.py", *args)
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,11 @@ with the teacher, keeping where they were trained; benchmarks/plot_task_distill.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCH = "128:mha,ffn,id|128:mha,ffn,id|128:mha,ffn,id"
@@ -23,17 +23,12 @@ def _row(seed: int, share: float) -> dict:
             "teacher_accuracy": 0.8, "teacher_macro_f1": 0.8}
 
 
-def _bench(script: str, *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
 def test_rows_trained_elsewhere_are_timed_here_and_plotted(tmp_path):
     rows = tmp_path / "gpu-rows.jsonl"
     rows.write_text("".join(json.dumps(_row(s, share)) + "\n" for s, share in ((0, 0.99), (1, 0.97))))
     out, work = tmp_path / "timed.jsonl", tmp_path / "work"
-    res = _bench("bench_task_distill.py", "--time-rows", rows, "--work", work, "--rows", out, "--devices", "cpu-ort",
+    res = run_benchmark("bench_task_distill.py", "--time-rows", rows, "--work", work, "--rows", out, "--devices", "cpu-ort",
                  "--rounds", 1)
     assert res.returncode == 0, res.stdout + res.stderr
     timed = [json.loads(line) for line in out.read_text().splitlines()]
@@ -46,12 +41,12 @@ def test_rows_trained_elsewhere_are_timed_here_and_plotted(tmp_path):
     assert (work / "time.log").read_text().count("cli.app distill --arch") == 1
 
     png = tmp_path / "plane.png"
-    res = _bench("plot_task_distill.py", out, "--device", "cpu-ort", "--out", png)
+    res = run_benchmark("plot_task_distill.py", out, "--device", "cpu-ort", "--out", png)
     assert res.returncode == 0, res.stdout + res.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "0.980 ± 0.014" in res.stdout and ARCH in res.stdout  # mean ± sd over the two seeds
 
-    res = _bench("plot_task_distill.py", rows, "--device", "cpu-ort", "--out", tmp_path / "none.png")
+    res = run_benchmark("plot_task_distill.py", rows, "--device", "cpu-ort", "--out", tmp_path / "none.png")
     assert res.returncode != 0 and "no rows with a cpu-ort speed-up" in res.stderr
     assert not (tmp_path / "none.png").exists()
 
@@ -60,10 +55,10 @@ def test_bad_rows_are_one_line_exit_2_before_any_work(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"task": "debian-sections", "arch": ARCH}) + "\n")
     work = tmp_path / "work"
-    res = _bench("bench_task_distill.py", "--time-rows", bad, "--work", work)
+    res = run_benchmark("bench_task_distill.py", "--time-rows", bad, "--work", work)
     assert res.returncode == 2 and res.stderr.startswith("error: --time-rows") and "lacks seed" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not work.exists()  # nothing made, not even the folder
-    res = _bench("plot_task_distill.py", tmp_path / "missing.jsonl", "--out", tmp_path / "p.png")
+    res = run_benchmark("plot_task_distill.py", tmp_path / "missing.jsonl", "--out", tmp_path / "p.png")
     assert res.returncode == 2 and "does not exist" in res.stderr and not (tmp_path / "p.png").exists()
 
 
@@ -111,7 +106,7 @@ def test_a_finished_student_is_reused_only_by_the_same_recipe():
 @pytest.mark.slow
 def test_candidate_students_are_timed_side_by_side_with_the_teacher(tmp_path):
     out, work = tmp_path / "t.json", tmp_path / "work"
-    res = _bench("time_students.py", "--archs", f"{ARCH};{ARCH.replace('mha,ffn,id', 'ffn,id,id')}", "--space",
+    res = run_benchmark("time_students.py", "--archs", f"{ARCH};{ARCH.replace('mha,ffn,id', 'ffn,id,id')}", "--space",
                  "minilm", "--init", "supernet", "--devices", "cpu-ort", "--rounds", 1, "--work", work, "--json", out)
     assert res.returncode == 0, res.stdout + res.stderr
     got = json.loads(out.read_text())
@@ -125,6 +120,6 @@ def test_candidate_timing_refuses_a_bad_arch_or_device_before_any_work(tmp_path)
     work = tmp_path / "work"
     for args, needle in ((("--archs", "128:mha"), "block(s)"), (("--archs", ARCH, "--devices", "cpu-nope"), "unknown device"),
                          (("--archs", ARCH, "--json", tmp_path / "no" / "t.json"), "folder does not exist")):
-        res = _bench("time_students.py", *args, "--space", "minilm", "--work", work)
+        res = run_benchmark("time_students.py", *args, "--space", "minilm", "--work", work)
         assert res.returncode == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not work.exists()
