@@ -70,10 +70,9 @@ def training_summary(path: Path) -> dict[str, Any]:
 
 def _converted_bert(path: Path) -> Any:
     """The BERT encoder in `path` as a `NasBertModel` with the same outputs (`model.etd.convert_teacher`)."""
-    from nasbert_deploy.model.etd import convert_teacher
-    from nasbert_deploy.teacher import load_teacher
+    from nasbert_deploy.model.etd import convert_teacher_folder
 
-    return convert_teacher(load_teacher(path).model).eval()
+    return convert_teacher_folder(path).eval()
 
 
 def load_trained(path: Path, tokenizer: Path | None = None) -> tuple[Any, dict[str, Any], Any]:

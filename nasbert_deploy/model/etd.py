@@ -271,6 +271,14 @@ def convert_teacher(teacher: Any) -> NasBertModel:
     return without_projections(model)
 
 
+def convert_teacher_folder(path: Any) -> NasBertModel:
+    """The BERT-family encoder in the folder `path` (`teacher.load_teacher`: local files only, one-line
+    `TeacherError`s) as a `NasBertModel` with the same outputs (`convert_teacher`)."""
+    from nasbert_deploy.teacher import load_teacher
+
+    return convert_teacher(load_teacher(path).model)
+
+
 def without_projections(model: NasBertModel) -> NasBertModel:
     """`model` with its square projections (embedding, boundaries, head) as `nn.Identity` (config
     `identity_projections`): same outputs, 6% faster for MiniLM-L6 (`benchmarks/bench_teacher_forms.py`). Each one

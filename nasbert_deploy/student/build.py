@@ -106,11 +106,10 @@ def _from_encoder(folder: Path) -> Student:
     """A BERT-family encoder (the truncated-teacher baseline, any local HF encoder) as a NAS-BERT student: the same
     function (`convert_teacher`), so it distils, exports and is timed like every other student."""
     from nasbert_deploy.errors import TeacherError
-    from nasbert_deploy.model.etd import convert_teacher
-    from nasbert_deploy.teacher import load_teacher
+    from nasbert_deploy.model.etd import convert_teacher_folder
 
     try:
-        model = convert_teacher(load_teacher(folder).model)
+        model = convert_teacher_folder(folder)
     except TeacherError as exc:
         raise CheckpointError(f"--from-export {folder}: {exc}; pass a folder made by `export`, `distill` or `truncate`") from None
     return make_student(model, None, "encoder")
