@@ -83,6 +83,9 @@ def main() -> None:
         fail("no --model given; valid: one or more NAME=DIR")
     if a.time and not a.latency_out:
         fail("--time writes --latency-out FILE; give it")
+    for flag, path in (("--results", a.results), ("--latency-out", a.latency_out)):
+        if path and not Path(path).resolve().parent.is_dir():
+            fail(f"{flag} {path}: its folder does not exist; valid: a file in an existing folder")
     try:
         devices = [load_device(d) for d in a.devices.split(",")]  # a bad device name fails before any work
     except Exception as exc:
@@ -90,9 +93,10 @@ def main() -> None:
     tf = task_files(a)
     results = Path(a.results)
     done = {json.loads(line)["name"] for line in results.read_text().splitlines() if line.strip()} if results.is_file() else set()
+    from nasbert_deploy.teacher import resolve_teacher_path
+
     if not a.no_score:
         from nasbert_deploy.student.embeddings import Embedder
-        from nasbert_deploy.teacher import resolve_teacher_path
 
         teacher = Cached(Embedder(resolve_teacher_path(a.teacher), "torch", max_len=a.max_len))
         for name, folder in models.items():
@@ -107,7 +111,6 @@ def main() -> None:
                   f"{RETRIEVAL} MRR {frozen['mrr']:.3f}  cosine {frozen['cosine']:.2f}")
     if a.time:
         from nasbert_deploy.student.baselines import measure_encoders
-        from nasbert_deploy.teacher import resolve_teacher_path
 
         folders = {"teacher": resolve_teacher_path(a.teacher), **models}
         vocab = int(json.loads((folders["teacher"] / "config.json").read_text())["vocab_size"])

@@ -26,6 +26,7 @@ def _bench(*args: object) -> subprocess.CompletedProcess:
         ((), "no --model given"),
         (("--model", "a={here}", "--time"), "--latency-out"),
         (("--model", "a={here}", "--devices", "cpu-nope"), "--devices"),
+        (("--model", "a={here}", "--time", "--latency-out", "/nonexistent/lat.json"), "folder does not exist"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(args, says, tmp_path):
