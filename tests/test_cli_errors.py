@@ -140,7 +140,7 @@ def test_existing_outputs_need_force(work, encoder):
     ("name", "content", "args", "fragment"),
     [
         ("t.jsonl", b'{"query": "q", "document": "d"}\n', ["finetune-teacher", "--task", "t.jsonl", "--out", "o"],
-         "t.jsonl is a retrieval file"),
+         "t.jsonl has 1 pair; a validation split needs at least 2"),  # retrieval pairs train, but one is too few
         ("t.jsonl", b'{"text": "a", "label": "x"}\n{"text": "b", "lab', ["finetune-teacher", "--task", "t.jsonl", "--out", "o"],
          "t.jsonl:2: not valid JSON"),
         ("t.csv", b'text,label\n"' + b"a" * 200_000 + b'",b\n', ["finetune-teacher", "--task", "t.csv", "--out", "o"],

@@ -6,9 +6,6 @@ Thin shell over `nasbert_deploy.student.distill` / `.finetune`; heavy imports ha
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,8 +22,8 @@ from nasbert_deploy.cli.common import (
     console,
     print_report,
     set_threads,
-    training_progress,
 )
+from nasbert_deploy.cli.training_runs import print_finetune, processes, run_qa, squad_task
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
@@ -37,7 +34,8 @@ def _opt(*names: str, help: str | None = None, **kw: Any) -> Any:
     return typer.Option(*names, help=help, **kw)
 
 
-TaskOpt = Annotated[str, _opt("--task", help=f"Task file (.jsonl/.csv/.tsv: text, \\[text_pair], label) or {SAMPLE_TASK}.")]
+TaskOpt = Annotated[str, _opt("--task", help="Task file (.jsonl/.csv/.tsv: text, \\[text_pair], label; or .jsonl "
+                                "query/document pairs: retrieval) or {SAMPLE_TASK}.")]
 ValidFractionOpt = Annotated[float, _opt("--valid-fraction", min=0.01, max=0.9,
                                          help="Stratified share held out when no --valid.")]
 BatchOpt = Annotated[int, _opt("--batch-size", min=1, help="Examples per step and process (under torchrun each "
@@ -46,52 +44,13 @@ MaxLenOpt = Annotated[int, _opt("--max-len", min=2, help="Tokens per example (lo
 LrOpt = Annotated[float, _opt("--lr", min=0.0, help="AdamW learning rate.")]
 PoolingName = choice("PoolingName", ("auto", "cls", "mean"))  # student.finetune.POOLINGS (torch-free here)
 KdName = choice("KdName", ("auto", "kl", "mse"))  # auto, then student.task_training.KD_LOSSES
+RetrievalBatchOpt = Annotated[int | None, _opt("--batch-size", min=1, help="Examples per step and process (default 16; "
+                                               "32 query/document pairs on a retrieval task, whose negatives are the "
+                                               "batch's other documents).")]
 EpochsOpt = Annotated[int, _opt("--epochs", min=1, help="Passes over the training rows.")]
 ForceOpt = Annotated[bool, _opt("--force", help="Replace an existing, non-empty --out folder.")]
 DeviceOpt = Annotated[TrainDevice, _opt("--device", help="Where to train: a GPU when torch sees one (auto), the CPU, "
                                         "or a GPU (cuda; under torchrun one per process).")]
-
-
-@dataclass(frozen=True)
-class _Processes:
-    """Where a training command runs: its torchrun rank and world size, the torch device, and who prints (rank 0)."""
-
-    rank: int
-    world: int
-    device: str
-
-    @property
-    def note(self) -> Callable[..., None] | None:
-        return console.print if self.rank == 0 else None
-
-    @contextlib.contextmanager
-    def progress(self, title: str) -> Iterator[Callable[[int, int, dict[str, float]], None] | None]:
-        """`training_progress` on rank 0; the other ranks show nothing."""
-        if self.rank:
-            yield None
-            return
-        with training_progress(title) as update:
-            yield update
-
-
-@contextlib.contextmanager
-def _processes(device: str) -> Iterator[_Processes]:
-    """The torchrun process group (when launched by torchrun) and the training device, for the block.
-    `--device cuda` without a visible GPU: one line, exit 2, before any model is loaded."""
-    from nasbert_deploy.model.distributed import distributed_run
-
-    with distributed_run(device) as (rank, world, dev):
-        if rank == 0 and world > 1:
-            console.print(f"training on {world} processes (device {dev} on rank 0)", highlight=False)
-        yield _Processes(rank, world, dev)
-
-
-def _print_finetune(title: str, report: dict[str, Any]) -> None:
-    best = {f"best valid {k}": v for k, v in report["best"].items()}
-    sizes = {"train rows": report["train_rows"], "valid rows": report["valid_rows"], "train_s": report["train_s"]}
-    if report.get("world_size", 1) > 1:
-        sizes["processes"] = report["world_size"]
-    print_report(title, {**sizes, **best})
 
 
 @app.command("distill")
@@ -172,7 +131,7 @@ def distill_cmd(
         if arch is None or from_export is not None:
             raise CheckpointError("--init etd-* extracts an --arch from the teacher; give --arch, not --from-export")
         get_space(space.value).parse(arch)  # ArchError before the teacher is loaded
-    with _processes(device.value) as run:
+    with processes(device.value) as run:
         if mapped is not None and run.note:
             run.note(f"distillation layer map {','.join(map(str, mapped))} (block weight {cfg.intermediate_weight:g})",
                      highlight=False)
@@ -217,8 +176,10 @@ def finetune_cmd(
     transfer: Annotated[Path | None, _opt("--transfer", help="Unlabelled in-domain text, one paragraph per line, "
                                           "that the teacher labels for extra KD-only rows (needs --teacher-model).")] = None,
     transfer_rows: Annotated[int, _opt("--transfer-rows", min=0, help="Use this many --transfer lines (0: all).")] = 0,
-    lam: Annotated[float, _opt("--lambda", min=0.0, max=1.0, help="KD weight: (1-lambda) CE + lambda KD.")] = 0.5,
-    temperature: Annotated[float, _opt("--temperature", min=0.01, help="KD temperature.")] = 1.0,
+    lam: Annotated[float, _opt("--lambda", min=0.0, max=1.0, help="KD weight: (1-lambda) CE + lambda KD "
+                               "(retrieval: InfoNCE for CE).")] = 0.5,
+    temperature: Annotated[float | None, _opt("--temperature", min=0.01, help="KD temperature (default 1 for "
+                                              "logits; 0.05 for a retrieval task's cosine similarities).")] = None,
     kd: Annotated[KdName, _opt("--kd", help="Distillation term: mse (of the logits; --temperature unused) or kl (tau^2 "
                                "KL of the softened distributions); auto: mse, kl for SQuAD.")] = KdName("auto"),
     pooling: Annotated[PoolingName, _opt("--pooling", help="For a plain BERT encoder (e.g. `truncate`'s): mean "
@@ -228,7 +189,7 @@ def finetune_cmd(
     head_from_teacher: Annotated[bool, _opt("--head-from-teacher", help="Start the classifier from --teacher-model's "
                                             "(after `distill --teacher` from that fine-tuned teacher).")] = False,
     epochs: EpochsOpt = 5,
-    batch_size: BatchOpt = 16,
+    batch_size: RetrievalBatchOpt = None,
     max_len: MaxLenOpt = 128,
     lr: LrOpt = 2e-4,
     seed: SeedOpt = 0,
@@ -236,12 +197,25 @@ def finetune_cmd(
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
 ) -> None:
-    """Fine-tune a student on a labelled task, optionally distilling a fine-tuned teacher (resumable; torchrun)."""
+    """Fine-tune a student on a labelled task or retrieval pairs, optionally distilling a fine-tuned teacher
+    (resumable; torchrun)."""
     from nasbert_deploy.fileio import check_output
     from nasbert_deploy.student.finetune import FinetuneConfig, finetune, transfer_texts
+    from nasbert_deploy.student.retrieval import is_retrieval_file
     from nasbert_deploy.student.tasks import task_splits
 
     check_output(out, "dir", force)
+    if is_retrieval_file(task):
+        from nasbert_deploy.cli import retrieval_train
+
+        retrieval_train.check_options({"--transfer": transfer is not None, "--head-from-teacher": head_from_teacher,
+                                       "--kd mse": kd.value == "mse", "--pooling cls": pooling.value == "cls"})
+        set_threads(threads)
+        retrieval_train.run(model, task, valid, valid_fraction, out, dict(
+            epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, lam=lam, temperature=temperature, seed=seed),
+            teacher_model, device.value, student=True)
+        return
+    batch_size, temperature = batch_size or 16, temperature or 1.0
     if transfer is not None and teacher_model is None:
         raise TaskError("--transfer needs --teacher-model: the teacher labels the transfer set")
     set_threads(threads)
@@ -249,18 +223,18 @@ def finetune_cmd(
         raise TaskError(f"--kd {kd.value} is the distillation term: it needs --teacher-model")
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, lam=lam, temperature=temperature,
                          seed=seed, kd=_kd_term(kd.value, task, teacher_model))
-    if _squad_task(task):
+    if squad_task(task):
         if transfer is not None:
             raise TaskError("--transfer is for single-text classification; a SQuAD task trains on its questions only")
-        _finetune_qa(model, task, valid, valid_fraction, out, cfg, teacher_model, device.value, fresh=None)
+        run_qa(model, task, valid, valid_fraction, out, cfg, teacher_model, device.value, fresh=None)
         return
     train, val = task_splits(task, valid, valid_fraction)
     extra = None if transfer is None else transfer_texts(transfer, train, val, transfer_rows, seed)
-    with _processes(device.value) as run, run.progress("fine-tuning") as update:
+    with processes(device.value) as run, run.progress("fine-tuning") as update:
         report = finetune(model, train, val, out, cfg, teacher_model, update, note=run.note, device=run.device,
                           transfer=extra, pooling=pooling.value, head_from_teacher=head_from_teacher)
     if run.rank == 0:
-        _print_finetune(f"fine-tuned -> {out}", report)
+        print_finetune(f"fine-tuned -> {out}", report)
 
 
 @app.command("finetune-teacher")
@@ -271,7 +245,7 @@ def finetune_teacher_cmd(
     valid: Annotated[Path | None, _opt("--valid", help="Validation task file.")] = None,
     valid_fraction: ValidFractionOpt = 0.1,
     epochs: EpochsOpt = 3,
-    batch_size: BatchOpt = 16,
+    batch_size: RetrievalBatchOpt = None,
     max_len: MaxLenOpt = 128,
     lr: LrOpt = 5e-5,
     pooling: Annotated[PoolingName, _opt("--pooling", help="cls: the encoder's own classifier ([CLS] pooler); mean: "
@@ -283,25 +257,37 @@ def finetune_teacher_cmd(
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
 ) -> None:
-    """Fine-tune the teacher encoder as a sequence classifier (the teacher for task distillation; torchrun)."""
+    """Fine-tune the teacher encoder as a sequence classifier, or on retrieval pairs (the teacher for task
+    distillation; torchrun)."""
     from nasbert_deploy.fileio import check_output
     from nasbert_deploy.student.finetune import FinetuneConfig, finetune_teacher
+    from nasbert_deploy.student.retrieval import is_retrieval_file
     from nasbert_deploy.student.tasks import task_splits
 
     check_output(out, "dir", force)
     set_threads(threads)
-    cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, seed=seed)
-    if _squad_task(task):
+    if is_retrieval_file(task):
+        from nasbert_deploy.cli import retrieval_train
         from nasbert_deploy.teacher import resolve_teacher_path
 
-        _finetune_qa(resolve_teacher_path(teacher), task, valid, valid_fraction, out, cfg, None, device.value, fresh=True)
+        retrieval_train.check_options({"--pooling cls": pooling.value == "cls"})
+        retrieval_train.run(resolve_teacher_path(teacher), task, valid, valid_fraction, out, dict(
+            epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, lam=0.0, temperature=None, seed=seed),
+            None, device.value, student=False)
+        return
+    batch_size = batch_size or 16
+    cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, max_len=max_len, lr=lr, seed=seed)
+    if squad_task(task):
+        from nasbert_deploy.teacher import resolve_teacher_path
+
+        run_qa(resolve_teacher_path(teacher), task, valid, valid_fraction, out, cfg, None, device.value, fresh=True)
         return
     train, val = task_splits(task, valid, valid_fraction)
-    with _processes(device.value) as run, run.progress("fine-tuning teacher") as update:
+    with processes(device.value) as run, run.progress("fine-tuning teacher") as update:
         report = finetune_teacher(teacher, train, val, out, cfg, update, note=run.note, pooling=pooling.value,
                                   device=run.device)
     if run.rank == 0:
-        _print_finetune(f"fine-tuned teacher -> {out}", report)
+        print_finetune(f"fine-tuned teacher -> {out}", report)
 
 
 @app.command("evaluate")
@@ -339,7 +325,7 @@ def evaluate_cmd(
             write_json_atomic(json_out, report)
         _record(model, report, task, runtime.value, train)
         return
-    if _squad_task(task):
+    if squad_task(task):
         from nasbert_deploy.qa.squad import load_squad
 
         if runtime.value.endswith("-int8"):
@@ -363,32 +349,7 @@ def evaluate_cmd(
 
 def _kd_term(kd: str, task: str | Path, teacher_model: Path | None) -> str:
     """`--kd auto`: logit MSE for classification (docs/quality.md §6), KL for SQuAD and without a teacher."""
-    return kd if kd != "auto" else "mse" if teacher_model is not None and not _squad_task(task) else "kl"
-
-
-def _squad_task(task: str | Path) -> bool:
-    from nasbert_deploy.qa.squad import is_squad_path
-
-    return is_squad_path(task)
-
-
-def _finetune_qa(model: Path, task: str, valid: Path | None, valid_fraction: float, out: Path, cfg: Any,
-                 teacher_model: Path | None, device: str, fresh: bool | None) -> None:
-    """Extractive QA (a SQuAD `--task`): fine-tune a QA model, or an encoder under a fresh start/end head
-    (`fresh` None: fresh unless `model` already is a QA model). One process; `--device` cpu or cuda."""
-    from nasbert_deploy.model.distributed import world_info
-    from nasbert_deploy.qa.squad import squad_splits
-    from nasbert_deploy.qa.train import check_qa_folder, finetune_qa, is_qa_config
-
-    if world_info()[1] > 1:
-        raise TaskError("question answering trains in one process; run it without torchrun")
-    if fresh is None:
-        fresh = not is_qa_config(check_qa_folder(model, trained=False))
-    train, val = squad_splits(task, valid, valid_fraction)
-    with _processes(device) as run, run.progress("fine-tuning (extractive QA)") as update:
-        report = finetune_qa(model, train, val, out, cfg, teacher_model, update, run.note, fresh_head=fresh,
-                             device=run.device)
-    _print_finetune(f"fine-tuned QA model -> {out}", report)
+    return kd if kd != "auto" else "mse" if teacher_model is not None and not squad_task(task) else "kl"
 
 
 def _record(model: Path, report: dict[str, Any], task: str, runtime: str, train: Path | None = None) -> None:

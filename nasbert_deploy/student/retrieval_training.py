@@ -1,0 +1,341 @@
+"""Fine-tuning an encoder on retrieval pairs, and retrieval distillation from a teacher encoder.
+
+Training rows are `{"query", "document"}` pairs (`student.retrieval`). Each step embeds a batch's queries and
+documents (mean-pooled over real tokens, as `Embedder` and sentence-transformers do) and trains
+
+    loss = (1 - lambda) * InfoNCE + lambda * KD
+
+- InfoNCE (in-batch negatives, sentence-transformers' MultipleNegativesRankingLoss): cross-entropy of each
+  query's softmax over cosine / `CONTRASTIVE_TAU` to the batch's documents, its own document the target; other
+  rows holding the very same document are masked out (they are not negatives);
+- KD (with a teacher encoder): KL between the teacher's and the student's softmax over the same query-to-document
+  similarities at temperature `tau` (`losses.cross_similarity_kl`); the teacher's embeddings of every query and
+  document are computed once, before the first step. Without a teacher the loss is InfoNCE alone.
+
+The weights with the best validation MRR (in the pool of the validation split's documents) are kept. Runs resume
+from `<out>.ckpt/` (every `CHECKPOINT_STEPS` steps, at each epoch end and on Ctrl-C). Under torchrun every rank
+takes its slice of each global batch (its in-batch negatives are its own slice's documents), gradients are
+averaged, and every rank scores the validation split; rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nasbert_deploy.errors import CheckpointError, NasBertDeployError, TaskError
+from nasbert_deploy.fileio import atomic_dir, write_json_atomic
+from nasbert_deploy.model.distributed import allreduce_grads, broadcast_params, on_rank_zero, sum_over_ranks, world_info
+from nasbert_deploy.model.loop import (
+    NoteFn,
+    ProgressFn,
+    checkpoint_dir,
+    epoch_order,
+    load_checkpoint_on_every_rank,
+    optimizer_state,
+    restore_optimizer_state,
+    run_steps,
+    save_checkpoint,
+    warmup_decay,
+)
+from nasbert_deploy.model.losses import cross_similarity_kl, masked_mean_pool
+from nasbert_deploy.model.remote_code import write_remote_code
+from nasbert_deploy.student.retrieval import RetrievalData, retrieval_scores
+
+REPORT_NAME = "finetune_report.json"
+CONTRASTIVE_TAU = 0.05  # sentence-transformers' MultipleNegativesRankingLoss scale 20
+CHECKPOINT_STEPS = 200
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Hyper-parameters; `lam` and `tau` only matter with a teacher. `batch_size`: pairs per process and step."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    max_len: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    lam: float = 0.5
+    tau: float = 0.05
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def split_pairs(data: RetrievalData, fraction: float, seed: int = 0) -> tuple[RetrievalData, RetrievalData]:
+    """(train, valid): a seeded `fraction` of the queries held out (at least one each side), each side with the
+    pool of its own queries' documents."""
+    n = len(data)
+    if n < 2:
+        raise TaskError(f"{data.source} has {n} pair; a validation split needs at least 2 (or give --valid)")
+    order = np.random.default_rng(seed).permutation(n)
+    k = min(n - 1, max(1, round(fraction * n)))
+    return _subset(data, sorted(order[k:]), "train"), _subset(data, sorted(order[:k]), "valid")
+
+
+def _subset(data: RetrievalData, rows: Sequence[int], part: str) -> RetrievalData:
+    pool: dict[str, int] = {}
+    gold = [pool.setdefault(data.documents[data.gold[i]], len(pool)) for i in rows]
+    return RetrievalData(tuple(data.queries[i] for i in rows), tuple(pool), tuple(gold), f"{data.source} ({part})")
+
+
+def _pad(seqs: Sequence[Sequence[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), t, dtype=torch.long)
+    mask = torch.zeros(len(seqs), t, dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s)
+        mask[r, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def embed(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(b, d) mean-pooled last hidden states of a BERT-family or NAS-BERT encoder (not normalised)."""
+    return masked_mean_pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+
+
+@torch.no_grad()
+def encode_all(model: Any, tokens: Sequence[Sequence[int]], device: str, batch_size: int = 64,
+               progress: ProgressFn | None = None) -> torch.Tensor:
+    """(n, d) L2-normalised embeddings of tokenized texts, in order (batched by length, model in eval mode)."""
+    was = model.training
+    model.eval()
+    order = np.argsort([len(t) for t in tokens], kind="stable")
+    out = torch.zeros(len(tokens), 0)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        vec = torch.nn.functional.normalize(embed(model, *_pad([tokens[i] for i in idx], device)), dim=-1).float().cpu()
+        if out.shape[1] == 0:
+            out = torch.zeros(len(tokens), vec.shape[1])
+        out[torch.as_tensor(idx)] = vec
+        if progress is not None:
+            progress(min(start + batch_size, len(order)), len(order), {})
+    model.train(was)
+    return out
+
+
+def _shifted(progress: ProgressFn | None, offset: int, total: int) -> ProgressFn | None:
+    """`progress` of one pass of `encode_all` shown as part of a bigger one (`offset` texts done before, `total` in all)."""
+    if progress is None:
+        return None
+    return lambda done, _n, values: progress(offset + done, total, {"texts embedded": offset + done, **values})
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    return list(tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"])
+
+
+def validation_scores(model: Any, q_tok: Sequence[Sequence[int]], d_tok: Sequence[Sequence[int]], gold: Sequence[int],
+                      device: str) -> dict[str, float]:
+    """recall@1, recall@10 and MRR of `model` on a tokenized validation split (pool of its documents)."""
+    q, d = encode_all(model, q_tok, device), encode_all(model, d_tok, device)
+    return retrieval_scores(q.numpy(), d.numpy(), gold)
+
+
+def pair_loss(s_q: torch.Tensor, s_d: torch.Tensor, doc_ids: torch.Tensor, teacher: tuple[torch.Tensor, torch.Tensor]
+              | None, lam: float, tau: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The module docstring's loss for one batch: (b, d) query and document embeddings, (b,) pool index of each
+    row's document, the teacher's (b, d) query and document embeddings (or None)."""
+    norm = torch.nn.functional.normalize
+    sims = norm(s_q, dim=-1) @ norm(s_d, dim=-1).T / CONTRASTIVE_TAU  # (b, b)
+    same = (doc_ids[:, None] == doc_ids[None, :]) & ~torch.eye(len(doc_ids), dtype=torch.bool, device=sims.device)
+    nce = torch.nn.functional.cross_entropy(sims.masked_fill(same, float("-inf")), torch.arange(len(doc_ids),
+                                            device=sims.device))
+    if teacher is None:
+        return nce, {"nce": float(nce.detach())}
+    kd = cross_similarity_kl(s_q, s_d, teacher[0], teacher[1], tau)
+    return (1 - lam) * nce + lam * kd, {"nce": float(nce.detach()), "kd": float(kd.detach())}
+
+
+def train_retrieval(
+    model: Any,
+    tokenizer: Any,
+    train: RetrievalData,
+    valid: RetrievalData,
+    out_dir: str | Path,
+    cfg: RetrievalConfig,
+    teacher: Any = None,
+    progress: ProgressFn | None = None,
+    run_key: dict[str, Any] | None = None,
+    note: NoteFn | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Train the encoder `model` on `train` pairs (with the encoder `teacher`: retrieval distillation), keep the best
+    validation MRR, write `out_dir` (encoder, tokenizer, report). Returns the report (rank 0's on every rank)."""
+    if cfg.batch_size < 2:
+        raise TaskError("retrieval trains against the batch's other documents: --batch-size must be at least 2")
+    rank, world = world_info()
+    max_len = min(cfg.max_len, int(getattr(model.config, "max_position_embeddings", cfg.max_len)))
+    q_tok, d_tok = tokenize(tokenizer, train.queries, max_len), tokenize(tokenizer, train.documents, max_len)
+    vq_tok, vd_tok = tokenize(tokenizer, valid.queries, max_len), tokenize(tokenizer, valid.documents, max_len)
+    gold = torch.tensor(train.gold)
+    t_q = t_d = None
+    if teacher is not None:
+        if note is not None:
+            note(f"embedding {len(train)} queries and {len(train.documents)} documents with the teacher (once, before "
+                 "training; again after a resume)")
+        teacher.to(device)
+        n_q, n_all = len(q_tok), len(q_tok) + len(d_tok)
+        t_q = encode_all(teacher, q_tok, device, progress=_shifted(progress, 0, n_all))
+        t_d = encode_all(teacher, d_tok, device, progress=_shifted(progress, n_q, n_all))
+        teacher.to("cpu")
+    rows_per_step = cfg.batch_size * world
+    spe = -(-len(train) // rows_per_step)
+    total = cfg.epochs * spe
+    model.to(device)
+    torch.manual_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    broadcast_params(params)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = warmup_decay(opt, cfg.warmup_fraction, total)
+    out = Path(out_dir)
+    ckpt = checkpoint_dir(out)
+    key = {"kind": "finetune-retrieval", "config": cfg.to_dict(), "rows": len(train), **(run_key or {}),
+           **({"world_size": world} if world > 1 else {})}
+    start, history, best, elapsed = 0, [], {"mrr": -1.0, "epoch": 0}, 0.0
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    loaded = load_checkpoint_on_every_rank(ckpt, key)
+    if loaded is not None:
+        model.load_state_dict({k[4:]: v for k, v in loaded.tensors.items() if k.startswith("cur.")})
+        best_state = {k[5:]: v for k, v in loaded.tensors.items() if k.startswith("best.")}
+        restore_optimizer_state(opt, sched, loaded.saved)
+        st = loaded.state
+        start, history, best, elapsed = st["step"], st["history"], st["best"], st["elapsed_s"]
+    t0 = time.perf_counter() - elapsed
+
+    def train_step(step: int) -> dict[str, float]:
+        epoch, pos = divmod(step, spe)
+        first = pos * rows_per_step
+        n_global = min(rows_per_step, len(train) - first)
+        order = epoch_order(len(train), cfg.seed, epoch)
+        rows = list(order[first + rank * cfg.batch_size : first + min(n_global, (rank + 1) * cfg.batch_size)])
+        opt.zero_grad(set_to_none=True)
+        values = {"loss": 0.0}
+        if rows:  # a rank whose slice of a short last batch is empty only joins the all-reduce
+            s_q = embed(model, *_pad([q_tok[i] for i in rows], device))
+            s_d = embed(model, *_pad([d_tok[int(gold[i])] for i in rows], device))
+            idx = torch.tensor(rows)
+            tq = None if t_q is None or t_d is None else (t_q[idx].to(device), t_d[gold[idx]].to(device))
+            loss, parts = pair_loss(s_q, s_d, gold[idx].to(device), tq, cfg.lam, cfg.tau)
+            weight = len(rows) / n_global
+            (loss * weight * world).backward()
+            values = {"loss": float(loss.detach()) * weight, **{k: v * weight for k, v in parts.items()}}
+        allreduce_grads(params, world, uneven=True)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        values = sum_over_ranks(values)
+        if not np.isfinite(values["loss"]):
+            raise CheckpointError(f"training diverged at step {step + 1} (loss {values['loss']}); lower the learning rate")
+        return values
+
+    def end_epoch(done: int) -> None:
+        nonlocal best, best_state
+        if done % spe or len(history) == done // spe:
+            return
+        scores = validation_scores(model, vq_tok, vd_tok, valid.gold, device)
+        improved = scores["mrr"] > best["mrr"]
+        if improved:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best = {**scores, "epoch": done // spe}
+        history.append({"epoch": done // spe, **{f"valid_{k}": v for k, v in scores.items()}})
+        if note is not None:
+            verdict = "the best so far, kept" if improved else f"epoch {best['epoch']} stays the best"
+            note(f"epoch {done // spe}/{cfg.epochs}: validation MRR {scores['mrr']:.4f}, recall@1 "
+                 f"{scores['recall@1']:.4f} ({verdict})")
+
+    def save(done: int) -> None:  # rank 0 only, and no collective: Ctrl-C may reach the ranks at different moments
+        if rank != 0:
+            return
+        tensors = {f"cur.{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"best.{k}": v for k, v in best_state.items()})
+        state = {"step": done, "history": history, "best": best, "elapsed_s": time.perf_counter() - t0}
+        save_checkpoint(ckpt, key, tensors, optimizer_state(opt, sched), state)
+
+    model.train()
+    end_epoch(start)  # an interrupted run may have stopped before scoring its last epoch
+    run_steps(start, total, train_step, save, checkpoint_every=min(spe, CHECKPOINT_STEPS), after_step=end_epoch,
+              progress=progress, note=note)
+    model.load_state_dict(best_state)
+    model.eval()
+    report = {"kind": "retrieval", "train_rows": len(train), "valid_rows": len(valid), "config": cfg.to_dict(),
+              "distilled_from_teacher": teacher is not None, "world_size": world, "device": device,
+              "train_s": round(time.perf_counter() - t0, 2), "best": best, "history": history, **(run_key or {})}
+
+    def write() -> dict[str, Any]:
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if getattr(model.config, "model_type", "") == "nasbert":
+                write_remote_code(tmp)
+            write_json_atomic(tmp / REPORT_NAME, report)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        return report
+
+    return on_rank_zero(write)
+
+
+def load_encoder(path: str | Path, option: str, convert: bool) -> tuple[Any, Any]:
+    """(encoder, tokenizer) from a local folder, checked cheaply first: a NAS-BERT encoder, or a BERT-family one
+    (`convert`: converted exactly into NAS-BERT form, `model.etd.convert_teacher_folder`, so a student trains,
+    exports and is timed as the others). A task model (classifier, QA) is refused: retrieval pools token states."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from nasbert_deploy.model import modeling  # noqa: F401  (registers model_type "nasbert" with the Auto classes)
+    from nasbert_deploy.teacher import read_model_config, task_head
+
+    p = Path(path)
+    config = read_model_config(p, option, TaskError)
+    head = task_head(config)
+    if head:
+        raise TaskError(f"{option} {p} is a task model ({head}); retrieval fine-tunes and distils encoders (a "
+                        "`distill` or `export` output, the teacher, a `finetune-teacher` retrieval output)")
+    try:
+        if convert and config.get("model_type") == "bert":
+            from nasbert_deploy.model.etd import convert_teacher_folder
+
+            model = convert_teacher_folder(p)
+        else:
+            model = AutoModel.from_pretrained(str(p), local_files_only=True).float()
+        tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except NasBertDeployError:
+        raise
+    except Exception as exc:  # a damaged folder: transformers raises many kinds; the user needs one line
+        raise TaskError(f"cannot load an encoder with its tokenizer from {option} {p}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return model, tokenizer
+
+
+def finetune_retrieval(
+    model_dir: str | Path,
+    train: RetrievalData,
+    valid: RetrievalData,
+    out_dir: str | Path,
+    cfg: RetrievalConfig,
+    teacher_model: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    note: NoteFn | None = None,
+    device: str = "cpu",
+    convert: bool = True,
+) -> dict[str, Any]:
+    """`finetune` (a student, `convert`: BERT folders in NAS-BERT form) or `finetune-teacher` (`convert` False: the
+    encoder keeps its class) on retrieval pairs; with `teacher_model` (an encoder) the KD term joins."""
+    teacher = None
+    if teacher_model is not None:
+        teacher, t_tok = load_encoder(teacher_model, "--teacher-model", convert=False)
+    model, tokenizer = load_encoder(model_dir, "--model", convert=convert)
+    if teacher is not None and t_tok.get_vocab() != tokenizer.get_vocab():
+        raise TaskError(f"--teacher-model {teacher_model} and --model {model_dir} tokenize differently (vocabularies "
+                        "differ); retrieval distillation feeds both the same tokens")
+    key = {"model": str(model_dir), "task": train.source, "teacher_model": str(teacher_model) if teacher_model else None}
+    return train_retrieval(model, tokenizer, train, valid, out_dir, cfg, teacher, progress, key, note, device)
