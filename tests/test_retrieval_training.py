@@ -156,3 +156,49 @@ def test_bad_input_is_one_line(dirs, tmp_path):
     (tmp_path / "clf" / "config.json").write_text('{"model_type": "bert", "architectures": ["BertForSequenceClassification"]}')
     one_line_error(runner.invoke(app, [*base, "--teacher-model", str(tmp_path / "clf")]), "task model")
     assert not (tmp_path / "o").exists()
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
+    import datetime
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        r = __import__("pathlib").Path(root)
+        train, valid = load_retrieval(r / "tr.jsonl"), load_retrieval(r / "va.jsonl")
+        cfg = RetrievalConfig(epochs=2, batch_size=8, max_len=16, lr=3e-3)  # global batch 16: 6 steps an epoch
+
+        def stop(step, _total, values):
+            if "texts embedded" not in values and step == 4:
+                raise KeyboardInterrupt
+
+        try:
+            finetune_retrieval(r / "student", train, valid, r / "out", cfg, r / "teacher", progress=stop)
+        except KeyboardInterrupt:
+            pass
+        notes: list[str] = []
+        report = finetune_retrieval(r / "student", train, valid, r / "out", cfg, r / "teacher", note=notes.append)
+        (r / f"rank{rank}.json").write_text(json.dumps({"report": report, "notes": notes}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_resume_and_agree(dirs, tmp_path):
+    import shutil
+    import socket
+
+    for name in ("student", "teacher", "tr.jsonl", "va.jsonl"):
+        src = dirs["root"] / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.start_processes(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert "resuming from step 4 of 12" in ranks[0]["notes"]
+    assert ranks[0]["report"] == ranks[1]["report"] and ranks[0]["report"]["world_size"] == 2
+    assert [h["epoch"] for h in ranks[0]["report"]["history"]] == [1, 2]  # each epoch scored once, on both ranks alike
+    assert not checkpoint_dir(tmp_path / "out").exists()
