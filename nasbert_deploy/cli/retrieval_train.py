@@ -11,6 +11,7 @@ from typing import Any
 from nasbert_deploy.errors import TaskError
 
 RETRIEVAL_BATCH = 32  # pairs per step when --batch-size is not given (in-batch negatives want more than 16)
+DEFAULT_TEACHER = "default"  # `--teacher-model default`: the offline default teacher (frozen MiniLM-L6) distils
 RETRIEVAL_TAU = 0.05  # the KD temperature when --temperature is not given (cosine similarities, not logits)
 
 
@@ -30,6 +31,10 @@ def run(model: Path, task: str, valid: Path | None, valid_fraction: float, out: 
     from nasbert_deploy.student.retrieval import is_retrieval_file, load_retrieval
     from nasbert_deploy.student.retrieval_training import RetrievalConfig, finetune_retrieval, split_pairs
 
+    if teacher_model is not None and str(teacher_model) == DEFAULT_TEACHER:
+        from nasbert_deploy.teacher import default_teacher_path
+
+        teacher_model = default_teacher_path()
     batch = settings.pop("batch_size") or RETRIEVAL_BATCH
     tau = settings.pop("temperature") or RETRIEVAL_TAU
     cfg = RetrievalConfig(batch_size=batch, tau=tau, **settings)

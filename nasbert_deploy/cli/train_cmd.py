@@ -172,7 +172,8 @@ def finetune_cmd(
     task: TaskOpt = SAMPLE_TASK,
     valid: Annotated[Path | None, _opt("--valid", help="Validation task file (default: split off --valid-fraction).")] = None,
     valid_fraction: ValidFractionOpt = 0.1,
-    teacher_model: Annotated[Path | None, _opt("--teacher-model", help="Fine-tuned teacher classifier for task KD.")] = None,
+    teacher_model: Annotated[Path | None, _opt("--teacher-model", help="Fine-tuned teacher classifier for task KD; on a "
+                                               "retrieval task an encoder folder, or `default` (the offline MiniLM-L6).")] = None,
     transfer: Annotated[Path | None, _opt("--transfer", help="Unlabelled in-domain text, one paragraph per line, "
                                           "that the teacher labels for extra KD-only rows (needs --teacher-model).")] = None,
     transfer_rows: Annotated[int, _opt("--transfer-rows", min=0, help="Use this many --transfer lines (0: all).")] = 0,
