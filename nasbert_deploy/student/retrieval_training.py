@@ -128,7 +128,7 @@ def _shifted(progress: ProgressFn | None, offset: int, total: int) -> ProgressFn
     """`progress` of one pass of `encode_all` shown as part of a bigger one (`offset` texts done before, `total` in all)."""
     if progress is None:
         return None
-    return lambda done, _n, values: progress(offset + done, total, {"texts embedded": offset + done, **values})
+    return lambda done, _n, values: progress(offset + done, total, values)
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> list[list[int]]:
