@@ -1,11 +1,12 @@
 """Frozen-embedding quality of distilled encoders, and their latency side by side with the teacher's.
 
-Each `--model NAME=DIR` (an encoder folder from `distill`, `truncate`, `export`) is scored on frozen mean-pooled
-embeddings of the valid splits, as docs/quality.md sections 8-11 score them (`bench_rerank_quality.score`: linear
-probes on debian-sections and wordnet-supersense with label loyalty to the teacher's probe, MRR in a pool of 1,000 on
-debian-retrieval, cosine to the teacher's embedding). One JSON line per model goes to `--results`, with what its
-`distill_report.json` says (start, arch, steps, seed, losses, held-out curve, training time); a name already there is
-skipped, so an interrupted run resumes. `--time` then measures the teacher and every model in one run, interleaved
+Each `--model NAME=DIR` (an encoder folder from `distill`, `truncate`, `export`, a retrieval `finetune`) is scored
+on frozen mean-pooled embeddings of the valid splits, as docs/quality.md sections 8-11 score them
+(`bench_rerank_quality.score`: linear probes on debian-sections and wordnet-supersense with label loyalty to the
+teacher's probe, MRR in a pool of 1,000 on debian-retrieval, cosine to the teacher's embedding). One JSON line per
+model goes to `--results`, with what its `distill_report.json` says (start, arch, steps, seed, losses, held-out
+curve, training time) and a retrieval fine-tuning's report; a name already there is skipped, so an interrupted run
+resumes. `--time` then measures the teacher and every model in one run, interleaved
 rounds, on cpu-ort and cpu-openvino (`student.baselines.measure_encoders`), into `--latency-out`.
 
     python benchmarks/score_frozen.py --tasks ../shared/tasks --results rows.jsonl \
@@ -51,15 +52,20 @@ def parse_models(items: list[str]) -> dict[str, Path]:
 
 
 def describe(folder: Path) -> dict[str, Any]:
-    """What the folder's distillation report says about how it was made (empty for a folder without one)."""
+    """What the folder's distillation report says about how it was made (empty for a folder without one), and a
+    retrieval fine-tuning's report (`finetune --task pairs.jsonl`) under 'retrieval_finetune'."""
+    row: dict[str, Any] = {}
     path = folder / "distill_report.json"
-    if not path.is_file():
-        return {}
-    rep = json.loads(path.read_text())
-    row = {k: rep[k] for k in REPORT_KEYS if k in rep}
-    row.update({k: rep["config"][k] for k in CONFIG_KEYS if k in rep.get("config", {})})
-    if "heldout_curve" in rep:
-        row["heldout_curve"] = rep["heldout_curve"]
+    if path.is_file():
+        rep = json.loads(path.read_text())
+        row = {k: rep[k] for k in REPORT_KEYS if k in rep}
+        row.update({k: rep["config"][k] for k in CONFIG_KEYS if k in rep.get("config", {})})
+        if "heldout_curve" in rep:
+            row["heldout_curve"] = rep["heldout_curve"]
+    path = folder / "finetune_report.json"
+    if path.is_file() and (rep := json.loads(path.read_text())).get("kind") == "retrieval":
+        keys = ("model", "teacher_model", "config", "train_rows", "valid_rows", "train_s", "best", "history")
+        row["retrieval_finetune"] = {k: rep.get(k) for k in keys}
     return row
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from importlib import resources
 
 import pytest
 from helpers import make_tiny_teacher, run_benchmark
 
 from nasbert_deploy.student.baselines import truncate_encoder
+from nasbert_deploy.student.retrieval import load_retrieval
+from nasbert_deploy.student.retrieval_training import RetrievalConfig, finetune_retrieval, split_pairs
 
 
 def _bench(*args: object) -> subprocess.CompletedProcess:
@@ -42,15 +45,21 @@ def test_bad_arguments_are_one_line_and_exit_2(args, says, tmp_path):
 def test_smoke_scores_times_and_resumes(tmp_path):
     teacher = make_tiny_teacher(tmp_path / "t")
     one = truncate_encoder(teacher, 1, tmp_path / "t1")
+    pairs = load_retrieval(resources.files("nasbert_deploy.data.tasks") / "debian-retrieval-sample.jsonl", limit=64)
+    train, valid = split_pairs(pairs, 0.25)
+    finetune_retrieval(one, train, valid, tmp_path / "r1", RetrievalConfig(epochs=1, batch_size=16, max_len=32))
     out, lat = tmp_path / "rows.jsonl", tmp_path / "lat.json"
-    args = ("--smoke", "--teacher", teacher, "--model", f"L1={one}", "--results", out, "--max-len", 32)
+    args = ("--smoke", "--teacher", teacher, "--model", f"L1={one}", "--model", f"R1={tmp_path / 'r1'}", "--results",
+            out, "--max-len", 32)
     res = _bench(*args, "--time", "--devices", "cpu-ort", "--rounds", "1", "--clock", "wall", "--latency-out", lat)
     assert res.returncode == 0, res.stdout + res.stderr
-    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["name"] == "L1" and row["machine"]["family"] is not None
+    row, tuned = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["name"] == "L1" and row["machine"]["family"] is not None and "retrieval_finetune" not in row
     assert 0 <= row["frozen"]["debian-sections"] <= 1 and 0 < row["frozen"]["mrr"] <= 1
+    assert tuned["name"] == "R1" and tuned["retrieval_finetune"]["valid_rows"] == 16  # how it was made, kept
+    assert tuned["retrieval_finetune"]["best"]["epoch"] == 1 and tuned["retrieval_finetune"]["model"] == str(one)
     figs = json.loads(lat.read_text())["cpu-ort"]
-    assert set(figs) == {"teacher", "L1"} and figs["teacher"]["speedup"] == 1.0 and figs["L1"]["median_ms"] > 0
+    assert set(figs) == {"teacher", "L1", "R1"} and figs["teacher"]["speedup"] == 1.0 and figs["L1"]["median_ms"] > 0
     again = _bench(*args)
     assert again.returncode == 0 and "L1: already in" in again.stdout
-    assert len(out.read_text().splitlines()) == 1
+    assert len(out.read_text().splitlines()) == 2
