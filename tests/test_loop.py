@@ -153,3 +153,18 @@ def test_a_kill_resumes_from_the_last_periodic_checkpoint(tmp_path):
     assert notes == ["resuming from step 5 of 12"] and seen == [6, 7, 8, 9, 10, 11, 12]
     assert losses == ref_losses
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_rank_rows_split_each_global_batch_and_cover_every_row_once_an_epoch():
+    from nasbert_deploy.model.loop import epoch_order, rank_rows
+
+    n, b, world = 10, 2, 2  # global batch 4: 3 steps an epoch, the last of 2 rows (rank 1's slice empty)
+    for epoch in (0, 1):
+        seen = []
+        for step in range(epoch * 3, epoch * 3 + 3):
+            slices = [rank_rows(step, n, b, 7, r, world) for r in range(world)]
+            assert len({g for _, g in slices}) == 1 and sum(len(rows) for rows, _ in slices) == slices[0][1]
+            seen += [i for rows, _ in slices for i in rows]
+        assert seen == list(epoch_order(n, 7, epoch))
+    assert rank_rows(2, n, b, 7, 1, world) == ([], 2)
+    assert rank_rows(0, n, 4, 7) == (list(epoch_order(n, 7, 0)[:4]), 4)  # one process: the global batch

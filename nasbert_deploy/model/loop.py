@@ -203,3 +203,29 @@ def run_steps(
         save(done)
         raise
     return done
+
+
+# ---------------------------------------------------------------- epoch trainers (keep the best weights)
+def rank_rows(step: int, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> tuple[list[int], int]:
+    """(this rank's rows, the global batch's size) of 0-based `step` of an epoch trainer: a step takes the next
+    world x `batch_size` rows of its epoch's `epoch_order` (the last batch of an epoch may be short) and rank r
+    its slice r of them (empty when a short batch ends before it)."""
+    per_step = batch_size * world
+    epoch, pos = divmod(step, -(-n // per_step))
+    first = pos * per_step
+    n_global = min(per_step, n - first)
+    order = epoch_order(n, seed, epoch)
+    return list(order[first + rank * batch_size : first + min(n_global, (rank + 1) * batch_size)]), n_global
+
+
+def kept_tensors(model: torch.nn.Module, best_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What an epoch trainer checkpoints: the current weights ('cur.*') and the best so far ('best.*')."""
+    tensors = {f"cur.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    return tensors
+
+
+def restore_kept(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Load `kept_tensors`' current weights into `model`; return the best ones."""
+    model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("cur.")})
+    return {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}

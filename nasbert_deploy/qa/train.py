@@ -24,8 +24,10 @@ from nasbert_deploy.model.loop import (
     ProgressFn,
     checkpoint_dir,
     epoch_order,
+    kept_tensors,
     load_checkpoint,
     optimizer_state,
+    restore_kept,
     restore_optimizer_state,
     run_steps,
     save_checkpoint,
@@ -152,8 +154,7 @@ def train_qa(model: Any, tokenizer: Any, train: QAData, valid: QAData, out_dir: 
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loaded = load_checkpoint(ckpt, key)
     if loaded is not None:
-        model.load_state_dict({k[4:]: v for k, v in loaded.tensors.items() if k.startswith("cur.")})
-        best_state = {k[5:]: v for k, v in loaded.tensors.items() if k.startswith("best.")}
+        best_state = restore_kept(model, loaded.tensors)
         restore_optimizer_state(opt, sched, loaded.saved)
         st = loaded.state
         start, history, best, elapsed = st["epoch"] * spe + st["done"], st["history"], st["best"], st["elapsed_s"]
@@ -192,8 +193,7 @@ def train_qa(model: Any, tokenizer: Any, train: QAData, valid: QAData, out_dir: 
         model.train()
 
     def save(done: int) -> None:
-        tensors = {f"cur.{k}": v for k, v in model.state_dict().items()}
-        tensors.update({f"best.{k}": v for k, v in best_state.items()})
+        tensors = kept_tensors(model, best_state)
         state = {"epoch": len(history), "done": done - len(history) * spe, "history": history, "best": best,
                  "elapsed_s": time.perf_counter() - t0}
         save_checkpoint(ckpt, key, tensors, optimizer_state(opt, sched), state)

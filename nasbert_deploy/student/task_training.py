@@ -46,9 +46,11 @@ from nasbert_deploy.model.loop import (
     NoteFn,
     ProgressFn,
     checkpoint_dir,
-    epoch_order,
+    kept_tensors,
     load_checkpoint_on_every_rank,
     optimizer_state,
+    rank_rows,
+    restore_kept,
     restore_optimizer_state,
     run_steps,
     save_checkpoint,
@@ -220,19 +222,14 @@ def train_classifier(
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loaded = load_checkpoint_on_every_rank(ckpt, key)
     if loaded is not None:  # state: `epoch` evaluated epochs, then `done` batches (== spe: evaluation pending)
-        model.load_state_dict({k[4:]: v for k, v in loaded.tensors.items() if k.startswith("cur.")})
-        best_state = {k[5:]: v for k, v in loaded.tensors.items() if k.startswith("best.")}
+        best_state = restore_kept(model, loaded.tensors)
         restore_optimizer_state(opt, sched, loaded.saved)
         st = loaded.state
         start, history, best, elapsed = st["epoch"] * spe + st["done"], st["history"], st["best"], st["elapsed_s"]
     t0 = time.perf_counter() - elapsed
 
     def train_step(step: int) -> dict[str, float]:
-        epoch, pos = divmod(step, spe)
-        first = pos * rows_per_step
-        n_global = min(rows_per_step, len(train) - first)  # the last batch of an epoch may be short
-        order = epoch_order(len(train), cfg.seed, epoch)
-        rows = order[first + rank * cfg.batch_size : first + min(n_global, (rank + 1) * cfg.batch_size)]
+        rows, n_global = rank_rows(step, len(train), cfg.batch_size, cfg.seed, rank, world)
         opt.zero_grad(set_to_none=True)
         share = 0.0
         if rows:  # a rank whose slice of a short last batch is empty only joins the all-reduce
@@ -267,8 +264,7 @@ def train_classifier(
     def save(done: int) -> None:  # rank 0 only, and no collective: Ctrl-C may reach the ranks at different moments
         if rank != 0:
             return
-        tensors = {f"cur.{k}": v for k, v in model.state_dict().items()}
-        tensors.update({f"best.{k}": v for k, v in best_state.items()})
+        tensors = kept_tensors(model, best_state)
         epoch, elapsed_s = len(history), time.perf_counter() - t0
         state = {"epoch": epoch, "done": done - epoch * spe, "history": history, "best": best, "elapsed_s": elapsed_s}
         save_checkpoint(ckpt, key, tensors, optimizer_state(opt, sched), state)
