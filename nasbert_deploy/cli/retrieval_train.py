@@ -42,7 +42,7 @@ def run(model: Path, task: str, valid: Path | None, valid_fraction: float, out: 
         raise TaskError("retrieval trains against the batch's other documents: --batch-size must be at least 2")
     data = load_retrieval(task)
     if valid is not None:
-        if not is_retrieval_file(valid):
+        if Path(valid).is_file() and not is_retrieval_file(valid):  # a missing file: load_retrieval says so
             raise TaskError(f"--valid {valid} is not a retrieval file (.jsonl of query/document pairs) as --task is")
         train, val = data, load_retrieval(valid)
     else:
