@@ -14,7 +14,9 @@ Stages (each cached in `--results`, so an interrupted run resumes where it stopp
 - `frozen`: linear-probe accuracy / macro-F1 and label loyalty on the classification tasks, recall@1,
   MRR and ranking loyalty on retrieval, all on frozen mean-pooled embeddings;
 - `task`: fine-tuning with task distillation from the fine-tuned teacher (`--teacher-ft TASK=DIR`),
-  one run per seed; accuracy, macro-F1, label and probability loyalty on the valid split.
+  one run per seed; accuracy, macro-F1, label and probability loyalty on the valid split; for debian-retrieval
+  (`--teacher-ft debian-retrieval=DIR`, or `=default`: the frozen teacher) retrieval distillation on its pairs,
+  MRR, recall@1 and ranking loyalty on the valid split.
 Prints one table per stage and draws the plane (`--plot`).
 
     python benchmarks/bench_quality.py --tasks ../shared/tasks --stages latency,frozen
@@ -53,11 +55,11 @@ def task_files(args: argparse.Namespace) -> dict[str, dict[str, Path]]:
     if args.smoke:
         s = SAMPLE_DIR
         out = {t: {"train": s / f"{t}-sample-train.jsonl", "valid": s / f"{t}-sample-valid.jsonl"} for t in CLASSIFICATION}
-        out[RETRIEVAL] = {"valid": s / "debian-retrieval-sample.jsonl"}
+        out[RETRIEVAL] = {"train": s / "debian-retrieval-sample.jsonl", "valid": s / "debian-retrieval-sample.jsonl"}
         return out
     root = Path(args.tasks)
     out = {t: {"train": root / t / "train.jsonl", "valid": root / t / "valid.jsonl"} for t in CLASSIFICATION}
-    out[RETRIEVAL] = {"valid": root / RETRIEVAL / "valid.jsonl"}
+    out[RETRIEVAL] = {"train": root / RETRIEVAL / "train.jsonl", "valid": root / RETRIEVAL / "valid.jsonl"}
     missing = [str(p) for d in out.values() for p in d.values() if not p.is_file()]
     if missing:
         print(f"error: task files missing: {', '.join(missing)} (pass --tasks DIR with the three task folders)", file=sys.stderr)
@@ -196,6 +198,8 @@ def stage_task(
     from nasbert_deploy.student.tasks import load_task
 
     teachers = dict(t.split("=", 1) for t in args.teacher_ft)
+    if RETRIEVAL in teachers:
+        stage_retrieval_task(models, files, res, args, work, teachers[RETRIEVAL])
     for task in CLASSIFICATION:
         if task not in teachers:
             console.print(f"[yellow]task stage skips {task}: no --teacher-ft {task}=DIR[/]")
@@ -216,6 +220,33 @@ def stage_task(
                 finetune(folder, tr, sel, out, cfg, teachers[task], note=console.print)
                 res.put(key, evaluate(out, valid, teachers[task]))
                 console.print(f"task {task} {name} seed {seed}: acc {res.get(key)['accuracy']:.3f}")
+
+
+def stage_retrieval_task(models: dict[str, Path], files: dict[str, dict[str, Path]], res: Results,
+                         args: argparse.Namespace, work: Path, teacher_ft: str) -> None:
+    """Retrieval task distillation (`finetune` on the pairs, InfoNCE + the teacher's similarity KL; `--teacher-ft
+    debian-retrieval=DIR`, or `=default` for the frozen teacher), one run per seed; MRR and ranking loyalty on valid."""
+    from nasbert_deploy.student.embeddings import Embedder
+    from nasbert_deploy.student.quality import retrieval_quality
+    from nasbert_deploy.student.retrieval import load_retrieval
+    from nasbert_deploy.student.retrieval_training import RetrievalConfig, finetune_retrieval, split_pairs
+
+    teacher = models["teacher"] if teacher_ft == "default" else Path(teacher_ft)
+    ref = Embedder(teacher)
+    if res.get(f"task/teacher/{RETRIEVAL}") is None:
+        res.put(f"task/teacher/{RETRIEVAL}", retrieval_quality(ref, files[RETRIEVAL]["valid"]))
+    data = load_retrieval(files[RETRIEVAL]["train"])
+    for name, folder in models.items():
+        for seed in args.seeds if name != "teacher" else ():
+            key = f"task/{name}/{RETRIEVAL}/seed{seed}"
+            if res.get(key) is not None:
+                continue
+            out = work / "ft" / f"{name}-{RETRIEVAL}-s{seed}"
+            train, sel = split_pairs(data, 0.1, seed)  # model selection on a slice of train, never on valid
+            cfg = RetrievalConfig(epochs=args.epochs, lr=args.lr, seed=seed)
+            finetune_retrieval(folder, train, sel, out, cfg, teacher, note=console.print)
+            res.put(key, retrieval_quality(Embedder(out), files[RETRIEVAL]["valid"], ref))
+            console.print(f"task {RETRIEVAL} {name} seed {seed}: MRR {res.get(key)['mrr']:.3f}")
 
 
 def mean_sd(values: list[float]) -> str:
@@ -255,6 +286,17 @@ def print_tables(models: dict[str, Path], res: Results, args: argparse.Namespace
                 tt.add_row(name, task, mean_sd([r["accuracy"] for r in runs]), mean_sd([r["macro_f1"] for r in runs]),
                            mean_sd([r["label_loyalty"] for r in runs]), mean_sd([r["probability_loyalty"] for r in runs]))
     console.print(tt)
+    tr = Table(title=f"retrieval task distillation ({RETRIEVAL} valid, mean±sd over seeds; loyalty to the teacher)")
+    for col in ("model", "MRR", "recall@1", "kept MRR", "ranking loyalty@10"):
+        tr.add_column(col, justify="right")
+    teacher = res.get(f"task/teacher/{RETRIEVAL}")
+    if teacher:
+        tr.add_row("teacher", f"{teacher['mrr']:.3f}", f"{teacher['recall@1']:.3f}", "1", "1")
+    for name in models:
+        runs = [v for k, v in res.data.items() if k.startswith(f"task/{name}/{RETRIEVAL}/")]
+        if runs:
+            tr.add_row(name, *(mean_sd([r[k] for r in runs]) for k in ("mrr", "recall@1", "kept_mrr", "ranking_loyalty@10")))
+    console.print(tr)
 
 
 def plot(models: dict[str, Path], res: Results, args: argparse.Namespace, path: Path) -> None:
