@@ -217,7 +217,7 @@ def train_retrieval(
     def train_step(step: int) -> dict[str, float]:
         rows, n_global = rank_rows(step, len(train), cfg.batch_size, cfg.seed, rank, world)
         opt.zero_grad(set_to_none=True)
-        values = {"loss": 0.0}
+        values = {"loss": 0.0, "nce": 0.0, **({"kd": 0.0} if t_q is not None else {})}  # the same keys on every rank
         if rows:  # a rank whose slice of a short last batch is empty only joins the all-reduce
             s_q = embed(model, *_pad([q_tok[i] for i in rows], device))
             s_d = embed(model, *_pad([d_tok[int(gold[i])] for i in rows], device))
