@@ -96,7 +96,7 @@ def main() -> None:
         devices = [load_device(d) for d in a.devices.split(",")]  # a bad device name fails before any work
     except Exception as exc:
         fail(f"--devices {a.devices!r}: {exc}")
-    tf = task_files(a)
+    tf = task_files(a) if not a.no_score else {}  # timing alone reads no task file
     results = Path(a.results)
     done = {json.loads(line)["name"] for line in results.read_text().splitlines() if line.strip()} if results.is_file() else set()
     from nasbert_deploy.teacher import resolve_teacher_path
