@@ -20,7 +20,6 @@ averaged, and every rank scores the validation split; rank 0 alone writes.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -31,8 +30,7 @@ import numpy as np
 import torch
 
 from nasbert_deploy.errors import CheckpointError, NasBertDeployError, TaskError
-from nasbert_deploy.fileio import atomic_dir, write_json_atomic
-from nasbert_deploy.model.distributed import allreduce_grads, broadcast_params, on_rank_zero, sum_over_ranks, world_info
+from nasbert_deploy.model.distributed import allreduce_grads, broadcast_params, sum_over_ranks, world_info
 from nasbert_deploy.model.loop import (
     NoteFn,
     ProgressFn,
@@ -48,10 +46,9 @@ from nasbert_deploy.model.loop import (
     warmup_decay,
 )
 from nasbert_deploy.model.losses import cross_similarity_kl, masked_mean_pool
-from nasbert_deploy.model.remote_code import write_remote_code
 from nasbert_deploy.student.retrieval import RetrievalData, retrieval_scores
+from nasbert_deploy.student.task_training import write_trained
 
-REPORT_NAME = "finetune_report.json"
 CONTRASTIVE_TAU = 0.05  # sentence-transformers' MultipleNegativesRankingLoss scale 20
 CHECKPOINT_STEPS = 200
 
@@ -268,17 +265,7 @@ def train_retrieval(
               "distilled_from_teacher": teacher is not None, "world_size": world, "device": device,
               "train_s": round(time.perf_counter() - t0, 2), "best": best, "history": history, **(run_key or {})}
 
-    def write() -> dict[str, Any]:
-        with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            if getattr(model.config, "model_type", "") == "nasbert":
-                write_remote_code(tmp)
-            write_json_atomic(tmp / REPORT_NAME, report)
-        shutil.rmtree(ckpt, ignore_errors=True)
-        return report
-
-    return on_rank_zero(write)
+    return write_trained(out, model, tokenizer, report)
 
 
 def load_encoder(path: str | Path, option: str, convert: bool) -> tuple[Any, Any]:

@@ -290,6 +290,13 @@ def train_classifier(
         **(run_key or {}),
     }
 
+    return write_trained(out, model, tokenizer, report)
+
+
+def write_trained(out: Path, model: Any, tokenizer: Any, report: dict[str, Any]) -> dict[str, Any]:
+    """Rank 0 writes a trainer's output folder (model, tokenizer, `REPORT_NAME`; for NAS-BERT its remote code) all or
+    nothing and drops the run's checkpoint; every rank returns `report` once that is done."""
+
     def write() -> dict[str, Any]:
         with atomic_dir(out) as tmp:
             model.save_pretrained(tmp)
@@ -297,7 +304,7 @@ def train_classifier(
             if getattr(model.config, "model_type", "") == "nasbert":
                 write_remote_code(tmp)  # loads with trust_remote_code=True where nasbert-deploy is not installed
             write_json_atomic(tmp / REPORT_NAME, report)
-        shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
         return report
 
     return on_rank_zero(write)
