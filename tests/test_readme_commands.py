@@ -56,6 +56,7 @@ DISTILL = "nasbert-deploy distill --arch ARCH --corpus text.txt --out student/"
 FT_TEACHER = "nasbert-deploy finetune-teacher --task task.jsonl --out teacher-ft/"
 FINETUNE = "nasbert-deploy finetune --model student/ --task task.jsonl --teacher-model teacher-ft/ --out student-ft/"
 EXPORT_TRAINED = "nasbert-deploy export --model student-ft/ --int8 --out student-ft-export/"
+RETRIEVAL_FT = "nasbert-deploy finetune --model student/ --task pairs.jsonl --teacher-model default --out student-ret/"
 SHRINK: dict[str, Shrink] = {
     QUICK_PROFILE: Shrink("timing stubbed (the preset takes minutes; its wall time and error are in docs/profiling.md): the "
                           "stub checks the device, the shipped supernet's space and the --fast preset and writes the shipped "
@@ -97,6 +98,10 @@ SHRINK: dict[str, Shrink] = {
     "nasbert-deploy evaluate --model student-ft-export/ --task valid.jsonl --runtime onnxruntime-int8":
         Shrink("as written: the export's ONNX Runtime INT8 file", "onnxruntime-int8", add=("--max-len", "32"),
                needs=(EXPORT_TRAINED,), slow=True),
+    RETRIEVAL_FT: Shrink("the shipped retrieval sample, 1 epoch; the tiny teacher for `default` (the offline MiniLM-L6 "
+                         "tokenizes differently from the tiny student: refused, tests/test_retrieval_training.py)",
+                         "fine-tuned for retrieval ->", set={"--teacher-model": "{teacher}"},
+                         add=("--epochs", "1", "--max-len", "32"), needs=(DISTILL,)),
 }  # fmt: skip
 
 
@@ -155,6 +160,7 @@ def workspace(tmp_path_factory) -> dict[str, Any]:
     shutil.copyfile(SAMPLE, root / "text.txt")
     shutil.copyfile(sample_task_path("train"), root / "task.jsonl")
     shutil.copyfile(sample_task_path("valid"), root / "valid.jsonl")
+    shutil.copyfile(sample_task_path("train").with_name("debian-retrieval-sample.jsonl"), root / "pairs.jsonl")
     teacher = make_tiny_teacher(root / "tiny-teacher")
     table = _tiny_latency_table(root / "tables" / "tiny-cpu-ort.json")
     return {"root": root, "done": set(), "fill": {"teacher": str(teacher), "tiny_table": str(table)}}
