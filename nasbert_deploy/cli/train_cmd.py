@@ -35,7 +35,7 @@ def _opt(*names: str, help: str | None = None, **kw: Any) -> Any:
 
 
 TaskOpt = Annotated[str, _opt("--task", help="Task file (.jsonl/.csv/.tsv: text, \\[text_pair], label; or .jsonl "
-                                "query/document pairs: retrieval) or {SAMPLE_TASK}.")]
+                                f"query/document pairs: retrieval) or {SAMPLE_TASK}.")]
 ValidFractionOpt = Annotated[float, _opt("--valid-fraction", min=0.01, max=0.9,
                                          help="Stratified share held out when no --valid.")]
 BatchOpt = Annotated[int, _opt("--batch-size", min=1, help="Examples per step and process (under torchrun each "
