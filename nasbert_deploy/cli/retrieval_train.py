@@ -37,9 +37,7 @@ def run(model: Path, task: str, valid: Path | None, valid_fraction: float, out: 
         teacher_model = default_teacher_path()
     batch = settings.pop("batch_size") or RETRIEVAL_BATCH
     tau = settings.pop("temperature") or RETRIEVAL_TAU
-    cfg = RetrievalConfig(batch_size=batch, tau=tau, **settings)
-    if cfg.batch_size < 2:
-        raise TaskError("retrieval trains against the batch's other documents: --batch-size must be at least 2")
+    cfg = RetrievalConfig(batch_size=batch, tau=tau, **settings)  # TaskError for a batch too small to have negatives
     data = load_retrieval(task)
     if valid is not None:
         if Path(valid).is_file() and not is_retrieval_file(valid):  # a missing file: load_retrieval says so

@@ -10,7 +10,8 @@ documents (mean-pooled over real tokens, as `Embedder` and sentence-transformers
   rows holding the very same document are masked out (they are not negatives);
 - KD (with a teacher encoder): KL between the teacher's and the student's softmax over the same query-to-document
   similarities at temperature `tau` (`losses.cross_similarity_kl`); the teacher's embeddings of every query and
-  document are computed once, before the first step. Without a teacher the loss is InfoNCE alone.
+  document are computed once, before the first step, and cached across runs (`teacher_embeddings`). Without a
+  teacher the loss is InfoNCE alone.
 
 The weights with the best validation MRR (in the pool of the validation split's documents) are kept. Runs resume
 from `<out>.ckpt/` (every `CHECKPOINT_STEPS` steps, at each epoch end and on Ctrl-C). Under torchrun every rank
@@ -66,6 +67,10 @@ class RetrievalConfig:
     lam: float = 0.5
     tau: float = 0.05
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise TaskError("retrieval trains against the batch's other documents: --batch-size must be at least 2")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +146,38 @@ def validation_scores(model: Any, q_tok: Sequence[Sequence[int]], d_tok: Sequenc
     return retrieval_scores(q.numpy(), d.numpy(), gold)
 
 
+def teacher_embeddings(teacher: Any, teacher_dir: str | Path | None, train: RetrievalData, q_tok: Sequence[Sequence[int]],
+                       d_tok: Sequence[Sequence[int]], max_len: int, device: str, progress: ProgressFn | None = None,
+                       note: NoteFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's normalised embeddings of every training query and document, computed once: with `teacher_dir`
+    they go to the teacher-output cache (`student.teacher_logits`, keyed by the teacher's files, the texts and
+    `max_len`), so other seeds, other students and a resumed run read them back."""
+    from nasbert_deploy.student.tasks import TaskData
+    from nasbert_deploy.student.teacher_logits import cached_logits
+
+    if note is not None:
+        note(f"embedding {len(train)} queries and {len(train.documents)} documents with the teacher (once for these "
+             "pairs; cached)")
+    n_q, n_all = len(q_tok), len(q_tok) + len(d_tok)
+
+    def compute() -> np.ndarray:
+        teacher.to(device)
+        q = encode_all(teacher, q_tok, device, progress=_shifted(progress, 0, n_all))
+        d = encode_all(teacher, d_tok, device, progress=_shifted(progress, n_q, n_all))
+        teacher.to("cpu")
+        return torch.cat([q, d]).numpy()
+
+    if teacher_dir is None:
+        emb = compute()
+    else:
+        texts = train.queries + train.documents
+        rows = TaskData(texts, ("",) * len(texts), None, train.source)
+        emb = cached_logits(teacher_dir, rows, max_len, compute, note=note, write=world_info()[0] == 0,
+                            kind="embeddings")
+    t = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+    return t[:n_q], t[n_q:]
+
+
 def pair_loss(s_q: torch.Tensor, s_d: torch.Tensor, doc_ids: torch.Tensor, teacher: tuple[torch.Tensor, torch.Tensor]
               | None, lam: float, tau: float) -> tuple[torch.Tensor, dict[str, float]]:
     """The module docstring's loss for one batch: (b, d) query and document embeddings, (b,) pool index of each
@@ -168,11 +205,11 @@ def train_retrieval(
     run_key: dict[str, Any] | None = None,
     note: NoteFn | None = None,
     device: str = "cpu",
+    teacher_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train the encoder `model` on `train` pairs (with the encoder `teacher`: retrieval distillation), keep the best
-    validation MRR, write `out_dir` (encoder, tokenizer, report). Returns the report (rank 0's on every rank)."""
-    if cfg.batch_size < 2:
-        raise TaskError("retrieval trains against the batch's other documents: --batch-size must be at least 2")
+    """Train the encoder `model` on `train` pairs (with the encoder `teacher`: retrieval distillation; its embeddings
+    cached when `teacher_dir`, its folder, is given), keep the best validation MRR, write `out_dir` (encoder,
+    tokenizer, report). Returns the report (rank 0's on every rank)."""
     rank, world = world_info()
     max_len = min(cfg.max_len, int(getattr(model.config, "max_position_embeddings", cfg.max_len)))
     q_tok, d_tok = tokenize(tokenizer, train.queries, max_len), tokenize(tokenizer, train.documents, max_len)
@@ -180,14 +217,7 @@ def train_retrieval(
     gold = torch.tensor(train.gold)
     t_q = t_d = None
     if teacher is not None:
-        if note is not None:
-            note(f"embedding {len(train)} queries and {len(train.documents)} documents with the teacher (once, before "
-                 "training; again after a resume)")
-        teacher.to(device)
-        n_q, n_all = len(q_tok), len(q_tok) + len(d_tok)
-        t_q = encode_all(teacher, q_tok, device, progress=_shifted(progress, 0, n_all))
-        t_d = encode_all(teacher, d_tok, device, progress=_shifted(progress, n_q, n_all))
-        teacher.to("cpu")
+        t_q, t_d = teacher_embeddings(teacher, teacher_dir, train, q_tok, d_tok, max_len, device, progress, note)
     rows_per_step = cfg.batch_size * world
     spe = -(-len(train) // rows_per_step)
     total = cfg.epochs * spe
@@ -321,4 +351,5 @@ def finetune_retrieval(
         raise TaskError(f"--teacher-model {teacher_model} and --model {model_dir} tokenize differently (vocabularies "
                         "differ); retrieval distillation feeds both the same tokens")
     key = {"model": str(model_dir), "task": train.source, "teacher_model": str(teacher_model) if teacher_model else None}
-    return train_retrieval(model, tokenizer, train, valid, out_dir, cfg, teacher, progress, key, note, device)
+    return train_retrieval(model, tokenizer, train, valid, out_dir, cfg, teacher, progress, key, note, device,
+                           teacher_model)

@@ -1,8 +1,10 @@
-"""The teacher's logits on task or transfer rows, computed once and cached across runs.
+"""The teacher's logits on task or transfer rows (or its embeddings of retrieval pairs), computed once and cached
+across runs.
 
 Task distillation needs the fine-tuned teacher's logits on every training row, and a transfer set
-(`finetune --transfer`) on tens of thousands more: minutes of teacher inference that every seed, every student
-and every resumed run would otherwise repeat. They are cached in `$NASBERT_DEPLOY_LOGITS_CACHE` (default
+(`finetune --transfer`) on tens of thousands more; retrieval distillation its embeddings of every training query and
+document: minutes of teacher inference that every seed, every student and every resumed run would otherwise
+repeat. They are cached in `$NASBERT_DEPLOY_LOGITS_CACHE` (default
 `~/.cache/nasbert-deploy/teacher-logits`) as safetensors, keyed by the SHA-256 of the teacher's config and
 weight files, the rows (texts and pairs) and the token limit, so any change to either misses the cache.
 Written atomically (by rank 0 under torchrun); a damaged entry is recomputed.
@@ -38,12 +40,13 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return file_digest(path)
 
 
-def cache_key(teacher_dir: str | Path, rows: TaskData, max_len: int) -> str:
-    """Hex key of (teacher files' contents, rows, max_len, cache format)."""
+def cache_key(teacher_dir: str | Path, rows: TaskData, max_len: int, kind: str = "logits") -> str:
+    """Hex key of (teacher files' contents, rows, max_len, cache format, and `kind` when it is not "logits")."""
     folder = Path(teacher_dir)
     stats = {n: (folder / n).stat() for n in WEIGHT_FILES if (folder / n).is_file()}
     files = {n: _digest(str(folder / n), st.st_size, st.st_mtime_ns) for n, st in stats.items()}
-    h = hashlib.sha256(json.dumps({"format": FORMAT, "files": files, "max_len": max_len}, sort_keys=True).encode())
+    head = {"format": FORMAT, "files": files, "max_len": max_len, **({"kind": kind} if kind != "logits" else {})}
+    h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
     for i, text in enumerate(rows.texts):
         h.update(text.encode())
         h.update(b"\x00" + (rows.pairs[i].encode() if rows.pairs is not None else b"") + b"\x01")
@@ -58,15 +61,17 @@ def cached_logits(
     cache_dir: Path | None = None,
     note: Callable[[str], None] | None = None,
     write: bool = True,
+    kind: str = "logits",
 ) -> np.ndarray:
     """The logits `compute()` returns for `rows`, from the cache when an entry for (teacher, rows, max_len) exists.
-    `write=False` (ranks other than 0 under torchrun) reads but never writes."""
+    `write=False` (ranks other than 0 under torchrun) reads but never writes. `kind` names what is cached (keys of
+    other kinds than "logits" differ, e.g. "embeddings")."""
     from safetensors.numpy import load_file, save_file
 
     from nasbert_deploy.model.distributed import gather_objects
 
     root = cache_dir or default_dir()
-    path = root / f"{cache_key(teacher_dir, rows, max_len)}.safetensors"
+    path = root / f"{cache_key(teacher_dir, rows, max_len, kind)}.safetensors"
     logits = None
     if path.is_file():
         try:
@@ -77,7 +82,7 @@ def cached_logits(
             logits = None
     if all(hit for hit in gather_objects(logits is not None)):  # under torchrun: a miss on any rank computes on all
         if note is not None:
-            note(f"teacher logits of {len(rows):,} rows from the cache ({path.parent})")
+            note(f"teacher {kind} of {len(rows):,} rows from the cache ({path.parent})")
         return logits  # type: ignore[return-value]
     logits = compute()
     if write:
