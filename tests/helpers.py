@@ -6,6 +6,8 @@ Test modules import from here (never from each other); fixtures built from these
 from __future__ import annotations
 
 import collections
+import json
+import random
 import re
 import subprocess
 import sys
@@ -61,6 +63,18 @@ def write_word_task(path: Path, n: int, seed: int, labels: str = "xyz") -> Path:
         for _ in range(n):
             a = r.randrange(len(labels))
             f.write(json.dumps({"text": " ".join(r.sample(words[5:40], 4) + [words[a]]), "label": labels[a]}) + "\n")
+    return path
+
+
+def write_pair_task(path: Path, n: int, seed: int) -> Path:
+    """`n` retrieval pairs: each document six random words of the tiny vocabulary, its query two of them (learnable by
+    a tiny model in a few steps)."""
+    r = random.Random(seed)
+    words = [w for w in tiny_vocab() if w.isalpha() and len(w) > 3][:200]
+    with path.open("w") as f:
+        for _ in range(n):
+            doc = r.sample(words, 6)
+            f.write(json.dumps({"query": " ".join(r.sample(doc, 2)), "document": " ".join(doc)}) + "\n")
     return path
 
 

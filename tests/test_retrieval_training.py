@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
-from helpers import make_tiny_teacher, one_line_error, tiny_vocab, write_word_task
+from helpers import make_tiny_teacher, one_line_error, write_pair_task, write_word_task
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
@@ -25,18 +24,7 @@ from nasbert_deploy.student.retrieval_training import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCH = "64:mha,ffn|32:sep3,id"
-WORDS = [w for w in tiny_vocab() if w.isalpha() and len(w) > 3]
 runner = CliRunner()
-
-
-def _pairs(path, n, seed):
-    """Each document: six random words; its query: two of them. Learnable by a tiny model in a few steps."""
-    r = random.Random(seed)
-    with path.open("w") as f:
-        for _ in range(n):
-            doc = r.sample(WORDS[:200], 6)
-            f.write(json.dumps({"query": " ".join(r.sample(doc, 2)), "document": " ".join(doc)}) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +38,8 @@ def dirs(tmp_path_factory, one_thread):
     student.model.save_pretrained(root / "student")
     AutoTokenizer.from_pretrained(teacher).save_pretrained(root / "student")
     return {"root": root, "teacher": teacher, "student": root / "student",
-            "train": _pairs(root / "tr.jsonl", 96, 0), "valid": _pairs(root / "va.jsonl", 40, 1),
-            "big": _pairs(root / "big.jsonl", 384, 2)}
+            "train": write_pair_task(root / "tr.jsonl", 96, 0), "valid": write_pair_task(root / "va.jsonl", 40, 1),
+            "big": write_pair_task(root / "big.jsonl", 384, 2)}
 
 
 def test_pair_loss_masks_repeated_documents_and_kd_vanishes_on_the_teachers_own_embeddings():

@@ -28,8 +28,7 @@ def run(model: Path, task: str, valid: Path | None, valid_fraction: float, out: 
     """Read and check the pairs (before any model is loaded), train, print the report (rank 0)."""
     from nasbert_deploy.cli.common import print_report
     from nasbert_deploy.cli.training_runs import processes
-    from nasbert_deploy.student.retrieval import is_retrieval_file, load_retrieval
-    from nasbert_deploy.student.retrieval_training import RetrievalConfig, finetune_retrieval, split_pairs
+    from nasbert_deploy.student.retrieval_training import RetrievalConfig, finetune_retrieval, retrieval_splits
 
     if teacher_model is not None and str(teacher_model) == DEFAULT_TEACHER:
         from nasbert_deploy.teacher import default_teacher_path
@@ -38,13 +37,7 @@ def run(model: Path, task: str, valid: Path | None, valid_fraction: float, out: 
     batch = settings.pop("batch_size") or RETRIEVAL_BATCH
     tau = settings.pop("temperature") or RETRIEVAL_TAU
     cfg = RetrievalConfig(batch_size=batch, tau=tau, **settings)  # TaskError for a batch too small to have negatives
-    data = load_retrieval(task)
-    if valid is not None:
-        if Path(valid).is_file() and not is_retrieval_file(valid):  # a missing file: load_retrieval says so
-            raise TaskError(f"--valid {valid} is not a retrieval file (.jsonl of query/document pairs) as --task is")
-        train, val = data, load_retrieval(valid)
-    else:
-        train, val = split_pairs(data, valid_fraction, cfg.seed)
+    train, val = retrieval_splits(task, valid, valid_fraction, cfg.seed)
     title = "fine-tuning on retrieval pairs" + (" (distilling the teacher)" if teacher_model else "")
     with processes(device) as proc, proc.progress(title) as update:
         report = finetune_retrieval(model, train, val, out, cfg, teacher_model, update, proc.note, proc.device,

@@ -27,9 +27,11 @@ def _opt(*names: str, help: str, **kw: Any) -> Any:
 
 @app.command("search-task")
 def search_task(
-    task: Annotated[str, _opt("--task", help=f"Task file (.jsonl/.csv/.tsv: text, \\[text_pair], label) or {SAMPLE_TASK}.")],
+    task: Annotated[str, _opt("--task", help=f"Task file (.jsonl/.csv/.tsv: text, \\[text_pair], label; .jsonl of "
+                              f"query/document pairs: retrieval) or {SAMPLE_TASK}.")],
     teacher_model: Annotated[Path, _opt("--teacher-model", help="Fine-tuned teacher classifier folder (its labels "
-                                        "must cover the task's).")],
+                                        "must cover the task's); on a retrieval task an encoder folder, or `default` "
+                                        "(the offline MiniLM-L6).")],
     max_latency_ms: Annotated[float, _opt("--max-latency-ms", help="Hard latency budget (ms) on --device, from its "
                                           "latency table.")],
     out: Annotated[Path, _opt("--out", help="Output folder: search/ (state, cache), student/, export/, result.json; "
@@ -44,8 +46,10 @@ def search_task(
                                      "(episodes are bounded at 4x this).")] = 30,
     latency_weight: Annotated[float, _opt("--latency-weight", min=-1.0, max=0.0, help="w in the reward "
                                           "accuracy * (latency / budget) ** w.")] = -0.07,
-    proxy_rows: Annotated[int, _opt("--proxy-rows", min=8, help="Training rows of each proxy distillation.")] = 384,
-    proxy_heldout: Annotated[int, _opt("--proxy-heldout", min=4, help="Held-out training rows scoring each proxy.")]
+    proxy_rows: Annotated[int, _opt("--proxy-rows", min=8, help="Training rows (retrieval: pairs) of each proxy "
+                                     "distillation.")] = 384,
+    proxy_heldout: Annotated[int, _opt("--proxy-heldout", min=4, help="Held-out training rows (retrieval: queries, "
+                                        "ranked in the pool of their documents) scoring each proxy.")]
     = 256,
     proxy_epochs: Annotated[int, _opt("--proxy-epochs", min=1, max=50, help="Passes of each proxy distillation.")] = 2,
     rerank_top: Annotated[int, _opt("--rerank-top", min=0, max=100, help="Score the search's best K archs again "
@@ -99,14 +103,21 @@ def search_task(
     force: Annotated[bool, _opt("--force", help="Start over: remove a previous search in --out.")] = False,
 ) -> None:
     """Search the best student for one task within a device budget (KD-NAS), distil it on the task, export it."""
+    from nasbert_deploy.cli.retrieval_train import DEFAULT_TEACHER
     from nasbert_deploy.devices import load_device
     from nasbert_deploy.search.run import parse_budget
+    from nasbert_deploy.student.retrieval import is_retrieval_file
     from nasbert_deploy.tasksearch.proxy import ProxyConfig
     from nasbert_deploy.tasksearch.request import TaskSearchRequest, prepare
+    from nasbert_deploy.teacher import default_teacher_path
 
     spec = device or load_device("cpu-ort")
     budget = parse_budget(max_latency_ms, max_params)
     proxy = ProxyConfig(rows=proxy_rows, heldout=proxy_heldout, epochs=proxy_epochs, seed=seed)
+    if is_retrieval_file(task):  # the encoder's similarity distributions are distilled (KL), the default teacher allowed
+        kd = KdName("kl") if kd.value == "auto" else kd
+        if str(teacher_model) == DEFAULT_TEACHER:
+            teacher_model = default_teacher_path()
     request = TaskSearchRequest(task, teacher_model, spec, budget, out, valid, table, supernet, controller.value,
                                 evaluations, latency_weight, proxy,
                                 final_config(final_epochs, final_lr, kd.value, seed, corpus is not None, transfer is not None),
@@ -156,8 +167,12 @@ def _run(request: Any, prepared: Any) -> None:
         e = result["export"]
         measured = "n/a" if e["measured_ms"] is None else f"{e['measured_ms']:.2f}"
         console.print(f"exported to {request.out / 'export'}: predicted {e['predicted_ms']:.2f} ms, measured {measured} "
-                      f"ms on {request.spec.name}; valid accuracy {result['final']['valid']['accuracy']:.3f}",
+                      f"ms on {request.spec.name}; {_valid_score(result['final']['valid'])}",
                       highlight=False)
         for flag in e["latency_flags"]:
             console.print(f"[bold yellow]warning:[/] {flag}", highlight=False)
     console.print(f"result: {request.out / 'result.json'}", highlight=False)
+
+
+def _valid_score(v: dict[str, Any]) -> str:
+    return f"valid MRR {v['mrr']:.3f}" if "mrr" in v else f"valid accuracy {v['accuracy']:.3f}"

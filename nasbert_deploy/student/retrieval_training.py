@@ -84,16 +84,32 @@ def split_pairs(data: RetrievalData, fraction: float, seed: int = 0) -> tuple[Re
         raise TaskError(f"{data.source} has {n} pair; a validation split needs at least 2 (or give --valid)")
     order = np.random.default_rng(seed).permutation(n)
     k = min(n - 1, max(1, round(fraction * n)))
-    return _subset(data, sorted(order[k:]), "train"), _subset(data, sorted(order[:k]), "valid")
+    return subset_pairs(data, sorted(order[k:]), "train"), subset_pairs(data, sorted(order[:k]), "valid")
 
 
-def _subset(data: RetrievalData, rows: Sequence[int], part: str) -> RetrievalData:
+def retrieval_splits(task: str | Path, valid: str | Path | None, fraction: float, seed: int = 0
+                     ) -> tuple[RetrievalData, RetrievalData]:
+    """(train, valid) pairs: `task` and the `valid` file, or a seeded `fraction` of `task` held out (`split_pairs`);
+    `TaskError` for a bad file or a `valid` that holds no retrieval pairs."""
+    from nasbert_deploy.student.retrieval import is_retrieval_file, load_retrieval
+
+    data = load_retrieval(task)
+    if valid is None:
+        return split_pairs(data, fraction, seed)
+    if Path(valid).is_file() and not is_retrieval_file(valid):  # a missing file: load_retrieval says so
+        raise TaskError(f"--valid {valid} is not a retrieval file (.jsonl of query/document pairs) as --task is")
+    return data, load_retrieval(valid)
+
+
+def subset_pairs(data: RetrievalData, rows: Sequence[int], part: str) -> RetrievalData:
+    """The pairs of `rows` (in that order) with the pool of their own documents; `part` names them in the source."""
     pool: dict[str, int] = {}
     gold = [pool.setdefault(data.documents[data.gold[i]], len(pool)) for i in rows]
     return RetrievalData(tuple(data.queries[i] for i in rows), tuple(pool), tuple(gold), f"{data.source} ({part})")
 
 
-def _pad(seqs: Sequence[Sequence[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_tokens(seqs: Sequence[Sequence[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token lists right-padded with 0 to the longest, on `device`."""
     t = max(len(s) for s in seqs)
     ids = torch.zeros(len(seqs), t, dtype=torch.long)
     mask = torch.zeros(len(seqs), t, dtype=torch.long)
@@ -118,7 +134,8 @@ def encode_all(model: Any, tokens: Sequence[Sequence[int]], device: str, batch_s
     out = torch.zeros(len(tokens), 0)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        vec = torch.nn.functional.normalize(embed(model, *_pad([tokens[i] for i in idx], device)), dim=-1).float().cpu()
+        vec = torch.nn.functional.normalize(embed(model, *pad_tokens([tokens[i] for i in idx], device)), dim=-1)
+        vec = vec.float().cpu()
         if out.shape[1] == 0:
             out = torch.zeros(len(tokens), vec.shape[1])
         out[torch.as_tensor(idx)] = vec
@@ -246,8 +263,8 @@ def train_retrieval(
         opt.zero_grad(set_to_none=True)
         values = {"loss": 0.0, "nce": 0.0, **({"kd": 0.0} if t_q is not None else {})}  # the same keys on every rank
         if rows:  # a rank whose slice of a short last batch is empty only joins the all-reduce
-            s_q = embed(model, *_pad([q_tok[i] for i in rows], device))
-            s_d = embed(model, *_pad([d_tok[int(gold[i])] for i in rows], device))
+            s_q = embed(model, *pad_tokens([q_tok[i] for i in rows], device))
+            s_d = embed(model, *pad_tokens([d_tok[int(gold[i])] for i in rows], device))
             idx = torch.tensor(rows)
             tq = None if t_q is None or t_d is None else (t_q[idx].to(device), t_d[gold[idx]].to(device))
             loss, parts = pair_loss(s_q, s_d, gold[idx].to(device), tq, cfg.lam, cfg.tau)
@@ -298,6 +315,18 @@ def train_retrieval(
     return write_trained(out, model, tokenizer, report)
 
 
+def encoder_config(path: Path, option: str) -> dict[str, Any]:
+    """The config.json of the encoder folder `path` (read only; `TaskError` for a task model or no model folder)."""
+    from nasbert_deploy.teacher import read_model_config, task_head
+
+    config = read_model_config(path, option, TaskError)
+    head = task_head(config)
+    if head:
+        raise TaskError(f"{option} {path} is a task model ({head}); retrieval fine-tunes and distils encoders (a "
+                        "`distill` or `export` output, the teacher, a `finetune-teacher` retrieval output)")
+    return config
+
+
 def load_encoder(path: str | Path, option: str, convert: bool) -> tuple[Any, Any]:
     """(encoder, tokenizer) from a local folder, checked cheaply first: a NAS-BERT encoder, or a BERT-family one
     (`convert`: converted exactly into NAS-BERT form, `model.etd.convert_teacher_folder`, so a student trains,
@@ -305,14 +334,8 @@ def load_encoder(path: str | Path, option: str, convert: bool) -> tuple[Any, Any
     from transformers import AutoModel, AutoTokenizer
 
     from nasbert_deploy.model import modeling  # noqa: F401  (registers model_type "nasbert" with the Auto classes)
-    from nasbert_deploy.teacher import read_model_config, task_head
-
     p = Path(path)
-    config = read_model_config(p, option, TaskError)
-    head = task_head(config)
-    if head:
-        raise TaskError(f"{option} {p} is a task model ({head}); retrieval fine-tunes and distils encoders (a "
-                        "`distill` or `export` output, the teacher, a `finetune-teacher` retrieval output)")
+    config = encoder_config(p, option)
     try:
         if convert and config.get("model_type") == "bert":
             from nasbert_deploy.model.etd import convert_teacher_folder

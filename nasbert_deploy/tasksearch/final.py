@@ -60,10 +60,12 @@ def export_options(spec: DeviceSpec, budget_ms: float, batch: int, seq_len: int)
 
 def export_student(model: Any, tokenizer: Any, out_dir: Path, spec: DeviceSpec, budget_ms: float, batch: int, seq_len: int,
                    weights: dict[str, Any], on_step: Any = None) -> dict[str, Any]:
-    """Export the classifier's encoder to `out_dir` with validation and the latency report; the report dict."""
+    """Export the encoder of `model` (a classifier's, or `model` itself for a retrieval encoder) to `out_dir` with
+    validation and the latency report; the report dict."""
     from nasbert_deploy.export.pipeline import export_model
 
-    return export_model(model.nasbert, out_dir, tokenizer, spec, export_options(spec, budget_ms, batch, seq_len), weights,
+    encoder = getattr(model, "nasbert", model)
+    return export_model(encoder, out_dir, tokenizer, spec, export_options(spec, budget_ms, batch, seq_len), weights,
                         on_step=on_step)
 
 

@@ -28,6 +28,7 @@ from nasbert_deploy.student.tasks import TaskData
 from nasbert_deploy.tasksearch.controllers import make_controller, reward
 from nasbert_deploy.tasksearch.proxy import ProxyConfig, ProxyEvaluator, split_proxy
 from nasbert_deploy.tasksearch.request import STATE_DIR, Prepared, TaskSearchRequest, read_json, resumed_state
+from nasbert_deploy.tasksearch.retrieval import RetrievalProxy, proxy_config, proxy_teacher_embeddings, split_proxy_pairs
 
 Note = Callable[[str], None]
 EPISODES_PER_EVALUATION = 4
@@ -87,9 +88,19 @@ class ProxySetup:
     def __init__(self, request: TaskSearchRequest, prepared: Prepared, net: Any, cfg: ProxyConfig, cache_path: Path,
                  state_dir: Path) -> None:
         self.cfg, self.cache_path = cfg, cache_path
-        self.train, self.heldout = split_proxy(prepared.train, cfg)
         self.key = _digest({"proxy": cfg.to_dict(), "task": str(request.task), "teacher": str(request.teacher_model),
-                            "supernet": str(prepared.supernet_dir), "labels": prepared.labels, **prepared.start_key})
+                            "supernet": str(prepared.supernet_dir), "labels": prepared.labels, **prepared.start_key,
+                            **({"retrieval": proxy_config(cfg).to_dict()} if prepared.retrieval else {})})
+        self.cache: dict[str, Any] = {}
+        if cache_path.is_file():
+            data = read_json(cache_path)
+            if isinstance(data, dict) and data.get("proxy_key") == self.key:
+                self.cache = dict(data.get("archs", {}))
+        if prepared.retrieval:
+            self.evaluator: Any = retrieval_proxy(request, prepared, net, cfg)
+            self.train, self.heldout = self.evaluator.train, self.evaluator.heldout
+            return
+        self.train, self.heldout = split_proxy(prepared.train, cfg)
         tag = "" if cfg.seed == request.proxy.seed else f"_seed{cfg.seed}"
         t_train = teacher_logits(request.teacher_model, self.train, prepared.labels,
                                  state_dir / f"teacher_logits{tag}.safetensors", "proxy_" + self.key, cfg.max_len)
@@ -97,11 +108,6 @@ class ProxySetup:
                                 state_dir / f"teacher_heldout{tag}.safetensors", "heldout_" + self.key, cfg.max_len)
         self.evaluator = ProxyEvaluator(net, prepared.tokenizer, self.train, self.heldout, prepared.labels, t_train, cfg,
                                         t_held)
-        self.cache: dict[str, Any] = {}
-        if cache_path.is_file():
-            data = read_json(cache_path)
-            if isinstance(data, dict) and data.get("proxy_key") == self.key:
-                self.cache = dict(data.get("archs", {}))
 
     def accuracy(self, arch: str, costs: Any) -> dict[str, Any]:
         """The proxy record of `arch` (evaluated now unless cached; the cache is written at once)."""
@@ -111,6 +117,15 @@ class ProxySetup:
                                 "latency_ms": costs.latency_ms, "params": costs.params, "proxy_s": round(r.seconds, 2)}
             write_json_atomic(self.cache_path, {"proxy_key": self.key, "proxy": self.cfg.to_dict(), "archs": self.cache})
         return dict(self.cache[arch])
+
+
+def retrieval_proxy(request: TaskSearchRequest, prepared: Prepared, net: Any, cfg: ProxyConfig) -> Any:
+    """The proxy of a retrieval search (`tasksearch.retrieval.RetrievalProxy`) for the proxy setting `cfg`."""
+    rcfg = proxy_config(cfg)
+    train, heldout = split_proxy_pairs(prepared.train, rcfg)
+    t_q, t_d = proxy_teacher_embeddings(request.teacher_model, train, prepared.tokenizer,
+                                        min(rcfg.max_len, net.space.max_positions))
+    return RetrievalProxy(net, prepared.tokenizer, train, heldout, t_q, t_d, rcfg)
 
 
 def run_search(request: TaskSearchRequest, prepared: Prepared, net: Any, note: Note = print) -> SearchOutcome:
@@ -154,7 +169,7 @@ def run_search(request: TaskSearchRequest, prepared: Prepared, net: Any, note: N
         write_json_atomic(state_path, {"key": key, "episode": episode, "controller": ctrl.state(), "history": history,
                                        "seen": seen, "wall_s": wall})
         note(f"episode {episode}: eval {len(seen)}/{request.evaluations} ({100 * len(seen) // request.evaluations}% "
-             f"of budget) acc {rec['accuracy']:.3f} {lat:.2f} ms reward {rew:.3f} | best {best['reward']:.3f} "
+             f"of budget) {prepared.metric} {rec['accuracy']:.3f} {lat:.2f} ms reward {rew:.3f} | best {best['reward']:.3f} "
              f"(ep {best['episode']}) | {wall:.0f}s")
     best = max(history, key=lambda h: h["reward"])
     proxy_s = sum(cache[a].get("proxy_s", 0.0) for a in seen if a in cache)

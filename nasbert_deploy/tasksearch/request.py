@@ -1,8 +1,8 @@
 """What `search-task` is asked, and every check of it before any work (one-line typed errors, exit 2 in the CLI):
-output folder, task and valid files, the teacher classifier and its labels, where the students start (the supernet,
-or for `--init etd-*` the encoder, which must provide every architecture of `--space`), the device's latency table
-(and that it covers the search's space), the device's runtime, the tokenizer, and that the budget can be met at all
-(naming the smallest feasible value otherwise).
+output folder, task and valid files, the teacher classifier and its labels (a retrieval task: the teacher encoder), where
+the students start (the supernet, or for `--init etd-*` the encoder, which must provide every architecture of
+`--space`), the device's latency table (and that it covers the search's space), the device's runtime, the tokenizer,
+and that the budget can be met at all (naming the smallest feasible value otherwise).
 
     prepared = prepare(TaskSearchRequest(task, teacher_dir, load_device("cpu-ort"), Budget(5.0), Path("out")))
 """
@@ -136,6 +136,12 @@ class Prepared:
     distill_teacher: Any = None  # the loaded pre-trained teacher (teacher.Teacher) `corpus_texts` are distilled from
     corpus_texts: list[str] | None = None
     transfer_texts: list[str] | None = None
+    retrieval: bool = False  # a retrieval task: train / valid are `RetrievalData`, labels empty (`tasksearch.retrieval`)
+
+    @property
+    def metric(self) -> str:
+        """What the proxy's "accuracy" is, for notes: accuracy, or MRR on a retrieval task."""
+        return "MRR" if self.retrieval else "acc"
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -276,6 +282,7 @@ def prepare(request: TaskSearchRequest) -> Prepared:
     """Every check before work, cheapest first; raises a `NasBertDeployError` subclass; writes nothing."""
     from nasbert_deploy.profiling.table import LatencyTable
     from nasbert_deploy.search.run import latency_table_path
+    from nasbert_deploy.student.retrieval import is_retrieval_file
     from nasbert_deploy.student.tasks import task_splits
     from nasbert_deploy.tasksearch.budget import BudgetCheck
     from nasbert_deploy.tasksearch.controllers import CONTROLLERS
@@ -289,8 +296,12 @@ def prepare(request: TaskSearchRequest) -> Prepared:
                         f"{request.rerank_seeds}")
     check_start(request)
     check_out(request.out, False)  # --force removes our old outputs only after every other check passed
-    train, valid = task_splits(request.task, request.valid, 0.1)
-    labels = teacher_labels(request.teacher_model, train, valid)
+    retrieval = is_retrieval_file(request.task)
+    if retrieval:
+        train, valid, labels = retrieval_task(request)
+    else:
+        train, valid = task_splits(request.task, request.valid, 0.1)
+        labels = teacher_labels(request.teacher_model, train, valid)
     if len(train) < 4:
         raise TaskError(f"{request.task}: {len(train)} training rows are too few for a proxy split; give at least 4")
     space, supernet_dir, encoder_path = resolve_start(request)
@@ -321,7 +332,21 @@ def prepare(request: TaskSearchRequest) -> Prepared:
     if encoder_path is not None:  # the folder the default stands for, and the space's shape, not only its name
         start_key.update(encoder=str(encoder_path), space_hash=space.space_hash())
     return Prepared(train, valid, labels, space, table, table_path, check, fastest, tokenizer, supernet_dir, request.init,
-                    encoder_path, start_key, distill_teacher, corpus_texts, transfer)
+                    encoder_path, start_key, distill_teacher, corpus_texts, transfer, retrieval)
+
+
+def retrieval_task(request: TaskSearchRequest) -> tuple[Any, Any, list[str]]:
+    """(train pairs, valid pairs, no labels) of a retrieval search; `TaskError` for options without a meaning there,
+    a bad pair file, or a teacher that is not an encoder (`tasksearch.retrieval`)."""
+    from nasbert_deploy.student.retrieval_training import encoder_config, retrieval_splits
+    from nasbert_deploy.tasksearch.retrieval import final_config
+
+    if request.transfer is not None:
+        raise TaskError("--transfer is for classification; a retrieval search distils on the task's own pairs")
+    final_config(request.final)  # TaskError for a KD term retrieval does not have
+    train, valid = retrieval_splits(request.task, request.valid, 0.1)
+    encoder_config(request.teacher_model, "--teacher-model")
+    return train, valid, []
 
 
 def check_rerank_archs(request: TaskSearchRequest, space: SearchSpace, check: Any) -> None:

@@ -36,12 +36,14 @@ def run_task_search(request: TaskSearchRequest, note: Note = print, progress: An
          f"{_cpu(prepared.table)}); fastest arch {pred.latency_ms:.2f} ms, budget {request.budget.flags()}")
     if prepared.encoder_path is not None:
         note(f"students extracted from {prepared.encoder_path} ({request.init}) in space {prepared.space.name}")
-    start = load_start(request.init, prepared.supernet_dir, prepared.space, prepared.encoder_path, prepared.train.texts,
+    train = prepared.train  # the texts ETD's importance is scored on: a retrieval task's queries and documents
+    texts = train.queries + train.documents if prepared.retrieval else train.texts
+    start = load_start(request.init, prepared.supernet_dir, prepared.space, prepared.encoder_path, texts,
                        request.proxy.seed, request.out / STATE_DIR, note)
     distilled = corpus_start(request, prepared, start, note, progress)
     outcome = run_search(request, prepared, start, note)
     best = outcome.best
-    note(f"best: {outcome.best_arch} (proxy acc {best['accuracy']:.3f}, {best['latency_ms']:.2f} ms predicted, "
+    note(f"best: {outcome.best_arch} (proxy {prepared.metric} {best['accuracy']:.3f}, {best['latency_ms']:.2f} ms predicted, "
          f"reward {best['reward']:.3f}); {outcome.evaluations} evaluations in {outcome.wall_s:.0f} s")
     best_arch, best_ms, reranked = outcome.best_arch, best["latency_ms"], None
     if request.reranks:
@@ -69,15 +71,23 @@ def run_task_search(request: TaskSearchRequest, note: Note = print, progress: An
     if not request.search_only:
         final_key = {**prepared.start_key, **({"layer_map": record["layer_map"]} if "layer_map" in record else {}),
                      **({} if distilled is None else distilled.key())}
-        final = distill_final(best_arch, final_start, prepared.tokenizer, prepared.train, prepared.valid,
-                              prepared.labels, request.teacher_model, request.out / "student", request.final,
-                              request.out / STATE_DIR, progress, note, final_key, prepared.transfer_texts)
+        if prepared.retrieval:
+            from nasbert_deploy.tasksearch.retrieval import distill_final_retrieval, final_config
+
+            final = distill_final_retrieval(best_arch, final_start, prepared.tokenizer, prepared.train, prepared.valid,
+                                            request.teacher_model, request.out / "student", final_config(request.final),
+                                            progress, note, final_key)
+        else:
+            final = distill_final(best_arch, final_start, prepared.tokenizer, prepared.train, prepared.valid,
+                                  prepared.labels, request.teacher_model, request.out / "student", request.final,
+                                  request.out / STATE_DIR, progress, note, final_key, prepared.transfer_texts)
         model = final.pop("model")
         result["final"] = {**final, "start": record}
-        note(f"final student: valid accuracy {final['valid']['accuracy']:.3f}, macro-F1 {final['valid']['macro_f1']:.3f}, "
-             f"label loyalty {final['valid']['label_loyalty']:.3f} (teacher {final['valid']['teacher_accuracy']:.3f})")
+        note(final_line(final["valid"]))
+        held = ("the retrieval encoder (also in ../student)" if prepared.retrieval
+                else "encoder of the task classifier in ../student")
         weights = {"init": "tasksearch", "start": record, "task": str(request.task),
-                   "teacher_model": str(request.teacher_model), "note": "encoder of the task classifier in ../student"}
+                   "teacher_model": str(request.teacher_model), "note": held}
         if prepared.supernet_dir is not None:
             weights["supernet"] = str(prepared.supernet_dir)
         report = export_student(model, prepared.tokenizer, request.out / "export", request.spec,
@@ -99,6 +109,15 @@ def corpus_start(request: TaskSearchRequest, prepared: Any, start: Any, note: No
     return DistilledStart(start, prepared.distill_teacher, texts, CorpusDistillation(request.corpus, request.distill_steps),
                           request.distilled_dir or request.out / STATE_DIR / "distilled", identity, request.seed, note,
                           progress)
+
+
+def final_line(v: dict[str, Any]) -> str:
+    """The final student's valid-split scores in one line (classification or retrieval)."""
+    if "mrr" in v:
+        return (f"final student: valid MRR {v['mrr']:.3f}, recall@1 {v['recall@1']:.3f}, ranking loyalty@10 "
+                f"{v['ranking_loyalty@10']:.3f} (teacher MRR {v['teacher_mrr']:.3f})")
+    return (f"final student: valid accuracy {v['accuracy']:.3f}, macro-F1 {v['macro_f1']:.3f}, label loyalty "
+            f"{v['label_loyalty']:.3f} (teacher {v['teacher_accuracy']:.3f})")
 
 
 def _cpu(table: Any) -> str:
