@@ -193,3 +193,49 @@ def test_two_processes_resume_and_agree(dirs, tmp_path):
     assert ranks[0]["report"] == ranks[1]["report"] and ranks[0]["report"]["world_size"] == 2
     assert [h["epoch"] for h in ranks[0]["report"]["history"]] == [1, 2]  # each epoch scored once, on both ranks alike
     assert not checkpoint_dir(tmp_path / "out").exists()
+
+
+def _same_batch_worker(rank: int, world: int, port: int, root: str) -> None:
+    import datetime
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        r = __import__("pathlib").Path(root)
+        train, valid = load_retrieval(r / "tr.jsonl"), load_retrieval(r / "va.jsonl")
+        cfg = RetrievalConfig(epochs=1, batch_size=9, max_len=16, lr=3e-3)  # global 18: the last step's 6 rows on rank 0
+        finetune_retrieval(r / "student", train, valid, r / "ddp", cfg, r / "teacher")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_with_the_global_batch(dirs, tmp_path):
+    """Each rank ranks its queries against every rank's documents: two processes of 9 pairs a step reach the weights
+    one process of 18 pairs reaches (the KD term and an empty slice of the short last batch included)."""
+    import shutil
+    import socket
+
+    from safetensors.torch import load_file
+
+    for name in ("student", "teacher", "tr.jsonl", "va.jsonl"):
+        src = dirs["root"] / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.start_processes(_same_batch_worker, args=(2, port, str(tmp_path)), nprocs=2,
+                                          start_method="fork")
+    train, valid = load_retrieval(tmp_path / "tr.jsonl"), load_retrieval(tmp_path / "va.jsonl")
+    one = finetune_retrieval(tmp_path / "student", train, valid, tmp_path / "one",
+                             RetrievalConfig(epochs=1, batch_size=18, max_len=16, lr=3e-3), tmp_path / "teacher")
+    a, b = load_file(str(tmp_path / "ddp" / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
+    start = load_file(str(tmp_path / "student" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4), (k, (a[k] - b[k]).abs().max(), (a[k] - b[k]).abs().gt(2e-5).float().mean())
+    assert any(not torch.allclose(start[k], b[k]) for k in b)  # it trained
+    ddp = json.loads((tmp_path / "ddp" / "finetune_report.json").read_text())
+    assert ddp["world_size"] == 2 and ddp["best"]["mrr"] == pytest.approx(one["best"]["mrr"], abs=1e-6)

@@ -76,6 +76,7 @@ def test_search_resumes_then_distils_exports_and_scores_the_pick(setup):
                    "--rerank-top", "2", "--rerank-seeds", "2"))
     assert r.exit_code == 0, r.output
     assert "resuming the task search at episode 3 (2 of 3 evaluations done" in r.output
+    assert "rerank: " in r.output and " proxy MRR " in " ".join(r.output.split())
     result = json.loads((root / "a" / "result.json").read_text())
     arch, v = result["pick"], result["final"]["valid"]
     assert result["labels"] == [] and result["valid_rows"] == 40 and result["rerank"]["best_arch"] == arch

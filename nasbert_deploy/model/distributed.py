@@ -140,6 +140,31 @@ def gather_objects(obj: T) -> list[T]:
     return out
 
 
+def gather_rows(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Every rank's rows of `x` (this rank's: `sizes[rank]` rows, maybe none), concatenated in rank order on every
+    rank, detached (one all-gather of tensors padded to the largest slice; `x` itself without a process group)."""
+    import torch
+
+    rank, world = world_info()
+    if world == 1:
+        return x.detach()
+    most = max(sizes)
+    pad = torch.zeros(most, *x.shape[1:], dtype=x.dtype, device=x.device)
+    pad[: sizes[rank]] = x.detach()
+    parts = [torch.empty_like(pad) for _ in range(world)]
+    torch.distributed.all_gather(parts, pad)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
+def allreduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """`x` summed over the ranks, in place (nothing without a process group)."""
+    import torch
+
+    if world_info()[1] > 1:
+        torch.distributed.all_reduce(x)
+    return x
+
+
 def shard(n: int, rank: int, world: int) -> range:
     """Rank `rank`'s contiguous share of `n` items (shares differ by at most one; ranks past the items get none)."""
     return range(rank * n // world, (rank + 1) * n // world)

@@ -74,11 +74,12 @@ def cross_similarity_kl(
 ) -> torch.Tensor:
     """Query-to-document relational distillation: for each query row, KL between the teacher's and the student's
     softmax over cosine similarities to every document row of the batch (its own document included), temperature
-    `tau`; (b, d) x 4 -> scalar. Retrieval ranks documents for a short query by exactly these similarities."""
-    if s_query.shape[0] < 2:
+    `tau`; queries (b_query, d), documents (b_doc, d) -> scalar. Retrieval ranks documents for a short query by
+    exactly these similarities."""
+    if s_doc.shape[0] < 2:  # a softmax over one document: nothing to distil
         return s_query.sum() * 0.0
     norm = torch.nn.functional.normalize
-    s_sim = norm(s_query, dim=-1) @ norm(s_doc, dim=-1).T  # (b, b)
+    s_sim = norm(s_query, dim=-1) @ norm(s_doc, dim=-1).T  # (b_query, b_doc)
     t_sim = norm(t_query, dim=-1) @ norm(t_doc, dim=-1).T
     return soft_kl(s_sim / tau, t_sim / tau, 1.0).mean()
 

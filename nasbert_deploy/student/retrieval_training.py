@@ -15,8 +15,9 @@ documents (mean-pooled over real tokens, as `Embedder` and sentence-transformers
 
 The weights with the best validation MRR (in the pool of the validation split's documents) are kept. Runs resume
 from `<out>.ckpt/` (every `CHECKPOINT_STEPS` steps, at each epoch end and on Ctrl-C). Under torchrun every rank
-takes its slice of each global batch (its in-batch negatives are its own slice's documents), gradients are
-averaged, and every rank scores the validation split; rank 0 alone writes.
+takes its slice of each global batch and ranks its queries against every rank's documents (gathered; their
+gradients summed back to the rank that embedded them), so N processes train as one with the global batch; gradients
+are averaged, and every rank scores the validation split; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ import numpy as np
 import torch
 
 from nasbert_deploy.errors import CheckpointError, NasBertDeployError, TaskError
-from nasbert_deploy.model.distributed import allreduce_grads, broadcast_params, sum_over_ranks, world_info
+from nasbert_deploy.model.distributed import (
+    allreduce_grads,
+    allreduce_sum,
+    broadcast_params,
+    gather_rows,
+    sum_over_ranks,
+    world_info,
+)
 from nasbert_deploy.model.loop import (
     NoteFn,
     ProgressFn,
@@ -196,14 +204,16 @@ def teacher_embeddings(teacher: Any, teacher_dir: str | Path | None, train: Retr
 
 
 def pair_loss(s_q: torch.Tensor, s_d: torch.Tensor, doc_ids: torch.Tensor, teacher: tuple[torch.Tensor, torch.Tensor]
-              | None, lam: float, tau: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """The module docstring's loss for one batch: (b, d) query and document embeddings, (b,) pool index of each
-    row's document, the teacher's (b, d) query and document embeddings (or None)."""
+              | None, lam: float, tau: float, offset: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The module docstring's loss for one batch: (b_q, d) query and (b_d, d) document embeddings, (b_d,) pool index
+    of each document row, the teacher's embeddings of the same rows (or None). Query k's own document is row
+    `offset` + k (0 and b_q = b_d: one process's batch; under torchrun the documents are every rank's)."""
     norm = torch.nn.functional.normalize
-    sims = norm(s_q, dim=-1) @ norm(s_d, dim=-1).T / CONTRASTIVE_TAU  # (b, b)
-    same = (doc_ids[:, None] == doc_ids[None, :]) & ~torch.eye(len(doc_ids), dtype=torch.bool, device=sims.device)
-    nce = torch.nn.functional.cross_entropy(sims.masked_fill(same, float("-inf")), torch.arange(len(doc_ids),
-                                            device=sims.device))
+    sims = norm(s_q, dim=-1) @ norm(s_d, dim=-1).T / CONTRASTIVE_TAU  # (b_q, b_d)
+    own = torch.arange(len(s_q), device=sims.device) + offset
+    same = doc_ids[own][:, None] == doc_ids[None, :]
+    same[torch.arange(len(s_q), device=sims.device), own] = False
+    nce = torch.nn.functional.cross_entropy(sims.masked_fill(same, float("-inf")), own)
     if teacher is None:
         return nce, {"nce": float(nce.detach())}
     kd = cross_similarity_kl(s_q, s_d, teacher[0], teacher[1], tau)
@@ -258,19 +268,33 @@ def train_retrieval(
         start, history, best, elapsed = st["step"], st["history"], st["best"], st["elapsed_s"]
     t0 = time.perf_counter() - elapsed
 
+    none = torch.zeros(0, 0, device=device)  # an empty rank's share of the gathered documents (width set below)
+    if world > 1:
+        with torch.no_grad():
+            none = torch.zeros(0, embed(model, *pad_tokens([q_tok[0]], device)).shape[-1], device=device)
+
     def train_step(step: int) -> dict[str, float]:
-        rows, n_global = rank_rows(step, len(train), cfg.batch_size, cfg.seed, rank, world)
+        slices = [rank_rows(step, len(train), cfg.batch_size, cfg.seed, r, world)[0] for r in range(world)]
+        rows, sizes = slices[rank], [len(s) for s in slices]
+        n_global, offset = sum(sizes), sum(sizes[:rank])
         opt.zero_grad(set_to_none=True)
         values = {"loss": 0.0, "nce": 0.0, **({"kd": 0.0} if t_q is not None else {})}  # the same keys on every rank
-        if rows:  # a rank whose slice of a short last batch is empty only joins the all-reduce
+        s_d = embed(model, *pad_tokens([d_tok[int(gold[i])] for i in rows], device)) if rows else None
+        # every rank's documents are this rank's negatives: gathered (detached) into a leaf whose gradient, summed
+        # over the ranks, flows back into this rank's own document rows (exactly one process's global batch)
+        docs = s_d if world == 1 else gather_rows(s_d if s_d is not None else none, sizes).requires_grad_()
+        if rows:  # a rank whose slice of a short last batch is empty only joins the collectives
             s_q = embed(model, *pad_tokens([q_tok[i] for i in rows], device))
-            s_d = embed(model, *pad_tokens([d_tok[int(gold[i])] for i in rows], device))
-            idx = torch.tensor(rows)
-            tq = None if t_q is None or t_d is None else (t_q[idx].to(device), t_d[gold[idx]].to(device))
-            loss, parts = pair_loss(s_q, s_d, gold[idx].to(device), tq, cfg.lam, cfg.tau)
+            idx, every = torch.tensor(rows), torch.tensor([i for s in slices for i in s])
+            tq = None if t_q is None or t_d is None else (t_q[idx].to(device), t_d[gold[every]].to(device))
+            loss, parts = pair_loss(s_q, docs, gold[every].to(device), tq, cfg.lam, cfg.tau, offset)
             weight = len(rows) / n_global
             (loss * weight * world).backward()
             values = {"loss": float(loss.detach()) * weight, **{k: v * weight for k, v in parts.items()}}
+        if world > 1:
+            grad = allreduce_sum(docs.grad if docs.grad is not None else torch.zeros_like(docs))
+            if s_d is not None:
+                s_d.backward(grad[offset : offset + len(rows)])
         allreduce_grads(params, world, uneven=True)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -118,6 +118,6 @@ def rerank(request: TaskSearchRequest, prepared: Prepared, net: Any, candidates:
                      "reward": reward(mean, lat, target, request.latency_weight)})
     rows.sort(key=lambda r: -r["reward"])
     for r in rows:
-        note(f"rerank: {r['arch']} proxy acc {r['mean']:.3f} +- {r['sd']:.3f} over {seeds} seeds, "
+        note(f"rerank: {r['arch']} proxy {prepared.metric} {r['mean']:.3f} +- {r['sd']:.3f} over {seeds} seeds, "
              f"{r['latency_ms']:.2f} ms, reward {r['reward']:.3f}")
     return {"best_arch": rows[0]["arch"], "seeds": seeds, "candidates": rows}
