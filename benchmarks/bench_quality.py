@@ -228,8 +228,8 @@ def stage_retrieval_task(models: dict[str, Path], files: dict[str, dict[str, Pat
     debian-retrieval=DIR`, or `=default` for the frozen teacher), one run per seed; MRR and ranking loyalty on valid."""
     from nasbert_deploy.student.embeddings import Embedder
     from nasbert_deploy.student.quality import retrieval_quality
-    from nasbert_deploy.student.retrieval import load_retrieval
-    from nasbert_deploy.student.retrieval_training import RetrievalConfig, finetune_retrieval, split_pairs
+    from nasbert_deploy.student.retrieval import load_retrieval, split_pairs
+    from nasbert_deploy.student.retrieval_training import RetrievalConfig, finetune_retrieval
 
     teacher = models["teacher"] if teacher_ft == "default" else Path(teacher_ft)
     ref = Embedder(teacher)

@@ -11,8 +11,8 @@ import pytest
 from helpers import make_tiny_teacher, run_benchmark
 
 from nasbert_deploy.student.baselines import truncate_encoder
-from nasbert_deploy.student.retrieval import load_retrieval
-from nasbert_deploy.student.retrieval_training import RetrievalConfig, finetune_retrieval, split_pairs
+from nasbert_deploy.student.retrieval import load_retrieval, split_pairs
+from nasbert_deploy.student.retrieval_training import RetrievalConfig, finetune_retrieval
 
 
 def _bench(*args: object) -> subprocess.CompletedProcess:

@@ -13,12 +13,11 @@ from nasbert_deploy.cli.app import app
 from nasbert_deploy.model.loop import checkpoint_dir
 from nasbert_deploy.space import TINY
 from nasbert_deploy.student.build import build_student
-from nasbert_deploy.student.retrieval import load_retrieval
+from nasbert_deploy.student.retrieval import load_retrieval, split_pairs
 from nasbert_deploy.student.retrieval_training import (
     RetrievalConfig,
     finetune_retrieval,
     pair_loss,
-    split_pairs,
     validation_scores,
 )
 

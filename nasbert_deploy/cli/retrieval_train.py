@@ -28,7 +28,8 @@ def run(model: Path, task: str, valid: Path | None, valid_fraction: float, out: 
     """Read and check the pairs (before any model is loaded), train, print the report (rank 0)."""
     from nasbert_deploy.cli.common import print_report
     from nasbert_deploy.cli.training_runs import processes
-    from nasbert_deploy.student.retrieval_training import RetrievalConfig, finetune_retrieval, retrieval_splits
+    from nasbert_deploy.student.retrieval import retrieval_splits
+    from nasbert_deploy.student.retrieval_training import RetrievalConfig, finetune_retrieval
 
     if teacher_model is not None and str(teacher_model) == DEFAULT_TEACHER:
         from nasbert_deploy.teacher import default_teacher_path

@@ -84,38 +84,6 @@ class RetrievalConfig:
         return asdict(self)
 
 
-def split_pairs(data: RetrievalData, fraction: float, seed: int = 0) -> tuple[RetrievalData, RetrievalData]:
-    """(train, valid): a seeded `fraction` of the queries held out (at least one each side), each side with the
-    pool of its own queries' documents."""
-    n = len(data)
-    if n < 2:
-        raise TaskError(f"{data.source} has {n} pair; a validation split needs at least 2 (or give --valid)")
-    order = np.random.default_rng(seed).permutation(n)
-    k = min(n - 1, max(1, round(fraction * n)))
-    return subset_pairs(data, sorted(order[k:]), "train"), subset_pairs(data, sorted(order[:k]), "valid")
-
-
-def retrieval_splits(task: str | Path, valid: str | Path | None, fraction: float, seed: int = 0
-                     ) -> tuple[RetrievalData, RetrievalData]:
-    """(train, valid) pairs: `task` and the `valid` file, or a seeded `fraction` of `task` held out (`split_pairs`);
-    `TaskError` for a bad file or a `valid` that holds no retrieval pairs."""
-    from nasbert_deploy.student.retrieval import is_retrieval_file, load_retrieval
-
-    data = load_retrieval(task)
-    if valid is None:
-        return split_pairs(data, fraction, seed)
-    if Path(valid).is_file() and not is_retrieval_file(valid):  # a missing file: load_retrieval says so
-        raise TaskError(f"--valid {valid} is not a retrieval file (.jsonl of query/document pairs) as --task is")
-    return data, load_retrieval(valid)
-
-
-def subset_pairs(data: RetrievalData, rows: Sequence[int], part: str) -> RetrievalData:
-    """The pairs of `rows` (in that order) with the pool of their own documents; `part` names them in the source."""
-    pool: dict[str, int] = {}
-    gold = [pool.setdefault(data.documents[data.gold[i]], len(pool)) for i in rows]
-    return RetrievalData(tuple(data.queries[i] for i in rows), tuple(pool), tuple(gold), f"{data.source} ({part})")
-
-
 def pad_tokens(seqs: Sequence[Sequence[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention mask) of token lists right-padded with 0 to the longest, on `device`."""
     t = max(len(s) for s in seqs)

@@ -338,7 +338,8 @@ def prepare(request: TaskSearchRequest) -> Prepared:
 def retrieval_task(request: TaskSearchRequest) -> tuple[Any, Any, list[str]]:
     """(train pairs, valid pairs, no labels) of a retrieval search; `TaskError` for options without a meaning there,
     a bad pair file, or a teacher that is not an encoder (`tasksearch.retrieval`)."""
-    from nasbert_deploy.student.retrieval_training import encoder_config, retrieval_splits
+    from nasbert_deploy.student.retrieval import retrieval_splits
+    from nasbert_deploy.student.retrieval_training import encoder_config
     from nasbert_deploy.tasksearch.retrieval import final_config
 
     if request.transfer is not None:

@@ -27,7 +27,7 @@ import torch
 
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.model.loop import warmup_decay
-from nasbert_deploy.student.retrieval import RetrievalData, ranking_loyalty, retrieval_scores, top_k
+from nasbert_deploy.student.retrieval import RetrievalData, ranking_loyalty, retrieval_scores, subset_pairs, top_k
 from nasbert_deploy.student.retrieval_training import (
     RetrievalConfig,
     embed,
@@ -35,7 +35,6 @@ from nasbert_deploy.student.retrieval_training import (
     load_encoder,
     pad_tokens,
     pair_loss,
-    subset_pairs,
     teacher_embeddings,
     tokenize,
     train_retrieval,
