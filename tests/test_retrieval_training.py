@@ -148,7 +148,9 @@ def test_bad_input_is_one_line(dirs, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, root: str, mode: str) -> None:
+    """One gloo rank: `resume` (interrupted at step 4 of 12, then run again; its report and notes to rankN.json) or
+    `once` (one epoch of 9 pairs a rank into ddp/)."""
     import datetime
     import os
 
@@ -158,6 +160,10 @@ def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
     try:
         r = __import__("pathlib").Path(root)
         train, valid = load_retrieval(r / "tr.jsonl"), load_retrieval(r / "va.jsonl")
+        if mode == "once":  # global batch 18: the last step's 6 rows all on rank 0
+            finetune_retrieval(r / "student", train, valid, r / "ddp",
+                               RetrievalConfig(epochs=1, batch_size=9, max_len=16, lr=3e-3), r / "teacher")
+            return
         cfg = RetrievalConfig(epochs=2, batch_size=9, max_len=16, lr=3e-3)  # 96 pairs: 6 steps an epoch, the last of 6 rows
 
         def stop(step, total, _values):
@@ -175,8 +181,8 @@ def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_two_processes_resume_and_agree(dirs, tmp_path):
+def _two_ranks(dirs, tmp_path, mode: str) -> None:
+    """Copy the student, teacher and pairs into `tmp_path` and run `_ddp_worker` there on two forked gloo ranks."""
     import shutil
     import socket
 
@@ -186,7 +192,12 @@ def test_two_processes_resume_and_agree(dirs, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.start_processes(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
+    torch.multiprocessing.start_processes(_ddp_worker, args=(2, port, str(tmp_path), mode), nprocs=2, start_method="fork")
+
+
+@pytest.mark.slow
+def test_two_processes_resume_and_agree(dirs, tmp_path):
+    _two_ranks(dirs, tmp_path, "resume")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert "resuming from step 4 of 12" in ranks[0]["notes"]
     assert ranks[0]["report"] == ranks[1]["report"] and ranks[0]["report"]["world_size"] == 2
@@ -194,39 +205,13 @@ def test_two_processes_resume_and_agree(dirs, tmp_path):
     assert not checkpoint_dir(tmp_path / "out").exists()
 
 
-def _same_batch_worker(rank: int, world: int, port: int, root: str) -> None:
-    import datetime
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
-    try:
-        r = __import__("pathlib").Path(root)
-        train, valid = load_retrieval(r / "tr.jsonl"), load_retrieval(r / "va.jsonl")
-        cfg = RetrievalConfig(epochs=1, batch_size=9, max_len=16, lr=3e-3)  # global 18: the last step's 6 rows on rank 0
-        finetune_retrieval(r / "student", train, valid, r / "ddp", cfg, r / "teacher")
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_two_processes_train_as_one_with_the_global_batch(dirs, tmp_path):
     """Each rank ranks its queries against every rank's documents: two processes of 9 pairs a step reach the weights
     one process of 18 pairs reaches (the KD term and an empty slice of the short last batch included)."""
-    import shutil
-    import socket
-
     from safetensors.torch import load_file
 
-    for name in ("student", "teacher", "tr.jsonl", "va.jsonl"):
-        src = dirs["root"] / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.start_processes(_same_batch_worker, args=(2, port, str(tmp_path)), nprocs=2,
-                                          start_method="fork")
+    _two_ranks(dirs, tmp_path, "once")
     train, valid = load_retrieval(tmp_path / "tr.jsonl"), load_retrieval(tmp_path / "va.jsonl")
     one = finetune_retrieval(tmp_path / "student", train, valid, tmp_path / "one",
                              RetrievalConfig(epochs=1, batch_size=18, max_len=16, lr=3e-3), tmp_path / "teacher")
