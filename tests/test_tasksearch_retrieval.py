@@ -80,6 +80,7 @@ def test_search_resumes_then_distils_exports_and_scores_the_pick(setup):
     result = json.loads((root / "a" / "result.json").read_text())
     arch, v = result["pick"], result["final"]["valid"]
     assert result["labels"] == [] and result["valid_rows"] == 40 and result["rerank"]["best_arch"] == arch
+    assert result["retrieval_proxy"]["batch_size"] == 32 and result["retrieval_proxy"]["temperature"] == 0.05
     cache = json.loads((root / "a" / "search" / "cache.json").read_text())["archs"]
     for h in result["search"]["history"]:
         assert h["latency_ms"] <= 1.6 and 0.0 < cache[h["arch"]]["accuracy"] <= 1.0  # accuracy: held-out MRR

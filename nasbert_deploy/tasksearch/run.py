@@ -68,6 +68,10 @@ def run_task_search(request: TaskSearchRequest, note: Note = print, progress: An
                               "start": record, "search": outcome.to_dict(), "pick": best_arch}
     if reranked is not None:
         result["rerank"] = reranked
+    if prepared.retrieval:  # what the proxy trained with (batch and temperature set for pairs)
+        from nasbert_deploy.tasksearch.retrieval import proxy_config
+
+        result["retrieval_proxy"] = proxy_config(request.proxy).to_dict()
     if not request.search_only:
         final_key = {**prepared.start_key, **({"layer_map": record["layer_map"]} if "layer_map" in record else {}),
                      **({} if distilled is None else distilled.key())}
