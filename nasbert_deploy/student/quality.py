@@ -22,7 +22,7 @@ import numpy as np
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.student.embeddings import Embedder, linear_probe
 from nasbert_deploy.student.metrics import label_loyalty, probability_loyalty
-from nasbert_deploy.student.retrieval import is_retrieval_file, load_retrieval, ranking_loyalty, retrieval_scores, top_k
+from nasbert_deploy.student.retrieval import is_retrieval_file, load_retrieval, retrieval_scores, teacher_comparison
 from nasbert_deploy.student.tasks import TaskData, label_maps, load_task
 
 PathLike = str | os.PathLike[str]
@@ -73,10 +73,7 @@ def retrieval_quality(
     out.update(retrieval_scores(q, d, data.gold))
     if teacher is not None:
         tq, td = teacher.encode(data.queries), teacher.encode(data.documents)
-        t = retrieval_scores(tq, td, data.gold)
-        out.update({f"teacher_{k}": v for k, v in t.items()})
-        out["kept_mrr"] = out["mrr"] / t["mrr"] if t["mrr"] else None
-        out["ranking_loyalty@10"] = ranking_loyalty(top_k(q, d, 10), top_k(tq, td, 10))
+        out.update(teacher_comparison(q, d, tq, td, data.gold, out["mrr"]))
         out["cosine_to_teacher"] = _cosine(np.concatenate([q, d]), np.concatenate([tq, td]))
     return out
 

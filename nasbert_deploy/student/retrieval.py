@@ -139,6 +139,17 @@ def ranking_loyalty(student_top: np.ndarray, teacher_top: np.ndarray) -> float:
     return float(np.mean([len(set(s) & set(t)) / k for s, t in zip(student_top, teacher_top)]))
 
 
+def teacher_comparison(q: np.ndarray, d: np.ndarray, tq: np.ndarray, td: np.ndarray, gold: Sequence[int],
+                       mrr: float) -> dict[str, float | None]:
+    """The teacher's scores (`teacher_*`) from its embeddings `tq`, `td`, the share of its MRR a student of MRR `mrr`
+    keeps, and the ranking loyalty@10 of the student's embeddings `q`, `d` to it."""
+    t = retrieval_scores(tq, td, gold)
+    out: dict[str, float | None] = {f"teacher_{k}": v for k, v in t.items()}
+    out["kept_mrr"] = mrr / t["mrr"] if t["mrr"] else None
+    out["ranking_loyalty@10"] = ranking_loyalty(top_k(q, d, 10), top_k(tq, td, 10))
+    return out
+
+
 def tfidf_scores(data: RetrievalData, ks: Sequence[int] = (1, 10)) -> dict[str, float]:
     """The lexical baseline a user would try first: TF-IDF cosine (scikit-learn, fitted on the pool)."""
     from sklearn.feature_extraction.text import TfidfVectorizer

@@ -28,7 +28,7 @@ from nasbert_deploy.student.tasks import TaskData
 from nasbert_deploy.tasksearch.controllers import make_controller, reward
 from nasbert_deploy.tasksearch.proxy import ProxyConfig, ProxyEvaluator, split_proxy
 from nasbert_deploy.tasksearch.request import STATE_DIR, Prepared, TaskSearchRequest, read_json, resumed_state
-from nasbert_deploy.tasksearch.retrieval import RetrievalProxy, proxy_config, proxy_teacher_embeddings, split_proxy_pairs
+from nasbert_deploy.tasksearch.retrieval import proxy_config, search_proxy
 
 Note = Callable[[str], None]
 EPISODES_PER_EVALUATION = 4
@@ -97,7 +97,7 @@ class ProxySetup:
             if isinstance(data, dict) and data.get("proxy_key") == self.key:
                 self.cache = dict(data.get("archs", {}))
         if prepared.retrieval:
-            self.evaluator: Any = retrieval_proxy(request, prepared, net, cfg)
+            self.evaluator: Any = search_proxy(request.teacher_model, prepared.train, prepared.tokenizer, net, cfg)
             self.train, self.heldout = self.evaluator.train, self.evaluator.heldout
             return
         self.train, self.heldout = split_proxy(prepared.train, cfg)
@@ -117,15 +117,6 @@ class ProxySetup:
                                 "latency_ms": costs.latency_ms, "params": costs.params, "proxy_s": round(r.seconds, 2)}
             write_json_atomic(self.cache_path, {"proxy_key": self.key, "proxy": self.cfg.to_dict(), "archs": self.cache})
         return dict(self.cache[arch])
-
-
-def retrieval_proxy(request: TaskSearchRequest, prepared: Prepared, net: Any, cfg: ProxyConfig) -> Any:
-    """The proxy of a retrieval search (`tasksearch.retrieval.RetrievalProxy`) for the proxy setting `cfg`."""
-    rcfg = proxy_config(cfg)
-    train, heldout = split_proxy_pairs(prepared.train, rcfg)
-    t_q, t_d = proxy_teacher_embeddings(request.teacher_model, train, prepared.tokenizer,
-                                        min(rcfg.max_len, net.space.max_positions))
-    return RetrievalProxy(net, prepared.tokenizer, train, heldout, t_q, t_d, rcfg)
 
 
 def run_search(request: TaskSearchRequest, prepared: Prepared, net: Any, note: Note = print) -> SearchOutcome:

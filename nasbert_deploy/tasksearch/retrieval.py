@@ -27,7 +27,7 @@ import torch
 
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.model.loop import warmup_decay
-from nasbert_deploy.student.retrieval import RetrievalData, ranking_loyalty, retrieval_scores, subset_pairs, top_k
+from nasbert_deploy.student.retrieval import RetrievalData, retrieval_scores, subset_pairs, teacher_comparison
 from nasbert_deploy.student.retrieval_training import (
     RetrievalConfig,
     embed,
@@ -136,6 +136,15 @@ class RetrievalProxy:
         return ProxyResult(scores["mrr"], scores["recall@1"], None, time.perf_counter() - t0)
 
 
+def search_proxy(teacher_model: Path, pairs: RetrievalData, tokenizer: Any, net: Any, cfg: ProxyConfig) -> RetrievalProxy:
+    """The proxy of a retrieval search for the proxy setting `cfg` (`proxy_config` applied): its split of `pairs`
+    and the teacher's embeddings of the proxy pairs."""
+    rcfg = proxy_config(cfg)
+    train, heldout = split_proxy_pairs(pairs, rcfg)
+    t_q, t_d = proxy_teacher_embeddings(teacher_model, train, tokenizer, min(rcfg.max_len, net.space.max_positions))
+    return RetrievalProxy(net, tokenizer, train, heldout, t_q, t_d, rcfg)
+
+
 def pair_quality(model: Any, teacher: Any, tokenizer: Any, data: RetrievalData, max_len: int) -> dict[str, Any]:
     """recall@1/@10 and MRR of the encoder `model` on `data` (pool of its documents) beside the teacher encoder's:
     `teacher_mrr`, `kept_mrr`, `ranking_loyalty@10` (the keys `evaluate` writes for a retrieval task)."""
@@ -143,11 +152,7 @@ def pair_quality(model: Any, teacher: Any, tokenizer: Any, data: RetrievalData, 
     q, d = encode_all(model, q_tok, "cpu").numpy(), encode_all(model, d_tok, "cpu").numpy()
     tq, td = encode_all(teacher, q_tok, "cpu").numpy(), encode_all(teacher, d_tok, "cpu").numpy()
     out: dict[str, Any] = {"queries": len(data), "pool": len(data.documents), **retrieval_scores(q, d, data.gold)}
-    t = retrieval_scores(tq, td, data.gold)
-    out.update({f"teacher_{k}": v for k, v in t.items()})
-    out["kept_mrr"] = out["mrr"] / t["mrr"] if t["mrr"] else None
-    out["ranking_loyalty@10"] = ranking_loyalty(top_k(q, d, 10), top_k(tq, td, 10))
-    return out
+    return {**out, **teacher_comparison(q, d, tq, td, data.gold, out["mrr"])}
 
 
 def distill_final_retrieval(arch: str, net: Any, tokenizer: Any, train: RetrievalData, valid: RetrievalData,
