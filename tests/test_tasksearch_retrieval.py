@@ -115,3 +115,51 @@ def test_bad_input_is_one_line(setup, tmp_path):
     args[args.index("--teacher-model") + 1] = str(clf)
     one_line_error(_run(args), "is a task model")
     assert not (tmp_path / "o").exists()
+
+
+def test_shared_cache_reuses_scores_and_the_teacher_is_not_reloaded(setup, monkeypatch):
+    """`--cache`: a second search of the same proxy setting (another latency weight, its own --out) takes the first
+    one's scores instead of training those archs again, and the teacher's cached embeddings spare loading it; on
+    pairs the proxy defaults are retrieval-sized (2048 pairs, 1000 held-out queries)."""
+    from nasbert_deploy.tasksearch import retrieval
+
+    root, shared = setup["root"], setup["root"] / "shared" / "proxy-cache.json"
+    calls = {"evaluate": 0, "load": 0}
+    evaluate, load = retrieval.RetrievalProxy.evaluate, retrieval.load_encoder
+
+    def counted_evaluate(self, arch):
+        calls["evaluate"] += 1
+        return evaluate(self, arch)
+
+    def counted_load(*a, **k):
+        calls["load"] += 1
+        return load(*a, **k)
+
+    monkeypatch.setattr(retrieval.RetrievalProxy, "evaluate", counted_evaluate)
+    monkeypatch.setattr(retrieval, "load_encoder", counted_load)
+    common = ("--evaluations", "3", "--search-only", "--rerank-top", "0", "--cache", str(shared))
+    r = _run(_args(setup, root / "c1", *common))
+    assert r.exit_code == 0, r.output
+    first = json.loads(shared.read_text())["archs"]
+    assert calls["evaluate"] == len(first) == 3 and not (root / "c1" / "search" / "cache.json").exists()
+    calls.update(evaluate=0, load=0)
+    r = _run(_args(setup, root / "c2", *common, "--latency-weight", "0"))
+    assert r.exit_code == 0, r.output
+    seen = [h["arch"] for h in json.loads((root / "c2" / "result.json").read_text())["search"]["history"]]
+    assert calls["evaluate"] == len(set(seen) - set(first)) < len(set(seen)) and calls["load"] == 0
+    assert set(json.loads(shared.read_text())["archs"]) == set(first) | set(seen)
+    args = _args(setup, root / "c3", "--evaluations", "1", "--search-only", "--rerank-top", "0")
+    for opt in ("--proxy-rows", "--proxy-heldout"):
+        del args[args.index(opt) : args.index(opt) + 2]
+    r = _run(args)
+    assert r.exit_code == 0, r.output
+    proxy = json.loads((root / "c3" / "result.json").read_text())["request"]["proxy"]
+    assert (proxy["rows"], proxy["heldout"]) == (retrieval.PROXY_ROWS, retrieval.PROXY_HELDOUT) == (2048, 1000)
+
+
+def test_bad_cache_is_one_line(setup, tmp_path):
+    (tmp_path / "other.json").write_text('{"not": "a cache"}')
+    for cache, needle in ((tmp_path, "is a folder"), (tmp_path / "other.json", "is not a proxy cache")):
+        one_line_error(_run(_args(setup, tmp_path / "o", "--cache", str(cache))), f"--cache {cache}", needle)
+        assert not (tmp_path / "o").exists()
+    assert (tmp_path / "other.json").read_text() == '{"not": "a cache"}'

@@ -46,11 +46,11 @@ def search_task(
                                      "(episodes are bounded at 4x this).")] = 30,
     latency_weight: Annotated[float, _opt("--latency-weight", min=-1.0, max=0.0, help="w in the reward "
                                           "accuracy * (latency / budget) ** w.")] = -0.07,
-    proxy_rows: Annotated[int, _opt("--proxy-rows", min=8, help="Training rows (retrieval: pairs) of each proxy "
-                                     "distillation.")] = 384,
-    proxy_heldout: Annotated[int, _opt("--proxy-heldout", min=4, help="Held-out training rows (retrieval: queries, "
-                                        "ranked in the pool of their documents) scoring each proxy.")]
-    = 256,
+    proxy_rows: Annotated[int | None, _opt("--proxy-rows", min=8, help="Training rows of each proxy distillation "
+                                            "(default 384; retrieval: pairs, default 2048).")] = None,
+    proxy_heldout: Annotated[int | None, _opt("--proxy-heldout", min=4, help="Held-out training rows scoring each "
+                                               "proxy (default 256; retrieval: queries ranked in the pool of their "
+                                               "documents, default 1000).")] = None,
     proxy_epochs: Annotated[int, _opt("--proxy-epochs", min=1, max=50, help="Passes of each proxy distillation.")] = 2,
     rerank_top: Annotated[int, _opt("--rerank-top", min=0, max=100, help="Score the search's best K archs again "
                                     "under --rerank-seeds proxy seeds; the best mean goes to the final distillation "
@@ -100,6 +100,10 @@ def search_task(
                                       "export).")] = False,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
+    cache: Annotated[Path | None, _opt("--cache", help="Proxy-result cache file (default OUT/search/cache.json): "
+                                       "searches of the same task, teacher, start and proxy settings reuse each "
+                                       "other's scores (another --latency-weight, budget, controller or table); one "
+                                       "search at a time; results of other settings in it are replaced.")] = None,
     force: Annotated[bool, _opt("--force", help="Start over: remove a previous search in --out.")] = False,
 ) -> None:
     """Search the best student for one task within a device budget (KD-NAS), distil it on the task, export it."""
@@ -109,12 +113,15 @@ def search_task(
     from nasbert_deploy.student.retrieval import is_retrieval_file
     from nasbert_deploy.tasksearch.proxy import ProxyConfig
     from nasbert_deploy.tasksearch.request import TaskSearchRequest, prepare
+    from nasbert_deploy.tasksearch.retrieval import PROXY_HELDOUT, PROXY_ROWS
     from nasbert_deploy.teacher import default_teacher_path
 
     spec = device or load_device("cpu-ort")
     budget = parse_budget(max_latency_ms, max_params)
-    proxy = ProxyConfig(rows=proxy_rows, heldout=proxy_heldout, epochs=proxy_epochs, seed=seed)
-    if is_retrieval_file(task):  # the encoder's similarity distributions are distilled (KL), the default teacher allowed
+    retrieval = is_retrieval_file(task)
+    rows, held = (PROXY_ROWS, PROXY_HELDOUT) if retrieval else (ProxyConfig.rows, ProxyConfig.heldout)
+    proxy = ProxyConfig(rows=proxy_rows or rows, heldout=proxy_heldout or held, epochs=proxy_epochs, seed=seed)
+    if retrieval:  # the encoder's similarity distributions are distilled (KL), the default teacher allowed
         kd = KdName("kl") if kd.value == "auto" else kd
         if str(teacher_model) == DEFAULT_TEACHER:
             teacher_model = default_teacher_path()
@@ -126,7 +133,8 @@ def search_task(
                                 rerank_top=rerank_top, rerank_seeds=rerank_seeds,
                                 rerank_agnostic=rerank_agnostic, rerank_archs=tuple(rerank_arch or ()), corpus=corpus,
                                 distill_steps=distill_steps, distilled_dir=distilled_dir,
-                                rerank_distilled=rerank_distilled, transfer=transfer, transfer_rows=transfer_rows)
+                                rerank_distilled=rerank_distilled, transfer=transfer, transfer_rows=transfer_rows,
+                                cache=cache)
     prepared = prepare(request)  # every check before any work
     set_threads(threads)
     _run(request, prepared)

@@ -144,7 +144,8 @@ def teacher_embeddings(teacher: Any, teacher_dir: str | Path | None, train: Retr
                        note: NoteFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's normalised embeddings of every training query and document, computed once: with `teacher_dir`
     they go to the teacher-output cache (`student.teacher_logits`, keyed by the teacher's files, the texts and
-    `max_len`), so other seeds, other students and a resumed run read them back."""
+    `max_len`), so other seeds, other students and a resumed run read them back. `teacher`: the encoder, or a function
+    returning it (called only when the cache misses)."""
     from nasbert_deploy.student.tasks import TaskData
     from nasbert_deploy.student.teacher_logits import cached_logits
 
@@ -154,10 +155,11 @@ def teacher_embeddings(teacher: Any, teacher_dir: str | Path | None, train: Retr
     n_q, n_all = len(q_tok), len(q_tok) + len(d_tok)
 
     def compute() -> np.ndarray:
-        teacher.to(device)
-        q = encode_all(teacher, q_tok, device, progress=_shifted(progress, 0, n_all))
-        d = encode_all(teacher, d_tok, device, progress=_shifted(progress, n_q, n_all))
-        teacher.to("cpu")
+        model = teacher if isinstance(teacher, torch.nn.Module) else teacher()
+        model.to(device)
+        q = encode_all(model, q_tok, device, progress=_shifted(progress, 0, n_all))
+        d = encode_all(model, d_tok, device, progress=_shifted(progress, n_q, n_all))
+        model.to("cpu")
         return torch.cat([q, d]).numpy()
 
     if teacher_dir is None:

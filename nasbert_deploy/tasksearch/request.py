@@ -325,6 +325,10 @@ def prepare(request: TaskSearchRequest) -> Prepared:
         from nasbert_deploy.fileio import check_output
 
         check_output(request.distilled_dir, "dir", False, "--distilled-dir", reuse=True)  # earlier encoders are reused
+    if request.cache is not None:
+        from nasbert_deploy.tasksearch.loop import check_cache
+
+        check_cache(request.cache)
     if not request.force:
         resumed_state(request)  # a search of other settings in --out: said now, not after the importance or logits
     check_out(request.out, request.force)

@@ -43,6 +43,8 @@ from nasbert_deploy.tasksearch.proxy import ProxyConfig, ProxyResult, arch_seed
 
 RETRIEVAL_BATCH = 32  # pairs per proxy step at least (the negatives of each query are the batch's other documents)
 RETRIEVAL_TAU = 0.05  # KD temperature of the similarity distributions (finetune's retrieval default)
+PROXY_ROWS, PROXY_HELDOUT = 2048, 1000  # search-task's defaults on pairs (docs/quality.md s15: 64 steps an epoch,
+# MRR of 1,000 held-out queries; the classification defaults, 384 / 256, give 12 steps and a pool of 256)
 
 
 def proxy_config(cfg: ProxyConfig) -> ProxyConfig:
@@ -77,10 +79,10 @@ def split_proxy_pairs(train: RetrievalData, cfg: ProxyConfig) -> tuple[Retrieval
 def proxy_teacher_embeddings(teacher_model: Path, rows: RetrievalData, tokenizer: Any, max_len: int, note: Any = None
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher encoder's normalised embeddings of `rows`' queries and documents (cached across runs: seeds and
-    reruns read them back)."""
-    teacher = load_encoder(teacher_model, "--teacher-model", convert=False)[0]
+    reruns read them back; the teacher is loaded only when they are not there)."""
     q_tok, d_tok = tokenize(tokenizer, rows.queries, max_len), tokenize(tokenizer, rows.documents, max_len)
-    return teacher_embeddings(teacher, teacher_model, rows, q_tok, d_tok, max_len, "cpu", note=note)
+    return teacher_embeddings(lambda: load_encoder(teacher_model, "--teacher-model", convert=False)[0], teacher_model,
+                              rows, q_tok, d_tok, max_len, "cpu", note=note)
 
 
 class RetrievalProxy:
