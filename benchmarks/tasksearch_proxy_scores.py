@@ -9,7 +9,13 @@ cached proxy results and the teacher's logits are reused and every arch sees the
 
 Proxy settings are search-task's defaults except where given (another proxy in a search's folder replaces its proxy
 cache: give it its own --out); prints one line per arch: the accuracy under each
-proxy seed, mean, spread, predicted latency (ms, the device's table).
+proxy seed, mean, spread, predicted latency (ms, the device's table). A pair file is a retrieval task (accuracy:
+held-out MRR; `--teacher-model default` is the frozen MiniLM-L6); `--train-embeddings` lets the proxy train the
+inherited token embeddings too (search-task keeps them frozen):
+
+    python benchmarks/tasksearch_proxy_scores.py --task ../shared/tasks/debian-retrieval/train.jsonl \
+        --teacher-model default --out runs/ret-proxy/search --budget-ms 100 --proxy-rows 2048 --proxy-heldout 1000 \
+        --seeds 2 --train-embeddings --arch "192:mha,ffn,id|192:mha,ffn,id|192:mha,ffn,id" --arch ...
 """
 
 from __future__ import annotations
@@ -38,9 +44,14 @@ def main() -> None:
     ap.add_argument("--proxy-epochs", type=int, default=2)
     ap.add_argument("--proxy-len", type=int, default=64, help="proxy sequence length")
     ap.add_argument("--seeds", type=int, default=3, help="proxy seeds (the rerank's --rerank-seeds)")
+    ap.add_argument("--train-embeddings", action="store_true", help="the proxy trains the token embeddings too")
     args = ap.parse_args()
+    if str(args.teacher_model) == "default":
+        from nasbert_deploy.teacher import default_teacher_path
+
+        args.teacher_model = default_teacher_path()
     if not Path(args.task).is_file() or not (args.teacher_model / "config.json").is_file():
-        bad_input("--task must be a task file and --teacher-model a fine-tuned classifier folder")
+        bad_input("--task must be a task file and --teacher-model a fine-tuned classifier (retrieval: encoder) folder")
     if args.seeds < 1 or args.budget_ms <= 0:
         bad_input(f"--seeds must be >= 1 and --budget-ms > 0, got {args.seeds} and {args.budget_ms}")
 
@@ -56,7 +67,7 @@ def main() -> None:
     from nasbert_deploy.tasksearch.start import load_start
 
     proxy = ProxyConfig(rows=args.proxy_rows, heldout=args.proxy_heldout, epochs=args.proxy_epochs, max_len=args.proxy_len,
-                        seed=0)
+                        freeze_embeddings=not args.train_embeddings, seed=0)
     try:  # every check before the supernet loads and anything is written
         req = TaskSearchRequest(args.task, args.teacher_model, load_device(args.device), Budget(args.budget_ms),
                                 args.out, proxy=proxy, search_only=True)
@@ -65,7 +76,8 @@ def main() -> None:
             prepared.space.parse(arch)
     except NasBertDeployError as e:
         bad_input(str(e))
-    net = load_start("supernet", prepared.supernet_dir, prepared.space, prepared.encoder_path, prepared.train.texts, 0,
+    texts = [] if prepared.retrieval else prepared.train.texts
+    net = load_start("supernet", prepared.supernet_dir, prepared.space, prepared.encoder_path, texts, 0,
                      args.out / "search", print)
     result = rerank(req, prepared, net, list(args.arch), args.seeds, print)
     for c in result["candidates"]:
