@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from nasbert_deploy.errors import OutputError
-from nasbert_deploy.fileio import atomic_path, check_output, write_json_atomic
+from nasbert_deploy.fileio import atomic_path, write_json_atomic
 from nasbert_deploy.student.tasks import TaskData
 from nasbert_deploy.tasksearch.controllers import make_controller, reward
 from nasbert_deploy.tasksearch.proxy import ProxyConfig, ProxyEvaluator, split_proxy
@@ -54,20 +53,6 @@ class SearchOutcome:
         return {"best_arch": self.best_arch, "best": self.best, "evaluations": self.evaluations, "episodes": self.episodes,
                 "wall_s": round(self.wall_s, 1), "proxy_s": round(self.proxy_s, 1), "rejected_over_budget": self.rejected,
                 "fallbacks": self.fallbacks, "history": self.history, **self.extra}
-
-
-def check_cache(path: Path) -> None:
-    """`--cache`: a file path that can be written and, if it exists, holds a proxy cache a search wrote (it is read,
-    then replaced atomically); `OutputError` in one line otherwise."""
-    check_output(path, "file", True, "--cache")
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data = None
-        if not (isinstance(data, dict) and isinstance(data.get("archs"), dict)):
-            raise OutputError(f"--cache {path} is not a proxy cache of search-task (unreadable, damaged or another "
-                              "file); give a new path or a cache a search wrote")
 
 
 def _digest(obj: Any) -> str:

@@ -326,7 +326,7 @@ def prepare(request: TaskSearchRequest) -> Prepared:
 
         check_output(request.distilled_dir, "dir", False, "--distilled-dir", reuse=True)  # earlier encoders are reused
     if request.cache is not None:
-        from nasbert_deploy.tasksearch.loop import check_cache
+        from nasbert_deploy.tasksearch.cache import check_cache
 
         check_cache(request.cache)
     if not request.force:
