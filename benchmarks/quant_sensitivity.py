@@ -59,14 +59,20 @@ def group_of(name: str) -> str:
 
 
 def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor], smooth: Sequence[float] = (),
-             smooth_batches: Sequence[dict[str, torch.Tensor]] = ()) -> dict[str, Callable[[], nn.Module]]:
+             smooth_batches: Sequence[dict[str, torch.Tensor]] = (), residual: bool = False,
+             ) -> dict[str, Callable[[], nn.Module]]:
     """Name -> builder of a fake-quantized copy of `model` (weights `bits`, activations 8 bit); for each alpha in
     `smooth`, the activations-only and everything rows again with SmoothQuant (`lowbit.smooth`, max |x| over
-    `smooth_batches`), as `quantize --smooth` starts."""
+    `smooth_batches`), as `quantize --smooth` starts. `residual`: near-identity square Linears in the residual form
+    x + (W - I) x first (`lowbit.residual`, `quantize --residual-projections auto`)."""
     from nasbert_deploy.lowbit.embedding import quantize_embeddings
     from nasbert_deploy.lowbit.lsq import quant_linears, quantize_linears, shared_input_groups
+    from nasbert_deploy.lowbit.residual import split_residual
     from nasbert_deploy.lowbit.smooth import input_absmax, smooth_model
 
+    if residual:
+        model = copy.deepcopy(model)
+        split_residual(model)
     absmax = input_absmax(model, smooth_batches) if smooth else {}
 
     def build(weights: str | None = "", acts: bool = False, table: bool = False, kind: str | None = None,
@@ -77,10 +83,10 @@ def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor], smooth
         quantize_linears(m, bits, 8 if acts else None, example_inputs=calib if acts else None)
         if alpha:
             smooth_model(m, absmax, alpha)
-        keep = {n for n, _ in quant_linears(m) if n.rsplit(".", 1)[-1] == kind}
+        keep = {n for n, _ in quant_linears(m) if n.removesuffix(".delta").rsplit(".", 1)[-1] == kind}
         keep |= {n for g in shared_input_groups(m) if keep & set(g) for n in g}
         for name, q in quant_linears(m):
-            if weights is None or (weights and group_of(name) != weights):
+            if weights is None or (weights and group_of(name.removesuffix(".delta")) != weights):
                 q.w_quant = nn.Identity()  # type: ignore[assignment]  (QuantLinear.quantized_weight: the float weight)
             if kind is not None and name not in keep:
                 q.a_quant = None
@@ -91,7 +97,8 @@ def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor], smooth
                 m(**calib)  # activation step sizes from the calibration batch, as `quantize` starts
         return m
 
-    names = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear)]  # the float model's Linears
+    # the float model's Linears (a residual form's `delta` under the Linear's own name)
+    names = [n.removesuffix(".delta") for n, mod in model.named_modules() if isinstance(mod, nn.Linear)]
     groups = list(dict.fromkeys(group_of(n) for n in names))
     out: dict[str, Callable[[], nn.Module]] = {
         "all weights": lambda: build(),
@@ -110,7 +117,7 @@ def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor], smooth
 
 
 def run(model_dir: Path, task: Path, calibration: Path, max_len: int, bits: int, log: Callable[[str], None],
-        smooth: Sequence[float] = (), only: str | None = None) -> dict[str, Any]:
+        smooth: Sequence[float] = (), only: str | None = None, residual: bool = False) -> dict[str, Any]:
     from nasbert_deploy.errors import NasBertDeployError
     from nasbert_deploy.student.finetune import load_classifier
     from nasbert_deploy.student.tasks import iter_batches, load_task
@@ -135,7 +142,7 @@ def run(model_dir: Path, task: Path, calibration: Path, max_len: int, bits: int,
     p_ref, y_ref = softmax(ref), ref.argmax(1)
     rows = {"float": {"accuracy": float((y_ref == gold).mean()), "label_loyalty": 1.0, "probability_loyalty": 1.0}}
     log(f"float: accuracy {rows['float']['accuracy']:.4f} on {len(gold)} rows")
-    for name, build in variants(model, bits, calib, smooth, batches).items():
+    for name, build in variants(model, bits, calib, smooth, batches, residual).items():
         if only and not re.search(only, name):
             continue
         lg = logits(build())
@@ -143,7 +150,8 @@ def run(model_dir: Path, task: Path, calibration: Path, max_len: int, bits: int,
                       "probability_loyalty": probability_loyalty(p_ref, softmax(lg))}
         log(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[name].items()))
     return {"model": str(model_dir), "task": str(task), "calibration": str(calibration), "examples": len(gold),
-            "max_len": max_len, "bits": bits, "smooth_alphas": list(smooth), "rows": rows, "machine": machine()}
+            "max_len": max_len, "bits": bits, "smooth_alphas": list(smooth), "residual_projections": residual,
+            "rows": rows, "machine": machine()}
 
 
 def main() -> None:
@@ -156,6 +164,8 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=8, help="weight bits (activations 8): 8, 4 or 2")
     ap.add_argument("--smooth", type=float, nargs="*", default=[], help="SmoothQuant alphas in (0, 1): the activations-"
                     "only and everything rows again with each (max |x| over the calibration file's first 256 rows)")
+    ap.add_argument("--residual", action="store_true", help="write near-identity square Linears as x + (W - I) x "
+                    "first and quantize only W - I (`quantize --residual-projections auto`)")
     ap.add_argument("--only", default=None, help="score only the rows whose name matches this regular expression")
     ap.add_argument("--json", type=Path, default=None, help="write the figures and the machine here")
     args = ap.parse_args()
@@ -179,7 +189,7 @@ def main() -> None:
     torch.set_num_threads(1)
     console = Console()
     res = run(args.model, args.task, calibration, args.max_len, args.bits, lambda s: console.print(s, highlight=False),
-              args.smooth, args.only)
+              args.smooth, args.only, args.residual)
     t = Table(title=f"{args.bits}-bit fake quantization, one part at a time, no training: {args.model} on {args.task} "
                     f"({res['examples']} rows)")
     for col in ("quantized", "accuracy", "label loyalty", "prob. loyalty"):

@@ -12,6 +12,7 @@ import typer
 
 from nasbert_deploy.cli.common import SeedOpt, ThreadsOpt, choice, console, print_report, set_threads, training_progress
 from nasbert_deploy.lowbit.grid import DEFAULT_SIGNED_ACTIVATIONS, REDUCE_RANGE_MODES, SIGNED_ACTIVATIONS
+from nasbert_deploy.lowbit.residual import DEFAULT_RESIDUAL, RESIDUAL_MODES
 from nasbert_deploy.quantize import BITS, KERNELS, ONNX_FORMS
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
@@ -22,6 +23,7 @@ OnnxForm = choice("OnnxForm", ONNX_FORMS)
 EmbeddingBits = choice("EmbeddingBits", ["weights", *[str(b) for b in BITS], "float"])
 AttentionBits = choice("AttentionBits", ["8", "float"])
 SignedActivations = choice("SignedActivations", SIGNED_ACTIVATIONS)
+ResidualMode = choice("ResidualMode", RESIDUAL_MODES)
 DEFAULT_FORMATS = {b: ",".join(KERNELS[b]) or "none" for b in BITS}
 
 
@@ -72,6 +74,10 @@ def quantize_cmd(
         "whose FullyConnected layers then run on s8 inputs; uint8 with zero point 128 in the ONNX file): auto (the "
         "inputs whose calibration range is two-sided), on (all), off (asymmetric grids).")] = SignedActivations(
         DEFAULT_SIGNED_ACTIVATIONS),
+    residual_projections: Annotated[ResidualMode, typer.Option(
+        "--residual-projections", help="Square Linears close to the identity (a converted teacher's projections): "
+        "auto quantizes only W - I and adds the input back in float (y = x + (W - I) x + b), off quantizes W as any "
+        "Linear.")] = ResidualMode(DEFAULT_RESIDUAL),
     smooth: Annotated[float, typer.Option(
         "--smooth", min=0.0, max=0.99, help="SmoothQuant's alpha: divide every quantized input by a per-channel scale "
         "(from max |x| on 16 training batches) and multiply it into the weights first (a Mul before each QuantizeLinear "
@@ -116,6 +122,7 @@ def quantize_cmd(
     ebits = None if e == "weights" else 0 if e == "float" else int(e)
     cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=0 if attention_bits.value == "float" else 8,
                          reduce_range=reduce, smooth=smooth, signed_activations=signed_activations.value,
+                         residual_projections=residual_projections.value,
                          steps=steps, batch_size=batch_size,
                          max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight, hidden_weight=hidden_weight,
                          checkpoint_every=checkpoint_every, seed=seed)
@@ -139,6 +146,8 @@ def quantize_cmd(
     fold = len(sm.get("folded_into_value") or [])
     rows["SmoothQuant"] = (f"alpha {sm['alpha']} on {len(sm['inputs']) + fold} inputs"
                            + (f" ({fold} folded into value)" if fold else "")) if sm.get("alpha") else "off"
+    res = (report.get("residual_projections") or {}).get("linears") or []
+    rows["residual form (x + (W - I) x)"] = f"{len(res)} Linears" if res else "none"
     for rt, c in report["checks"].items():
         rows[f"{rt} vs torch max |diff|"] = c["max_abs_diff"]
     for lat in report.get("latency", []):

@@ -40,6 +40,7 @@ from nasbert_deploy.lowbit.lsq import (
     weight_levels,
 )
 from nasbert_deploy.lowbit.qdq import ONNX_FORMS, export_quantized_onnx
+from nasbert_deploy.lowbit.residual import RESIDUAL_MODES, merge_residual, split_residual
 from nasbert_deploy.lowbit.smooth import add_smoothing, input_absmax, smooth_model
 from nasbert_deploy.model.loop import NoteFn, ProgressFn, checkpoint_dir, epoch_order
 from nasbert_deploy.quantize import BITS, KERNELS
@@ -76,7 +77,8 @@ def embedding_bits(cfg: QuantizeConfig) -> int:
     return cfg.bits if cfg.embedding_bits is None else cfg.embedding_bits
 
 
-def check_request(bits: int, formats: Sequence[str], embedding: int | None = None, onnx_form: str = ONNX_FORMS[0]) -> None:
+def check_request(bits: int, formats: Sequence[str], embedding: int | None = None, onnx_form: str = ONNX_FORMS[0],
+                  residual: str = RESIDUAL_MODES[0]) -> None:
     """Bits the chosen runtimes have kernels for (`KERNELS`), the 8-bit ONNX form (`lowbit.qdq.ONNX_FORMS`), and the
     runtimes importable: one-line errors."""
     if bits not in BITS:
@@ -86,6 +88,8 @@ def check_request(bits: int, formats: Sequence[str], embedding: int | None = Non
     if onnx_form != ONNX_FORMS[0] and (bits != 8 or not formats):
         raise ExportError(f"--onnx-form {onnx_form} chooses the graph of 8-bit exports; with --bits {bits} and "
                           f"--format {','.join(formats) or 'none'} there is none: leave it out")
+    if residual not in RESIDUAL_MODES:
+        raise ExportError(f"--residual-projections {residual!r} is not supported; valid: {', '.join(RESIDUAL_MODES)}")
     if embedding is not None and embedding not in (0, *BITS):
         raise ExportError(f"--embedding-bits {embedding} is not supported; valid: {', '.join(map(str, BITS))}, or 0 (float)")
     bad = [f for f in formats if f not in KERNELS[bits]]
@@ -133,6 +137,7 @@ def load_quantized(folder: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     p = Path(folder)
     meta = json.loads((p / QUANT_JSON).read_text())
     model, tokenizer = load_classifier(p)
+    split_residual(model, meta.get("residual_linears", []))  # folders written before the residual form have none
     # folders written before the reduced grid existed have no reduce_range: full range, as trained
     quantize_linears(model, meta["bits"], meta["act_bits"], reduce_range=bool(meta.get("reduce_range", False)))
     # folders written before sharing existed have no groups: every Linear keeps its own input quantizer, as trained
@@ -193,7 +198,7 @@ def quantize(
     only (the teacher's outputs on text like the validation rows', not just on the rows it was fine-tuned on).
     `onnx_form`: the 8-bit ONNX graph, "integer" (MatMulIntegerToFloat, com.microsoft; ORT and OpenVINO) or "qdq"
     (standard operators only); the latency tables are profiled with the first."""
-    check_request(cfg.bits, formats, cfg.embedding_bits, onnx_form)
+    check_request(cfg.bits, formats, cfg.embedding_bits, onnx_form, cfg.residual_projections)
     if transfer and train.pairs is not None:
         raise TaskError("--transfer is for single-text classification; this task has text pairs")
     labels = check_inputs(Path(model_dir), train, valid, None if teacher_model is None else Path(teacher_model))
@@ -201,6 +206,8 @@ def quantize(
     fp_model.eval()
     teacher = fp_model if teacher_model is None else load_classifier(teacher_model)[0].eval()
     student = copy.deepcopy(fp_model)
+    # near-identity square Linears (a converted teacher's projections): only W - I is quantized, x added in float
+    residual = split_residual(student) if cfg.residual_projections == "auto" else []
     cfg = dataclasses.replace(cfg, max_len=fit_max_len(fp_model, cfg.max_len))
     label2id = {n: i for i, n in enumerate(labels)}
     rows, ids = train, train.label_ids(label2id)
@@ -222,6 +229,8 @@ def quantize(
            "shared_input_quantizers": shared_input_groups(student)}  # a checkpoint from before sharing: refused
     if transfer:
         key["transfer_rows"] = len(transfer)
+    if residual:  # a checkpoint written before the residual form has other Linears there
+        key["residual_linears"] = residual
     if folded:  # a checkpoint written before the fold (a Mul on these inputs) does not resume into this model
         key["smooth_folded"] = folded
     summary = train_quantized(student, teacher, tokenizer, rows, ids, out_dir, cfg, key, progress, note)
@@ -230,6 +239,7 @@ def quantize(
     report["embedding"] = {"module": embedding, "bits": embedding_bits(cfg) if embedding else None}
     report["attention"] = {"quantized": attention, "bits": cfg.attention_bits if attention else None}
     report["smoothing"] = {"alpha": cfg.smooth or None, "inputs": smoothed, "folded_into_value": folded}
+    report["residual_projections"] = {"mode": cfg.residual_projections, "linears": residual}
     report.update({"model": str(model_dir), "teacher_model": key["teacher_model"], "task": train.source,
                    "train_rows": len(train), "transfer_rows": len(transfer or ()), "valid_rows": len(valid),
                    "config": cfg.to_dict(), "training": summary})
@@ -318,7 +328,9 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
     # clone: a shared input quantizer appears under every reader's name, and safetensors refuses shared memory
     quant_state = {k: v.detach().clone().contiguous() for k, v in student.state_dict().items()
                    if _is_quantizer_state(k)}
-    float_copy(student).save_pretrained(tmp)  # plain Linears holding the dequantized (on-grid) weights
+    plain = float_copy(student)
+    merge_residual(plain)  # x + D x as the Linear I + D: the folder loads as a plain model
+    plain.save_pretrained(tmp)  # plain Linears holding the dequantized (on-grid) weights
     tokenizer.save_pretrained(tmp)
     if getattr(student.config, "model_type", "") == "nasbert":
         write_remote_code(tmp)
@@ -352,6 +364,7 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
             "embedding": report.get("embedding", {}).get("module"),
             "attention_bits": report.get("attention", {}).get("bits") or 0,
             "smooth_alpha": report.get("smoothing", {}).get("alpha"),
+            "residual_linears": report.get("residual_projections", {}).get("linears", []),
             "smoothed_inputs": report.get("smoothing", {}).get("inputs", []),
             "smooth_folded_into_value": report.get("smoothing", {}).get("folded_into_value", [])}
     write_json_atomic(tmp / QUANT_JSON, meta)

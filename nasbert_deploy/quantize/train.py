@@ -27,6 +27,7 @@ from torch import nn
 from nasbert_deploy.lowbit.attention import DEFAULT_BITS as DEFAULT_ATTENTION_BITS
 from nasbert_deploy.lowbit.grid import DEFAULT_SIGNED_ACTIVATIONS
 from nasbert_deploy.lowbit.lsq import step_parameters
+from nasbert_deploy.lowbit.residual import DEFAULT_RESIDUAL
 from nasbert_deploy.model.loop import (
     NoteFn,
     ProgressFn,
@@ -54,6 +55,7 @@ class QuantizeConfig:
     attention_bits: int = DEFAULT_ATTENTION_BITS  # Q·Kᵀ, softmax·V of NAS-BERT attention (`lowbit.attention`): 8, 0 float
     smooth: float = 0.0  # SmoothQuant's alpha in (0, 1) for every quantized input (`lowbit.smooth`); 0: off
     signed_activations: str = DEFAULT_SIGNED_ACTIVATIONS  # which input grids are centred on zero (`lsq.centred`)
+    residual_projections: str = DEFAULT_RESIDUAL  # near-identity square Linears as x + (W - I) x (`lowbit.residual`)
     steps: int = 300
     batch_size: int = 16
     max_len: int = 128
@@ -73,6 +75,8 @@ class QuantizeConfig:
             del d["smooth"]
         if d["signed_activations"] == "off":  # as were all runs before centred grids existed
             del d["signed_activations"]
+        if d["residual_projections"] == DEFAULT_RESIDUAL:  # the key lists the Linears it split (`quantize.run`)
+            del d["residual_projections"]
         return d
 
 
