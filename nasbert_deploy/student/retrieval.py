@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,8 @@ class RetrievalData:
     documents: tuple[str, ...]
     gold: tuple[int, ...]
     source: str = ""
+    # the pairs a seeded split was cut from (`split_pairs`): teacher embeddings are cached for them, once for every seed
+    whole: RetrievalData | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -84,7 +86,8 @@ def split_pairs(data: RetrievalData, fraction: float, seed: int = 0) -> tuple[Re
         raise TaskError(f"{data.source} has {n} pair; a validation split needs at least 2 (or give --valid)")
     order = np.random.default_rng(seed).permutation(n)
     k = min(n - 1, max(1, round(fraction * n)))
-    return subset_pairs(data, sorted(order[k:]), "train"), subset_pairs(data, sorted(order[:k]), "valid")
+    train, valid = subset_pairs(data, sorted(order[k:]), "train"), subset_pairs(data, sorted(order[:k]), "valid")
+    return replace(train, whole=data.whole or data), valid
 
 
 def retrieval_splits(task: str | Path, valid: str | Path | None, fraction: float, seed: int = 0

@@ -141,14 +141,23 @@ def validation_scores(model: Any, q_tok: Sequence[Sequence[int]], d_tok: Sequenc
 
 def teacher_embeddings(teacher: Any, teacher_dir: str | Path | None, train: RetrievalData, q_tok: Sequence[Sequence[int]],
                        d_tok: Sequence[Sequence[int]], max_len: int, device: str, progress: ProgressFn | None = None,
-                       note: NoteFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       note: NoteFn | None = None, tokenizer: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's normalised embeddings of every training query and document, computed once: with `teacher_dir`
     they go to the teacher-output cache (`student.teacher_logits`, keyed by the teacher's files, the texts and
     `max_len`), so other seeds, other students and a resumed run read them back. `teacher`: the encoder, or a function
-    returning it (called only when the cache misses)."""
+    returning it (called only when the cache misses). With `tokenizer` and a seeded split (`train.whole`), the pairs
+    it was cut from are embedded and cached instead, and `train`'s rows picked from them: every seed's split reads
+    the same cache entry."""
     from nasbert_deploy.student.tasks import TaskData
     from nasbert_deploy.student.teacher_logits import cached_logits
 
+    whole = train.whole
+    if whole is not None and teacher_dir is not None and tokenizer is not None:
+        w_q, w_d = teacher_embeddings(teacher, teacher_dir, whole, tokenize(tokenizer, whole.queries, max_len),
+                                      tokenize(tokenizer, whole.documents, max_len), max_len, device, progress, note)
+        q_at = {t: i for i, t in reversed(list(enumerate(whole.queries)))}
+        d_at = {t: i for i, t in enumerate(whole.documents)}
+        return w_q[[q_at[t] for t in train.queries]], w_d[[d_at[t] for t in train.documents]]
     if note is not None:
         note(f"embedding {len(train)} queries and {len(train.documents)} documents with the teacher (once for these "
              "pairs; cached)")
@@ -214,7 +223,8 @@ def train_retrieval(
     gold = torch.tensor(train.gold)
     t_q = t_d = None
     if teacher is not None:
-        t_q, t_d = teacher_embeddings(teacher, teacher_dir, train, q_tok, d_tok, max_len, device, progress, note)
+        t_q, t_d = teacher_embeddings(teacher, teacher_dir, train, q_tok, d_tok, max_len, device, progress, note,
+                                      tokenizer)
     rows_per_step = cfg.batch_size * world
     spe = -(-len(train) // rows_per_step)
     total = cfg.epochs * spe
