@@ -44,7 +44,10 @@ def _run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_quantize_8bit_end_to_end(tiny):
+def test_quantize_8bit_end_to_end(tiny, monkeypatch):
+    import nasbert_deploy.lowbit.grid as grid
+
+    monkeypatch.setattr(grid, "cpu_flags", lambda: frozenset({"avx512_vnni", "amx_int8"}))  # auto centres with AMX
     out = tiny["root"] / "q8"
     r = _run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--valid", tiny["valid"], "--bits", "8",
              "--steps", "3", "--batch-size", "8", "--max-len", "16", "--ce-weight", "0.5", "--hidden-weight", "0.25",
@@ -99,6 +102,7 @@ def test_quantize_8bit_end_to_end(tiny):
     # centred input grids (--signed-activations auto): int8 in the graph OpenVINO reads, the same numbers
     assert report["openvino_signed_inputs"] > 0 and "centred on zero" in meta["activations"]
     assert report["config"]["signed_activations"] == "auto"
+    assert "AMX-INT8" in " ".join(r.output.split())
     # the written IR is the graph OpenVINO builds from the ONNX file (what the checks ran), and it compiles here
     from nasbert_deploy.quantize.check import runtime_runners
 
@@ -114,14 +118,20 @@ def test_quantize_8bit_end_to_end(tiny):
     one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--out", out), "--force")
 
 
-def test_signed_activations_off_keeps_asymmetric_grids(tiny):
-    out = tiny["root"] / "q8-asym"
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_signed_activations_off_keeps_asymmetric_grids(tiny, monkeypatch, mode):
+    """`off`, and `auto` on a CPU without AMX-INT8 (OpenVINO's u8 path is the faster one there)."""
+    import nasbert_deploy.lowbit.grid as grid
+
+    monkeypatch.setattr(grid, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    out = tiny["root"] / f"q8-asym-{mode}"
     r = _run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--valid", tiny["valid"], "--steps", "2",
-             "--batch-size", "8", "--max-len", "16", "--signed-activations", "off", "--format", "openvino", "--no-timing",
+             "--batch-size", "8", "--max-len", "16", "--signed-activations", mode, "--format", "openvino", "--no-timing",
              "--out", out)
     assert r.exit_code == 0, r.output
     report = json.loads((out / "quantize_report.json").read_text())
     assert "signed_activations" not in report["config"]  # "off": the settings of runs from before the option
+    assert report["openvino_signed_inputs"] == 0
     _, _, meta = load_quantized(out)
     assert meta["activations"] == "uint8 per tensor, asymmetric"
     one_line_error(_run("quantize", "--model", tiny["clf"], "--signed-activations", "yes", "--out", out / "x"),

@@ -31,6 +31,20 @@ def test_the_rule_centres_two_sided_ranges_only():
         LsqQuantizer(activation_spec(8), signed_activations="yes")
 
 
+def test_auto_centres_only_on_cpus_with_amx():
+    from nasbert_deploy.errors import ExportError
+    from nasbert_deploy.lowbit.grid import resolve_signed_activations
+
+    assert resolve_signed_activations("auto", frozenset({"avx512_vnni", "amx_int8"}))[0] == "auto"
+    for flags in (frozenset({"avx512_vnni"}), frozenset({"avx2"}), None):  # AMD EPYC / no AMX, old x86, unreadable
+        mode, why = resolve_signed_activations("auto", flags)
+        assert mode == "off" and "no AMX-INT8" in why
+    assert resolve_signed_activations("on", frozenset())[0] == "on"
+    assert resolve_signed_activations("off", frozenset({"amx_int8"}))[0] == "off"
+    with pytest.raises(ExportError, match="valid: auto, on, off"):
+        resolve_signed_activations("yes")
+
+
 @pytest.mark.parametrize("mode", ["auto", "on"])
 def test_a_centred_grid_is_signed_int8_in_disguise(mode):
     torch.manual_seed(0)

@@ -72,7 +72,8 @@ def quantize_cmd(
     signed_activations: Annotated[SignedActivations, typer.Option(
         "--signed-activations", help="Centre the 8-bit grid of a Linear's input on zero (signed int8 in the OpenVINO IR, "
         "whose FullyConnected layers then run on s8 inputs; uint8 with zero point 128 in the ONNX file): auto (the "
-        "inputs whose calibration range is two-sided), on (all), off (asymmetric grids).")] = SignedActivations(
+        "inputs whose calibration range is two-sided, on CPUs with AMX-INT8; asymmetric elsewhere, where OpenVINO runs u8 "
+        "inputs faster), on (all), off (asymmetric grids).")] = SignedActivations(
         DEFAULT_SIGNED_ACTIVATIONS),
     residual_projections: Annotated[ResidualMode, typer.Option(
         "--residual-projections", help="Square Linears close to the identity (a converted teacher's projections): "
@@ -102,7 +103,7 @@ def quantize_cmd(
 ) -> None:
     """Quantize a classifier with learned step sizes, trained by distillation from its fp32 self (resumable)."""
     from nasbert_deploy.fileio import check_output
-    from nasbert_deploy.lowbit.grid import resolve_reduce_range
+    from nasbert_deploy.lowbit.grid import resolve_reduce_range, resolve_signed_activations
     from nasbert_deploy.quantize.latency import check_devices, default_devices
     from nasbert_deploy.quantize.run import check_request, quantize
     from nasbert_deploy.quantize.train import QuantizeConfig
@@ -115,13 +116,14 @@ def quantize_cmd(
     check_request(b, chosen, onnx_form=onnx_form.value)
     specs = [] if no_timing else check_devices(devices if devices else default_devices(b, chosen), b, chosen)
     reduce, reduce_why = resolve_reduce_range(reduce_range.value, b)
+    signed, signed_why = resolve_signed_activations(signed_activations.value)
     set_threads(threads)
     train, val = task_splits(task, valid)
     extra = None if transfer is None else transfer_texts(transfer, train, val, transfer_rows, seed)
     e = embedding_bits.value
     ebits = None if e == "weights" else 0 if e == "float" else int(e)
     cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=0 if attention_bits.value == "float" else 8,
-                         reduce_range=reduce, smooth=smooth, signed_activations=signed_activations.value,
+                         reduce_range=reduce, smooth=smooth, signed_activations=signed,
                          residual_projections=residual_projections.value,
                          steps=steps, batch_size=batch_size,
                          max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight, hidden_weight=hidden_weight,
@@ -130,7 +132,7 @@ def quantize_cmd(
         report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print, devices=specs,
                           transfer=extra, onnx_form=onnx_form.value)
     lo, hi = report["weight_levels"]
-    rows: dict[str, object] = {"weight grid": f"[{lo}, {hi}], reduce range {reduce_why}",
+    rows: dict[str, object] = {"weight grid": f"[{lo}, {hi}], reduce range {reduce_why}", "input grids": signed_why,
                                "train rows": report["train_rows"], "transfer rows": report["transfer_rows"],
                                "valid rows": report["valid_rows"],
                                "train_s": report["training"]["train_s"]}

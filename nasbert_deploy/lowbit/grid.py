@@ -8,7 +8,8 @@ for this, and its `session.x64quantprecision` option (microsoft/onnxruntime#1208
 [-64, 63] as at risk. KDLSQ's reduced grid is [-63, 63]: inside both bounds, and symmetric like the full
 narrow range [-127, 127] (Qn = Qp, so LSQ's initialisation and gradient scale use Qp = 63).
 
-Light on purpose (no torch): the command line resolves `--reduce-range auto` with it before any work.
+Light on purpose (no torch): the command line resolves `--reduce-range auto` and `--signed-activations auto` with it
+before any work.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ REDUCED_QP = 63  # the reduced 8-bit weight grid [-63, 63]
 REDUCE_RANGE_MODES: tuple[str, ...] = ("auto", "on", "off")
 SIGNED_ACTIVATIONS: tuple[str, ...] = ("auto", "on", "off")  # which activation grids are centred (`lsq.centred`)
 DEFAULT_SIGNED_ACTIVATIONS = "auto"
+# OpenVINO runs centred (s8) inputs faster than u8 ones only with AMX: docs/quantization.md, 2026-12-06 / 2026-12-07
+CENTRED_FLAGS: tuple[str, ...] = ("amx_int8",)
 # /proc/cpuinfo flags of int8 dot products that accumulate in int32 (no int16 saturation)
 INT32_DOT_FLAGS: tuple[str, ...] = ("avx512_vnni", "avx_vnni", "amx_int8")
 X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
@@ -68,3 +71,18 @@ def resolve_reduce_range(mode: str, bits: int, flags: frozenset[str] | None | st
     if saturates_int16(flags, machine):
         return True, "on (auto: this CPU has no VNNI/AMX, ORT's u8 x s8 kernels saturate int16 beyond |w| 64)"
     return False, "off (auto: this CPU accumulates int8 products in int32)"
+
+
+def resolve_signed_activations(mode: str, flags: frozenset[str] | None | str = HOST) -> tuple[str, str]:
+    """`--signed-activations auto|on|off` on this CPU -> (the `lsq.centred` mode to train with, why). `auto` centres
+    the two-sided inputs where the CPU has AMX-INT8 (OpenVINO's s8 path there ran the student 0.88x NNCF) and keeps
+    asymmetric grids elsewhere (without AMX the s8 path measured 5-7% slower than u8 on an AVX-512 VNNI Xeon);
+    `ExportError` for an unknown mode."""
+    if mode not in SIGNED_ACTIVATIONS:
+        raise ExportError(f"--signed-activations {mode!r}: valid: {', '.join(SIGNED_ACTIVATIONS)}")
+    if mode != "auto":
+        return mode, mode
+    flags = cpu_flags() if flags == HOST else flags
+    if isinstance(flags, frozenset) and any(f in flags for f in CENTRED_FLAGS):
+        return "auto", "two-sided inputs centred (auto: this CPU has AMX-INT8, OpenVINO runs s8 inputs faster)"
+    return "off", "asymmetric (auto: no AMX-INT8 here, OpenVINO runs u8 inputs faster than s8)"

@@ -5,7 +5,7 @@ Latency depends on the graph, not on the values: the step sizes keep their LSQ s
 output channel, activation ranges from the example inputs) instead of trained ones, and every other choice is
 `quantize`'s: every `nn.Linear` quantized (8-bit activations; Linears reading one tensor share one input quantizer),
 the word-embedding table per row at the weights' bits, attention at `--attention-bits`' default
-(`attention.DEFAULT_BITS`), input grids centred as `--signed-activations`' default, QDQ (8 bit) or MatMulNBits (4 bit)
+(`attention.DEFAULT_BITS`), input grids centred as `--signed-activations`' default on this CPU, QDQ (8 bit) or MatMulNBits (4 bit)
 ONNX (OpenVINO's runtime reads it through `runtimes.signed`, as `quantize` converts its IR).
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from nasbert_deploy.lowbit.attention import DEFAULT_BITS, quantize_attention
 from nasbert_deploy.lowbit.embedding import QuantEmbedding
-from nasbert_deploy.lowbit.grid import DEFAULT_SIGNED_ACTIVATIONS
+from nasbert_deploy.lowbit.grid import DEFAULT_SIGNED_ACTIVATIONS, resolve_signed_activations
 from nasbert_deploy.lowbit.lsq import quantize_linears
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
 
@@ -41,7 +41,7 @@ def kdlsq_onnx(
 
     `module` is called with `example_inputs` as positional arguments, in order (the profiler's items)."""
     quantize_linears(module, bits, 8, example_inputs, reduce_range, positional=True,
-                     signed_activations=DEFAULT_SIGNED_ACTIVATIONS)
+                     signed_activations=resolve_signed_activations(DEFAULT_SIGNED_ACTIVATIONS)[0])
     name = word_table(module)
     if name is not None:
         module.set_submodule(name, QuantEmbedding.from_embedding(module.get_submodule(name), bits))  # type: ignore[arg-type]
