@@ -11,8 +11,13 @@ from typing import Annotated
 import typer
 
 from nasbert_deploy.cli.common import SeedOpt, ThreadsOpt, choice, console, print_report, set_threads, training_progress
-from nasbert_deploy.lowbit.grid import DEFAULT_SIGNED_ACTIVATIONS, REDUCE_RANGE_MODES, SIGNED_ACTIVATIONS
-from nasbert_deploy.lowbit.residual import DEFAULT_RESIDUAL, RESIDUAL_MODES
+from nasbert_deploy.lowbit.grid import (
+    DEFAULT_RESIDUAL,
+    DEFAULT_SIGNED_ACTIVATIONS,
+    REDUCE_RANGE_MODES,
+    RESIDUAL_MODES,
+    SIGNED_ACTIVATIONS,
+)
 from nasbert_deploy.quantize import BITS, KERNELS, ONNX_FORMS
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 

@@ -24,6 +24,8 @@ REDUCED_QP = 63  # the reduced 8-bit weight grid [-63, 63]
 REDUCE_RANGE_MODES: tuple[str, ...] = ("auto", "on", "off")
 SIGNED_ACTIVATIONS: tuple[str, ...] = ("auto", "on", "off")  # which activation grids are centred (`lsq.centred`)
 DEFAULT_SIGNED_ACTIVATIONS = "auto"
+RESIDUAL_MODES: tuple[str, ...] = ("auto", "off")  # `quantize --residual-projections` (`lowbit.residual`)
+DEFAULT_RESIDUAL = "auto"
 # OpenVINO runs centred (s8) inputs faster than u8 ones only with AMX: docs/quantization.md, 2026-12-06 / 2026-12-07
 CENTRED_FLAGS: tuple[str, ...] = ("amx_int8",)
 # /proc/cpuinfo flags of int8 dot products that accumulate in int32 (no int16 saturation)

@@ -20,8 +20,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-RESIDUAL_MODES = ("auto", "off")
-DEFAULT_RESIDUAL = "auto"
+from nasbert_deploy.lowbit.grid import DEFAULT_RESIDUAL, RESIDUAL_MODES
+
+__all__ = ["DEFAULT_RESIDUAL", "RESIDUAL_MODES", "ResidualLinear", "merge_residual", "near_identity", "split_residual"]
+
 # a square Linear whose largest |W - I| is at most this share of its largest |W|: D's grid at least 4x finer than W's
 NEAR_IDENTITY = 0.25
 
