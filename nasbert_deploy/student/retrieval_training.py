@@ -139,35 +139,38 @@ def validation_scores(model: Any, q_tok: Sequence[Sequence[int]], d_tok: Sequenc
     return retrieval_scores(q.numpy(), d.numpy(), gold)
 
 
-def teacher_embeddings(teacher: Any, teacher_dir: str | Path | None, train: RetrievalData, q_tok: Sequence[Sequence[int]],
-                       d_tok: Sequence[Sequence[int]], max_len: int, device: str, progress: ProgressFn | None = None,
+def teacher_embeddings(teacher: Any, teacher_dir: str | Path | None, train: RetrievalData,
+                       q_tok: Sequence[Sequence[int]] | None, d_tok: Sequence[Sequence[int]] | None, max_len: int,
+                       device: str, progress: ProgressFn | None = None,
                        note: NoteFn | None = None, tokenizer: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's normalised embeddings of every training query and document, computed once: with `teacher_dir`
     they go to the teacher-output cache (`student.teacher_logits`, keyed by the teacher's files, the texts and
     `max_len`), so other seeds, other students and a resumed run read them back. `teacher`: the encoder, or a function
     returning it (called only when the cache misses). With `tokenizer` and a seeded split (`train.whole`), the pairs
     it was cut from are embedded and cached instead, and `train`'s rows picked from them: every seed's split reads
-    the same cache entry."""
+    the same cache entry. `q_tok` / `d_tok` None: `tokenizer` tokenizes `train` when the cache misses."""
     from nasbert_deploy.student.tasks import TaskData
     from nasbert_deploy.student.teacher_logits import cached_logits
 
     whole = train.whole
     if whole is not None and teacher_dir is not None and tokenizer is not None:
-        w_q, w_d = teacher_embeddings(teacher, teacher_dir, whole, tokenize(tokenizer, whole.queries, max_len),
-                                      tokenize(tokenizer, whole.documents, max_len), max_len, device, progress, note)
+        w_q, w_d = teacher_embeddings(teacher, teacher_dir, whole, None, None, max_len, device, progress, note,
+                                      tokenizer)
         q_at = {t: i for i, t in reversed(list(enumerate(whole.queries)))}
         d_at = {t: i for i, t in enumerate(whole.documents)}
         return w_q[[q_at[t] for t in train.queries]], w_d[[d_at[t] for t in train.documents]]
     if note is not None:
         note(f"embedding {len(train)} queries and {len(train.documents)} documents with the teacher (once for these "
              "pairs; cached)")
-    n_q, n_all = len(q_tok), len(q_tok) + len(d_tok)
+    n_q, n_all = len(train.queries), len(train.queries) + len(train.documents)
 
     def compute() -> np.ndarray:
+        qt = tokenize(tokenizer, train.queries, max_len) if q_tok is None else q_tok
+        dt = tokenize(tokenizer, train.documents, max_len) if d_tok is None else d_tok
         model = teacher if isinstance(teacher, torch.nn.Module) else teacher()
         model.to(device)
-        q = encode_all(model, q_tok, device, progress=_shifted(progress, 0, n_all))
-        d = encode_all(model, d_tok, device, progress=_shifted(progress, n_q, n_all))
+        q = encode_all(model, qt, device, progress=_shifted(progress, 0, n_all))
+        d = encode_all(model, dt, device, progress=_shifted(progress, n_q, n_all))
         model.to("cpu")
         return torch.cat([q, d]).numpy()
 
