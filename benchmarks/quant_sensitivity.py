@@ -60,11 +60,13 @@ def group_of(name: str) -> str:
 
 def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor], smooth: Sequence[float] = (),
              smooth_batches: Sequence[dict[str, torch.Tensor]] = (), residual: bool = False,
-             ) -> dict[str, Callable[[], nn.Module]]:
+             ratios: Sequence[float] = ()) -> dict[str, Callable[[], nn.Module]]:
     """Name -> builder of a fake-quantized copy of `model` (weights `bits`, activations 8 bit); for each alpha in
     `smooth`, the activations-only and everything rows again with SmoothQuant (`lowbit.smooth`, max |x| over
-    `smooth_batches`), as `quantize --smooth` starts. `residual`: near-identity square Linears in the residual form
-    x + (W - I) x first (`lowbit.residual`, `quantize --residual-projections auto`)."""
+    `smooth_batches`), as `quantize --smooth` starts, and the everything row once more for each outlier ratio in
+    `ratios` (only the inputs that stand out that far smoothed, `quantize --smooth-min-ratio`). `residual`:
+    near-identity square Linears in the residual form x + (W - I) x first (`lowbit.residual`,
+    `quantize --residual-projections auto`)."""
     from nasbert_deploy.lowbit.embedding import quantize_embeddings
     from nasbert_deploy.lowbit.lsq import quant_linears, quantize_linears, shared_input_groups
     from nasbert_deploy.lowbit.residual import split_residual
@@ -76,13 +78,13 @@ def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor], smooth
     absmax = input_absmax(model, smooth_batches) if smooth else {}
 
     def build(weights: str | None = "", acts: bool = False, table: bool = False, kind: str | None = None,
-              alpha: float = 0.0) -> nn.Module:
+              alpha: float = 0.0, ratio: float = 0.0) -> nn.Module:
         """`weights`: "" all Linears, a group name: that group only, None: no weights. `kind`: only the inputs of
         the Linears so named (last name part), with every Linear sharing their quantizer (query, key, value)."""
         m = copy.deepcopy(model).eval()
         quantize_linears(m, bits, 8 if acts else None, example_inputs=calib if acts else None)
         if alpha:
-            smooth_model(m, absmax, alpha)
+            smooth_model(m, absmax, alpha, ratio)
         keep = {n for n, _ in quant_linears(m) if n.removesuffix(".delta").rsplit(".", 1)[-1] == kind}
         keep |= {n for g in shared_input_groups(m) if keep & set(g) for n in g}
         for name, q in quant_linears(m):
@@ -109,6 +111,9 @@ def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor], smooth
     for a in smooth:
         out[f"activations only, SmoothQuant {a}"] = lambda a=a: build(weights=None, acts=True, alpha=a)
         out[f"everything, SmoothQuant {a}"] = lambda a=a: build(acts=True, table=True, alpha=a)
+        for r in ratios:
+            out[f"everything, SmoothQuant {a} where max/median >= {r}"] = (
+                lambda a=a, r=r: build(acts=True, table=True, alpha=a, ratio=r))
     for g in groups:
         out[f"weights of {g}"] = lambda g=g: build(weights=g)
     for k in dict.fromkeys(n.rsplit(".", 1)[-1] for n in names):
@@ -117,7 +122,8 @@ def variants(model: nn.Module, bits: int, calib: dict[str, torch.Tensor], smooth
 
 
 def run(model_dir: Path, task: Path, calibration: Path, max_len: int, bits: int, log: Callable[[str], None],
-        smooth: Sequence[float] = (), only: str | None = None, residual: bool = False) -> dict[str, Any]:
+        smooth: Sequence[float] = (), only: str | None = None, residual: bool = False,
+        ratios: Sequence[float] = ()) -> dict[str, Any]:
     from nasbert_deploy.errors import NasBertDeployError
     from nasbert_deploy.student.finetune import load_classifier
     from nasbert_deploy.student.tasks import iter_batches, load_task
@@ -142,7 +148,7 @@ def run(model_dir: Path, task: Path, calibration: Path, max_len: int, bits: int,
     p_ref, y_ref = softmax(ref), ref.argmax(1)
     rows = {"float": {"accuracy": float((y_ref == gold).mean()), "label_loyalty": 1.0, "probability_loyalty": 1.0}}
     log(f"float: accuracy {rows['float']['accuracy']:.4f} on {len(gold)} rows")
-    for name, build in variants(model, bits, calib, smooth, batches, residual).items():
+    for name, build in variants(model, bits, calib, smooth, batches, residual, ratios).items():
         if only and not re.search(only, name):
             continue
         lg = logits(build())
@@ -151,6 +157,7 @@ def run(model_dir: Path, task: Path, calibration: Path, max_len: int, bits: int,
         log(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[name].items()))
     return {"model": str(model_dir), "task": str(task), "calibration": str(calibration), "examples": len(gold),
             "max_len": max_len, "bits": bits, "smooth_alphas": list(smooth), "residual_projections": residual,
+            "smooth_min_ratios": list(ratios),
             "rows": rows, "machine": machine()}
 
 
@@ -164,6 +171,8 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=8, help="weight bits (activations 8): 8, 4 or 2")
     ap.add_argument("--smooth", type=float, nargs="*", default=[], help="SmoothQuant alphas in (0, 1): the activations-"
                     "only and everything rows again with each (max |x| over the calibration file's first 256 rows)")
+    ap.add_argument("--smooth-ratio", type=float, nargs="*", default=[], help="with --smooth: the everything row again "
+                    "smoothing only the inputs whose largest channel max |x| is at least this many times the median's")
     ap.add_argument("--residual", action="store_true", help="write near-identity square Linears as x + (W - I) x "
                     "first and quantize only W - I (`quantize --residual-projections auto`)")
     ap.add_argument("--only", default=None, help="score only the rows whose name matches this regular expression")
@@ -189,7 +198,7 @@ def main() -> None:
     torch.set_num_threads(1)
     console = Console()
     res = run(args.model, args.task, calibration, args.max_len, args.bits, lambda s: console.print(s, highlight=False),
-              args.smooth, args.only, args.residual)
+              args.smooth, args.only, args.residual, args.smooth_ratio)
     t = Table(title=f"{args.bits}-bit fake quantization, one part at a time, no training: {args.model} on {args.task} "
                     f"({res['examples']} rows)")
     for col in ("quantized", "accuracy", "label loyalty", "prob. loyalty"):

@@ -65,12 +65,14 @@ def test_smoothquant_rows_and_the_row_filter(classifier):
     from quant_sensitivity import run
 
     model, task = classifier
-    res = run(model, task, task, max_len=32, bits=8, log=lambda s: None, smooth=[0.5, 0.9], only="^(float|activations|every)")
+    res = run(model, task, task, max_len=32, bits=8, log=lambda s: None, smooth=[0.5, 0.9], only="^(float|activations|every)",
+              ratios=[1e6])
     rows = res["rows"]
     assert sorted(rows) == sorted(["float", "activations only", "everything", "activations only, SmoothQuant 0.5",
                                    "everything, SmoothQuant 0.5", "activations only, SmoothQuant 0.9",
-                                   "everything, SmoothQuant 0.9"])
-    assert res["smooth_alphas"] == [0.5, 0.9]
+                                   "everything, SmoothQuant 0.9", "everything, SmoothQuant 0.5 where max/median >= 1000000.0",
+                                   "everything, SmoothQuant 0.9 where max/median >= 1000000.0"])
+    assert res["smooth_alphas"] == [0.5, 0.9] and res["smooth_min_ratios"] == [1e6]
     # the smoothed activations are another model than the plain ones (the scales did reach the quantizers)
     assert rows["activations only, SmoothQuant 0.9"] != rows["activations only"]
 

@@ -18,7 +18,14 @@ from test_quantize_shared import _folder, _project_optimized_ops
 from nasbert_deploy.export.validate import padded_inputs
 from nasbert_deploy.lowbit.lsq import QuantLinear, bake_weights, quant_linears, quantize_linears, shared_input_groups
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
-from nasbert_deploy.lowbit.smooth import fold_into_value, input_absmax, smooth_inputs, smoothing_scales, value_out_pairs
+from nasbert_deploy.lowbit.smooth import (
+    fold_into_value,
+    input_absmax,
+    outlier_ratio,
+    smooth_inputs,
+    smoothing_scales,
+    value_out_pairs,
+)
 from nasbert_deploy.quantize.check import check_logits, first_output, runtime_runners, torch_runner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -218,3 +225,41 @@ def test_4bit_export_with_smoothing_matches_fake_quant(tiny_dir, tmp_path):
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     checks = check_logits(torch_runner(model), {"ort": lambda x: s.run(None, dict(x))[0]}, 64, 1000, rtol=1e-4)
     assert all(c.passed for c in checks), [c.describe() for c in checks if not c.passed]
+
+
+def test_min_ratio_smooths_only_inputs_with_outlier_channels(tiny_dir):
+    """`--smooth-min-ratio`: an input whose largest channel stands out less than the ratio keeps no s (no Mul)."""
+    assert outlier_ratio(torch.tensor([1.0, 2.0, 3.0, 30.0])) == pytest.approx(30.0 / 2.0)  # torch's lower median
+    model = bert_classifier(tiny_dir)
+    absmax = input_absmax(model, _batches())
+    quantize_linears(model, 8, 8, EXAMPLE)
+    groups = {id(q.a_quant): n for n, q in reversed(list(quant_linears(model))) if q.a_quant is not None}
+    firsts = set(groups.values())
+    ratios = {n: outlier_ratio(x) for n, x in absmax.items() if n in firsts}
+    cut = sorted(ratios.values())[len(ratios) // 2]  # about half the inputs stand out that far
+    names = smooth_inputs(model, absmax, 0.5, min_ratio=cut)
+    assert names and set(names) == {n for n, r in ratios.items() if r >= cut} != firsts
+    for n, q in quant_linears(model):
+        if q.a_quant is not None and n not in names and groups[id(q.a_quant)] == n:
+            assert q.smoothing() is None
+
+
+def test_quantize_smooth_min_ratio_end_to_end(tiny):  # noqa: F811
+    from helpers import one_line_error
+
+    from nasbert_deploy.quantize.train import QuantizeConfig
+
+    out = tiny["root"] / "q8-smooth-ratio"
+    r = _run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--valid", tiny["valid"], "--smooth", "0.5",
+             "--smooth-min-ratio", "1e6", "--steps", "1", "--batch-size", "8", "--max-len", "16", "--no-timing",
+             "--format", "none", "--out", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "quantize_report.json").read_text())
+    # no input stands out a million times its median: only the free folds into the value Linears remain
+    assert report["smoothing"]["inputs"] == [] and len(report["smoothing"]["folded_into_value"]) == 2
+    assert report["smoothing"]["min_ratio"] == 1e6 and report["config"]["smooth_min_ratio"] == 1e6
+    assert "smooth_min_ratio" not in QuantizeConfig(smooth=0.5).to_dict()  # checkpoint keys of before the ratio
+    never = tiny["root"] / "never-ratio"
+    one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--smooth-min-ratio", "8",
+                        "--out", never), "--smooth ALPHA")
+    assert not never.exists()

@@ -88,6 +88,10 @@ def quantize_cmd(
         "--smooth", min=0.0, max=0.99, help="SmoothQuant's alpha: divide every quantized input by a per-channel scale "
         "(from max |x| on 16 training batches) and multiply it into the weights first (a Mul before each QuantizeLinear "
         "in the export); 0: off.")] = 0.0,
+    smooth_min_ratio: Annotated[float, typer.Option(
+        "--smooth-min-ratio", min=0.0, help="With --smooth: smooth only the inputs whose largest channel's max |x| is at "
+        "least this many times the median channel's (each smoothed input costs a float Mul on the runtime); 0: all.")
+    ] = 0.0,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps (raise it and rerun to continue).")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples per step.")] = 16,
     max_len: Annotated[int, typer.Option("--max-len", min=2, help="Tokens per example.")] = 128,
@@ -116,6 +120,11 @@ def quantize_cmd(
     from nasbert_deploy.student.tasks import task_splits
 
     check_output(out, "dir", force)
+    if smooth_min_ratio and not smooth:
+        from nasbert_deploy.errors import InputError
+
+        raise InputError(f"--smooth-min-ratio {smooth_min_ratio} selects which inputs SmoothQuant divides; give --smooth "
+                         "ALPHA in (0, 1) with it, or leave it at 0")
     b = int(bits.value)
     chosen = parse_formats(formats if formats is not None else DEFAULT_FORMATS[b])
     check_request(b, chosen, onnx_form=onnx_form.value)
@@ -128,7 +137,8 @@ def quantize_cmd(
     e = embedding_bits.value
     ebits = None if e == "weights" else 0 if e == "float" else int(e)
     cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=0 if attention_bits.value == "float" else 8,
-                         reduce_range=reduce, smooth=smooth, signed_activations=signed,
+                         reduce_range=reduce, smooth=smooth, smooth_min_ratio=smooth_min_ratio,
+                         signed_activations=signed,
                          residual_projections=residual_projections.value,
                          steps=steps, batch_size=batch_size,
                          max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight, hidden_weight=hidden_weight,
@@ -152,6 +162,7 @@ def quantize_cmd(
     sm = report.get("smoothing") or {}
     fold = len(sm.get("folded_into_value") or [])
     rows["SmoothQuant"] = (f"alpha {sm['alpha']} on {len(sm['inputs']) + fold} inputs"
+                           + (f" (max/median >= {sm['min_ratio']})" if sm.get("min_ratio") else "")
                            + (f" ({fold} folded into value)" if fold else "")) if sm.get("alpha") else "off"
     res = (report.get("residual_projections") or {}).get("linears") or []
     rows["residual form (x + (W - I) x)"] = f"{len(res)} Linears" if res else "none"

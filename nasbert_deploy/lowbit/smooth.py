@@ -117,13 +117,20 @@ def fold_into_value(model: nn.Module, act_absmax: Mapping[str, torch.Tensor], al
     return folded
 
 
+def outlier_ratio(act_absmax: torch.Tensor) -> float:
+    """How far an input's largest channel stands out: max over channels of max |x_k| / their median."""
+    x = act_absmax.float()
+    return float(x.max() / x.median().clamp(min=torch.finfo(torch.float32).eps))
+
+
 @torch.no_grad()
 def smooth_inputs(model: nn.Module, act_absmax: Mapping[str, torch.Tensor], alpha: float,
-                  skip: Iterable[str] = ()) -> list[str]:
+                  skip: Iterable[str] = (), min_ratio: float = 0.0) -> list[str]:
     """Give every distinct activation quantizer of `model`'s QuantLinears its s and re-initialise its readers' weight
     step sizes on W * s; returns the first reader's name of each smoothed quantizer (what `add_smoothing` needs to
     rebuild the buffers before loading a state dict). A Linear absent from `act_absmax` (never called) or named in
-    `skip` (folded by `fold_into_value`) is left as is."""
+    `skip` (folded by `fold_into_value`) is left as is, and so is an input whose `outlier_ratio` is under `min_ratio`
+    (its Mul would cost a float pass on the runtime for a grid that is already nearly flat)."""
     skipped = set(skip)
     readers: dict[int, list[tuple[str, QuantLinear]]] = {}
     for name, q in quant_linears(model):
@@ -133,7 +140,7 @@ def smooth_inputs(model: nn.Module, act_absmax: Mapping[str, torch.Tensor], alph
     for group in readers.values():
         first_name, first = group[0]
         x = act_absmax.get(first_name)
-        if x is None or first.a_quant is None:
+        if x is None or first.a_quant is None or outlier_ratio(x) < min_ratio:
             continue
         w = torch.stack([q.weight.detach().abs().amax(0) for _, q in group]).amax(0)
         first.a_quant.set_smoothing(smoothing_scales(x, w, alpha))
@@ -143,11 +150,13 @@ def smooth_inputs(model: nn.Module, act_absmax: Mapping[str, torch.Tensor], alph
     return smoothed
 
 
-def smooth_model(model: nn.Module, act_absmax: Mapping[str, torch.Tensor], alpha: float) -> tuple[list[str], list[str]]:
+def smooth_model(model: nn.Module, act_absmax: Mapping[str, torch.Tensor], alpha: float,
+                 min_ratio: float = 0.0) -> tuple[list[str], list[str]]:
     """SmoothQuant on a model after `quantize_linears`, as `quantize --smooth` applies it: the attention outputs'
-    divisors folded into the value Linears, every other distinct quantized input given its s; (smoothed, folded)."""
+    divisors folded into the value Linears (free on the runtime, whatever their ratio), every other distinct quantized
+    input whose `outlier_ratio` reaches `min_ratio` given its s; (smoothed, folded)."""
     folded = fold_into_value(model, act_absmax, alpha)
-    return smooth_inputs(model, act_absmax, alpha, skip=folded), folded
+    return smooth_inputs(model, act_absmax, alpha, skip=folded, min_ratio=min_ratio), folded
 
 
 def add_smoothing(model: nn.Module, names: Iterable[str]) -> None:

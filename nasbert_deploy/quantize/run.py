@@ -222,7 +222,7 @@ def quantize(
     # Linears reading one tensor (query/key/value) share one input quantizer: one QuantizeLinear per tensor in the export
     names = quantize_linears(student, cfg.bits, cfg.act_bits, _example(student, valid.pairs is not None), cfg.reduce_range,
                              signed_activations=cfg.signed_activations)
-    smoothed, folded = smooth_model(student, absmax, cfg.smooth) if absmax is not None else ([], [])
+    smoothed, folded = smooth_model(student, absmax, cfg.smooth, cfg.smooth_min_ratio) if absmax is not None else ([], [])
     embedding = quantize_embeddings(student, embedding_bits(cfg)) if embedding_bits(cfg) else None
     attention = quantize_attention(student, cfg.attention_bits) if cfg.attention_bits else 0
     key = {"model": str(model_dir), "task": train.source, "teacher_model": None if teacher_model is None else str(teacher_model),
@@ -238,7 +238,8 @@ def quantize(
     report = _score_and_export(fp_model, student, tokenizer, valid, labels, cfg, formats, out_dir, names, onnx_form)
     report["embedding"] = {"module": embedding, "bits": embedding_bits(cfg) if embedding else None}
     report["attention"] = {"quantized": attention, "bits": cfg.attention_bits if attention else None}
-    report["smoothing"] = {"alpha": cfg.smooth or None, "inputs": smoothed, "folded_into_value": folded}
+    report["smoothing"] = {"alpha": cfg.smooth or None, "min_ratio": cfg.smooth_min_ratio or None, "inputs": smoothed,
+                           "folded_into_value": folded}
     report["residual_projections"] = {"mode": cfg.residual_projections, "linears": residual}
     report.update({"model": str(model_dir), "teacher_model": key["teacher_model"], "task": train.source,
                    "train_rows": len(train), "transfer_rows": len(transfer or ()), "valid_rows": len(valid),

@@ -54,6 +54,7 @@ class QuantizeConfig:
     embedding_bits: int | None = None  # the word-embedding table, per row (`embedding`): None as the weights, 0 float
     attention_bits: int = DEFAULT_ATTENTION_BITS  # Q·Kᵀ, softmax·V of NAS-BERT attention (`lowbit.attention`): 8, 0 float
     smooth: float = 0.0  # SmoothQuant's alpha in (0, 1) for every quantized input (`lowbit.smooth`); 0: off
+    smooth_min_ratio: float = 0.0  # smooth only inputs whose max/median channel range reaches it (`smooth.outlier_ratio`)
     signed_activations: str = DEFAULT_SIGNED_ACTIVATIONS  # which input grids are centred on zero (`lsq.centred`)
     residual_projections: str = DEFAULT_RESIDUAL  # near-identity square Linears as x + (W - I) x (`lowbit.residual`)
     steps: int = 300
@@ -73,6 +74,8 @@ class QuantizeConfig:
         d = asdict(self)
         if not d["smooth"]:  # runs without smoothing keep the settings (and checkpoint keys) of before it existed
             del d["smooth"]
+        if not d["smooth_min_ratio"]:  # every input smoothed, as before the ratio existed
+            del d["smooth_min_ratio"]
         if d["signed_activations"] == "off":  # as were all runs before centred grids existed
             del d["signed_activations"]
         if d["residual_projections"] == DEFAULT_RESIDUAL:  # the key lists the Linears it split (`quantize.run`)
