@@ -55,6 +55,10 @@ def test_quantize_8bit_end_to_end(tiny, monkeypatch):
     assert r.exit_code == 0, r.output
     report = json.loads((out / "quantize_report.json").read_text())
     assert report["config"]["ce_weight"] == 0.5 and report["config"]["hidden_weight"] == 0.25
+    # the loyal recipe (auto at 8 bits): weights kept, SmoothQuant on outlier inputs; --ce-weight overrides its 0
+    assert report["recipe"]["name"] == "loyal" and report["recipe"]["overrides"] == ["--ce-weight 0.5"]
+    assert report["config"]["lr"] == 0.0 and report["config"]["smooth"] == 0.95
+    assert report["config"]["smooth_min_ratio"] == 8.0 and "recipe" in r.output and "loyal" in r.output
     assert report["quantized_linears"] == 14  # 2 layers x 6 + pooler + classifier
     for rt in ("onnxruntime", "openvino"):
         c = report["checks"][rt]
@@ -127,7 +131,7 @@ def test_signed_activations_off_keeps_asymmetric_grids(tiny, monkeypatch, mode):
     out = tiny["root"] / f"q8-asym-{mode}"
     r = _run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--valid", tiny["valid"], "--steps", "2",
              "--batch-size", "8", "--max-len", "16", "--signed-activations", mode, "--format", "openvino", "--no-timing",
-             "--out", out)
+             "--smooth", "0", "--out", out)  # no smoothing: an x / s range can land on zero point 128 by chance
     assert r.exit_code == 0, r.output
     report = json.loads((out / "quantize_report.json").read_text())
     assert "signed_activations" not in report["config"]  # "off": the settings of runs from before the option
@@ -296,3 +300,18 @@ def test_a_transfer_set_joins_training_distilled_only(tiny):
     one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--transfer", empty, "--out", never),
                    "empty-transfer.txt")
     assert not never.exists()
+
+
+def test_recipes_resolve_by_bits():
+    from nasbert_deploy.quantize import RECIPE_SETTINGS, resolve_recipe
+
+    assert resolve_recipe("auto", 8)[0] == "loyal"
+    assert resolve_recipe("auto", 4)[0] == resolve_recipe("auto", 2)[0] == "trained"
+    assert resolve_recipe("trained", 8) == ("trained", "as asked")
+    # trained is what the library's QuantizeConfig defaults to (runs from before the recipes resume)
+    cfg = QuantizeConfig()
+    assert RECIPE_SETTINGS["trained"] == {"lr": cfg.lr, "ce_weight": cfg.ce_weight, "smooth": cfg.smooth,
+                                          "smooth_min_ratio": cfg.smooth_min_ratio}
+    assert RECIPE_SETTINGS["loyal"]["lr"] == 0.0 and 0 < RECIPE_SETTINGS["loyal"]["smooth"] < 1
+    with pytest.raises(ValueError, match="valid: auto, loyal, trained"):
+        resolve_recipe("fast", 8)

@@ -184,7 +184,7 @@ def test_quantize_with_smooth_end_to_end(tiny):  # noqa: F811
 
     out = tiny["root"] / "q8-smooth"
     r = _run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--valid", tiny["valid"], "--smooth", "0.5",
-             "--steps", "2", "--batch-size", "8", "--max-len", "16", "--no-timing", "--out", out)
+             "--smooth-min-ratio", "0", "--steps", "2", "--batch-size", "8", "--max-len", "16", "--no-timing", "--out", out)
     assert r.exit_code == 0, r.output
     report = json.loads((out / "quantize_report.json").read_text())
     assert report["smoothing"]["alpha"] == 0.5 and report["config"]["smooth"] == 0.5
@@ -258,8 +258,11 @@ def test_quantize_smooth_min_ratio_end_to_end(tiny):  # noqa: F811
     # no input stands out a million times its median: only the free folds into the value Linears remain
     assert report["smoothing"]["inputs"] == [] and len(report["smoothing"]["folded_into_value"]) == 2
     assert report["smoothing"]["min_ratio"] == 1e6 and report["config"]["smooth_min_ratio"] == 1e6
+    assert report["recipe"] == {"name": "loyal", "why": report["recipe"]["why"],
+                                "overrides": ["--smooth 0.5", "--smooth-min-ratio 1e+06"]}
     assert "smooth_min_ratio" not in QuantizeConfig(smooth=0.5).to_dict()  # checkpoint keys of before the ratio
-    never = tiny["root"] / "never-ratio"
-    one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], "--smooth-min-ratio", "8",
-                        "--out", never), "--smooth ALPHA")
-    assert not never.exists()
+    for args in (["--recipe", "trained"], ["--smooth", "0"]):  # SmoothQuant off: a ratio selects nothing
+        never = tiny["root"] / "never-ratio"
+        one_line_error(_run("quantize", "--model", tiny["clf"], "--task", tiny["train"], *args, "--smooth-min-ratio", "8",
+                            "--out", never), "--smooth ALPHA")
+        assert not never.exists()

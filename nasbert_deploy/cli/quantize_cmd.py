@@ -18,7 +18,7 @@ from nasbert_deploy.lowbit.grid import (
     RESIDUAL_MODES,
     SIGNED_ACTIVATIONS,
 )
-from nasbert_deploy.quantize import BITS, KERNELS, ONNX_FORMS
+from nasbert_deploy.quantize import BITS, KERNELS, ONNX_FORMS, RECIPES
 from nasbert_deploy.student.tasks import SAMPLE_TASK
 
 app = typer.Typer()
@@ -29,6 +29,7 @@ EmbeddingBits = choice("EmbeddingBits", ["weights", *[str(b) for b in BITS], "fl
 AttentionBits = choice("AttentionBits", ["8", "float"])
 SignedActivations = choice("SignedActivations", SIGNED_ACTIVATIONS)
 ResidualMode = choice("ResidualMode", RESIDUAL_MODES)
+Recipe = choice("Recipe", RECIPES)
 DEFAULT_FORMATS = {b: ",".join(KERNELS[b]) or "none" for b in BITS}
 
 
@@ -84,21 +85,28 @@ def quantize_cmd(
         "--residual-projections", help="Square Linears close to the identity (a converted teacher's projections): "
         "auto quantizes only W - I and adds the input back in float (y = x + (W - I) x + b), off quantizes W as any "
         "Linear.")] = ResidualMode(DEFAULT_RESIDUAL),
-    smooth: Annotated[float, typer.Option(
-        "--smooth", min=0.0, max=0.99, help="SmoothQuant's alpha: divide every quantized input by a per-channel scale "
+    recipe: Annotated[Recipe, typer.Option(
+        "--recipe", help="loyal: weights kept, step sizes learned by distillation alone after SmoothQuant 0.95 on the "
+        "inputs with outlier channels (the export tracks the float model); trained: weights trained too, with the "
+        "gold-label term, no smoothing (low-bit weights need it); auto: loyal at 8 bits, trained at 4 and 2. --lr, "
+        "--ce-weight, --smooth and --smooth-min-ratio override its values.")] = Recipe("auto"),
+    smooth: Annotated[float | None, typer.Option(
+        "--smooth", min=0.0, max=0.99, help="SmoothQuant's alpha: divide quantized inputs by a per-channel scale "
         "(from max |x| on 16 training batches) and multiply it into the weights first (a Mul before each QuantizeLinear "
-        "in the export); 0: off.")] = 0.0,
-    smooth_min_ratio: Annotated[float, typer.Option(
+        "in the export); 0: off. Default: the recipe's (loyal 0.95, trained 0).")] = None,
+    smooth_min_ratio: Annotated[float | None, typer.Option(
         "--smooth-min-ratio", min=0.0, help="With --smooth: smooth only the inputs whose largest channel's max |x| is at "
-        "least this many times the median channel's (each smoothed input costs a float Mul on the runtime); 0: all.")
-    ] = 0.0,
+        "least this many times the median channel's (each smoothed input costs a float Mul on ONNX Runtime); 0: all. "
+        "Default: the recipe's (loyal 8).")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps (raise it and rerun to continue).")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples per step.")] = 16,
     max_len: Annotated[int, typer.Option("--max-len", min=2, help="Tokens per example.")] = 128,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate of the weights.")] = 2e-5,
+    lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="AdamW learning rate of the weights (0: kept). "
+                                             "Default: the recipe's (loyal 0, trained 2e-5).")] = None,
     step_lr: Annotated[float, typer.Option("--step-lr", min=0.0, help="Learning rate of the relative step sizes.")] = 2e-3,
-    ce_weight: Annotated[float, typer.Option("--ce-weight", min=0.0, help="Weight of the gold-label cross-entropy beside "
-                                             "the distillation terms (0: distillation only).")] = 1.0,
+    ce_weight: Annotated[float | None, typer.Option("--ce-weight", min=0.0, help="Weight of the gold-label cross-entropy "
+                                                    "beside the distillation terms (0: distillation only). Default: the "
+                                                    "recipe's (loyal 0, trained 1).")] = None,
     hidden_weight: Annotated[float, typer.Option("--hidden-weight", min=0.0, help="Weight of the hidden-state MSE to the "
                                                  "fp32 model's layer outputs (0: logits and labels only).")] = 1.0,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 100,
@@ -113,6 +121,7 @@ def quantize_cmd(
     """Quantize a classifier with learned step sizes, trained by distillation from its fp32 self (resumable)."""
     from nasbert_deploy.fileio import check_output
     from nasbert_deploy.lowbit.grid import resolve_reduce_range, resolve_signed_activations
+    from nasbert_deploy.quantize import RECIPE_SETTINGS, resolve_recipe
     from nasbert_deploy.quantize.latency import check_devices, default_devices
     from nasbert_deploy.quantize.run import check_request, quantize
     from nasbert_deploy.quantize.train import QuantizeConfig
@@ -120,12 +129,18 @@ def quantize_cmd(
     from nasbert_deploy.student.tasks import task_splits
 
     check_output(out, "dir", force)
-    if smooth_min_ratio and not smooth:
-        from nasbert_deploy.errors import InputError
-
-        raise InputError(f"--smooth-min-ratio {smooth_min_ratio} selects which inputs SmoothQuant divides; give --smooth "
-                         "ALPHA in (0, 1) with it, or leave it at 0")
     b = int(bits.value)
+    chosen_recipe, recipe_why = resolve_recipe(recipe.value, b)
+    given = {"lr": lr, "ce_weight": ce_weight, "smooth": smooth, "smooth_min_ratio": smooth_min_ratio}
+    settings = {k: v if v is not None else RECIPE_SETTINGS[chosen_recipe][k] for k, v in given.items()}
+    if not settings["smooth"]:
+        if smooth_min_ratio:
+            from nasbert_deploy.errors import InputError
+
+            raise InputError(f"--smooth-min-ratio {smooth_min_ratio} selects which inputs SmoothQuant divides, and "
+                             f"SmoothQuant is off here; give --smooth ALPHA in (0, 1) with it, or leave it out")
+        settings["smooth_min_ratio"] = 0.0
+    changed = [f"--{k.replace('_', '-')} {v:g}" for k, v in given.items() if v is not None]
     chosen = parse_formats(formats if formats is not None else DEFAULT_FORMATS[b])
     check_request(b, chosen, onnx_form=onnx_form.value)
     specs = [] if no_timing else check_devices(devices if devices else default_devices(b, chosen), b, chosen)
@@ -137,17 +152,20 @@ def quantize_cmd(
     e = embedding_bits.value
     ebits = None if e == "weights" else 0 if e == "float" else int(e)
     cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=0 if attention_bits.value == "float" else 8,
-                         reduce_range=reduce, smooth=smooth, smooth_min_ratio=smooth_min_ratio,
+                         reduce_range=reduce, smooth=settings["smooth"], smooth_min_ratio=settings["smooth_min_ratio"],
                          signed_activations=signed,
                          residual_projections=residual_projections.value,
                          steps=steps, batch_size=batch_size,
-                         max_len=max_len, lr=lr, step_lr=step_lr, ce_weight=ce_weight, hidden_weight=hidden_weight,
+                         max_len=max_len, lr=settings["lr"], step_lr=step_lr, ce_weight=settings["ce_weight"],
+                         hidden_weight=hidden_weight,
                          checkpoint_every=checkpoint_every, seed=seed)
     with training_progress(f"quantizing ({b}-bit)") as update:
         report = quantize(model, train, val, out, cfg, chosen, teacher_model, update, note=console.print, devices=specs,
-                          transfer=extra, onnx_form=onnx_form.value)
+                          transfer=extra, onnx_form=onnx_form.value,
+                          recipe={"name": chosen_recipe, "why": recipe_why, "overrides": changed})
     lo, hi = report["weight_levels"]
-    rows: dict[str, object] = {"weight grid": f"[{lo}, {hi}], reduce range {reduce_why}", "input grids": signed_why,
+    rows: dict[str, object] = {"recipe": f"{chosen_recipe} ({recipe_why}" + (f"; {', '.join(changed)}" if changed else "")
+                               + ")", "weight grid": f"[{lo}, {hi}], reduce range {reduce_why}", "input grids": signed_why,
                                "train rows": report["train_rows"], "transfer rows": report["transfer_rows"],
                                "valid rows": report["valid_rows"],
                                "train_s": report["training"]["train_s"]}

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,7 @@ def quantize(
     latency_seq_len: int = 128,
     transfer: Sequence[str] | None = None,
     onnx_form: str = ONNX_FORMS[0],
+    recipe: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """KDLSQ: fake-quantize every Linear of the classifier in `model_dir`, train it with distillation from the
     full-precision model (or `teacher_model`), export it for `formats`, check and score; returns the report.
@@ -197,7 +198,8 @@ def quantize(
     `transfer`: unlabelled in-domain texts (`student.finetune.transfer_texts`) added to the training rows, distilled
     only (the teacher's outputs on text like the validation rows', not just on the rows it was fine-tuned on).
     `onnx_form`: the 8-bit ONNX graph, "integer" (MatMulIntegerToFloat, com.microsoft; ORT and OpenVINO) or "qdq"
-    (standard operators only); the latency tables are profiled with the first."""
+    (standard operators only); the latency tables are profiled with the first. `recipe`: how the command line chose
+    `cfg`'s training settings (`quantize --recipe`), recorded in the report."""
     check_request(cfg.bits, formats, cfg.embedding_bits, onnx_form, cfg.residual_projections)
     if transfer and train.pairs is not None:
         raise TaskError("--transfer is for single-text classification; this task has text pairs")
@@ -244,6 +246,8 @@ def quantize(
     report.update({"model": str(model_dir), "teacher_model": key["teacher_model"], "task": train.source,
                    "train_rows": len(train), "transfer_rows": len(transfer or ()), "valid_rows": len(valid),
                    "config": cfg.to_dict(), "training": summary})
+    if recipe:
+        report["recipe"] = dict(recipe)
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
         _write_folder(tmp, student, tokenizer, cfg, names, formats, report)
