@@ -1,0 +1,43 @@
+"""benchmarks/time_files.py: exported files timed side by side on both CPU runtimes, ratios to each runtime's first."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_tiny_teacher
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {"PYTHONPATH": f"{ROOT}:{ROOT / 'benchmarks'}", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_files.py"), *args], capture_output=True,
+                          text=True, env=ENV, timeout=600)
+
+
+def test_files_are_timed_side_by_side_with_ratios(tmp_path):
+    from transformers import BertModel
+
+    from nasbert_deploy.runtimes.convert import FirstOutput, export_onnx
+
+    model = BertModel.from_pretrained(make_tiny_teacher(tmp_path / "tiny")).eval()
+    ids = torch.randint(5, 1000, (1, 16))
+    path = export_onnx(FirstOutput(model), tmp_path / "m.onnx", {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+                       ["last_hidden_state"])
+    r = _run("--ort", f"a={path}", "--ort", f"b={path}", "--openvino", f"c={path}", "--seq", "16", "--vocab", "1000",
+             "--rounds", "2", "--clock", "cpu")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line.split() for line in r.stdout.splitlines()[2:]]
+    assert [(x[0], x[1]) for x in rows] == [("onnxruntime", "a"), ("onnxruntime", "b"), ("openvino", "c")]
+    assert all(float(x[2]) > 0 for x in rows) and float(rows[0][4]) == 1.0 and float(rows[2][4]) == 1.0
+
+
+@pytest.mark.parametrize("args, needle", [([], "no files"), (["--ort", "x=missing.onnx"], "is not NAME=FILE"),
+                                          (["--openvino", "nofile"], "is not NAME=FILE")])
+def test_bad_input_is_one_line_exit_2(args, needle):
+    r = _run(*args)
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
