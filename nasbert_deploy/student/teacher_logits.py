@@ -7,7 +7,9 @@ document: minutes of teacher inference that every seed, every student and every 
 repeat. They are cached in `$NASBERT_DEPLOY_LOGITS_CACHE` (default
 `~/.cache/nasbert-deploy/teacher-logits`) as safetensors, keyed by the SHA-256 of the teacher's config and
 weight files, the rows (texts and pairs) and the token limit, so any change to either misses the cache.
-Written atomically (by rank 0 under torchrun); a damaged entry is recomputed.
+Written atomically (by rank 0 under torchrun); a damaged entry is recomputed. Two runs that miss the same entry at
+once (two seeds started together) do not both compute it: the second waits on a lock file beside the entry, says so,
+and reads what the first wrote.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nasbert_deploy.fileio import atomic_path, file_digest
+from nasbert_deploy.fileio import atomic_path, exclusive_lock, file_digest
 from nasbert_deploy.student.tasks import TaskData
 
 CACHE_ENV = "NASBERT_DEPLOY_LOGITS_CACHE"
@@ -66,28 +68,53 @@ def cached_logits(
     """The logits `compute()` returns for `rows`, from the cache when an entry for (teacher, rows, max_len) exists.
     `write=False` (ranks other than 0 under torchrun) reads but never writes. `kind` names what is cached (keys of
     other kinds than "logits" differ, e.g. "embeddings")."""
-    from safetensors.numpy import load_file, save_file
-
-    from nasbert_deploy.model.distributed import gather_objects
+    from nasbert_deploy.model.distributed import gather_objects, world_info
 
     root = cache_dir or default_dir()
     path = root / f"{cache_key(teacher_dir, rows, max_len, kind)}.safetensors"
-    logits = None
-    if path.is_file():
-        try:
-            logits = load_file(str(path))["logits"]
-        except Exception:  # noqa: BLE001  (safetensors raises its own error type for a damaged file)
-            logits = None
-        if logits is not None and logits.shape[0] != len(rows):
-            logits = None
+    logits = _read(path, len(rows))
     if all(hit for hit in gather_objects(logits is not None)):  # under torchrun: a miss on any rank computes on all
         if note is not None:
             note(f"teacher {kind} of {len(rows):,} rows from the cache ({path.parent})")
         return logits  # type: ignore[return-value]
+    if not write or world_info()[1] > 1:  # torchrun: every rank computes, rank 0 writes
+        return _compute_and_write(path, compute, write)
+    lock = root / f".{path.stem}.lock"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock.touch()
+    except OSError:  # a read-only home: no cache, no lock
+        return compute()
+    waited = None if note is None else lambda: note(f"another run is computing these teacher {kind}; waiting for it")
+    with exclusive_lock(lock, on_wait=waited):
+        logits = _read(path, len(rows))  # written while this run waited
+        if logits is not None:
+            if note is not None:
+                note(f"teacher {kind} of {len(rows):,} rows from the cache the other run wrote ({path.parent})")
+            return logits
+        return _compute_and_write(path, compute, write)
+
+
+def _read(path: Path, rows: int) -> np.ndarray | None:
+    """A cache entry's array, or None when it is missing, damaged or of another length."""
+    from safetensors.numpy import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        logits = load_file(str(path))["logits"]
+    except Exception:  # noqa: BLE001  (safetensors raises its own error type for a damaged file)
+        return None
+    return logits if logits.shape[0] == rows else None
+
+
+def _compute_and_write(path: Path, compute: Callable[[], np.ndarray], write: bool) -> np.ndarray:
+    from safetensors.numpy import save_file
+
     logits = compute()
     if write:
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32)}, str(tmp))
         except OSError:  # a read-only home: the cache only saves time

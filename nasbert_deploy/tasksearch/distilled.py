@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasbert_deploy.fileio import exclusive_lock
 from nasbert_deploy.space import Arch, SearchSpace
 
 Note = Callable[[str], None]
@@ -44,27 +44,6 @@ class CorpusDistillation:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-
-@contextmanager
-def _exclusive(path: Path, on_wait: Callable[[], None]) -> Iterator[None]:
-    """An exclusive advisory lock on `path` (POSIX `flock`; released when the process ends, even killed), calling
-    `on_wait` once when another process holds it. Without `fcntl` (Windows) runs are not coordinated."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with path.open("a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            on_wait()
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def corpus_digest(texts: Sequence[str]) -> str:
@@ -107,7 +86,7 @@ class DistilledStart:
         if (out / "config.json").is_file():
             return self._reused(arch, out)
         self.folder.mkdir(parents=True, exist_ok=True)
-        with _exclusive(out.with_name(f".{out.name}.lock"), lambda: self.note(
+        with exclusive_lock(out.with_name(f".{out.name}.lock"), lambda: self.note(
                 f"corpus distillation of {arch}: another run is distilling it into {out}; waiting for it")):
             if (out / "config.json").is_file():  # the other run finished it while this one waited
                 return self._reused(arch, out)
