@@ -28,13 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_quantize import _open, _size, build_exports, cpu_model
+from bench_quantize import _open, _size, build_exports, cpu_model, interleaved_rounds
 from rich.console import Console
 from rich.table import Table
 
 from nasbert_deploy.fileio import write_json_atomic
 from nasbert_deploy.quantize.check import task_logits
-from nasbert_deploy.runtimes.base import time_compiled
 from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic
 from nasbert_deploy.student.finetune import load_classifier, model_labels
 from nasbert_deploy.student.metrics import evaluate_logits
@@ -116,11 +115,7 @@ def latency(a: argparse.Namespace, pts: dict[str, dict[str, Path]], res: dict[st
         if f"latency/{dev}" in res:
             continue
         compiled = {n: _open(f[dev], dev == "cpu-openvino", int8=n == "teacher PTQ INT8") for n, f in pts.items() if dev in f}
-        rounds: dict[str, list[float]] = {n: [] for n in compiled}
-        for r in range(a.rounds):
-            for n in list(compiled) if r % 2 == 0 else list(reversed(compiled)):
-                rounds[n].append(time_compiled(compiled[n], inputs, warmup=5, runs=20, min_time_s=0.3,
-                                               clock=CLOCKS[a.clock]).median_ms)
+        rounds = interleaved_rounds(compiled, inputs, a.rounds, a.clock)
         ms = {n: round_statistic(v, "min") for n, v in rounds.items()}
         res[f"latency/{dev}"] = {n: {"median_ms": round(ms[n], 3), "rounds_ms": [round(x, 3) for x in v],
                                      "speedup": round(ms["teacher fp32"] / ms[n], 3),

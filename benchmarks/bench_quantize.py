@@ -111,6 +111,18 @@ def _open(path: Path, ov: bool, int8: bool = False) -> Any:
     return OvCompiled(path, load_device("cpu-openvino-int8" if int8 or is_quantized_ir(path) else "cpu-openvino"))
 
 
+def interleaved_rounds(compiled: dict[Any, Any], inputs: dict[str, np.ndarray], rounds: int, clock: str = "wall"
+                       ) -> dict[Any, list[float]]:
+    """Each compiled model's median ms per round: `rounds` rounds, every model once per round, the order alternating
+    (forward, then reversed) so drift on a shared host spreads evenly; 5 warm-up runs, 20 timed, at least 0.3 s."""
+    out: dict[Any, list[float]] = {k: [] for k in compiled}
+    for r in range(rounds):
+        for k in list(compiled) if r % 2 == 0 else list(reversed(compiled)):
+            out[k].append(time_compiled(compiled[k], inputs, warmup=5, runs=20, min_time_s=0.3,
+                                        clock=CLOCKS[clock]).median_ms)
+    return out
+
+
 def is_quantized_ir(path: Path) -> bool:
     """Whether an OpenVINO IR (.xml) holds FakeQuantize nodes (NNCF INT8, KDLSQ exports)."""
     return 'type="FakeQuantize"' in Path(path).read_text(encoding="utf-8", errors="replace")
@@ -179,11 +191,7 @@ def latency_phase(a: argparse.Namespace, out: Path) -> dict[str, Any]:
         name, _, path = spec.partition("=")
         arts[name] = (Path(path), path.endswith(".xml"))
     compiled = {name: _open(p, ov, int8="NNCF" in name) for name, (p, ov) in arts.items()}
-    rounds: dict[str, list[float]] = {k: [] for k in compiled}
-    for r in range(a.rounds):
-        for name in (list(compiled) if r % 2 == 0 else list(reversed(compiled))):  # interleaved, alternating order
-            rounds[name].append(time_compiled(compiled[name], inputs, warmup=5, runs=20, min_time_s=0.3,
-                                              clock=CLOCKS[a.clock]).median_ms)
+    rounds = interleaved_rounds(compiled, inputs, a.rounds, a.clock)
     res = {name: {"median_ms": round(round_statistic(v, "min"), 3), "rounds_ms": [round(x, 3) for x in v],
                   "file_mb": round(_size(arts[name][0]) / 2**20, 2)} for name, v in rounds.items()}
     res["_machine"] = {"cpu": cpu_model(), "threads": 1, "batch": 1, "seq": a.eval_len, "rounds": a.rounds,

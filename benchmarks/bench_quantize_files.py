@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_quantize import _open, _size, cpu_model
+from bench_quantize import _open, _size, cpu_model, interleaved_rounds
 
 from nasbert_deploy.devices import load_device
 from nasbert_deploy.lowbit.attention import quantize_attention
@@ -40,7 +40,7 @@ from nasbert_deploy.lowbit.lsq import quantize_linears
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx
 from nasbert_deploy.lowbit.smooth import input_absmax, smooth_model
 from nasbert_deploy.model.modeling import NasBertForSequenceClassification
-from nasbert_deploy.runtimes.base import get_runtime, time_compiled
+from nasbert_deploy.runtimes.base import get_runtime
 from nasbert_deploy.runtimes.convert import EXAMPLE_BATCH, EXAMPLE_SEQ, FirstOutput
 from nasbert_deploy.runtimes.signed import openvino_ir
 from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic
@@ -138,11 +138,7 @@ def main() -> None:
             inputs = {"input_ids": rng.integers(5, get_space(a.space).vocab_size, (1, a.seq)),
                       "attention_mask": np.ones((1, a.seq), np.int64)}
             compiled = {n: _open(path, ov, int8=n == "NNCF INT8") for n, (path, ov) in files.items()}
-            rounds: dict[str, list[float]] = {n: [] for n in compiled}
-            for r in range(a.rounds):
-                for n in (list(compiled) if r % 2 == 0 else list(reversed(compiled))):
-                    rounds[n].append(time_compiled(compiled[n], inputs, warmup=5, runs=20, min_time_s=0.3,
-                                                   clock=CLOCKS[a.clock]).median_ms)
+            rounds = interleaved_rounds(compiled, inputs, a.rounds, a.clock)
             ms = {n: round_statistic(v, "min") for n, v in rounds.items()}
         print(f"{a.arch} ({a.space}), {cpu_model()}, 1 thread, batch 1 x {a.seq}, {a.rounds} rounds, clock {a.clock}, "
               f"load average {os.getloadavg()[0]:.2f}")

@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from bench_quantize import _open, cpu_model
+from bench_quantize import _open, cpu_model, interleaved_rounds
 
-from nasbert_deploy.runtimes.base import time_compiled
 from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic
 
 
@@ -64,11 +63,7 @@ def main() -> None:
     # an ONNX file with QuantizeLinear nodes opens on OpenVINO as a quantized IR does (unpinned, as cpu-openvino-int8)
     compiled = {k: _open(f, ov, int8=ov and f.suffix == ".onnx" and b"QuantizeLinear" in f.read_bytes())
                 for k, (f, ov) in files.items()}
-    rounds: dict[tuple[str, str], list[float]] = {k: [] for k in compiled}
-    for r in range(a.rounds):
-        for k in list(compiled) if r % 2 == 0 else list(reversed(compiled)):
-            rounds[k].append(time_compiled(compiled[k], inputs, warmup=5, runs=20, min_time_s=0.3,
-                                           clock=CLOCKS[a.clock]).median_ms)
+    rounds = interleaved_rounds(compiled, inputs, a.rounds, a.clock)
     ms = {k: round_statistic(v, "min") for k, v in rounds.items()}
     print(f"{cpu_model()}, 1 thread, batch 1 x {a.seq}, {a.rounds} rounds, clock {a.clock}, "
           f"load average {os.getloadavg()[0]:.2f}")
