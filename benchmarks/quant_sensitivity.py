@@ -183,6 +183,9 @@ def main() -> None:
         bad_input(f"--bits {args.bits} is not supported; valid: {', '.join(map(str, BITS))}")
     if any(not 0.0 < a < 1.0 for a in args.smooth):
         bad_input(f"--smooth {args.smooth}: every alpha must lie strictly between 0 and 1")
+    if args.smooth_ratio and (not args.smooth or any(r < 0 for r in args.smooth_ratio)):
+        bad_input(f"--smooth-ratio {args.smooth_ratio}: give ratios >= 0 together with --smooth ALPHA (they select "
+                  "which inputs SmoothQuant divides)")
     if args.only is not None:
         try:
             re.compile(args.only)

@@ -54,8 +54,9 @@ def main() -> None:
     ort_files, ov_files = parse(a.ort, "--ort", (".onnx",)), parse(a.openvino, "--openvino", (".xml", ".onnx"))
     if not ort_files and not ov_files:
         bad_input("no files: give --ort NAME=FILE and / or --openvino NAME=FILE")
-    if a.seq < 2 or a.rounds < 1:
-        bad_input(f"--seq {a.seq} / --rounds {a.rounds}: give at least 2 tokens and 1 round")
+    if a.seq < 2 or a.rounds < 1 or a.vocab < 6:
+        bad_input(f"--seq {a.seq} / --rounds {a.rounds} / --vocab {a.vocab}: give at least 2 tokens, 1 round and a "
+                  "vocabulary of 6 ids (ids are drawn from 5 up)")
     files = {("onnxruntime", n): (f, False) for n, f in ort_files.items()}
     files |= {("openvino", n): (f, True) for n, f in ov_files.items()}
     rng = np.random.default_rng(1)

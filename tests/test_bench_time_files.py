@@ -37,7 +37,9 @@ def test_files_are_timed_side_by_side_with_ratios(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [([], "no files"), (["--ort", "x=missing.onnx"], "is not NAME=FILE"),
-                                          (["--openvino", "nofile"], "is not NAME=FILE")])
-def test_bad_input_is_one_line_exit_2(args, needle):
-    r = _run(*args)
+                                          (["--openvino", "nofile"], "is not NAME=FILE"),
+                                          (["--ort", "x=EMPTY", "--vocab", "3"], "a vocabulary of 6 ids")])
+def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
+    (tmp_path / "empty.onnx").write_bytes(b"")  # checked before any file is opened
+    r = _run(*[a.replace("EMPTY", str(tmp_path / "empty.onnx")) for a in args])
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -80,7 +80,8 @@ def test_smoothquant_rows_and_the_row_filter(classifier):
 @pytest.mark.parametrize("extra, needle", [(["--bits", "3"], "--bits 3 is not supported; valid: 8, 4, 2"),
                                            (["--task", "missing.jsonl"], "--task missing.jsonl is not a file"),
                                            (["--smooth", "1.0"], "every alpha must lie strictly between 0 and 1"),
-                                           (["--only", "("], "is not a regular expression")])
+                                           (["--only", "("], "is not a regular expression"),
+                                           (["--smooth-ratio", "8"], "together with --smooth ALPHA")])
 def test_bad_input_is_one_line_exit_2(classifier, tmp_path, extra, needle):
     model, task = classifier
     args = ["--model", str(model), "--task", str(task), *extra]
