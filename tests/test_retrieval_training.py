@@ -71,13 +71,13 @@ def test_split_pairs_holds_out_queries_with_their_own_pools(dirs):
 
 
 def test_every_seeds_split_reads_the_teacher_embeddings_of_the_whole_file(dirs, tmp_path):
-    """finetune's seeded splits embed the whole file once: the second seed's split loads no teacher, and its rows
-    get exactly the embeddings the teacher gives them."""
+    """finetune's seeded splits embed the whole file once: the second seed's split loads no teacher, says it reads
+    the cache (not that it embeds), and its rows get exactly the embeddings the teacher gives them."""
     from nasbert_deploy.student.retrieval_training import encode_all, load_encoder, teacher_embeddings, tokenize
 
     data = load_retrieval(dirs["train"])
     teacher, tok = load_encoder(dirs["teacher"], "--teacher-model", convert=False)
-    loads = []
+    loads, notes = [], []
 
     def loader():
         loads.append(1)
@@ -92,10 +92,14 @@ def test_every_seeds_split_reads_the_teacher_embeddings_of_the_whole_file(dirs, 
         q_tok, d_tok = tokenize(tok, train.queries, 16), tokenize(tok, train.documents, 16)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(tl, "default_dir", lambda: cache)
-            t_q, t_d = teacher_embeddings(loader, dirs["teacher"], train, q_tok, d_tok, 16, "cpu", tokenizer=tok)
+            notes.append([])
+            t_q, t_d = teacher_embeddings(loader, dirs["teacher"], train, q_tok, d_tok, 16, "cpu", tokenizer=tok,
+                                          note=notes[-1].append)
         torch.testing.assert_close(t_q, encode_all(teacher, q_tok, "cpu"), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(t_d, encode_all(teacher, d_tok, "cpu"), rtol=1e-4, atol=1e-5)
     assert loads == [1]  # seed 1 read seed 0's entry
+    assert any(n.startswith("embedding ") for n in notes[0])
+    assert not any(n.startswith("embedding ") for n in notes[1]) and any("from the cache" in n for n in notes[1])
     assert len(list(cache.glob("*.safetensors"))) == 1
 
 

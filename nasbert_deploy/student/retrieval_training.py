@@ -159,12 +159,12 @@ def teacher_embeddings(teacher: Any, teacher_dir: str | Path | None, train: Retr
         q_at = {t: i for i, t in reversed(list(enumerate(whole.queries)))}
         d_at = {t: i for i, t in enumerate(whole.documents)}
         return w_q[[q_at[t] for t in train.queries]], w_d[[d_at[t] for t in train.documents]]
-    if note is not None:
-        note(f"embedding {len(train)} queries and {len(train.documents)} documents with the teacher (once for these "
-             "pairs; cached)")
     n_q, n_all = len(train.queries), len(train.queries) + len(train.documents)
 
-    def compute() -> np.ndarray:
+    def compute() -> np.ndarray:  # on a cache miss only: a hit says so instead (`cached_logits`)
+        if note is not None:
+            note(f"embedding {len(train)} queries and {len(train.documents)} documents with the teacher (once for "
+                 "these pairs; cached)")
         qt = tokenize(tokenizer, train.queries, max_len) if q_tok is None else q_tok
         dt = tokenize(tokenizer, train.documents, max_len) if d_tok is None else d_tok
         model = teacher if isinstance(teacher, torch.nn.Module) else teacher()
