@@ -12,7 +12,7 @@ from helpers import TINY, make_tokenizer_dir, write_word_task
 
 from nasbert_deploy.errors import ExportError
 from nasbert_deploy.export.validate import padded_inputs
-from nasbert_deploy.lowbit.attention import insert_attention_qdq, quantize_attention, quantized_attentions
+from nasbert_deploy.lowbit.attention import insert_attention_qdq, plain_attention, quantize_attention, quantized_attentions
 from nasbert_deploy.lowbit.lsq import quantize_linears
 from nasbert_deploy.lowbit.qdq import export_quantized_onnx, float_copy
 from nasbert_deploy.model.modeling import NasBertConfig, NasBertForSequenceClassification
@@ -86,7 +86,10 @@ def test_a_graph_whose_attention_changed_is_refused(tmp_path):
 
 
 
-def test_quantize_with_attention_bits_trains_checks_and_reloads(tmp_path):
+@pytest.mark.parametrize("onnx_attention", [True, False])
+def test_quantize_with_attention_bits_trains_checks_and_reloads(tmp_path, onnx_attention):
+    """`--attention-bits 8` (both files 8-bit) and `auto` (OpenVINO's IR 8-bit, ONNX Runtime's file float: each checked
+    against the trained model with the attention it has)."""
     from transformers import AutoTokenizer
 
     from nasbert_deploy.model.remote_code import write_remote_code
@@ -98,20 +101,27 @@ def test_quantize_with_attention_bits_trains_checks_and_reloads(tmp_path):
     write_remote_code(tmp_path / "clf")
     train = load_task(write_word_task(tmp_path / "train.jsonl", 24, 0))
     valid = load_task(write_word_task(tmp_path / "valid.jsonl", 8, 1))
-    cfg = QuantizeConfig(bits=8, attention_bits=8, steps=3, batch_size=8, max_len=16)
+    cfg = QuantizeConfig(bits=8, attention_bits=8, onnx_attention=onnx_attention, steps=3, batch_size=8, max_len=16)
     rep = quantize(tmp_path / "clf", train, valid, tmp_path / "q", cfg, ("onnx", "openvino"))
-    assert rep["attention"] == {"quantized": 2, "bits": 8}
+    ort_bits = 8 if onnx_attention else 0
+    assert rep["attention"] == {"quantized": 2, "bits": 8, "runtimes": {"onnxruntime": ort_bits, "openvino": 8}}
+    assert "onnx_attention" not in rep["config"]  # an export choice: a checkpoint resumes under either
     # NAS-BERT returns every operation's output: KDLSQ matches them to the fp32 model's, as for HF BERT
     assert rep["training"]["hidden_state_loss"] is True and rep["training"]["last"]["hidden"] > 0
     for rt in ("onnxruntime", "openvino"):
         assert rep["checks"][rt]["passed"] == rep["checks"][rt]["checks"]
     model, _, meta = load_quantized(tmp_path / "q")
-    assert meta["attention_bits"] == 8 and len(quantized_attentions(model)) == 2
+    assert meta["attention_bits"] == 8 and meta["onnx_attention_bits"] == ort_bits and len(quantized_attentions(model)) == 2
+    score_inputs = [n for n in onnx.load(str(tmp_path / "q" / "onnx" / "model_q8.onnx")).graph.node
+                    if n.op_type == "QuantizeLinear" and n.input[1].endswith((".q.a_scale", ".k.a_scale"))]
+    assert len(score_inputs) == (4 if onnx_attention else 0)  # query and key of two attentions
     steps = [float(aq["q"].step.detach()) for _, aq in quantized_attentions(model)]
     assert any(s != 1.0 for s in steps)  # learned (relative step sizes start at 1)
     inputs = padded_inputs(2, 12, 50)
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(tmp_path / "q" / "onnx" / "model_q8.onnx"), providers=["CPUExecutionProvider"])
+    if not onnx_attention:
+        plain_attention(model)  # what ONNX Runtime's file computes
     want = torch_runner(model)(inputs)
     np.testing.assert_allclose(sess.run(None, inputs)[0], want, atol=0.03 * np.abs(want).max())

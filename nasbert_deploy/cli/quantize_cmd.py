@@ -12,11 +12,14 @@ import typer
 
 from nasbert_deploy.cli.common import SeedOpt, ThreadsOpt, choice, console, print_report, set_threads, training_progress
 from nasbert_deploy.lowbit.grid import (
+    ATTENTION_MODES,
+    DEFAULT_ATTENTION_MODE,
     DEFAULT_RESIDUAL,
     DEFAULT_SIGNED_ACTIVATIONS,
     REDUCE_RANGE_MODES,
     RESIDUAL_MODES,
     SIGNED_ACTIVATIONS,
+    export_bits,
 )
 from nasbert_deploy.quantize import BITS, KERNELS, ONNX_FORMS, RECIPES
 from nasbert_deploy.student.tasks import SAMPLE_TASK
@@ -26,7 +29,7 @@ BitsName = choice("BitsName", [str(b) for b in BITS])
 ReduceRange = choice("ReduceRange", REDUCE_RANGE_MODES)
 OnnxForm = choice("OnnxForm", ONNX_FORMS)
 EmbeddingBits = choice("EmbeddingBits", ["weights", *[str(b) for b in BITS], "float"])
-AttentionBits = choice("AttentionBits", ["8", "float"])
+AttentionBits = choice("AttentionBits", ATTENTION_MODES)
 SignedActivations = choice("SignedActivations", SIGNED_ACTIVATIONS)
 ResidualMode = choice("ResidualMode", RESIDUAL_MODES)
 Recipe = choice("Recipe", RECIPES)
@@ -73,8 +76,10 @@ def quantize_cmd(
         "--embedding-bits", help="Bits of the word-embedding table (one step size per row, dequantized on lookup): "
         "weights (as --bits), 8, 4, 2, or float.")] = EmbeddingBits("weights"),
     attention_bits: Annotated[AttentionBits, typer.Option(
-        "--attention-bits", help="Attention's products Q·Kᵀ and softmax·V of NAS-BERT models: 8 (their four inputs "
-        "fake-quantized, Q/DQ in the export, as NNCF does for OpenVINO) or float.")] = AttentionBits("float"),
+        "--attention-bits", help="Attention's score product Q·Kᵀ of NAS-BERT models: auto (trained in 8 bits; 8-bit in "
+        "the OpenVINO IR, as NNCF quantizes it, float in the ONNX Runtime file, as its dynamic INT8 keeps it: each "
+        "runtime's faster graph; float everywhere below 8-bit weights), 8 (8-bit in both), or float.")] = AttentionBits(
+        DEFAULT_ATTENTION_MODE),
     signed_activations: Annotated[SignedActivations, typer.Option(
         "--signed-activations", help="Centre the 8-bit grid of a Linear's input on zero (signed int8 in the OpenVINO IR, "
         "whose FullyConnected layers then run on s8 inputs; uint8 with zero point 128 in the ONNX file): auto (the "
@@ -151,7 +156,9 @@ def quantize_cmd(
     extra = None if transfer is None else transfer_texts(transfer, train, val, transfer_rows, seed)
     e = embedding_bits.value
     ebits = None if e == "weights" else 0 if e == "float" else int(e)
-    cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=0 if attention_bits.value == "float" else 8,
+    att_bits = export_bits(attention_bits.value, "openvino", b)  # trained at what OpenVINO's IR gets
+    cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=att_bits,
+                         onnx_attention=export_bits(attention_bits.value, "onnxruntime", b) == att_bits,
                          reduce_range=reduce, smooth=settings["smooth"], smooth_min_ratio=settings["smooth_min_ratio"],
                          signed_activations=signed,
                          residual_projections=residual_projections.value,
@@ -176,7 +183,10 @@ def quantize_cmd(
     emb = report.get("embedding") or {}
     rows["word embeddings"] = f"{emb['bits']}-bit per row" if emb.get("module") else "float"
     att = report.get("attention") or {}
-    rows["attention products"] = f"{att['bits']}-bit ({att['quantized']} attentions)" if att.get("quantized") else "float"
+    per = {rt: f"{b}-bit" if b else "float" for rt, b in (att.get("runtimes") or {}).items()}
+    rows["attention products"] = (f"{att['bits']}-bit ({att['quantized']} attentions)" + (
+        f"; ONNX Runtime file {per['onnxruntime']}, OpenVINO IR {per['openvino']}" if len(set(per.values())) > 1 else "")
+    ) if att.get("quantized") else "float"
     sm = report.get("smoothing") or {}
     fold = len(sm.get("folded_into_value") or [])
     rows["SmoothQuant"] = (f"alpha {sm['alpha']} on {len(sm['inputs']) + fold} inputs"

@@ -27,7 +27,7 @@ from nasbert_deploy.lowbit.lsq import LsqQuantizer, signed_activation_spec
 from nasbert_deploy.model.ops import MultiHeadAttention
 
 ROLES = ("q", "k")  # the score MatMul's inputs: q @ k (k transposed)
-DEFAULT_BITS = 0  # `quantize --attention-bits` default (0: float); kdlsq latency tables are profiled with it
+DEFAULT_BITS = 0  # `QuantizeConfig.attention_bits`' library default (0: float)
 MOVES = ("Reshape", "Transpose", "Squeeze", "Unsqueeze")  # ops that only move values: the Q/DQ goes before them
 
 

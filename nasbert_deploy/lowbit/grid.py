@@ -9,7 +9,7 @@ for this, and its `session.x64quantprecision` option (microsoft/onnxruntime#1208
 narrow range [-127, 127] (Qn = Qp, so LSQ's initialisation and gradient scale use Qp = 63).
 
 Light on purpose (no torch): the command line resolves `--reduce-range auto` and `--signed-activations auto` with it
-before any work.
+before any work, and `--attention-bits` (`export_bits`: which runtime's file gets 8-bit attention).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ SIGNED_ACTIVATIONS: tuple[str, ...] = ("auto", "on", "off")  # which activation 
 DEFAULT_SIGNED_ACTIVATIONS = "auto"
 RESIDUAL_MODES: tuple[str, ...] = ("auto", "off")  # `quantize --residual-projections` (`lowbit.residual`)
 DEFAULT_RESIDUAL = "auto"
+ATTENTION_MODES: tuple[str, ...] = ("auto", "8", "float")  # `quantize --attention-bits` (`lowbit.attention`)
+DEFAULT_ATTENTION_MODE = "auto"  # the command's default; the kdlsq latency tables are profiled with it
 # OpenVINO runs centred (s8) inputs faster than u8 ones only with AMX: docs/quantization.md, 2026-12-06 / 2026-12-07
 CENTRED_FLAGS: tuple[str, ...] = ("amx_int8",)
 # /proc/cpuinfo flags of int8 dot products that accumulate in int32 (no int16 saturation)
@@ -88,3 +90,25 @@ def resolve_signed_activations(mode: str, flags: frozenset[str] | None | str = H
     if isinstance(flags, frozenset) and any(f in flags for f in CENTRED_FLAGS):
         return "auto", "two-sided inputs centred (auto: this CPU has AMX-INT8, OpenVINO runs s8 inputs faster)"
     return "off", "asymmetric (auto: no AMX-INT8 here, OpenVINO runs u8 inputs faster than s8)"
+
+
+def trained_bits(mode: str) -> int:
+    """The bits attention is trained at under `--attention-bits mode` (0: float)."""
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"attention bits {mode!r}: valid: {', '.join(ATTENTION_MODES)}")
+    return 0 if mode == "float" else 8
+
+
+def export_bits(mode: str, runtime: str, weight_bits: int = 8) -> int:
+    """The bits of attention in `runtime`'s export ("onnxruntime" | "openvino") under `--attention-bits mode`.
+
+    "auto" quantizes in each runtime what its own INT8 path quantizes: OpenVINO gets Q·Kᵀ in 8 bits, as NNCF's IR
+    has it (OpenVINO then runs the fused attention in int8), ONNX Runtime's file keeps attention float, as its dynamic
+    INT8 does. On the 256-wide NAS student (Intel Xeon without AMX, 2026-12-07) 8-bit attention took OpenVINO from
+    1.056x to 0.991x NNCF's latency and ONNX Runtime from 1.022x to 1.063x dynamic INT8's; the float attention of the
+    ONNX file computes the trained model without attention's rounding (same accuracy and loyalty there). Below 8-bit
+    weights "auto" keeps attention float everywhere (not measured with it)."""
+    bits = trained_bits(mode)
+    if mode == "auto" and (runtime != "openvino" or weight_bits != 8):
+        return 0
+    return bits

@@ -4,9 +4,10 @@ profiler times for a `quantizer = "kdlsq"` device (a block, an operation, a whol
 Latency depends on the graph, not on the values: the step sizes keep their LSQ start (least-error weight steps per
 output channel, activation ranges from the example inputs) instead of trained ones, and every other choice is
 `quantize`'s: every `nn.Linear` quantized (8-bit activations; Linears reading one tensor share one input quantizer),
-the word-embedding table per row at the weights' bits, attention at `--attention-bits`' default
-(`attention.DEFAULT_BITS`), input grids centred as `--signed-activations`' default on this CPU, QDQ (8 bit) or MatMulNBits (4 bit)
-ONNX (OpenVINO's runtime reads it through `runtimes.signed`, as `quantize` converts its IR).
+the word-embedding table per row at the weights' bits, attention as `--attention-bits`' default exports it for the
+device's runtime (`grid.export_bits`: 8-bit in OpenVINO's IR, float in ONNX Runtime's file), input grids centred as
+`--signed-activations`' default on this CPU, QDQ (8 bit) or MatMulNBits (4 bit) ONNX (OpenVINO's runtime reads it
+through `runtimes.signed`, as `quantize` converts its IR).
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ CONVERTERS = ("torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf")
 # the code that decides what an export contains: a change to any of it must miss the cache
 _CODE = ("model/ops.py", "model/modeling.py", "profiling/items.py", "profiling/assemble.py", "profiling/cache.py",
          "runtimes/convert.py", "runtimes/onnxruntime_rt.py", "runtimes/openvino_rt.py")
-_KDLSQ_CODE = ("lowbit/lsq.py", "lowbit/embedding.py", "lowbit/qdq.py", "lowbit/item.py")  # kdlsq devices' exports too
+_KDLSQ_CODE = ("lowbit/lsq.py", "lowbit/embedding.py", "lowbit/qdq.py", "lowbit/item.py", "lowbit/attention.py",
+               "lowbit/grid.py")  # kdlsq devices' exports too
 META = "meta.json"
 
 Progress = Callable[[str, int, int], None]
@@ -141,9 +142,11 @@ def _convert(job: dict[str, Any]) -> tuple[str, float, str]:
                 how = f"exported (not assembled: {exc})"
         example = item.example_inputs(space)
         if spec.kdlsq_bits:  # the integer graph `quantize` writes, from the item's module (`lowbit.item`)
+            from nasbert_deploy.lowbit.grid import DEFAULT_ATTENTION_MODE, export_bits
             from nasbert_deploy.lowbit.item import kdlsq_onnx
 
-            kdlsq_onnx(item.build(space), example, item.output_names[0], onnx, spec.kdlsq_bits)
+            attention = export_bits(DEFAULT_ATTENTION_MODE, spec.runtime, spec.kdlsq_bits)  # as `quantize` exports it
+            kdlsq_onnx(item.build(space), example, item.output_names[0], onnx, spec.kdlsq_bits, attention_bits=attention)
         elif how != "assembled":
             export_onnx(item.build(space), onnx, example, item.output_names)
         calib = random_calibration(example) if spec.precision == "int8" else None

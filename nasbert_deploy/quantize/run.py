@@ -30,7 +30,7 @@ import torch
 from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import ExportError, RuntimeUnavailableError, TaskError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
-from nasbert_deploy.lowbit.attention import quantize_attention
+from nasbert_deploy.lowbit.attention import plain_attention, quantize_attention, quantized_attentions
 from nasbert_deploy.lowbit.embedding import quantize_embeddings
 from nasbert_deploy.lowbit.lsq import (
     bake_weights,
@@ -240,6 +240,9 @@ def quantize(
     report = _score_and_export(fp_model, student, tokenizer, valid, labels, cfg, formats, out_dir, names, onnx_form)
     report["embedding"] = {"module": embedding, "bits": embedding_bits(cfg) if embedding else None}
     report["attention"] = {"quantized": attention, "bits": cfg.attention_bits if attention else None}
+    if attention:  # each runtime's file (`lowbit.attention.export_bits`)
+        report["attention"]["runtimes"] = {"onnxruntime": cfg.attention_bits if cfg.onnx_attention else 0,
+                                           "openvino": cfg.attention_bits}
     report["smoothing"] = {"alpha": cfg.smooth or None, "min_ratio": cfg.smooth_min_ratio or None, "inputs": smoothed,
                            "folded_into_value": folded}
     report["residual_projections"] = {"mode": cfg.residual_projections, "linears": residual}
@@ -276,20 +279,29 @@ def _score_and_export(
     if not formats:
         return report
     work = Path(tempfile.mkdtemp(prefix="nasbert-quant-"))
+    example = _example(student, valid.pairs is not None)
+    # `--attention-bits auto`: ONNX Runtime's file computes the trained model with float attention (`export_bits`)
+    ort_model = student
+    if quantized_attentions(student) and not cfg.onnx_attention:
+        ort_model = copy.deepcopy(student)
+        plain_attention(ort_model)
     try:
-        onnx_path = export_quantized_onnx(student, work / "model.onnx", _example(student, valid.pairs is not None), cfg.bits,
-                                          form=onnx_form)
+        onnx_path = export_quantized_onnx(ort_model, work / "model.onnx", example, cfg.bits, form=onnx_form)
         report["onnx_form"] = onnx_form if cfg.bits == 8 else "matmulnbits"
         if cfg.bits == 8:  # the int8 weights the kernels get lie on the trained grid (reduced: no int16 saturation)
             report["onnx_weight_range"] = check_weight_range(onnx_path, report["weight_levels"])
         paths = {"onnxruntime": onnx_path} if "onnx" in formats else {}
         if "openvino" in formats:  # centred activations as int8 (`runtimes.signed`): what the IR is converted from
-            paths["openvino"], report["openvino_signed_inputs"] = openvino_onnx(onnx_path, work / "model_openvino.onnx")
+            ov_src = onnx_path if ort_model is student else export_quantized_onnx(
+                student, work / "model_attention.onnx", example, cfg.bits, form=onnx_form)
+            paths["openvino"], report["openvino_signed_inputs"] = openvino_onnx(ov_src, work / "model_openvino.onnx")
             report["_onnx_openvino"] = str(paths["openvino"])
         compiled = runtime_runners(paths)
         runners = {rt: first_output(c) for rt, c in compiled.items()}
         pos = int(getattr(student.config, "max_position_embeddings", 512) or 512)
-        checks = check_logits(torch_runner(student), runners, pos, int(student.config.vocab_size), valid.pairs is not None)
+        checks = [c for rt, run in runners.items() for c in check_logits(
+            torch_runner(ort_model if rt == "onnxruntime" else student), {rt: run}, pos, int(student.config.vocab_size),
+            valid.pairs is not None)]
         report["checks"] = summarize(checks)
         bad = [c for c in checks if not c.passed]
         if bad:
@@ -368,6 +380,7 @@ def _write_folder(tmp: Path, student: Any, tokenizer: Any, cfg: QuantizeConfig, 
             "embedding_bits": report.get("embedding", {}).get("bits") or 0,
             "embedding": report.get("embedding", {}).get("module"),
             "attention_bits": report.get("attention", {}).get("bits") or 0,
+            "onnx_attention_bits": (report.get("attention", {}).get("runtimes") or {}).get("onnxruntime", 0),
             "smooth_alpha": report.get("smoothing", {}).get("alpha"),
             "residual_linears": report.get("residual_projections", {}).get("linears", []),
             "smoothed_inputs": report.get("smoothing", {}).get("inputs", []),

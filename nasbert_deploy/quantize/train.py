@@ -53,6 +53,7 @@ class QuantizeConfig:
     reduce_range: bool = False  # 8-bit weights on [-63, 63]: no int16 saturation on x86 without VNNI (`grid`)
     embedding_bits: int | None = None  # the word-embedding table, per row (`embedding`): None as the weights, 0 float
     attention_bits: int = DEFAULT_ATTENTION_BITS  # Q·Kᵀ, softmax·V of NAS-BERT attention (`lowbit.attention`): 8, 0 float
+    onnx_attention: bool = True  # the ONNX Runtime file keeps attention's quantizers (False: float there, `export_bits`)
     smooth: float = 0.0  # SmoothQuant's alpha in (0, 1) for every quantized input (`lowbit.smooth`); 0: off
     smooth_min_ratio: float = 0.0  # smooth only inputs whose max/median channel range reaches it (`smooth.outlier_ratio`)
     signed_activations: str = DEFAULT_SIGNED_ACTIVATIONS  # which input grids are centred on zero (`lsq.centred`)
@@ -78,6 +79,7 @@ class QuantizeConfig:
             del d["smooth_min_ratio"]
         if d["signed_activations"] == "off":  # as were all runs before centred grids existed
             del d["signed_activations"]
+        del d["onnx_attention"]  # the export's choice, not the training's: the report's "attention" records it
         if d["residual_projections"] == DEFAULT_RESIDUAL:  # the key lists the Linears it split (`quantize.run`)
             del d["residual_projections"]
         return d
