@@ -240,7 +240,7 @@ def quantize(
     report = _score_and_export(fp_model, student, tokenizer, valid, labels, cfg, formats, out_dir, names, onnx_form)
     report["embedding"] = {"module": embedding, "bits": embedding_bits(cfg) if embedding else None}
     report["attention"] = {"quantized": attention, "bits": cfg.attention_bits if attention else None}
-    if attention:  # each runtime's file (`lowbit.attention.export_bits`)
+    if attention:  # each runtime's file (`lowbit.grid.export_bits`)
         report["attention"]["runtimes"] = {"onnxruntime": cfg.attention_bits if cfg.onnx_attention else 0,
                                            "openvino": cfg.attention_bits}
     report["smoothing"] = {"alpha": cfg.smooth or None, "min_ratio": cfg.smooth_min_ratio or None, "inputs": smoothed,

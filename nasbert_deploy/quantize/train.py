@@ -52,7 +52,7 @@ class QuantizeConfig:
     act_bits: int = 8
     reduce_range: bool = False  # 8-bit weights on [-63, 63]: no int16 saturation on x86 without VNNI (`grid`)
     embedding_bits: int | None = None  # the word-embedding table, per row (`embedding`): None as the weights, 0 float
-    attention_bits: int = DEFAULT_ATTENTION_BITS  # Q·Kᵀ, softmax·V of NAS-BERT attention (`lowbit.attention`): 8, 0 float
+    attention_bits: int = DEFAULT_ATTENTION_BITS  # Q·Kᵀ of NAS-BERT attention (`lowbit.attention`): 8, 0 float
     onnx_attention: bool = True  # the ONNX Runtime file keeps attention's quantizers (False: float there, `export_bits`)
     smooth: float = 0.0  # SmoothQuant's alpha in (0, 1) for every quantized input (`lowbit.smooth`); 0: off
     smooth_min_ratio: float = 0.0  # smooth only inputs whose max/median channel range reaches it (`smooth.outlier_ratio`)
