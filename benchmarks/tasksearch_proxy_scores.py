@@ -16,6 +16,10 @@ inherited token embeddings too (search-task keeps them frozen):
     python benchmarks/tasksearch_proxy_scores.py --task ../shared/tasks/debian-retrieval/train.jsonl \
         --teacher-model default --out runs/ret-proxy/search --budget-ms 100 --proxy-rows 2048 --proxy-heldout 1000 \
         --seeds 2 --train-embeddings --arch "192:mha,ffn,id|192:mha,ffn,id|192:mha,ffn,id" --arch ...
+
+`--corpus FILE` starts each proxy from the arch's encoder distilled `--distill-steps` on that corpus first, as
+`search-task --rerank-distilled` does (kept in `--distilled-dir`, default OUT/search/distilled; runs sharing the
+folder reuse each other's encoders).
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ def main() -> None:
     ap.add_argument("--proxy-len", type=int, default=64, help="proxy sequence length")
     ap.add_argument("--seeds", type=int, default=3, help="proxy seeds (the rerank's --rerank-seeds)")
     ap.add_argument("--train-embeddings", action="store_true", help="the proxy trains the token embeddings too")
+    ap.add_argument("--corpus", type=Path, help="distil each arch on this corpus first (search-task --rerank-distilled)")
+    ap.add_argument("--distill-steps", type=int, default=1000, help="steps of the --corpus distillation")
+    ap.add_argument("--distilled-dir", type=Path, help="folder of the --corpus encoders (default OUT/search/distilled)")
     args = ap.parse_args()
     if str(args.teacher_model) == "default":
         from nasbert_deploy.teacher import default_teacher_path
@@ -52,6 +59,8 @@ def main() -> None:
         args.teacher_model = default_teacher_path()
     if not Path(args.task).is_file() or not (args.teacher_model / "config.json").is_file():
         bad_input("--task must be a task file and --teacher-model a fine-tuned classifier (retrieval: encoder) folder")
+    if args.corpus is not None and not args.corpus.is_file():
+        bad_input(f"--corpus must be a text file, one paragraph per line; {args.corpus} is not a file")
     if args.seeds < 1 or args.budget_ms <= 0:
         bad_input(f"--seeds must be >= 1 and --budget-ms > 0, got {args.seeds} and {args.budget_ms}")
 
@@ -70,7 +79,9 @@ def main() -> None:
                         freeze_embeddings=not args.train_embeddings, seed=0)
     try:  # every check before the supernet loads and anything is written
         req = TaskSearchRequest(args.task, args.teacher_model, load_device(args.device), Budget(args.budget_ms),
-                                args.out, proxy=proxy, search_only=True)
+                                args.out, proxy=proxy, search_only=True, corpus=args.corpus,
+                                distill_steps=args.distill_steps, distilled_dir=args.distilled_dir,
+                                rerank_distilled=args.corpus is not None)
         prepared = prepare(req)
         for arch in args.arch:
             prepared.space.parse(arch)
@@ -79,7 +90,17 @@ def main() -> None:
     texts = [] if prepared.retrieval else prepared.train.texts
     net = load_start("supernet", prepared.supernet_dir, prepared.space, prepared.encoder_path, texts, 0,
                      args.out / "search", print)
-    result = rerank(req, prepared, net, list(args.arch), args.seeds, print)
+    if args.corpus is None:
+        result = rerank(req, prepared, net, list(args.arch), args.seeds, print)
+    else:  # as search-task --rerank-distilled: the proxies start from the corpus-distilled encoders
+        from dataclasses import replace
+
+        from nasbert_deploy.tasksearch.request import STATE_DIR
+        from nasbert_deploy.tasksearch.run import corpus_start
+
+        distilled = corpus_start(req, prepared, net, print, None)
+        result = rerank(req, replace(prepared, start_key={**prepared.start_key, **distilled.key()}), distilled,
+                        list(args.arch), args.seeds, print, cache=args.out / STATE_DIR / "cache-distilled.json")
     for c in result["candidates"]:
         accs = " ".join(f"{a:.4f}" for a in c["accuracies"])
         print(f"{c['arch']}  proxy {accs}  mean {c['mean']:.4f} +- {c['sd']:.4f}  {c['latency_ms']:.3f} ms")

@@ -125,3 +125,31 @@ def test_quantize_with_attention_bits_trains_checks_and_reloads(tmp_path, onnx_a
         plain_attention(model)  # what ONNX Runtime's file computes
     want = torch_runner(model)(inputs)
     np.testing.assert_allclose(sess.run(None, inputs)[0], want, atol=0.03 * np.abs(want).max())
+
+
+def test_openvino_only_exports_once_with_the_irs_attention(tmp_path, monkeypatch):
+    """`--format openvino` with `--attention-bits auto`: no ONNX Runtime file to serve, so the ONNX file is the IR's
+    source, with its 8-bit attention, exported once (it was exported twice: once without attention, unused)."""
+    from transformers import AutoTokenizer
+    from typer.testing import CliRunner
+
+    import nasbert_deploy.quantize.run as qrun
+    from nasbert_deploy.cli.app import app
+    from nasbert_deploy.model.remote_code import write_remote_code
+
+    tok = AutoTokenizer.from_pretrained(str(make_tokenizer_dir(tmp_path / "tok")))
+    _classifier().save_pretrained(tmp_path / "clf")
+    tok.save_pretrained(tmp_path / "clf")
+    write_remote_code(tmp_path / "clf")
+    exports = []
+    real = qrun.export_quantized_onnx
+    monkeypatch.setattr(qrun, "export_quantized_onnx", lambda model, *a, **k: exports.append(model) or real(model, *a, **k))
+    args = ["quantize", "--model", tmp_path / "clf", "--task", write_word_task(tmp_path / "train.jsonl", 24, 0),
+            "--valid", write_word_task(tmp_path / "valid.jsonl", 8, 1), "--steps", "2", "--batch-size", "8",
+            "--max-len", "16", "--format", "openvino", "--no-timing", "--out", tmp_path / "q"]
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    assert len(exports) == 1 and len(quantized_attentions(exports[0])) == 2
+    _, _, meta = load_quantized(tmp_path / "q")
+    assert meta["attention_bits"] == 8 == meta["onnx_attention_bits"]
+    assert "openvino" in meta["files"]

@@ -157,8 +157,9 @@ def quantize_cmd(
     e = embedding_bits.value
     ebits = None if e == "weights" else 0 if e == "float" else int(e)
     att_bits = export_bits(attention_bits.value, "openvino", b)  # trained at what OpenVINO's IR gets
-    cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=att_bits,
-                         onnx_attention=export_bits(attention_bits.value, "onnxruntime", b) == att_bits,
+    # without --format onnx the ONNX file is the IR's source only: it keeps the IR's attention (one export, not two)
+    onnx_attention = "onnx" not in chosen or export_bits(attention_bits.value, "onnxruntime", b) == att_bits
+    cfg = QuantizeConfig(bits=b, embedding_bits=ebits, attention_bits=att_bits, onnx_attention=onnx_attention,
                          reduce_range=reduce, smooth=settings["smooth"], smooth_min_ratio=settings["smooth_min_ratio"],
                          signed_activations=signed,
                          residual_projections=residual_projections.value,
