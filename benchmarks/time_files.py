@@ -5,6 +5,11 @@ For exports that already exist (`quantize` folders' `onnx/model_q8.onnx` and `op
 OpenVINO IR with FakeQuantize nodes unpinned like cpu-openvino-int8, `bench_quantize._open`) and timed in interleaved
 rounds in alternating order, batch 1 x --seq tokens (random ids, full mask), min over rounds of the round medians.
 The first file of each runtime is the reference of the ratio column: put the baseline (ORT dynamic INT8, NNCF) first.
+`--ort-default NAME=FILE` opens an ONNX file as a user's `ort.InferenceSession(path)` does (ORT's default graph
+optimizations, SkipLayerNormFusion included, which our sessions disable: docs/export.md), 1 thread:
+
+    taskset -c 1 python benchmarks/time_files.py --clock cpu --rounds 9 --ort teacher=bert.onnx \
+        --ort-default teacher=bert.onnx --ort-default "teacher (before)=bert-fused.onnx"
 
     taskset -c 1 python benchmarks/time_files.py --clock cpu --rounds 15 \\
         --ort "PTQ dynamic INT8=runs/plane/teacher/cpu-ort-int8/model.int8.onnx" --ort "KDLSQ=q8/onnx/model_q8.onnx" \\
@@ -22,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from bench_quantize import _open, cpu_model, interleaved_rounds
 
+from nasbert_deploy.devices import load_device
+from nasbert_deploy.runtimes.onnxruntime_rt import OrtCompiled
 from nasbert_deploy.runtimes.timing import CLOCKS, round_statistic
 
 
@@ -42,9 +49,23 @@ def parse(items: list[str], flag: str, suffixes: tuple[str, ...]) -> dict[str, P
     return out
 
 
+def default_session(path: Path) -> OrtCompiled:
+    """`path` in a session with ONNX Runtime's default options but one thread: what a user's
+    `ort.InferenceSession(path)` runs (our `OrtCompiled` disables SkipLayerNormFusion)."""
+    import onnxruntime as ort
+
+    compiled = OrtCompiled(path, load_device("cpu-ort"))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    compiled.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return compiled
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ort", action="append", default=[], metavar="NAME=FILE", help="an ONNX file for ONNX Runtime")
+    p.add_argument("--ort-default", action="append", default=[], metavar="NAME=FILE",
+                   help="an ONNX file for ONNX Runtime in a default session (as a user opens it)")
     p.add_argument("--openvino", action="append", default=[], metavar="NAME=FILE", help="an IR (.xml) or ONNX file")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--vocab", type=int, default=30522, help="token ids are drawn below this")
@@ -52,8 +73,9 @@ def main() -> None:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: process CPU time (shared host)")
     a = p.parse_args()
     ort_files, ov_files = parse(a.ort, "--ort", (".onnx",)), parse(a.openvino, "--openvino", (".xml", ".onnx"))
-    if not ort_files and not ov_files:
-        bad_input("no files: give --ort NAME=FILE and / or --openvino NAME=FILE")
+    default_files = parse(a.ort_default, "--ort-default", (".onnx",))
+    if not ort_files and not ov_files and not default_files:
+        bad_input("no files: give --ort NAME=FILE, --ort-default NAME=FILE and / or --openvino NAME=FILE")
     if a.seq < 2 or a.rounds < 1 or a.vocab < 6:
         bad_input(f"--seq {a.seq} / --rounds {a.rounds} / --vocab {a.vocab}: give at least 2 tokens, 1 round and a "
                   "vocabulary of 6 ids (ids are drawn from 5 up)")
@@ -64,6 +86,7 @@ def main() -> None:
     # an ONNX file with QuantizeLinear nodes opens on OpenVINO as a quantized IR does (unpinned, as cpu-openvino-int8)
     compiled = {k: _open(f, ov, int8=ov and f.suffix == ".onnx" and b"QuantizeLinear" in f.read_bytes())
                 for k, (f, ov) in files.items()}
+    compiled |= {("ort-default", n): default_session(f) for n, f in default_files.items()}
     rounds = interleaved_rounds(compiled, inputs, a.rounds, a.clock)
     ms = {k: round_statistic(v, "min") for k, v in rounds.items()}
     print(f"{cpu_model()}, 1 thread, batch 1 x {a.seq}, {a.rounds} rounds, clock {a.clock}, "

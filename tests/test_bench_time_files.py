@@ -28,16 +28,17 @@ def test_files_are_timed_side_by_side_with_ratios(tmp_path):
     ids = torch.randint(5, 1000, (1, 16))
     path = export_onnx(FirstOutput(model), tmp_path / "m.onnx", {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
                        ["last_hidden_state"])
-    r = _run("--ort", f"a={path}", "--ort", f"b={path}", "--openvino", f"c={path}", "--seq", "16", "--vocab", "1000",
-             "--rounds", "2", "--clock", "cpu")
+    r = _run("--ort", f"a={path}", "--ort", f"b={path}", "--openvino", f"c={path}", "--ort-default", f"d={path}",
+             "--seq", "16", "--vocab", "1000", "--rounds", "2", "--clock", "cpu")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [line.split() for line in r.stdout.splitlines()[2:]]
-    assert [(x[0], x[1]) for x in rows] == [("onnxruntime", "a"), ("onnxruntime", "b"), ("openvino", "c")]
-    assert all(float(x[2]) > 0 for x in rows) and float(rows[0][4]) == 1.0 and float(rows[2][4]) == 1.0
+    assert [(x[0], x[1]) for x in rows] == [("onnxruntime", "a"), ("onnxruntime", "b"), ("openvino", "c"), ("ort-default", "d")]
+    assert all(float(x[2]) > 0 for x in rows) and all(float(rows[i][4]) == 1.0 for i in (0, 2, 3))
 
 
 @pytest.mark.parametrize("args, needle", [([], "no files"), (["--ort", "x=missing.onnx"], "is not NAME=FILE"),
                                           (["--openvino", "nofile"], "is not NAME=FILE"),
+                                          (["--ort-default", "x=missing.onnx"], "is not NAME=FILE"),
                                           (["--ort", "x=EMPTY", "--vocab", "3"], "a vocabulary of 6 ids")])
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
     (tmp_path / "empty.onnx").write_bytes(b"")  # checked before any file is opened

@@ -1,7 +1,8 @@
 """Conversions shared by the profiler and the exporter: torch -> ONNX -> OpenVINO, and INT8.
 
 One code path for both, so what the profiler times is what `export` ships:
-- ONNX: `torch.onnx.export(dynamo=True)`, one file (no external data), dynamic batch and sequence.
+- ONNX: `torch.onnx.export(dynamo=True)`, one file (no external data), dynamic batch and sequence; residual
+  LayerNorms of BERT-style graphs on flat tokens (`runtimes.layernorm`: no SkipLayerNormalization in a default ORT session).
 - OpenVINO: converted from the ONNX file (clean tensor names), fp32 weights unless asked otherwise.
 - INT8: ORT dynamic quantization (QInt8 weights, MatMul only), NNCF post-training quantization
   (transformer preset) for OpenVINO with a calibration sample.
@@ -127,11 +128,23 @@ def export_onnx(
                 verbose=False,
                 **kwargs,
             )
+            _unfusable_layernorms(tmp)
     except ExportError:
         raise
     except Exception as exc:  # the exporter raises many unrelated types; report them as one
         raise ExportError(f"ONNX export of {type(module).__name__} failed: {type(exc).__name__}: {exc}") from exc
     return target
+
+
+def _unfusable_layernorms(path: Path) -> None:
+    """Residual LayerNorms on flat tokens (`runtimes.layernorm`): a user's default ORT session keeps the fast pair."""
+    import onnx
+
+    from nasbert_deploy.runtimes.layernorm import flatten_residual_layernorms
+
+    model = onnx.load(str(path))
+    if flatten_residual_layernorms(model):
+        onnx.save(model, str(path))
 
 
 def onnx_to_openvino(onnx_path: str | Path, xml_path: str | Path, fp16: bool = False, convert: bool = True) -> Path:
