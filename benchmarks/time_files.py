@@ -82,7 +82,8 @@ def main() -> None:
     files = {("onnxruntime", n): (f, False) for n, f in ort_files.items()}
     files |= {("openvino", n): (f, True) for n, f in ov_files.items()}
     rng = np.random.default_rng(1)
-    inputs = {"input_ids": rng.integers(5, a.vocab, (1, a.seq)), "attention_mask": np.ones((1, a.seq), np.int64)}
+    inputs = {"input_ids": rng.integers(5, a.vocab, (1, a.seq)), "attention_mask": np.ones((1, a.seq), np.int64),
+              "token_type_ids": np.zeros((1, a.seq), np.int64)}  # each session takes the inputs its file names
     # an ONNX file with QuantizeLinear nodes opens on OpenVINO as a quantized IR does (unpinned, as cpu-openvino-int8)
     compiled = {k: _open(f, ov, int8=ov and f.suffix == ".onnx" and b"QuantizeLinear" in f.read_bytes())
                 for k, (f, ov) in files.items()}

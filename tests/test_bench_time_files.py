@@ -36,6 +36,20 @@ def test_files_are_timed_side_by_side_with_ratios(tmp_path):
     assert all(float(x[2]) > 0 for x in rows) and all(float(rows[i][4]) == 1.0 for i in (0, 2, 3))
 
 
+def test_a_file_that_takes_token_type_ids_is_timed(tmp_path):
+    """A Hugging Face classifier's export (`prune`'s) names token_type_ids among its inputs: fed as zeros."""
+    from transformers import BertForSequenceClassification
+
+    from nasbert_deploy.runtimes.convert import FirstOutput, export_onnx
+
+    model = BertForSequenceClassification.from_pretrained(make_tiny_teacher(tmp_path / "tiny"), num_labels=3).eval()
+    ids = torch.randint(5, 1000, (2, 16))
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    path = export_onnx(FirstOutput(model), tmp_path / "clf.onnx", example, ["logits"])
+    r = _run("--ort", f"a={path}", "--openvino", f"b={path}", "--seq", "16", "--vocab", "1000", "--rounds", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 @pytest.mark.parametrize("args, needle", [([], "no files"), (["--ort", "x=missing.onnx"], "is not NAME=FILE"),
                                           (["--openvino", "nofile"], "is not NAME=FILE"),
                                           (["--ort-default", "x=missing.onnx"], "is not NAME=FILE"),
