@@ -265,12 +265,11 @@ def test_measure_takes_a_clock_and_tables_record_it():
         table.check_model(48, 4, 96)
 
 
-def test_calibration_selects_again_while_the_measured_model_is_over_budget(monkeypatch):
-    """The table under-predicts by 30% (a fake device): the first selection measures over the budget, the next one
-    is chosen under a target scaled by budget / measured and measures within it."""
+def _calibrate(monkeypatch, error: float):
+    """`calibrated_selection` on a fake device that measures `error` x the table's prediction."""
     import nasbert_deploy.prune.artefacts as artefacts
     from nasbert_deploy.devices import load_device
-    from nasbert_deploy.prune.run import CALIBRATION_SLACK, PruneRequest, calibrated_selection
+    from nasbert_deploy.prune.run import PruneRequest, calibrated_selection
     from nasbert_deploy.prune.train import fit_selection
     from nasbert_deploy.student.tasks import TaskData
 
@@ -286,13 +285,34 @@ def test_calibration_selects_again_while_the_measured_model_is_over_budget(monke
         from nasbert_deploy.prune.gates import ffn_widths, head_counts
 
         (m,) = models.values()
-        return {"pruned": {"median_ms": 1.3 * table.predict_ms(head_counts(m), ffn_widths(m))}}
+        return {"pruned": {"median_ms": error * table.predict_ms(head_counts(m), ffn_widths(m))}}
 
     monkeypatch.setattr(artefacts, "measure_side_by_side", fake_measure)
     rows = TaskData(("a",), ("x",))
     req = PruneRequest(model=None, train=rows, valid=rows, out=None, spec=load_device("cpu-ort"), max_latency_ms=budget)
     first = fit_selection(gated, table, budget)
     sel, rounds = calibrated_selection(gated, first, table, req, False, lambda _s: None)
+    return table, budget, first, sel, rounds
+
+
+def test_calibration_selects_again_while_the_measured_model_is_over_budget(monkeypatch):
+    """The table under-predicts by 30% (a fake device): the first selection measures over the budget, the next one
+    is chosen under a target scaled by budget / measured and measures within it."""
+    from nasbert_deploy.prune.run import CALIBRATION_SLACK
+
+    table, budget, _, sel, rounds = _calibrate(monkeypatch, 1.3)
     assert rounds[0]["measured_ms"] > budget and len(rounds) >= 2
     assert rounds[-1]["measured_ms"] <= CALIBRATION_SLACK * budget
     assert table.predict_ms(sel.head_counts, sel.widths) <= budget / 1.3 + 1e-9
+
+
+def test_calibration_gives_capacity_back_when_the_model_measures_well_under_budget(monkeypatch):
+    """The table over-predicts by 30% (made on a slower machine): the first selection measures 0.7x the budget, a
+    larger one is selected and kept while it measures within the budget (it was kept as it was, 3.4x for a 2.4x cut)."""
+    from nasbert_deploy.prune.run import CALIBRATION_SLACK, CALIBRATION_UNDER
+
+    table, budget, first, sel, rounds = _calibrate(monkeypatch, 0.7)
+    assert rounds[0]["measured_ms"] < CALIBRATION_UNDER * budget and len(rounds) >= 2
+    kept = 0.7 * table.predict_ms(sel.head_counts, sel.widths)
+    assert rounds[0]["measured_ms"] < kept <= CALIBRATION_SLACK * budget
+    assert sum(sel.head_counts) + sum(sel.widths) > sum(first.head_counts) + sum(first.widths)

@@ -11,11 +11,21 @@ from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
 from nasbert_deploy.prune.latency import PruneLatencyTable
+from nasbert_deploy.prune.run import CALIBRATION_SLACK
 from nasbert_deploy.student.tasks import sample_task_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 TRAIN, VALID = sample_task_path("train"), sample_task_path("valid")
+
+
+def within_budget(report: dict, budget: float) -> bool:
+    """The pruned model is within the budget as the table predicts it, or as the calibration measured it when it gave
+    capacity back (these tests' tables are synthetic: tiny models measure far under them)."""
+    predicted = report["latency"]["models"]["pruned"]["predicted_ms"]
+    return predicted <= budget + 1e-9 or any(r["measured_ms"] <= CALIBRATION_SLACK * budget
+                                             and r["predicted_ms"] == pytest.approx(predicted)
+                                             for r in report["gates"]["calibration"])
 
 
 def synthetic_table(path, device: str = "cpu-ort"):
@@ -103,7 +113,7 @@ def test_prune_end_to_end_and_resume(tiny, tmp_path):
     notes.append(r.output)
     rep = json.loads((out / REPORT_NAME).read_text())
     kept = rep["kept"]
-    assert rep["latency"]["models"]["pruned"]["predicted_ms"] <= budget + 1e-9
+    assert within_budget(rep, budget)
     assert rep["latency"]["models"]["unpruned"]["predicted_ms"] == pytest.approx(full)
     assert kept["heads_per_layer"] != [4, 4] or kept["ffn_per_layer"] != [96, 96]
     assert rep["params"]["pruned"] < rep["params"]["unpruned"]
