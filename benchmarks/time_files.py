@@ -5,16 +5,17 @@ For exports that already exist (`quantize` folders' `onnx/model_q8.onnx` and `op
 OpenVINO IR with FakeQuantize nodes unpinned like cpu-openvino-int8, `bench_quantize._open`) and timed in interleaved
 rounds in alternating order, batch 1 x --seq tokens (random ids, full mask), min over rounds of the round medians.
 The first file of each runtime is the reference of the ratio column: put the baseline (ORT dynamic INT8, NNCF) first.
-`--ort-default NAME=FILE` opens an ONNX file as a user's `ort.InferenceSession(path)` does (ORT's default graph
-optimizations, SkipLayerNormFusion included, which our sessions disable: docs/export.md), 1 thread:
-
-    taskset -c 1 python benchmarks/time_files.py --clock cpu --rounds 9 --ort teacher=bert.onnx \
-        --ort-default teacher=bert.onnx --ort-default "teacher (before)=bert-fused.onnx"
 
     taskset -c 1 python benchmarks/time_files.py --clock cpu --rounds 15 \\
         --ort "PTQ dynamic INT8=runs/plane/teacher/cpu-ort-int8/model.int8.onnx" --ort "KDLSQ=q8/onnx/model_q8.onnx" \\
         --openvino "NNCF=runs/plane/teacher/cpu-openvino-int8/openvino_model.int8.xml" \\
         --openvino "KDLSQ=q8/openvino/openvino_model_q8.xml"
+
+`--ort-default NAME=FILE` opens an ONNX file as a user's `ort.InferenceSession(path)` does (ORT's default graph
+optimizations, SkipLayerNormFusion included, which our sessions disable: docs/export.md), 1 thread:
+
+    taskset -c 1 python benchmarks/time_files.py --clock cpu --rounds 9 --ort teacher=bert.onnx \\
+        --ort-default teacher=bert.onnx --ort-default "teacher (before)=bert-fused.onnx"
 """
 
 from __future__ import annotations
@@ -49,18 +50,6 @@ def parse(items: list[str], flag: str, suffixes: tuple[str, ...]) -> dict[str, P
     return out
 
 
-def default_session(path: Path) -> OrtCompiled:
-    """`path` in a session with ONNX Runtime's default options but one thread: what a user's
-    `ort.InferenceSession(path)` runs (our `OrtCompiled` disables SkipLayerNormFusion)."""
-    import onnxruntime as ort
-
-    compiled = OrtCompiled(path, load_device("cpu-ort"))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    compiled.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return compiled
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ort", action="append", default=[], metavar="NAME=FILE", help="an ONNX file for ONNX Runtime")
@@ -87,7 +76,8 @@ def main() -> None:
     # an ONNX file with QuantizeLinear nodes opens on OpenVINO as a quantized IR does (unpinned, as cpu-openvino-int8)
     compiled = {k: _open(f, ov, int8=ov and f.suffix == ".onnx" and b"QuantizeLinear" in f.read_bytes())
                 for k, (f, ov) in files.items()}
-    compiled |= {("ort-default", n): default_session(f) for n, f in default_files.items()}
+    compiled |= {("ort-default", n): OrtCompiled(f, load_device("cpu-ort"), disabled_optimizers=())
+                 for n, f in default_files.items()}
     rounds = interleaved_rounds(compiled, inputs, a.rounds, a.clock)
     ms = {k: round_statistic(v, "min") for k, v in rounds.items()}
     print(f"{cpu_model()}, 1 thread, batch 1 x {a.seq}, {a.rounds} rounds, clock {a.clock}, "

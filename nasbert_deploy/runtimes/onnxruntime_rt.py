@@ -57,7 +57,8 @@ def session_options(spec: DeviceSpec) -> Any:
 
 
 class OrtCompiled(Compiled):
-    def __init__(self, onnx_path: Path, spec: DeviceSpec):
+    def __init__(self, onnx_path: Path, spec: DeviceSpec, disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS):
+        """`disabled_optimizers=()`: ORT's default graph optimizations, as a user's `ort.InferenceSession(path)` runs."""
         import onnxruntime as ort
 
         reason = availability(spec)
@@ -68,7 +69,7 @@ class OrtCompiled(Compiled):
             chosen = [(p, dict(spec.provider_options)) if i == 0 else p for i, p in enumerate(chosen)]
         self.path = onnx_path
         self.session = ort.InferenceSession(
-            str(onnx_path), session_options(spec), providers=chosen, disabled_optimizers=list(DISABLED_OPTIMIZERS)
+            str(onnx_path), session_options(spec), providers=chosen, disabled_optimizers=list(disabled_optimizers)
         )
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
