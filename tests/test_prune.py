@@ -269,7 +269,8 @@ def _calibrate(monkeypatch, error: float):
     """`calibrated_selection` on a fake device that measures `error` x the table's prediction."""
     import nasbert_deploy.prune.artefacts as artefacts
     from nasbert_deploy.devices import load_device
-    from nasbert_deploy.prune.run import PruneRequest, calibrated_selection
+    from nasbert_deploy.prune.calibration import calibrated_selection
+    from nasbert_deploy.prune.run import PruneRequest
     from nasbert_deploy.prune.train import fit_selection
     from nasbert_deploy.student.tasks import TaskData
 
@@ -298,7 +299,7 @@ def _calibrate(monkeypatch, error: float):
 def test_calibration_selects_again_while_the_measured_model_is_over_budget(monkeypatch):
     """The table under-predicts by 30% (a fake device): the first selection measures over the budget, the next one
     is chosen under a target scaled by budget / measured and measures within it."""
-    from nasbert_deploy.prune.run import CALIBRATION_SLACK
+    from nasbert_deploy.prune.calibration import CALIBRATION_SLACK
 
     table, budget, _, sel, rounds = _calibrate(monkeypatch, 1.3)
     assert rounds[0]["measured_ms"] > budget and len(rounds) >= 2
@@ -309,10 +310,46 @@ def test_calibration_selects_again_while_the_measured_model_is_over_budget(monke
 def test_calibration_gives_capacity_back_when_the_model_measures_well_under_budget(monkeypatch):
     """The table over-predicts by 30% (made on a slower machine): the first selection measures 0.7x the budget, a
     larger one is selected and kept while it measures within the budget (it was kept as it was, 3.4x for a 2.4x cut)."""
-    from nasbert_deploy.prune.run import CALIBRATION_SLACK, CALIBRATION_UNDER
+    from nasbert_deploy.prune.calibration import CALIBRATION_SLACK, CALIBRATION_UNDER
 
     table, budget, first, sel, rounds = _calibrate(monkeypatch, 0.7)
     assert rounds[0]["measured_ms"] < CALIBRATION_UNDER * budget and len(rounds) >= 2
     kept = 0.7 * table.predict_ms(sel.head_counts, sel.widths)
     assert rounds[0]["measured_ms"] < kept <= CALIBRATION_SLACK * budget
     assert sum(sel.head_counts) + sum(sel.widths) > sum(first.head_counts) + sum(first.widths)
+
+
+def test_device_scale_aims_the_gates_at_this_machines_milliseconds(monkeypatch, tmp_path):
+    """The table over-predicts this machine by 1/0.7 (made on a slower one): the gates' target is budget / 0.7 in the
+    table's units, saved for a resumed run; a budget under the smallest model here is one clear error."""
+    import nasbert_deploy.prune.artefacts as artefacts
+    from nasbert_deploy.devices import load_device
+    from nasbert_deploy.prune.calibration import SCALE_NAME, device_scale
+    from nasbert_deploy.prune.run import PruneRequest
+    from nasbert_deploy.student.tasks import TaskData
+
+    table = synthetic_table()
+    low, full = table.bounds_ms(2)
+    timings = []
+
+    def fake_measure(models, *args, **kwargs):
+        timings.append(list(models))
+        return {"unpruned": {"median_ms": 0.7 * full}}
+
+    monkeypatch.setattr(artefacts, "measure_side_by_side", fake_measure)
+    rows = TaskData(("a",), ("x",))
+    budget = 0.7 * (low + 0.5 * (full - low))
+    req = PruneRequest(model=None, train=rows, valid=rows, out=None, spec=load_device("cpu-ort"), max_latency_ms=budget)
+    scale = device_scale(tiny_classifier(), table, req, 2, False, tmp_path, lambda _s: None)
+    assert scale["factor"] == pytest.approx(0.7) and scale["target_ms"] == pytest.approx(budget / 0.7)
+    assert timings == [["unpruned"]] and (tmp_path / SCALE_NAME).is_file()
+    said = []
+    assert device_scale(tiny_classifier(), table, req, 2, False, tmp_path, said.append) == scale  # resumed: no timing
+    assert len(timings) == 1 and "resuming" in said[0]
+    over = PruneRequest(model=None, train=rows, valid=rows, out=None, spec=load_device("cpu-ort"), max_latency_ms=full)
+    assert device_scale(tiny_classifier(), table, over, 2, False, tmp_path / "o", print)["target_ms"] < full
+    small = PruneRequest(model=None, train=rows, valid=rows, out=None, spec=load_device("cpu-ort"),
+                         max_latency_ms=0.9 * low * 0.7)
+    with pytest.raises(InfeasibleBudgetError, match=f"give at least {0.7 * low:.2f}"):
+        device_scale(tiny_classifier(), table, small, 2, False, tmp_path / "s", print)
+    assert not (tmp_path / "s" / SCALE_NAME).exists()

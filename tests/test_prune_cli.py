@@ -10,8 +10,8 @@ from helpers import make_tiny_teacher, one_line_error
 from typer.testing import CliRunner
 
 from nasbert_deploy.cli.app import app
+from nasbert_deploy.prune.calibration import CALIBRATION_SLACK
 from nasbert_deploy.prune.latency import PruneLatencyTable
-from nasbert_deploy.prune.run import CALIBRATION_SLACK
 from nasbert_deploy.student.tasks import sample_task_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,6 +72,7 @@ def test_errors_are_one_line_before_any_work(tiny, tmp_path):
     low, _ = tiny["t"].bounds_ms(2)
     one_line_error(_run(*_base(tiny, out, **{"--max-latency-ms": round(low * 0.5, 3)})), f"give at least {low:.2f}")
     one_line_error(_run(*_base(tiny, out, **{"--max-latency-ms": 0})), "--max-latency-ms")
+    one_line_error(_run(*_base(tiny, out, **{"--seq-len": 128})), "--seq-len 128", "give --seq-len 64 or less")
     other = tmp_path / "distilbert"  # BERT and RoBERTa are pruned (tests/test_prune_roberta.py); DistilBERT is not
     other.mkdir()
     cfg = json.loads((tiny["cls"] / "config.json").read_text())
@@ -84,6 +85,7 @@ def test_errors_are_one_line_before_any_work(tiny, tmp_path):
 @pytest.mark.slow
 def test_prune_end_to_end_and_resume(tiny, tmp_path):
     from nasbert_deploy.devices import load_device
+    from nasbert_deploy.prune.profile import PruneProfileSettings
     from nasbert_deploy.prune.run import REPORT_NAME, PruneRequest, prune
     from nasbert_deploy.prune.train import GateConfig
     from nasbert_deploy.student.finetune import load_classifier
@@ -95,7 +97,8 @@ def test_prune_end_to_end_and_resume(tiny, tmp_path):
     # interrupted in gate training, then resumed from its checkpoint
     req = PruneRequest(model=tiny["cls"], train=load_task(TRAIN), valid=load_task(VALID), out=out,
                        spec=load_device("cpu-ort"), max_latency_ms=budget, table_path=tiny["table"],
-                       gates=GateConfig(steps=6, batch_size=8, max_len=32, checkpoint_every=2), finetune_epochs=0)
+                       gates=GateConfig(steps=6, batch_size=8, max_len=32, checkpoint_every=2), finetune_epochs=0,
+                       profile=PruneProfileSettings(seq_len=32))
 
     def stop_at_3(done, total, values):
         if done == 3:
@@ -114,6 +117,9 @@ def test_prune_end_to_end_and_resume(tiny, tmp_path):
     rep = json.loads((out / REPORT_NAME).read_text())
     kept = rep["kept"]
     assert within_budget(rep, budget)
+    scale = rep["gates"]["device_scale"]  # the gates aimed at the budget in this machine's milliseconds
+    assert scale["unpruned_measured_ms"] > 0 and rep["gates"]["calibration"][0]["target_ms"] == scale["target_ms"]
+    assert scale["target_ms"] == pytest.approx(min(budget / scale["factor"], 0.999 * full))
     assert rep["latency"]["models"]["unpruned"]["predicted_ms"] == pytest.approx(full)
     assert kept["heads_per_layer"] != [4, 4] or kept["ffn_per_layer"] != [96, 96]
     assert rep["params"]["pruned"] < rep["params"]["unpruned"]

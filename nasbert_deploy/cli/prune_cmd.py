@@ -84,8 +84,9 @@ def prune_cmd(
                                      "shared, oversubscribed host).")] = ClockName("wall"),
     validate: Annotated[int, _opt("--validate", min=0, help="Whole pruned models timed when a table is profiled.")] = 8,
     holdout: Annotated[int, _opt("--holdout", min=0, help="Of those, held out of the table's scale fit.")] = 5,
-    calibrate: Annotated[bool, _opt("--calibrate/--no-calibrate", help="Time the selected model on --device and, while "
-                                    "it is over the budget, select again under a tighter target (up to 3 timings).")
+    calibrate: Annotated[bool, _opt("--calibrate/--no-calibrate", help="Time the unpruned model on --device first and "
+                                    "scale the table to this machine, then time the selected model and, while it is over "
+                                    "the budget or well under it, select again (up to 3 timings).")
                          ] = True,
     checkpoint_every: Annotated[int, _opt("--checkpoint-every", min=1, help="Steps between resumable checkpoints.")] = 50,
     seed: SeedOpt = 0,

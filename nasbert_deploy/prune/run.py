@@ -22,6 +22,7 @@ from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
 from nasbert_deploy.model.loop import NoteFn, ProgressFn
+from nasbert_deploy.prune.calibration import calibrated_selection, device_scale
 from nasbert_deploy.prune.from_nasbert import NASBERT_TYPE, bert_view, to_pruned_bert
 from nasbert_deploy.prune.gates import Selection, ffn_widths, head_counts
 from nasbert_deploy.prune.latency import PruneLatencyTable, default_table_path, head_kind, table_name
@@ -49,7 +50,7 @@ class PruneRequest:
     teacher_model: Path | None = None
     table_path: Path | None = None
     profile: PruneProfileSettings = PruneProfileSettings()
-    calibrate: bool = True  # measure the selected model and select again under a tighter target while over budget
+    calibrate: bool = True  # scale the table to this machine (one timing), then re-select while over / well under budget
     timing_kwargs: dict[str, Any] = field(default_factory=lambda: {"warmup": 5, "runs": 20, "min_time_s": 0.5})
 
 
@@ -82,6 +83,10 @@ def check_request(req: PruneRequest) -> dict[str, Any]:
         label2id = {str(v): int(k) for k, v in (config.get("id2label") or {}).items()}
         for data in (req.train, req.valid):
             data.label_ids(label2id)  # TaskError naming the labels the model's head does not know
+    positions = int(config.get("max_position_embeddings") or 0)
+    if positions and req.profile.seq_len > positions:
+        raise TaskError(f"--seq-len {req.profile.seq_len} is longer than the model's {positions} positions "
+                        f"(max_position_embeddings); give --seq-len {positions} or less")
     if req.max_latency_ms <= 0:
         raise TaskError(f"--max-latency-ms must be > 0, got {req.max_latency_ms:g}")
     require_available(req.spec)
@@ -174,16 +179,26 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
     else:
         import copy
 
+        qa = task.kind == "extractive-qa"
+        scale = device_scale(model, table, req, layers, qa, work, say) if req.calibrate else None
+        target = req.max_latency_ms if scale is None else scale["target_ms"]
+        if note and scale is not None:
+            note(f"latency table scaled x{scale['factor']:.3f} to this machine (unpruned model measured "
+                 f"{scale['unpruned_measured_ms']:.2f} ms, table {scale['unpruned_predicted_ms']:.2f} ms): the gates "
+                 f"aim at {target:.2f} table ms for the {req.max_latency_ms:g} ms budget")
+            if scale["unpruned_measured_ms"] <= req.max_latency_ms:
+                note(f"the unpruned model is within the {req.max_latency_ms:g} ms budget on this machine already: "
+                     "the gates prune as little as they can (give a smaller budget for a faster model)")
         teacher_copy = copy.deepcopy(teacher).eval() if gcfg.hidden_weight > 0 else None
         gated = GatedModel(copy.deepcopy(model), init=gcfg.gate_init)
         data = task.gate_data(tokenizer, teacher_train_logits(), gcfg)
-        gate_report = train_gates(gated, data, table, req.max_latency_ms, gcfg, checkpoint_dir(work / "gates"), key,
+        gate_report = train_gates(gated, data, table, target, gcfg, checkpoint_dir(work / "gates"), key,
                                   teacher_copy, progress, note)
-        sel = fit_selection(gated, table, req.max_latency_ms)
+        sel = fit_selection(gated, table, target)
         gated.remove_hooks()
-        if req.calibrate:
-            sel, gate_report["calibration"] = calibrated_selection(gated, sel, table, req, task.kind == "extractive-qa",
-                                                                   say)
+        if scale is not None:
+            gate_report["device_scale"] = scale
+            sel, gate_report["calibration"] = calibrated_selection(gated, sel, table, req, qa, say, target)
         pruned = prune_model(gated.model, sel)
         with atomic_dir(pruned_dir) as tmp:
             pruned.save_pretrained(tmp)
@@ -221,49 +236,6 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
         write_json_atomic(tmp / REPORT_NAME, report)
     shutil.rmtree(work, ignore_errors=True)
     return report
-
-
-CALIBRATION_ROUNDS = 3
-CALIBRATION_SLACK = 1.05  # a measured latency this far over the budget is accepted (half the ±10% a user allows;
-# single timings on a shared host move by ±5%, and chasing them shrinks the model for nothing)
-CALIBRATION_UNDER = 0.90  # a model measured under this share of the budget gives capacity away: select a larger one
-
-
-def calibrated_selection(gated: Any, sel: Selection, table: PruneLatencyTable, req: PruneRequest, qa: bool,
-                         say: Step) -> tuple[Selection, list[dict[str, float]]]:
-    """Measure the model `sel` selects on the device and, while it is over the budget, or well under it (a table
-    made on a faster or slower machine: a 2.4x cut measured 3.4x on another host), select again from the same gates
-    under the target scaled by budget / measured (at most `CALIBRATION_ROUNDS` measurements; never the unpruned
-    model). The largest measured model within the budget wins; if none is, the last. The table's error on one model
-    is what `export --calibrate` corrects for NAS models; here it is ±10-15% on a shared host."""
-    from nasbert_deploy.prune.apply import prune_model
-    from nasbert_deploy.prune.artefacts import measure_side_by_side
-
-    s = req.profile
-    kwargs = {**req.timing_kwargs, "clock": s.timing_kwargs()["clock"]}
-    budget, target, rounds = req.max_latency_ms, req.max_latency_ms, []
-    low, full = table.bounds_ms(len(sel.head_counts))
-    best: tuple[Selection, float] | None = None
-    for i in range(CALIBRATION_ROUNDS):
-        predicted = table.predict_ms(sel.head_counts, sel.widths)
-        say(f"calibration: timing the selected model on {req.spec.name} (predicted {predicted:.2f} ms)")
-        measured = measure_side_by_side({"pruned": prune_model(gated.model, sel)}, req.spec, s.batch, s.seq_len, kwargs,
-                                        qa=qa)["pruned"]["median_ms"]
-        rounds.append({"target_ms": target, "predicted_ms": predicted, "measured_ms": measured})
-        fits = measured <= CALIBRATION_SLACK * budget
-        if fits and (best is None or measured > best[1]):
-            best = (sel, measured)
-        if fits and (measured >= CALIBRATION_UNDER * budget or predicted >= full):
-            break
-        target = min(target * budget / measured, full * 0.999)  # below the unpruned model: something is pruned
-        if i + 1 == CALIBRATION_ROUNDS or target < low:
-            break
-        nxt = fit_selection(gated, table, target)
-        layers = len(nxt.head_counts)
-        if nxt == sel or (sum(nxt.head_counts), sum(nxt.widths)) == (table.heads * layers, table.ffn * layers):
-            break  # the gates give nothing else at this target, or nothing pruned: keep the last pruned model
-        sel = nxt
-    return (sel if best is None else best[0]), rounds
 
 
 def json_or_none(path: Path) -> Any:
