@@ -98,6 +98,7 @@ def main() -> None:
             "train_rows": len(train), "clock": args.clock, "valid_rows": len(valid), "wall_s": round(time.perf_counter() - t0, 1),
             "latency": rep["latency"], "quality": rep["quality"], "kept": rep["kept"], "params": rep["params"],
             "table": rep["table"], "cpu_model": cpu_model(), "out": str(out),
+            "device_scale": rep["gates"].get("device_scale"), "calibration": rep["gates"].get("calibration"),
         }
         args.results.parent.mkdir(parents=True, exist_ok=True)
         with args.results.open("a") as f:
