@@ -119,8 +119,9 @@ def get_table(req: PruneRequest, model_config: Any, progress: Callable[[str, int
         table.check_model(hidden, heads, ffn, req.profile.clock)
         made_on = table.manifest.get("cpu_model")
         if note and made_on and made_on != cpu_model():
+            fix = "--calibrate scales it to this machine by one timing of the unpruned model; " if req.calibrate else ""
             note(f"the latency table {path} was made on {made_on!r}, this machine is {cpu_model()!r}: its figures may "
-                 "not hold here; delete it (or pass another --table) to profile this machine")
+                 f"not hold here ({fix}delete it, or pass another --table, to profile this machine)")
         return table, path
     if note:
         note(f"profiling the pruning latency table for {req.spec.name} -> {path} (a few minutes, once per device and width)")
