@@ -153,14 +153,15 @@ def measure_side_by_side(
 
 
 def latency_rows(table: PruneLatencyTable, measured: dict[str, dict[str, Any]], shapes: dict[str, tuple[list[int], list[int]]],
-                 budget_ms: float) -> dict[str, Any]:
-    """Predicted (table) vs measured per model, speed-up, and flags like `export`'s (>10% off budget or prediction)."""
+                 budget_ms: float, factor: float = 1.0) -> dict[str, Any]:
+    """Predicted (table x `factor`, its scale to this machine) vs measured per model, speed-up, and flags like
+    `export`'s (>10% off budget or prediction); `table_ms`: the table's own figure."""
     rows: dict[str, Any] = {}
     for name, (hs, ws) in shapes.items():
-        pred = table.predict_ms(hs, ws)
+        pred = factor * table.predict_ms(hs, ws)
         m = measured[name]["median_ms"]
-        rows[name] = {"predicted_ms": pred, "measured_ms": m, "measured_over_predicted": m / pred,
-                      "rounds_ms": measured[name]["rounds_ms"]}
+        rows[name] = {"predicted_ms": pred, "table_ms": table.predict_ms(hs, ws), "measured_ms": m,
+                      "measured_over_predicted": m / pred, "rounds_ms": measured[name]["rounds_ms"]}
     flags = []
     p = rows.get("pruned")
     if p:
@@ -168,7 +169,7 @@ def latency_rows(table: PruneLatencyTable, measured: dict[str, dict[str, Any]], 
             flags.append(f"measured {p['measured_ms']:.2f} ms is more than 10% over the budget {budget_ms:g} ms")
         if abs(p["measured_over_predicted"] - 1) > 0.1:
             flags.append(f"measured {p['measured_ms']:.2f} ms is more than 10% off the prediction {p['predicted_ms']:.2f} ms")
-    out: dict[str, Any] = {"models": rows, "budget_ms": budget_ms, "flags": flags}
+    out: dict[str, Any] = {"models": rows, "budget_ms": budget_ms, "table_factor": factor, "flags": flags}
     if "unpruned" in rows and p:
         out["measured_speedup"] = rows["unpruned"]["measured_ms"] / p["measured_ms"]
     return out

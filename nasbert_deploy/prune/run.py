@@ -222,7 +222,9 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
     if req.finetune_epochs > 0:
         final = task.score(task.logits(pruned, tokenizer, "valid", gcfg.max_len), unpruned_valid)
     unpruned_eval = task.score(unpruned_valid)
-    report = _finish(req, model, pruned, tokenizer, table, table_path, sel, layers, say, task.kind == "extractive-qa")
+    factor = float((gate_report.get("device_scale") or {}).get("factor", 1.0))
+    report = _finish(req, model, pruned, tokenizer, table, table_path, sel, layers, say, task.kind == "extractive-qa",
+                     factor)
     report.update({
         "model": str(req.model), "task": req.train.source, "valid": req.valid.source, "task_kind": task.kind,
         "labels": task.labels,
@@ -246,7 +248,7 @@ def json_or_none(path: Path) -> Any:
 
 
 def _finish(req: PruneRequest, model: Any, pruned: Any, tokenizer: Any, table: PruneLatencyTable, table_path: Path,
-            sel: Selection, layers: int, say: Step, qa: bool = False) -> dict[str, Any]:
+            sel: Selection, layers: int, say: Step, qa: bool = False, factor: float = 1.0) -> dict[str, Any]:
     """Artefacts into a staging folder beside `out`, validation, side-by-side latency; the report's deployment part."""
     from nasbert_deploy.export.report import machine
     from nasbert_deploy.prune.artefacts import latency_rows, measure_side_by_side, validate_artefacts, write_artefacts
@@ -272,7 +274,7 @@ def _finish(req: PruneRequest, model: Any, pruned: Any, tokenizer: Any, table: P
         "batch": s.batch,
         "seq_len": s.seq_len,
         "clock": s.clock,
-        "latency": latency_rows(table, measured, shapes, req.max_latency_ms),
+        "latency": latency_rows(table, measured, shapes, req.max_latency_ms, factor),
         "table": {"path": str(table_path), "name": table.manifest["name"], "scale": table.scale, "offset_ms": table.offset_ms,
                   "holdout": holdout_summary(table)},
         "validation": {"checks": len(checks), "passed": sum(c.passed for c in checks),
@@ -290,6 +292,8 @@ def summary_rows(report: dict[str, Any]) -> dict[str, Any]:
     for name in ("unpruned", "pruned"):
         m = lat["models"][name]
         rows[f"{name} latency ms (predicted / measured)"] = f"{m['predicted_ms']:.2f} / {m['measured_ms']:.2f}"
+    if lat.get("table_factor", 1.0) != 1.0:
+        rows["latency table scaled to this machine"] = f"x{lat['table_factor']:.3f} (one timing of the unpruned model)"
     if "measured_speedup" in lat:
         rows["measured speed-up"] = f"{lat['measured_speedup']:.2f}x (budget {report['max_latency_ms']:g} ms)"
     rows["heads per layer"] = " ".join(map(str, report["kept"]["heads_per_layer"]))
