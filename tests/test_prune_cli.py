@@ -137,5 +137,6 @@ def test_prune_end_to_end_and_resume(tiny, tmp_path):
     assert [int(ly.attention.self.num_attention_heads) for ly in layers] == kept["heads_per_layer"]
     assert [int(ly.intermediate.dense.out_features) for ly in layers] == kept["ffn_per_layer"]
     assert "measured speed-up" in r.output and "heads per layer" in r.output
+    assert "latency table scaled to this machine" in r.output and "resuming with the table scaled" in r.output
     # a second run into the same folder needs --force
     one_line_error(_run(*_base(tiny, out, **{"--max-latency-ms": budget})), "--force")
