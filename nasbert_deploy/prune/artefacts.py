@@ -158,9 +158,9 @@ def latency_rows(table: PruneLatencyTable, measured: dict[str, dict[str, Any]], 
     `export`'s (>10% off budget or prediction); `table_ms`: the table's own figure."""
     rows: dict[str, Any] = {}
     for name, (hs, ws) in shapes.items():
-        pred = factor * table.predict_ms(hs, ws)
-        m = measured[name]["median_ms"]
-        rows[name] = {"predicted_ms": pred, "table_ms": table.predict_ms(hs, ws), "measured_ms": m,
+        table_ms = table.predict_ms(hs, ws)
+        pred, m = factor * table_ms, measured[name]["median_ms"]
+        rows[name] = {"predicted_ms": pred, "table_ms": table_ms, "measured_ms": m,
                       "measured_over_predicted": m / pred, "rounds_ms": measured[name]["rounds_ms"]}
     flags = []
     p = rows.get("pruned")

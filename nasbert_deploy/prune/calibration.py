@@ -28,7 +28,8 @@ CALIBRATION_UNDER = 0.90  # a model measured under this share of the budget give
 SCALE_NAME = "device_scale.json"
 
 
-def _timing(req: Any) -> dict[str, Any]:
+def timing_kwargs(req: Any) -> dict[str, Any]:
+    """`time_compiled` options of a prune request: its timing settings with the table's clock."""
     return {**req.timing_kwargs, "clock": req.profile.timing_kwargs()["clock"]}
 
 
@@ -51,7 +52,7 @@ def device_scale(model: Any, table: PruneLatencyTable, req: Any, layers: int, qa
     say(f"timing the unpruned model on {req.spec.name} to scale the latency table to this machine "
         f"(table: {full:.2f} ms)")
     s = req.profile
-    measured = measure_side_by_side({"unpruned": model}, req.spec, s.batch, s.seq_len, _timing(req),
+    measured = measure_side_by_side({"unpruned": model}, req.spec, s.batch, s.seq_len, timing_kwargs(req),
                                     qa=qa)["unpruned"]["median_ms"]
     factor = measured / full
     target = min(req.max_latency_ms / factor, full * 0.999)  # the unpruned model within budget: prune the least
@@ -88,7 +89,7 @@ def calibrated_selection(gated: Any, sel: Selection, table: PruneLatencyTable, r
         predicted = table.predict_ms(sel.head_counts, sel.widths)
         say(f"calibration: timing the selected model on {req.spec.name} (predicted {predicted:.2f} ms)")
         measured = measure_side_by_side({"pruned": prune_model(gated.model, sel)}, req.spec, s.batch, s.seq_len,
-                                        _timing(req), qa=qa)["pruned"]["median_ms"]
+                                        timing_kwargs(req), qa=qa)["pruned"]["median_ms"]
         rounds.append({"target_ms": target, "predicted_ms": predicted, "measured_ms": measured})
         fits = measured <= CALIBRATION_SLACK * budget
         if fits and (best is None or measured > best[1]):

@@ -22,7 +22,7 @@ from nasbert_deploy.devices import DeviceSpec
 from nasbert_deploy.errors import TaskError
 from nasbert_deploy.fileio import atomic_dir, write_json_atomic
 from nasbert_deploy.model.loop import NoteFn, ProgressFn
-from nasbert_deploy.prune.calibration import calibrated_selection, device_scale
+from nasbert_deploy.prune.calibration import calibrated_selection, device_scale, timing_kwargs
 from nasbert_deploy.prune.from_nasbert import NASBERT_TYPE, bert_view, to_pruned_bert
 from nasbert_deploy.prune.gates import Selection, ffn_widths, head_counts
 from nasbert_deploy.prune.latency import PruneLatencyTable, default_table_path, head_kind, table_name
@@ -166,7 +166,6 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
         return task.logits(teacher, t_tok, "train", gcfg.max_len, teacher=True)
 
     work = req.out.with_name(req.out.name + ".work")
-    work.mkdir(parents=True, exist_ok=True)
     key = {"model": str(req.model), "task": req.train.source, "device": req.spec.name, "table": table.manifest["name"],
            "teacher_model": None if req.teacher_model is None else str(req.teacher_model)}
     pruned_dir, tuned_dir = work / "pruned", work / "finetuned"
@@ -183,6 +182,7 @@ def prune(req: PruneRequest, progress: ProgressFn | None = None, note: NoteFn | 
         qa = task.kind == "extractive-qa"
         scale = device_scale(model, table, req, layers, qa, work, say) if req.calibrate else None
         target = req.max_latency_ms if scale is None else scale["target_ms"]
+        work.mkdir(parents=True, exist_ok=True)  # after the checks of `device_scale`: an infeasible budget leaves nothing
         if note and scale is not None:
             note(f"latency table scaled x{scale['factor']:.3f} to this machine (unpruned model measured "
                  f"{scale['unpruned_measured_ms']:.2f} ms, table {scale['unpruned_predicted_ms']:.2f} ms): the gates "
@@ -262,8 +262,7 @@ def _finish(req: PruneRequest, model: Any, pruned: Any, tokenizer: Any, table: P
     checks = validate_artefacts(pruned, staging, qa=qa)
     say(f"latency on {req.spec.name}")
     s = req.profile
-    kwargs = {**req.timing_kwargs, "clock": s.timing_kwargs()["clock"]}
-    measured = measure_side_by_side({"unpruned": model, "pruned": pruned}, req.spec, s.batch, s.seq_len, kwargs,
+    measured = measure_side_by_side({"unpruned": model, "pruned": pruned}, req.spec, s.batch, s.seq_len, timing_kwargs(req),
                                     {"pruned": staging}, qa)
     shapes = {"unpruned": ([table.heads] * layers, [table.ffn] * layers), "pruned": (sel.head_counts, sel.widths)}
     params = {"unpruned": sum(p.numel() for p in model.parameters()), "pruned": sum(p.numel() for p in pruned.parameters())}
